@@ -1,0 +1,55 @@
+"""Celery settings for mailflow (``app.config_from_object('celeryconfig')``).
+
+The broker is ``$MAILFLOW_BROKER_URL`` (or ``$CELERY_BROKER_URL``).  Unset
+means the embedded default: kombu's ``filesystem://`` transport in the state
+directory, which needs no server and supports everything mailflow uses
+(chains, countdowns, ``celery call``, remote control, events for Flower).
+It is *not* durable -- a killed worker loses the messages it had fetched --
+which is why the queue directory, not the broker, is the record of truth.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mailflow.state import state_dir
+
+broker_url = (
+    os.environ.get("MAILFLOW_BROKER_URL") or os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+)
+
+if broker_url.startswith("filesystem://"):
+    _broker_dir = state_dir() / "broker"
+    _folders = {name: _broker_dir / name for name in ("queue", "control", "processed")}
+    for _path in _folders.values():
+        _path.mkdir(parents=True, exist_ok=True)
+    broker_transport_options = {
+        "data_folder_in": str(_folders["queue"]),
+        "data_folder_out": str(_folders["queue"]),
+        "control_folder": str(_folders["control"]),
+        "processed_folder": str(_folders["processed"]),
+        "store_processed": False,
+        # the transport polls a directory; 1 s (the default) adds a second per hop
+        "polling_interval": 0.1,
+    }
+
+imports = ("tasks",)
+
+# JSON only: task arguments are queue ids and names, never pickles.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+
+# A worker that dies mid-task gives the task back (the queue file decides
+# whether there is anything left to do, so a re-run is harmless).
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+# Events on, so Flower shows the pipeline without being asked to enable them.
+worker_send_task_events = True
+task_send_sent_event = True
+
+broker_connection_retry_on_startup = True
+worker_hijack_root_logger = False

@@ -1,0 +1,149 @@
+"""The ``mailflow`` command: run, smtpd, send (PRODUCT §1, §5)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from . import logs, outbound, startup
+from .codes import DENYSOFT, OK
+from .config import Config
+from .spool import Spool
+
+log = logging.getLogger("mailflow")
+
+EX_TEMPFAIL = 75  # sysexits.h, what sendmail returns for "try again later"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="DIR", default=None,
+                        help="config directory (default: $MAILFLOW_CONFIG or ./config)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="log line format (default: $MAILFLOW_LOG_FORMAT or text)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailflow", description="mailflow: outbound mail delivery on Celery")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="all in one: submission listener and a Celery worker",
+                       description="Start the SMTP submission listener and a Celery worker "
+                       "in one process tree (on the embedded broker unless "
+                       "MAILFLOW_BROKER_URL is set). Ctrl-C stops everything.")
+    _common(p)
+    p.add_argument("--worker-concurrency", type=int, default=None, metavar="N",
+                   help="threads of the embedded worker (default: the worker's own)")
+
+    p = sub.add_parser("smtpd", help="the SMTP submission listener only",
+                       description="Listen for SMTP submissions (smtp.ini 'listen') and "
+                       "queue accepted mail.")
+    _common(p)
+
+    p = sub.add_parser("send", help="queue a message read from standard input",
+                       description="Queue the message on standard input, as outbound.send_email.")
+    _common(p)
+    p.add_argument("-f", "--from", dest="sender", required=True, metavar="FROM",
+                   help="envelope sender ('' for the null sender)")
+    p.add_argument("recipients", nargs="+", metavar="RCPT")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_format)
+    handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send}[args.command]
+    return handler(args)
+
+
+def _announce(line: str) -> None:
+    print(line, flush=True)
+
+
+def _prepare(args: argparse.Namespace) -> Config:
+    cfg = startup.load_or_exit(args.config)
+    os.environ["MAILFLOW_CONFIG"] = str(cfg.directory.absolute())
+    spool = Spool(cfg.queue_path()).ensure()
+    removed, aside = spool.recover()
+    if removed or aside:
+        log.info("queue recovery: %d temp files removed, %d entries moved aside", removed, aside)
+    return cfg
+
+
+def cmd_smtpd(args: argparse.Namespace) -> int:
+    cfg = _prepare(args)
+    return asyncio.run(_serve(cfg))
+
+
+async def _serve(cfg: Config, on_started: list[str] | None = None) -> int:
+    from .smtpd import server as smtpd_server
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    servers = await smtpd_server.start(cfg, announce=_announce)
+    for line in on_started or []:
+        _announce(line)
+    await stop.wait()
+    for server in servers:
+        server.close()
+    for server in servers:
+        await server.wait_closed()
+    return 0
+
+
+def _worker_command(args: argparse.Namespace) -> list[str]:
+    cmd = [sys.executable, "-m", "celery", "-A", "mailflow", "worker", "--loglevel", "INFO",
+           "-n", f"mailflow-run-{os.getpid()}@{socket.gethostname()}"]
+    if args.worker_concurrency:
+        cmd += ["--concurrency", str(args.worker_concurrency)]
+    return cmd
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _prepare(args)
+    worker = subprocess.Popen(_worker_command(args), start_new_session=False)
+    host, port = cfg.smtp.listen[0]
+    example = (f"try: printf 'Subject: hello\\n\\nfirst message\\n' | curl -sS "
+               f"smtp://{host if ':' not in host else f'[{host}]'}:{port} "
+               "--mail-from you@example.com --mail-rcpt someone@example.net -T -")
+    try:
+        return asyncio.run(_serve(cfg, on_started=[example]))
+    finally:
+        _stop_child(worker)
+
+
+def _stop_child(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """Warm shutdown first (Celery puts unacknowledged messages back), then kill."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    startup.load_or_exit(args.config)
+    data = sys.stdin.buffer.read()
+    code, text = outbound.send_email(args.sender, args.recipients, data)
+    print(text, file=sys.stdout if code is OK else sys.stderr)
+    if code is OK:
+        return 0
+    return EX_TEMPFAIL if code is DENYSOFT else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

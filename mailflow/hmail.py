@@ -1,0 +1,43 @@
+"""HMail: one queue entry as the hooks see it (PRODUCT §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import qfile
+from .todo import ToDo
+
+
+@dataclass
+class HMail:
+    """A queue entry: where its file is, how often it has failed, and its todo.
+
+    ``notes`` is shared by the outbound hooks of this one attempt; it is not
+    stored (Haraka's ``hmail.notes`` lives in memory too).
+    """
+
+    path: Path
+    todo: ToDo
+    num_failures: int
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    @property
+    def name(self) -> qfile.EntryName:
+        parsed = qfile.EntryName.parse(self.path.name)
+        assert parsed is not None, self.path
+        return parsed
+
+    @classmethod
+    def load(cls, path: Path) -> HMail:
+        todo, _ = qfile.load(path)
+        parsed = qfile.EntryName.parse(path.name)
+        return cls(path=path, todo=todo, num_failures=parsed.num_failures if parsed else 0)
+
+    def message(self) -> bytes:
+        return qfile.read_message(self.path)

@@ -1,0 +1,77 @@
+"""Log lines operators and log shippers read (PRODUCT §4 "Log lines").
+
+:func:`event` writes ``<kind> key=value ...`` in text mode; with
+``--log-format json`` (or ``MAILFLOW_LOG_FORMAT=json``) the same fields come
+out as one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger("mailflow.events")
+
+#: Fields whose values are always quoted in text mode (they are free text).
+_QUOTED = {"response", "reason", "error"}
+
+
+def _text_value(key: str, value: Any) -> str:
+    text = "-" if value is None else str(value)
+    if key in _QUOTED or not text or any(c in text for c in ' "=\\'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+    return text
+
+
+def format_event(kind: str, fields: dict[str, Any]) -> str:
+    return " ".join([kind] + [f"{k}={_text_value(k, v)}" for k, v in fields.items()])
+
+
+def event(kind: str, **fields: Any) -> None:
+    """Log one operator-facing event line."""
+    log.info(format_event(kind, fields), extra={"mf_event": kind, "mf_fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; mailflow events carry their fields as keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        kind = getattr(record, "mf_event", None)
+        if kind:
+            obj["event"] = kind
+            obj.update(getattr(record, "mf_fields", {}))
+        else:
+            obj["message"] = record.getMessage()
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, default=str)
+
+
+def log_format() -> str:
+    return os.environ.get("MAILFLOW_LOG_FORMAT", "text").lower()
+
+
+def setup(fmt: str | None = None, level: int = logging.INFO) -> None:
+    """Configure the root logger for a mailflow command."""
+    fmt = (fmt or log_format()).lower()
+    if fmt not in ("text", "json"):
+        raise ValueError(f"unknown log format {fmt!r} (text or json)")
+    os.environ["MAILFLOW_LOG_FORMAT"] = fmt  # child processes (workers) follow
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

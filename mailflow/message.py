@@ -1,0 +1,97 @@
+"""Message bytes as the queue keeps them: CRLF line endings, dot-stuffed.
+
+Normalising every bare CR and bare LF to CRLF is also what makes SMTP
+smuggling harmless here: once a lone ``\\n.\\n`` has become ``\\r\\n.\\r\\n`` it is
+stuffed to ``\\r\\n..\\r\\n`` like any other line starting with a dot, so no
+downstream server can read it as end of data.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import formatdate
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_FOLD = re.compile(r"[\r\n\t]+")
+
+
+def normalise_eol(data: bytes) -> bytes:
+    """Every line ending (CRLF, bare LF, bare CR) becomes CRLF; a final CRLF is ensured."""
+    if b"\r" in data or b"\n" in data:
+        data = _EOL.sub(b"\r\n", data)
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """RFC 5321 §4.5.2 transparency: a line starting with '.' gets one more."""
+    return _LEADING_DOT.sub(b"..", data)
+
+
+def dot_unstuff(data: bytes) -> bytes:
+    return re.sub(rb"(?m)^\.", b"", data)
+
+
+def header_block(data: bytes) -> bytes:
+    """The header section (without the blank line), or b'' when there is none."""
+    if data.startswith(b"\r\n"):
+        return b""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def header_names(data: bytes) -> set[str]:
+    """Lower-cased names of the headers present (continuation lines skipped)."""
+    names = set()
+    for line in header_block(data).split(b"\r\n"):
+        if not line or line[:1] in b" \t":
+            continue
+        name, sep, _ = line.partition(b":")
+        if sep:
+            names.add(name.strip().decode("ascii", "replace").lower())
+    return names
+
+
+def header_value(data: bytes, wanted: str) -> str | None:
+    """The unfolded value of the first ``wanted`` header, or None."""
+    wanted = wanted.lower()
+    current: list[bytes] | None = None
+    for line in header_block(data).split(b"\r\n"):
+        if current is not None:
+            if line[:1] in (b" ", b"\t"):
+                current.append(line)
+                continue
+            break
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().decode("ascii", "replace").lower() == wanted:
+            current = [value]
+    if current is None:
+        return None
+    return b" ".join(part.strip() for part in current).decode("utf-8", "replace")
+
+
+def single_line(text: str) -> str:
+    """Fold CR, LF and TAB runs to one space: no value may start a new header."""
+    return _FOLD.sub(" ", text).strip()
+
+
+def add_missing_headers(data: bytes, *, msgid: str, me: str) -> bytes:
+    """Add ``Message-Id`` (when missing or ``<>``) and ``Date`` (when missing) at the top."""
+    names = header_names(data)
+    extra = b""
+    existing_id = header_value(data, "message-id") if "message-id" in names else None
+    if existing_id is None or existing_id.strip() in ("", "<>"):
+        extra += f"Message-Id: <{msgid}@{me}>\r\n".encode()
+    if "date" not in names:
+        extra += f"Date: {formatdate(localtime=True)}\r\n".encode()
+    if not extra:
+        return data
+    if data.startswith(b"\r\n") or not data:
+        return extra + (data if data else b"\r\n")
+    return extra + data
+
+
+def received_header(text: str) -> bytes:
+    return f"Received: {single_line(text)}; {formatdate(localtime=True)}\r\n".encode()

@@ -1,0 +1,167 @@
+"""Queueing: the one path by which mail enters the queue (PRODUCT §3, §4 Queueing).
+
+``send_email`` is the Python API; ``mailflow smtpd``, ``mailflow send`` and
+``mailflow sendmail`` all end in :func:`queue_message`.  Nothing is answered
+OK before every entry of the message is on disk and fsync'd.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid as uuidlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import config as configmod
+from . import message as msg
+from .address import Address, AddressError, parse_address
+from .codes import DENY, DENYSOFT, OK, Code
+from .qfile import EntryName
+from .spool import NewEntry, Spool, now_ms
+from .todo import ToDo
+
+log = logging.getLogger("mailflow.queue")
+
+__all__ = ["send_email", "queue_message", "Queued", "QueueError", "split_recipients",
+           "after_queue"]
+
+
+class QueueError(Exception):
+    """The message could not be written; nothing of it is left in the queue."""
+
+
+@dataclass
+class Queued:
+    uuid: str
+    names: list[EntryName]
+    size: int
+
+
+#: Called with the names of newly queued entries once they are durable: the
+#: delivery side connects here to start their delivery (see ``mailflow.dispatch``).
+after_queue: list[Callable[[Spool, list[EntryName]], None]] = []
+
+
+def split_recipients(rcpts: list[Address], always_split: bool) -> list[list[Address]]:
+    """One group per recipient domain (in first-seen order), or one per recipient."""
+    if always_split:
+        return [[r] for r in rcpts]
+    groups: dict[str, list[Address]] = {}
+    for r in rcpts:
+        groups.setdefault(r.host, []).append(r)
+    return list(groups.values())
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4()).upper()
+
+
+def prepare(message: bytes, *, uuid: str, me: str, received: bytes | None,
+            dot_stuffed: bool) -> bytes:
+    """Normalise, add missing headers, prepend Received, and dot-stuff."""
+    data = msg.normalise_eol(message)
+    if dot_stuffed:
+        data = msg.dot_unstuff(data)
+    data = msg.add_missing_headers(data, msgid=uuid, me=me)
+    if received:
+        data = received + data
+    return msg.dot_stuff(data)
+
+
+def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes, *,
+                  notes: dict[str, Any] | None = None, dot_stuffed: bool = False,
+                  received_from: str | None = None, protocol: str | None = None,
+                  client: str = "local",
+                  auth: str | None = None, cfg: configmod.Config | None = None,
+                  txn_uuid: str | None = None) -> Queued:
+    """Write one message to the queue; raise :class:`QueueError` when it could not be.
+
+    ``received_from`` and ``protocol`` are the ``from`` and ``with`` clauses of
+    the Received header for mail that came in by SMTP; the API path has none.
+    """
+    cfg = cfg or configmod.current()
+    out = cfg.outbound
+    txn = txn_uuid or new_uuid()
+    received = None
+    if out.received_header.lower() != "disabled":
+        parts = [f"from {received_from}"] if received_from else []
+        parts.append(f"by {cfg.me} ({out.received_header})")
+        if protocol:
+            parts.append(f"with {protocol}")
+        parts.append(f"id {txn}")
+        received = msg.received_header(" ".join(parts))
+    data = prepare(message, uuid=txn, me=cfg.me, received=received, dot_stuffed=dot_stuffed)
+    spool = Spool(cfg.queue_path())
+    arrival = now_ms()
+    entries = []
+    for n, group in enumerate(split_recipients(rcpt_to, out.always_split), start=1):
+        todo = ToDo(uuid=f"{txn}.{n}", queue_time=arrival, domain=group[0].host,
+                    mail_from=mail_from, rcpt_to=group, notes=dict(notes or {}))
+        entries.append(NewEntry(EntryName(arrival, 0, arrival, todo.uuid, todo.domain), todo))
+    try:
+        spool.ensure()
+        spool.write(entries, data)
+    except OSError as exc:
+        log.error("queue write failed id=%s: %s", txn, exc)
+        raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
+    log.info('queued id=%s from=%s rcpts=%s size=%d client=%s auth=%s', txn, mail_from,
+             ",".join(str(r) for r in rcpt_to), len(data), client, auth or "-")
+    names = [e.name for e in entries]
+    for callback in after_queue:
+        try:
+            callback(spool, names)
+        except Exception:  # the mail is safe on disk; the sweep will pick it up
+            log.exception("after-queue callback failed for id=%s", txn)
+    return Queued(uuid=txn, names=names, size=len(data))
+
+
+def _contents_bytes(contents: str | bytes | Iterable[str] | IO[bytes]) -> bytes:
+    if isinstance(contents, bytes):
+        return contents
+    if isinstance(contents, str):
+        return contents.encode("utf-8")
+    if isinstance(contents, io.IOBase) or hasattr(contents, "read"):
+        data = contents.read()
+        return data if isinstance(data, bytes) else str(data).encode("utf-8")
+    lines = list(contents)  # a list of lines, with or without their endings
+    return b"".join(
+        (line if isinstance(line, bytes) else str(line).encode("utf-8")).rstrip(b"\r\n") + b"\r\n"
+        for line in lines
+    )
+
+
+def send_email(from_: str | Address, to: str | Address | Iterable[str | Address],
+               contents: str | bytes | Iterable[str] | IO[bytes],
+               next: Callable[[Code, str], Any] | None = None, *,  # noqa: A002 - Haraka's name
+               dot_stuffed: bool = False, notes: dict[str, Any] | None = None) -> tuple[Code, str]:
+    """Queue a message for delivery (Haraka's ``outbound.send_email``).
+
+    Returns — and passes to ``next`` when given — ``(OK, "Message Queued (<uuid>)")``
+    once the mail is durably on disk, ``(DENY, reason)`` for a malformed address or
+    no recipient, ``(DENYSOFT, reason)`` when it could not be written.
+    """
+    result = _send_email(from_, to, contents, dot_stuffed=dot_stuffed, notes=notes)
+    if next is not None:
+        next(*result)
+    return result
+
+
+def _send_email(from_: str | Address, to: str | Address | Iterable[str | Address],
+                contents: Any, *, dot_stuffed: bool,
+                notes: dict[str, Any] | None) -> tuple[Code, str]:
+    try:
+        sender = from_ if isinstance(from_, Address) else parse_address(from_, allow_null=True)
+        targets = [to] if isinstance(to, str | Address) else list(to)
+        rcpts = [t if isinstance(t, Address) else parse_address(t) for t in targets]
+    except AddressError as exc:
+        return DENY, f"malformed address: {exc}"
+    if not rcpts:
+        return DENY, "no recipients"
+    try:
+        queued = queue_message(sender, rcpts, _contents_bytes(contents), notes=notes,
+                               dot_stuffed=dot_stuffed)
+    except QueueError as exc:
+        return DENYSOFT, str(exc)
+    return OK, f"Message Queued ({queued.uuid})"

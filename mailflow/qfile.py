@@ -1,0 +1,145 @@
+"""One queue file: its name (which carries the schedule) and its bytes.
+
+The name is ``<next_attempt_ms>_<num_failures>_<arrival_ms>_<id>_<domain>``,
+with the times zero-padded so that a sorted listing is in due order.  As in
+Haraka, the directory listing *is* the schedule: counting, finding due
+entries and gathering one domain's entries never open a file.  A change of
+schedule is an atomic rename.
+
+The bytes are Haraka's layout: a 4-byte big-endian length L, L bytes of JSON
+(the todo), then the message exactly as it goes on the wire after DATA: CRLF
+line endings, dot-stuffed, without the final ``.``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .todo import ToDo
+
+TMP_PREFIX = "__tmp__."
+ERROR_PREFIX = "error."
+_LEN = struct.Struct(">I")
+#: The todo JSON is small; anything this large is a corrupt length field.
+MAX_TODO_BYTES = 64 * 1024 * 1024
+
+
+class CorruptEntry(Exception):
+    """A queue file whose header cannot be read."""
+
+
+@dataclass(frozen=True, order=True)
+class EntryName:
+    next_attempt_ms: int
+    num_failures: int
+    arrival_ms: int
+    id: str
+    domain: str
+
+    def __str__(self) -> str:
+        return (f"{self.next_attempt_ms:013d}_{self.num_failures}_{self.arrival_ms:013d}_"
+                f"{self.id}_{self.domain}")
+
+    @classmethod
+    def parse(cls, name: str) -> EntryName | None:
+        """The parts of a queue file name, or None for anything else (temp, error, stray)."""
+        if name.startswith((TMP_PREFIX, ERROR_PREFIX, ".")):
+            return None
+        parts = name.split("_", 4)
+        if len(parts) != 5:
+            return None
+        nxt, fails, arrival, ident, domain = parts
+        if not (nxt.isdigit() and fails.isdigit() and arrival.isdigit()) or not ident or not domain:
+            return None
+        return cls(int(nxt), int(fails), int(arrival), ident, domain)
+
+    def rescheduled(self, next_attempt_ms: int, num_failures: int | None = None) -> EntryName:
+        return replace(
+            self,
+            next_attempt_ms=next_attempt_ms,
+            num_failures=self.num_failures if num_failures is None else num_failures,
+        )
+
+
+def encode_header(todo: ToDo) -> bytes:
+    data = json.dumps(todo.to_json(), separators=(",", ":"), default=str).encode("utf-8")
+    return _LEN.pack(len(data)) + data
+
+
+def read_header(fh: Any) -> tuple[ToDo, int]:
+    """Read the todo from an open file; return it and the offset of the message."""
+    head = fh.read(_LEN.size)
+    if len(head) != _LEN.size:
+        raise CorruptEntry("shorter than its length field")
+    (length,) = _LEN.unpack(head)
+    if length > MAX_TODO_BYTES:
+        raise CorruptEntry(f"todo length {length} is not plausible")
+    raw = fh.read(length)
+    if len(raw) != length:
+        raise CorruptEntry("truncated todo")
+    try:
+        data = json.loads(raw)
+        todo = ToDo.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptEntry(f"unreadable todo: {exc}") from exc
+    return todo, _LEN.size + length
+
+
+def load(path: Path) -> tuple[ToDo, int]:
+    with open(path, "rb") as fh:
+        return read_header(fh)
+
+
+def read_message(path: Path) -> bytes:
+    """The message bytes (dot-stuffed, CRLF) of a queue file."""
+    with open(path, "rb") as fh:
+        _, offset = read_header(fh)
+        fh.seek(offset)
+        return fh.read()
+
+
+def write_tmp(directory: Path, tmp_name: str, header: bytes, message: bytes) -> Path:
+    """Write a complete file under a temp name and fsync it; the caller renames it."""
+    path = directory / tmp_name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        view = memoryview(header + message) if len(message) < 65536 else None
+        if view is not None:
+            _write_all(fd, view)
+        else:
+            _write_all(fd, memoryview(header))
+            _write_all(fd, memoryview(message))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+    return path
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (the last step before anyone hears OK)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,206 @@
+"""Every configuration key, declared once: name, type, default and meaning.
+
+Like Postfix's ``postconf.proto``, this is the one registry the loader, the
+validation errors and the shipped commented ``config/`` files agree with (a
+test keeps ``config/`` in step with these defaults).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .configfiles import parse_bool, parse_list
+from .schedule import DEFAULT_INTERVALS, parse_intervals
+
+Parser = Callable[[str], Any]
+
+
+def setting(default: Any, parse: Parser, doc: str) -> Any:
+    """Declare one key: its default, how its text is read, and what it means."""
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("must be a positive integer") from None
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("must be a whole number, 0 or more") from None
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text.strip().rstrip("s"))
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if value < 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if value <= 0:
+        raise ValueError("must be a number of seconds above 0")
+    return value
+
+
+def boolean(text: str) -> bool:
+    return parse_bool(text)
+
+
+def text(value: str) -> str:
+    return value.strip()
+
+
+def intervals(value: str) -> tuple[int, ...]:
+    return tuple(parse_intervals(value))
+
+
+def parse_hostport(item: str, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, a bare host or IPv6 address (with ``default_port``)."""
+    item = item.strip()
+    if item.startswith("["):
+        host, sep, rest = item[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{item!r}: missing ']'")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{item!r}: expected [address]:port")
+    elif item.count(":") == 1:
+        host, _, port_text = item.partition(":")
+    else:
+        host, port_text = item, ""
+    if not host:
+        raise ValueError(f"{item!r}: no host")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{item!r}: no port")
+        return host, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{item!r}: port must be a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{item!r}: port out of range")
+    return host, port
+
+
+def listen_list(value: str) -> tuple[tuple[str, int], ...]:
+    out = tuple(parse_hostport(item) for item in parse_list(value))
+    if not out:
+        raise ValueError("needs at least one host:port")
+    return out
+
+
+def nameserver_list(value: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in parse_list(value):
+        host, port = parse_hostport(item, default_port=53)
+        ipaddress.ip_address(host)  # nameservers are addresses, not names
+        out.append((host, port))
+    return tuple(out)
+
+
+def size(value: str) -> int:
+    """A byte count, with an optional k/m/g suffix (binary units)."""
+    v = value.strip().lower().rstrip("b")
+    mult = 1
+    if v and v[-1] in "kmg":
+        mult = {"k": 1024, "m": 1024**2, "g": 1024**3}[v[-1]]
+        v = v[:-1]
+    try:
+        n = int(float(v) * mult)
+    except ValueError:
+        raise ValueError("must be a size in bytes (suffix k, m or g allowed)") from None
+    if n < 1:
+        raise ValueError("must be a positive size")
+    return n
+
+
+def optional_bool(value: str) -> bool | None:
+    return None if value.strip() == "" else parse_bool(value)
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """``outbound.ini``: delivery settings (PRODUCT §2)."""
+
+    disabled: bool = setting(
+        False, boolean, "pause delivery while still accepting and queueing (read live, <= 5 s)")
+    concurrency_max: int = setting(
+        100, positive_int, "most simultaneous outbound connections of one worker node")
+    enable_tls: bool = setting(
+        False, boolean, "opportunistic STARTTLS when the remote end offers it")
+    ipv6_enabled: bool = setting(
+        False, boolean, "look up AAAA before A for each MX host and use those addresses first")
+    always_split: bool = setting(
+        False, boolean, "one queue entry and one SMTP session per recipient")
+    received_header: str = setting(
+        "mailflow outbound", text, "text of the Received: header; 'disabled' adds none")
+    connect_timeout: float = setting(30.0, positive_seconds, "TCP connect timeout (s)")
+    timeout_banner: float = setting(300.0, positive_seconds, "wait for the 220 banner (RFC 5321 4.5.3.2.1)")
+    timeout_command: float = setting(
+        300.0, positive_seconds, "wait for EHLO/HELO/STARTTLS/AUTH/RSET replies")
+    timeout_mail: float = setting(300.0, positive_seconds, "wait for the MAIL reply (4.5.3.2.2)")
+    timeout_rcpt: float = setting(300.0, positive_seconds, "wait for each RCPT reply (4.5.3.2.3)")
+    timeout_data: float = setting(120.0, positive_seconds, "wait for the DATA 354 reply (4.5.3.2.4)")
+    timeout_data_block: float = setting(
+        180.0, positive_seconds, "most time one block of message data may take to send (4.5.3.2.5)")
+    timeout_end_of_data: float = setting(
+        600.0, positive_seconds, "wait for the reply to the final dot (4.5.3.2.6)")
+    pool_timeout: float = setting(
+        50.0, seconds, "idle pooled connections send QUIT after this long; 0 disables pooling")
+    pool_concurrency_max: int = setting(
+        10, positive_int, "most pooled connections to one destination IP")
+    temp_fail_intervals: tuple[int, ...] = setting(
+        DEFAULT_INTERVALS, intervals,
+        "waits after the 1st, 2nd, ... temporary failure; 'none' bounces at once")
+    local_mx_ok: bool = setting(
+        False, boolean, "allow MX hosts resolving to loopback, private or own addresses")
+    queue_dir: str = setting("queue", text, "the queue directory (relative to the working dir)")
+    mx_port: int = setting(25, positive_int, "port for MX hosts found in DNS")
+    nameservers: tuple[tuple[str, int], ...] = setting(
+        (), nameserver_list, "comma list of ip or ip:port for every DNS query (default: system)")
+    max_bounce_body: int = setting(
+        256 * 1024, size, "originals larger than this are returned with headers only in bounces")
+
+
+@dataclass(frozen=True)
+class Smtp:
+    """``smtp.ini``: the submission listener."""
+
+    listen: tuple[tuple[str, int], ...] = setting(
+        (("127.0.0.1", 2525),), listen_list, "comma list of host:port ([v6]:port) to listen on")
+    max_message_size: int = setting(
+        25 * 1024 * 1024, size, "largest message accepted (bytes; SIZE is advertised)")
+    max_recipients: int = setting(1000, positive_int, "most RCPT TO per transaction")
+    auth_require_tls: bool | None = setting(
+        None, optional_bool, "refuse AUTH before STARTTLS (default: true except on loopback)")
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cls)}
+
+
+def docs_of(cls: type) -> dict[str, str]:
+    return {f.name: f.metadata["doc"] for f in fields(cls)}
+
+
+def parsers_of(cls: type) -> dict[str, Parser]:
+    return {f.name: f.metadata["parse"] for f in fields(cls)}

@@ -1,0 +1,1 @@
+"""``mailflow smtpd``: the submission listener (aiosmtpd)."""

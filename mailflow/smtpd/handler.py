@@ -1,0 +1,138 @@
+"""The submission transaction: relay checks, limits, hooks, and queueing.
+
+aiosmtpd drives the protocol; this handler decides each reply.  Hook
+receivers and the queue write (fsync) run in a thread so that neither a slow
+plugin nor the disk stalls the other sessions on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .. import hooks, outbound
+from ..address import AddressError, parse_address
+from ..codes import DENY, DENYSOFT, OK
+from ..config import Config
+from .acl import ip_allowed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Connection:
+    """What the ``connect`` and ``queue_outbound`` hooks see of the client."""
+
+    remote_ip: str
+    remote_port: int
+    local_ip: str
+    local_port: int
+    relaying: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)
+    tls: bool = False
+    auth_user: str | None = None
+
+
+@dataclass
+class Transaction:
+    """What ``queue_outbound`` sees: the envelope, the notes and the message bytes."""
+
+    mail_from: Any
+    rcpt_to: list[Any]
+    message: bytes
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def connection_of(session: Session) -> Connection:
+    conn: Connection = session.mf_connection  # type: ignore[attr-defined]
+    return conn
+
+
+def protocol_name(session: Session, conn: Connection) -> str:
+    """RFC 3848 ``with`` keyword: ESMTP plus S for TLS and A for AUTH."""
+    base = "ESMTP" if session.extended_smtp else "SMTP"
+    return base + ("S" if conn.tls else "") + ("A" if session.authenticated else "")
+
+
+class SubmissionHandler:
+    """aiosmtpd handler for ``mailflow smtpd``."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        out = [r for r in responses if r.strip() != "250-AUTH"]
+        # aiosmtpd reads commands one line at a time, so pipelined commands are safe.
+        out.insert(len(out) - 1, "250-PIPELINING")
+        return out
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        try:
+            parse_address(address, allow_null=True)
+        except AddressError as exc:
+            return f"553 5.1.7 Malformed sender address: {exc}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        conn = connection_of(session)
+        if not (session.authenticated or conn.relaying):
+            log.info("relay denied client=%s rcpt=%s", conn.remote_ip, address)
+            return "550 5.7.1 Relaying denied"
+        try:
+            parse_address(address)
+        except AddressError as exc:
+            return f"553 5.1.3 Malformed recipient address: {exc}"
+        if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        conn = connection_of(session)
+        conn.tls = session.ssl is not None
+        conn.auth_user = session.auth_data if session.authenticated else None
+        data = envelope.original_content or b""
+        assert isinstance(data, bytes)
+        mail_from = parse_address(envelope.mail_from or "", allow_null=True)
+        rcpts = [parse_address(r) for r in envelope.rcpt_tos]
+        txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, message=data)
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(
+            None, lambda: hooks.decide(hooks.queue_outbound, connection=conn, transaction=txn))
+        if answer.code is OK:
+            return f"250 {answer.value or '2.0.0 Message Queued'}"
+        if answer.code is DENY:
+            return f"550 {answer.value or '5.7.1 Message denied'}"
+        if answer.code is DENYSOFT:
+            return f"451 {answer.value or '4.3.0 Message deferred'}"
+        helo = session.host_name or "unknown"
+        try:
+            queued = await loop.run_in_executor(None, lambda: outbound.queue_message(
+                txn.mail_from, txn.rcpt_to, data, notes={**conn.notes, **txn.notes},
+                received_from=f"{helo} ([{conn.remote_ip}])",
+                protocol=protocol_name(session, conn), client=conn.remote_ip,
+                auth=conn.auth_user, cfg=self.cfg))
+        except outbound.QueueError as exc:
+            return f"451 4.3.0 {exc}; try again later"
+        return f"250 2.0.0 Message Queued ({queued.uuid})"
+
+
+def connection_for(session: Session, transport: Any, cfg: Config) -> Connection:
+    peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
+    sock = transport.get_extra_info("sockname") if transport else None
+    local = sock if isinstance(sock, tuple) else ("", 0)
+    conn = Connection(remote_ip=str(peer[0]), remote_port=int(peer[1]),
+                      local_ip=str(local[0]), local_port=int(local[1]))
+    conn.relaying = ip_allowed(conn.remote_ip, cfg.relay_acl)
+    return conn

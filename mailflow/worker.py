@@ -1,0 +1,21 @@
+"""Start-up of ``celery -A mailflow worker``: the same config and plugins as every process.
+
+The config directory comes from ``$MAILFLOW_CONFIG`` (default ``./config``):
+Celery's own ``--config`` option already means something else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery.signals import worker_init
+
+from . import startup
+
+
+@worker_init.connect
+def _load_config(**_kwargs: Any) -> None:
+    # SystemExit passes through Celery's signal dispatch (it catches Exception
+    # only), so a broken config stops the worker with a non-zero status.
+    startup.load_or_exit(os.environ.get("MAILFLOW_CONFIG"))
