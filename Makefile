@@ -1,0 +1,36 @@
+# mailflow: `make run` starts everything on the embedded broker; `make test` runs the suite.
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test lint bench services install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/mailflow run
+
+# Redis and RabbitMQ are started here when installed but not running, so a
+# test run never depends on what an earlier session left behind.
+services:
+	@bash tests/services.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) services lint
+	$(PY) -m pytest
+
+bench: $(STAMP) services
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mailflow build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,156 @@
+"""One mailflow installation for a test: its own directory, config, queue and state.
+
+Everything mailflow runs as a real process (``mailflow smtpd``, ``celery -A
+mailflow worker``, ``celery call``), started with this instance's
+environment; output goes to ``logs/`` under the instance directory, which a
+failing test prints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+class Proc:
+    """A process started by an instance, with its output in a log file."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path):
+        self.name, self.popen, self.log = name, popen, log
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_output(self, text: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.output()
+            if text in out:
+                return out
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: {text!r} not seen within {timeout} s "
+                             f"(exit {self.popen.poll()}); output:\n{self.output()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(sig)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+class Instance:
+    def __init__(self, root: Path, broker_url: str | None = None,
+                 config: dict[str, str] | None = None, copy_shipped: bool = True):
+        self.root = root
+        self.config_dir = root / "config"
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if copy_shipped:
+            shutil.copytree(REPO / "config", self.config_dir, dirs_exist_ok=True)
+        else:
+            self.config_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in (config or {}).items():
+            self.write_config(name, text)
+        self.broker_url = broker_url
+        self.procs: list[Proc] = []
+        self._serial = 0
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "queue"
+
+    def write_config(self, name: str, text: str) -> None:
+        (self.config_dir / name).write_text(text)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MAILFLOW_BROKER_URL", "CELERY_BROKER_URL")}
+        env.update(MAILFLOW_CONFIG=str(self.config_dir), MAILFLOW_STATE_DIR=str(self.root / ".mailflow"),
+                   PYTHONUNBUFFERED="1", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+        if self.broker_url:
+            env["MAILFLOW_BROKER_URL"] = self.broker_url
+        env.update(extra)
+        return env
+
+    def spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
+              preexec_fn: Callable[[], Any] | None = None, stdin: IO[bytes] | int | None = None) -> Proc:
+        self._serial += 1
+        log = self.logs / f"{self._serial:02d}-{name}.log"
+        out = open(log, "wb")  # noqa: SIM115 - closed by the process' exit
+        popen = subprocess.Popen(argv, cwd=self.root, env=env or self.env(), stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
+                                 preexec_fn=preexec_fn)
+        out.close()
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def mailflow_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "mailflow", *args]
+
+    def start_smtpd(self, *, preexec_fn: Callable[[], Any] | None = None, timeout: float = 20.0) -> Proc:
+        proc = self.spawn("smtpd", self.mailflow_argv("smtpd"), preexec_fn=preexec_fn)
+        proc.wait_for_output("listening on", timeout)
+        return proc
+
+    def start_worker(self, name: str = "w1", *, concurrency: int = 4, pool: str = "threads",
+                     extra: list[str] | None = None, timeout: float = 60.0) -> Proc:
+        argv = [sys.executable, "-m", "celery", "-A", "mailflow", "worker", "-n",
+                f"{name}-{os.getpid()}@%h", "--pool", pool, "--concurrency", str(concurrency),
+                "--loglevel", "INFO", *(extra or [])]
+        proc = self.spawn(f"worker-{name}", argv)
+        proc.wait_for_output(" ready.", timeout)
+        return proc
+
+    def run(self, argv: list[str], *, input: bytes | None = None, timeout: float = 60.0,
+            **extra_env: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(argv, cwd=self.root, env=self.env(**extra_env), input=input,
+                              capture_output=True, timeout=timeout)
+
+    def mailflow(self, *args: str, input: bytes | None = None, timeout: float = 60.0
+                 ) -> subprocess.CompletedProcess[bytes]:
+        return self.run(self.mailflow_argv(*args), input=input, timeout=timeout)
+
+    def celery(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
+        return self.run([sys.executable, "-m", "celery", "-A", "mailflow", *args], timeout=timeout)
+
+    def entries(self, state: str = "pending") -> list[Path]:
+        d = self.queue_dir / state
+        if not d.exists():
+            return []
+        return sorted(p for p in d.iterdir() if not p.name.startswith(("__tmp__.", "error.")))
+
+    def all_files(self) -> list[Path]:
+        return sorted(p for p in self.queue_dir.rglob("*") if p.is_file()) if self.queue_dir.exists() else []
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"==== {p.name} ====\n{p.output()[-3000:]}" for p in self.procs)

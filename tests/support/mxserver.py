@@ -1,0 +1,352 @@
+"""A destination MX for tests: aiosmtpd on any 127.0.0.x address and port.
+
+Replies are scripted per command (``banner EHLO HELO MAIL RCPT DATA DOT``),
+per recipient, and optionally as a list consumed one use at a time (the last
+use of a list falls back to the normal reply), e.g.
+``script={"DOT": ["451 4.3.0 later", "451 4.3.0 later"]}`` refuses two
+messages and accepts the third.  ``delay`` slows a command by some seconds.
+
+Every session is recorded: peer address, EHLO name, TLS or not, AUTH user,
+each transaction's envelope and exact message bytes, and whether it ended in
+QUIT.  ``high_water`` is the most simultaneous connections seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import ssl
+import threading
+import time
+from base64 import b64decode, b64encode
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, auth_mechanism
+
+
+@dataclass
+class Delivery:
+    mail_from: str
+    rcpt_to: list[str]
+    data: bytes
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class SessionRecord:
+    peer: tuple[str, int]
+    local: tuple[str, int]
+    ehlo: str | None = None
+    tls: bool = False
+    auth_user: str | None = None
+    mechanism: str | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+    quit: bool = False
+    closed: bool = False
+    started: float = field(default_factory=time.time)
+
+
+class _Script:
+    """Scripted replies; thread-safe because tests edit them while the server runs."""
+
+    def __init__(self, script: dict[str, Any] | None, rcpt: dict[str, Any] | None):
+        self.lock = threading.Lock()
+        self.script = dict(script or {})
+        self.rcpt = {k.lower(): v for k, v in (rcpt or {}).items()}
+
+    @staticmethod
+    def _take(table: dict[str, Any], key: str) -> str | None:
+        value = table.get(key)
+        if isinstance(value, list):
+            if not value:
+                return None
+            reply = value.pop(0)
+            return reply
+        return value
+
+    def reply(self, command: str) -> str | None:
+        with self.lock:
+            return self._take(self.script, command)
+
+    def rcpt_reply(self, address: str) -> str | None:
+        with self.lock:
+            reply = self._take(self.rcpt, address.lower())
+            if reply is None:
+                reply = self._take(self.script, "RCPT")
+            return reply
+
+
+class _Recording:
+    """Shared by the SMTP and LMTP fixture protocols."""
+
+    mx: MXServer
+    record: SessionRecord
+
+    def connection_made(self, transport: Any) -> None:
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.record = SessionRecord(peer=(peer[0], peer[1]), local=(local[0], local[1]))
+        self.mx._opened(self.record)
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def connection_lost(self, error: Any) -> None:
+        if not self.record.closed:
+            self.record.closed = True
+            self.mx._closed(self.record)
+        super().connection_lost(error)  # type: ignore[misc]
+
+    async def _handle_client(self) -> None:
+        banner = self.mx.script.reply("banner")
+        await self.mx._delay("banner")
+        if banner is not None and banner[:1] in "45":
+            await self.push(banner)  # type: ignore[attr-defined]
+            self.transport.close()  # type: ignore[attr-defined]
+            return
+        await super()._handle_client()  # type: ignore[misc]
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self.record.quit = True
+        await super().smtp_QUIT(arg)  # type: ignore[misc]
+
+    async def smtp_DATA(self, arg: str) -> None:
+        reply = self.mx.script.reply("DATA")
+        await self.mx._delay("DATA")
+        if reply is not None and self.envelope.rcpt_tos:  # type: ignore[attr-defined]
+            await self.push(reply)  # type: ignore[attr-defined]
+            return
+        await super().smtp_DATA(arg)  # type: ignore[misc]
+
+    @auth_mechanism("CRAM-MD5")
+    async def auth_CRAM_MD5(self, server: Any, args: list[str]) -> AuthResult:  # noqa: N802
+        challenge = f"<{os.getpid()}.{time.time_ns()}@mx.test>".encode()
+        response = await self.challenge_auth(challenge)  # type: ignore[attr-defined]
+        if response is MISSING:
+            return AuthResult(success=False, handled=True)
+        user, _, digest = response.decode().rpartition(" ")
+        password = self.mx.users.get(user)
+        ok = password is not None and hmac.compare_digest(
+            hmac.new(password.encode(), challenge, "md5").hexdigest(), digest)
+        if ok:
+            self.record.auth_user, self.record.mechanism = user, "CRAM-MD5"
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+
+class FixtureSMTP(_Recording, SMTP):
+    pass
+
+
+class FixtureLMTP(_Recording, LMTP):
+    pass
+
+
+class _Handler:
+    def __init__(self, mx: MXServer):
+        self.mx = mx
+
+    @staticmethod
+    def _record(server: Any) -> SessionRecord:
+        return server.record  # type: ignore[no-any-return]
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        rec = self._record(server)
+        rec.ehlo = hostname
+        rec.tls = session.ssl is not None
+        await self.mx._delay("EHLO")
+        reply = self.mx.script.reply("EHLO")
+        if reply is not None and reply[:1] in "45":
+            return [reply]
+        session.host_name = hostname
+        out = list(responses)
+        if self.mx.pipelining:
+            out.insert(len(out) - 1, "250-PIPELINING")
+        return out
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+        rec = self._record(server)
+        rec.ehlo = hostname
+        reply = self.mx.script.reply("HELO")
+        if reply is not None:
+            return reply
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        rec = self._record(server)
+        rec.tls = session.ssl is not None
+        await self.mx._delay("MAIL")
+        reply = self.mx.script.reply("MAIL")
+        if reply is not None and reply[:1] in "45":
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return reply or "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        await self.mx._delay("RCPT")
+        reply = self.mx.script.rcpt_reply(address)
+        if reply is not None and reply[:1] in "45":
+            return reply
+        envelope.rcpt_tos.append(address)
+        return reply or "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        rec = self._record(server)
+        await self.mx._delay("DOT")
+        data = envelope.original_content or b""
+        if self.mx.lmtp:
+            replies = []
+            accepted = []
+            for rcpt in envelope.rcpt_tos:
+                reply = self.mx.script.reply(f"DOT:{rcpt.lower()}") or "250 2.0.0 delivered"
+                replies.append(reply)
+                if reply.startswith("2"):
+                    accepted.append(rcpt)
+            if accepted:
+                self.mx._delivered(rec, Delivery(envelope.mail_from, accepted, data))
+            return "\r\n".join(replies)
+        reply = self.mx.script.reply("DOT")
+        if reply is not None and reply[:1] in "45":
+            return reply
+        self.mx._delivered(rec, Delivery(envelope.mail_from, list(envelope.rcpt_tos), data))
+        return reply or "250 2.0.0 Ok: queued"
+
+
+class MXServer:
+    """Run with ``with MXServer("127.0.0.2", port) as mx:`` or ``start()``/``stop()``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 script: dict[str, Any] | None = None, rcpt: dict[str, Any] | None = None,
+                 tls_context: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
+                 lmtp: bool = False, pipelining: bool = True, delay: dict[str, float] | None = None,
+                 hostname: str = "mx.test"):
+        self.host, self.port = host, port
+        self.script = _Script(script, rcpt)
+        self.tls_context = tls_context
+        self.users = dict(users or {})
+        self.lmtp = lmtp
+        self.pipelining = pipelining
+        self.delay = dict(delay or {})
+        self.hostname = hostname
+        self.sessions: list[SessionRecord] = []
+        self.current = 0
+        self.high_water = 0
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- records ---------------------------------------------------------------------
+
+    def _opened(self, rec: SessionRecord) -> None:
+        with self._lock:
+            self.sessions.append(rec)
+            self.current += 1
+            self.high_water = max(self.high_water, self.current)
+
+    def _closed(self, rec: SessionRecord) -> None:
+        with self._lock:
+            self.current -= 1
+
+    def _delivered(self, rec: SessionRecord, delivery: Delivery) -> None:
+        with self._lock:
+            rec.deliveries.append(delivery)
+
+    async def _delay(self, command: str) -> None:
+        seconds = self.delay.get(command)
+        if seconds:
+            await asyncio.sleep(seconds)
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        with self._lock:
+            return [d for s in self.sessions for d in s.deliveries]
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Delivery]:
+        """Wait until ``count`` messages were accepted; return them (fails the test on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.deliveries
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"{self.host}:{self.port} got {len(self.deliveries)} of {count} "
+                             f"messages within {timeout} s")
+
+    # -- serving ---------------------------------------------------------------------
+
+    def _authenticator(self, server: Any, session: Any, envelope: Any, mechanism: str,
+                       auth_data: Any) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False)
+        user = auth_data.login.decode()
+        ok = self.users.get(user) == auth_data.password.decode()
+        if ok:
+            server.record.auth_user, server.record.mechanism = user, mechanism
+        return AuthResult(success=ok, auth_data=user if ok else None)
+
+    def _factory(self) -> SMTP:
+        cls = FixtureLMTP if self.lmtp else FixtureSMTP
+        proto = cls(
+            _Handler(self), hostname=self.hostname, decode_data=False,
+            tls_context=self.tls_context, require_starttls=False, auth_require_tls=False,
+            authenticator=self._authenticator if self.users else None,
+            auth_exclude_mechanism=[] if self.users else ["PLAIN", "LOGIN", "CRAM-MD5"],
+            enable_SMTPUTF8=True, command_call_limit=None, data_size_limit=50 * 1024 * 1024)
+        proto.mx = self  # type: ignore[attr-defined]
+        return proto
+
+    def start(self) -> MXServer:
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(
+                    loop.create_server(self._factory, host=self.host, port=self.port,
+                                       reuse_address=True))
+                self.port = self._server.sockets[0].getsockname()[1]
+            except BaseException as exc:  # pragma: no cover - reported to the caller
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            self._server.close()
+            loop.run_until_complete(self._server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name=f"mx-{self.host}")
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> MXServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def auth_plain(user: str, password: str) -> str:
+    return b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def decode_b64(text: str) -> bytes:
+    return b64decode(text)

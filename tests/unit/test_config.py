@@ -1,0 +1,139 @@
+"""The config directory: every file parsed and validated; the shipped one in step with defaults."""
+
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from mailflow import config as configmod
+from mailflow.configfiles import ConfigError, read_ini
+from mailflow.settings import Outbound, Smtp, defaults_of, parsers_of
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "config"
+
+#: keys the shipped config sets on purpose to something other than the default
+SHIPPED_OVERRIDES = {"enable_tls": True}
+
+
+def test_shipped_config_loads():
+    cfg = configmod.Config(SHIPPED)
+    assert cfg.outbound.enable_tls is True
+    assert cfg.smtp.listen == (("127.0.0.1", 2525),)
+    assert cfg.auth.methods == ("PLAIN", "LOGIN", "CRAM-MD5")
+    assert any(str(n) == "127.0.0.1/32" for n in cfg.relay_acl)
+    assert "{reason}" in cfg.bounce_template
+
+
+def _commented_defaults(path: Path) -> dict[str, str]:
+    """``; key = value`` lines: the defaults the shipped file documents."""
+    out = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^[;#]\s*([a-z0-9_]+)\s*=\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+@pytest.mark.parametrize("cls,filename", [(Outbound, "outbound.ini"), (Smtp, "smtp.ini")])
+def test_shipped_file_documents_every_key_with_its_real_default(cls, filename):
+    path = SHIPPED / filename
+    documented = _commented_defaults(path)
+    active = {k: v.text for k, v in read_ini(path).section("main").items()}
+    parsers, defaults = parsers_of(cls), defaults_of(cls)
+    for key, default in defaults.items():
+        assert key in documented or key in active, f"{filename} does not mention {key}"
+        if key in active:
+            assert parsers[key](active[key]) == SHIPPED_OVERRIDES[key], key
+            continue
+        text = documented[key]
+        if default in (None, ()) and text == "":
+            continue
+        assert parsers[key](text) == default, f"{filename}: {key} documents {text!r}, default {default!r}"
+    for key in list(documented) + list(active):
+        assert key in defaults, f"{filename} mentions unknown key {key}"
+
+
+def test_missing_directory_gives_every_default(tmp_path):
+    cfg = configmod.Config(tmp_path)
+    assert dataclasses.asdict(cfg.outbound) == dataclasses.asdict(Outbound())
+    assert cfg.me  # the machine's FQDN
+
+
+@pytest.mark.parametrize("filename,text,line,fragment", [
+    ("outbound.ini", "enable_tls = true\n\nconcurrency_max = -3\n", 3,
+     "concurrency_max must be a positive integer"),
+    ("outbound.ini", "temp_fail_intervals = 1m, 2s\n", 1, "under the 5 s minimum"),
+    ("outbound.ini", "disabled = perhaps\n", 1, "disabled must be true/false"),
+    ("outbound.ini", "[main\n", 1, "malformed section"),
+    ("outbound.ini", "nameservers = dns.example\n", 1, "nameservers"),
+    ("smtp.ini", "listen = 127.0.0.1\n", 1, "listen"),
+    ("smtp.ini", "max_message_size = lots\n", 1, "max_message_size"),
+    ("tls.ini", "[outbound]\nno_tls_hosts = a b\n", 2, "no_tls_hosts"),
+    ("tls.ini", "minVersion = SSLv3\n", 1, "minVersion"),
+    ("relay_acl_allow", "127.0.0.1\nnot-an-ip\n", 2, "not an IP address"),
+    ("auth_flat_file.ini", "[core]\nmethods = PLAIN,NTLM\n", 2, "methods"),
+    ("plugins", "good_module\nbad module\n", 2, "not an importable module"),
+    ("outbound.bounce_message", "From: x\nno colon here\n\nbody\n", 2, "header line"),
+])
+def test_errors_name_file_and_line(tmp_path, filename, text, line, fragment):
+    (tmp_path / filename).write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        configmod.Config(tmp_path)
+    assert str(exc.value).startswith(f"{tmp_path / filename}:{line}: ")
+    assert fragment in str(exc.value)
+
+
+def test_tls_outbound_inherits_main(tmp_path):
+    (tmp_path / "tls.ini").write_text(
+        "[main]\nciphers = HIGH\nrejectUnauthorized = true\n[outbound]\nrejectUnauthorized = false\n"
+        "force_tls_hosts = mx.bank.example, 192.0.2.0/24\n")
+    cfg = configmod.Config(tmp_path)
+    assert cfg.tls_main.rejectUnauthorized is True
+    assert cfg.tls_outbound.ciphers == "HIGH"
+    assert cfg.tls_outbound.rejectUnauthorized is False
+    assert cfg.tls_outbound.force_tls_hosts == ("mx.bank.example", "192.0.2.0/24")
+    assert cfg.tls_main.cert == str(tmp_path / "tls_cert.pem")
+
+
+def test_haraka_explicit_main_and_list_syntax(tmp_path):
+    (tmp_path / "outbound.ini").write_text("[main]\nnameservers[] = 127.0.0.1:5353\n"
+                                           "nameservers[] = ::1\n")
+    cfg = configmod.Config(tmp_path)
+    assert cfg.outbound.nameservers == (("127.0.0.1", 5353), ("::1", 53))
+
+
+def test_outbound_ini_is_reread_live(tmp_path, monkeypatch):
+    monkeypatch.setattr(configmod, "RELOAD_CHECK_INTERVAL", 0.0)
+    path = tmp_path / "outbound.ini"
+    path.write_text("disabled = false\n")
+    cfg = configmod.Config(tmp_path)
+    assert cfg.outbound.disabled is False
+    path.write_text("disabled = true\nconcurrency_max = 7\n")
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert cfg.outbound.disabled is True
+    assert cfg.outbound.concurrency_max == 7
+
+
+def test_reload_happens_within_five_seconds_with_the_real_interval(tmp_path):
+    assert configmod.RELOAD_CHECK_INTERVAL <= 5
+
+
+def test_broken_reload_keeps_the_last_good_settings(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(configmod, "RELOAD_CHECK_INTERVAL", 0.0)
+    path = tmp_path / "outbound.ini"
+    path.write_text("concurrency_max = 9\n")
+    cfg = configmod.Config(tmp_path)
+    path.write_text("concurrency_max = nine\n")
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert cfg.outbound.concurrency_max == 9
+    assert "concurrency_max must be a positive integer" in caplog.text
+
+
+def test_unknown_keys_are_warned_about_not_fatal(tmp_path, caplog):
+    (tmp_path / "outbound.ini").write_text("maxTempFailures = 13\n")
+    configmod.Config(tmp_path)
+    assert "unknown key 'maxTempFailures'" in caplog.text

@@ -1,0 +1,95 @@
+from mailflow import hooks
+from mailflow.codes import CONT, DELAY, DENY, DENYSOFT, OK
+
+calls: list[str] = []
+
+
+def cont(**kwargs):
+    calls.append("cont")
+
+
+def deny(**kwargs):
+    calls.append("deny")
+    return DENY, "no"
+
+
+def ok(**kwargs):
+    calls.append("ok")
+    return OK
+
+
+def broken(**kwargs):
+    calls.append("broken")
+    raise RuntimeError("plugin bug")
+
+
+def not_a_code(**kwargs):
+    return "yes please"
+
+
+def _with(signal, *receivers):
+    for r in receivers:
+        signal.connect(r)
+    return lambda: [signal.disconnect(r) for r in receivers]
+
+
+def test_first_non_cont_decides_but_every_receiver_runs():
+    calls.clear()
+    undo = _with(hooks.get_mx, cont, deny, ok)
+    try:
+        answer = hooks.decide(hooks.get_mx, hmail=None, domain="x")
+    finally:
+        undo()
+    assert answer.code is DENY and answer.value == "no"
+    assert calls == ["cont", "deny", "ok"]
+
+
+def test_no_receivers_means_cont():
+    assert hooks.decide(hooks.bounce, hmail=None, error=None).code is CONT
+
+
+def test_raising_receiver_counts_as_denysoft_by_default():
+    undo = _with(hooks.send_email, broken, ok)
+    try:
+        answer = hooks.decide(hooks.send_email, hmail=None)
+    finally:
+        undo()
+    assert answer.code is DENYSOFT
+    assert "plugin bug" in answer.value
+
+
+def test_raising_receiver_can_count_as_cont():
+    undo = _with(hooks.delivered, broken)
+    try:
+        assert hooks.decide(hooks.delivered, raised=CONT, hmail=None).code is CONT
+    finally:
+        undo()
+
+
+def test_nonsense_answer_is_treated_like_an_error():
+    undo = _with(hooks.deferred, not_a_code)
+    try:
+        assert hooks.decide(hooks.deferred, hmail=None, delay=1, err="x").code is DENYSOFT
+    finally:
+        undo()
+
+
+def delay(**kwargs):
+    return DELAY, 30
+
+
+def test_tuple_answers_carry_a_value():
+    undo = _with(hooks.send_email, delay)
+    try:
+        answer = hooks.decide(hooks.send_email, hmail=None)
+    finally:
+        undo()
+    assert (answer.code, answer.value) == (DELAY, 30)
+
+
+def test_every_product_hook_is_a_celery_signal():
+    from celery.utils.dispatch import Signal
+
+    for name in ("connect", "queue_outbound", "send_email", "get_mx", "deferred", "bounce",
+                 "delivered"):
+        assert isinstance(getattr(hooks, name), Signal)

@@ -1,0 +1,114 @@
+"""Queue files and the queue directory: names, format, atomic writes, start-up recovery."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mailflow import qfile
+from mailflow.address import parse_address
+from mailflow.hmail import HMail
+from mailflow.qfile import EntryName
+from mailflow.spool import NewEntry, Spool, now_ms
+from mailflow.todo import ToDo
+
+
+def make_entry(ident: str = "U.1", domain: str = "example.com", pad: int = 0) -> NewEntry:
+    t = now_ms()
+    notes = {"k": "v", "pad": "p" * pad} if pad else {"k": "v"}
+    todo = ToDo(uuid=ident, queue_time=t, domain=domain, mail_from=parse_address("a@b.example"),
+                rcpt_to=[parse_address(f"x@{domain}")], notes=notes)
+    return NewEntry(EntryName(t, 0, t, ident, domain), todo)
+
+
+def test_name_round_trip_and_sort_order():
+    a = EntryName(1_000, 2, 900, "ABC-1.1", "example.com")
+    b = EntryName(20_000, 0, 900, "ABC-1.2", "ex.org")
+    assert EntryName.parse(str(a)) == a
+    assert sorted([str(b), str(a)]) == [str(a), str(b)]  # zero padding: due order
+    assert EntryName.parse("__tmp__.1.x") is None
+    assert EntryName.parse("error." + str(a)) is None
+    assert EntryName.parse("random") is None
+    assert a.rescheduled(5_000, 3).num_failures == 3
+
+
+def test_write_then_load(tmp_path):
+    spool = Spool(tmp_path).ensure()
+    entry = make_entry()
+    [path] = spool.write([entry], b"Subject: x\r\n\r\n..dot\r\n")
+    hmail = HMail.load(path)
+    assert hmail.todo.uuid == "U.1" and hmail.todo.notes == {"k": "v"}
+    assert hmail.todo.rcpt_to[0].address == "x@example.com"
+    assert hmail.message() == b"Subject: x\r\n\r\n..dot\r\n"
+    assert hmail.num_failures == 0 and hmail.filename == path.name
+    assert not [p for p in spool.pending.iterdir() if p.name.startswith("__tmp__")]
+
+
+def test_listing_needs_no_file_opened(tmp_path):
+    spool = Spool(tmp_path).ensure()
+    spool.write([make_entry("U.1", "a.example"), make_entry("U.2", "b.example")], b"x\r\n")
+    for p in spool.pending.iterdir():
+        p.chmod(0)  # even unreadable files are listed from their names
+    assert sorted(n.domain for n in spool.names()) == ["a.example", "b.example"]
+
+
+def test_recover_removes_dead_writers_temp_files_and_moves_corrupt_aside(tmp_path):
+    spool = Spool(tmp_path).ensure()
+    [good] = spool.write([make_entry("G.1")], b"ok\r\n")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = spool.pending / f"__tmp__.{dead}.{EntryName(1, 0, 1, 'T.1', 'x.example')}"
+    stale.write_bytes(b"half")
+    alive = spool.pending / f"__tmp__.1.{EntryName(1, 0, 1, 'T.2', 'x.example')}"  # pid 1 lives
+    alive.write_bytes(b"half")
+    corrupt = spool.pending / str(EntryName(1, 0, 1, "C.1", "x.example"))
+    corrupt.write_bytes(b"\x00\x00\x10\x00{not json")
+    short = spool.active / str(EntryName(1, 0, 1, "C.2", "x.example"))
+    short.write_bytes(b"\x00")
+    assert spool.recover() == (1, 2)
+    assert not stale.exists() and alive.exists() and good.exists()
+    assert (spool.pending / ("error." + corrupt.name)).exists()
+    assert (spool.active / ("error." + short.name)).exists()
+    assert [n.id for n in spool.names()] == ["G.1"]
+
+
+def test_corrupt_header_is_reported(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(qfile._LEN.pack(5) + b"[1,2]")
+    with pytest.raises(qfile.CorruptEntry):
+        qfile.load(p)
+
+
+def test_json_header_is_plain_json(tmp_path):
+    spool = Spool(tmp_path).ensure()
+    [path] = spool.write([make_entry()], b"m\r\n")
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:4], "big")
+    assert json.loads(raw[4:4 + length])["domain"] == "example.com"
+    assert raw[4 + length:] == b"m\r\n"
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    """The second of two entries hits a file size limit (as on a full disk): neither remains."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from tests.unit.test_queue import make_entry
+        from mailflow.spool import Spool
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        spool = Spool({str(tmp_path)!r}).ensure()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (700_000, 700_000))
+        try:
+            spool.write([make_entry("A.1", "a.example"),
+                         make_entry("A.2", "b.example", pad=200_000)],
+                        b"x" * 600_000)
+        except OSError as exc:
+            print("failed", exc.errno)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.stdout.startswith("failed"), out.stderr
+    assert os.listdir(tmp_path / "pending") == []
