@@ -5,9 +5,15 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 __version__ = "0.1.0"
+
+if os.environ.get("MAILFLOW_BROKER_URL"):
+    # Celery lets CELERY_BROKER_URL override any config, so ours must be the one it sees.
+    os.environ["CELERY_BROKER_URL"] = os.environ["MAILFLOW_BROKER_URL"]
 
 app = Celery("mailflow")
 app.config_from_object("celeryconfig")

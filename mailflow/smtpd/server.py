@@ -30,6 +30,7 @@ REPLY_MAP = {
     "552 Error: message size exceeds fixed maximum message size":
         "552 5.3.4 Message size exceeds fixed maximum message size",
     "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)",
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ class Proc:
 
     def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path):
         self.name, self.popen, self.log = name, popen, log
+        self.node = ""  # the Celery node name, for workers
 
     @property
     def pid(self) -> int:
@@ -120,10 +122,11 @@ class Instance:
 
     def start_worker(self, name: str = "w1", *, concurrency: int = 4, pool: str = "threads",
                      extra: list[str] | None = None, timeout: float = 60.0) -> Proc:
-        argv = [sys.executable, "-m", "celery", "-A", "mailflow", "worker", "-n",
-                f"{name}-{os.getpid()}@%h", "--pool", pool, "--concurrency", str(concurrency),
-                "--loglevel", "INFO", *(extra or [])]
+        node = f"{name}-{os.getpid()}@{socket.gethostname()}"
+        argv = [sys.executable, "-m", "celery", "-A", "mailflow", "worker", "-n", node,
+                "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "INFO", *(extra or [])]
         proc = self.spawn(f"worker-{name}", argv)
+        proc.node = node
         proc.wait_for_output(" ready.", timeout)
         return proc
 

@@ -86,6 +86,9 @@ class _Recording:
     record: SessionRecord
 
     def connection_made(self, transport: Any) -> None:
+        if getattr(self, "record", None) is not None:  # aiosmtpd calls it again after STARTTLS
+            super().connection_made(transport)  # type: ignore[misc]
+            return
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.record = SessionRecord(peer=(peer[0], peer[1]), local=(local[0], local[1]))

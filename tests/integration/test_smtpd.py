@@ -1,0 +1,346 @@
+"""mailflow smtpd as a real process: AUTH, relaying, limits, smuggling, durability, hooks."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import smtplib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from mailflow.hmail import HMail
+from mailflow.message import dot_unstuff
+from tests.support.dnsserver import free_port
+from tests.support.instance import Instance
+
+USERS = "[users]\nalice = s3cret\n"
+MSG = (b"From: alice@sender.example\r\nTo: bob@dest.example\r\nSubject: hi\r\n"
+       b"Message-Id: <m1@sender.example>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n"
+       b"body line\r\n.leading dot\r\n")
+
+PLUGIN = '''
+from mailflow import hooks
+from mailflow.codes import DENY, DENYSOFT, OK
+
+@hooks.connect.connect
+def by_ip(connection, **kwargs):
+    if connection.remote_ip == "127.0.0.4":
+        return DENY, "5.7.1 go away"
+    if connection.remote_ip == "127.0.0.5":
+        connection.relaying = True
+
+@hooks.queue_outbound.connect
+def by_rcpt(connection, transaction, **kwargs):
+    first = transaction.rcpt_to[0].user
+    if first == "plugin-ok":
+        return OK, "2.0.0 queued by plugin"
+    if first == "plugin-deny":
+        return DENY, "5.7.1 not this one"
+    if first == "plugin-soft":
+        return DENYSOFT
+    transaction.notes["seen_by_plugin"] = True
+'''
+
+
+def write_tls(ca: trustme.CA, config_dir: Path) -> None:
+    cert = ca.issue_cert("mailflow.test", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(config_dir / "tls_key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(config_dir / "tls_cert.pem"))
+
+
+def make(root: Path, port: int, *, smtp_extra: str = "", acl: str = "127.0.0.3\n",
+         ca: trustme.CA | None = None, plugins: bool = False) -> Instance:
+    inst = Instance(root, config={
+        "smtp.ini": f"listen = 127.0.0.1:{port}\nmax_message_size = 64k\nmax_recipients = 3\n{smtp_extra}",
+        "auth_flat_file.ini": "[core]\nmethods = PLAIN,LOGIN,CRAM-MD5\n" + USERS,
+        "relay_acl_allow": acl,
+        "me": "mailflow.test\n",
+    })
+    if ca is not None:
+        write_tls(ca, inst.config_dir)
+    if plugins:
+        (inst.config_dir / "test_plugin.py").write_text(PLUGIN)
+        inst.write_config("plugins", "test_plugin\n")
+    return inst
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tls_ca):
+    port = free_port()
+    inst = make(tmp_path_factory.mktemp("smtpd"), port, ca=tls_ca, plugins=True)
+    inst.start_smtpd()
+    yield inst, port
+    inst.stop_all()
+
+
+def client(port: int, source: str = "127.0.0.2") -> smtplib.SMTP:
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    s.ehlo("client.test")
+    return s
+
+
+def uuid_of(reply: bytes) -> str:
+    text = reply.decode()
+    assert "Message Queued (" in text, text
+    return text.split("Message Queued (")[1].rstrip(")")
+
+
+def entries_for(inst: Instance, uuid: str) -> list[HMail]:
+    return [HMail.load(p) for p in inst.entries() if f"_{uuid}." in p.name]
+
+
+def test_ehlo_advertises_extensions(served):
+    _, port = served
+    with client(port) as s:
+        for ext in ("size", "8bitmime", "pipelining", "starttls", "auth"):
+            assert s.has_extn(ext), ext
+        assert s.esmtp_features["size"] == str(64 * 1024)
+
+
+def test_auth_plain_queues_envelope_and_exact_bytes(served):
+    inst, port = served
+    with client(port) as s:
+        assert s.login("alice", "s3cret")[0] == 235
+        assert s.mail("alice@sender.example")[0] == 250
+        assert s.rcpt("bob@dest.example")[0] == 250
+        assert s.rcpt("carol@dest.example")[0] == 250
+        code, reply = s.data(MSG)
+    assert code == 250 and reply.startswith(b"2.0.0 Message Queued (")
+    uuid = uuid_of(reply)
+    [entry] = entries_for(inst, uuid)
+    assert entry.todo.mail_from.address == "alice@sender.example"
+    assert [r.address for r in entry.todo.rcpt_to] == ["bob@dest.example", "carol@dest.example"]
+    assert entry.todo.notes.get("seen_by_plugin") is True
+    stored = dot_unstuff(entry.message())
+    received, rest = stored.split(b"\r\n", 1)
+    assert received.startswith(b"Received: from client.test ([127.0.0.2]) by mailflow.test "
+                               b"(mailflow outbound) with ESMTPA id " + uuid.encode() + b";")
+    assert rest == MSG  # smtplib's own dot-stuffing is undone; nothing else changed
+
+
+def test_unauthenticated_relay_is_refused_and_nothing_queued(served):
+    inst, port = served
+    before = inst.entries()
+    with client(port) as s:
+        s.mail("x@sender.example")
+        code, text = s.rcpt("bob@dest.example")
+    assert code == 550 and text.startswith(b"5.7.1")
+    assert inst.entries() == before
+
+
+def test_relay_acl_address_may_relay(served):
+    inst, port = served
+    with client(port, source="127.0.0.3") as s:
+        s.mail("app@sender.example")
+        assert s.rcpt("bob@dest.example")[0] == 250
+        code, reply = s.data(b"Subject: acl\r\n\r\nx\r\n")
+    assert code == 250
+    assert entries_for(inst, uuid_of(reply))
+
+
+def test_wrong_password_is_535(served):
+    _, port = served
+    with client(port) as s, pytest.raises(smtplib.SMTPAuthenticationError) as exc:
+        s.login("alice", "wrong")
+    assert exc.value.smtp_code == 535
+    assert exc.value.smtp_error.startswith(b"5.7.8")
+
+
+@pytest.mark.parametrize("mechanism", ["LOGIN", "CRAM-MD5"])
+def test_other_auth_mechanisms(served, mechanism):
+    _, port = served
+    with client(port) as s:
+        s.user, s.password = "alice", "s3cret"
+        method = {"LOGIN": s.auth_login, "CRAM-MD5": s.auth_cram_md5}[mechanism]
+        assert s.auth(mechanism, method, initial_response_ok=False)[0] == 235
+    with client(port) as s:
+        s.user, s.password = "alice", "nope"
+        method = {"LOGIN": s.auth_login, "CRAM-MD5": s.auth_cram_md5}[mechanism]
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.auth(mechanism, method, initial_response_ok=False)
+
+
+@pytest.mark.parametrize("sequence", [b"\n.\n", b"\r.\n", b"\n.\r\n"], ids=["LF.LF", "CR.LF", "LF.CRLF"])
+def test_smuggling_never_makes_a_second_message(served, sequence):
+    inst, port = served
+    before = set(inst.entries())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.3", 0))
+    f = sock.makefile("rb")
+
+    def reply() -> bytes:
+        line = f.readline()
+        while line[3:4] == b"-":
+            line = f.readline()
+        return line
+
+    reply()
+    for cmd in (b"EHLO c.test", b"MAIL FROM:<a@sender.example>", b"RCPT TO:<b@dest.example>", b"DATA"):
+        sock.sendall(cmd + b"\r\n")
+        reply()
+    sock.sendall(b"Subject: smuggle\r\n\r\nhello" + sequence +
+                 b"MAIL FROM:<evil@sender.example>\r\nRCPT TO:<victim@other.example>\r\n"
+                 b"DATA\r\nsmuggled\r\n.\r\n")
+    final = reply()
+    sock.sendall(b"QUIT\r\n")
+    reply()
+    sock.close()
+    assert final.startswith(b"250 2.0.0 Message Queued")
+    new = [HMail.load(p) for p in set(inst.entries()) - before]
+    assert len(new) == 1
+    assert new[0].todo.domain == "dest.example"
+    body = new[0].message()
+    assert b"smuggled" in body and b"\r\n.\r\n" not in body
+
+
+def test_over_size_is_552_and_nothing_queued(served):
+    inst, port = served
+    before = inst.entries()
+    with client(port, source="127.0.0.3") as s:
+        s.mail("a@sender.example")
+        s.rcpt("b@dest.example")
+        code, text = s.data(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 1024)
+        assert (code, text[:5]) == (552, b"5.3.4")
+        code, text = s.mail("a@sender.example", ["SIZE=999999"])
+        assert (code, text[:5]) == (552, b"5.3.4")
+    assert inst.entries() == before
+
+
+def test_too_many_recipients_is_452(served):
+    _, port = served
+    with client(port, source="127.0.0.3") as s:
+        s.mail("a@sender.example")
+        for n in range(3):
+            assert s.rcpt(f"r{n}@dest.example")[0] == 250
+        code, text = s.rcpt("r4@dest.example")
+    assert (code, text[:5]) == (452, b"4.5.3")
+
+
+@pytest.mark.parametrize("command", ["MAIL FROM:<a@b@c>", "MAIL FROM:<user@bad_domain.example>",
+                                     "RCPT TO:<no-domain>", "RCPT TO:<u@-bad.example>",
+                                     "RCPT TO:<u@[999.1.1.1]>"])
+def test_malformed_addresses(served, command):
+    _, port = served
+    with client(port, source="127.0.0.3") as s:
+        if command.startswith("RCPT"):
+            s.mail("ok@sender.example")
+        code, _ = s.docmd(command)
+    assert code in (501, 553)
+
+
+def test_source_route_is_ignored_never_followed(served):
+    """RFC 5321 4.1.2: a source route is ignored; mail goes to the final mailbox only."""
+    inst, port = served
+    with client(port, source="127.0.0.3") as s:
+        s.mail("a@sender.example")
+        code, _ = s.docmd("RCPT TO:<@relay.example:u@final.example>")
+        assert code == 250
+        code, reply = s.data(b"Subject: r\r\n\r\nx\r\n")
+    [entry] = entries_for(inst, uuid_of(reply))
+    assert entry.todo.domain == "final.example"
+    assert [r.address for r in entry.todo.rcpt_to] == ["u@final.example"]
+
+
+def test_connect_hook_can_deny_or_allow_relaying(served):
+    _, port = served
+    with pytest.raises(smtplib.SMTPConnectError) as exc:
+        smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.4", 0))
+    assert exc.value.smtp_code == 554
+    with client(port, source="127.0.0.5") as s:
+        s.mail("a@sender.example")
+        assert s.rcpt("b@dest.example")[0] == 250
+
+
+@pytest.mark.parametrize("user,code,entries", [("plugin-ok", 250, 0), ("plugin-deny", 550, 0),
+                                               ("plugin-soft", 451, 0)])
+def test_queue_outbound_hook(served, user, code, entries):
+    inst, port = served
+    before = inst.entries()
+    with client(port, source="127.0.0.3") as s:
+        s.mail("a@sender.example")
+        s.rcpt(f"{user}@dest.example")
+        got, _ = s.data(b"Subject: h\r\n\r\nx\r\n")
+    assert got == code
+    assert len(inst.entries()) - len(before) == entries
+
+
+def test_auth_before_starttls_is_refused_when_tls_is_required(tmp_path, tls_ca):
+    port = free_port()
+    inst = make(tmp_path / "tlsreq", port, smtp_extra="auth_require_tls = true\n", ca=tls_ca)
+    inst.start_smtpd()
+    with client(port) as s:
+        assert not s.has_extn("auth")
+        code, _ = s.docmd("AUTH", "PLAIN " + "AGFsaWNlAHMzY3JldA==")
+        assert code == 538
+        ctx = ssl.create_default_context()
+        tls_ca.configure_trust(ctx)
+        s.starttls(context=ctx)
+        s.ehlo("client.test")
+        assert s.has_extn("auth")
+        assert s.login("alice", "s3cret")[0] == 235
+
+
+def test_auth_require_tls_default_depends_on_listener():
+    from mailflow import config as configmod
+    from mailflow.smtpd.server import auth_require_tls
+
+    cfg = configmod.Config(Path("/nonexistent"))
+    assert auth_require_tls(cfg, "127.0.0.1") is False
+    assert auth_require_tls(cfg, "::1") is False
+    assert auth_require_tls(cfg, "0.0.0.0") is True
+    assert auth_require_tls(cfg, "192.0.2.1") is True
+
+
+def _fsize_limit() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+
+def test_full_disk_is_451_and_leaves_no_partial_file(tmp_path):
+    port = free_port()
+    inst = make(tmp_path / "full", port)
+    inst.start_smtpd(preexec_fn=_fsize_limit)
+    with client(port, source="127.0.0.3") as s:
+        s.mail("a@sender.example")
+        s.rcpt("b@dest.example")
+        s.rcpt("c@other.example")
+        code, text = s.data(b"Subject: big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 400)
+    assert (code, text[:5]) == (451, b"4.3.0")
+    assert inst.all_files() == []
+
+
+def test_unwritable_queue_is_451(tmp_path):
+    port = free_port()
+    inst = make(tmp_path / "unwritable", port)
+    inst.start_smtpd()
+    pending = inst.queue_dir / "pending"
+    pending.rmdir()
+    pending.write_text("not a directory")
+    with client(port, source="127.0.0.3") as s:
+        s.mail("a@sender.example")
+        s.rcpt("b@dest.example")
+        code, text = s.data(b"Subject: s\r\n\r\nx\r\n")
+    assert (code, text[:5]) == (451, b"4.3.0")
+
+
+def test_kill_9_right_after_250_leaves_a_complete_entry(tmp_path):
+    port = free_port()
+    inst = make(tmp_path / "kill", port)
+    proc = inst.start_smtpd()
+    body = b"Subject: durable\r\n\r\n" + (b"z" * 70 + b"\r\n") * 800
+    s = client(port, source="127.0.0.3")
+    s.mail("a@sender.example")
+    s.rcpt("b@dest.example")
+    code, reply = s.data(body)
+    proc.kill9()
+    assert code == 250
+    [entry] = entries_for(inst, uuid_of(reply))
+    assert dot_unstuff(entry.message()).endswith(body)
+    # and a restarted smtpd keeps it (recovery does not move it aside)
+    inst.start_smtpd()
+    time.sleep(0.2)
+    assert entries_for(inst, uuid_of(reply))

@@ -1,0 +1,94 @@
+"""Processes refuse to start half-configured; `mailflow run` is the newcomer's one command."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import time
+
+import pytest
+
+from tests.support.dnsserver import free_port
+from tests.support.instance import Instance
+
+
+@pytest.mark.parametrize("command", ["smtpd", "run", "send"])
+def test_config_syntax_error_names_file_and_line_and_exits_nonzero(make_instance, command):
+    inst: Instance = make_instance()
+    inst.write_config("outbound.ini", "enable_tls = true\n\nconcurrency_max = many\n")
+    args = [command] + (["-f", "a@b.example", "c@d.example"] if command == "send" else [])
+    out = inst.mailflow(*args, input=b"x", timeout=30)
+    assert out.returncode != 0
+    assert f"{inst.config_dir / 'outbound.ini'}:3: concurrency_max must be a positive integer" in \
+        out.stderr.decode()
+
+
+def test_worker_refuses_a_broken_config(make_instance):
+    inst: Instance = make_instance()
+    inst.write_config("smtp.ini", "[main\n")
+    out = inst.celery("worker", "--pool", "solo", timeout=60)
+    assert out.returncode != 0
+    assert f"{inst.config_dir / 'smtp.ini'}:1: malformed section header" in out.stderr.decode()
+
+
+def test_plugin_import_error_stops_the_process(make_instance):
+    inst: Instance = make_instance()
+    inst.write_config("plugins", "# comment\nno_such_plugin_module\n")
+    out = inst.mailflow("smtpd", timeout=30)
+    assert out.returncode != 0
+    err = out.stderr.decode()
+    assert f"{inst.config_dir / 'plugins'}:2: cannot import plugin 'no_such_plugin_module'" in err
+
+
+def test_help_for_every_command(make_instance):
+    inst: Instance = make_instance()
+    for args in (["--help"], ["run", "--help"], ["smtpd", "--help"], ["send", "--help"]):
+        out = inst.mailflow(*args)
+        assert out.returncode == 0 and b"usage:" in out.stdout
+
+
+def test_mailflow_send_queues_from_stdin(make_instance):
+    inst: Instance = make_instance()
+    out = inst.mailflow("send", "-f", "app@sender.example", "x@dest.example", "y@other.example",
+                        input=b"Subject: cli\n\nhello\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(b"Message Queued (")
+    assert len(inst.entries()) == 2
+    bad = inst.mailflow("send", "-f", "app@sender.example", "not-an-address", input=b"x")
+    assert bad.returncode == 1 and b"malformed" in bad.stderr
+
+
+def test_startup_removes_leftover_temp_files_and_moves_corrupt_entries_aside(make_instance):
+    port = free_port()
+    inst: Instance = make_instance(config={"smtp.ini": f"listen = 127.0.0.1:{port}\n"})
+    pending = inst.queue_dir / "pending"
+    pending.mkdir(parents=True)
+    (pending / "__tmp__.999999999.0000000000001_0_0000000000001_X.1_a.example").write_bytes(b"half")
+    (pending / "0000000000001_0_0000000000001_C.1_a.example").write_bytes(b"\x00\x00\x00\x09{broken")
+    inst.start_smtpd()
+    assert sorted(p.name for p in pending.iterdir()) == [
+        "error.0000000000001_0_0000000000001_C.1_a.example"]
+
+
+def test_make_run_style_all_in_one_listens_queues_and_stops_cleanly(make_instance):
+    port = free_port()
+    inst: Instance = make_instance(config={"smtp.ini": f"listen = 127.0.0.1:{port}\n"})
+    started = time.monotonic()
+    proc = inst.spawn("run", inst.mailflow_argv("run"))
+    out = proc.wait_for_output(f"listening on 127.0.0.1:{port}", timeout=10)
+    assert time.monotonic() - started < 10
+    proc.wait_for_output("try: ", timeout=5)
+    assert "curl" in proc.output()
+    # the embedded worker comes up too (one process tree)
+    proc.wait_for_output(" ready.", timeout=60)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0)) as s:
+        s.login("demo", "demo-password")  # the shipped example user
+        s.mail("you@example.com")
+        s.rcpt("someone@example.net")
+        code, reply = s.data(b"Subject: first\r\n\r\nhello\r\n")
+    assert code == 250 and b"Message Queued (" in reply
+    assert any("someone" in p.read_bytes().decode(errors="replace") for p in inst.all_files())
+    assert out
+    proc.popen.send_signal(signal.SIGINT)
+    assert proc.popen.wait(40) == 0
+    assert "Warm shutdown" in proc.output() or "worker: Warm shutdown" in proc.output()
