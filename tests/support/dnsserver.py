@@ -133,7 +133,7 @@ class DNSServer:
         udp.daemon_threads = tcp.daemon_threads = True
         self._udp, self._tcp, self.port = udp, tcp, port
         for srv in (udp, tcp):
-            threading.Thread(target=srv.serve_forever, daemon=True, name="dns").start()
+            threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True, name="dns").start()
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,199 @@
+"""Where to deliver: MX lookup with dnspython, and ``get_mx`` answers (PRODUCT §3, §4).
+
+RFC 5321 §5.1: MX records in preference order, equal preferences shuffled;
+no MX record means the domain itself is the MX (implicit MX); a single MX of
+"." is a null MX (RFC 7505): the domain accepts no mail.  Answers are cached
+for their TTL by the resolver, so a batch, and the batches after it, cost one
+lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.exception
+import dns.name
+import dns.resolver
+
+from .errors import PermanentError, TemporaryError, local_reply
+from .settings import Outbound, parse_hostport
+
+
+@dataclass(frozen=True)
+class MX:
+    """One mail exchanger and how to talk to it."""
+
+    exchange: str
+    priority: int = 0
+    port: int | None = None
+    bind: str | None = None
+    bind_helo: str | None = None
+    using_lmtp: bool = False
+    auth_user: str | None = None
+    auth_pass: str | None = field(default=None, repr=False)
+    auth_type: str | None = None
+    from_dns: bool = True  #: only DNS answers are subject to the local_mx_ok check
+
+
+@dataclass(frozen=True)
+class Target:
+    """One address to try, in order."""
+
+    mx: MX
+    ip: str
+    port: int
+
+
+_MX_KEYS = ("priority", "exchange", "port", "bind", "bind_helo", "using_lmtp", "auth_user",
+            "auth_pass", "auth_type")
+
+_resolvers: dict[tuple[tuple[str, int], ...], dns.resolver.Resolver] = {}
+_resolvers_lock = threading.Lock()
+
+
+def resolver(out: Outbound) -> dns.resolver.Resolver:
+    """A caching resolver per nameserver list, shared by the process's threads."""
+    key = out.nameservers
+    with _resolvers_lock:
+        res = _resolvers.get(key)
+        if res is None:
+            if key:
+                res = dns.resolver.Resolver(configure=False)
+                res.nameservers = [host for host, _ in key]
+                res.nameserver_ports = {host: port for host, port in key}
+            else:
+                res = dns.resolver.Resolver()
+            res.cache = dns.resolver.Cache()
+            res.lifetime = 10.0
+            res.timeout = 5.0
+            _resolvers[key] = res
+        return res
+
+
+def _ascii(domain: str) -> str:
+    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+
+
+def lookup_mx(domain: str, out: Outbound) -> list[MX]:
+    """The domain's MX hosts in the order to try them; raise on null MX, NXDOMAIN, SERVFAIL."""
+    if domain.startswith("[") and domain.endswith("]"):
+        literal = domain[1:-1]
+        literal = literal[5:] if literal.lower().startswith("ipv6:") else literal
+        return [MX(exchange=literal)]
+    try:
+        answer = resolver(out).resolve(_ascii(domain), "MX")
+    except dns.resolver.NXDOMAIN:
+        raise PermanentError(local_reply("5.1.2", f"domain {domain} does not exist")) from None
+    except dns.resolver.NoAnswer:
+        return [MX(exchange=domain)]  # implicit MX, RFC 5321 5.1
+    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
+        raise TemporaryError(local_reply("4.4.3", f"DNS lookup of {domain} MX failed: "
+                                         f"{type(exc).__name__}")) from None
+    records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
+    if any(exchange in ("", ".") for _, exchange in records):
+        raise PermanentError(local_reply("5.1.10", f"null MX: {domain} accepts no mail"))
+    random.shuffle(records)  # equal preferences stay shuffled by the stable sort below
+    records.sort(key=lambda r: r[0])
+    return [MX(exchange=exchange.lower(), priority=pref) for pref, exchange in records]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def resolve_host(host: str, out: Outbound) -> tuple[list[str], bool]:
+    """Addresses of an MX host (AAAA first with ipv6_enabled) and whether a lookup failed."""
+    if _is_ip(host):
+        return [host], False
+    order = ("AAAA", "A") if out.ipv6_enabled else ("A", "AAAA")
+    addresses: list[str] = []
+    failed = False
+    for rdtype in order:
+        try:
+            addresses += [r.to_text() for r in resolver(out).resolve(_ascii(host), rdtype)]
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
+        except (dns.resolver.NoNameservers, dns.exception.Timeout):
+            failed = True
+    return addresses, failed
+
+
+def own_addresses() -> set[str]:
+    """This host's addresses, as well as the resolver can tell."""
+    found = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(str(info[4][0]))
+    except OSError:
+        pass
+    return found
+
+
+def is_local(ip: str, own: set[str]) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return (addr.is_loopback or addr.is_private or addr.is_link_local or addr.is_unspecified
+            or ip in own)
+
+
+def targets(mxs: list[MX], out: Outbound) -> list[Target]:
+    """Every address to try, in MX order; local addresses of DNS MX hosts dropped unless allowed.
+
+    Raises TemporaryError when no address is left and a lookup failed,
+    PermanentError when no MX host has an address (or all are local: a loop).
+    """
+    result: list[Target] = []
+    any_failed = skipped_local = False
+    own = own_addresses() if not out.local_mx_ok else set()
+    for mx in mxs:
+        addresses, failed = resolve_host(mx.exchange, out)
+        any_failed |= failed
+        for ip in addresses:
+            if mx.from_dns and not out.local_mx_ok and is_local(ip, own):
+                skipped_local = True
+                continue
+            result.append(Target(mx=mx, ip=ip, port=mx.port or out.mx_port))
+    if result:
+        return result
+    if any_failed:
+        raise TemporaryError(local_reply("4.4.3", "DNS lookup of the MX hosts' addresses failed"))
+    if skipped_local:
+        raise PermanentError(local_reply("5.4.6", "MX hosts resolve to local addresses (mail loop; "
+                                         "see local_mx_ok)"))
+    raise PermanentError(local_reply("5.1.2", "no address for any MX host"))
+
+
+def mx_from_hook(value: Any, default_port: int) -> list[MX]:
+    """A ``get_mx`` answer in any form of PRODUCT §3, as a list of MX (never DNS-checked)."""
+    if isinstance(value, list | tuple):
+        out: list[MX] = []
+        for item in value:
+            out.extend(mx_from_hook(item, default_port))
+        return out
+    if isinstance(value, MX):
+        return [MX(**{**value.__dict__, "from_dns": False})]
+    if isinstance(value, str):
+        host, port = parse_hostport(value, default_port=default_port)
+        return [MX(exchange=host.lower(), port=port, from_dns=False)]
+    if isinstance(value, dict):
+        data = {k: value[k] for k in _MX_KEYS if k in value}
+    else:
+        data = {k: getattr(value, k) for k in _MX_KEYS if getattr(value, k, None) is not None}
+    if "exchange" not in data:
+        raise ValueError(f"get_mx answer without an exchange: {value!r}")
+    exchange = str(data.pop("exchange"))
+    if exchange.startswith("[") and exchange.endswith("]"):
+        exchange = exchange[1:-1]
+    port = data.pop("port", None)
+    return [MX(exchange=exchange.lower(), port=int(port) if port else None,
+               priority=int(data.pop("priority", 0) or 0),
+               using_lmtp=bool(data.pop("using_lmtp", False)), from_dns=False,
+               **{k: (str(v) if v is not None else None) for k, v in data.items()})]
