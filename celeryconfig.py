@@ -51,5 +51,13 @@ worker_prefetch_multiplier = 1
 worker_send_task_events = True
 task_send_sent_event = True
 
+# One process per worker node, many threads: SMTP work waits on the network, and the
+# connection pool, concurrency_max and the leases handed from acquire_connection to
+# transmit all live in that one process. worker_direct gives each node its own queue,
+# to which transmit is routed (docs/architecture.md).
+worker_pool = "threads"
+worker_concurrency = 16
+worker_direct = True
+
 broker_connection_retry_on_startup = True
 worker_hijack_root_logger = False

@@ -90,10 +90,14 @@ async def _serve(cfg: Config, on_started: list[str] | None = None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from .qmgr import QueueManager
+
     servers = await smtpd_server.start(cfg, announce=_announce)
+    manager = QueueManager(cfg).start()
     for line in on_started or []:
         _announce(line)
     await stop.wait()
+    manager.stop()
     for server in servers:
         server.close()
     for server in servers:

@@ -9,6 +9,9 @@ Layout (a per-host directory, PRODUCT §7):
     entries claimed by a delivery task.  A claim is a ``rename`` from
     ``pending/``: exactly one claimer can win it, so no entry is ever
     attempted twice at the same time.
+``failed/``
+    recipients that were refused permanently, with their status, waiting
+    for their bounce to be generated.
 
 Temp files are ``__tmp__.<pid>.<name>`` in the directory they are renamed
 into; one whose writer is no longer alive is debris from a crash and is
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 PENDING = "pending"
 ACTIVE = "active"
+FAILED = "failed"
+STATES = (PENDING, ACTIVE, FAILED)
 
 
 def now_ms() -> int:
@@ -52,9 +57,13 @@ class Spool:
         self.root = Path(root)
         self.pending = self.root / PENDING
         self.active = self.root / ACTIVE
+        self.failed = self.root / FAILED
+
+    def dir(self, state: str) -> Path:
+        return self.root / state
 
     def ensure(self) -> Spool:
-        for d in (self.root, self.pending, self.active):
+        for d in (self.root, self.pending, self.active, self.failed):
             d.mkdir(mode=0o750, parents=True, exist_ok=True)
         return self
 
@@ -94,7 +103,7 @@ class Spool:
 
     def names(self, state: str = PENDING) -> Iterator[EntryName]:
         """Entry names in ``state`` (unordered); temp, error and stray files are skipped."""
-        directory = self.pending if state == PENDING else self.active
+        directory = self.dir(state)
         try:
             with os.scandir(directory) as it:
                 for item in it:
@@ -105,8 +114,39 @@ class Spool:
             return
 
     def path(self, name: EntryName | str, state: str = PENDING) -> Path:
-        directory = self.pending if state == PENDING else self.active
-        return directory / str(name)
+        return self.dir(state) / str(name)
+
+    # -- moving entries ---------------------------------------------------------------
+
+    def claim(self, name: EntryName | str) -> Path | None:
+        """Move an entry from pending/ to active/; None when someone else got it first.
+
+        The mtime of the claimed file is set to now: it is the start of the lease.
+        """
+        target = self.active / str(name)
+        try:
+            os.rename(self.pending / str(name), target)
+        except FileNotFoundError:
+            return None
+        os.utime(target)
+        return target
+
+    def release(self, path: Path, name: EntryName) -> Path:
+        """Put an active entry back in pending/ under ``name`` (a new schedule)."""
+        target = self.pending / str(name)
+        os.rename(path, target)
+        return target
+
+    def rewrite(self, source: Path, name: EntryName, todo: ToDo, state: str = PENDING) -> Path:
+        """Write ``todo`` with ``source``'s message as a new durable entry in ``state``."""
+        message = qfile.read_message(source)
+        directory = self.dir(state)
+        tmp = qfile.write_tmp(directory, f"{qfile.TMP_PREFIX}{os.getpid()}.{name}",
+                              qfile.encode_header(todo), message)
+        final = directory / str(name)
+        os.rename(tmp, final)
+        qfile.fsync_dir(directory)
+        return final
 
     # -- start-up recovery ------------------------------------------------------
 
@@ -117,7 +157,7 @@ class Spool:
         header once: a file that cannot be parsed now would fail every attempt.
         """
         removed = aside = 0
-        for directory in (self.pending, self.active):
+        for directory in (self.pending, self.active, self.failed):
             if not directory.exists():
                 continue
             for item in os.scandir(directory):

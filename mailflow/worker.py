@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from . import startup
+
+_qmgr: list[Any] = []
 
 
 @worker_init.connect
@@ -19,3 +21,17 @@ def _load_config(**_kwargs: Any) -> None:
     # SystemExit passes through Celery's signal dispatch (it catches Exception
     # only), so a broken config stops the worker with a non-zero status.
     startup.load_or_exit(os.environ.get("MAILFLOW_CONFIG"))
+
+
+@worker_ready.connect
+def _start_queue_manager(**_kwargs: Any) -> None:
+    """Every worker offers to run the queue manager of its host's queue directory."""
+    from . import config, qmgr
+
+    _qmgr.append(qmgr.QueueManager(config.current()).start())
+
+
+@worker_shutdown.connect
+def _stop_queue_manager(**_kwargs: Any) -> None:
+    while _qmgr:
+        _qmgr.pop().stop()

@@ -1,0 +1,312 @@
+"""One SMTP or LMTP client session, on the standard library's smtplib.
+
+``open_session`` connects and greets (EHLO, HELO when EHLO is refused, LHLO
+for LMTP), upgrades with STARTTLS and authenticates; a refused or timed-out
+connection, a 4xx/5xx banner or greeting raises :class:`NextAddress` so the
+caller tries the next MX address.  ``Session.send`` runs one transaction and
+classifies every recipient; there is no retry logic here.
+
+Timeouts follow RFC 5321 §4.5.3.2, one per stage (``timeout_*`` in
+outbound.ini).  The message is sent as stored (already dot-stuffed, CRLF).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ipaddress
+import logging
+import select
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Tls
+from .errors import Reply, TemporaryError, local_reply
+from .mx import Target
+from .settings import Outbound
+from .tlspolicy import client_context, forced, no_tls
+
+log = logging.getLogger(__name__)
+
+
+class NextAddress(Exception):
+    """This address cannot take mail now; try the next one."""
+
+    def __init__(self, reply: Reply):
+        self.reply = reply
+        super().__init__(str(reply))
+
+
+class EndOfDataTimeout(Exception):
+    """No reply after the final dot: the message may have been delivered; never retry elsewhere now."""
+
+
+class _Timed:
+    """smtplib with a connect timeout separate from the banner timeout."""
+
+    connect_timeout: float = 30.0
+    banner_timeout: float = 300.0
+    source_address: Any
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), self.connect_timeout, self.source_address)
+        sock.settimeout(self.banner_timeout)
+        return sock
+
+
+class _SMTP(_Timed, smtplib.SMTP):
+    pass
+
+
+class _LMTP(_Timed, smtplib.LMTP):
+    pass
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """What makes two connections interchangeable (PRODUCT §4 "Pooling")."""
+
+    ip: str
+    port: int
+    bind: str | None
+    helo: str
+    tls: bool
+    auth_user: str | None
+    lmtp: bool
+
+
+@dataclass
+class RcptResult:
+    address: str
+    reply: Reply
+
+    @property
+    def status(self) -> str:
+        code = self.reply.code
+        return "delivered" if 200 <= code < 300 else "deferred" if code // 100 == 4 else "failed"
+
+
+@dataclass
+class Session:
+    smtp: smtplib.SMTP
+    key: SessionKey
+    target: Target
+    secured: bool = False
+    authenticated: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    messages: int = 0
+
+    @property
+    def host(self) -> str:
+        return self.target.mx.exchange
+
+    def alive(self) -> bool:
+        """False when the remote end has closed or spoken unasked (a 421 before closing)."""
+        sock = self.smtp.sock
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def close(self, quit: bool = True) -> None:
+        try:
+            if quit and self.smtp.sock is not None:
+                self.smtp.sock.settimeout(10)
+                self.smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+        finally:
+            try:
+                self.smtp.close()
+            except OSError:
+                pass
+
+    def _timeout(self, seconds: float) -> None:
+        if self.smtp.sock is not None:
+            self.smtp.sock.settimeout(seconds)
+
+    def _reply(self, command: str) -> Reply:
+        code, text = self.smtp.getreply()
+        return Reply(code, text.decode("utf-8", "replace").replace("\n", " "), command)
+
+    def send(self, mail_from: str, rcpts: list[str], message: bytes, out: Outbound) -> list[RcptResult]:
+        """One transaction; every recipient gets its reply. Raises EndOfDataTimeout, or
+        smtplib/OS errors when the connection broke before DATA was answered."""
+        s = self.smtp
+        self.messages += 1
+        options = []
+        if s.has_extn("size"):
+            options.append(f"SIZE={len(message)}")
+        needs_utf8 = not all(a.isascii() for a in [mail_from, *rcpts])
+        if needs_utf8:
+            if not s.has_extn("smtputf8"):
+                reply = local_reply("5.6.7", "the remote server does not offer SMTPUTF8")
+                return [RcptResult(r, Reply(550, reply.text)) for r in rcpts]
+            options.append("SMTPUTF8")
+        if s.has_extn("8bitmime") and not message.isascii():
+            options.append("BODY=8BITMIME")
+        mail_cmd = f"MAIL FROM:<{mail_from}>" + "".join(" " + o for o in options)
+        rcpt_cmds = [f"RCPT TO:<{r}>" for r in rcpts]
+        if s.has_extn("pipelining"):
+            self._timeout(out.timeout_mail)
+            s.send((mail_cmd + "\r\n" + "".join(c + "\r\n" for c in rcpt_cmds)).encode("utf-8"))
+            mail_reply = self._reply("MAIL")
+            self._timeout(out.timeout_rcpt)
+            rcpt_replies = [self._reply("RCPT") for _ in rcpts]
+        else:
+            self._timeout(out.timeout_mail)
+            s.putcmd(mail_cmd)
+            mail_reply = self._reply("MAIL")
+            rcpt_replies = []
+            if mail_reply.code == 250:
+                self._timeout(out.timeout_rcpt)
+                for cmd in rcpt_cmds:
+                    s.putcmd(cmd)
+                    rcpt_replies.append(self._reply("RCPT"))
+        if mail_reply.code != 250:
+            self._rset(out)
+            return [RcptResult(r, mail_reply) for r in rcpts]
+        results = [RcptResult(r, rep) for r, rep in zip(rcpts, rcpt_replies, strict=True)]
+        accepted = [res for res in results if 200 <= res.reply.code < 300]
+        if not accepted:
+            self._rset(out)
+            return results
+        self._timeout(out.timeout_data)
+        s.putcmd("DATA")
+        data_reply = self._reply("DATA")
+        if data_reply.code != 354:
+            for res in accepted:
+                res.reply = data_reply
+            self._rset(out)
+            return results
+        self._timeout(out.timeout_data_block)
+        s.send(message + b".\r\n")
+        self._timeout(out.timeout_end_of_data)
+        try:
+            if isinstance(s, smtplib.LMTP):
+                for res in accepted:  # RFC 2033 4.2: one reply per accepted recipient, in order
+                    res.reply = self._reply("DATA")
+            else:
+                final = self._reply("DATA")
+                for res in accepted:
+                    res.reply = final
+        except TimeoutError as exc:
+            raise EndOfDataTimeout(str(exc)) from exc
+        return results
+
+    def _rset(self, out: Outbound) -> None:
+        self._timeout(out.timeout_command)
+        self.smtp.putcmd("RSET")
+        self._reply("RSET")
+
+
+def _auth_mechanisms(smtp: smtplib.SMTP) -> list[str]:
+    return smtp.esmtp_features.get("auth", "").upper().split()
+
+
+def _authenticate(smtp: smtplib.SMTP, user: str, password: str, forced_type: str | None) -> str | None:
+    """AUTH with the forced mechanism, else CRAM-MD5 > PLAIN > LOGIN; None when none is offered."""
+    offered = _auth_mechanisms(smtp)
+    if forced_type:
+        mech = forced_type.upper()
+    else:
+        mech = next((m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in offered), "")
+    if not mech or (not forced_type and not offered):
+        return None
+    smtp.user, smtp.password = user, password
+    if mech == "CRAM-MD5":
+        code, text = smtp.docmd("AUTH", "CRAM-MD5")
+        if code != 334:
+            raise smtplib.SMTPAuthenticationError(code, text)
+        challenge = base64.b64decode(text)
+        digest = hmac.new(password.encode(), challenge, "md5").hexdigest()
+        code, text = smtp.docmd(base64.b64encode(f"{user} {digest}".encode()).decode())
+        if code != 235:
+            raise smtplib.SMTPAuthenticationError(code, text)
+        return mech
+    method = smtp.auth_plain if mech == "PLAIN" else smtp.auth_login
+    smtp.auth(mech, method, initial_response_ok=(mech == "PLAIN"))
+    return mech
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, tls: Tls,
+                 domain: str) -> Session:
+    """Connect, greet, STARTTLS and AUTH as configured; raise NextAddress or TemporaryError."""
+    mx = target.mx
+    cls = _LMTP if mx.using_lmtp else _SMTP
+    smtp = cls(local_hostname=helo, source_address=(bind, 0) if bind else None)
+    smtp.connect_timeout = out.connect_timeout
+    smtp.banner_timeout = out.timeout_banner
+    must_tls = forced(tls, target.ip, mx.exchange, domain)
+    want_tls = (out.enable_tls or must_tls) and not no_tls(tls, target.ip, mx.exchange, domain)
+    key = SessionKey(target.ip, target.port, bind, helo, want_tls, mx.auth_user, mx.using_lmtp)
+    where = f"{mx.exchange}[{target.ip}]:{target.port}"
+    try:
+        code, banner = smtp.connect(target.ip, target.port)
+        if code != 220:
+            smtp.close()
+            raise NextAddress(Reply(code, banner.decode("utf-8", "replace"), "banner"))
+        assert smtp.sock is not None
+        smtp.sock.settimeout(out.timeout_command)
+        code, text = smtp.ehlo(helo)
+        if code != 250 and not mx.using_lmtp:
+            code, text = smtp.helo(helo)
+        if code != 250:
+            smtp.close()
+            raise NextAddress(Reply(code, text.decode("utf-8", "replace"), "EHLO"))
+        session = Session(smtp=smtp, key=key, target=target)
+        if want_tls and smtp.has_extn("starttls"):
+            verify = must_tls or tls.rejectUnauthorized
+            # smtplib takes the SNI name from _host; an IP gets none (RFC 6066 3)
+            smtp._host = mx.exchange if not _is_ip(mx.exchange) else ""  # type: ignore[union-attr]
+            ctx = client_context(tls, verify)
+            try:
+                code, text = smtp.starttls(context=ctx)
+            except ssl.SSLError as exc:
+                smtp.close()
+                raise NextAddress(local_reply("4.7.5", f"TLS handshake with {where} failed: {exc}")) \
+                    from None
+            smtp.ehlo(helo)
+            session.secured = True
+        elif must_tls:
+            smtp.close()
+            raise NextAddress(local_reply("4.7.4", f"{where} must use TLS (force_tls_hosts) but "
+                                          "does not offer STARTTLS"))
+        if mx.auth_user:
+            try:
+                mech = _authenticate(smtp, mx.auth_user, mx.auth_pass or "", mx.auth_type)
+            except smtplib.SMTPAuthenticationError as exc:
+                smtp.close()
+                raw: Any = exc.smtp_error
+                why = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                raise TemporaryError(Reply(exc.smtp_code, why, "AUTH"), host=mx.exchange,
+                                     ip=target.ip) from None
+            if mech is None:
+                log.warning("%s offers no AUTH; sending without authentication", where)
+            session.authenticated = mech is not None
+        return session
+    except smtplib.SMTPServerDisconnected as exc:
+        smtp.close()
+        raise NextAddress(local_reply("4.4.2", f"{where} closed the connection: {exc}")) from None
+    except TimeoutError:
+        smtp.close()
+        raise NextAddress(local_reply("4.4.1", f"connection to {where} timed out")) from None
+    except OSError as exc:
+        smtp.close()
+        raise NextAddress(local_reply("4.4.1", f"connection to {where} failed: "
+                                      f"{exc.strerror or exc}")) from None

@@ -1,0 +1,148 @@
+"""What happens to an entry after an attempt: delivered, deferred, failed (PRODUCT §4).
+
+Accepted recipients fire ``delivered``; temporarily refused ones stay in the
+entry, rescheduled by ``temp_fail_intervals`` through the ``deferred`` hook
+and keeping their failure count; permanently refused ones move to
+``failed/`` with their status, for their bounce.  New files are durable
+before the active file is removed, so a crash in between can repeat an
+attempt but never lose a recipient.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import hooks, logs
+from .codes import CONT, DENYSOFT, OK
+from .errors import Reply
+from .hmail import HMail
+from .settings import Outbound
+from .spool import FAILED, PENDING, Spool, now_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Attempt:
+    """Where and how an attempt went, for hooks and the log line."""
+
+    host: str = "-"
+    ip: str = "-"
+    port: int = 0
+    mode: str = "SMTP"
+    secured: bool = False
+    authenticated: bool = False
+    results: dict[str, Reply] = field(default_factory=dict)  # address -> reply
+
+
+def _classify(reply: Reply) -> str:
+    if 200 <= reply.code < 300:
+        return "delivered"
+    return "failed" if reply.is_permanent else "deferred"
+
+
+def record(spool: Spool, hmail: HMail, attempt: Attempt, out: Outbound) -> None:
+    """Apply one attempt's per-recipient results to the entry."""
+    groups: dict[str, list[str]] = {"delivered": [], "deferred": [], "failed": []}
+    for rcpt in hmail.todo.rcpt_to:
+        reply = attempt.results.get(rcpt.address)
+        if reply is None:
+            continue
+        groups[_classify(reply)].append(rcpt.address)
+    ok, deferred, failed = groups["delivered"], groups["deferred"], groups["failed"]
+    first = attempt.results[(ok or deferred or failed)[0]] if (ok or deferred or failed) else None
+    keyword = "delivered" if ok else "deferred" if deferred else "failed"
+    delay = round(time.time() - hmail.todo.queue_time / 1000, 3)
+    logs.event(keyword, id=hmail.todo.uuid, domain=hmail.todo.domain, host=attempt.host,
+               ip=attempt.ip, port=attempt.port, mode=attempt.mode,
+               tls="Y" if attempt.secured else "N", auth="Y" if attempt.authenticated else "N",
+               response=str(first) if first else "-", delay=delay, fails=hmail.num_failures,
+               rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}")
+    if ok:
+        response = str(attempt.results[ok[0]])
+        params = [attempt.host, attempt.ip, response, delay, attempt.port, attempt.mode, ok,
+                  attempt.secured]
+        hooks.decide(hooks.delivered, raised=CONT, hmail=hmail, host=attempt.host, ip=attempt.ip,
+                     response=response, delay=delay, port=attempt.port, mode=attempt.mode,
+                     ok_recips=ok, secured=attempt.secured, params=params)
+    if failed:
+        fail(spool, hmail, {a: attempt.results[a] for a in failed}, attempt.host)
+    if deferred:
+        defer(spool, hmail, {a: attempt.results[a] for a in deferred}, attempt.host, out)
+    else:
+        _remove(hmail)
+
+
+def _remove(hmail: HMail) -> None:
+    try:
+        hmail.path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _status_of(reply: Reply, remote_mta: str) -> dict[str, Any]:
+    return {"code": reply.code, "status": reply.enhanced, "text": reply.text,
+            "command": reply.command, "remote_mta": remote_mta, "at": now_ms()}
+
+
+def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
+         reason: str | None = None) -> None:
+    """Move the permanently failed recipients to failed/, each with its own status."""
+    todo = replace(hmail.todo, rcpt_to=[r for r in hmail.todo.rcpt_to if r.address in failed],
+                   state={**hmail.todo.state,
+                          "rcpt_status": {a: _status_of(r, remote_mta) for a, r in failed.items()},
+                          "reason": reason or str(next(iter(failed.values())))})
+    name = replace(hmail.name, id=f"{hmail.todo.uuid}.f{hmail.num_failures}", next_attempt_ms=now_ms())
+    todo.uuid = name.id
+    spool.ensure()
+    spool.rewrite(hmail.path, name, todo, FAILED)
+    for address, reply in failed.items():
+        log.info("failed id=%s rcpt=%s status=%s response=%r", hmail.todo.uuid, address,
+                 reply.enhanced, str(reply))
+
+
+def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: str,
+          out: Outbound) -> None:
+    """Reschedule the deferred recipients, or fail them when the schedule is used up."""
+    fails = hmail.num_failures + 1
+    err = str(next(iter(deferred.values())))
+    intervals = out.temp_fail_intervals
+    if fails > len(intervals):
+        too_many = {a: Reply(r.code + 100 if r.code // 100 == 4 else r.code,
+                             "5" + r.text[1:] if r.text[:2] == "4." else r.text, r.command)
+                    for a, r in deferred.items()}
+        fail(spool, hmail, too_many, remote_mta, reason=f"Too many failures ({err})")
+        _remove(hmail)
+        return
+    hmail.num_failures = fails
+    delay: float = intervals[fails - 1]
+    answer = hooks.decide(hooks.deferred, hmail=hmail, delay=delay, err=err)
+    if answer.code is OK:
+        logs.event("dropped", id=hmail.todo.uuid, reason=f"deferred hook: {answer.value or 'OK'}")
+        _remove(hmail)
+        return
+    if answer.code is DENYSOFT and isinstance(answer.value, int | float):
+        delay = float(answer.value)
+    todo = replace(hmail.todo, rcpt_to=[r for r in hmail.todo.rcpt_to if r.address in deferred],
+                   state={**hmail.todo.state, "last_error": err,
+                          "rcpt_status": {a: _status_of(r, remote_mta) for a, r in deferred.items()}})
+    name = hmail.name.rescheduled(now_ms() + int(delay * 1000), fails)
+    if todo.rcpt_to == hmail.todo.rcpt_to and todo.state == hmail.todo.state:
+        spool.release(hmail.path, name)
+        return
+    spool.rewrite(hmail.path, name, todo, PENDING)
+    _remove(hmail)
+
+
+def fail_all(spool: Spool, hmail: HMail, reply: Reply, attempt: Attempt, out: Outbound) -> None:
+    """One reply for every recipient (DNS, connection, or a whole-session refusal)."""
+    attempt.results = {r.address: reply for r in hmail.todo.rcpt_to}
+    record(spool, hmail, attempt, out)
+
+
+def delay_entry(spool: Spool, hmail: HMail, seconds: float) -> None:
+    """``send_email`` hook DELAY: try again later, not counted as a failure."""
+    spool.release(hmail.path, hmail.name.rescheduled(now_ms() + int(seconds * 1000)))

@@ -1,0 +1,132 @@
+"""The queue manager: turns due entries into destination batches (Postfix's qmgr(8)).
+
+One thread per queue directory -- whichever mailflow process on the host
+holds ``<queue>/.qmgr.lock`` (smtpd, ``mailflow run`` or a worker) -- scans
+``pending/`` by name only, claims the due entries of each domain in batches
+(a ``rename`` into ``active/``) and starts one ``mailflow.lookup_mx`` chain per
+batch.  It scans every second and at once when mail is queued in its process;
+an entry whose wake-up was lost is simply found again by the next scan.
+While ``disabled`` is set in outbound.ini it claims nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import config as configmod
+from . import outbound
+from .qfile import EntryName
+from .spool import ACTIVE, PENDING, Spool, now_ms
+
+log = logging.getLogger(__name__)
+
+SCAN_INTERVAL = 1.0
+#: Entries per batch: one MX lookup and one connection carry this many messages
+#: (like Postfix's per-delivery recipient limit; $MAILFLOW_BATCH_MAX tunes it).
+BATCH_MAX = int(os.environ.get("MAILFLOW_BATCH_MAX") or 50)
+#: At most this many entries in flight; the rest wait in pending/ (qmgr's bounded window).
+ACTIVE_MAX = 5000
+
+Publisher = Callable[[dict[str, Any]], None]
+
+
+def _publish(batch: dict[str, Any]) -> None:
+    from tasks.mx import lookup_mx
+
+    lookup_mx.delay(batch)
+
+
+class QueueManager:
+    def __init__(self, cfg: configmod.Config, publish: Publisher = _publish):
+        self.cfg = cfg
+        self.publish = publish
+        self.spool = Spool(cfg.queue_path()).ensure()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock_fd: int | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> QueueManager:
+        outbound.after_queue.append(self._queued)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="mailflow-qmgr")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._queued in outbound.after_queue:
+            outbound.after_queue.remove(self._queued)
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def _queued(self, spool: Spool, names: list[EntryName]) -> None:
+        self._wake.set()
+
+    def _has_lock(self) -> bool:
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(Path(self.spool.root) / ".qmgr.lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        log.info("queue manager for %s runs in pid %d", self.spool.root, os.getpid())
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(SCAN_INTERVAL)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if self._has_lock() and not self.cfg.outbound.disabled:
+                    self.scan()
+            except Exception:
+                log.exception("queue scan failed")
+
+    # -- the work ----------------------------------------------------------------------
+
+    def due(self) -> dict[str, list[EntryName]]:
+        """Due entries by domain, oldest schedule first."""
+        now = now_ms()
+        by_domain: dict[str, list[EntryName]] = defaultdict(list)
+        for name in self.spool.names(PENDING):
+            if name.next_attempt_ms <= now:
+                by_domain[name.domain].append(name)
+        for names in by_domain.values():
+            names.sort()
+        return by_domain
+
+    def scan(self) -> int:
+        """Claim and dispatch what is due; return how many entries were claimed."""
+        room = ACTIVE_MAX - sum(1 for _ in self.spool.names(ACTIVE))
+        claimed = 0
+        for domain, names in self.due().items():
+            for start in range(0, len(names), BATCH_MAX):
+                if room <= 0:
+                    return claimed
+                batch = []
+                for name in names[start:start + BATCH_MAX][:room]:
+                    if self.spool.claim(name) is not None:
+                        batch.append(str(name))
+                if batch:
+                    room -= len(batch)
+                    claimed += len(batch)
+                    self.publish({"domain": domain, "names": batch})
+        return claimed
