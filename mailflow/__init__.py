@@ -15,6 +15,10 @@ if os.environ.get("MAILFLOW_BROKER_URL"):
     # Celery lets CELERY_BROKER_URL override any config, so ours must be the one it sees.
     os.environ["CELERY_BROKER_URL"] = os.environ["MAILFLOW_BROKER_URL"]
 
+from .embedded import register as _register_embedded_broker  # noqa: E402
+
+_register_embedded_broker()
+
 app = Celery("mailflow")
 app.config_from_object("celeryconfig")
 

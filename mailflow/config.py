@@ -2,9 +2,9 @@
 
 ``load(dir)`` reads every file and raises :class:`ConfigError` at the first
 problem, so a process never starts half-configured.  ``outbound.ini`` is the
-one file read live: :meth:`Config.outbound` re-reads it when its mtime changes
-(checked at most once a second), and keeps the last good settings, with a log
-line, if the new text is broken.
+file read live, with ``tls.ini``'s outbound policy: :meth:`Config.outbound`
+re-reads them when their mtime changes (checked at most once a second), and
+keeps the last good settings, with a log line, if the new text is broken.
 """
 
 from __future__ import annotations
@@ -210,44 +210,65 @@ class Config:
         d = self.directory
         self.me = _load_me(d / "me")
         self.smtp: Smtp = build_section(Smtp, read_ini(d / "smtp.ini"), "main")
-        tls_ini = read_ini(d / "tls.ini")
-        defaults = Tls(key=str(d / Tls.key), cert=str(d / Tls.cert))
-        self.tls_main = _tls_section(tls_ini, "main", defaults, d)
-        self.tls_outbound = _tls_section(tls_ini, "outbound", self.tls_main, d)
+        self.tls_main, self._tls_outbound = self._load_tls()
         self.auth = _load_auth(d / "auth_flat_file.ini")
         self.relay_acl = _load_acl(d / "relay_acl_allow")
         self.plugins = _load_plugins(d / "plugins")
         self.bounce_template = _load_bounce_template(d / "outbound.bounce_message")
         self._outbound_path = d / "outbound.ini"
-        self._outbound_stamp = self._stamp()
+        self._stamps = self._stamp()
         self._outbound: Outbound = build_section(Outbound, read_ini(self._outbound_path), "main")
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
-    def _stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self._outbound_path)
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+    def _load_tls(self) -> tuple[Tls, Tls]:
+        d = self.directory
+        tls_ini = read_ini(d / "tls.ini")
+        defaults = Tls(key=str(d / Tls.key), cert=str(d / Tls.cert))
+        main = _tls_section(tls_ini, "main", defaults, d)
+        return main, _tls_section(tls_ini, "outbound", main, d)
+
+    def _stamp(self) -> tuple[tuple[int, int] | None, ...]:
+        """(mtime, size) of the files read live: outbound.ini and tls.ini."""
+        out: list[tuple[int, int] | None] = []
+        for path in (self.directory / "outbound.ini", self.directory / "tls.ini"):
+            try:
+                st = os.stat(path)
+                out.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < RELOAD_CHECK_INTERVAL:
+            return
+        with self._lock:
+            self._checked = now
+            stamps = self._stamp()
+            if stamps == self._stamps:
+                return
+            self._stamps = stamps
+            try:
+                outbound = build_section(Outbound, read_ini(self._outbound_path), "main")
+                _, tls_outbound = self._load_tls()
+            except ConfigError as exc:
+                log.error("%s (keeping the previous outbound settings)", exc)
+                return
+            self._outbound, self._tls_outbound = outbound, tls_outbound
+            log.info("reloaded outbound.ini and tls.ini from %s", self.directory)
 
     @property
     def outbound(self) -> Outbound:
         """The current ``outbound.ini`` settings, re-read when the file has changed."""
-        now = time.monotonic()
-        if now - self._checked >= RELOAD_CHECK_INTERVAL:
-            with self._lock:
-                self._checked = now
-                stamp = self._stamp()
-                if stamp != self._outbound_stamp:
-                    self._outbound_stamp = stamp
-                    try:
-                        ini = read_ini(self._outbound_path)
-                        self._outbound = build_section(Outbound, ini, "main")
-                        log.info("reloaded %s", self._outbound_path)
-                    except ConfigError as exc:
-                        log.error("%s (keeping the previous outbound settings)", exc)
+        self._reload_if_changed()
         return self._outbound
+
+    @property
+    def tls_outbound(self) -> Tls:
+        """The current ``tls.ini`` [outbound] policy, re-read like outbound.ini."""
+        self._reload_if_changed()
+        return self._tls_outbound
 
     def queue_path(self) -> Path:
         return Path(self.outbound.queue_dir).absolute()

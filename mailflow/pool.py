@@ -52,23 +52,34 @@ class Pool:
         with self._cond:
             return self._open
 
-    def _reserve(self, ip: str, out: Outbound, deadline: float) -> None:
-        """Wait for room for one more connection to ``ip``; evict idle ones if that helps."""
+    def _room(self, ip: str, out: Outbound) -> bool:
+        return self._open < out.concurrency_max and self._per_ip[ip] < out.pool_concurrency_max
+
+    def _reserve_or_reuse(self, target: Target, helo: str, bind: str | None, out: Outbound,
+                          deadline: float) -> Session | None:
+        """An idle session for this destination, or (returning None) a reserved slot for a new one.
+
+        Waits while the limits are reached; an idle session to *another* destination is
+        closed to make room, never one this destination could reuse.
+        """
         while True:
-            if self._open >= out.concurrency_max or self._per_ip[ip] >= out.pool_concurrency_max:
-                victim = self._oldest_idle(ip if self._open < out.concurrency_max else None)
-                if victim is not None:
-                    self._drop_idle(victim)
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TemporaryError(local_reply(
-                        "4.4.5", f"no free connection slot for {ip} (concurrency limits)"))
-                self._cond.wait(min(remaining, 1.0))
+            reused = self._take_idle_locked(target, helo, bind)
+            if reused is not None:
+                return reused
+            if self._room(target.ip, out):
+                self._open += 1
+                self._per_ip[target.ip] += 1
+                return None
+            at_ip_cap = self._per_ip[target.ip] >= out.pool_concurrency_max
+            victim = self._oldest_idle(target.ip if at_ip_cap else None)
+            if victim is not None:
+                self._drop_idle(victim)
                 continue
-            self._open += 1
-            self._per_ip[ip] += 1
-            return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TemporaryError(local_reply(
+                    "4.4.5", f"no free connection slot for {target.ip} (concurrency limits)"))
+            self._cond.wait(min(remaining, 1.0))
 
     def _unreserve(self, ip: str) -> None:
         self._open -= 1
@@ -98,11 +109,11 @@ class Pool:
         self._start_reaper()
         last: NextAddress | None = None
         for target in targets:
-            reused = self._take_idle(target, helo, bind)
+            with self._cond:
+                reused = self._reserve_or_reuse(target, helo, bind, out,
+                                                time.monotonic() + SLOT_WAIT)
             if reused is not None:
                 return reused
-            with self._cond:
-                self._reserve(target.ip, out, time.monotonic() + SLOT_WAIT)
             try:
                 return open_session(target, helo=helo, bind=bind, out=out, tls=tls, domain=domain)
             except NextAddress as exc:
@@ -118,20 +129,19 @@ class Pool:
         reply = last.reply if last else local_reply("4.4.4", "no MX address to try")
         raise TemporaryError(reply)
 
-    def _take_idle(self, target: Target, helo: str, bind: str | None) -> Session | None:
-        with self._cond:
-            for (key, password), sessions in self._idle.items():
-                if (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) != (
-                        target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp) \
-                        or password != target.mx.auth_pass:
-                    continue
-                while sessions:
-                    session = sessions.pop()
-                    if session.alive():
-                        session.target = target
-                        return session
-                    self._unreserve(session.key.ip)
-                    session.close(quit=False)
+    def _take_idle_locked(self, target: Target, helo: str, bind: str | None) -> Session | None:
+        for (key, password), sessions in self._idle.items():
+            if (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) != (
+                    target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp) \
+                    or password != target.mx.auth_pass:
+                continue
+            while sessions:
+                session = sessions.pop()
+                if session.alive():
+                    session.target = target
+                    return session
+                self._unreserve(session.key.ip)
+                session.close(quit=False)
         return None
 
     def release(self, session: Session, out: Outbound, *, reusable: bool = True) -> None:

@@ -44,6 +44,9 @@ def transmit(batch: dict[str, Any], lease: str | None = None) -> None:
                 fail_batch({**batch, "names": [h.filename for h in hmails[index:]]}, exc)
                 return
         session = _send_one(spool, hmail, session, batch, out)
+        if session is not None and out.pool_timeout == 0:
+            POOL.release(session, out)  # no pooling: QUIT after every message
+            session = None
     if session is not None:
         POOL.release(session, out)
 

@@ -92,7 +92,7 @@ class _Recording:
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.record = SessionRecord(peer=(peer[0], peer[1]), local=(local[0], local[1]))
-        self.mx._opened(self.record)
+        self.mx._opened(self.record, transport)
         super().connection_made(transport)  # type: ignore[misc]
 
     def connection_lost(self, error: Any) -> None:
@@ -243,11 +243,13 @@ class MXServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+        self._transports: list[Any] = []
 
     # -- records ---------------------------------------------------------------------
 
-    def _opened(self, rec: SessionRecord) -> None:
+    def _opened(self, rec: SessionRecord, transport: Any) -> None:
         with self._lock:
+            self._transports.append(transport)
             self.sessions.append(rec)
             self.current += 1
             self.high_water = max(self.high_water, self.current)
@@ -323,8 +325,9 @@ class MXServer:
                 return
             ready.set()
             loop.run_forever()
-            self._server.close()
-            loop.run_until_complete(self._server.wait_closed())
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.run_until_complete(asyncio.sleep(0))
             loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True, name=f"mx-{self.host}")
@@ -334,9 +337,19 @@ class MXServer:
             raise errors[0]
         return self
 
+    def _shutdown(self) -> None:
+        """Close every client connection too, as a server that goes away does."""
+        assert self._loop is not None and self._server is not None
+        self._server.close()
+        with self._lock:
+            transports = list(self._transports)
+        for transport in transports:
+            transport.abort()
+        self._loop.call_later(0.05, self._loop.stop)
+
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._shutdown)
         if self._thread is not None:
             self._thread.join(10)
 

@@ -1,0 +1,394 @@
+"""The delivery pipeline with real workers, a real broker, the DNS and MX fixtures (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailflow import config as configmod
+from mailflow import outbound
+from mailflow.codes import OK
+from mailflow.hmail import HMail
+from tests.support.dnsserver import SERVFAIL, DNSServer, free_port
+from tests.support.instance import Instance
+from tests.support.mxserver import MXServer
+
+PORT = free_port("127.0.0.2")
+
+ZONES: dict[str, Any] = {
+    "dest.test": {"MX": [(10, "mx.dest.test")]},
+    "mx.dest.test": {"A": ["127.0.0.2"]},
+    "mx.test": {"A": ["127.0.0.2"]},
+    "failover.test": {"MX": [(10, "dead.failover.test"), (20, "live.failover.test")]},
+    "dead.failover.test": {"A": ["127.0.0.9"]},
+    "live.failover.test": {"A": ["127.0.0.2"]},
+    "equal.test": {"MX": [(10, "a.equal.test"), (10, "b.equal.test")]},
+    "a.equal.test": {"A": ["127.0.0.2"]},
+    "b.equal.test": {"A": ["127.0.0.3"]},
+    "implicit.test": {"A": ["127.0.0.2"]},
+    "nullmx.test": {"MX": [(0, ".")]},
+    "broken.test": SERVFAIL,
+    "dual.test": {"MX": [(10, "dual.host.test")]},
+    "dual.host.test": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
+}
+
+PLUGIN = '''
+import json, os
+from types import SimpleNamespace
+from mailflow import hooks
+from mailflow.codes import OK
+
+LOG = os.path.join(os.path.dirname(os.environ["MAILFLOW_STATE_DIR"]), "delivered.jsonl")
+
+@hooks.get_mx.connect
+def route(hmail, domain, **kwargs):
+    notes = hmail.todo.notes
+    if "mx" in notes:
+        return OK, notes["mx"]
+    if "mx_object" in notes:
+        return OK, SimpleNamespace(**notes["mx_object"])
+
+@hooks.delivered.connect
+def seen(hmail, **kw):
+    with open(LOG, "a") as f:
+        f.write(json.dumps({"id": hmail.todo.uuid, "secured": kw["secured"], "mode": kw["mode"],
+                            "ok": kw["ok_recips"], "host": kw["host"], "ip": kw["ip"],
+                            "port": kw["port"], "response": kw["response"],
+                            "params": kw["params"]}) + "\\n")
+'''
+
+
+class Env:
+    """A worker on a broker, the test DNS server, and a way to queue and watch mail."""
+
+    def __init__(self, inst: Instance, dns: DNSServer):
+        self.inst, self.dns = inst, dns
+        self.base = {"nameservers": f"127.0.0.1:{dns.port}", "mx_port": str(PORT),
+                     "local_mx_ok": "true", "enable_tls": "false", "queue_dir": str(inst.queue_dir),
+                     "temp_fail_intervals": "1h"}
+        self.configure()
+
+    def configure(self, **keys: Any) -> None:
+        """Rewrite outbound.ini; the worker picks it up within its reload interval."""
+        values = {**self.base, **{k: str(v) for k, v in keys.items()}}
+        path = self.inst.config_dir / "outbound.ini"
+        path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+        later = time.time_ns() + 2 * 10**9
+        os.utime(path, ns=(later, later))  # a new mtime even within the same tick
+        configmod.load(self.inst.config_dir)
+        time.sleep(1.2)
+
+    def send(self, to: list[str] | str, *, notes: dict[str, Any] | None = None,
+             body: str = "Subject: test\n\nhello\n", sender: str = "a@sender.test") -> str:
+        code, text = outbound.send_email(sender, to, body, notes=notes)
+        assert code is OK, text
+        return text.split("(")[1].rstrip(")")
+
+    def delivered_log(self) -> list[dict[str, Any]]:
+        path = self.inst.root / "delivered.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def wait(self, what: Callable[[], Any], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = what()
+            if got:
+                return got
+            time.sleep(0.1)
+        raise AssertionError(f"not within {timeout} s\n{self.inst.dump_logs()[-4000:]}")
+
+    def entries(self, state: str, uuid: str) -> list[HMail]:
+        return [HMail.load(p) for p in self.inst.entries(state) if f"_{uuid}." in p.name]
+
+    def settled(self, uuid: str) -> bool:
+        """Nothing of this message is waiting for a worker or in flight."""
+        d = self.inst.queue_dir
+        due = [p for p in (d / "pending").iterdir() if f"_{uuid}." in p.name and
+               int(p.name.split("_")[0]) <= time.time() * 1000]
+        return not due and not [p for p in (d / "active").iterdir() if f"_{uuid}." in p.name]
+
+
+def make_env(tmp: Path, broker: str | None, **worker: Any) -> tuple[Env, Instance]:
+    dns = DNSServer(ZONES).start()
+    inst = Instance(tmp, broker_url=broker, config={"me": "mailflow.test\n", "plugins": "delivery_plugin\n"})
+    (inst.config_dir / "delivery_plugin.py").write_text(PLUGIN)
+    env = Env(inst, dns)
+    inst.start_worker("deliver", **worker)
+    return env, inst
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    os.environ["MAILFLOW_BATCH_MAX"] = "5"
+    try:
+        e, inst = make_env(tmp_path_factory.mktemp("delivery"), None, concurrency=16)
+    finally:
+        os.environ.pop("MAILFLOW_BATCH_MAX", None)
+    yield e
+    inst.stop_all()
+    e.dns.stop()
+
+
+@pytest.fixture
+def mx(env):
+    servers: list[MXServer] = []
+
+    def make(host: str = "127.0.0.2", port: int = PORT, **kw: Any) -> MXServer:
+        server = MXServer(host, port, **kw).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.stop()
+    env.configure()  # back to the base settings
+
+
+# ── MX selection ─────────────────────────────────────────────────────────────────────
+
+
+def test_preferred_mx_refusing_connections_fails_over(env, mx):
+    server = mx()
+    env.send("u@failover.test")
+    [d] = server.wait_for(1)
+    assert d.rcpt_to == ["u@failover.test"]
+
+
+def test_equal_preferences_share_the_mail(env, mx):
+    a, b = mx("127.0.0.2"), mx("127.0.0.3")
+    for n in range(200):
+        env.send(f"u{n}@equal.test")
+    env.wait(lambda: len(a.deliveries) + len(b.deliveries) >= 200, timeout=90)
+    assert a.deliveries and b.deliveries
+
+
+def test_implicit_mx_is_used(env, mx):
+    server = mx()
+    env.send("u@implicit.test")
+    server.wait_for(1)
+
+
+@pytest.mark.parametrize("domain,status,state", [
+    ("nullmx.test", "5.1.10", "failed"), ("nowhere.test", "5.1.2", "failed"),
+    ("broken.test", "4.4.3", "pending")])
+def test_dns_failures(env, domain, status, state):
+    uuid = env.send(f"u@{domain}")
+    [entry] = env.wait(lambda: [e for e in env.entries(state, uuid) if e.todo.state])
+    [rcpt_status] = entry.todo.state["rcpt_status"].values()
+    assert rcpt_status["status"] == status
+    if state == "pending":
+        assert entry.num_failures == 1
+
+
+# ── get_mx answers ───────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("answer", [
+    "mx.test", f"mx.test:{PORT}", "127.0.0.2", f"127.0.0.2:{PORT}",
+    {"exchange": "127.0.0.2", "port": PORT},
+    [f"127.0.0.9:{PORT}", {"exchange": "127.0.0.2", "port": PORT}],
+], ids=["host", "host:port", "ip", "ip:port", "dict", "list"])
+def test_get_mx_answer_forms_route_where_they_say(env, mx, answer):
+    server = mx()
+    env.send("u@anything.test", notes={"mx": answer})
+    [d] = server.wait_for(1)
+    assert d.rcpt_to == ["u@anything.test"]
+
+
+def test_get_mx_ipv6_literal_and_object(env, mx):
+    v6 = mx("::1", PORT)
+    env.send("u@v6.test", notes={"mx": f"[::1]:{PORT}"})
+    v6.wait_for(1)
+    v4 = mx("127.0.0.3", PORT)
+    env.send("u@obj.test", notes={"mx_object": {"exchange": "127.0.0.3", "port": PORT}})
+    v4.wait_for(1)
+
+
+def test_bind_and_bind_helo(env, mx):
+    server = mx()
+    env.send("u@bind.test", notes={"mx": {"exchange": "127.0.0.2", "port": PORT,
+                                          "bind": "127.0.0.5", "bind_helo": "out.example.test"}})
+    server.wait_for(1)
+    assert server.sessions[-1].peer[0] == "127.0.0.5"
+    assert server.sessions[-1].ehlo == "out.example.test"
+
+
+def test_notes_outbound_ip_and_helo(env, mx):
+    server = mx()
+    env.send("u@notes.test", notes={"mx": f"127.0.0.2:{PORT}", "outbound_ip": "127.0.0.6",
+                                    "outbound_helo": "notes.example.test"})
+    server.wait_for(1)
+    assert (server.sessions[-1].peer[0], server.sessions[-1].ehlo) == ("127.0.0.6", "notes.example.test")
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5"])
+def test_auth_from_get_mx(env, mx, mechanism):
+    server = mx(users={"relayuser": "relaypass"})
+    env.send("u@auth.test", notes={"mx": {"exchange": "127.0.0.2", "port": PORT,
+                                          "auth_user": "relayuser", "auth_pass": "relaypass",
+                                          "auth_type": mechanism}})
+    server.wait_for(1)
+    assert server.sessions[-1].auth_user == "relayuser"
+    assert server.sessions[-1].mechanism == mechanism
+
+
+def test_lmtp_gives_one_result_per_recipient(env, mx):
+    server = mx(lmtp=True, script={"DOT:full@lmtp.test": "452 4.2.2 mailbox full"})
+    uuid = env.send(["ok@lmtp.test", "full@lmtp.test"],
+                    notes={"mx": {"exchange": "127.0.0.2", "port": PORT, "using_lmtp": True}})
+    [d] = server.wait_for(1)
+    assert d.rcpt_to == ["ok@lmtp.test"]
+    [waiting] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
+    assert [r.address for r in waiting.todo.rcpt_to] == ["full@lmtp.test"]
+    [seen] = env.wait(lambda: [e for e in env.delivered_log() if e["id"].startswith(uuid)])
+    assert seen["mode"] == "LMTP" and seen["ok"] == ["ok@lmtp.test"]
+
+
+# ── TLS ──────────────────────────────────────────────────────────────────────────────
+
+
+def test_starttls_when_enabled(env, mx, mx_tls_context):
+    server = mx(tls_context=mx_tls_context)
+    env.configure(enable_tls="true")
+    uuid = env.send("u@tls.test", notes={"mx": f"mx.test:{PORT}"})
+    server.wait_for(1)
+    assert server.sessions[-1].tls
+    [seen] = env.wait(lambda: [e for e in env.delivered_log() if e["id"].startswith(uuid)])
+    assert seen["secured"] is True
+    assert seen["params"] == [seen["host"], seen["ip"], seen["response"], seen["params"][3],
+                              seen["port"], "SMTP", ["u@tls.test"], True]
+
+
+def test_force_tls_without_starttls_defers(env, mx):
+    server = mx()
+    env.inst.write_config("tls.ini", "[outbound]\nforce_tls_hosts = mx.test\n")
+    try:
+        env.configure(enable_tls="true")
+        uuid = env.send("u@forced.test", notes={"mx": f"mx.test:{PORT}"})
+        [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
+        assert entry.num_failures == 1 and "TLS" in entry.todo.state["last_error"]
+        assert server.deliveries == []
+    finally:
+        env.inst.write_config("tls.ini", "")
+
+
+def test_no_tls_hosts_stay_plain(env, mx, mx_tls_context):
+    server = mx(tls_context=mx_tls_context)
+    env.inst.write_config("tls.ini", "[outbound]\nno_tls_hosts = 127.0.0.0/8\n")
+    try:
+        env.configure(enable_tls="true")
+        env.send("u@plain.test", notes={"mx": f"mx.test:{PORT}"})
+        server.wait_for(1)
+        assert not server.sessions[-1].tls
+    finally:
+        env.inst.write_config("tls.ini", "")
+
+
+# ── per-recipient outcomes ───────────────────────────────────────────────────────────
+
+
+def test_one_delivered_one_deferred_one_failed(env, mx):
+    server = mx(rcpt={"later@split.test": "451 4.2.1 try again later",
+                      "gone@split.test": "550 5.1.1 no such user here"})
+    uuid = env.send(["ok@split.test", "later@split.test", "gone@split.test"],
+                    notes={"mx": f"127.0.0.2:{PORT}"})
+    [d] = server.wait_for(1)
+    assert d.rcpt_to == ["ok@split.test"]
+    [deferred] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
+    assert [r.address for r in deferred.todo.rcpt_to] == ["later@split.test"]
+    assert deferred.num_failures == 1
+    [failed] = env.wait(lambda: env.entries("failed", uuid))
+    assert [r.address for r in failed.todo.rcpt_to] == ["gone@split.test"]
+    status = failed.todo.state["rcpt_status"]["gone@split.test"]
+    assert (status["code"], status["status"], status["text"]) == (550, "5.1.1", "5.1.1 no such user here")
+    assert status["remote_mta"] == "127.0.0.2"
+    log = env.inst.procs[0].output()
+    assert f"id={uuid}.1 domain=split.test" in log and "rcpts=1/1/1" in log
+
+
+def test_received_header_follows_config(env, mx):
+    server = mx()
+    env.configure(received_header="corp relay")
+    env.send("u@recv.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    env.configure(received_header="disabled")
+    env.send("v@recv.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    got = {d.rcpt_to[0]: d.data for d in server.wait_for(2)}
+    assert got["u@recv.test"].startswith(b"Received: by mailflow.test (corp relay) id ")
+    assert b"Received:" not in got["v@recv.test"]
+
+
+# ── addresses ────────────────────────────────────────────────────────────────────────
+
+
+def test_ipv6_enabled_prefers_aaaa(env, mx):
+    v4, v6 = mx("127.0.0.1", PORT), mx("::1", PORT)
+    env.configure(ipv6_enabled="true")
+    env.send("u@dual.test")
+    v6.wait_for(1)
+    env.configure(ipv6_enabled="false")
+    env.send("v@dual.test")
+    v4.wait_for(1)
+    assert len(v6.deliveries) == 1
+
+
+def test_local_mx_ok(env, mx):
+    server = mx()
+    env.configure(local_mx_ok="false")
+    uuid = env.send("u@dest.test")
+    [failed] = env.wait(lambda: env.entries("failed", uuid))
+    assert next(iter(failed.todo.state["rcpt_status"].values()))["status"] == "5.4.6"
+    assert server.deliveries == []
+    env.send("u@getmx-local.test", notes={"mx": f"127.0.0.2:{PORT}"})  # never checked
+    server.wait_for(1)
+    env.configure(local_mx_ok="true")
+    env.send("v@dest.test")
+    server.wait_for(2)
+
+
+# ── pooling and limits ───────────────────────────────────────────────────────────────
+
+
+def test_pooled_connections_are_shared_and_capped(env, mx):
+    server = mx()
+    env.configure(pool_timeout=50, pool_concurrency_max=3)
+    for n in range(500):
+        env.send(f"u{n}@dest.test")
+    server.wait_for(500, timeout=120)
+    assert server.high_water <= 3
+    assert len(server.sessions) <= 3 * 2  # replaced sessions at most; most messages share one
+
+
+def test_pool_timeout_zero_means_one_connection_per_message(env, mx):
+    server = mx()
+    env.configure(pool_timeout=0)
+    for n in range(500):
+        env.send(f"u{n}@dest.test")
+    server.wait_for(500, timeout=120)
+    env.wait(lambda: all(s.closed for s in server.sessions), timeout=30)
+    assert len(server.sessions) == 500
+    assert all(s.quit for s in server.sessions)
+
+
+def test_idle_connection_quits_after_pool_timeout(env, mx):
+    server = mx()
+    env.configure(pool_timeout=2)
+    env.send("u@dest.test")
+    server.wait_for(1)
+    assert not server.sessions[0].closed  # kept for reuse
+    env.wait(lambda: server.sessions[0].closed, timeout=10)
+    assert server.sessions[0].quit
+
+
+def test_concurrency_max_with_a_slow_mx(env, mx):
+    server = mx(delay={"MAIL": 0.3})
+    env.configure(concurrency_max=5, pool_timeout=0)
+    for n in range(40):
+        env.send(f"u{n}@slow{n % 10}.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    server.wait_for(40, timeout=90)
+    assert 1 < server.high_water <= 5
