@@ -197,7 +197,9 @@ class Session:
                 final = self._reply("DATA")
                 for res in accepted:
                     res.reply = final
-        except TimeoutError as exc:
+        except (TimeoutError, smtplib.SMTPServerDisconnected) as exc:
+            # smtplib reports a read timeout as a disconnection; either way the message
+            # may have been delivered, so the caller defers and never tries elsewhere now.
             raise EndOfDataTimeout(str(exc)) from exc
         return results
 
@@ -264,7 +266,7 @@ def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, 
         assert smtp.sock is not None
         smtp.sock.settimeout(out.timeout_command)
         code, text = smtp.ehlo(helo)
-        if code != 250 and not mx.using_lmtp:
+        if code // 100 == 5 and not mx.using_lmtp:  # EHLO not understood: RFC 5321 3.2
             code, text = smtp.helo(helo)
         if code != 250:
             smtp.close()

@@ -86,6 +86,7 @@ class Env:
 
     def send(self, to: list[str] | str, *, notes: dict[str, Any] | None = None,
              body: str = "Subject: test\n\nhello\n", sender: str = "a@sender.test") -> str:
+        configmod.load(self.inst.config_dir)  # this process may have queued for another instance
         code, text = outbound.send_email(sender, to, body, notes=notes)
         assert code is OK, text
         return text.split("(")[1].rstrip(")")
@@ -392,3 +393,85 @@ def test_concurrency_max_with_a_slow_mx(env, mx):
         env.send(f"u{n}@slow{n % 10}.test", notes={"mx": f"127.0.0.2:{PORT}"})
     server.wait_for(40, timeout=90)
     assert 1 < server.high_water <= 5
+
+
+def test_pooled_connection_closed_by_the_remote_end_is_replaced(env, mx):
+    server = mx()
+    env.configure(pool_timeout=50)
+    env.send("u@dest.test")
+    server.wait_for(1)
+    server.drop_connections()
+    env.wait(lambda: all(s.closed for s in server.sessions))
+    uuid = env.send("v@dest.test")
+    server.wait_for(2)
+    assert len(server.sessions) == 2
+    assert not env.entries("pending", uuid)  # delivered on its first attempt, no deferral
+    assert f"id={uuid}.1 domain=dest.test" in env.inst.procs[0].output()
+    assert "fails=0 rcpts=1/0/0" in env.inst.procs[0].output().split(f"id={uuid}.1")[1].split("\n")[0]
+
+
+# ── the same pipeline on the production brokers ─────────────────────────────────────
+
+
+@pytest.mark.parametrize("name", ["redis", "rabbitmq"])
+def test_delivery_on_production_brokers(tmp_path, name):
+    from tests.support import brokers
+
+    url = brokers.url_for(name)
+    env, inst = make_env(tmp_path / name, url)
+    server = MXServer("127.0.0.2", PORT, rcpt={"later@b.test": "451 4.2.1 later",
+                                               "gone@b.test": "550 5.1.1 gone"}).start()
+    try:
+        split = env.send(["ok@b.test", "later@b.test", "gone@b.test"],
+                         notes={"mx": f"127.0.0.2:{PORT}"})
+        for n in range(20):
+            env.send(f"u{n}@dest.test")
+        got = server.wait_for(21, timeout=60)
+        assert sorted(r for d in got for r in d.rcpt_to if r.endswith("b.test")) == ["ok@b.test"]
+        env.wait(lambda: [e for e in env.entries("pending", split) if e.num_failures == 1])
+        env.wait(lambda: env.entries("failed", split))
+        assert len(server.sessions) < 21  # batches shared connections
+    finally:
+        server.stop()
+        inst.stop_all()
+        env.dns.stop()
+
+
+# ── the session ──────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("script", [{"banner": "421 4.3.2 busy"}, {"banner": "554 5.3.2 go away"},
+                                    {"EHLO": "451 4.3.0 later"},
+                                    {"EHLO": "550 5.7.1 no", "HELO": "550 5.7.1 no"}],
+                         ids=["4xx-banner", "5xx-banner", "4xx-ehlo", "5xx-ehlo-and-helo"])
+def test_refusing_banner_or_greeting_moves_to_the_next_address(env, mx, script):
+    refusing = mx("127.0.0.3", PORT, script=script)
+    good = mx("127.0.0.2", PORT)
+    env.send("u@next.test", notes={"mx": [f"127.0.0.3:{PORT}", f"127.0.0.2:{PORT}"]})
+    good.wait_for(1)
+    assert refusing.deliveries == []
+
+
+def test_helo_when_ehlo_is_not_understood(env, mx):
+    server = mx(script={"EHLO": "502 5.5.1 command not implemented"})
+    env.send("u@helo.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    server.wait_for(1)
+
+
+def test_timeout_after_the_final_dot_defers_and_does_not_try_another_mx(env, mx):
+    slow = mx("127.0.0.3", PORT, delay={"DOT": 4})
+    other = mx("127.0.0.2", PORT)
+    env.configure(timeout_end_of_data=1)
+    uuid = env.send("u@eod.test", notes={"mx": [f"127.0.0.3:{PORT}", f"127.0.0.2:{PORT}"]})
+    [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
+    assert "end of data" in entry.todo.state["last_error"]
+    assert other.deliveries == [] and other.sessions == []
+    assert len(slow.sessions) == 1
+
+
+def test_size_is_declared_when_advertised(env, mx):
+    server = mx()
+    env.send("u@size.test", notes={"mx": f"127.0.0.2:{PORT}"}, body="Subject: s\n\n" + "x" * 300 + "\n")
+    [d] = server.wait_for(1)
+    size = [o for o in d.mail_options if o.upper().startswith("SIZE=")]
+    assert size and int(size[0].split("=")[1]) >= 300

@@ -60,6 +60,8 @@ def make(root: Path, port: int, *, smtp_extra: str = "", acl: str = "127.0.0.3\n
         "auth_flat_file.ini": "[core]\nmethods = PLAIN,LOGIN,CRAM-MD5\n" + USERS,
         "relay_acl_allow": acl,
         "me": "mailflow.test\n",
+        # queueing only: delivery paused, so entries stay in pending/ for the assertions
+        "outbound.ini": "disabled = true\n",
     })
     if ca is not None:
         write_tls(ca, inst.config_dir)

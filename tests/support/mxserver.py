@@ -33,6 +33,7 @@ class Delivery:
     rcpt_to: list[str]
     data: bytes
     at: float = field(default_factory=time.time)
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -216,7 +217,8 @@ class _Handler:
         reply = self.mx.script.reply("DOT")
         if reply is not None and reply[:1] in "45":
             return reply
-        self.mx._delivered(rec, Delivery(envelope.mail_from, list(envelope.rcpt_tos), data))
+        self.mx._delivered(rec, Delivery(envelope.mail_from, list(envelope.rcpt_tos), data,
+                                         mail_options=list(envelope.mail_options)))
         return reply or "250 2.0.0 Ok: queued"
 
 
@@ -346,6 +348,18 @@ class MXServer:
         for transport in transports:
             transport.abort()
         self._loop.call_later(0.05, self._loop.stop)
+
+    def drop_connections(self) -> None:
+        """Close every open client connection, keep listening (an idle timeout on the server side)."""
+        assert self._loop is not None
+
+        def close_all() -> None:
+            with self._lock:
+                transports = list(self._transports)
+            for transport in transports:
+                transport.close()
+
+        self._loop.call_soon_threadsafe(close_all)
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.is_running():
