@@ -1,0 +1,1 @@
+"""mailflow benchmarks (``make bench``): print figures, never assert timings."""
