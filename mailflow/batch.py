@@ -1,30 +1,79 @@
 """A destination batch: the unit of work of the pipeline (docs/architecture.md).
 
-A batch is a JSON dict carried from task to task: ``domain``, ``names`` (queue
-file names in ``active/``), then ``mx`` (the MX list as dicts) and ``bind`` /
-``helo`` once looked up.  Each step re-reads the files; an entry no longer
-in ``active/`` has been handled and is skipped.
+A batch is a JSON dict carried from task to task: ``domain``, ``claim`` (its
+directory under ``active/``), ``names`` (queue file names in it), then ``mx``
+(the MX list as dicts) and ``bind`` / ``helo`` once looked up.  Each step
+re-reads the files; an entry no longer in the claim has been handled and is
+skipped, and a claim whose lease expired is skipped whole.
+
+While a step works on a batch it holds the claim: a thread of this process
+renews the lease of every held claim every few seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .config import Config
 from .hmail import HMail
 from .mx import MX, Target
 from .qfile import CorruptEntry
-from .spool import ACTIVE, Spool
+from .spool import Spool
 
 log = logging.getLogger(__name__)
 
+#: A claim not renewed for this long is given back to pending/ by the queue manager.
+LEASE_SECONDS = float(os.environ.get("MAILFLOW_LEASE_SECONDS") or 300)
+#: How often a holder renews its claims.
+RENEW_EVERY = min(10.0, LEASE_SECONDS / 4)
 
-def load(spool: Spool, names: list[str]) -> list[HMail]:
+_held: dict[tuple[str, str], int] = {}
+_held_lock = threading.Lock()
+_renewer: threading.Thread | None = None
+
+
+def _renew_forever() -> None:
+    while True:
+        threading.Event().wait(RENEW_EVERY)
+        with _held_lock:
+            claims = list(_held)
+        for root, claim in claims:
+            Spool(root).renew(claim)
+
+
+@contextmanager
+def holding(spool: Spool, batch: dict[str, Any]) -> Iterator[bool]:
+    """Hold the batch's claim while the block runs; yields False when the claim is gone."""
+    global _renewer
+    claim = batch["claim"]
+    if not spool.renew(claim):
+        yield False
+        return
+    key = (str(spool.root), claim)
+    with _held_lock:
+        _held[key] = _held.get(key, 0) + 1
+        if _renewer is None or not _renewer.is_alive():
+            _renewer = threading.Thread(target=_renew_forever, daemon=True, name="mailflow-lease")
+            _renewer.start()
+    try:
+        yield True
+    finally:
+        with _held_lock:
+            _held[key] -= 1
+            if not _held[key]:
+                del _held[key]
+
+
+def load(spool: Spool, batch: dict[str, Any], names: list[str] | None = None) -> list[HMail]:
     out = []
-    for name in names:
-        path = spool.path(name, ACTIVE)
+    for name in batch["names"] if names is None else names:
+        path = spool.claimed_path(batch["claim"], name)
         try:
             out.append(HMail.load(path))
         except FileNotFoundError:

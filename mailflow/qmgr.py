@@ -5,7 +5,9 @@ holds ``<queue>/.qmgr.lock`` (smtpd, ``mailflow run`` or a worker) -- scans
 ``pending/`` by name only, claims the due entries of each domain in batches
 (a ``rename`` into ``active/``) and starts one ``mailflow.lookup_mx`` chain per
 batch.  It scans every second and at once when mail is queued in its process;
-an entry whose wake-up was lost is simply found again by the next scan.
+an entry whose wake-up was lost is simply found again by the next scan, and
+the entries of a claim whose lease expired (its worker died, its broker
+message was lost) are given back to ``pending/`` and attempted again.
 While ``disabled`` is set in outbound.ini it claims nothing.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from . import config as configmod
 from . import outbound
+from .batch import LEASE_SECONDS
 from .qfile import EntryName
 from .spool import ACTIVE, PENDING, Spool, now_ms
 
@@ -95,8 +98,10 @@ class QueueManager:
             if self._stop.is_set():
                 break
             try:
-                if self._has_lock() and not self.cfg.outbound.disabled:
-                    self.scan()
+                if self._has_lock():
+                    self.spool.expire(LEASE_SECONDS)
+                    if not self.cfg.outbound.disabled:
+                        self.scan()
             except Exception:
                 log.exception("queue scan failed")
 
@@ -121,12 +126,9 @@ class QueueManager:
             for start in range(0, len(names), BATCH_MAX):
                 if room <= 0:
                     return claimed
-                batch = []
-                for name in names[start:start + BATCH_MAX][:room]:
-                    if self.spool.claim(name) is not None:
-                        batch.append(str(name))
-                if batch:
-                    room -= len(batch)
-                    claimed += len(batch)
-                    self.publish({"domain": domain, "names": batch})
+                claim, got = self.spool.claim(names[start:start + BATCH_MAX][:room])
+                if got:
+                    room -= len(got)
+                    claimed += len(got)
+                    self.publish({"domain": domain, "claim": claim, "names": got})
         return claimed

@@ -5,10 +5,13 @@ Layout (a per-host directory, PRODUCT §7):
 ``pending/``
     entries not being worked on.  The name says when each is next due
     (``queued`` when due, ``waiting`` when deferred into the future).
-``active/``
-    entries claimed by a delivery task.  A claim is a ``rename`` from
-    ``pending/``: exactly one claimer can win it, so no entry is ever
-    attempted twice at the same time.
+``active/<claim>/``
+    entries claimed by a delivery batch.  A claim is a ``rename`` from
+    ``pending/`` into the batch's own claim directory: exactly one claimer
+    can win an entry, so no entry is ever attempted twice at the same time.
+    The claim directory's mtime is its lease: the process working on the
+    batch touches it; the queue manager returns the entries of an expired
+    claim to ``pending/``, and a late task then finds its claim gone.
 ``failed/``
     recipients that were refused permanently, with their status, waiting
     for their bounce to be generated.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,34 +107,83 @@ class Spool:
 
     def names(self, state: str = PENDING) -> Iterator[EntryName]:
         """Entry names in ``state`` (unordered); temp, error and stray files are skipped."""
-        directory = self.dir(state)
-        try:
-            with os.scandir(directory) as it:
-                for item in it:
-                    parsed = EntryName.parse(item.name)
-                    if parsed is not None:
-                        yield parsed
-        except FileNotFoundError:
+        if state == ACTIVE:
+            for claim in self.claims():
+                yield from _names_in(self.active / claim)
             return
+        yield from _names_in(self.dir(state))
+
+    def claims(self) -> list[str]:
+        try:
+            return [e.name for e in os.scandir(self.active) if e.is_dir()]
+        except FileNotFoundError:
+            return []
 
     def path(self, name: EntryName | str, state: str = PENDING) -> Path:
         return self.dir(state) / str(name)
 
     # -- moving entries ---------------------------------------------------------------
 
-    def claim(self, name: EntryName | str) -> Path | None:
-        """Move an entry from pending/ to active/; None when someone else got it first.
+    def claim(self, names: list[EntryName]) -> tuple[str, list[str]]:
+        """Move entries from pending/ into a new claim directory; skip those someone else got.
 
-        The mtime of the claimed file is set to now: it is the start of the lease.
+        Returns the claim id and the names claimed (the directory is removed when empty).
         """
-        target = self.active / str(name)
-        try:
-            os.rename(self.pending / str(name), target)
-        except FileNotFoundError:
-            return None
-        os.utime(target)
-        return target
+        claim = uuid.uuid4().hex
+        directory = self.active / claim
+        directory.mkdir(parents=True)
+        got = []
+        for name in names:
+            try:
+                os.rename(self.pending / str(name), directory / str(name))
+            except FileNotFoundError:
+                continue
+            got.append(str(name))
+        if not got:
+            directory.rmdir()
+        return claim, got
 
+    def claimed_path(self, claim: str, name: str) -> Path:
+        return self.active / claim / name
+
+    def renew(self, claim: str) -> bool:
+        """Extend a claim's lease; False when it has expired and been given back."""
+        try:
+            os.utime(self.active / claim)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def finish(self, claim: str) -> None:
+        """Remove a claim directory once its entries have all moved on."""
+        try:
+            os.rmdir(self.active / claim)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def expire(self, lease_seconds: float) -> int:
+        """Give the entries of claims not renewed within ``lease_seconds`` back to pending/."""
+        returned = 0
+        cutoff = time.time() - lease_seconds
+        for claim in self.claims():
+            directory = self.active / claim
+            try:
+                if os.stat(directory).st_mtime >= cutoff:
+                    continue
+                os.rename(directory, self.active / f".expired-{claim}")  # no holder can renew now
+            except FileNotFoundError:
+                continue
+            expired = self.active / f".expired-{claim}"
+            for item in os.scandir(expired):
+                if EntryName.parse(item.name) is not None:
+                    os.rename(item.path, self.pending / item.name)
+                    returned += 1
+                    log.warning("lease of claim %s expired: %s is due again", claim, item.name)
+            try:
+                expired.rmdir()
+            except OSError:
+                log.error("left %s: files that are not queue entries", expired)
+        return returned
     def release(self, path: Path, name: EntryName) -> Path:
         """Put an active entry back in pending/ under ``name`` (a new schedule)."""
         target = self.pending / str(name)
@@ -157,7 +210,8 @@ class Spool:
         header once: a file that cannot be parsed now would fail every attempt.
         """
         removed = aside = 0
-        for directory in (self.pending, self.active, self.failed):
+        claim_dirs = [self.active / c for c in self.claims()]
+        for directory in (self.pending, self.failed, *claim_dirs):
             if not directory.exists():
                 continue
             for item in os.scandir(directory):
@@ -184,6 +238,17 @@ class Spool:
         os.rename(path, target)
         log.error("moved unreadable queue entry aside: %s (%s)", target, why)
         return target
+
+
+def _names_in(directory: Path) -> Iterator[EntryName]:
+    try:
+        with os.scandir(directory) as it:
+            for item in it:
+                parsed = EntryName.parse(item.name)
+                if parsed is not None:
+                    yield parsed
+    except FileNotFoundError:
+        return
 
 
 def _writer_alive(tmp_name: str) -> bool:

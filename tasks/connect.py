@@ -13,7 +13,7 @@ from typing import Any
 from celery.utils import worker_direct
 
 from mailflow import app, config
-from mailflow.batch import load, mx_from_json, source_for
+from mailflow.batch import holding, load, mx_from_json, source_for
 from mailflow.client import Session
 from mailflow.delivery import Attempt, fail_all
 from mailflow.errors import DeliveryError
@@ -34,12 +34,11 @@ def open_for(batch: dict[str, Any]) -> Session:
                         domain=batch["domain"])
 
 
-def fail_batch(batch: dict[str, Any], exc: DeliveryError) -> None:
-    cfg = config.current()
-    spool = Spool(cfg.queue_path())
-    for hmail in load(spool, batch["names"]):
-        fail_all(spool, hmail, exc.reply, Attempt(host=exc.host or "-", ip=exc.ip or "-"),
-                 cfg.outbound)
+def fail_batch(spool: Spool, batch: dict[str, Any], exc: DeliveryError) -> None:
+    """The same failure for every entry of the batch (no address took a session)."""
+    out = config.current().outbound
+    for hmail in load(spool, batch):
+        fail_all(spool, hmail, exc.reply, Attempt(host=exc.host or "-", ip=exc.ip or "-"), out)
 
 
 @app.task(name="mailflow.acquire_connection", bind=True, acks_late=True,
@@ -48,13 +47,16 @@ def acquire_connection(self: Any, batch: dict[str, Any]) -> None:
     from tasks.transmit import transmit
 
     spool = Spool(config.current().queue_path())
-    if not load(spool, batch["names"]):
-        return
-    try:
-        session = open_for(batch)
-    except DeliveryError as exc:
-        fail_batch(batch, exc)
-        return
+    with holding(spool, batch) as held:
+        if not held or not load(spool, batch):
+            spool.finish(batch["claim"])
+            return
+        try:
+            session = open_for(batch)
+        except DeliveryError as exc:
+            fail_batch(spool, batch, exc)
+            spool.finish(batch["claim"])
+            return
     lease = POOL.lease(session)
     node = self.request.hostname
     if node:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from mailflow import app, config, hooks
-from mailflow.batch import load, mx_to_json
+from mailflow.batch import holding, load, mx_to_json
 from mailflow.codes import DELAY, DENY, DENYSOFT, OK
 from mailflow.delivery import Attempt, delay_entry, fail_all
 from mailflow.errors import DeliveryError, Reply, local_reply
@@ -20,15 +20,21 @@ log = logging.getLogger(__name__)
 @app.task(name="mailflow.lookup_mx", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def lookup_mx(batch: dict[str, Any]) -> None:
     """Find where the batch goes; hand each group of entries with the same MX list on."""
+    spool = Spool(config.current().queue_path())
+    with holding(spool, batch) as held:
+        if held:
+            _lookup(spool, batch)
+    spool.finish(batch["claim"])
+
+
+def _lookup(spool: Spool, batch: dict[str, Any]) -> None:
     from tasks.connect import acquire_connection
 
-    cfg = config.current()
-    out = cfg.outbound
-    spool = Spool(cfg.queue_path())
+    out = config.current().outbound
     domain = batch["domain"]
     dns_answer: list[MX] | DeliveryError | None = None
     groups: dict[tuple, tuple[list[MX], list[str], dict[str, Any]]] = {}
-    for hmail in load(spool, batch["names"]):
+    for hmail in load(spool, batch):
         answer = hooks.decide(hooks.send_email, hmail=hmail)
         if answer.code is DELAY:
             delay_entry(spool, hmail, float(answer.value or 60))
@@ -65,5 +71,5 @@ def lookup_mx(batch: dict[str, Any]) -> None:
         key = (tuple(mxs), source["bind"], source["helo"])
         groups.setdefault(key, (mxs, [], source))[1].append(hmail.filename)
     for mxs, names, source in groups.values():
-        acquire_connection.delay({"domain": domain, "names": names,
+        acquire_connection.delay({"domain": domain, "claim": batch["claim"], "names": names,
                                   "mx": [mx_to_json(m) for m in mxs], **source})

@@ -7,7 +7,7 @@ import smtplib
 from typing import Any
 
 from mailflow import app, config
-from mailflow.batch import load
+from mailflow.batch import holding, load
 from mailflow.client import EndOfDataTimeout, Session
 from mailflow.delivery import Attempt, fail_all, record
 from mailflow.errors import DeliveryError, local_reply
@@ -30,25 +30,32 @@ def transmit(batch: dict[str, Any], lease: str | None = None) -> None:
     cfg = config.current()
     out = cfg.outbound
     spool = Spool(cfg.queue_path())
-    hmails = load(spool, batch["names"])
     session = POOL.redeem(lease)
-    if not hmails:
-        if session is not None:
-            POOL.release(session, out)
-        return
+    with holding(spool, batch) as held:
+        if held:
+            session = _transmit(spool, batch, session, out)
+    if session is not None:
+        POOL.release(session, out)
+    spool.finish(batch["claim"])
+
+
+def _transmit(spool: Spool, batch: dict[str, Any], session: Session | None,
+              out: Any) -> Session | None:
+    hmails = load(spool, batch)
     for index, hmail in enumerate(hmails):
+        if not hmail.path.exists():  # handled meanwhile (e.g. deleted by an operator)
+            continue
         if session is None:
             try:
                 session = open_for(batch)
             except DeliveryError as exc:
-                fail_batch({**batch, "names": [h.filename for h in hmails[index:]]}, exc)
-                return
+                fail_batch(spool, {**batch, "names": [h.filename for h in hmails[index:]]}, exc)
+                return None
         session = _send_one(spool, hmail, session, batch, out)
         if session is not None and out.pool_timeout == 0:
             POOL.release(session, out)  # no pooling: QUIT after every message
             session = None
-    if session is not None:
-        POOL.release(session, out)
+    return session
 
 
 def _send_one(spool: Spool, hmail: HMail, session: Session, batch: dict[str, Any],

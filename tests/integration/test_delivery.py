@@ -112,7 +112,7 @@ class Env:
         d = self.inst.queue_dir
         due = [p for p in (d / "pending").iterdir() if f"_{uuid}." in p.name and
                int(p.name.split("_")[0]) <= time.time() * 1000]
-        return not due and not [p for p in (d / "active").iterdir() if f"_{uuid}." in p.name]
+        return not due and not [p for p in self.inst.entries("active") if f"_{uuid}." in p.name]
 
 
 def make_env(tmp: Path, broker: str | None, **worker: Any) -> tuple[Env, Instance]:
@@ -475,3 +475,29 @@ def test_size_is_declared_when_advertised(env, mx):
     [d] = server.wait_for(1)
     size = [o for o in d.mail_options if o.upper().startswith("SIZE=")]
     assert size and int(size[0].split("=")[1]) >= 300
+
+
+# ── crash safety ─────────────────────────────────────────────────────────────────────
+
+
+def test_kill_9_of_the_worker_mid_delivery_loses_nothing(tmp_path, monkeypatch):
+    """Claims of a dead worker expire and are attempted again; duplicates only for what was in flight."""
+    monkeypatch.setenv("MAILFLOW_LEASE_SECONDS", "4")
+    env, inst = make_env(tmp_path / "crash", None)
+    server = MXServer("127.0.0.2", PORT, delay={"DOT": 0.1}).start()
+    try:
+        env.configure(pool_concurrency_max=4)
+        for n in range(200):
+            env.send(f"u{n}@crash.test", notes={"mx": f"127.0.0.2:{PORT}"})
+        server.wait_for(20, timeout=60)
+        inst.procs[0].kill9()
+        in_flight = server.current
+        inst.start_worker("restarted")
+        env.wait(lambda: len({r for d in server.deliveries for r in d.rcpt_to}) == 200, timeout=120)
+        everyone = [r for d in server.deliveries for r in d.rcpt_to]
+        assert len(everyone) - 200 <= max(in_flight, 4)
+        env.wait(lambda: not inst.entries("pending") and not inst.entries("active"))
+    finally:
+        server.stop()
+        inst.stop_all()
+        env.dns.stop()

@@ -121,11 +121,12 @@ class Instance:
         return proc
 
     def start_worker(self, name: str = "w1", *, concurrency: int = 4, pool: str = "threads",
-                     extra: list[str] | None = None, timeout: float = 60.0) -> Proc:
+                     extra: list[str] | None = None, timeout: float = 60.0,
+                     env: dict[str, str] | None = None) -> Proc:
         node = f"{name}-{os.getpid()}@{socket.gethostname()}"
         argv = [sys.executable, "-m", "celery", "-A", "mailflow", "worker", "-n", node,
                 "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "INFO", *(extra or [])]
-        proc = self.spawn(f"worker-{name}", argv)
+        proc = self.spawn(f"worker-{name}", argv, env=self.env(**(env or {})))
         proc.node = node
         proc.wait_for_output(" ready.", timeout)
         return proc
@@ -146,7 +147,8 @@ class Instance:
         d = self.queue_dir / state
         if not d.exists():
             return []
-        return sorted(p for p in d.iterdir() if not p.name.startswith(("__tmp__.", "error.")))
+        files = d.glob("*/*") if state == "active" else d.iterdir()
+        return sorted(p for p in files if p.is_file() and not p.name.startswith(("__tmp__.", "error.")))
 
     def all_files(self) -> list[Path]:
         return sorted(p for p in self.queue_dir.rglob("*") if p.is_file()) if self.queue_dir.exists() else []

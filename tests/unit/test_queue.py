@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -67,12 +68,13 @@ def test_recover_removes_dead_writers_temp_files_and_moves_corrupt_aside(tmp_pat
     alive.write_bytes(b"half")
     corrupt = spool.pending / str(EntryName(1, 0, 1, "C.1", "x.example"))
     corrupt.write_bytes(b"\x00\x00\x10\x00{not json")
-    short = spool.active / str(EntryName(1, 0, 1, "C.2", "x.example"))
+    (spool.active / "claim1").mkdir()
+    short = spool.active / "claim1" / str(EntryName(1, 0, 1, "C.2", "x.example"))
     short.write_bytes(b"\x00")
     assert spool.recover() == (1, 2)
     assert not stale.exists() and alive.exists() and good.exists()
     assert (spool.pending / ("error." + corrupt.name)).exists()
-    assert (spool.active / ("error." + short.name)).exists()
+    assert (spool.active / "claim1" / ("error." + short.name)).exists()
     assert [n.id for n in spool.names()] == ["G.1"]
 
 
@@ -112,3 +114,22 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.stdout.startswith("failed"), out.stderr
     assert os.listdir(tmp_path / "pending") == []
+
+
+def test_claims_are_exclusive_and_expire_back_to_pending(tmp_path):
+    spool = Spool(tmp_path).ensure()
+    spool.write([make_entry("E.1"), make_entry("E.2")], b"m\r\n")
+    names = sorted(spool.names())
+    claim, got = spool.claim(names)
+    assert sorted(got) == [str(n) for n in names]
+    again, none = spool.claim(names)  # a second claimer gets nothing
+    assert none == [] and not (spool.active / again).exists()
+    assert sorted(spool.names("active")) == names and list(spool.names()) == []
+    assert spool.expire(60) == 0  # a fresh lease holds
+    old = time.time() - 120
+    os.utime(spool.active / claim, (old, old))
+    assert spool.expire(60) == 2
+    assert sorted(spool.names()) == names and spool.claims() == []
+    assert spool.renew(claim) is False  # the late holder finds its claim gone
+    claim2, _ = spool.claim(names)
+    assert spool.renew(claim2) is True
