@@ -10,6 +10,7 @@ which is why the queue directory, not the broker, is the record of truth.
 
 from __future__ import annotations
 
+import json
 import os
 
 from mailflow.state import state_dir
@@ -31,6 +32,13 @@ if broker_url.startswith("filesystem://"):
         "store_processed": False,
         # the transport polls a directory; 1 s (the default) adds a second per hop
         "polling_interval": 0.1,
+    }
+
+if os.environ.get("MAILFLOW_BROKER_TRANSPORT_OPTIONS"):
+    # e.g. '{"visibility_timeout": 7200}' for Redis; merged over the defaults above
+    broker_transport_options = {
+        **globals().get("broker_transport_options", {}),
+        **json.loads(os.environ["MAILFLOW_BROKER_TRANSPORT_OPTIONS"]),
     }
 
 imports = ("tasks",)

@@ -13,9 +13,11 @@ renews the lease of every held claim every few seconds.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,12 +49,43 @@ def _renew_forever() -> None:
             Spool(root).renew(claim)
 
 
+#: How long a second execution of the same batch waits for the first to let go.
+EXCLUSIVE_WAIT = 120.0
+
+
+def _lock_claim(spool: Spool, claim: str) -> int | None:
+    """An exclusive flock on the claim directory, waiting for another holder; None if it is gone.
+
+    A broker may run a task twice at once (Redis redelivers a task that outlives its
+    visibility timeout); the second waits here and then finds its entries handled.
+    """
+    try:
+        fd = os.open(spool.active / claim, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return None
+    deadline = time.monotonic() + EXCLUSIVE_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+
+
 @contextmanager
 def holding(spool: Spool, batch: dict[str, Any]) -> Iterator[bool]:
-    """Hold the batch's claim while the block runs; yields False when the claim is gone."""
+    """Hold the batch's claim, alone, while the block runs; yields False when the claim is gone."""
     global _renewer
     claim = batch["claim"]
+    fd = _lock_claim(spool, claim)
+    if fd is None:
+        yield False
+        return
     if not spool.renew(claim):
+        os.close(fd)
         yield False
         return
     key = (str(spool.root), claim)
@@ -68,6 +101,7 @@ def holding(spool: Spool, batch: dict[str, Any]) -> Iterator[bool]:
             _held[key] -= 1
             if not _held[key]:
                 del _held[key]
+        os.close(fd)  # releases the flock
 
 
 def load(spool: Spool, batch: dict[str, Any], names: list[str] | None = None) -> list[HMail]:

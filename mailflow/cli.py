@@ -15,6 +15,7 @@ import time
 from . import logs, outbound, startup
 from .codes import DENYSOFT, OK
 from .config import Config
+from .flush import flush
 from .spool import Spool
 
 log = logging.getLogger("mailflow")
@@ -54,13 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--from", dest="sender", required=True, metavar="FROM",
                    help="envelope sender ('' for the null sender)")
     p.add_argument("recipients", nargs="+", metavar="RCPT")
+
+    p = sub.add_parser("flush", help="attempt every deferred entry now (or one domain's)",
+                       description="Make deferred entries due now; each is attempted once. "
+                       "Runs on the host that owns the queue directory.")
+    _common(p)
+    p.add_argument("domain", nargs="?", help="only this recipient domain")
+    p.add_argument("--id", dest="ident", metavar="ID", help="only this queue entry")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_format)
-    handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send}[args.command]
+    handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,
+               "flush": cmd_flush}[args.command]
     return handler(args)
 
 
@@ -90,6 +99,9 @@ async def _serve(cfg: Config, on_started: list[str] | None = None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP flushes the queue, as it does Haraka's (in a thread: it renames files)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(
+        None, flush, Spool(cfg.queue_path())))
     from .qmgr import QueueManager
 
     servers = await smtpd_server.start(cfg, announce=_announce)
@@ -137,6 +149,13 @@ def _stop_child(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    cfg = startup.load_or_exit(args.config)
+    count = flush(Spool(cfg.queue_path()), args.domain, args.ident)
+    print(f"{count} entries due now")
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:

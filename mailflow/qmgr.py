@@ -26,7 +26,7 @@ from . import config as configmod
 from . import outbound
 from .batch import LEASE_SECONDS
 from .qfile import EntryName
-from .spool import ACTIVE, PENDING, Spool, now_ms
+from .spool import ACTIVE, FAILED, PENDING, Spool, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,21 @@ ACTIVE_MAX = 5000
 
 Publisher = Callable[[dict[str, Any]], None]
 
+#: The managers running in this process (flush wakes them at once).
+RUNNING: list[QueueManager] = []
+
+
+def nudge_all() -> None:
+    for manager in list(RUNNING):
+        manager.nudge()
+
 
 def _publish(batch: dict[str, Any]) -> None:
+    if batch.get("bounce"):
+        from tasks.bounce import bounce
+
+        bounce.delay(batch)
+        return
     from tasks.mx import lookup_mx
 
     lookup_mx.delay(batch)
@@ -60,6 +73,7 @@ class QueueManager:
 
     def start(self) -> QueueManager:
         outbound.after_queue.append(self._queued)
+        RUNNING.append(self)
         self._thread = threading.Thread(target=self._run, daemon=True, name="mailflow-qmgr")
         self._thread.start()
         return self
@@ -67,6 +81,8 @@ class QueueManager:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self in RUNNING:
+            RUNNING.remove(self)
         if self._thread is not None:
             self._thread.join(10)
         if self._queued in outbound.after_queue:
@@ -122,6 +138,13 @@ class QueueManager:
         """Claim and dispatch what is due; return how many entries were claimed."""
         room = ACTIVE_MAX - sum(1 for _ in self.spool.names(ACTIVE))
         claimed = 0
+        failed = sorted(self.spool.names(FAILED))
+        for start in range(0, min(len(failed), room), BATCH_MAX):
+            claim, got = self.spool.claim(failed[start:start + BATCH_MAX], source=FAILED)
+            if got:
+                room -= len(got)
+                claimed += len(got)
+                self.publish({"bounce": True, "claim": claim, "names": got})
         for domain, names in self.due().items():
             for start in range(0, len(names), BATCH_MAX):
                 if room <= 0:

@@ -115,7 +115,8 @@ class Spool:
 
     def claims(self) -> list[str]:
         try:
-            return [e.name for e in os.scandir(self.active) if e.is_dir()]
+            return [e.name for e in os.scandir(self.active)
+                    if e.is_dir() and not e.name.startswith(".")]
         except FileNotFoundError:
             return []
 
@@ -124,18 +125,19 @@ class Spool:
 
     # -- moving entries ---------------------------------------------------------------
 
-    def claim(self, names: list[EntryName]) -> tuple[str, list[str]]:
-        """Move entries from pending/ into a new claim directory; skip those someone else got.
+    def claim(self, names: list[EntryName], source: str = PENDING) -> tuple[str, list[str]]:
+        """Move entries from ``source`` into a new claim directory; skip those someone else got.
 
         Returns the claim id and the names claimed (the directory is removed when empty).
+        Claims of failed/ entries (for bounces) are marked so that expiry returns them there.
         """
-        claim = uuid.uuid4().hex
+        claim = ("b-" if source == FAILED else "") + uuid.uuid4().hex
         directory = self.active / claim
         directory.mkdir(parents=True)
         got = []
         for name in names:
             try:
-                os.rename(self.pending / str(name), directory / str(name))
+                os.rename(self.dir(source) / str(name), directory / str(name))
             except FileNotFoundError:
                 continue
             got.append(str(name))
@@ -174,9 +176,10 @@ class Spool:
             except FileNotFoundError:
                 continue
             expired = self.active / f".expired-{claim}"
+            back = self.failed if claim.startswith("b-") else self.pending
             for item in os.scandir(expired):
                 if EntryName.parse(item.name) is not None:
-                    os.rename(item.path, self.pending / item.name)
+                    os.rename(item.path, back / item.name)
                     returned += 1
                     log.warning("lease of claim %s expired: %s is due again", claim, item.name)
             try:
