@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import time
 from typing import Any
 
 from mailflow import app, config
@@ -13,10 +14,15 @@ from mailflow.delivery import Attempt, fail_all, record
 from mailflow.errors import DeliveryError, local_reply
 from mailflow.hmail import HMail
 from mailflow.pool import POOL
-from mailflow.spool import Spool
+from mailflow.spool import Spool, now_ms
 from tasks.connect import fail_batch, open_for
 
 log = logging.getLogger(__name__)
+
+#: A batch stops taking new messages after this long and hands the rest back, due now.
+#: It keeps every task far below Redis's visibility timeout and RabbitMQ's
+#: consumer_timeout (30 min): one message's own RFC 5321 timeouts stay under 25 min.
+BATCH_TIME_BUDGET = 300.0
 
 
 def attempt_of(session: Session) -> Attempt:
@@ -42,9 +48,17 @@ def transmit(batch: dict[str, Any], lease: str | None = None) -> None:
 def _transmit(spool: Spool, batch: dict[str, Any], session: Session | None,
               out: Any) -> Session | None:
     hmails = load(spool, batch)
+    started = time.monotonic()
     for index, hmail in enumerate(hmails):
         if not hmail.path.exists():  # handled meanwhile (e.g. deleted by an operator)
             continue
+        if time.monotonic() - started > BATCH_TIME_BUDGET:
+            for rest in hmails[index:]:
+                if rest.path.exists():
+                    spool.release(rest.path, rest.name.rescheduled(now_ms()))
+            log.info("batch for %s out of time: %d entries due again", batch["domain"],
+                     len(hmails) - index)
+            break
         if session is None:
             try:
                 session = open_for(batch)

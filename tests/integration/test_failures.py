@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_delivery import PLUGIN, PORT, Env, make_env
+from tests.support.dnsserver import free_port
 from tests.support.mxserver import MXServer
 
 HOOKS = PLUGIN + '''
@@ -237,3 +238,30 @@ def test_a_thousand_day_long_deferrals_cost_the_worker_nothing(env, mx):
     out = env.inst.celery("inspect", "scheduled", "--json", "-d", worker.node, "--timeout", "10")
     scheduled = json.loads(out.stdout)
     assert sum(len(v) for v in scheduled.values()) == 0
+
+
+def test_redis_restarted_empty_loses_nothing(tmp_path, monkeypatch):
+    """Batches published, then the broker emptied: the claims expire and the sweep re-dispatches."""
+    import redis
+
+    from tests.support import brokers
+
+    monkeypatch.setenv("MAILFLOW_LEASE_SECONDS", "4")
+    url = brokers.url_for("redis")
+    env, inst = make_env(tmp_path / "flushall", url, plugin=HOOKS)
+    server = MXServer("127.0.0.2", PORT).start()
+    try:
+        inst.procs[0].stop()  # no worker: batches wait in Redis
+        inst.write_config("smtp.ini", f"listen = 127.0.0.1:{free_port()}\n")
+        inst.start_smtpd()  # the queue manager runs here now
+        for n in range(100):
+            env.send(f"u{n}@flushall.test", notes={"mx": f"127.0.0.2:{PORT}"})
+        env.wait(lambda: len(inst.entries("active")) == 100)
+        redis.Redis.from_url(url).flushall()
+        inst.start_worker("after-flushall")
+        env.wait(lambda: len({r for d in server.deliveries for r in d.rcpt_to}) == 100, timeout=60)
+        assert len(server.deliveries) == 100
+    finally:
+        server.stop()
+        inst.stop_all()
+        env.dns.stop()
