@@ -23,17 +23,20 @@ log = logging.getLogger("mailflow")
 EX_TEMPFAIL = 75  # sysexits.h, what sendmail returns for "try again later"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="DIR", default=None,
+def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """--config and --log-format, accepted before or after the command name."""
+    # a subcommand's own default would overwrite a value given before the command name
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--config", metavar="DIR", default=default,
                         help="config directory (default: $MAILFLOW_CONFIG or ./config)")
-    parser.add_argument("--log-format", choices=("text", "json"), default=None,
+    parser.add_argument("--log-format", choices=("text", "json"), default=default,
                         help="log line format (default: $MAILFLOW_LOG_FORMAT or text)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailflow", description="mailflow: outbound mail delivery on Celery")
-    _common(parser)
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="all in one: submission listener and a Celery worker",

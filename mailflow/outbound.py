@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from . import config as configmod
+from . import logs
 from . import message as msg
 from .address import Address, AddressError, parse_address
 from .codes import DENY, DENYSOFT, OK, Code
@@ -106,8 +107,8 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes, *,
     except OSError as exc:
         log.error("queue write failed id=%s: %s", txn, exc)
         raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
-    log.info('queued id=%s from=%s rcpts=%s size=%d client=%s auth=%s', txn, mail_from,
-             ",".join(str(r) for r in rcpt_to), len(data), client, auth or "-")
+    logs.event("queued", id=txn, **{"from": str(mail_from)},
+               rcpts=",".join(str(r) for r in rcpt_to), size=len(data), client=client, auth=auth or "-")
     names = [e.name for e in entries]
     for callback in after_queue:
         try:

@@ -265,3 +265,18 @@ def test_redis_restarted_empty_loses_nothing(tmp_path, monkeypatch):
         server.stop()
         inst.stop_all()
         env.dns.stop()
+
+
+def test_sighup_to_smtpd_flushes_the_queue(env, mx):
+    import signal
+
+    server = mx(script={"DOT": ["451 4.3.0 later"]})
+    env.configure(temp_fail_intervals="1h")
+    env.inst.write_config("smtp.ini", f"listen = 127.0.0.1:{free_port()}\n")
+    smtpd = env.inst.start_smtpd()
+    uuid = env.send("u@hup.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
+    smtpd.popen.send_signal(signal.SIGHUP)
+    [d] = server.wait_for(1, timeout=10)
+    assert d.rcpt_to == ["u@hup.test"]
+    smtpd.stop()

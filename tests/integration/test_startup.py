@@ -92,3 +92,16 @@ def test_make_run_style_all_in_one_listens_queues_and_stops_cleanly(make_instanc
     proc.popen.send_signal(signal.SIGINT)
     assert proc.popen.wait(40) == 0
     assert "Warm shutdown" in proc.output() or "worker: Warm shutdown" in proc.output()
+
+
+def test_json_log_format_gives_the_same_fields(make_instance):
+    import json
+
+    inst: Instance = make_instance()
+    out = inst.mailflow("--log-format", "json", "send", "-f", "app@sender.example", "x@dest.example",
+                        input=b"Subject: j\n\nx\n")
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stderr.decode().splitlines() if line.startswith("{")]
+    [queued] = [e for e in events if e.get("event") == "queued"]
+    assert queued["from"] == "<app@sender.example>" and queued["rcpts"] == "<x@dest.example>"
+    assert queued["client"] == "local" and queued["size"] > 0 and queued["id"]
