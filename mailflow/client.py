@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import ipaddress
 import logging
 import select
 import smtplib
@@ -26,7 +25,7 @@ from typing import Any
 
 from .config import Tls
 from .errors import Reply, TemporaryError, local_reply
-from .mx import Target
+from .mx import Target, is_ip
 from .settings import Outbound
 from .tlspolicy import client_context, forced, no_tls
 
@@ -238,14 +237,6 @@ def _authenticate(smtp: smtplib.SMTP, user: str, password: str, forced_type: str
     return mech
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
-
-
 def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, tls: Tls,
                  domain: str) -> Session:
     """Connect, greet, STARTTLS and AUTH as configured; raise NextAddress or TemporaryError."""
@@ -275,7 +266,7 @@ def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, 
         if want_tls and smtp.has_extn("starttls"):
             verify = must_tls or tls.rejectUnauthorized
             # smtplib takes the SNI name from _host; an IP gets none (RFC 6066 3)
-            smtp._host = mx.exchange if not _is_ip(mx.exchange) else ""  # type: ignore[union-attr]
+            smtp._host = mx.exchange if not is_ip(mx.exchange) else ""  # type: ignore[union-attr]
             ctx = client_context(tls, verify)
             try:
                 code, text = smtp.starttls(context=ctx)

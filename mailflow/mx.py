@@ -102,7 +102,7 @@ def lookup_mx(domain: str, out: Outbound) -> list[MX]:
     return [MX(exchange=exchange.lower(), priority=pref) for pref, exchange in records]
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
         return True
@@ -112,7 +112,7 @@ def _is_ip(text: str) -> bool:
 
 def resolve_host(host: str, out: Outbound) -> tuple[list[str], bool]:
     """Addresses of an MX host (AAAA first with ipv6_enabled) and whether a lookup failed."""
-    if _is_ip(host):
+    if is_ip(host):
         return [host], False
     order = ("AAAA", "A") if out.ipv6_enabled else ("A", "AAAA")
     addresses: list[str] = []

@@ -15,11 +15,11 @@ from mailflow import config as configmod
 from mailflow import outbound
 from mailflow.codes import OK
 from mailflow.hmail import HMail
-from tests.support.dnsserver import SERVFAIL, DNSServer, free_port
+from tests.support.dnsserver import SERVFAIL, DNSServer
 from tests.support.instance import Instance
-from tests.support.mxserver import MXServer
+from tests.support.mxserver import MX_PORT, MXServer
 
-PORT = free_port("127.0.0.2")
+PORT = MX_PORT
 
 ZONES: dict[str, Any] = {
     "dest.test": {"MX": [(10, "mx.dest.test")]},
@@ -138,21 +138,6 @@ def env(tmp_path_factory):
     yield e
     inst.stop_all()
     e.dns.stop()
-
-
-@pytest.fixture
-def mx(env):
-    servers: list[MXServer] = []
-
-    def make(host: str = "127.0.0.2", port: int = PORT, **kw: Any) -> MXServer:
-        server = MXServer(host, port, **kw).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for s in servers:
-        s.stop()
-    env.configure()  # back to the base settings
 
 
 # ── MX selection ─────────────────────────────────────────────────────────────────────

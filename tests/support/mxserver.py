@@ -380,3 +380,16 @@ def auth_plain(user: str, password: str) -> str:
 
 def decode_b64(text: str) -> bytes:
     return b64decode(text)
+
+
+def _spare_port() -> int:
+    """A port free on 127.0.0.2, chosen once per test run."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        return int(sock.getsockname()[1])
+
+
+#: The port the pipeline tests' MX servers share on 127.0.0.x (their outbound.ini mx_port).
+MX_PORT = _spare_port()
