@@ -65,14 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("domain", nargs="?", help="only this recipient domain")
     p.add_argument("--id", dest="ident", metavar="ID", help="only this queue entry")
+
+    q = sub.add_parser("queue", help="list, show, delete queue entries; statistics",
+                       description="Inspect and change the queue directory of this host.")
+    _common(q)
+    qsub = q.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    p = qsub.add_parser("list", help="one line per entry (like mailq)")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="a JSON list of objects")
+    p.add_argument("--domain", help="only this recipient domain")
+    p.add_argument("--state", choices=("queued", "in_progress", "waiting"), help="only this state")
+    p = qsub.add_parser("show", help="envelope, headers and last attempts of one entry")
+    _common(p)
+    p.add_argument("ident", metavar="ID")
+    p = qsub.add_parser("delete", help="remove entries (like postsuper -d)")
+    _common(p)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("ident", nargs="?", metavar="ID")
+    group.add_argument("--domain", help="every entry for this domain")
+    group.add_argument("--all-deferred", action="store_true", help="every deferred entry")
+    p = qsub.add_parser("stats", help="queued, in progress, waiting, and totals")
+    _common(p)
+    p.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.setup(args.log_format)
+    logs.setup(getattr(args, "log_format", None))
     handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,
-               "flush": cmd_flush}[args.command]
+               "flush": cmd_flush, "queue": cmd_queue}[args.command]
     return handler(args)
 
 
@@ -81,7 +103,7 @@ def _announce(line: str) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> Config:
-    cfg = startup.load_or_exit(args.config)
+    cfg = startup.load_or_exit(getattr(args, "config", None))
     os.environ["MAILFLOW_CONFIG"] = str(cfg.directory.absolute())
     spool = Spool(cfg.queue_path()).ensure()
     removed, aside = spool.recover()
@@ -155,14 +177,53 @@ def _stop_child(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
-    cfg = startup.load_or_exit(args.config)
+    cfg = startup.load_or_exit(getattr(args, "config", None))
     count = flush(Spool(cfg.queue_path()), args.domain, args.ident)
     print(f"{count} entries due now")
     return 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    import json
+
+    from . import queuetools
+
+    cfg = startup.load_or_exit(getattr(args, "config", None))
+    spool = Spool(cfg.queue_path())
+    action = args.queue_command
+    if action == "stats":
+        numbers = queuetools.stats(spool)
+        print(json.dumps(numbers) if args.json else
+              " ".join(f"{k}={v}" for k, v in numbers.items()))
+        return 0
+    if action == "list":
+        rows = queuetools.rows(spool, domain=args.domain, state=args.state)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        for r in rows:
+            nxt = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["next_attempt"])) \
+                if r["next_attempt"] else "-"
+            print(f"{r['id']} {r['state']} age={r['age']}s size={r['size']} from=<{r['mail_from']}> "
+                  f"to={','.join(r['rcpt_to'])} fails={r['num_failures']} next={nxt} "
+                  f"error={r['last_error'] or '-'}")
+        print(f"-- {len(rows)} entries")
+        return 0
+    if action == "show":
+        paths = queuetools.find(spool, args.ident)
+        if not paths:
+            print(f"mailflow: no queue entry {args.ident}", file=sys.stderr)
+            return 1
+        print("\n\n".join(queuetools.show(p) for p in paths))
+        return 0
+    removed = queuetools.delete(spool, ident=args.ident, domain=args.domain,
+                                all_deferred=args.all_deferred)
+    print(f"{removed} entries deleted")
+    return 0 if removed or not args.ident else 1
+
+
 def cmd_send(args: argparse.Namespace) -> int:
-    startup.load_or_exit(args.config)
+    startup.load_or_exit(getattr(args, "config", None))
     data = sys.stdin.buffer.read()
     code, text = outbound.send_email(args.sender, args.recipients, data)
     print(text, file=sys.stdout if code is OK else sys.stderr)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import hooks, logs
+from . import counters, hooks, logs
 from .codes import CONT, DENYSOFT, OK
 from .errors import Reply
 from .hmail import HMail
@@ -74,6 +74,8 @@ def record(spool: Spool, hmail: HMail, attempt: Attempt, out: Outbound) -> None:
         defer(spool, hmail, {a: attempt.results[a] for a in deferred}, attempt.host, out)
     else:
         _remove(hmail)
+        if ok:
+            counters.add(spool.root, "delivered")
 
 
 def _remove(hmail: HMail) -> None:
@@ -123,6 +125,7 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     if answer.code is OK:
         logs.event("dropped", id=hmail.todo.uuid, reason=f"deferred hook: {answer.value or 'OK'}")
         _remove(hmail)
+        counters.add(spool.root, "dropped")
         return
     if answer.code is DENYSOFT and isinstance(answer.value, int | float):
         delay = float(answer.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mailflow import app, config, hooks, logs, outbound
+from mailflow import app, config, counters, hooks, logs, outbound
 from mailflow.address import Address
 from mailflow.batch import holding, load
 from mailflow.bounce import build
@@ -48,6 +48,7 @@ def bounce_one(hmail: HMail) -> None:
         # RFC 3464/5321: never bounce a bounce (a double bounce is dropped with a log line)
         logs.event("dropped", id=todo.uuid, reason=f"null sender, no bounce: {reason}")
         hmail.path.unlink(missing_ok=True)
+        counters.add(cfg.queue_path(), "dropped")
         return
     error = BounceError(reason, mx=first.get("remote_mta"),
                         bounced_rcpt=[r.address for r in todo.rcpt_to], deferred_rcpt=[])
@@ -55,6 +56,7 @@ def bounce_one(hmail: HMail) -> None:
     if answer.code is not CONT:
         logs.event("dropped", id=todo.uuid, reason=f"bounce hook: {answer.value or answer.code.name}")
         hmail.path.unlink(missing_ok=True)
+        counters.add(cfg.queue_path(), "dropped")
         return
     original = dot_unstuff(hmail.message())
     dsn = build(hmail, original, me=cfg.me, template=cfg.bounce_template,
@@ -68,3 +70,4 @@ def bounce_one(hmail: HMail) -> None:
     logs.event("bounced", id=todo.uuid, to=todo.mail_from.address, status=first.get("status", "5.0.0"),
                reason=reason, bounce_id=queued.uuid)
     hmail.path.unlink(missing_ok=True)
+    counters.add(cfg.queue_path(), "bounced")

@@ -273,3 +273,47 @@ def test_sighup_to_smtpd_flushes_the_queue(env, mx):
     env.wait(lambda: [d for d in server.deliveries if d.rcpt_to == ["u@hup.test"]], timeout=10)
     assert env.logged("flushed ")
     smtpd.stop()
+
+
+# ── operating the queue ──────────────────────────────────────────────────────────────
+
+
+def test_queue_stats_list_delete_and_flush_one(tmp_path):
+    env, inst = make_env(tmp_path / "ops", None, plugin=HOOKS)
+    later = {f"later{n}@qt.test": ["451 4.2.1 try later"] for n in range(4)}
+    gone = {f"gone{n}@qt.test": "550 5.1.1 no such user" for n in range(3)}
+    server = MXServer("127.0.0.2", PORT, rcpt={**later, **gone}).start()
+    try:
+        env.configure(temp_fail_intervals="1h")
+        mx_note = {"mx": f"127.0.0.2:{PORT}"}
+        for n in range(20):
+            env.send(f"ok{n}@qt.test", notes=mx_note, sender="app@sender.test")
+        ids = {a: env.send(a, notes=mx_note, sender="app@sender.test") for a in [*later, *gone]}
+        # 20 delivered, plus the 3 bounces (entries too) delivered to sender.test's MX
+        server.wait_for(23, timeout=60)
+        env.wait(lambda: len([p for p in inst.entries("pending") if "_1_" in p.name]) == 4)
+        stats = json.loads(inst.mailflow("queue", "stats", "--json").stdout)
+        assert stats == {"queued": 0, "in_progress": 0, "waiting": 4, "delivered": 23, "bounced": 3,
+                         "dropped": 0}
+        rows = json.loads(inst.mailflow("queue", "list", "--json", "--state", "waiting").stdout)
+        assert sorted(r["rcpt_to"][0] for r in rows) == sorted(later)
+        assert all(r["num_failures"] == 1 and "451 4.2.1 try later" in r["last_error"] and
+                   r["next_attempt"] > time.time() + 3000 for r in rows)
+        shown = inst.mailflow("queue", "show", ids["later2@qt.test"]).stdout.decode()
+        assert "later2@qt.test" in shown and "try later" in shown
+        deleted = inst.mailflow("queue", "delete", ids["later0@qt.test"])
+        assert deleted.stdout.startswith(b"1 entries deleted")
+        one = inst.mailflow("flush", "--id", ids["later1@qt.test"])
+        assert one.stdout.startswith(b"1 entries due now")
+        env.wait(lambda: [d for d in server.deliveries if d.rcpt_to == ["later1@qt.test"]])
+        assert inst.mailflow("flush").stdout.startswith(b"2 entries due now")
+        server.wait_for(26, timeout=30)
+        time.sleep(2)
+        got = [r for d in server.deliveries for r in d.rcpt_to]
+        assert "later0@qt.test" not in got and got.count("later1@qt.test") == 1
+        stats = json.loads(inst.mailflow("queue", "stats", "--json").stdout)
+        assert (stats["waiting"], stats["delivered"], stats["dropped"]) == (0, 26, 1)
+    finally:
+        server.stop()
+        inst.stop_all()
+        env.dns.stop()

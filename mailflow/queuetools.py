@@ -1,0 +1,116 @@
+"""What ``mailflow queue list|show|delete|stats`` read and do (PRODUCT §5).
+
+Counting needs no file opened (names carry the schedule); listing opens each
+entry's header for its envelope and last error, never its message.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import counters, logs, qfile
+from .message import dot_unstuff, header_block
+from .qfile import EntryName
+from .spool import ACTIVE, FAILED, PENDING, Spool, now_ms
+
+
+def _entries(spool: Spool) -> list[tuple[str, Path, EntryName]]:
+    out = [(PENDING, spool.path(n), n) for n in spool.names(PENDING)]
+    out += [(FAILED, spool.path(n, FAILED), n) for n in spool.names(FAILED)]
+    for claim in spool.claims():
+        out += [(ACTIVE, spool.claimed_path(claim, str(n)), n)
+                for n in _names(spool.active / claim)]
+    return out
+
+
+def _names(directory: Path) -> list[EntryName]:
+    try:
+        return [n for n in (EntryName.parse(p.name) for p in directory.iterdir()) if n]
+    except FileNotFoundError:
+        return []
+
+
+def state_of(where: str, name: EntryName, now: int) -> str:
+    if where == ACTIVE:
+        return "in_progress"
+    if where == PENDING and name.next_attempt_ms > now:
+        return "waiting"
+    return "queued"  # due, or failed recipients waiting for their bounce
+
+
+def stats(spool: Spool) -> dict[str, int]:
+    now = now_ms()
+    out = {"queued": 0, "in_progress": 0, "waiting": 0}
+    for where, _, name in _entries(spool):
+        out[state_of(where, name, now)] += 1
+    for counter in counters.NAMES:
+        out[counter] = counters.read(spool.root, counter)
+    return out
+
+
+def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    now = now_ms()
+    out = []
+    for where, path, name in sorted(_entries(spool), key=lambda e: e[2].arrival_ms):
+        st = state_of(where, name, now)
+        if (domain and name.domain != domain.lower()) or (state and st != state):
+            continue
+        try:
+            todo, offset = qfile.load(path)
+            size = path.stat().st_size - offset
+        except (FileNotFoundError, qfile.CorruptEntry):
+            continue
+        out.append({
+            "id": name.id, "domain": name.domain, "state": st,
+            "age": round((now - name.arrival_ms) / 1000),
+            "size": size, "mail_from": todo.mail_from.address,
+            "rcpt_to": [r.address for r in todo.rcpt_to], "num_failures": name.num_failures,
+            "next_attempt": name.next_attempt_ms // 1000 if st == "waiting" else None,
+            "last_error": todo.state.get("last_error") or todo.state.get("reason"),
+        })
+    return out
+
+
+def find(spool: Spool, ident: str) -> list[Path]:
+    return [p for _, p, n in _entries(spool) if n.id == ident or n.id.startswith(ident + ".")]
+
+
+def show(path: Path) -> str:
+    todo, _ = qfile.load(path)
+    message = dot_unstuff(qfile.read_message(path))
+    lines = [f"id: {todo.uuid}", f"domain: {todo.domain}",
+             f"queued: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(todo.queue_time / 1000))}",
+             f"from: {todo.mail_from}", "to: " + ", ".join(str(r) for r in todo.rcpt_to),
+             f"file: {path}"]
+    for address, status in todo.state.get("rcpt_status", {}).items():
+        lines.append(f"last attempt for {address}: {status.get('code') or ''} {status.get('text', '')} "
+                     f"({status.get('remote_mta', '-')})")
+    if todo.state.get("last_error"):
+        lines.append(f"last error: {todo.state['last_error']}")
+    lines += ["", header_block(message).decode("utf-8", "replace").rstrip()]
+    return "\n".join(lines)
+
+
+def delete(spool: Spool, *, ident: str | None = None, domain: str | None = None,
+           all_deferred: bool = False) -> int:
+    """Remove matching entries (an in-flight one is skipped by its batch before it is sent)."""
+    now = now_ms()
+    removed = 0
+    for where, path, name in _entries(spool):
+        if ident is not None and not (name.id == ident or name.id.startswith(ident + ".")):
+            continue
+        if domain is not None and name.domain != domain.lower():
+            continue
+        if all_deferred and not (where == PENDING and name.num_failures > 0
+                                 and name.next_attempt_ms > now):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+        counters.add(spool.root, "dropped")
+        logs.event("dropped", id=name.id, reason="deleted by the operator")
+    return removed
