@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="envelope sender ('' for the null sender)")
     p.add_argument("recipients", nargs="+", metavar="RCPT")
 
+    sub.add_parser("sendmail", help="the sendmail command line (-t -i -f -F …); see its --help",
+                   add_help=False)
+
     p = sub.add_parser("flush", help="attempt every deferred entry now (or one domain's)",
                        description="Make deferred entries due now; each is attempted once. "
                        "Runs on the host that owns the queue directory.")
@@ -91,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sendmail"]:  # sendmail's own flag syntax (-oi, -F name …), not ours
+        from . import sendmail
+
+        logs.setup(None, level=logging.WARNING)
+        return sendmail.main(argv[1:])
     args = build_parser().parse_args(argv)
     logs.setup(getattr(args, "log_format", None))
     handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,

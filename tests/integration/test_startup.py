@@ -105,3 +105,39 @@ def test_json_log_format_gives_the_same_fields(make_instance):
     [queued] = [e for e in events if e.get("event") == "queued"]
     assert queued["from"] == "<app@sender.example>" and queued["rcpts"] == "<x@dest.example>"
     assert queued["client"] == "local" and queued["size"] > 0 and queued["id"]
+
+
+def test_sendmail_t_i_f(make_instance):
+    from mailflow.hmail import HMail
+    from mailflow.message import dot_unstuff
+
+    inst: Instance = make_instance()
+    out = inst.mailflow("sendmail", "-t", "-i", "-f", "b@y.test",
+                        input=b"To: a@x.test\nBcc: hidden@z.test\nSubject: s\n\nbody\n.\nmore\n")
+    assert out.returncode == 0, out.stderr
+    entries = {HMail.load(p).todo.domain: HMail.load(p) for p in inst.entries()}
+    assert set(entries) == {"x.test", "z.test"}
+    todo = entries["x.test"].todo
+    assert todo.mail_from.address == "b@y.test"
+    assert [r.address for r in todo.rcpt_to] == ["a@x.test"]
+    body = dot_unstuff(entries["x.test"].message())
+    assert b"Bcc:" not in body and b"hidden" not in body
+    assert body.endswith(b"\r\nbody\r\n.\r\nmore\r\n")  # -i: the lone dot is content
+
+
+def test_sendmail_without_i_stops_at_a_lone_dot_and_adds_from(make_instance):
+    from mailflow.hmail import HMail
+    from mailflow.message import dot_unstuff
+
+    inst: Instance = make_instance()
+    out = inst.mailflow("sendmail", "-oi", "-F", "App Name", "-f", "app@y.test", "r@x.test",
+                        input=b"Subject: s\n\nbody\n")
+    assert out.returncode == 0, out.stderr
+    out = inst.mailflow("sendmail", "-f", "app@y.test", "q@w.test",
+                        input=b"Subject: s\n\nfirst\n.\nnot part of it\n")
+    assert out.returncode == 0, out.stderr
+    bodies = {HMail.load(p).todo.domain: dot_unstuff(HMail.load(p).message()) for p in inst.entries()}
+    assert b'From: App Name <app@y.test>\r\n' in bodies["x.test"]
+    assert bodies["w.test"].endswith(b"\r\nfirst\r\n") and b"not part" not in bodies["w.test"]
+    bad = inst.mailflow("sendmail", "-f", "app@y.test", "not-an-address", input=b"x\n")
+    assert bad.returncode == 67
