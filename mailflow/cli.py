@@ -136,10 +136,12 @@ async def _serve(cfg: Config, on_started: list[str] | None = None) -> int:
     # SIGHUP flushes the queue, as it does Haraka's (in a thread: it renames files)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(
         None, flush, Spool(cfg.queue_path())))
+    from . import proctitle
     from .qmgr import QueueManager
 
     servers = await smtpd_server.start(cfg, announce=_announce)
     manager = QueueManager(cfg).start()
+    proctitle.start("smtpd", cfg)
     for line in on_started or []:
         _announce(line)
     await stop.wait()

@@ -26,9 +26,10 @@ def _load_config(**_kwargs: Any) -> None:
 @worker_ready.connect
 def _start_queue_manager(**_kwargs: Any) -> None:
     """Every worker offers to run the queue manager of its host's queue directory."""
-    from . import config, qmgr
+    from . import config, proctitle, qmgr
 
     _qmgr.append(qmgr.QueueManager(config.current()).start())
+    proctitle.start("worker", config.current())
 
 
 @worker_shutdown.connect

@@ -295,6 +295,9 @@ def test_queue_stats_list_delete_and_flush_one(tmp_path):
         stats = json.loads(inst.mailflow("queue", "stats", "--json").stdout)
         assert stats == {"queued": 0, "in_progress": 0, "waiting": 4, "delivered": 23, "bounced": 3,
                          "dropped": 0}
+        worker_title = Path(f"/proc/{inst.procs[0].pid}/cmdline")
+        env.wait(lambda: b"mailflow worker out=0/0/4 delivered=23 bounced=3 "
+                 in worker_title.read_bytes(), timeout=15)
         rows = json.loads(inst.mailflow("queue", "list", "--json", "--state", "waiting").stdout)
         assert sorted(r["rcpt_to"][0] for r in rows) == sorted(later)
         assert all(r["num_failures"] == 1 and "451 4.2.1 try later" in r["last_error"] and
