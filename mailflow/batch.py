@@ -117,6 +117,11 @@ def load(spool: Spool, batch: dict[str, Any], names: list[str] | None = None) ->
     return out
 
 
+def shown(batch: dict[str, Any]) -> str:
+    """How a batch appears in events and Flower: what identifies it, never credentials."""
+    return repr([{k: batch[k] for k in ("domain", "claim", "names") if k in batch}])
+
+
 def mx_to_json(mx: MX) -> dict[str, Any]:
     return dataclasses.asdict(mx)
 

@@ -13,7 +13,7 @@ from typing import Any
 from celery.utils import worker_direct
 
 from mailflow import app, config
-from mailflow.batch import holding, load, mx_from_json, source_for
+from mailflow.batch import holding, load, mx_from_json, shown, source_for
 from mailflow.client import Session
 from mailflow.delivery import Attempt, fail_all
 from mailflow.errors import DeliveryError
@@ -60,6 +60,7 @@ def acquire_connection(self: Any, batch: dict[str, Any]) -> None:
     lease = POOL.lease(session)
     node = self.request.hostname
     if node:
-        transmit.apply_async(args=[batch, lease], queue=worker_direct(node))
+        transmit.apply_async(args=[batch, lease], queue=worker_direct(node),
+                             argsrepr=shown(batch)[:-1] + f", {lease!r}]")
     else:  # called eagerly (not from a worker): no node queue to route to
         transmit(batch, lease)

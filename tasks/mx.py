@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from mailflow import app, config, hooks
-from mailflow.batch import holding, load, mx_to_json
+from mailflow.batch import holding, load, mx_to_json, shown
 from mailflow.codes import DELAY, DENY, DENYSOFT, OK
 from mailflow.delivery import Attempt, delay_entry, fail_all
 from mailflow.errors import DeliveryError, Reply, local_reply
@@ -71,5 +71,7 @@ def _lookup(spool: Spool, batch: dict[str, Any]) -> None:
         key = (tuple(mxs), source["bind"], source["helo"])
         groups.setdefault(key, (mxs, [], source))[1].append(hmail.filename)
     for mxs, names, source in groups.values():
-        acquire_connection.delay({"domain": domain, "claim": batch["claim"], "names": names,
-                                  "mx": [mx_to_json(m) for m in mxs], **source})
+        group = {"domain": domain, "claim": batch["claim"], "names": names,
+                 "mx": [mx_to_json(m) for m in mxs], **source}
+        # the MX list may hold get_mx credentials: Flower and events show only the ids
+        acquire_connection.apply_async(args=[group], argsrepr=shown(group))

@@ -19,6 +19,21 @@ if command -v rabbitmq-server >/dev/null 2>&1 && ! port_open 5672; then
     rabbitmq-server -detached || echo "services: rabbitmq-server did not start"
 fi
 
+# Tools the suite needs under CI (where a missing one is a failure, not a skip): Chromium for
+# the Flower page test, a compose client for checking deploy/compose.yaml.
+if [ -n "${CI:-}" ] && command -v apt-get >/dev/null 2>&1; then
+    need=""
+    command -v chromium >/dev/null 2>&1 || need="$need chromium"
+    command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
+        || need="$need docker-compose"
+    if [ -n "$need" ]; then
+        echo "services: installing$need (CI)"
+        apt-get update -qq >/dev/null 2>&1
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null 2>&1 \
+            || echo "services: could not install$need"
+    fi
+fi
+
 # Wait (bounded) for whatever was started to accept connections.
 for _ in $(seq 1 60); do
     ok=1

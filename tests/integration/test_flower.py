@@ -1,0 +1,92 @@
+"""Flower with what the repo ships: the pipeline tasks by name and state, via its API and its page."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_delivery import PORT, make_env
+from tests.support.dnsserver import free_port
+from tests.support.mxserver import MXServer
+
+REPO = Path(__file__).resolve().parents[2]
+AUTH = "admin:flower-secret"
+PIPELINE = {"mailflow.lookup_mx", "mailflow.acquire_connection", "mailflow.transmit"}
+
+
+@pytest.fixture(scope="module")
+def flower(tmp_path_factory):
+    env, inst = make_env(tmp_path_factory.mktemp("flower"), None)
+    port = free_port()
+    proc = inst.spawn("flower", [sys.executable, "-m", "celery", "-A", "mailflow", "flower",
+                                 f"--conf={REPO / 'deploy' / 'flower' / 'flowerconfig.py'}"],
+                      env=inst.env(FLOWER_PORT=str(port), FLOWER_BASIC_AUTH=AUTH))
+    proc.wait_for_output("Visit me at", timeout=30)
+    server = MXServer("127.0.0.2", PORT, users={"relay": "mx-password-1"}).start()
+    route = {"mx": {"exchange": "127.0.0.2", "port": PORT, "auth_user": "relay",
+                    "auth_pass": "mx-password-1"}}
+    for n in range(5):
+        env.send(f"u{n}@flower.test", notes=route, body=f"Subject: s\n\nsecret body {n}\n")
+    server.wait_for(5)
+    yield port, env
+    server.stop()
+    inst.stop_all()
+    env.dns.stop()
+
+
+def api(port: int, path: str) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(AUTH.encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_api_shows_the_pipeline_tasks_succeeded_without_secrets(flower):
+    port, env = flower
+    deadline = time.monotonic() + 30
+    while True:
+        tasks = api(port, "/api/tasks")
+        done = {t["name"] for t in tasks.values() if t.get("state") == "SUCCESS"}
+        if done >= PIPELINE or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert done >= PIPELINE, done
+    text = json.dumps(tasks)
+    assert "mx-password-1" not in text and "secret body" not in text
+    transmits = [t for t in tasks.values() if t["name"] == "mailflow.transmit"]
+    assert all("flower.test" in t["args"] for t in transmits)  # args identify the entries
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=10)
+    assert denied.value.code == 401
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_tasks_page_lists_a_delivered_task(flower, tmp_path):
+    port, _ = flower
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set and Chromium is not installed (tests/services.sh installs it)")
+        pytest.skip("Chromium is not installed (Debian package chromium)")
+    user, password = AUTH.split(":")
+    out = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000", "--dump-dom",
+         f"http://{user}:{password}@127.0.0.1:{port}/tasks"],
+        capture_output=True, text=True, timeout=120)
+    assert "mailflow.transmit" in out.stdout, out.stderr[-2000:]
+    assert "SUCCESS" in out.stdout
