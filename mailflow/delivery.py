@@ -129,8 +129,10 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
         return
     if answer.code is DENYSOFT and isinstance(answer.value, int | float):
         delay = float(answer.value)
+    history = list(hmail.todo.state.get("history", []))[-49:]  # the last 50 attempts
+    history.append({"at": now_ms(), "host": remote_mta, "error": err})
     todo = replace(hmail.todo, rcpt_to=[r for r in hmail.todo.rcpt_to if r.address in deferred],
-                   state={**hmail.todo.state, "last_error": err,
+                   state={**hmail.todo.state, "last_error": err, "history": history,
                           "rcpt_status": {a: _status_of(r, remote_mta) for a, r in deferred.items()}})
     name = hmail.name.rescheduled(now_ms() + int(delay * 1000), fails)
     if todo.rcpt_to == hmail.todo.rcpt_to and todo.state == hmail.todo.state:

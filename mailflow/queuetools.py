@@ -87,6 +87,9 @@ def show(path: Path) -> str:
     for address, status in todo.state.get("rcpt_status", {}).items():
         lines.append(f"last attempt for {address}: {status.get('code') or ''} {status.get('text', '')} "
                      f"({status.get('remote_mta', '-')})")
+    for attempt in todo.state.get("history", []):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(attempt["at"] / 1000))
+        lines.append(f"attempt {when} via {attempt.get('host', '-')}: {attempt.get('error', '')}")
     if todo.state.get("last_error"):
         lines.append(f"last error: {todo.state['last_error']}")
     lines += ["", header_block(message).decode("utf-8", "replace").rstrip()]
