@@ -270,9 +270,19 @@ def test_queue_outbound_hook(served, user, code, entries):
     assert len(inst.entries()) - len(before) == entries
 
 
-def test_auth_before_starttls_is_refused_when_tls_is_required(tmp_path, tls_ca):
+@pytest.fixture
+def own(request):
+    """Instances a test builds itself; every process they started is stopped afterwards."""
+    made: list[Instance] = []
+    yield made.append
+    for inst in made:
+        inst.stop_all()
+
+
+def test_auth_before_starttls_is_refused_when_tls_is_required(tmp_path, tls_ca, own):
     port = free_port()
     inst = make(tmp_path / "tlsreq", port, smtp_extra="auth_require_tls = true\n", ca=tls_ca)
+    own(inst)
     inst.start_smtpd()
     with client(port) as s:
         assert not s.has_extn("auth")
@@ -302,9 +312,10 @@ def _fsize_limit() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
 
-def test_full_disk_is_451_and_leaves_no_partial_file(tmp_path):
+def test_full_disk_is_451_and_leaves_no_partial_file(tmp_path, own):
     port = free_port()
     inst = make(tmp_path / "full", port)
+    own(inst)
     inst.start_smtpd(preexec_fn=_fsize_limit)
     with client(port, source="127.0.0.3") as s:
         s.mail("a@sender.example")
@@ -315,9 +326,10 @@ def test_full_disk_is_451_and_leaves_no_partial_file(tmp_path):
     assert inst.all_files() == []
 
 
-def test_unwritable_queue_is_451(tmp_path):
+def test_unwritable_queue_is_451(tmp_path, own):
     port = free_port()
     inst = make(tmp_path / "unwritable", port)
+    own(inst)
     inst.start_smtpd()
     pending = inst.queue_dir / "pending"
     pending.rmdir()
@@ -329,9 +341,10 @@ def test_unwritable_queue_is_451(tmp_path):
     assert (code, text[:5]) == (451, b"4.3.0")
 
 
-def test_kill_9_right_after_250_leaves_a_complete_entry(tmp_path):
+def test_kill_9_right_after_250_leaves_a_complete_entry(tmp_path, own):
     port = free_port()
     inst = make(tmp_path / "kill", port)
+    own(inst)
     proc = inst.start_smtpd()
     body = b"Subject: durable\r\n\r\n" + (b"z" * 70 + b"\r\n") * 800
     s = client(port, source="127.0.0.3")
