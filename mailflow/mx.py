@@ -9,6 +9,7 @@ lookup.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import socket
@@ -127,18 +128,19 @@ def resolve_host(host: str, out: Outbound) -> tuple[list[str], bool]:
     return addresses, failed
 
 
-def own_addresses() -> set[str]:
-    """This host's addresses, as well as the resolver can tell."""
+@functools.lru_cache(maxsize=1)
+def own_addresses() -> frozenset[str]:
+    """This host's addresses, as well as the resolver can tell (looked up once per process)."""
     found = set()
     try:
         for info in socket.getaddrinfo(socket.gethostname(), None):
             found.add(str(info[4][0]))
     except OSError:
         pass
-    return found
+    return frozenset(found)
 
 
-def is_local(ip: str, own: set[str]) -> bool:
+def is_local(ip: str, own: frozenset[str]) -> bool:
     addr = ipaddress.ip_address(ip)
     return (addr.is_loopback or addr.is_private or addr.is_link_local or addr.is_unspecified
             or ip in own)
@@ -152,7 +154,7 @@ def targets(mxs: list[MX], out: Outbound) -> list[Target]:
     """
     result: list[Target] = []
     any_failed = skipped_local = False
-    own = own_addresses() if not out.local_mx_ok else set()
+    own = own_addresses() if not out.local_mx_ok else frozenset()
     for mx in mxs:
         addresses, failed = resolve_host(mx.exchange, out)
         any_failed |= failed

@@ -102,7 +102,7 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes, *,
                     mail_from=mail_from, rcpt_to=group, notes=dict(notes or {}))
         entries.append(NewEntry(EntryName(arrival, 0, arrival, todo.uuid, todo.domain), todo))
     try:
-        spool.ensure()
+        spool.ensure_once()
         spool.write(entries, data)
     except OSError as exc:
         log.error("queue write failed id=%s: %s", txn, exc)

@@ -38,6 +38,8 @@ from .todo import ToDo
 
 log = logging.getLogger(__name__)
 
+_ensured: set[Path] = set()
+
 PENDING = "pending"
 ACTIVE = "active"
 FAILED = "failed"
@@ -69,6 +71,13 @@ class Spool:
     def ensure(self) -> Spool:
         for d in (self.root, self.pending, self.active, self.failed):
             d.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return self
+
+    def ensure_once(self) -> Spool:
+        """``ensure`` at most once per process and directory (the submission path calls it)."""
+        if self.root not in _ensured:
+            self.ensure()
+            _ensured.add(self.root)
         return self
 
     # -- writing --------------------------------------------------------------

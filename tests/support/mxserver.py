@@ -26,6 +26,8 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, auth_mechanism
 
+from tests.support.dnsserver import free_port
+
 
 @dataclass
 class Delivery:
@@ -382,14 +384,5 @@ def decode_b64(text: str) -> bytes:
     return b64decode(text)
 
 
-def _spare_port() -> int:
-    """A port free on 127.0.0.2, chosen once per test run."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.2", 0))
-        return int(sock.getsockname()[1])
-
-
 #: The port the pipeline tests' MX servers share on 127.0.0.x (their outbound.ini mx_port).
-MX_PORT = _spare_port()
+MX_PORT = free_port("127.0.0.2")
