@@ -108,8 +108,7 @@ class SubmissionHandler:
         rcpts = [parse_address(r) for r in envelope.rcpt_tos]
         txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, message=data)
         loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(
-            None, lambda: hooks.decide(hooks.queue_outbound, connection=conn, transaction=txn))
+        answer = await hooks.decide_off_loop(hooks.queue_outbound, connection=conn, transaction=txn)
         if answer.code is OK:
             return f"250 {answer.value or '2.0.0 Message Queued'}"
         if answer.code is DENY:

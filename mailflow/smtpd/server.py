@@ -50,9 +50,7 @@ class MailflowSMTP(SMTP):
         assert self.session is not None
         conn = connection_for(self.session, self.transport, self.mf_cfg)
         self.session.mf_connection = conn  # type: ignore[attr-defined]
-        loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(
-            None, lambda: hooks.decide(hooks.connect, connection=conn))
+        answer = await hooks.decide_off_loop(hooks.connect, connection=conn)
         if answer.code is DENY:
             await self.push(f"554 {answer.value or '5.7.1 Connection refused'}")
             if self.transport is not None:

@@ -1,3 +1,5 @@
+from concurrent.futures import ThreadPoolExecutor
+
 from mailflow import hooks
 from mailflow.codes import CONT, DELAY, DENY, DENYSOFT, OK
 
@@ -93,3 +95,42 @@ def test_every_product_hook_is_a_celery_signal():
     for name in ("connect", "queue_outbound", "send_email", "get_mx", "deferred", "bounce",
                  "delivered"):
         assert isinstance(getattr(hooks, name), Signal)
+
+
+class NoThreads(ThreadPoolExecutor):
+    """An executor that fails the test if anything is handed to it."""
+
+    def submit(self, *args, **kwargs):
+        raise AssertionError("no receiver, yet a thread was used")
+
+
+def test_off_loop_with_no_receivers_answers_cont_without_a_thread():
+    import asyncio
+
+    async def go():
+        asyncio.get_running_loop().set_default_executor(NoThreads())
+        return await hooks.decide_off_loop(hooks.connect, connection=None)
+
+    assert asyncio.run(go()).code is CONT
+
+
+def test_off_loop_receivers_run_in_a_thread_not_on_the_event_loop():
+    import asyncio
+    import threading
+
+    seen = []
+
+    def where(**kwargs):
+        seen.append(threading.current_thread())
+        return DENY, "go away"
+
+    async def go():
+        return await hooks.decide_off_loop(hooks.connect, connection=None)
+
+    undo = _with(hooks.connect, where)
+    try:
+        answer = asyncio.run(go())
+    finally:
+        undo()
+    assert answer.code is DENY and answer.value == "go away"
+    assert seen and seen[0] is not threading.main_thread()

@@ -1,0 +1,116 @@
+"""The queue manager: due entries become destination batches, one task chain each."""
+
+import threading
+import time
+
+from mailflow import config as configmod
+from mailflow import outbound, qmgr
+from mailflow.address import parse_address
+
+
+def load_cfg(tmp_path):
+    (tmp_path / "outbound.ini").write_text(f"queue_dir = {tmp_path / 'queue'}\n")
+    (tmp_path / "me").write_text("mx.sender.example\n")
+    return configmod.load(tmp_path)
+
+
+class Recorder:
+    def __init__(self):
+        self.batches = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch):
+        with self.lock:
+            self.batches.append(batch)
+
+    def claimed(self):
+        with self.lock:
+            return sum(len(b["names"]) for b in self.batches)
+
+
+def test_a_stream_of_submissions_makes_few_large_batches(tmp_path):
+    """Each queued message wakes the manager; wake-ups during the coalescing pause share one
+    scan, so a burst costs a handful of chains, not one chain (four tasks) per message."""
+    cfg = load_cfg(tmp_path)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish).start()
+    try:
+        sender = parse_address("a@sender.example")
+        started = time.monotonic()
+        total = 200
+        for n in range(total):
+            outbound.queue_message(sender, [parse_address(f"r{n}@dest.example")], b"Subject: s\r\n\r\nx\r\n",
+                                   cfg=cfg)
+        took = time.monotonic() - started
+        deadline = time.monotonic() + 10
+        while publish.claimed() < total and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        manager.stop()
+    assert publish.claimed() == total
+    assert all(b["domain"] == "dest.example" and len(b["names"]) <= qmgr.BATCH_MAX for b in publish.batches)
+    # at most one scan per coalescing pause while the burst lasted (plus the last one),
+    # each making full batches of BATCH_MAX but for its last
+    scans = took / qmgr.SCAN_COALESCE + 2
+    assert len(publish.batches) <= scans + total / qmgr.BATCH_MAX, (len(publish.batches), took)
+
+
+def test_a_single_message_is_dispatched_without_waiting_for_the_periodic_scan(tmp_path, monkeypatch):
+    monkeypatch.setattr(qmgr, "SCAN_INTERVAL", 30.0)
+    cfg = load_cfg(tmp_path)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish).start()
+    try:
+        time.sleep(0.3)  # the first scan (of an empty queue) is over
+        outbound.queue_message(parse_address("a@sender.example"), [parse_address("b@dest.example")],
+                               b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
+        deadline = time.monotonic() + 5
+        while not publish.batches and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        manager.stop()
+    assert len(publish.batches) == 1 and len(publish.batches[0]["names"]) == 1
+
+
+def test_a_deferred_backlog_is_not_listed_again_until_something_changes(tmp_path, monkeypatch):
+    """Listing 100,000 deferred names every second cost a quarter of a core: pending/ is listed
+    again only when it changed (mtime), an entry's time came, or FULL_SCAN_MS passed."""
+    from mailflow.qfile import EntryName
+    from mailflow.spool import PENDING
+
+    monkeypatch.setattr(qmgr, "MTIME_SETTLE_NS", 0)
+    cfg = load_cfg(tmp_path)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish)
+    listings = []
+    names = manager.spool.names
+    monkeypatch.setattr(manager.spool, "names", lambda state=PENDING: listings.append(state) or names(state))
+    sender = parse_address("a@sender.example")
+    outbound.queue_message(sender, [parse_address("b@later.example")], b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
+    [path] = list(manager.spool.pending.iterdir())
+    later = EntryName.parse(path.name).rescheduled(qmgr.now_ms() + 3_600_000, 1)
+    path.rename(manager.spool.pending / str(later))
+    time.sleep(0.02)
+
+    def pending_listings():
+        return listings.count(PENDING)
+
+    manager.scan()
+    assert pending_listings() == 1 and not publish.batches
+    manager.scan()
+    manager.scan()
+    assert pending_listings() == 1, "an unchanged directory of deferred entries was listed again"
+
+    time.sleep(0.02)  # a new arrival changes the directory: it is listed and the entry claimed
+    outbound.queue_message(sender, [parse_address("c@now.example")], b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
+    manager.scan()
+    assert pending_listings() == 2
+    assert [b["domain"] for b in publish.batches] == ["now.example"]
+
+    # the deferred entry's time comes: listed again without any change to the directory
+    manager.scan()
+    listed = pending_listings()
+    monkeypatch.setattr(qmgr, "now_ms", lambda: later.next_attempt_ms + 1)
+    manager.scan()
+    assert pending_listings() == listed + 1
+    assert [b["domain"] for b in publish.batches] == ["now.example", "later.example"]
