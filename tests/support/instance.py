@@ -120,12 +120,15 @@ class Instance:
         proc.wait_for_output("listening on", timeout)
         return proc
 
-    def start_worker(self, name: str = "w1", *, concurrency: int = 4, pool: str = "threads",
+    def start_worker(self, name: str = "w1", *, concurrency: int | None = 4, pool: str | None = "threads",
                      extra: list[str] | None = None, timeout: float = 60.0,
                      env: dict[str, str] | None = None) -> Proc:
         node = f"{name}-{os.getpid()}@{socket.gethostname()}"
-        argv = [sys.executable, "-m", "celery", "-A", "mailflow", "worker", "-n", node,
-                "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "INFO", *(extra or [])]
+        argv = [sys.executable, "-m", "celery", "-A", "mailflow", "worker", "-n", node, "--loglevel", "INFO"]
+        # None keeps celeryconfig's default (the benchmark measures default settings)
+        argv += ["--pool", pool] if pool else []
+        argv += ["--concurrency", str(concurrency)] if concurrency else []
+        argv += extra or []
         proc = self.spawn(f"worker-{name}", argv, env=self.env(**(env or {})))
         proc.node = node
         proc.wait_for_output(" ready.", timeout)

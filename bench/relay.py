@@ -1,0 +1,124 @@
+"""Scenarios 1, 2, 3 and 5: relay throughput, latency, peak memory, sink sessions.
+
+One mailflow installation per run, at default settings (``mailflow smtpd`` and
+one ``celery -A mailflow worker`` with celeryconfig's pool and concurrency),
+every message fsync'd before its 250, all mail routed by a ``get_mx`` receiver
+to one sink on 127.0.0.2.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import brokers
+from tests.support.dnsserver import free_port
+from tests.support.instance import Instance
+
+from . import memory, tools
+
+ROUTE_PLUGIN = """\
+from mailflow import hooks
+from mailflow.codes import OK
+
+
+@hooks.get_mx.connect
+def sink(hmail, domain, **kwargs):
+    return OK, '127.0.0.2:{port}'
+"""
+
+
+#: Where the benchmark's installations live; see workdir().
+WORKDIR_ENV = "MAILFLOW_BENCH_DIR"
+
+
+def workdir() -> str | None:
+    """The parent of each run's installation and queue ($MAILFLOW_BENCH_DIR, else the temp dir)."""
+    return os.environ.get(WORKDIR_ENV) or None
+
+
+@dataclass
+class Relay:
+    instance: Instance
+    sink: tools.Sink
+    smtp_port: int
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.instance.procs if p.popen.poll() is None]
+
+
+@contextmanager
+def relay(broker: str, *, postfix_sink: bool, workers: int = 1) -> Iterator[Relay]:
+    """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink."""
+    url = brokers.url_for(broker)
+    sink_port = free_port("127.0.0.2")
+    smtp_port = free_port()
+    with tempfile.TemporaryDirectory(prefix="mailflow-bench-", dir=workdir()) as tmp:
+        inst = Instance(Path(tmp), broker_url=url, config={
+            "smtp.ini": f"listen = 127.0.0.1:{smtp_port}\n",
+            "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/queue\n",
+            "plugins": "bench_route\n",
+        })
+        inst.write_config("bench_route.py", ROUTE_PLUGIN.format(port=sink_port))
+        sink = tools.Sink("127.0.0.2", sink_port, postfix=postfix_sink)
+        try:
+            inst.start_smtpd()
+            for n in range(workers):
+                inst.start_worker(f"bench{n}", concurrency=None, pool=None)
+            yield Relay(inst, sink, smtp_port)
+        finally:
+            inst.stop_all()
+            sink.stop()
+
+
+def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
+               postfix: bool | None = None, workers: int = 1) -> dict[str, object]:
+    """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop."""
+    postfix = tools.have_postfix_tools() if postfix is None else postfix
+    with relay(broker, postfix_sink=postfix, workers=workers) as r:
+        time.sleep(0.5)
+        base_sessions = r.sink.sessions
+        with memory.PeakSampler(r.pids()) as pss:
+            run = tools.inject(r.smtp_port, messages=messages, size=size, sessions=sessions, postfix=postfix)
+            run.wait(timeout=max(300, messages / 2))
+            delivered = r.sink.wait_for(messages, timeout=max(120, messages / 5))
+        got = len(r.sink.arrivals)
+        last = r.sink.arrivals[-1] if got else run.ended
+        # smtp-sink counts a session when it ends: stopping mailflow closes its pooled ones
+        r.instance.stop_all()
+        time.sleep(0.5)
+        return {
+            "scenario": "relay", "broker": broker, "messages": messages, "size": size,
+            "tools": "postfix" if postfix else "own", "workers": workers,
+            "inject_per_s": messages / max(run.ended - run.started, 1e-9),
+            "e2e_per_s": (messages / (last - run.started)) if delivered else None,
+            "delivered": got, "errors": run.errors[:5],
+            "pss_mb": pss.peak_kib / 1024,
+            "sessions_per_1000": (r.sink.sessions - base_sessions) * 1000 / max(got, 1),
+        }
+
+
+def latency(broker: str, *, rate: float = 100.0, duration: float = 30.0, size: int = 4096
+            ) -> dict[str, object]:
+    """Scenario 2: open-loop load; queue (the 250) to delivered (the sink's "."), per message."""
+    with relay(broker, postfix_sink=False) as r:
+        time.sleep(0.5)
+        run = tools.inject_at_rate(r.smtp_port, rate=rate, duration=duration, size=size)
+        run.wait(timeout=duration * 10 + 60)
+        r.sink.wait_for(len(run.queued), timeout=60)
+        delays = sorted(r.sink.by_rcpt[f"r{n}@sink.test"] - at for n, at in run.queued.items()
+                        if f"r{n}@sink.test" in r.sink.by_rcpt)
+        missing = len(run.queued) - len(delays)
+        return {
+            "scenario": "latency", "broker": broker, "rate": rate, "duration": duration,
+            "queued": len(run.queued), "missing": missing, "errors": run.errors[:5],
+            "p50_s": statistics.median(delays) if delays else None,
+            "p99_s": delays[min(len(delays) - 1, int(len(delays) * 0.99))] if delays else None,
+            "max_s": delays[-1] if delays else None,
+        }
