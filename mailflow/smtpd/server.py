@@ -13,13 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, auth_mechanism
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, auth_mechanism, syntax
 
 from .. import hooks
 from ..codes import DENY
 from ..config import Config
 from .acl import is_loopback
 from .auth import FlatFileAuthenticator, cram_challenge, cram_verify
+from .data import read_data
 from .handler import SubmissionHandler, connection_for
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,12 @@ REPLY_MAP = {
 
 
 class MailflowSMTP(SMTP):
-    """aiosmtpd's SMTP with the ``connect`` hook and CRAM-MD5."""
+    """aiosmtpd's SMTP with the ``connect`` hook, CRAM-MD5 and a block-wise DATA reader."""
+
+    #: aiosmtpd sizes the stream's buffer by this; DATA reads whole blocks from it (see
+    #: data.py, which keeps the 1001-byte line limit itself).  Command lines are still
+    #: held to command_size_limit.
+    line_length_limit = 64 * 1024
 
     def __init__(self, handler: SubmissionHandler, *, cfg: Config, **kwargs: Any):
         self.mf_cfg = cfg
@@ -57,6 +63,34 @@ class MailflowSMTP(SMTP):
                 self.transport.close()
             return
         await super()._handle_client()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's naming
+        """aiosmtpd's DATA (same checks and replies) with the body read by ``read_data``."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            data = await read_data(self._reader, self.data_size_limit)
+        except (asyncio.CancelledError, asyncio.IncompleteReadError):
+            self._writer.close()  # the connection went away during DATA
+            raise
+        if data.too_much or data.too_long:
+            self._set_post_data_state()
+            await self.push("552 Error: Too much mail data" if data.too_much
+                            else "500 Line too long (see RFC5321 4.5.3.1.6)")
+            return
+        self.envelope.content = self.envelope.original_content = data.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     @auth_mechanism("CRAM-MD5")
     async def auth_CRAM_MD5(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802

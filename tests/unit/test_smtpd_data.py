@@ -1,0 +1,91 @@
+"""The block-wise DATA reader keeps aiosmtpd's line-wise rules, however the bytes arrive."""
+
+import asyncio
+import random
+
+import pytest
+
+from mailflow.smtpd.data import LINE_LIMIT, read_data
+
+
+def reference(stream: bytes, size_limit: int | None):
+    """aiosmtpd's rules, line by line: (content or None, refused, rest of the stream)."""
+    lines, pos, received, too_long = [], 0, 0, False
+    while True:
+        end = stream.index(b"\r\n", pos) + 2
+        line = stream[pos:end]
+        pos = end
+        if line == b".\r\n":
+            break
+        received += len(line)
+        too_long = too_long or len(line) > LINE_LIMIT
+        lines.append(line[1:] if line.startswith(b".") else line)
+    if size_limit and received > size_limit:
+        return None, "too_much", stream[pos:]
+    if too_long:
+        return None, "too_long", stream[pos:]
+    return b"".join(lines), None, stream[pos:]
+
+
+def run(stream: bytes, *, size_limit=None, limit=64 * 1024, chunks=None):
+    async def go():
+        reader = asyncio.StreamReader(limit=limit)
+        for chunk in chunks or [stream]:
+            reader.feed_data(chunk)
+        reader.feed_eof()
+        data = await read_data(reader, size_limit)
+        return data, await reader.read()
+    return asyncio.run(go())
+
+
+def test_plain_message_and_what_follows_stays_in_the_stream():
+    data, rest = run(b"Subject: s\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+    assert data.content == b"Subject: s\r\n\r\nhello\r\n" and rest == b"QUIT\r\n"
+
+
+def test_empty_message():
+    data, rest = run(b".\r\nQUIT\r\n")
+    assert data.content == b"" and rest == b"QUIT\r\n"
+
+
+def test_dot_stuffing_and_lines_ending_in_a_dot():
+    data, _ = run(b"..leading\r\nend.\r\n..\r\nlast.\r\n.\r\n")
+    assert data.content == b".leading\r\nend.\r\n.\r\nlast.\r\n"
+
+
+@pytest.mark.parametrize("sequence", [b"\n.\n", b"\r.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"])
+def test_only_crlf_dot_crlf_ends_the_data(sequence):
+    stream = b"hello" + sequence + b"MAIL FROM:<evil@x>\r\n.\r\nNEXT"
+    data, rest = run(stream)
+    assert b"MAIL FROM:<evil@x>" in data.content and rest == b"NEXT"
+    assert data.content == reference(stream, None)[0]
+
+
+def test_size_limit_counts_bytes_as_received_and_reads_to_the_end():
+    body = b"x" * 98 + b"\r\n"
+    data, rest = run(body * 10 + b".\r\nQUIT\r\n", size_limit=999)
+    assert data.too_much and not data.content and rest == b"QUIT\r\n"
+    data, _ = run(body * 10 + b".\r\n", size_limit=1000)
+    assert data.content == body * 10
+
+
+def test_a_line_over_1001_bytes_is_refused():
+    assert run(b"x" * 999 + b"\r\n.\r\n")[0].content == b"x" * 999 + b"\r\n"
+    assert run(b"x" * 1000 + b"\r\n.\r\n")[0].too_long
+
+
+def test_same_as_line_by_line_whatever_the_chunking_and_buffer_limit():
+    rnd = random.Random(5321)
+    pieces = [b"a", b".", b"\r\n", b"\r", b"\n", b"..", b"x" * 300, b".\r\n", b"\r\n.\n", b"z" * 1200]
+    for _ in range(300):
+        body = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 40)))
+        stream = body + b"\r\n.\r\nRSET\r\n" if not body.endswith(b"\r\n") else body + b".\r\nRSET\r\n"
+        want, refused, rest = reference(stream, size_limit=4000)
+        cuts = sorted(rnd.sample(range(1, len(stream)), min(len(stream) - 1, rnd.randint(0, 8))))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+        data, left = run(stream, size_limit=4000, limit=rnd.choice([16, 64, 1001, 65536]), chunks=chunks)
+        assert left == rest
+        if refused:
+            assert getattr(data, refused), stream
+        else:
+            assert data.content == want and not (data.too_much or data.too_long), stream
