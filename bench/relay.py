@@ -1,7 +1,9 @@
 """Scenarios 1, 2, 3 and 5: relay throughput, latency, peak memory, sink sessions.
 
 One mailflow installation per run, at default settings (``mailflow smtpd`` and
-one ``celery -A mailflow worker`` with celeryconfig's pool and concurrency),
+one ``celery -A mailflow worker`` with celeryconfig's pool and concurrency)
+but for smtp.ini ``nodes`` (``cpus`` unless told: one submission process per
+core, as Postfix runs many smtpd processes and Haraka one node per CPU),
 every message fsync'd before its 250, all mail routed by a ``get_mx`` receiver
 to one sink on 127.0.0.2.
 """
@@ -54,14 +56,14 @@ class Relay:
 
 
 @contextmanager
-def relay(broker: str, *, postfix_sink: bool, workers: int = 1) -> Iterator[Relay]:
+def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cpus") -> Iterator[Relay]:
     """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink."""
     url = brokers.url_for(broker)
     sink_port = free_port("127.0.0.2")
     smtp_port = free_port()
     with tempfile.TemporaryDirectory(prefix="mailflow-bench-", dir=workdir()) as tmp:
         inst = Instance(Path(tmp), broker_url=url, config={
-            "smtp.ini": f"listen = 127.0.0.1:{smtp_port}\n",
+            "smtp.ini": f"listen = 127.0.0.1:{smtp_port}\nnodes = {nodes}\n",
             "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/queue\n",
             "plugins": "bench_route\n",
         })
@@ -78,10 +80,10 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1) -> Iterator[Rela
 
 
 def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
-               postfix: bool | None = None, workers: int = 1) -> dict[str, object]:
+               postfix: bool | None = None, workers: int = 1, nodes: str = "cpus") -> dict[str, object]:
     """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop."""
     postfix = tools.have_postfix_tools() if postfix is None else postfix
-    with relay(broker, postfix_sink=postfix, workers=workers) as r:
+    with relay(broker, postfix_sink=postfix, workers=workers, nodes=nodes) as r:
         time.sleep(0.5)
         base_sessions = r.sink.sessions
         with memory.PeakSampler(r.pids()) as pss:
@@ -95,7 +97,7 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
         time.sleep(0.5)
         return {
             "scenario": "relay", "broker": broker, "messages": messages, "size": size,
-            "tools": "postfix" if postfix else "own", "workers": workers,
+            "tools": "postfix" if postfix else "own", "workers": workers, "nodes": nodes,
             "inject_per_s": messages / max(run.ended - run.started, 1e-9),
             "e2e_per_s": (messages / (last - run.started)) if delivered else None,
             "delivered": got, "errors": run.errors[:5],
@@ -104,10 +106,10 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
         }
 
 
-def latency(broker: str, *, rate: float = 100.0, duration: float = 30.0, size: int = 4096
-            ) -> dict[str, object]:
+def latency(broker: str, *, rate: float = 100.0, duration: float = 30.0, size: int = 4096,
+            nodes: str = "cpus") -> dict[str, object]:
     """Scenario 2: open-loop load; queue (the 250) to delivered (the sink's "."), per message."""
-    with relay(broker, postfix_sink=False) as r:
+    with relay(broker, postfix_sink=False, nodes=nodes) as r:
         time.sleep(0.5)
         run = tools.inject_at_rate(r.smtp_port, rate=rate, duration=duration, size=size)
         run.wait(timeout=duration * 10 + 60)

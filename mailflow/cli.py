@@ -111,6 +111,10 @@ def _announce(line: str) -> None:
     print(line, flush=True)
 
 
+def _quiet(line: str) -> None:
+    """A further smtpd node: its listeners are the first node's, announced once."""
+
+
 def _prepare(args: argparse.Namespace) -> Config:
     cfg = startup.load_or_exit(getattr(args, "config", None))
     os.environ["MAILFLOW_CONFIG"] = str(cfg.directory.absolute())
@@ -123,10 +127,66 @@ def _prepare(args: argparse.Namespace) -> Config:
 
 def cmd_smtpd(args: argparse.Namespace) -> int:
     cfg = _prepare(args)
-    return asyncio.run(_serve(cfg))
+    children = _fork_nodes(cfg.smtp.nodes - 1, cfg)
+    return asyncio.run(_serve(cfg, children=children))
 
 
-async def _serve(cfg: Config, on_started: list[str] | None = None) -> int:
+def _fork_nodes(count: int, cfg: Config) -> list[int]:
+    """Start ``count`` more submission processes (smtp.ini ``nodes``), before any thread exists.
+
+    Each node opens the listeners itself with SO_REUSEPORT, so the kernel
+    spreads connections over them; the first process to take the queue
+    manager's lock runs it, as between any mailflow processes on the host.
+    A node ends with its parent (PR_SET_PDEATHSIG), and the parent stops
+    them all on SIGTERM.
+    """
+    pids = []
+    for n in range(1, count + 1):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _die_with_parent()
+                code = asyncio.run(_serve(cfg, node=n))
+            except BaseException:
+                log.exception("smtpd node %d failed", n)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM still stops the nodes
+        pass
+
+
+def _stop_nodes(children: list[int], timeout: float = 30.0) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for pid in children:
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+
+
+async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int = 0,
+                 children: list[int] | None = None) -> int:
     from .smtpd import server as smtpd_server
 
     loop = asyncio.get_running_loop()
@@ -139,12 +199,18 @@ async def _serve(cfg: Config, on_started: list[str] | None = None) -> int:
     from . import proctitle
     from .qmgr import QueueManager
 
-    servers = await smtpd_server.start(cfg, announce=_announce)
+    try:
+        servers = await smtpd_server.start(cfg, announce=_announce if node == 0 else _quiet,
+                                           reuse_port=cfg.smtp.nodes > 1)
+    except BaseException:
+        _stop_nodes(children or [])
+        raise
     manager = QueueManager(cfg).start()
     proctitle.start("smtpd", cfg)
     for line in on_started or []:
         _announce(line)
     await stop.wait()
+    await loop.run_in_executor(None, _stop_nodes, children or [])
     manager.stop()
     for server in servers:
         server.close()

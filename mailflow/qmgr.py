@@ -4,7 +4,9 @@ One thread per queue directory -- whichever mailflow process on the host
 holds ``<queue>/.qmgr.lock`` (smtpd, ``mailflow run`` or a worker) -- scans
 ``pending/`` by name only, claims the due entries of each domain in batches
 (a ``rename`` into ``active/``) and starts one ``mailflow.lookup_mx`` chain per
-batch.  It scans every second and at once when mail is queued in its process;
+batch.  It scans every second, at once when mail is queued in its process, and
+within ``POLL_INTERVAL`` when ``pending/`` changes (mail queued by another
+process);
 wake-ups that come while a scan has just run are coalesced for up to
 ``SCAN_COALESCE`` seconds, so that a busy submission stream makes batches of
 many entries (one task chain each) rather than one chain per message; an
@@ -41,6 +43,9 @@ from .spool import ACTIVE, FAILED, PENDING, Spool, now_ms
 log = logging.getLogger(__name__)
 
 SCAN_INTERVAL = 1.0
+#: How often the lock holder looks at pending/'s mtime: mail queued by another process
+#: (another smtpd node, ``mailflow send``) is seen this fast, for the price of a stat.
+POLL_INTERVAL = 0.05
 #: After a scan, further wake-ups wait this long: the price of a batch (four tasks) is then
 #: shared by everything queued meanwhile, at the cost of at most this much latency.
 SCAN_COALESCE = 0.1
@@ -129,9 +134,17 @@ class QueueManager:
         log.info("queue manager for %s runs in pid %d", self.spool.root, os.getpid())
         return True
 
+    def _pending_moved(self) -> bool:
+        """pending/ changed since it was last listed (by anyone: it is the queue's contract)."""
+        return self._lock_fd is not None and self._pending_mtime_ns() != self._listed_mtime_ns
+
     def _run(self) -> None:
+        last_scan = 0.0
         while not self._stop.is_set():
-            self._wake.wait(SCAN_INTERVAL)
+            woke = self._wake.wait(POLL_INTERVAL)
+            if not (woke or self._pending_moved() or time.monotonic() - last_scan >= SCAN_INTERVAL):
+                continue
+            last_scan = time.monotonic()
             # coalesce: what is queued during this pause joins the same batches
             self._stop.wait(SCAN_COALESCE)
             self._wake.clear()

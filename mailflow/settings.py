@@ -8,6 +8,7 @@ test keeps ``config/`` in step with these defaults).
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -133,6 +134,16 @@ def size(value: str) -> int:
     return n
 
 
+def nodes(value: str) -> int:
+    """A process count, or ``cpus`` for one per CPU (Haraka's smtp.ini ``nodes``)."""
+    if value.strip().lower() == "cpus":
+        return os.cpu_count() or 1
+    try:
+        return positive_int(value)
+    except ValueError:
+        raise ValueError("must be a positive integer or 'cpus'") from None
+
+
 def optional_bool(value: str) -> bool | None:
     return None if value.strip() == "" else parse_bool(value)
 
@@ -192,6 +203,7 @@ class Smtp:
     max_recipients: int = setting(1000, positive_int, "most RCPT TO per transaction")
     auth_require_tls: bool | None = setting(
         None, optional_bool, "refuse AUTH before STARTTLS (default: true except on loopback)")
+    nodes: int = setting(1, nodes, "submission processes sharing the listeners (a number, or cpus)")
 
 
 def defaults_of(cls: type) -> dict[str, Any]:

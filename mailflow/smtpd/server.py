@@ -149,14 +149,15 @@ def format_listen(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def start(cfg: Config, announce: Callable[[str], None] = print) -> list[asyncio.Server]:
+async def start(cfg: Config, announce: Callable[[str], None] = print, *,
+                reuse_port: bool = False) -> list[asyncio.Server]:
     """Open every ``smtp.ini`` listener and announce ``listening on HOST:PORT`` for each."""
     loop = asyncio.get_running_loop()
     context = tls_context(cfg)
     servers = []
     for host, port in cfg.smtp.listen:
         server = await loop.create_server(protocol_factory(cfg, host, context), host=host,
-                                          port=port, reuse_address=True)
+                                          port=port, reuse_address=True, reuse_port=reuse_port or None)
         servers.append(server)
         for sock in server.sockets:
             addr = sock.getsockname()

@@ -359,3 +359,41 @@ def test_kill_9_right_after_250_leaves_a_complete_entry(tmp_path, own):
     inst.start_smtpd()
     time.sleep(0.2)
     assert entries_for(inst, uuid_of(reply))
+
+
+PID_PLUGIN = '''
+import os
+from mailflow import hooks
+
+@hooks.queue_outbound.connect
+def note_pid(connection, transaction, **kwargs):
+    transaction.notes["smtpd_pid"] = os.getpid()
+'''
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def test_nodes_share_the_listener_and_stop_with_the_first(tmp_path):
+    """smtp.ini nodes = 2: two processes accept on one port (SO_REUSEPORT); both queue mail;
+    SIGTERM to the one started stops the other."""
+    port = free_port()
+    inst = make(tmp_path, port, smtp_extra="nodes = 2\n", acl="127.0.0.0/8\n")
+    (inst.config_dir / "pid_plugin.py").write_text(PID_PLUGIN)
+    inst.write_config("plugins", "pid_plugin\n")
+    smtpd = inst.start_smtpd()
+    try:
+        [child] = _children(smtpd.pid)
+        for n in range(40):
+            with client(port, source=f"127.0.0.{10 + n}") as s:
+                s.sendmail("a@sender.example", [f"r{n}@dest.example"], MSG)
+        pids = {HMail.load(p).todo.notes["smtpd_pid"] for p in inst.entries()}
+        assert len(inst.entries()) == 40
+        assert pids == {smtpd.pid, child}
+        assert smtpd.output().count("listening on") == 1
+        assert smtpd.stop() == 0
+        assert not Path(f"/proc/{child}").exists()  # stopped and reaped by the first node
+    finally:
+        inst.stop_all()

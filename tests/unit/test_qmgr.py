@@ -114,3 +114,28 @@ def test_a_deferred_backlog_is_not_listed_again_until_something_changes(tmp_path
     manager.scan()
     assert pending_listings() == listed + 1
     assert [b["domain"] for b in publish.batches] == ["now.example", "later.example"]
+
+
+def test_mail_queued_by_another_process_is_seen_by_the_directory_change(tmp_path, monkeypatch):
+    """No wake-up reaches the manager from another process (another smtpd node, mailflow send):
+    it notices pending/ change long before the periodic scan."""
+    from mailflow.qfile import EntryName
+    from mailflow.spool import NewEntry
+    from mailflow.todo import ToDo
+
+    monkeypatch.setattr(qmgr, "SCAN_INTERVAL", 60.0)
+    cfg = load_cfg(tmp_path)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish).start()
+    try:
+        time.sleep(0.5)  # the first scan is done; the next periodic one is a minute away
+        now = qmgr.now_ms()
+        todo = ToDo(uuid="other.1", queue_time=now, domain="dest.example",
+                    mail_from=parse_address("a@sender.example"), rcpt_to=[parse_address("b@dest.example")])
+        manager.spool.write([NewEntry(EntryName(now, 0, now, todo.uuid, todo.domain), todo)], b"x\r\n")
+        deadline = time.monotonic() + 10
+        while not publish.batches and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        manager.stop()
+    assert [b["domain"] for b in publish.batches] == ["dest.example"]

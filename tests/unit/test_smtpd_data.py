@@ -82,7 +82,7 @@ def test_same_as_line_by_line_whatever_the_chunking_and_buffer_limit():
         stream = body + b"\r\n.\r\nRSET\r\n" if not body.endswith(b"\r\n") else body + b".\r\nRSET\r\n"
         want, refused, rest = reference(stream, size_limit=4000)
         cuts = sorted(rnd.sample(range(1, len(stream)), min(len(stream) - 1, rnd.randint(0, 8))))
-        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
         data, left = run(stream, size_limit=4000, limit=rnd.choice([16, 64, 1001, 65536]), chunks=chunks)
         assert left == rest
         if refused:
