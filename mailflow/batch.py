@@ -8,6 +8,12 @@ skipped, and a claim whose lease expired is skipped whole.
 
 While a step works on a batch it holds the claim: a thread of this process
 renews the lease of every held claim every few seconds.
+
+A batch comes from the broker, and whoever can publish there is not meant to
+own the file system: :func:`checked` accepts only the queue's own claim ids
+and entry names, so no payload can point a worker outside the queue
+directory.  A ``get_mx`` password in the MX list travels sealed
+(:mod:`mailflow.seal`).
 """
 
 from __future__ import annotations
@@ -20,18 +26,24 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+from .client import Session
 from .config import Config
 from .hmail import HMail
-from .mx import MX, Target
-from .qfile import CorruptEntry
-from .spool import Spool
+from .mx import MX, Target, mx_from_fields, targets
+from .pool import POOL
+from .qfile import CorruptEntry, EntryName
+from .seal import seal, unseal
+from .spool import BadName, Spool, check_claim, check_name
 
 log = logging.getLogger(__name__)
 
 #: A claim not renewed for this long is given back to pending/ by the queue manager.
 LEASE_SECONDS = float(os.environ.get("MAILFLOW_LEASE_SECONDS") or 300)
+#: Entries that could not be handed on (the broker was unreachable) are due again after this.
+BROKER_RETRY_MS = 5000
 #: How often a holder renews its claims.
 RENEW_EVERY = min(10.0, LEASE_SECONDS / 4)
 
@@ -60,7 +72,7 @@ def _lock_claim(spool: Spool, claim: str) -> int | None:
     visibility timeout); the second waits here and then finds its entries handled.
     """
     try:
-        fd = os.open(spool.active / claim, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(spool.claim_dir(claim), os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         return None
     deadline = time.monotonic() + EXCLUSIVE_WAIT
@@ -122,12 +134,82 @@ def shown(batch: dict[str, Any]) -> str:
     return repr([{k: batch[k] for k in ("domain", "claim", "names") if k in batch}])
 
 
-def mx_to_json(mx: MX) -> dict[str, Any]:
-    return dataclasses.asdict(mx)
+def checked(batch: Any) -> dict[str, Any]:
+    """The batch, when it names only this queue's own claim and entries; BadName otherwise."""
+    if not isinstance(batch, dict):
+        raise BadName(f"a batch is a JSON object, not {type(batch).__name__}")
+    check_claim(batch.get("claim"))
+    names = batch.get("names")
+    if not isinstance(names, list):
+        raise BadName("the batch has no list of names")
+    domain = batch.get("domain")
+    for name in names:
+        check_name(name)
+        parsed = EntryName.parse(name)
+        if domain is not None and parsed is not None and parsed.domain != domain:
+            raise BadName(f"{name!r} is not an entry for {domain!r}")
+    return batch
 
 
-def mx_from_json(data: dict[str, Any]) -> MX:
-    return MX(**data)
+def accepted(batch: Any, task: str) -> dict[str, Any] | None:
+    """``checked(batch)``, or None with a log line: a task refuses what is not its queue's."""
+    try:
+        return checked(batch)
+    except BadName as exc:
+        log.error("%s refused a payload that is not one of this queue's batches: %s", task, exc)
+        return None
+
+
+def give_back(spool: Spool, hmails: list[HMail], due_ms: int) -> int:
+    """Put claimed entries back in pending/, due at ``due_ms``, not counted as a failure."""
+    back = 0
+    for hmail in hmails:
+        try:
+            spool.release(hmail.path, hmail.name.rescheduled(due_ms))
+        except FileNotFoundError:  # handled meanwhile
+            continue
+        back += 1
+    return back
+
+
+def mx_to_json(mx: MX, config_dir: Path) -> dict[str, Any]:
+    """An MX as it rides in a batch: the get_mx password sealed, never in clear."""
+    data = dataclasses.asdict(mx)
+    secret = data.pop("auth_pass")
+    if secret is not None:
+        data["auth_pass_sealed"] = seal(config_dir, secret)
+    return data
+
+
+def mx_from_json(data: Any, config_dir: Path) -> MX:
+    """The MX of a batch (every field checked: it came through the broker)."""
+    if not isinstance(data, dict):
+        raise BadName(f"an MX is a JSON object, not {type(data).__name__}")
+    fields = dict(data)
+    sealed = fields.pop("auth_pass_sealed", None)
+    if sealed is not None:
+        if not isinstance(sealed, str):
+            raise BadName("auth_pass_sealed is not text")
+        fields["auth_pass"] = unseal(config_dir, sealed)
+    try:
+        return mx_from_fields(fields, from_dns=bool(fields.pop("from_dns", True)))
+    except ValueError as exc:
+        raise BadName(str(exc)) from None
+
+
+def open_for(batch: dict[str, Any], cfg: Config, *, wait: float = 0.0) -> Session:
+    """Resolve the batch's MX addresses and get a session from the pool.
+
+    Raises DeliveryError (NoSlot among them: every address at its limits).
+    """
+    out = cfg.outbound
+    mxs = batch.get("mx")
+    if not isinstance(mxs, list) or not mxs:
+        raise BadName("the batch has no MX list")
+    found = targets([mx_from_json(m, cfg.directory) for m in mxs], out)
+    bind, helo = source_for(found[0], batch, cfg)
+    return POOL.acquire(found, helo=helo, bind=bind, out=out, tls=cfg.tls_outbound,
+                        domain=batch["domain"], wait=wait)
 
 
 def source_for(target: Target, batch: dict[str, Any], cfg: Config) -> tuple[str | None, str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import Tls
 from .errors import Reply, TemporaryError, local_reply
-from .mx import Target, is_ip
+from .mx import Target
 from .settings import Outbound
 from .tlspolicy import client_context, forced, no_tls
 
@@ -67,15 +67,37 @@ class _LMTP(_Timed, smtplib.LMTP):
 
 @dataclass(frozen=True)
 class SessionKey:
-    """What makes two connections interchangeable (PRODUCT §4 "Pooling")."""
+    """What makes two connections interchangeable (PRODUCT §4 "Pooling"), TLS aside."""
 
     ip: str
     port: int
     bind: str | None
     helo: str
-    tls: bool
     auth_user: str | None
     lmtp: bool
+
+
+@dataclass(frozen=True)
+class TlsNeed:
+    """What one delivery requires of a session's TLS, decided before a session is chosen.
+
+    The pool compares it with each idle session (:meth:`Session.meets`) before reuse,
+    so a plaintext session opened for one domain never carries mail for a domain
+    that must have TLS at the same address.
+    """
+
+    want: bool  #: STARTTLS when offered (enable_tls, or must)
+    must: bool  #: no delivery without TLS (force_tls_hosts)
+    verify: bool  #: the certificate must verify (force_tls_hosts, rejectUnauthorized)
+    name: str  #: what it must be valid for: the MX host name, or the IP of an IP-literal MX
+
+
+def tls_need(target: Target, domain: str, policy: Tls, out: Outbound) -> TlsNeed:
+    mx = target.mx
+    must = forced(policy, target.ip, mx.exchange, domain)
+    want = (out.enable_tls or must) and not no_tls(policy, target.ip, mx.exchange, domain)
+    return TlsNeed(want=want, must=must, verify=must or policy.rejectUnauthorized,
+                   name=mx.exchange)
 
 
 @dataclass
@@ -98,10 +120,20 @@ class Session:
     authenticated: bool = False
     last_used: float = field(default_factory=time.monotonic)
     messages: int = 0
+    offered_tls: bool = False  #: the server advertised STARTTLS
+    verified_for: str | None = None  #: the name (or IP) its certificate was verified for
 
     @property
     def host(self) -> str:
         return self.target.mx.exchange
+
+    def meets(self, need: TlsNeed) -> bool:
+        """Whether this session may carry a delivery with this TLS requirement."""
+        if need.must and not self.secured:
+            return False
+        if need.want and self.offered_tls and not self.secured:
+            return False
+        return not (need.verify and self.secured and self.verified_for != need.name)
 
     def alive(self) -> bool:
         """False when the remote end has closed or spoken unasked (a 421 before closing)."""
@@ -238,16 +270,14 @@ def _authenticate(smtp: smtplib.SMTP, user: str, password: str, forced_type: str
 
 
 def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, tls: Tls,
-                 domain: str) -> Session:
+                 need: TlsNeed) -> Session:
     """Connect, greet, STARTTLS and AUTH as configured; raise NextAddress or TemporaryError."""
     mx = target.mx
     cls = _LMTP if mx.using_lmtp else _SMTP
     smtp = cls(local_hostname=helo, source_address=(bind, 0) if bind else None)
     smtp.connect_timeout = out.connect_timeout
     smtp.banner_timeout = out.timeout_banner
-    must_tls = forced(tls, target.ip, mx.exchange, domain)
-    want_tls = (out.enable_tls or must_tls) and not no_tls(tls, target.ip, mx.exchange, domain)
-    key = SessionKey(target.ip, target.port, bind, helo, want_tls, mx.auth_user, mx.using_lmtp)
+    key = SessionKey(target.ip, target.port, bind, helo, mx.auth_user, mx.using_lmtp)
     where = f"{mx.exchange}[{target.ip}]:{target.port}"
     try:
         code, banner = smtp.connect(target.ip, target.port)
@@ -256,30 +286,16 @@ def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, 
             raise NextAddress(Reply(code, banner.decode("utf-8", "replace"), "banner"))
         assert smtp.sock is not None
         smtp.sock.settimeout(out.timeout_command)
-        code, text = smtp.ehlo(helo)
-        if code // 100 == 5 and not mx.using_lmtp:  # EHLO not understood: RFC 5321 3.2
-            code, text = smtp.helo(helo)
-        if code != 250:
-            smtp.close()
-            raise NextAddress(Reply(code, text.decode("utf-8", "replace"), "EHLO"))
-        session = Session(smtp=smtp, key=key, target=target)
-        if want_tls and smtp.has_extn("starttls"):
-            verify = must_tls or tls.rejectUnauthorized
-            # smtplib takes the SNI name from _host; an IP gets none (RFC 6066 3)
-            smtp._host = mx.exchange if not is_ip(mx.exchange) else ""  # type: ignore[union-attr]
-            ctx = client_context(tls, verify)
-            try:
-                code, text = smtp.starttls(context=ctx)
-            except ssl.SSLError as exc:
-                smtp.close()
-                raise NextAddress(local_reply("4.7.5", f"TLS handshake with {where} failed: {exc}")) \
-                    from None
-            smtp.ehlo(helo)
-            session.secured = True
-        elif must_tls:
+        _greet(smtp, helo, mx.using_lmtp)
+        session = Session(smtp=smtp, key=key, target=target, offered_tls=smtp.has_extn("starttls"))
+        if need.want and session.offered_tls:
+            _starttls(session, tls, need, where)
+        if need.must and not session.secured:
             smtp.close()
             raise NextAddress(local_reply("4.7.4", f"{where} must use TLS (force_tls_hosts) but "
-                                          "does not offer STARTTLS"))
+                                          "did not start it"))
+        if session.secured:
+            _greet(smtp, helo, mx.using_lmtp)  # RFC 3207 4.2: forget what was said in plaintext
         if mx.auth_user:
             try:
                 mech = _authenticate(smtp, mx.auth_user, mx.auth_pass or "", mx.auth_type)
@@ -303,3 +319,40 @@ def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, 
         smtp.close()
         raise NextAddress(local_reply("4.4.1", f"connection to {where} failed: "
                                       f"{exc.strerror or exc}")) from None
+
+
+def _greet(smtp: smtplib.SMTP, helo: str, lmtp: bool) -> None:
+    """EHLO (LHLO for LMTP), HELO when EHLO is not understood; NextAddress when refused."""
+    code, text = smtp.ehlo(helo)
+    if code // 100 == 5 and not lmtp:  # EHLO not understood: RFC 5321 3.2
+        code, text = smtp.helo(helo)
+    if code != 250:
+        smtp.close()
+        raise NextAddress(Reply(code, text.decode("utf-8", "replace"), "EHLO"))
+
+
+def _starttls(session: Session, tls: Tls, need: TlsNeed, where: str) -> None:
+    """STARTTLS, verifying the certificate for ``need.name`` when asked; NextAddress with 4.7.x.
+
+    smtplib hands its ``_host`` to ``wrap_socket`` as ``server_hostname``: the MX name
+    gives SNI and the name check; an IP literal gives no SNI (RFC 6066 3) and is
+    checked against the certificate's IP addresses.  The session was connected by
+    IP, so without this there would be no name at all to check.
+    """
+    smtp = session.smtp
+    smtp._host = need.name  # type: ignore[attr-defined]
+    try:
+        code, text = smtp.starttls(context=client_context(tls, need.verify))
+    except ssl.SSLCertVerificationError as exc:
+        smtp.close()
+        raise NextAddress(local_reply("4.7.5", f"certificate of {where} not trusted for "
+                                      f"{need.name}: {exc.verify_message}")) from None
+    except (ssl.SSLError, ValueError) as exc:
+        smtp.close()
+        raise NextAddress(local_reply("4.7.5", f"TLS handshake with {where} failed: {exc}")) \
+            from None
+    if code != 220:  # refused: the session goes on in plaintext, if plaintext may do
+        log.info("%s refused STARTTLS: %d %s", where, code, text.decode("utf-8", "replace"))
+        return
+    session.secured = True
+    session.verified_for = need.name if need.verify else None

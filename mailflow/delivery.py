@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import counters, hooks, logs
 from .codes import CONT, DENYSOFT, OK
-from .errors import Reply
+from .errors import DeliveryError, Reply, local_reply
 from .hmail import HMail
 from .settings import Outbound
 from .spool import FAILED, PENDING, Spool, now_ms
@@ -97,7 +99,9 @@ def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
                    state={**hmail.todo.state,
                           "rcpt_status": {a: _status_of(r, remote_mta) for a, r in failed.items()},
                           "reason": reason or str(next(iter(failed.values())))})
-    name = replace(hmail.name, id=f"{hmail.todo.uuid}.f{hmail.num_failures}", next_attempt_ms=now_ms())
+    # a new stage: its failure count counts attempts to make the bounce (tasks/bounce.py)
+    name = replace(hmail.name, id=f"{hmail.todo.uuid}.f{hmail.num_failures}", next_attempt_ms=now_ms(),
+                   num_failures=0)
     todo.uuid = name.id
     spool.ensure()
     spool.rewrite(hmail.path, name, todo, FAILED)
@@ -151,3 +155,54 @@ def fail_all(spool: Spool, hmail: HMail, reply: Reply, attempt: Attempt, out: Ou
 def delay_entry(spool: Spool, hmail: HMail, seconds: float) -> None:
     """``send_email`` hook DELAY: try again later, not counted as a failure."""
     spool.release(hmail.path, hmail.name.rescheduled(now_ms() + int(seconds * 1000)))
+
+
+def fail_each(spool: Spool, hmails: list[HMail], exc: DeliveryError, out: Outbound) -> None:
+    """The same failure for every entry (no MX address took a session, say)."""
+    attempt = Attempt(host=exc.host or "-", ip=exc.ip or "-")
+    for hmail in hmails:
+        with guarded(spool, hmail, out):
+            fail_all(spool, hmail, exc.reply, replace(attempt), out)
+
+
+def crashed(spool: Spool, hmail: HMail, exc: BaseException, out: Outbound,
+            attempt: Attempt | None = None) -> None:
+    """An exception nobody planned for, met while handling this entry: defer the entry.
+
+    It counts as a temporary failure, so it goes through the ``deferred`` hook and
+    the schedule and is bounced in the end -- never left in its claim to come back
+    at every lease expiry.  The traceback goes to the log, the exception into the
+    entry's history.  If even that cannot be written (a full disk), the entry is
+    renamed back to pending/ with its failure counted: a rename needs no space.
+    """
+    log.error("unexpected error handling %s: %s: %s (deferred)", hmail.todo.uuid,
+              type(exc).__name__, exc, exc_info=exc)
+    reply = local_reply("4.3.0", f"internal error: {type(exc).__name__}: {exc}")
+    try:
+        fail_all(spool, hmail, reply, attempt or Attempt(), out)
+    except Exception as again:
+        log.error("could not record the deferral of %s (%s); rescheduled by rename",
+                  hmail.todo.uuid, again)
+        defer_by_rename(spool, hmail, out)
+
+
+def defer_by_rename(spool: Spool, hmail: HMail, out: Outbound) -> None:
+    """Back to pending/ with one more failure counted and its wait, changing nothing inside."""
+    name = hmail.name
+    fails = name.num_failures + 1
+    intervals = out.temp_fail_intervals
+    delay = intervals[min(fails, len(intervals)) - 1] if intervals else 0
+    try:
+        spool.release(hmail.path, name.rescheduled(now_ms() + int(delay * 1000), fails))
+    except FileNotFoundError:  # already handled
+        pass
+
+
+@contextmanager
+def guarded(spool: Spool, hmail: HMail, out: Outbound,
+            attempt: Attempt | None = None) -> Iterator[None]:
+    """Run a step for one entry; whatever it raises defers that entry alone (see crashed)."""
+    try:
+        yield
+    except Exception as exc:
+        crashed(spool, hmail, exc, out, attempt)

@@ -1,16 +1,25 @@
 """Per-process pool of ready SMTP sessions (Postfix's scache(8), in process).
 
-Connections are keyed by destination IP, port, source address, EHLO name,
-TLS and AUTH user (:class:`SessionKey`) and reused across messages and
-batches until ``pool_timeout`` of idleness, then closed with QUIT; with
-``pool_timeout = 0`` every session ends in QUIT after its use.  Limits are
-counted on open connections, idle ones included: at most ``concurrency_max``
-per process (a worker node runs the threads pool: one process) and
-``pool_concurrency_max`` per destination IP.
+Connections are keyed by destination IP, port, source address, EHLO name and
+AUTH user (:class:`SessionKey`), and reused across messages and batches until
+``pool_timeout`` of idleness, then closed with QUIT; with ``pool_timeout = 0``
+every session ends in QUIT after its use.  A session is reused only for a
+delivery whose TLS requirement it meets (:meth:`Session.meets`, checked
+before reuse).  Limits are counted on open connections, idle ones included:
+at most ``concurrency_max`` per process (a worker node runs the threads pool:
+one process) and ``pool_concurrency_max`` per destination IP.
 
 A live socket cannot cross a task boundary, so ``acquire_connection`` hands
 ``transmit`` a *lease*: an id under which the checked-out session waits in
 this process until it is redeemed (transmit is routed to this node).
+
+No worker thread waits here for a free slot.  A leased session holds its slot
+until its transmit task gets a thread; were the threads all blocked waiting
+for slots, no transmit could run to free one, and every session would sit idle
+until the wait timed out (seen as two-minute stalls under load).  So
+:meth:`Pool.acquire` raises :class:`NoSlot` at once unless told to wait, and a
+task that meets it leaves a *waiter* (:meth:`Pool.wait_for_slot`): a callback
+that re-publishes the task once a slot at one of its addresses frees.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from .client import NextAddress, Session, open_session
+from .client import NextAddress, Session, TlsNeed, open_session, tls_need
 from .config import Tls
 from .errors import TemporaryError, local_reply
 from .mx import Target
@@ -29,10 +40,31 @@ from .settings import Outbound
 
 log = logging.getLogger(__name__)
 
-#: How long acquire waits for a free connection slot before deferring the batch.
+#: How long a batch may wait for a free connection slot before it is deferred.
 SLOT_WAIT = 120.0
 #: Leases not redeemed within this long are closed (their transmit task was lost).
 LEASE_TTL = 600.0
+#: A waiter is woken at least this often, so that its task renews its claim's lease
+#: and gives up after SLOT_WAIT even when no slot frees.
+WAITER_RECHECK = 20.0
+
+
+class NoSlot(TemporaryError):
+    """Every address is at its connection limit and nothing idle can be reused or closed."""
+
+    def __init__(self, ips: list[str]):
+        super().__init__(local_reply("4.4.5", f"no free connection slot for {', '.join(ips)} "
+                                     "(concurrency limits)"))
+        self.ips = frozenset(ips)
+
+
+@dataclass
+class Waiter:
+    """A task waiting for a slot at one of ``ips``: ``wake`` re-publishes it."""
+
+    ips: frozenset[str]
+    wake: Callable[[], None]
+    since: float = field(default_factory=time.monotonic)
 
 
 class Pool:
@@ -43,7 +75,11 @@ class Pool:
         self._per_ip: Counter[str] = Counter()
         self._leases: dict[str, tuple[Session, float]] = {}
         self._pool_timeout = 50.0
+        self._out = Outbound()  #: the limits last asked for (waiters are judged by them)
         self._reaper: threading.Thread | None = None
+        self._kick = threading.Event()
+        self._waiters: list[Waiter] = []
+        self._woken: list[Waiter] = []
 
     # -- accounting ------------------------------------------------------------------
 
@@ -55,15 +91,15 @@ class Pool:
     def _room(self, ip: str, out: Outbound) -> bool:
         return self._open < out.concurrency_max and self._per_ip[ip] < out.pool_concurrency_max
 
-    def _reserve_or_reuse(self, target: Target, helo: str, bind: str | None, out: Outbound,
-                          deadline: float) -> Session | None:
-        """An idle session for this destination, or (returning None) a reserved slot for a new one.
+    def _reserve_or_reuse(self, target: Target, helo: str, bind: str | None, need: TlsNeed,
+                          out: Outbound, deadline: float) -> Session | None:
+        """An idle session for this delivery, or (returning None) a reserved slot for a new one.
 
-        Waits while the limits are reached; an idle session to *another* destination is
-        closed to make room, never one this destination could reuse.
+        Waits until ``deadline`` while the limits are reached (NoSlot after it); an idle
+        session that cannot serve this delivery is closed to make room.
         """
         while True:
-            reused = self._take_idle_locked(target, helo, bind)
+            reused = self._take_idle_locked(target, helo, bind, need)
             if reused is not None:
                 return reused
             if self._room(target.ip, out):
@@ -77,14 +113,14 @@ class Pool:
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TemporaryError(local_reply(
-                    "4.4.5", f"no free connection slot for {target.ip} (concurrency limits)"))
+                raise NoSlot([target.ip])
             self._cond.wait(min(remaining, 1.0))
 
     def _unreserve(self, ip: str) -> None:
         self._open -= 1
         self._per_ip[ip] -= 1
         self._cond.notify_all()
+        self._wake_locked(ip)
 
     def _oldest_idle(self, ip: str | None) -> Session | None:
         candidates = [s for sessions in self._idle.values() for s in sessions
@@ -103,19 +139,29 @@ class Pool:
     # -- acquiring -------------------------------------------------------------------
 
     def acquire(self, targets: list[Target], *, helo: str, bind: str | None, out: Outbound, tls: Tls,
-                domain: str) -> Session:
-        """A ready session to the first address that takes one; TemporaryError when none does."""
-        self._pool_timeout = out.pool_timeout
+                domain: str, wait: float = 0.0) -> Session:
+        """A ready session to the first address that takes one.
+
+        Raises NoSlot when every address is at its limits (after waiting up to ``wait``
+        seconds for each), TemporaryError when none takes a session.
+        """
+        self._pool_timeout, self._out = out.pool_timeout, out
         self._start_reaper()
         last: NextAddress | None = None
+        full: list[str] = []
         for target in targets:
-            with self._cond:
-                reused = self._reserve_or_reuse(target, helo, bind, out,
-                                                time.monotonic() + SLOT_WAIT)
+            need = tls_need(target, domain, tls, out)
+            try:
+                with self._cond:
+                    reused = self._reserve_or_reuse(target, helo, bind, need, out,
+                                                    time.monotonic() + wait)
+            except NoSlot:
+                full.append(target.ip)
+                continue
             if reused is not None:
                 return reused
             try:
-                return open_session(target, helo=helo, bind=bind, out=out, tls=tls, domain=domain)
+                return open_session(target, helo=helo, bind=bind, out=out, tls=tls, need=need)
             except NextAddress as exc:
                 log.info("next address after %s[%s]:%d: %s", target.mx.exchange, target.ip,
                          target.port, exc.reply)
@@ -126,22 +172,44 @@ class Pool:
                 raise
             with self._cond:
                 self._unreserve(target.ip)
+        if full and last is None:
+            raise NoSlot(full)
         reply = last.reply if last else local_reply("4.4.4", "no MX address to try")
         raise TemporaryError(reply)
 
-    def _take_idle_locked(self, target: Target, helo: str, bind: str | None) -> Session | None:
+    def reopen(self, session: Session, *, out: Outbound, tls: Tls, domain: str) -> Session:
+        """QUIT ``session`` and connect afresh to the same address in the same slot.
+
+        ``pool_timeout = 0`` means one connection per message; keeping the slot
+        between them means a batch never has to queue for a slot again mid-way.
+        """
+        session.close(quit=True)
+        target = session.target
+        try:
+            return open_session(target, helo=session.key.helo, bind=session.key.bind, out=out,
+                                tls=tls, need=tls_need(target, domain, tls, out))
+        except BaseException:
+            with self._cond:
+                self._unreserve(target.ip)
+            raise
+
+    def _take_idle_locked(self, target: Target, helo: str, bind: str | None,
+                          need: TlsNeed) -> Session | None:
         for (key, password), sessions in self._idle.items():
             if (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) != (
                     target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp) \
                     or password != target.mx.auth_pass:
                 continue
-            while sessions:
-                session = sessions.pop()
+            for session in reversed(sessions):
+                if not session.meets(need):
+                    continue
+                sessions.remove(session)
                 if session.alive():
                     session.target = target
                     return session
                 self._unreserve(session.key.ip)
                 session.close(quit=False)
+                return self._take_idle_locked(target, helo, bind, need)
         return None
 
     def release(self, session: Session, out: Outbound, *, reusable: bool = True) -> None:
@@ -151,13 +219,14 @@ class Pool:
             with self._cond:
                 self._idle.setdefault(self._idle_key(session), []).append(session)
                 self._cond.notify_all()
+                self._wake_locked(session.key.ip, idle=True)
             return
         session.close(quit=reusable)
         with self._cond:
             self._unreserve(session.key.ip)
 
     def discard(self, session: Session) -> None:
-        """A broken session: close without QUIT and free its slot."""
+        """A broken session, or one in an unknown state: close without QUIT and free its slot."""
         session.close(quit=False)
         with self._cond:
             self._unreserve(session.key.ip)
@@ -177,18 +246,68 @@ class Pool:
             entry = self._leases.pop(lease_id, None)
         return entry[0] if entry else None
 
-    # -- idle reaping ------------------------------------------------------------------
+    # -- waiting for a slot ------------------------------------------------------------
+
+    def wait_for_slot(self, ips: frozenset[str], wake: Callable[[], None], out: Outbound) -> None:
+        """Call ``wake`` (from the pool's thread) once a slot at one of ``ips`` may be free."""
+        self._out = out
+        self._start_reaper()
+        with self._cond:
+            self._waiters.append(Waiter(ips, wake))
+            self._wake_locked(next(iter(ips)))  # a slot may have freed meanwhile
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiters)
+
+    def _wake_locked(self, ip: str, idle: bool = False) -> None:
+        """A slot (or an ``idle`` session) at ``ip`` came free: the oldest waiter that may use it goes.
+
+        Its callback publishes a task, which is no work to do under the lock: the
+        pool's thread runs it.
+        """
+        for waiter in self._waiters:
+            if self._may_go(waiter, ip, idle):
+                self._waiters.remove(waiter)
+                self._woken.append(waiter)
+                self._kick.set()
+                return
+
+    def _may_go(self, waiter: Waiter, ip: str, idle: bool) -> bool:
+        """A slot at one of its addresses, or an idle session it may reuse or close for room."""
+        if any(self._room(i, self._out) for i in waiter.ips):
+            return True
+        below_ip_cap = any(self._per_ip[i] < self._out.pool_concurrency_max for i in waiter.ips)
+        return idle and (ip in waiter.ips or below_ip_cap)
+
+    def _run_woken(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            stale = [w for w in self._waiters if now - w.since >= WAITER_RECHECK]
+            for waiter in stale:
+                self._waiters.remove(waiter)
+            woken, self._woken = self._woken + stale, []
+        for waiter in woken:
+            try:
+                waiter.wake()
+            except Exception:  # its claim's lease expires and the entries come back
+                log.exception("could not wake a batch waiting for a connection slot")
+
+    # -- the pool's thread: wake-ups and idle reaping ----------------------------------
 
     def _start_reaper(self) -> None:
         with self._cond:
             if self._reaper is None or not self._reaper.is_alive():
                 self._reaper = threading.Thread(target=self._reap_forever, daemon=True,
-                                                name="mailflow-pool-reaper")
+                                                name="mailflow-pool")
                 self._reaper.start()
 
     def _reap_forever(self) -> None:
         while True:
-            time.sleep(0.5)
+            self._kick.wait(0.5)
+            self._kick.clear()
+            self._run_woken()
             self.reap()
 
     def reap(self) -> None:

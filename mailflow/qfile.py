@@ -18,7 +18,7 @@ import os
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .todo import ToDo
 
@@ -47,16 +47,22 @@ class EntryName:
 
     @classmethod
     def parse(cls, name: str) -> EntryName | None:
-        """The parts of a queue file name, or None for anything else (temp, error, stray)."""
-        if name.startswith((TMP_PREFIX, ERROR_PREFIX, ".")):
+        """The parts of a queue file name, or None for anything else (temp, error, stray).
+
+        Only the canonical form counts (``str(parse(name)) == name``) and never a name
+        with a path separator: names also arrive in task payloads, and whoever can publish
+        to the broker must not be able to point a worker outside the queue directory.
+        """
+        if name.startswith((TMP_PREFIX, ERROR_PREFIX, ".")) or "/" in name or "\0" in name:
             return None
         parts = name.split("_", 4)
         if len(parts) != 5:
             return None
         nxt, fails, arrival, ident, domain = parts
-        if not (nxt.isdigit() and fails.isdigit() and arrival.isdigit()) or not ident or not domain:
+        if not all(n.isascii() and n.isdigit() for n in (nxt, fails, arrival)) or not ident or not domain:
             return None
-        return cls(int(nxt), int(fails), int(arrival), ident, domain)
+        parsed = cls(int(nxt), int(fails), int(arrival), ident, domain)
+        return parsed if str(parsed) == name else None
 
     def rescheduled(self, next_attempt_ms: int, num_failures: int | None = None) -> EntryName:
         return replace(
@@ -103,14 +109,26 @@ def read_message(path: Path) -> bytes:
         return fh.read()
 
 
-def write_tmp(directory: Path, tmp_name: str, header: bytes, message: bytes) -> Path:
-    """Write a complete file under a temp name and fsync it; the caller renames it."""
+#: Large messages are copied into queue files this much at a time.
+COPY_CHUNK = 1024 * 1024
+
+
+def write_tmp(directory: Path, tmp_name: str, header: bytes, message: bytes | IO[bytes]) -> Path:
+    """Write a complete file under a temp name and fsync it; the caller renames it.
+
+    ``message`` is the stored form: bytes, or a file holding it (a large message,
+    copied a chunk at a time so that it never has to be in memory whole).
+    """
     path = directory / tmp_name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        view = memoryview(header + message) if len(message) < 65536 else None
-        if view is not None:
-            _write_all(fd, view)
+        if not isinstance(message, bytes):
+            _write_all(fd, memoryview(header))
+            message.seek(0)
+            while chunk := message.read(COPY_CHUNK):
+                _write_all(fd, memoryview(chunk))
+        elif len(message) < 65536:
+            _write_all(fd, memoryview(header + message))
         else:
             _write_all(fd, memoryview(header))
             _write_all(fd, memoryview(message))

@@ -36,7 +36,7 @@ from typing import Any
 
 from . import config as configmod
 from . import outbound
-from .batch import LEASE_SECONDS
+from .batch import BROKER_RETRY_MS, LEASE_SECONDS
 from .qfile import EntryName
 from .spool import ACTIVE, FAILED, PENDING, Spool, now_ms
 
@@ -72,14 +72,14 @@ def nudge_all() -> None:
 
 
 def _publish(batch: dict[str, Any]) -> None:
-    if batch.get("bounce"):
-        from tasks.bounce import bounce
+    from . import app
 
-        bounce.delay(batch)
-        return
-    from tasks.mx import lookup_mx
+    task = "mailflow.bounce" if batch.get("bounce") else "mailflow.lookup_mx"
+    app.send_task(task, args=[batch])
 
-    lookup_mx.delay(batch)
+
+class Unpublished(Exception):
+    """The broker did not take a batch: it was given back, and this scan stops."""
 
 
 class QueueManager:
@@ -196,20 +196,46 @@ class QueueManager:
         """Claim and dispatch what is due; return how many entries were claimed."""
         room = ACTIVE_MAX - sum(1 for _ in self.spool.names(ACTIVE))
         claimed = 0
-        failed = sorted(self.spool.names(FAILED))
-        for start in range(0, min(len(failed), room), BATCH_MAX):
-            claim, got = self.spool.claim(failed[start:start + BATCH_MAX], source=FAILED)
-            if got:
-                room -= len(got)
-                claimed += len(got)
-                self.publish({"bounce": True, "claim": claim, "names": got})
-        for domain, names in self.due().items():
-            for start in range(0, len(names), BATCH_MAX):
-                if room <= 0:
-                    return claimed
-                claim, got = self.spool.claim(names[start:start + BATCH_MAX][:room])
+        now = now_ms()
+        failed = sorted(n for n in self.spool.names(FAILED) if n.next_attempt_ms <= now)
+        try:
+            for start in range(0, min(len(failed), room), BATCH_MAX):
+                claim, got = self.spool.claim(failed[start:start + BATCH_MAX], source=FAILED)
                 if got:
                     room -= len(got)
                     claimed += len(got)
-                    self.publish({"domain": domain, "claim": claim, "names": got})
+                    self._dispatch({"bounce": True, "claim": claim, "names": got}, FAILED)
+            for domain, names in self.due().items():
+                for start in range(0, len(names), BATCH_MAX):
+                    if room <= 0:
+                        return claimed
+                    claim, got = self.spool.claim(names[start:start + BATCH_MAX][:room])
+                    if got:
+                        room -= len(got)
+                        claimed += len(got)
+                        self._dispatch({"domain": domain, "claim": claim, "names": got}, PENDING)
+        except Unpublished:
+            pass
         return claimed
+
+    def _dispatch(self, batch: dict[str, Any], source: str) -> None:
+        """Publish one batch; if the broker will not take it, its entries go back at once.
+
+        Otherwise they would sit in their claim until its lease expired (minutes).
+        """
+        try:
+            self.publish(batch)
+        except Exception as exc:
+            due = now_ms() + BROKER_RETRY_MS
+            directory = self.spool.claim_dir(batch["claim"])
+            for name in batch["names"]:
+                parsed = EntryName.parse(name)
+                try:
+                    assert parsed is not None
+                    os.rename(directory / name, self.spool.path(parsed.rescheduled(due), source))
+                except (FileNotFoundError, AssertionError):
+                    continue
+            self.spool.finish(batch["claim"])
+            log.error("could not publish a batch (%s: %s): %d entries due again in %d s",
+                      type(exc).__name__, exc, len(batch["names"]), BROKER_RETRY_MS // 1000)
+            raise Unpublished from exc

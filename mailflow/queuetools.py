@@ -22,6 +22,9 @@ def _entries(spool: Spool) -> list[tuple[str, Path, EntryName]]:
     for claim in spool.claims():
         out += [(ACTIVE, spool.claimed_path(claim, str(n)), n)
                 for n in _names(spool.active / claim)]
+    # entries of an expired claim on their way back: due now (queued)
+    for directory in spool.expired_dirs():
+        out += [(PENDING, directory / str(n), n.rescheduled(0)) for n in _names(directory)]
     return out
 
 
@@ -60,7 +63,7 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -
         try:
             todo, offset = qfile.load(path)
             size = path.stat().st_size - offset
-        except (FileNotFoundError, qfile.CorruptEntry):
+        except (OSError, qfile.CorruptEntry):  # gone meanwhile, or not a readable entry
             continue
         out.append({
             "id": name.id, "domain": name.domain, "state": st,
@@ -75,6 +78,16 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -
 
 def find(spool: Spool, ident: str) -> list[Path]:
     return [p for _, p, n in _entries(spool) if n.id == ident or n.id.startswith(ident + ".")]
+
+
+def printable(text: str, keep: str = "\n\t") -> str:
+    """``text`` safe for a terminal: control and other non-printing characters escaped.
+
+    A Subject (or an address, or a remote reply) can carry escape sequences that
+    would rewrite an operator's screen; they are shown as ``\\x1b``, never sent.
+    """
+    return "".join(c if c.isprintable() or c in keep else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
 def show(path: Path) -> str:
@@ -92,8 +105,8 @@ def show(path: Path) -> str:
         lines.append(f"attempt {when} via {attempt.get('host', '-')}: {attempt.get('error', '')}")
     if todo.state.get("last_error"):
         lines.append(f"last error: {todo.state['last_error']}")
-    lines += ["", header_block(message).decode("utf-8", "replace").rstrip()]
-    return "\n".join(lines)
+    lines += ["", header_block(message).decode("utf-8", "replace").replace("\r\n", "\n").rstrip()]
+    return printable("\n".join(lines))
 
 
 def delete(spool: Spool, *, ident: str | None = None, domain: str | None = None,

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from . import qfile
 from .qfile import EntryName
@@ -44,6 +46,26 @@ PENDING = "pending"
 ACTIVE = "active"
 FAILED = "failed"
 STATES = (PENDING, ACTIVE, FAILED)
+#: A claim directory's name: ``uuid4().hex``, with ``b-`` in front for bounce claims.
+CLAIM_ID = re.compile(r"(?:b-)?[0-9a-f]{32}\Z")
+#: Where a claim whose lease expired is put aside while its entries go back.
+EXPIRED_PREFIX = ".expired-"
+
+
+class BadName(ValueError):
+    """A claim id or entry name that is not one of the queue's own (e.g. from a forged task)."""
+
+
+def check_claim(claim: object) -> str:
+    if not isinstance(claim, str) or not CLAIM_ID.match(claim):
+        raise BadName(f"not a claim id: {claim!r}")
+    return claim
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or EntryName.parse(name) is None:
+        raise BadName(f"not a queue entry name: {name!r}")
+    return name
 
 
 def now_ms() -> int:
@@ -82,7 +104,7 @@ class Spool:
 
     # -- writing --------------------------------------------------------------
 
-    def write(self, entries: list[NewEntry], message: bytes) -> list[Path]:
+    def write(self, entries: list[NewEntry], message: bytes | IO[bytes]) -> list[Path]:
         """Write every entry of one message durably, or none of them.
 
         Each file is written under a temp name and fsync'd, then all are
@@ -130,7 +152,7 @@ class Spool:
             return []
 
     def path(self, name: EntryName | str, state: str = PENDING) -> Path:
-        return self.dir(state) / str(name)
+        return self.dir(state) / check_name(str(name))
 
     # -- moving entries ---------------------------------------------------------------
 
@@ -154,13 +176,17 @@ class Spool:
             directory.rmdir()
         return claim, got
 
+    def claim_dir(self, claim: str) -> Path:
+        """The directory of a claim; BadName for anything but a claim id (never a path)."""
+        return self.active / check_claim(claim)
+
     def claimed_path(self, claim: str, name: str) -> Path:
-        return self.active / claim / name
+        return self.claim_dir(claim) / check_name(name)
 
     def renew(self, claim: str) -> bool:
         """Extend a claim's lease; False when it has expired and been given back."""
         try:
-            os.utime(self.active / claim)
+            os.utime(self.claim_dir(claim))
         except FileNotFoundError:
             return False
         return True
@@ -168,34 +194,74 @@ class Spool:
     def finish(self, claim: str) -> None:
         """Remove a claim directory once its entries have all moved on."""
         try:
-            os.rmdir(self.active / claim)
-        except (FileNotFoundError, OSError):
+            os.rmdir(self.claim_dir(claim))
+        except OSError:
             pass
 
     def expire(self, lease_seconds: float) -> int:
-        """Give the entries of claims not renewed within ``lease_seconds`` back to pending/."""
-        returned = 0
+        """Give the entries of claims not renewed within ``lease_seconds`` back; return how many.
+
+        A claim is first renamed aside (``.expired-<claim>``) so that no late holder can
+        renew it, then emptied by :meth:`sweep_expired` -- which also finishes any
+        directory an earlier pass or process left half-emptied.
+        """
         cutoff = time.time() - lease_seconds
         for claim in self.claims():
             directory = self.active / claim
             try:
                 if os.stat(directory).st_mtime >= cutoff:
                     continue
-                os.rename(directory, self.active / f".expired-{claim}")  # no holder can renew now
+                os.rename(directory, self.active / f"{EXPIRED_PREFIX}{claim}")
             except FileNotFoundError:
                 continue
-            expired = self.active / f".expired-{claim}"
+            log.warning("lease of claim %s expired: its entries are due again", claim)
+        return self.sweep_expired()
+
+    def expired_dirs(self) -> list[Path]:
+        try:
+            return [Path(e.path) for e in os.scandir(self.active)
+                    if e.name.startswith(EXPIRED_PREFIX) and e.is_dir()]
+        except FileNotFoundError:
+            return []
+
+    def sweep_expired(self) -> int:
+        """Move everything out of ``.expired-*`` directories: entries to where they came from.
+
+        Entries go back to pending/ (failed/ for a bounce claim), due at once; anything
+        else (an ``error.`` file) to pending/, where operators and ``recover`` see it.  A
+        failure is logged and tried again on the next pass: an entry is never left
+        where no code looks.
+        """
+        returned = 0
+        for directory in self.expired_dirs():
+            claim = directory.name[len(EXPIRED_PREFIX):]
             back = self.failed if claim.startswith("b-") else self.pending
-            for item in os.scandir(expired):
-                if EntryName.parse(item.name) is not None:
-                    os.rename(item.path, back / item.name)
-                    returned += 1
-                    log.warning("lease of claim %s expired: %s is due again", claim, item.name)
             try:
-                expired.rmdir()
-            except OSError:
-                log.error("left %s: files that are not queue entries", expired)
+                items = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for item in items:
+                is_entry = EntryName.parse(item.name) is not None
+                try:
+                    os.rename(item.path, (back if is_entry else self.pending) / item.name)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.error("could not move %s back from an expired claim (next pass tries "
+                              "again): %s", item.path, exc.strerror or exc)
+                    continue
+                if is_entry:
+                    returned += 1
+                    log.warning("%s is due again (its claim %s expired)", item.name, claim)
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("could not remove %s (next pass tries again): %s", directory,
+                          exc.strerror or exc)
         return returned
+
     def release(self, path: Path, name: EntryName) -> Path:
         """Put an active entry back in pending/ under ``name`` (a new schedule)."""
         target = self.pending / str(name)
@@ -222,6 +288,7 @@ class Spool:
         header once: a file that cannot be parsed now would fail every attempt.
         """
         removed = aside = 0
+        self.sweep_expired()
         claim_dirs = [self.active / c for c in self.claims()]
         for directory in (self.pending, self.failed, *claim_dirs):
             if not directory.exists():

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from mailflow import app, config, counters, hooks, logs, outbound
 from mailflow.address import Address
-from mailflow.batch import holding, load
+from mailflow.batch import accepted, holding, load
 from mailflow.bounce import build
 from mailflow.codes import CONT
 from mailflow.hmail import HMail
 from mailflow.message import dot_unstuff
-from mailflow.spool import Spool
+from mailflow.spool import FAILED, Spool, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,41 @@ class BounceError(Exception):
 
 @app.task(name="mailflow.bounce", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def bounce(batch: dict[str, Any]) -> None:
+    if accepted(batch, "mailflow.bounce") is None:
+        return
     spool = Spool(config.current().queue_path())
     with holding(spool, batch) as held:
         if held:
             for hmail in load(spool, batch):
-                bounce_one(hmail)
+                try:
+                    bounce_one(hmail)
+                except Exception as exc:
+                    not_now(spool, hmail, exc)
     spool.finish(batch["claim"])
+
+
+def not_now(spool: Spool, hmail: HMail, exc: Exception) -> None:
+    """The bounce could not be made or queued: back to failed/ to try again later.
+
+    It follows temp_fail_intervals like a deferral (the queue manager claims a
+    failed/ entry only when due); once they are used up it is dropped with a log
+    line, as a bounce that cannot be delivered is.
+    """
+    cfg = config.current()
+    fails = hmail.num_failures + 1
+    intervals = cfg.outbound.temp_fail_intervals
+    log.error("could not make the bounce for %s: %s: %s", hmail.todo.uuid, type(exc).__name__, exc,
+              exc_info=exc)
+    if fails > len(intervals):
+        logs.event("dropped", id=hmail.todo.uuid, reason=f"no bounce could be made: {exc}")
+        hmail.path.unlink(missing_ok=True)
+        counters.add(spool.root, "dropped")
+        return
+    due = now_ms() + intervals[fails - 1] * 1000
+    try:
+        os.rename(hmail.path, spool.path(hmail.name.rescheduled(due, fails), FAILED))
+    except FileNotFoundError:
+        pass
 
 
 def bounce_one(hmail: HMail) -> None:
@@ -61,12 +91,8 @@ def bounce_one(hmail: HMail) -> None:
     original = dot_unstuff(hmail.message())
     dsn = build(hmail, original, me=cfg.me, template=cfg.bounce_template,
                 max_body=cfg.outbound.max_bounce_body)
-    try:
-        queued = outbound.queue_message(Address.null(), [todo.mail_from], dsn,
-                                        notes={"bounce_for": todo.uuid}, cfg=cfg)
-    except outbound.QueueError as exc:
-        log.error("could not queue the bounce for %s (kept for another try): %s", todo.uuid, exc)
-        raise
+    queued = outbound.queue_message(Address.null(), [todo.mail_from], dsn,
+                                    notes={"bounce_for": todo.uuid}, cfg=cfg)
     logs.event("bounced", id=todo.uuid, to=todo.mail_from.address, status=first.get("status", "5.0.0"),
                reason=reason, bounce_id=queued.uuid)
     hmail.path.unlink(missing_ok=True)

@@ -8,14 +8,14 @@ import time
 from typing import Any
 
 from mailflow import app, config
-from mailflow.batch import holding, load
-from mailflow.client import EndOfDataTimeout, Session
-from mailflow.delivery import Attempt, fail_all, record
+from mailflow.batch import accepted, give_back, holding, load, open_for
+from mailflow.client import EndOfDataTimeout, NextAddress, Session
+from mailflow.config import Config
+from mailflow.delivery import Attempt, crashed, fail_all, fail_each, record
 from mailflow.errors import DeliveryError, local_reply
 from mailflow.hmail import HMail
-from mailflow.pool import POOL
+from mailflow.pool import POOL, NoSlot
 from mailflow.spool import Spool, now_ms
-from tasks.connect import fail_batch, open_for
 
 log = logging.getLogger(__name__)
 
@@ -33,74 +33,111 @@ def attempt_of(session: Session) -> Attempt:
 
 @app.task(name="mailflow.transmit", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def transmit(batch: dict[str, Any], lease: str | None = None) -> None:
-    cfg = config.current()
-    out = cfg.outbound
-    spool = Spool(cfg.queue_path())
-    session = POOL.redeem(lease)
-    with holding(spool, batch) as held:
-        if held:
-            session = _transmit(spool, batch, session, out)
-    if session is not None:
-        POOL.release(session, out)
-    spool.finish(batch["claim"])
+    courier = Courier(config.current(), batch, POOL.redeem(lease if isinstance(lease, str) else None))
+    try:
+        if accepted(batch, "mailflow.transmit") is None:
+            return
+        with holding(courier.spool, batch) as held:
+            if held:
+                courier.run()
+        courier.spool.finish(batch["claim"])
+    finally:
+        courier.let_go()
 
 
-def _transmit(spool: Spool, batch: dict[str, Any], session: Session | None,
-              out: Any) -> Session | None:
-    hmails = load(spool, batch)
-    started = time.monotonic()
-    for index, hmail in enumerate(hmails):
-        if not hmail.path.exists():  # handled meanwhile (e.g. deleted by an operator)
-            continue
-        if time.monotonic() - started > BATCH_TIME_BUDGET:
-            for rest in hmails[index:]:
-                if rest.path.exists():
-                    spool.release(rest.path, rest.name.rescheduled(now_ms()))
-            log.info("batch for %s out of time: %d entries due again", batch["domain"],
-                     len(hmails) - index)
-            break
-        if session is None:
+class Courier:
+    """One batch's messages over one session; the session is always let go in the end.
+
+    Whatever happens -- a broken connection, a full disk while recording an outcome,
+    an exception nobody planned for -- the session goes back to the pool or is
+    discarded, so its connection slot is never lost.
+    """
+
+    def __init__(self, cfg: Config, batch: dict[str, Any], session: Session | None):
+        self.cfg, self.out, self.batch = cfg, cfg.outbound, batch
+        self.spool = Spool(cfg.queue_path())
+        self.session = session
+
+    def let_go(self) -> None:
+        if self.session is not None:
+            POOL.release(self.session, self.out)
+            self.session = None
+
+    def discard(self) -> None:
+        if self.session is not None:
+            POOL.discard(self.session)
+            self.session = None
+
+    def run(self) -> None:
+        hmails = load(self.spool, self.batch)
+        started = time.monotonic()
+        for index, hmail in enumerate(hmails):
+            if not hmail.path.exists():  # handled meanwhile (e.g. deleted by an operator)
+                continue
+            if time.monotonic() - started > BATCH_TIME_BUDGET:
+                back = give_back(self.spool, hmails[index:], now_ms())
+                log.info("batch for %s out of time: %d entries due again", self.batch["domain"], back)
+                return
+            if not self._ready(hmails[index:]):
+                return
             try:
-                session = open_for(batch)
-            except DeliveryError as exc:
-                fail_batch(spool, {**batch, "names": [h.filename for h in hmails[index:]]}, exc)
-                return None
-        session = _send_one(spool, hmail, session, batch, out)
-        if session is not None and out.pool_timeout == 0:
-            POOL.release(session, out)  # no pooling: QUIT after every message
-            session = None
-    return session
+                self._send_one(hmail)
+            except Exception as exc:  # the session's state is unknown: never reuse it
+                attempt = attempt_of(self.session) if self.session is not None else None
+                self.discard()
+                crashed(self.spool, hmail, exc, self.out, attempt)
 
-
-def _send_one(spool: Spool, hmail: HMail, session: Session, batch: dict[str, Any],
-              out: Any) -> Session | None:
-    """Send one entry; return the session to go on with (None when it broke)."""
-    message = hmail.message()
-    rcpts = [r.address for r in hmail.todo.rcpt_to]
-    for retry in (False, True):
-        attempt = attempt_of(session)
+    def _ready(self, rest: list[HMail]) -> bool:
+        """A session for the next message; False when the rest of the batch was dealt with."""
+        if self.session is not None and self.out.pool_timeout == 0 and self.session.messages:
+            try:  # no pooling: a fresh connection per message, in the same slot
+                self.session = POOL.reopen(self.session, out=self.out, tls=self.cfg.tls_outbound,
+                                           domain=self.batch["domain"])
+            except NextAddress:
+                self.session = None
+        if self.session is not None:
+            return True
         try:
-            results = session.send(hmail.todo.mail_from.address, rcpts, message, out)
-        except EndOfDataTimeout:
-            POOL.discard(session)
-            fail_all(spool, hmail, local_reply("4.4.2", "timeout waiting for the reply to the "
-                                               "end of data"), attempt, out)
-            return None
-        except (smtplib.SMTPException, OSError) as exc:
-            POOL.discard(session)
-            fresh = session.messages <= 1 and not retry
-            if retry or fresh:
-                fail_all(spool, hmail, local_reply("4.4.2", f"connection to {attempt.host} "
-                                                   f"broke: {exc}"), attempt, out)
-                return None
-            # a pooled connection the remote end closed: replace it, do not fail the message
+            self.session = open_for(self.batch, self.cfg)
+            return True
+        except NoSlot:  # never wait for a slot in a worker thread: the queue manager brings them back
+            back = give_back(self.spool, rest, now_ms())
+            log.info("no free connection slot for %s: %d entries due again", self.batch["domain"], back)
+        except DeliveryError as exc:
+            fail_each(self.spool, rest, exc, self.out)
+        except Exception as exc:
+            for hmail in rest:
+                crashed(self.spool, hmail, exc, self.out)
+        return False
+
+    def _send_one(self, hmail: HMail) -> None:
+        """Send one entry and record its outcome; the session is None afterwards if it broke."""
+        message = hmail.message()
+        rcpts = [r.address for r in hmail.todo.rcpt_to]
+        for retry in (False, True):
+            session = self.session
+            assert session is not None
+            attempt = attempt_of(session)
             try:
-                session = open_for(batch)
-            except DeliveryError as err:
-                fail_all(spool, hmail, err.reply, attempt, out)
-                return None
-            continue
-        attempt.results = {r.address: r.reply for r in results}
-        record(spool, hmail, attempt, out)
-        return session
-    return session
+                results = session.send(hmail.todo.mail_from.address, rcpts, message, self.out)
+            except EndOfDataTimeout:
+                self.discard()
+                fail_all(self.spool, hmail, local_reply(
+                    "4.4.2", "timeout waiting for the reply to the end of data"), attempt, self.out)
+                return
+            except (smtplib.SMTPException, OSError) as exc:
+                self.discard()
+                if retry or session.messages <= 1:
+                    fail_all(self.spool, hmail, local_reply(
+                        "4.4.2", f"connection to {attempt.host} broke: {exc}"), attempt, self.out)
+                    return
+                # a pooled connection the remote end closed: replace it, do not fail the message
+                try:
+                    self.session = open_for(self.batch, self.cfg)
+                except DeliveryError as err:
+                    fail_all(self.spool, hmail, err.reply, attempt, self.out)
+                    return
+                continue
+            attempt.results = {r.address: r.reply for r in results}
+            record(self.spool, hmail, attempt, self.out)
+            return

@@ -68,11 +68,11 @@ def seen(hmail, **kw):
 class Env:
     """A worker on a broker, the test DNS server, and a way to queue and watch mail."""
 
-    def __init__(self, inst: Instance, dns: DNSServer):
+    def __init__(self, inst: Instance, dns: DNSServer, base: dict[str, str] | None = None):
         self.inst, self.dns = inst, dns
         self.base = {"nameservers": f"127.0.0.1:{dns.port}", "mx_port": str(PORT),
                      "local_mx_ok": "true", "enable_tls": "false", "queue_dir": str(inst.queue_dir),
-                     "temp_fail_intervals": "1h"}
+                     "temp_fail_intervals": "1h", **(base or {})}
         self.configure()
 
     def configure(self, **keys: Any) -> None:
@@ -119,11 +119,12 @@ class Env:
         return not due and not [p for p in self.inst.entries("active") if f"_{uuid}." in p.name]
 
 
-def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, **worker: Any) -> tuple[Env, Instance]:
+def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str, str] | None = None,
+             **worker: Any) -> tuple[Env, Instance]:
     dns = DNSServer(ZONES).start()
     inst = Instance(tmp, broker_url=broker, config={"me": "mailflow.test\n", "plugins": "delivery_plugin\n"})
     (inst.config_dir / "delivery_plugin.py").write_text(plugin)
-    env = Env(inst, dns)
+    env = Env(inst, dns, base)
     inst.start_worker("deliver", **worker)
     return env, inst
 

@@ -1,10 +1,11 @@
 """A destination MX for tests: aiosmtpd on any 127.0.0.x address and port.
 
-Replies are scripted per command (``banner EHLO HELO MAIL RCPT DATA DOT``),
+Replies are scripted per command (``banner EHLO HELO MAIL RCPT DATA DOT AUTH``),
 per recipient, and optionally as a list consumed one use at a time (the last
 use of a list falls back to the normal reply), e.g.
 ``script={"DOT": ["451 4.3.0 later", "451 4.3.0 later"]}`` refuses two
-messages and accepts the third.  ``delay`` slows a command by some seconds.
+messages and accepts the third.  ``delay`` slows a command by some seconds;
+``hold(command)`` keeps the next such reply back until the test releases it.
 
 Every session is recorded: peer address, EHLO name, TLS or not, AUTH user,
 each transaction's envelope and exact message bytes, and whether it ended in
@@ -112,6 +113,13 @@ class _Recording:
             self.transport.close()  # type: ignore[attr-defined]
             return
         await super()._handle_client()  # type: ignore[misc]
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        reply = self.mx.script.reply("AUTH")
+        if reply is not None:
+            await self.push(reply)  # type: ignore[attr-defined]
+            return
+        await super().smtp_AUTH(arg)  # type: ignore[misc]
 
     async def smtp_QUIT(self, arg: str) -> None:
         self.record.quit = True
@@ -248,6 +256,7 @@ class MXServer:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._transports: list[Any] = []
+        self._holds: dict[str, tuple[threading.Event, threading.Event]] = {}
 
     # -- records ---------------------------------------------------------------------
 
@@ -270,6 +279,18 @@ class MXServer:
         seconds = self.delay.get(command)
         if seconds:
             await asyncio.sleep(seconds)
+        gate = self._holds.pop(command, None)
+        if gate is not None:
+            reached, release = gate
+            reached.set()
+            while not release.is_set():
+                await asyncio.sleep(0.02)
+
+    def hold(self, command: str) -> tuple[threading.Event, threading.Event]:
+        """Hold the next reply to ``command``: (reached, release) events for the test."""
+        gate = (threading.Event(), threading.Event())
+        self._holds[command] = gate
+        return gate
 
     @property
     def deliveries(self) -> list[Delivery]:

@@ -133,3 +133,81 @@ def test_claims_are_exclusive_and_expire_back_to_pending(tmp_path):
     assert spool.renew(claim) is False  # the late holder finds its claim gone
     claim2, _ = spool.claim(names)
     assert spool.renew(claim2) is True
+
+
+# ── names from task payloads (issue 10, item 11) ─────────────────────────────────────
+
+
+@pytest.mark.parametrize("name", [
+    "../pending", "0000000000001_0_0000000000001_../../x_a.example",
+    "0000000000001_0_0000000000001_U.1_a/b", "/etc/passwd", "1_0_0000000000001_U.1_a.example",
+    "0000000000001_00_0000000000001_U.1_a.example", "0000000000001_²_0000000000001_U.1_a.example",
+    ".hidden", "", "0000000000001_0_0000000000001_U\0_a.example"])
+def test_only_canonical_entry_names_are_names(name):
+    from mailflow.spool import BadName, check_name
+
+    assert EntryName.parse(name) is None
+    with pytest.raises(BadName):
+        check_name(name)
+
+
+@pytest.mark.parametrize("claim", ["../pending", "/tmp", "..", "b-../x", "0" * 31, "0" * 32 + "/x", 7])
+def test_claim_ids_are_never_paths(tmp_path, claim):
+    from mailflow.batch import checked
+    from mailflow.spool import BadName
+
+    spool = Spool(tmp_path).ensure()
+    with pytest.raises(BadName):
+        spool.claim_dir(claim)  # type: ignore[arg-type]
+    with pytest.raises(BadName):
+        checked({"claim": claim, "names": []})
+    spool.finish("0" * 32)  # a well-formed id that does not exist is no error
+    assert spool.pending.is_dir()
+
+
+def test_a_batch_names_only_entries_of_its_domain():
+    from mailflow.batch import checked
+    from mailflow.spool import BadName
+
+    good = str(EntryName(1, 0, 1, "U.1", "a.example"))
+    assert checked({"claim": "a" * 32, "names": [good], "domain": "a.example"})
+    with pytest.raises(BadName):
+        checked({"claim": "a" * 32, "names": [good], "domain": "b.example"})
+    with pytest.raises(BadName):
+        checked(["not", "a", "batch"])
+
+
+# ── expired claims (issue 10, item 12) ───────────────────────────────────────────────
+
+
+def test_an_entry_stranded_in_an_expired_claim_is_seen_and_brought_back(tmp_path):
+    from mailflow import queuetools
+
+    spool = Spool(tmp_path).ensure()
+    spool.write([make_entry("S.1"), make_entry("S.2")], b"x\r\n")
+    claim, names = spool.claim(sorted(spool.names()))
+    os.utime(spool.active / claim, (0, 0))  # its lease long expired
+    # the first entry's way back is blocked (a directory of that name in pending/)
+    obstacle = spool.pending / names[0]
+    (obstacle / "x").mkdir(parents=True)
+    assert spool.expire(60) == 1
+    assert [d.name for d in spool.expired_dirs()] == [f".expired-{claim}"]
+    # not out of sight: S.1 is counted and listed as queued (with S.2, back, and the obstacle)
+    assert queuetools.stats(spool)["queued"] == 3
+    assert sorted(r["id"] for r in queuetools.rows(spool)) == ["S.1", "S.2"]
+    (obstacle / "x").rmdir()
+    obstacle.rmdir()
+    assert spool.expire(60) == 1  # the next pass finishes the job
+    assert spool.expired_dirs() == []
+    assert sorted(n.id for n in spool.names()) == ["S.1", "S.2"]
+
+
+def test_recover_at_start_empties_expired_claims(tmp_path):
+    spool = Spool(tmp_path).ensure()
+    spool.write([make_entry("R.1")], b"x\r\n")
+    claim, _ = spool.claim(list(spool.names()))
+    os.rename(spool.active / claim, spool.active / f".expired-{claim}")  # a crash right here
+    (spool.active / f".expired-{claim}" / "error.junk").write_text("x")
+    spool.recover()
+    assert [n.id for n in spool.names()] == ["R.1"]
+    assert (spool.pending / "error.junk").exists() and spool.expired_dirs() == []

@@ -1,6 +1,6 @@
 """A batch out of time hands its unsent entries back to pending/, due now (tasks/transmit.py)."""
 
-from mailflow.settings import Outbound
+from mailflow import config
 from mailflow.spool import Spool, now_ms
 from tasks import transmit
 from tests.unit.test_queue import make_entry
@@ -8,11 +8,16 @@ from tests.unit.test_queue import make_entry
 
 def test_out_of_time_batch_returns_entries_due(tmp_path, monkeypatch):
     monkeypatch.setattr(transmit, "BATCH_TIME_BUDGET", -1.0)
-    spool = Spool(tmp_path).ensure()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "outbound.ini").write_text(f"queue_dir = {tmp_path / 'queue'}\n")
+    cfg = config.Config(tmp_path / "config")
+    spool = Spool(cfg.queue_path()).ensure()
     spool.write([make_entry("B.1"), make_entry("B.2")], b"m\r\n")
     claim, names = spool.claim(sorted(spool.names()))
     batch = {"domain": "example.com", "claim": claim, "names": names, "mx": []}
-    assert transmit._transmit(spool, batch, None, Outbound()) is None
+    courier = transmit.Courier(cfg, batch, None)
+    courier.run()
+    assert courier.session is None
     back = sorted(spool.names())
     assert [n.id for n in back] == ["B.1", "B.2"]
     assert all(n.next_attempt_ms <= now_ms() and n.num_failures == 0 for n in back)

@@ -1,0 +1,111 @@
+"""Secrets that cross the broker travel sealed (Fernet, from the ``cryptography`` package).
+
+A ``get_mx`` answer may carry an AUTH password, and the MX list rides in the
+batch from one pipeline step to the next through Redis or RabbitMQ, where
+whoever can read the broker could read it.  So the password is sealed with a
+key from the config directory, ``broker.key``: only processes that have the
+config directory -- every mailflow process, on every host -- can open it, and
+the broker sees an authenticated ciphertext.  Fernet (AES-CBC with an
+HMAC-SHA256) is the well-kept recipe for exactly this; nothing is hand-made.
+
+The key is created on first need (mode 0600) in the config directory; where
+that is read-only (systemd's ProtectSystem puts /etc out of reach), in the
+state directory, with a warning.  Either way, hosts that share a broker must
+share the key: copy it into the config directory of each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from .configfiles import ConfigError
+from .state import state_dir
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "broker.key"
+
+_keys: dict[Path, Fernet] = {}
+_lock = threading.Lock()
+
+
+class SealError(ValueError):
+    """A sealed value this host cannot open (another host's key, or tampered with)."""
+
+
+def load_key(path: Path) -> Fernet | None:
+    """The key in ``path``, None when there is none yet; ConfigError when it is unusable."""
+    try:
+        text = path.read_bytes().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return Fernet(text)
+    except ValueError:
+        raise ConfigError(path, 1, "not a key (32 url-safe base64 bytes, as "
+                          "`python -c 'from cryptography.fernet import Fernet; "
+                          "print(Fernet.generate_key().decode())'` prints)") from None
+
+
+def _create(path: Path) -> None:
+    key = Fernet.generate_key() + b"\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def key_for(config_dir: Path) -> Fernet:
+    """This config directory's key (or the state directory's), created when there is none."""
+    path = Path(config_dir) / KEY_FILE
+    with _lock:
+        fernet = _keys.get(path)
+        if fernet is None:
+            fernet = load_key(path) or _made(path)
+            _keys[path] = fernet
+        return fernet
+
+
+def _made(path: Path) -> Fernet:
+    try:
+        _create(path)
+    except OSError as exc:
+        fallback = state_dir() / KEY_FILE
+        log.warning("cannot create %s (%s): using %s; hosts that share the broker need the same "
+                    "key in their config directory", path, exc.strerror or exc, fallback)
+        fernet = load_key(fallback)
+        if fernet is not None:
+            return fernet
+        try:
+            _create(fallback)
+        except OSError as again:
+            raise ConfigError(path, None, f"cannot create the key that seals get_mx "
+                              f"credentials: {again.strerror or again}") from None
+        path = fallback
+    fernet = load_key(path)
+    assert fernet is not None
+    return fernet
+
+
+def seal(config_dir: Path, secret: str) -> str:
+    return key_for(config_dir).encrypt(secret.encode("utf-8")).decode("ascii")
+
+
+def unseal(config_dir: Path, token: str) -> str:
+    try:
+        return key_for(config_dir).decrypt(token.encode("ascii")).decode("utf-8")
+    except (InvalidToken, UnicodeError) as exc:
+        raise SealError(f"cannot open sealed get_mx credentials with {Path(config_dir) / KEY_FILE} "
+                        "(is it the same file on every host?)") from exc

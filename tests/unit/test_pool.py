@@ -1,0 +1,96 @@
+"""The connection pool against a real MX on loopback: it never blocks a thread for a slot,
+wakes waiters when one frees, and reuses a session only for what its TLS meets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from mailflow.client import TlsNeed
+from mailflow.config import Tls
+from mailflow.mx import MX, Target
+from mailflow.pool import NoSlot, Pool
+from mailflow.settings import Outbound
+from tests.support.mxserver import MXServer
+
+OUT = Outbound(pool_concurrency_max=1, pool_timeout=50)
+NO_TLS = Tls()
+
+
+@pytest.fixture
+def server():
+    with MXServer("127.0.0.2", 0) as mx:
+        yield mx
+
+
+def target(server: MXServer, exchange: str = "127.0.0.2") -> Target:
+    return Target(mx=MX(exchange=exchange, from_dns=False), ip="127.0.0.2", port=server.port)
+
+
+def acquire(pool: Pool, server: MXServer, out: Outbound = OUT, tls: Tls = NO_TLS, **kw):
+    return pool.acquire([target(server)], helo="test.example", bind=None, out=out, tls=tls,
+                        domain="pool.test", **kw)
+
+
+def test_a_full_pool_raises_at_once_instead_of_blocking_the_thread(server):
+    """The old pool waited up to two minutes here: with every worker thread doing so while
+    the slots were held by leases whose transmit tasks needed a thread, delivery stalled."""
+    pool = Pool()
+    first = acquire(pool, server)
+    started = time.monotonic()
+    with pytest.raises(NoSlot) as caught:
+        acquire(pool, server)
+    assert time.monotonic() - started < 5
+    assert caught.value.ips == {"127.0.0.2"} and "4.4.5" in str(caught.value.reply)
+    pool.discard(first)
+
+
+def test_a_waiter_is_woken_when_the_slot_frees(server):
+    pool = Pool()
+    held = acquire(pool, server)
+    woken = threading.Event()
+    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken.set, OUT)
+    assert not woken.wait(0.3) and pool.waiting == 1
+    pool.release(held, OUT)  # idle in the pool: the waiter may reuse it
+    assert woken.wait(5)
+    again = acquire(pool, server)
+    assert again is held
+    pool.discard(again)
+
+
+def test_a_waiter_for_a_free_address_goes_at_once(server):
+    pool = Pool()
+    woken = threading.Event()
+    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken.set, OUT)
+    assert woken.wait(5)
+
+
+def test_reopen_keeps_the_slot(server):
+    pool = Pool()
+    session = acquire(pool, server, out=replace(OUT, pool_timeout=0))
+    session.messages = 1
+    fresh = pool.reopen(session, out=OUT, tls=NO_TLS, domain="pool.test")
+    assert fresh is not session and pool.open_connections == 1
+    assert server.sessions[0].quit
+    pool.discard(fresh)
+    assert pool.open_connections == 0
+
+
+@pytest.mark.parametrize("need,reusable", [
+    (TlsNeed(want=False, must=False, verify=False, name="127.0.0.2"), True),
+    (TlsNeed(want=True, must=False, verify=False, name="127.0.0.2"), False),  # it offers STARTTLS
+    (TlsNeed(want=True, must=True, verify=True, name="127.0.0.2"), False),
+])
+def test_plaintext_session_is_reused_only_where_plaintext_may_go(server, mx_tls_context, need, reusable):
+    server.tls_context = mx_tls_context  # offers STARTTLS; the first session does not take it
+    pool = Pool()
+    plain = acquire(pool, server, out=replace(OUT, pool_concurrency_max=2))
+    assert plain.offered_tls and not plain.secured
+    assert plain.meets(need) is reusable
+    pool.release(plain, OUT)
+    with pool._cond:
+        taken = pool._take_idle_locked(target(server), "test.example", None, need)
+    assert (taken is plain) is reusable
