@@ -10,14 +10,14 @@ which is why the queue directory, not the broker, is the record of truth.
 
 from __future__ import annotations
 
-import json
-import os
-
+from mailflow import environ
 from mailflow.state import state_dir
 
-broker_url = (
-    os.environ.get("MAILFLOW_BROKER_URL") or os.environ.get("CELERY_BROKER_URL") or "filesystem://"
-)
+# A malformed variable stops the process with one line (mailflow.environ), even
+# when Celery loads this module lazily in a process that did not check first.
+environ.check_or_exit()
+
+broker_url = environ.broker_url()
 
 if broker_url.startswith("filesystem://"):
     _broker_dir = state_dir() / "broker"
@@ -34,11 +34,11 @@ if broker_url.startswith("filesystem://"):
         "polling_interval": 0.1,
     }
 
-if os.environ.get("MAILFLOW_BROKER_TRANSPORT_OPTIONS"):
+if environ.transport_options():
     # e.g. '{"visibility_timeout": 7200}' for Redis; merged over the defaults above
     broker_transport_options = {
         **globals().get("broker_transport_options", {}),
-        **json.loads(os.environ["MAILFLOW_BROKER_TRANSPORT_OPTIONS"]),
+        **environ.transport_options(),
     }
 
 imports = ("tasks",)

@@ -11,12 +11,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from . import logs, outbound, startup
+from . import compat, environ, logs, outbound, startup
 from .codes import DENYSOFT, OK
 from .config import Config
+from .configfiles import ConfigError
 from .flush import flush
 from .spool import Spool
+
+if TYPE_CHECKING:
+    from .smtpd.nodes import Nodes
 
 log = logging.getLogger("mailflow")
 
@@ -51,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Listen for SMTP submissions (smtp.ini 'listen') and "
                        "queue accepted mail.")
     _common(p)
+    # how node 0 starts a further node again (smtp.ini nodes): not for operators
+    p.add_argument("--node", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
 
     p = sub.add_parser("send", help="queue a message read from standard input",
                        description="Queue the message on standard input, as outbound.send_email.")
@@ -98,13 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["sendmail"]:  # sendmail's own flag syntax (-oi, -F name …), not ours
         from . import sendmail
 
-        logs.setup(None, level=logging.WARNING)
+        _setup_or_exit(None, logging.WARNING)
         return sendmail.main(argv[1:])
     args = build_parser().parse_args(argv)
-    logs.setup(getattr(args, "log_format", None))
+    _setup_or_exit(getattr(args, "log_format", None))
     handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,
                "flush": cmd_flush, "queue": cmd_queue}[args.command]
     return handler(args)
+
+
+def _setup_or_exit(log_format: str | None, level: int = logging.INFO) -> None:
+    """Logging, then every environment variable checked: one line and exit 2 if one is bad."""
+    try:
+        logs.setup(log_format, level=level)
+        environ.check()
+    except environ.EnvError as exc:
+        print(f"mailflow: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _announce(line: str) -> None:
@@ -116,6 +135,8 @@ def _quiet(line: str) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> Config:
+    """What a listener (smtpd, run) does before it serves: checks, config, queue recovery."""
+    compat.check_or_exit()
     cfg = startup.load_or_exit(getattr(args, "config", None))
     os.environ["MAILFLOW_CONFIG"] = str(cfg.directory.absolute())
     spool = Spool(cfg.queue_path()).ensure()
@@ -126,68 +147,33 @@ def _prepare(args: argparse.Namespace) -> Config:
 
 
 def cmd_smtpd(args: argparse.Namespace) -> int:
+    from .smtpd.nodes import Nodes, die_with_parent
+
+    if args.node:  # a node started again by node 0 (smtpd/nodes.py)
+        die_with_parent(args.parent)
+        return _serve_or_exit(startup.load_or_exit(getattr(args, "config", None)), node=args.node)
     cfg = _prepare(args)
-    children = _fork_nodes(cfg.smtp.nodes - 1, cfg)
-    return asyncio.run(_serve(cfg, children=children))
+    nodes = Nodes().fork(cfg.smtp.nodes - 1, lambda n: asyncio.run(_serve(cfg, node=n)))
+    return _serve_or_exit(cfg, nodes=nodes)
 
 
-def _fork_nodes(count: int, cfg: Config) -> list[int]:
-    """Start ``count`` more submission processes (smtp.ini ``nodes``), before any thread exists.
-
-    Each node opens the listeners itself with SO_REUSEPORT, so the kernel
-    spreads connections over them; the first process to take the queue
-    manager's lock runs it, as between any mailflow processes on the host.
-    A node ends with its parent (PR_SET_PDEATHSIG), and the parent stops
-    them all on SIGTERM.
-    """
-    pids = []
-    for n in range(1, count + 1):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                _die_with_parent()
-                code = asyncio.run(_serve(cfg, node=n))
-            except BaseException:
-                log.exception("smtpd node %d failed", n)
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        pids.append(pid)
-    return pids
-
-
-def _die_with_parent() -> None:
-    import ctypes
-
-    pr_set_pdeathsig = 1
+def _serve_or_exit(cfg: Config, **kwargs: Any) -> int:
+    """Serve until stopped; a listener that cannot be opened is one line and exit 2."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM still stops the nodes
-        pass
-
-
-def _stop_nodes(children: list[int], timeout: float = 30.0) -> None:
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for pid in children:
-        while True:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        return asyncio.run(_serve(cfg, **kwargs))
+    except ConfigError as exc:
+        print(f"mailflow: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int = 0,
-                 children: list[int] | None = None) -> int:
+                 nodes: Nodes | None = None,
+                 on_listening: Callable[[], None] | None = None) -> int:
+    """One submission process: listeners, queue manager candidate, and for node 0 the others."""
     from .smtpd import server as smtpd_server
+    from .smtpd.nodes import Nodes
+
+    nodes = nodes or Nodes()
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -203,14 +189,18 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
         servers = await smtpd_server.start(cfg, announce=_announce if node == 0 else _quiet,
                                            reuse_port=cfg.smtp.nodes > 1)
     except BaseException:
-        _stop_nodes(children or [])
+        nodes.stop()
         raise
+    supervisor = loop.create_task(nodes.supervise())
+    if on_listening is not None:
+        on_listening()
     manager = QueueManager(cfg).start()
     proctitle.start("smtpd", cfg)
     for line in on_started or []:
         _announce(line)
     await stop.wait()
-    await loop.run_in_executor(None, _stop_nodes, children or [])
+    supervisor.cancel()
+    await loop.run_in_executor(None, nodes.stop)
     manager.stop()
     for server in servers:
         server.close()
@@ -229,15 +219,20 @@ def _worker_command(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _prepare(args)
-    worker = subprocess.Popen(_worker_command(args), start_new_session=False)
+    workers: list[subprocess.Popen[bytes]] = []
     host, port = cfg.smtp.listen[0]
     example = (f"try: printf 'Subject: hello\\n\\nfirst message\\n' | curl -sS "
                f"smtp://{host if ':' not in host else f'[{host}]'}:{port} "
                "--mail-from you@example.com --mail-rcpt someone@example.net -T -")
+
+    def start_worker() -> None:  # once listening: a taken port leaves no worker behind
+        workers.append(subprocess.Popen(_worker_command(args), start_new_session=False))
+
     try:
-        return asyncio.run(_serve(cfg, on_started=[example]))
+        return _serve_or_exit(cfg, on_started=[example], on_listening=start_worker)
     finally:
-        _stop_child(worker)
+        for worker in workers:
+            _stop_child(worker)
 
 
 def _stop_child(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
@@ -281,9 +276,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
         for r in rows:
             nxt = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["next_attempt"])) \
                 if r["next_attempt"] else "-"
-            print(f"{r['id']} {r['state']} age={r['age']}s size={r['size']} from=<{r['mail_from']}> "
-                  f"to={','.join(r['rcpt_to'])} fails={r['num_failures']} next={nxt} "
-                  f"error={r['last_error'] or '-'}")
+            print(queuetools.printable(
+                f"{r['id']} {r['state']} age={r['age']}s size={r['size']} from=<{r['mail_from']}> "
+                f"to={','.join(r['rcpt_to'])} fails={r['num_failures']} next={nxt} "
+                f"error={r['last_error'] or '-'}", keep=""))
         print(f"-- {len(rows)} entries")
         return 0
     if action == "show":

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -111,6 +112,30 @@ def _tls_section(ini: IniFile, section: str, base: Tls, config_dir: Path) -> Tls
         except ValueError as exc:
             raise ConfigError(ini.path, raw.line, f"{key} {exc}") from None
     return Tls(**values)
+
+
+def _check_tls_files(tls: Tls) -> None:
+    """A certificate and key that exist must load, and so must a ``ca`` that is set.
+
+    Found at start, a garbage key is ``FILE: what is wrong``; found at the first
+    STARTTLS, it would be a traceback, or a listener that never offers TLS.
+    """
+    cert, key = Path(tls.cert), Path(tls.key)
+    if cert.exists() or key.exists():
+        if not (cert.exists() and key.exists()):
+            present, missing = (cert, key) if cert.exists() else (key, cert)
+            raise ConfigError(present, None, f"{missing.name} is missing (both or neither)")
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(key, None, f"cannot load the TLS key with {cert.name}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+    if tls.ca:
+        try:
+            ssl.create_default_context(cafile=tls.ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(tls.ca, None, f"cannot load the CA bundle: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9*._-]+$")
@@ -226,7 +251,10 @@ class Config:
         tls_ini = read_ini(d / "tls.ini")
         defaults = Tls(key=str(d / Tls.key), cert=str(d / Tls.cert))
         main = _tls_section(tls_ini, "main", defaults, d)
-        return main, _tls_section(tls_ini, "outbound", main, d)
+        outbound = _tls_section(tls_ini, "outbound", main, d)
+        for policy in (main, outbound):
+            _check_tls_files(policy)
+        return main, outbound
 
     def _stamp(self) -> tuple[tuple[int, int] | None, ...]:
         """(mtime, size) of the files read live: outbound.ini and tls.ini."""

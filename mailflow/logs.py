@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from . import environ
+
 log = logging.getLogger("mailflow.events")
 
 #: Fields whose values are always quoted in text mode (they are free text).
@@ -58,12 +60,25 @@ class JsonFormatter(logging.Formatter):
 
 
 def log_format() -> str:
-    return os.environ.get("MAILFLOW_LOG_FORMAT", "text").lower()
+    """The configured format; an unknown one reads as text here (``environ.check`` refuses it)."""
+    fmt = os.environ.get("MAILFLOW_LOG_FORMAT", "text").lower()
+    return fmt if fmt in ("text", "json") else "text"
+
+
+def format_handlers(logger: logging.Logger) -> None:
+    """Give ``logger``'s handlers (Celery's own, in a worker) the configured format.
+
+    Text keeps Celery's format; JSON replaces it, so that every line a worker
+    writes -- delivery records, task results, errors -- is one JSON object.
+    """
+    if log_format() == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 def setup(fmt: str | None = None, level: int = logging.INFO) -> None:
-    """Configure the root logger for a mailflow command."""
-    fmt = (fmt or log_format()).lower()
+    """Configure the root logger for a mailflow command (EnvError for a bad MAILFLOW_LOG_FORMAT)."""
+    fmt = (fmt or environ.log_format()).lower()
     if fmt not in ("text", "json"):
         raise ValueError(f"unknown log format {fmt!r} (text or json)")
     os.environ["MAILFLOW_LOG_FORMAT"] = fmt  # child processes (workers) follow

@@ -77,8 +77,11 @@ def single_line(text: str) -> str:
     return _FOLD.sub(" ", text).strip()
 
 
-def add_missing_headers(data: bytes, *, msgid: str, me: str) -> bytes:
-    """Add ``Message-Id`` (when missing or ``<>``) and ``Date`` (when missing) at the top."""
+def missing_headers(data: bytes, *, msgid: str, me: str) -> bytes:
+    """The ``Message-Id`` (when missing or ``<>``) and ``Date`` lines ``data`` lacks.
+
+    Only the header section is read, so the start of a large message will do.
+    """
     names = header_names(data)
     extra = b""
     existing_id = header_value(data, "message-id") if "message-id" in names else None
@@ -86,11 +89,28 @@ def add_missing_headers(data: bytes, *, msgid: str, me: str) -> bytes:
         extra += f"Message-Id: <{msgid}@{me}>\r\n".encode()
     if "date" not in names:
         extra += f"Date: {formatdate(localtime=True)}\r\n".encode()
+    return extra
+
+
+def add_missing_headers(data: bytes, *, msgid: str, me: str) -> bytes:
+    """Add ``Message-Id`` (when missing or ``<>``) and ``Date`` (when missing) at the top."""
+    extra = missing_headers(data, msgid=msgid, me=me)
     if not extra:
         return data
     if data.startswith(b"\r\n") or not data:
         return extra + (data if data else b"\r\n")
     return extra + data
+
+
+def stored_lines(piece: bytes) -> bytes:
+    """A run of whole lines (starting at a line start) in the queue's form: CRLF, dot-stuffed."""
+    return dot_stuff(normalise_eol(piece))
+
+
+def line_cut(data: bytes) -> int:
+    """Where the whole lines of ``data`` end: after its last line ending that cannot be half
+    of a CRLF (a final CR may be followed by an LF not read yet); 0 when there is none."""
+    return max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
 
 
 def received_header(text: str) -> bytes:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import tempfile
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from . import config as configmod
@@ -20,6 +23,7 @@ from . import message as msg
 from .address import Address, AddressError, parse_address
 from .codes import DENY, DENYSOFT, OK, Code
 from .qfile import EntryName
+from .smtpd.data import Body
 from .spool import NewEntry, Spool, now_ms
 from .todo import ToDo
 
@@ -71,7 +75,44 @@ def prepare(message: bytes, *, uuid: str, me: str, received: bytes | None,
     return msg.dot_stuff(data)
 
 
-def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes, *,
+#: A large message is turned into the queue's form this much at a time.
+CHUNK = 1024 * 1024
+
+
+def prepare_file(source: IO[bytes], *, uuid: str, me: str, received: bytes | None,
+                 directory: Path) -> IO[bytes]:
+    """``prepare`` for a large message kept in a file: the result is another (unnamed) file.
+
+    The work is the same, a run of whole lines at a time: the headers it lacks are
+    found in the first run, and normalising and stuffing only look within a line.
+    Memory stays at a chunk or two whatever the message's size.
+    """
+    out = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - the caller closes it
+    try:
+        source.seek(0)
+        carry, first = b"", True
+        while chunk := source.read(CHUNK):
+            data = carry + chunk
+            cut = msg.line_cut(data) or (len(data) if len(data) > 4 * CHUNK else 0)
+            piece, carry = data[:cut], data[cut:]
+            if not piece:
+                continue
+            if first:
+                out.write((received or b"") + msg.missing_headers(
+                    msg.normalise_eol(piece), msgid=uuid, me=me))
+                first = False
+            out.write(msg.stored_lines(piece))
+        if carry or first:
+            if first:
+                out.write((received or b"") + msg.missing_headers(carry, msgid=uuid, me=me))
+            out.write(msg.stored_lines(carry) if carry else b"\r\n")
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | Body, *,
                   notes: dict[str, Any] | None = None, dot_stuffed: bool = False,
                   received_from: str | None = None, protocol: str | None = None,
                   client: str = "local",
@@ -81,6 +122,8 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes, *,
 
     ``received_from`` and ``protocol`` are the ``from`` and ``with`` clauses of
     the Received header for mail that came in by SMTP; the API path has none.
+    ``message`` is bytes, or the :class:`Body` the submission server read DATA into
+    (one past its memory threshold is prepared file to file).
     """
     cfg = cfg or configmod.current()
     out = cfg.outbound
@@ -93,8 +136,21 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes, *,
             parts.append(f"with {protocol}")
         parts.append(f"id {txn}")
         received = msg.received_header(" ".join(parts))
-    data = prepare(message, uuid=txn, me=cfg.me, received=received, dot_stuffed=dot_stuffed)
     spool = Spool(cfg.queue_path())
+    data: bytes | IO[bytes]
+    try:
+        if isinstance(message, Body) and not message.in_memory:
+            spool.ensure_once()
+            data = prepare_file(message.file, uuid=txn, me=cfg.me, received=received,
+                                directory=spool.root)
+            size = data.seek(0, os.SEEK_END)
+        else:
+            raw = message.read() if isinstance(message, Body) else message
+            data = prepare(raw, uuid=txn, me=cfg.me, received=received, dot_stuffed=dot_stuffed)
+            size = len(data)
+    except OSError as exc:
+        log.error("queue write failed id=%s: %s", txn, exc)
+        raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
     arrival = now_ms()
     entries = []
     for n, group in enumerate(split_recipients(rcpt_to, out.always_split), start=1):
@@ -107,15 +163,18 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes, *,
     except OSError as exc:
         log.error("queue write failed id=%s: %s", txn, exc)
         raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
+    finally:
+        if not isinstance(data, bytes):
+            data.close()
     logs.event("queued", id=txn, **{"from": str(mail_from)},
-               rcpts=",".join(str(r) for r in rcpt_to), size=len(data), client=client, auth=auth or "-")
+               rcpts=",".join(str(r) for r in rcpt_to), size=size, client=client, auth=auth or "-")
     names = [e.name for e in entries]
     for callback in after_queue:
         try:
             callback(spool, names)
         except Exception:  # the mail is safe on disk; the sweep will pick it up
             log.exception("after-queue callback failed for id=%s", txn)
-    return Queued(uuid=txn, names=names, size=len(data))
+    return Queued(uuid=txn, names=names, size=size)
 
 
 def _contents_bytes(contents: str | bytes | Iterable[str] | IO[bytes]) -> bytes:

@@ -29,7 +29,9 @@ def load(cfg: Config) -> list[str]:
     for name in cfg.plugins:
         try:
             importlib.import_module(name)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plugin must not end the process quietly
             raise ConfigError(Path(path), lines.get(name),
                               f"cannot import plugin {name!r}: {type(exc).__name__}: {exc}") from exc
         loaded.append(name)

@@ -204,6 +204,16 @@ class Smtp:
     auth_require_tls: bool | None = setting(
         None, optional_bool, "refuse AUTH before STARTTLS (default: true except on loopback)")
     nodes: int = setting(1, nodes, "submission processes sharing the listeners (a number, or cpus)")
+    max_connections: int = setting(
+        1000, positive_int, "most simultaneous client connections to one submission process")
+    max_connections_per_client: int = setting(
+        50, positive_int, "most simultaneous connections from one client address, per process "
+        "(Postfix's smtpd_client_connection_count_limit)")
+    auth_fail_delay: float = setting(
+        1.0, seconds, "wait before answering a failed AUTH: this many seconds times the "
+        "connection's failures so far (Postfix's smtpd_error_sleep_time)")
+    auth_max_failures: int = setting(
+        3, positive_int, "failed AUTH attempts after which a connection is closed (421 4.7.0)")
 
 
 def defaults_of(cls: type) -> dict[str, Any]:

@@ -32,12 +32,19 @@ class FlatFileAuthenticator:
         login = auth_data.login.decode("utf-8", "replace")
         password = auth_data.password.decode("utf-8", "replace")
         ok = self.check(login, password)
+        if not ok:
+            session.mf_auth_tried = login  # for the failure's log line (the server logs it)
         return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
 
 def cram_challenge(hostname: str) -> bytes:
     """RFC 2195: a unique ``<random.timestamp@host>`` challenge."""
     return f"<{int.from_bytes(os.urandom(6), 'big')}.{int(time.time())}@{hostname}>".encode()
+
+
+def cram_user(response: bytes) -> str:
+    """The user name a CRAM-MD5 response claims (for the log line of a failure)."""
+    return response.strip().rpartition(b" ")[0].decode("utf-8", "replace")
 
 
 def cram_verify(users: dict[str, str], challenge: bytes, response: bytes) -> str | None:

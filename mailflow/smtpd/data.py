@@ -1,4 +1,4 @@
-"""Reading the DATA of one SMTP transaction, in blocks rather than lines.
+"""Reading the DATA of one SMTP transaction, in blocks rather than lines, into a bounded buffer.
 
 aiosmtpd reads DATA one line at a time (an await, a list append and a few
 checks per line): 840 of them for a 64 KiB message, most of the submission
@@ -8,25 +8,70 @@ only ``<CR><LF>.<CR><LF>`` ends the data (bare LF or CR never do, so nothing
 can be smuggled), a line is at most 1001 bytes with its CRLF, the size limit
 counts the bytes as received, and what the client pipelined after the
 terminator stays in the stream for the next command.
+
+The lines are unstuffed and measured as the blocks arrive (a block may end
+anywhere, even inside a CRLF) and written to a :class:`Body`: memory up to
+``SPILL_AT`` bytes, then an unnamed temporary file.  Twelve parallel 20 MB
+submissions once held 677 MB; now each session holds a block or two.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO
 
 TERMINATOR = b"\r\n.\r\n"
 #: aiosmtpd's limit on a DATA line, CRLF included (RFC 5321 says 1000; aiosmtpd allows one more).
 LINE_LIMIT = 1001
+#: A message body larger than this is kept in a temporary file, not in memory.
+SPILL_AT = 1024 * 1024
+
+
+class Body:
+    """The DATA of one transaction as received, unstuffed: in memory, or on disk past ``spill_at``.
+
+    The file has no name (O_TMPFILE where the system has it): nothing is left to
+    clean up after a crash.
+    """
+
+    def __init__(self, directory: str | None = None, spill_at: int = SPILL_AT):
+        # lives as long as the transaction: closed by whoever queues it
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=spill_at, dir=directory)
+        self.spill_at = spill_at
+        self.size = 0
+
+    @property
+    def in_memory(self) -> bool:
+        return self.size <= self.spill_at
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.file.write(data)
+            self.size += len(data)
+
+    def read(self) -> bytes:
+        """The whole body (for small ones, and for a hook that asks for the bytes)."""
+        self.file.seek(0)
+        return self.file.read()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass
 class Data:
-    """The outcome: ``content`` unstuffed (CRLF, as received), or why it was refused."""
+    """The outcome: the body (unstuffed, CRLF, as received), or why it was refused."""
 
-    content: bytes = b""
+    body: Body = field(default_factory=Body)
     too_much: bool = False
     too_long: bool = False
+
+    @property
+    def content(self) -> bytes:
+        return b"" if self.too_much or self.too_long else self.body.read()
 
 
 def unstuff(body: bytes) -> bytes:
@@ -41,12 +86,41 @@ def has_long_line(body: bytes, limit: int = LINE_LIMIT) -> bool:
     return max(map(len, body.split(b"\r\n")), default=0) + 2 > limit
 
 
-async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> Data:
+class _Lines:
+    """Whole lines out of blocks cut anywhere: unstuffed, and measured against LINE_LIMIT.
+
+    What follows the last CRLF of a block waits for the next one, so neither a
+    leading dot nor a CRLF split between two blocks is missed.
+    """
+
+    def __init__(self) -> None:
+        self.carry = b""
+        self.too_long = False
+
+    def feed(self, block: bytes) -> bytes:
+        data = self.carry + block if self.carry else block
+        end = data.rfind(b"\r\n")
+        if end < 0:
+            self.carry = data
+            complete = b""
+        else:
+            complete, self.carry = data[:end + 2], data[end + 2:]
+            if not self.too_long and has_long_line(complete[:-2]):
+                self.too_long = True
+        # a line already too long, whatever follows (a final CR may be half of its CRLF)
+        if len(self.carry) - self.carry.endswith(b"\r") + 2 > LINE_LIMIT:
+            self.too_long = True
+            self.carry = b""
+        return unstuff(complete) if complete and not self.too_long else b""
+
+
+async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
+                    body: Body | None = None) -> Data:
     """Read up to and including the terminator; the stream is at a line start (after the 354)."""
-    parts: list[bytes] = []
+    data = Data(body=body or Body())
+    lines = _Lines()
     received = 0
     tail = b"\r\n"  # the last two bytes before the current block: the 354 reply ends a line
-    too_much = False
     while True:
         try:
             block = await reader.readuntil(b".\r\n")
@@ -59,16 +133,11 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> Dat
             block = block[:-3]  # the ".\r\n"; the CRLF before it ends the last line
         received += len(block)
         if size_limit and received > size_limit:
-            too_much = True
-            parts.clear()  # keep reading to the terminator, but hold nothing
-        elif not too_much:
-            parts.append(block)
+            data.too_much = True  # keep reading to the terminator, but hold nothing
+        if not data.too_much:
+            data.body.write(lines.feed(block))
         if ended:
             break
         tail = (tail + block)[-2:]
-    if too_much:
-        return Data(too_much=True)
-    body = b"".join(parts)
-    if has_long_line(body):
-        return Data(too_long=True)
-    return Data(content=unstuff(body))
+    data.too_long = lines.too_long and not data.too_much
+    return data

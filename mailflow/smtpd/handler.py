@@ -19,6 +19,7 @@ from ..address import AddressError, parse_address
 from ..codes import DENY, DENYSOFT, OK
 from ..config import Config
 from .acl import ip_allowed
+from .data import Body
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,50 @@ class Connection:
 
 @dataclass
 class Transaction:
-    """What ``queue_outbound`` sees: the envelope, the notes and the message bytes."""
+    """What ``queue_outbound`` sees: the envelope, the notes and the message bytes.
+
+    ``message`` is read from the transaction's body only when a receiver asks for it:
+    a large body stays on disk otherwise.
+    """
 
     mail_from: Any
     rcpt_to: list[Any]
-    message: bytes
+    body: Body
     notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def message(self) -> bytes:
+        return self.body.read()
+
+
+def logs_safe(text: str) -> str:
+    """A client-chosen name as a log line may hold it: no control characters, bounded."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:200])
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why an EHLO/HELO argument is refused: it goes into the Received header as it is.
+
+    RFC 5321 4.1.1.1: a domain or an address literal -- printable ASCII, no spaces.
+    """
+    if not name.isascii() or not name.isprintable() or " " in name or len(name) > 255:
+        return "501 5.5.4 Invalid host name in EHLO/HELO"
+    return None
+
+
+def address_problem(address: str, smtputf8: bool, status: str) -> str | None:
+    """Why a MAIL/RCPT address is refused before DATA, rather than a 500 after it.
+
+    Bytes that are not UTF-8 (aiosmtpd hands them over as surrogates) are never an
+    address; a non-ASCII address needs the SMTPUTF8 parameter (RFC 6531 3.4).
+    """
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"553 {status} Malformed address: not UTF-8"
+    if not address.isascii() and not smtputf8:
+        return "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
+    return None
 
 
 def connection_of(session: Session) -> Connection:
@@ -66,14 +105,28 @@ class SubmissionHandler:
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
+        problem = host_name_problem(hostname)
+        if problem is not None:
+            return [problem]
         session.host_name = hostname
         out = [r for r in responses if r.strip() != "250-AUTH"]
         # aiosmtpd reads commands one line at a time, so pipelined commands are safe.
         out.insert(len(out) - 1, "250-PIPELINING")
         return out
 
+    async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str) -> str:
+        problem = host_name_problem(hostname)
+        if problem is not None:
+            return problem
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
+        problem = address_problem(address, envelope.smtp_utf8, "5.1.7")
+        if problem is not None:
+            return problem
         try:
             parse_address(address, allow_null=True)
         except AddressError as exc:
@@ -86,8 +139,11 @@ class SubmissionHandler:
                           address: str, rcpt_options: list[str]) -> str:
         conn = connection_of(session)
         if not (session.authenticated or conn.relaying):
-            log.info("relay denied client=%s rcpt=%s", conn.remote_ip, address)
+            log.info("relay denied client=%s rcpt=%s", conn.remote_ip, logs_safe(address))
             return "550 5.7.1 Relaying denied"
+        problem = address_problem(address, envelope.smtp_utf8, "5.1.3")
+        if problem is not None:
+            return problem
         try:
             parse_address(address)
         except AddressError as exc:
@@ -102,11 +158,10 @@ class SubmissionHandler:
         conn = connection_of(session)
         conn.tls = session.ssl is not None
         conn.auth_user = session.auth_data if session.authenticated else None
-        data = envelope.original_content or b""
-        assert isinstance(data, bytes)
+        body: Body = envelope.mf_body  # type: ignore[attr-defined]
         mail_from = parse_address(envelope.mail_from or "", allow_null=True)
         rcpts = [parse_address(r) for r in envelope.rcpt_tos]
-        txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, message=data)
+        txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, body=body)
         loop = asyncio.get_running_loop()
         answer = await hooks.decide_off_loop(hooks.queue_outbound, connection=conn, transaction=txn)
         if answer.code is OK:
@@ -118,7 +173,7 @@ class SubmissionHandler:
         helo = session.host_name or "unknown"
         try:
             queued = await loop.run_in_executor(None, lambda: outbound.queue_message(
-                txn.mail_from, txn.rcpt_to, data, notes={**conn.notes, **txn.notes},
+                txn.mail_from, txn.rcpt_to, body, notes={**conn.notes, **txn.notes},
                 received_from=f"{helo} ([{conn.remote_ip}])",
                 protocol=protocol_name(session, conn), client=conn.remote_ip,
                 auth=conn.auth_user, cfg=self.cfg))

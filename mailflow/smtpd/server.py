@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,12 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, auth_mechanism, syntax
 from .. import hooks
 from ..codes import DENY
 from ..config import Config
+from ..configfiles import ConfigError
 from .acl import is_loopback
-from .auth import FlatFileAuthenticator, cram_challenge, cram_verify
-from .data import read_data
-from .handler import SubmissionHandler, connection_for
+from .auth import FlatFileAuthenticator, cram_challenge, cram_user, cram_verify
+from .data import Body, read_data
+from .handler import SubmissionHandler, connection_for, logs_safe
+from .limits import AcceptErrorThrottle, Connections, auth_delay, raise_descriptor_limit
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +46,37 @@ class MailflowSMTP(SMTP):
     #: held to command_size_limit.
     line_length_limit = 64 * 1024
 
-    def __init__(self, handler: SubmissionHandler, *, cfg: Config, **kwargs: Any):
+    def __init__(self, handler: SubmissionHandler, *, cfg: Config, connections: Connections,
+                 **kwargs: Any):
         self.mf_cfg = cfg
+        self.mf_connections = connections
+        self.mf_client: str | None = None  # counted in connections while set
+        self.mf_auth_failures = 0
+        self.mf_in_auth = False
         super().__init__(handler, **kwargs)
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = REPLY_MAP.get(status, status)
+            if self.mf_in_auth and status[:3] in ("535", "501"):
+                await self._auth_failed()
         await super().push(status)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.mf_client is not None:
+            self.mf_connections.leave(self.mf_client)
+            self.mf_client = None
+        super().connection_lost(error)
 
     async def _handle_client(self) -> None:
         assert self.session is not None
         conn = connection_for(self.session, self.transport, self.mf_cfg)
+        refusal = self.mf_connections.admit(conn.remote_ip)
+        if refusal is not None:
+            log.warning("connection refused client=%s: %s", conn.remote_ip, refusal[10:])
+            await self._refuse(refusal)
+            return
+        self.mf_client = conn.remote_ip
         self.session.mf_connection = conn  # type: ignore[attr-defined]
         answer = await hooks.decide_off_loop(hooks.connect, connection=conn)
         if answer.code is DENY:
@@ -63,6 +85,35 @@ class MailflowSMTP(SMTP):
                 self.transport.close()
             return
         await super()._handle_client()
+
+    async def _refuse(self, reply: str) -> None:
+        """Say why, then close: the client gets a reason, not a reset."""
+        try:
+            await super().push(reply)
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+
+    async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's naming
+        """aiosmtpd's AUTH, with failures delayed, logged, and limited per connection."""
+        self.mf_in_auth = True
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self.mf_in_auth = False
+        if self.mf_auth_failures >= self.mf_cfg.smtp.auth_max_failures:
+            await self._refuse("421 4.7.0 Too many authentication failures")
+
+    async def _auth_failed(self) -> None:
+        """One more failed AUTH: a log line (client and user, never the password), then a wait."""
+        assert self.session is not None
+        self.mf_auth_failures += 1
+        peer = self.session.peer if isinstance(self.session.peer, tuple) else ("?",)
+        user = getattr(self.session, "mf_auth_tried", None) or "-"
+        log.warning("auth failed client=%s user=%s failures=%d", peer[0], logs_safe(user),
+                    self.mf_auth_failures)
+        self.session.mf_auth_tried = None  # type: ignore[attr-defined]
+        await asyncio.sleep(auth_delay(self.mf_auth_failures, self.mf_cfg.smtp.auth_fail_delay))
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's naming
@@ -77,18 +128,22 @@ class MailflowSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body = Body(directory=str(self.mf_cfg.queue_path()))
         try:
-            data = await read_data(self._reader, self.data_size_limit)
-        except (asyncio.CancelledError, asyncio.IncompleteReadError):
-            self._writer.close()  # the connection went away during DATA
-            raise
-        if data.too_much or data.too_long:
-            self._set_post_data_state()
-            await self.push("552 Error: Too much mail data" if data.too_much
-                            else "500 Line too long (see RFC5321 4.5.3.1.6)")
-            return
-        self.envelope.content = self.envelope.original_content = data.content
-        status = await self._call_handler_hook("DATA")
+            try:
+                data = await read_data(self._reader, self.data_size_limit, body)
+            except (asyncio.CancelledError, asyncio.IncompleteReadError):
+                self._writer.close()  # the connection went away during DATA
+                raise
+            if data.too_much or data.too_long:
+                self._set_post_data_state()
+                await self.push("552 Error: Too much mail data" if data.too_much
+                                else "500 Line too long (see RFC5321 4.5.3.1.6)")
+                return
+            self.envelope.mf_body = body  # type: ignore[attr-defined]
+            status = await self._call_handler_hook("DATA")
+        finally:
+            body.close()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
@@ -100,6 +155,8 @@ class MailflowSMTP(SMTP):
             return AuthResult(success=False, handled=True)
         assert isinstance(response, bytes)
         user = cram_verify(self.mf_cfg.auth.users, challenge, response)
+        if user is None:
+            self.session.mf_auth_tried = cram_user(response)  # type: ignore[union-attr]
         return AuthResult(success=user is not None, handled=False, auth_data=user)
 
 
@@ -126,9 +183,10 @@ def auth_require_tls(cfg: Config, listen_host: str) -> bool:
     return not is_loopback(listen_host)
 
 
-def protocol_factory(cfg: Config, listen_host: str,
-                     context: ssl.SSLContext | None) -> Callable[[], MailflowSMTP]:
+def protocol_factory(cfg: Config, listen_host: str, context: ssl.SSLContext | None,
+                     connections: Connections | None = None) -> Callable[[], MailflowSMTP]:
     handler = SubmissionHandler(cfg)
+    shared = connections or Connections(cfg.smtp.max_connections, cfg.smtp.max_connections_per_client)
     authenticator = FlatFileAuthenticator(cfg.auth)
     excluded = [m for m in ("PLAIN", "LOGIN", "CRAM-MD5")
                 if m not in cfg.auth.methods or not cfg.auth.users]
@@ -136,7 +194,7 @@ def protocol_factory(cfg: Config, listen_host: str,
 
     def factory() -> MailflowSMTP:
         return MailflowSMTP(
-            handler, cfg=cfg, hostname=cfg.me, ident="mailflow ESMTP",
+            handler, cfg=cfg, connections=shared, hostname=cfg.me, ident="mailflow ESMTP",
             data_size_limit=cfg.smtp.max_message_size, decode_data=False,
             enable_SMTPUTF8=True, tls_context=context, require_starttls=False,
             auth_require_tls=require_tls, authenticator=authenticator,
@@ -153,11 +211,23 @@ async def start(cfg: Config, announce: Callable[[str], None] = print, *,
                 reuse_port: bool = False) -> list[asyncio.Server]:
     """Open every ``smtp.ini`` listener and announce ``listening on HOST:PORT`` for each."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorThrottle())
+    raise_descriptor_limit(cfg.smtp.max_connections + 64)
     context = tls_context(cfg)
-    servers = []
+    connections = Connections(cfg.smtp.max_connections, cfg.smtp.max_connections_per_client)
+    servers: list[asyncio.Server] = []
     for host, port in cfg.smtp.listen:
-        server = await loop.create_server(protocol_factory(cfg, host, context), host=host,
-                                          port=port, reuse_address=True, reuse_port=reuse_port or None)
+        try:
+            server = await loop.create_server(protocol_factory(cfg, host, context, connections),
+                                              host=host,
+                                              port=port, reuse_address=True,
+                                              reuse_port=reuse_port or None)
+        except OSError as exc:
+            for opened in servers:
+                opened.close()
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio rewords strerror
+            raise ConfigError(cfg.directory / "smtp.ini", None, f"cannot listen on "
+                              f"{format_listen(host, port)}: {why}") from None
         servers.append(server)
         for sock in server.sockets:
             addr = sock.getsockname()

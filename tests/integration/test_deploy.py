@@ -57,3 +57,11 @@ def test_flower_config_reads_the_environment():
             "print(c['port'], c['max_tasks'], c['persistent'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["5999", "77", "False"]
+
+
+def test_units_allow_a_descriptor_per_connection():
+    """The default soft limit (1024) is less than smtp.ini's max_connections (issue 10, item 16)."""
+    for unit in ("mailflow-smtpd.service", "mailflow-worker@.service"):
+        text = (REPO / "deploy" / "systemd" / unit).read_text()
+        [limit] = [line for line in text.splitlines() if line.startswith("LimitNOFILE=")]
+        assert int(limit.split("=")[1]) >= 65536

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import smtplib
@@ -147,8 +148,10 @@ def test_relay_acl_address_may_relay(served):
 
 def test_wrong_password_is_535(served):
     _, port = served
-    with client(port) as s, pytest.raises(smtplib.SMTPAuthenticationError) as exc:
-        s.login("alice", "wrong")
+    s = client(port)
+    with pytest.raises(smtplib.SMTPAuthenticationError) as exc:
+        s.login("alice", "wrong")  # smtplib tries all three mechanisms: the third failure ends it
+    s.close()
     assert exc.value.smtp_code == 535
     assert exc.value.smtp_error.startswith(b"5.7.8")
 
@@ -397,3 +400,202 @@ def test_nodes_share_the_listener_and_stop_with_the_first(tmp_path):
         assert not Path(f"/proc/{child}").exists()  # stopped and reaped by the first node
     finally:
         inst.stop_all()
+
+
+def test_a_dead_node_is_started_again_and_serves(tmp_path):
+    """kill -9 of a further node: node 0 starts a new one (after a short backoff), and mail
+    is queued by it, as Postfix's master restarts a dead smtpd."""
+    port = free_port()
+    inst = make(tmp_path, port, smtp_extra="nodes = 2\n", acl="127.0.0.0/8\n")
+    (inst.config_dir / "pid_plugin.py").write_text(PID_PLUGIN)
+    inst.write_config("plugins", "pid_plugin\n")
+    smtpd = inst.start_smtpd()
+    try:
+        [child] = _children(smtpd.pid)
+        os.kill(child, signal.SIGKILL)
+        smtpd.wait_for_output("smtpd node 1 (pid", timeout=10)
+        deadline = time.monotonic() + 30
+        while not [c for c in _children(smtpd.pid) if c != child and _serving(c, port)]:
+            assert time.monotonic() < deadline, smtpd.output()[-3000:]
+            time.sleep(0.1)
+        [fresh] = [c for c in _children(smtpd.pid) if c != child]
+        for n in range(40):
+            with client(port, source=f"127.0.0.{10 + n}") as s:
+                s.sendmail("a@sender.example", [f"r{n}@dest.example"], MSG)
+        pids = {HMail.load(p).todo.notes["smtpd_pid"] for p in inst.entries()}
+        assert pids == {smtpd.pid, fresh}
+        assert smtpd.stop() == 0
+        assert not Path(f"/proc/{fresh}").exists()
+    finally:
+        inst.stop_all()
+
+
+def _serving(pid: int, port: int) -> bool:
+    """``pid`` holds a socket listening on ``port`` (from /proc: its fds and the TCP table)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    except OSError:
+        return False
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:  # 0A: LISTEN
+            listening.add(fields[9])
+    return bool(inodes & listening)
+
+
+# ── issue 10: password guessing, connection caps, bytes that are not what they claim ──
+
+
+def test_auth_guessing_is_slowed_logged_and_cut_off(tmp_path, own):
+    port = free_port()
+    inst = make(tmp_path, port, smtp_extra="auth_fail_delay = 0.3\nauth_max_failures = 3\n",
+                acl="127.0.0.200\n")
+    own(inst)
+    smtpd = inst.start_smtpd()
+    s = client(port)
+    s.user, s.password = "alice", "guess-number-one"
+    started = time.monotonic()
+    waits = []
+    for _ in range(2):
+        with pytest.raises(smtplib.SMTPAuthenticationError) as exc:
+            s.auth("PLAIN", s.auth_plain)
+        assert exc.value.smtp_code == 535
+        waits.append(time.monotonic() - started)
+        started = time.monotonic()
+    assert waits[0] >= 0.3 and waits[1] >= 0.6  # a growing delay before each refusal
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        s.auth("PLAIN", s.auth_plain)  # the third failure: then 421 and the connection closes
+    s.password = "s3cret"
+    with pytest.raises((smtplib.SMTPServerDisconnected, smtplib.SMTPAuthenticationError)) as late:
+        s.auth("PLAIN", s.auth_plain)  # the right password is too late on this connection
+    if isinstance(late.value, smtplib.SMTPAuthenticationError):
+        assert late.value.smtp_code == 421  # the 421 that came with the third refusal
+    log = smtpd.output()
+    for n in (1, 2, 3):
+        assert f"auth failed client=127.0.0.2 user=alice failures={n}" in log
+    assert "guess-number-one" not in log
+    with client(port) as fresh:  # a new connection may log in
+        assert fresh.login("alice", "s3cret")[0] == 235
+
+
+def _banner(port: int, source: str) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return sock, sock.makefile("rb").readline()
+
+
+def test_connections_are_capped_per_client_and_in_all(tmp_path, own):
+    port = free_port()
+    inst = make(tmp_path, port, smtp_extra="max_connections = 5\nmax_connections_per_client = 3\n")
+    own(inst)
+    inst.start_smtpd()
+    held = []
+    for _ in range(3):
+        sock, banner = _banner(port, "127.0.0.7")
+        assert banner.startswith(b"220 ")
+        held.append(sock)
+    sock, banner = _banner(port, "127.0.0.7")
+    assert banner.startswith(b"421 4.7.0 Too many connections from your address")
+    assert sock.recv(1) == b""  # and closed
+    sock.close()
+    for _ in range(2):
+        sock, banner = _banner(port, "127.0.0.8")
+        assert banner.startswith(b"220 ")
+        held.append(sock)
+    sock, banner = _banner(port, "127.0.0.9")
+    assert banner.startswith(b"421 4.7.0 Too many connections")
+    sock.close()
+    held.pop(0).close()  # one of 127.0.0.7's goes: it may connect again
+    deadline = time.monotonic() + 10
+    while True:
+        sock, banner = _banner(port, "127.0.0.7")
+        sock.close()
+        if banner.startswith(b"220 "):
+            break
+        assert time.monotonic() < deadline, banner
+        time.sleep(0.05)
+    for sock in held:
+        sock.close()
+
+
+def _raw(port: int, *lines: bytes) -> list[bytes]:
+    """Send each line and read one reply to each (the EHLO reply whole)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.3", 0))
+    f = sock.makefile("rb")
+    f.readline()
+    replies = []
+    for line in lines:
+        sock.sendall(line + b"\r\n")
+        reply = f.readline()
+        while reply[3:4] == b"-":
+            reply = f.readline()
+        replies.append(reply)
+    sock.close()
+    return replies
+
+
+@pytest.mark.parametrize("lines,code", [
+    ([b"EHLO h\xc3\xa9llo.test"], b"501 5.5.4"),
+    ([b"EHLO a\x00b.test"], b"501 5.5.4"),
+    ([b"HELO a\x1bb.test"], b"501 5.5.4"),
+    ([b"EHLO client.test", b"MAIL FROM:<us\xc3\xa9r@sender.example>"], b"553 5.6.7"),
+    ([b"EHLO client.test", b"MAIL FROM:<us\xff@sender.example> SMTPUTF8"], b"553 5.1.7"),
+    ([b"EHLO client.test", b"MAIL FROM:<a@sender.example>", b"RCPT TO:<b\xc3\xa9@dest.example>"],
+     b"553 5.6.7"),
+    ([b"EHLO client.test", b"MAIL FROM:<a@sender.example> SMTPUTF8", b"RCPT TO:<b\xfe@dest.example>"],
+     b"553 5.1.3"),
+], ids=["ehlo-8bit", "ehlo-nul", "helo-escape", "mail-8bit", "mail-not-utf8", "rcpt-8bit",
+        "rcpt-not-utf8"])
+def test_8bit_and_control_bytes_are_refused_at_the_command(served, lines, code):
+    inst, port = served
+    before = len(inst.entries())
+    replies = _raw(port, *lines)
+    assert replies[-1].startswith(code), replies
+    assert len(inst.entries()) == before
+
+
+def test_utf8_address_with_smtputf8_is_queued(served):
+    inst, port = served
+    replies = _raw(port, b"EHLO client.test", b"MAIL FROM:<us\xc3\xa9r@sender.example> SMTPUTF8",
+                   b"RCPT TO:<b@dest.example>", b"DATA", b"Subject: u\r\n\r\nx\r\n.")
+    assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354", b"250"], replies
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_parallel_large_submissions_do_not_hold_their_size_in_memory(tmp_path, own):
+    """Twelve 20 MB messages at once took smtpd to 677 MB (345 MB kept afterwards); DATA now
+    goes to a file as it arrives, so the peak stays far below the data in flight (240 MB)."""
+    import threading
+
+    port = free_port()
+    inst = make(tmp_path, port, smtp_extra="max_message_size = 25m\n")
+    own(inst)
+    smtpd = inst.start_smtpd()
+    before = _peak_rss_mb(smtpd.pid)
+    line = b"0123456789" * 9 + b"abcdefg\r\n"  # 99 bytes
+    body = b"Subject: big\r\n\r\n" + line * (20 * 1024 * 1024 // len(line))
+    replies: list[tuple[int, bytes]] = []
+
+    def submit(n: int) -> None:
+        with client(port, source="127.0.0.3") as s:
+            s.mail("a@sender.example")
+            s.rcpt(f"b{n}@dest.example")
+            replies.append(s.data(body))
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [code for code, _ in replies] == [250] * 12, replies
+    grew = _peak_rss_mb(smtpd.pid) - before
+    assert grew < 100, f"smtpd's peak RSS grew by {grew:.0f} MB for 240 MB in flight"
+    [entry] = entries_for(inst, uuid_of(replies[0][1]))
+    assert dot_unstuff(entry.message()).endswith(body[len(b"Subject: big\r\n\r\n"):])

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import smtplib
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.support.dnsserver import free_port
+from tests.support.dnsserver import DNSServer, free_port
 from tests.support.instance import Instance
+from tests.support.mxserver import MX_PORT, MXServer
 
 
 @pytest.mark.parametrize("command", ["smtpd", "run", "send"])
@@ -141,3 +147,144 @@ def test_sendmail_without_i_stops_at_a_lone_dot_and_adds_from(make_instance):
     assert bodies["w.test"].endswith(b"\r\nfirst\r\n") and b"not part" not in bodies["w.test"]
     bad = inst.mailflow("sendmail", "-f", "app@y.test", "not-an-address", input=b"x\n")
     assert bad.returncode == 67
+
+
+# ── issue 10: bad environment, taken port, JSON logs everywhere ───────────────────────
+
+
+def one_clear_line(out: subprocess.CompletedProcess[bytes], text: str) -> None:
+    err = out.stderr.decode()
+    assert out.returncode != 0
+    assert "Traceback" not in err and "Traceback" not in out.stdout.decode()
+    [line] = [ln for ln in err.splitlines() if text in ln]
+    assert line.startswith("mailflow: "), err
+
+
+@pytest.mark.parametrize("value", ["{not json", "[1, 2]"])
+@pytest.mark.parametrize("command", ["smtpd", "run", "send", "worker", "call"])
+def test_malformed_transport_options_is_one_line_and_a_nonzero_exit(make_instance, command, value):
+    inst: Instance = make_instance(config={"smtp.ini": f"listen = 127.0.0.1:{free_port()}\n"})
+    env = {"MAILFLOW_BROKER_TRANSPORT_OPTIONS": value}
+    if command == "worker":
+        out = inst.run([sys.executable, "-m", "celery", "-A", "mailflow", "worker", "--pool", "solo"],
+                       timeout=60, **env)
+    elif command == "call":
+        out = inst.run([sys.executable, "-m", "celery", "-A", "mailflow", "call",
+                        "mailflow.flush_queue"], timeout=60, **env)
+    else:
+        args = [command] + (["-f", "a@b.example", "c@d.example"] if command == "send" else [])
+        out = inst.run(inst.mailflow_argv(*args), input=b"x", timeout=60, **env)
+    one_clear_line(out, "MAILFLOW_BROKER_TRANSPORT_OPTIONS")
+
+
+@pytest.mark.parametrize("command", ["smtpd", "run"])
+def test_a_taken_listen_address_is_one_line_and_a_nonzero_exit(make_instance, command):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        inst: Instance = make_instance(config={"smtp.ini": f"listen = 127.0.0.1:{port}\n"})
+        out = inst.mailflow(command, timeout=60)
+    one_clear_line(out, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert b" ready." not in out.stdout + out.stderr  # `run` started no worker
+
+
+#: A log line in text form: ours (``2026-11-30 15:33:34,707 INFO …``) or Celery's (``[2026-…``).
+TEXT_LOG_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")
+
+
+def json_lines(text: str) -> list[dict]:
+    """The log's lines as JSON objects; fails on any log line in text form.
+
+    Lines that are not log lines at all -- ``run``'s "listening on" and "try:"
+    announcements, Celery's "worker: Warm shutdown" notice (a print of its own) --
+    are left out.
+    """
+    out = []
+    for line in text.splitlines():
+        assert not TEXT_LOG_LINE.match(line), f"a log line in text form: {line!r}"
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def delivery_setup(inst: Instance, dns: DNSServer) -> MXServer:
+    dns.set_zones({"json.test": {"MX": [(10, "mx.json.test")]}, "mx.json.test": {"A": ["127.0.0.2"]}})
+    inst.write_config("outbound.ini", f"nameservers = 127.0.0.1:{dns.port}\nmx_port = {MX_PORT}\n"
+                      f"local_mx_ok = true\nqueue_dir = {inst.queue_dir}\n")
+    return MXServer("127.0.0.2", MX_PORT).start()
+
+
+def test_run_with_json_logs_gives_json_for_every_process(make_instance, dns_server):
+    port = free_port()
+    inst: Instance = make_instance(config={"smtp.ini": f"listen = 127.0.0.1:{port}\n"})
+    server = delivery_setup(inst, dns_server)
+    try:
+        proc = inst.spawn("run", inst.mailflow_argv("--log-format", "json", "run"))
+        proc.wait_for_output(" ready.", timeout=60)
+        out = inst.mailflow("send", "-f", "a@sender.test", "u@json.test", input=b"Subject: j\n\nx\n")
+        assert out.returncode == 0, out.stderr
+        server.wait_for(1)
+        deadline = time.monotonic() + 30
+        while not any(e.get("event") == "delivered" for e in json_lines(proc.output())):
+            assert time.monotonic() < deadline, proc.output()[-3000:]
+            time.sleep(0.1)
+        proc.stop()
+        loggers = {e["logger"] for e in json_lines(proc.output())}
+        assert {"mailflow.qmgr", "mailflow.events", "celery.app.trace"} <= loggers  # both processes
+    finally:
+        server.stop()
+
+
+def test_celery_worker_itself_honours_the_json_format(make_instance, dns_server):
+    inst: Instance = make_instance()
+    server = delivery_setup(inst, dns_server)
+    try:
+        worker = inst.start_worker(env={"MAILFLOW_LOG_FORMAT": "json"})
+        out = inst.mailflow("send", "-f", "a@sender.test", "u@json.test", input=b"Subject: j\n\nx\n")
+        assert out.returncode == 0, out.stderr
+        server.wait_for(1)
+        deadline = time.monotonic() + 30
+        while not any(e.get("event") == "delivered" for e in json_lines(worker.output())):
+            assert time.monotonic() < deadline, worker.output()[-3000:]
+            time.sleep(0.1)
+        [delivered] = [e for e in json_lines(worker.output()) if e.get("event") == "delivered"]
+        assert delivered["domain"] == "json.test" and delivered["rcpts"] == "1/0/0"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("broken", ["garbage", "directory"])
+def test_an_unusable_tls_key_is_file_what_is_wrong(make_instance, tls_ca, broken):
+    inst: Instance = make_instance(config={"smtp.ini": f"listen = 127.0.0.1:{free_port()}\n"})
+    cert = tls_ca.issue_cert("mailflow.test")
+    cert.cert_chain_pems[0].write_to_path(str(inst.config_dir / "tls_cert.pem"))
+    key = inst.config_dir / "tls_key.pem"
+    if broken == "garbage":
+        key.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    else:
+        key.mkdir()
+    out = inst.mailflow("smtpd", timeout=30)
+    one_clear_line(out, f"{key}: cannot load the TLS key")
+
+
+def test_a_plugin_that_exits_at_import_stops_the_process_nonzero(make_instance):
+    inst: Instance = make_instance(config={"smtp.ini": f"listen = 127.0.0.1:{free_port()}\n"})
+    (inst.config_dir / "quitter.py").write_text("raise SystemExit(0)\n")
+    inst.write_config("plugins", "quitter\n")
+    out = inst.mailflow("smtpd", timeout=30)
+    one_clear_line(out, f"{inst.config_dir / 'plugins'}:1: cannot import plugin 'quitter': SystemExit")
+
+
+def test_queue_show_and_list_never_send_terminal_escapes(make_instance):
+    inst: Instance = make_instance()
+    out = inst.mailflow("send", "-f", "a@sender.example", "b@dest.example",
+                        input=b"Subject: \x1b[2J\x1b]0;owned\x07 hello\n\nbody\n")
+    assert out.returncode == 0, out.stderr
+    ident = out.stdout.decode().split("(")[1].rstrip(")\n")
+    shown = inst.mailflow("queue", "show", ident)
+    listed = inst.mailflow("queue", "list")
+    for done in (shown, listed):
+        assert done.returncode == 0, done.stderr
+        assert b"\x1b" not in done.stdout and b"\x07" not in done.stdout
+    assert b"Subject: \\x1b[2J\\x1b]0;owned\\x07 hello" in shown.stdout

@@ -89,3 +89,17 @@ def test_same_as_line_by_line_whatever_the_chunking_and_buffer_limit():
             assert getattr(data, refused), stream
         else:
             assert data.content == want and not (data.too_much or data.too_long), stream
+
+
+def test_a_line_at_the_limit_split_inside_its_crlf_is_not_too_long():
+    line = b"x" * 999 + b"\r\n"
+    data, _ = run(line + b".\r\n", chunks=[line[:-1], line[-1:] + b".\r\n"], limit=16)
+    assert data.content == line and not data.too_long
+
+
+def test_a_large_body_goes_to_disk_and_a_small_one_stays_in_memory():
+    big = (b"y" * 998 + b"\r\n") * 2000  # 2 MB
+    data, _ = run(big + b".\r\n")
+    assert not data.body.in_memory and data.body.size == len(big) and data.content == big
+    data, _ = run(b"small\r\n.\r\n")
+    assert data.body.in_memory and data.content == b"small\r\n"
