@@ -10,10 +10,10 @@ which is why the queue directory, not the broker, is the record of truth.
 
 from __future__ import annotations
 
-from mailflow import environ
-from mailflow.state import state_dir
+from mailflow.config import environ
+from mailflow.config.state import state_dir
 
-# A malformed variable stops the process with one line (mailflow.environ), even
+# A malformed variable stops the process with one line (mailflow.config.environ), even
 # when Celery loads this module lazily in a process that did not check first.
 environ.check_or_exit()
 

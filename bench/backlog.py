@@ -19,17 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from mailflow import qfile
+from bench import memory, tools
+from bench.relay import ROUTE_PLUGIN, workdir
 from mailflow.address import parse_address
 from mailflow.message import dot_stuff
-from mailflow.qfile import EntryName
-from mailflow.todo import ToDo
+from mailflow.queue import entry as qfile
+from mailflow.queue.entry import EntryName
+from mailflow.queue.todo import ToDo
 from tests.support import brokers
 from tests.support.dnsserver import free_port
 from tests.support.instance import Instance
-
-from . import memory, tools
-from .relay import ROUTE_PLUGIN, workdir
 
 DAY_MS = 86_400_000
 

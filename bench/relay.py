@@ -19,11 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import memory, tools
 from tests.support import brokers
 from tests.support.dnsserver import free_port
 from tests.support.instance import Instance
-
-from . import memory, tools
 
 ROUTE_PLUGIN = """\
 from mailflow import hooks

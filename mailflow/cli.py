@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -12,17 +13,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import compat, environ, logs, outbound, startup
-from .codes import DENYSOFT, OK
-from .config import Config
-from .configfiles import ConfigError
-from .flush import flush
-from .spool import Spool
-
-if TYPE_CHECKING:
-    from .smtpd.nodes import Nodes
+from mailflow import compat, logs, outbound, proctitle, sendmail
+from mailflow.codes import DENYSOFT, OK
+from mailflow.config import environ, startup
+from mailflow.config.files import ConfigError
+from mailflow.config.loader import Config
+from mailflow.queue import tools as queuetools
+from mailflow.queue.flush import flush
+from mailflow.queue.manager import QueueManager
+from mailflow.queue.spool import Spool
+from mailflow.smtpd import server as smtpd_server
+from mailflow.smtpd.nodes import Nodes, die_with_parent
 
 log = logging.getLogger("mailflow")
 
@@ -105,8 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sendmail"]:  # sendmail's own flag syntax (-oi, -F name …), not ours
-        from . import sendmail
-
         _setup_or_exit(None, logging.WARNING)
         return sendmail.main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -147,8 +148,6 @@ def _prepare(args: argparse.Namespace) -> Config:
 
 
 def cmd_smtpd(args: argparse.Namespace) -> int:
-    from .smtpd.nodes import Nodes, die_with_parent
-
     if args.node:  # a node started again by node 0 (smtpd/nodes.py)
         die_with_parent(args.parent)
         return _serve_or_exit(startup.load_or_exit(getattr(args, "config", None)), node=args.node)
@@ -170,9 +169,6 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
                  nodes: Nodes | None = None,
                  on_listening: Callable[[], None] | None = None) -> int:
     """One submission process: listeners, queue manager candidate, and for node 0 the others."""
-    from .smtpd import server as smtpd_server
-    from .smtpd.nodes import Nodes
-
     nodes = nodes or Nodes()
 
     loop = asyncio.get_running_loop()
@@ -182,9 +178,6 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
     # SIGHUP flushes the queue, as it does Haraka's (in a thread: it renames files)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(
         None, flush, Spool(cfg.queue_path())))
-    from . import proctitle
-    from .qmgr import QueueManager
-
     try:
         servers = await smtpd_server.start(cfg, announce=_announce if node == 0 else _quiet,
                                            reuse_port=cfg.smtp.nodes > 1)
@@ -256,10 +249,6 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    import json
-
-    from . import queuetools
-
     cfg = startup.load_or_exit(getattr(args, "config", None))
     spool = Spool(cfg.queue_path())
     action = args.queue_command

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery.utils.dispatch import Signal
 
-from .codes import CONT, DENYSOFT, Code
+from mailflow.codes import CONT, DENYSOFT, Code
 
 log = logging.getLogger(__name__)
 

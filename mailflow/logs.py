@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from . import environ
+from mailflow.config import environ
 
 log = logging.getLogger("mailflow.events")
 

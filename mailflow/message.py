@@ -9,7 +9,9 @@ downstream server can read it as end of data.
 from __future__ import annotations
 
 import re
+import tempfile
 from email.utils import formatdate
+from typing import IO
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -115,3 +117,39 @@ def line_cut(data: bytes) -> int:
 
 def received_header(text: str) -> bytes:
     return f"Received: {single_line(text)}; {formatdate(localtime=True)}\r\n".encode()
+
+
+#: A message body larger than this is kept in a temporary file, not in memory.
+SPILL_AT = 1024 * 1024
+
+
+class Body:
+    """The DATA of one transaction as received, unstuffed: in memory, or on disk past ``spill_at``.
+
+    The file has no name (O_TMPFILE where the system has it): nothing is left to
+    clean up after a crash.
+    """
+
+    def __init__(self, directory: str | None = None, spill_at: int = SPILL_AT):
+        # lives as long as the transaction: closed by whoever queues it
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=spill_at, dir=directory)
+        self.spill_at = spill_at
+        self.size = 0
+
+    @property
+    def in_memory(self) -> bool:
+        return self.size <= self.spill_at
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.file.write(data)
+            self.size += len(data)
+
+    def read(self) -> bytes:
+        """The whole body (for small ones, and for a hook that asks for the bytes)."""
+        self.file.seek(0)
+        return self.file.read()
+
+    def close(self) -> None:
+        self.file.close()

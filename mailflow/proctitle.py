@@ -12,9 +12,9 @@ import time
 
 import setproctitle
 
-from .config import Config
-from .queuetools import stats
-from .spool import Spool
+from mailflow.config.loader import Config
+from mailflow.queue.spool import Spool
+from mailflow.queue.tools import stats
 
 INTERVAL = 5.0
 #: The counts list the whole queue directory; with a large backlog (100,000 entries: ~0.4 s)

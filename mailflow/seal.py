@@ -23,8 +23,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from .configfiles import ConfigError
-from .state import state_dir
+from mailflow.config.files import ConfigError
+from mailflow.config.state import state_dir
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ import sys
 from email.parser import BytesHeaderParser
 from email.utils import formataddr, getaddresses
 
-from . import message as msg
-from . import outbound, startup
-from .codes import DENYSOFT, OK
+from mailflow import message as msg
+from mailflow import outbound
+from mailflow.codes import DENYSOFT, OK
+from mailflow.config import startup
 
 EX_USAGE, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 64, 65, 67, 75
 

@@ -19,7 +19,9 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from . import compat, environ, logs, startup
+from mailflow import compat, config, logs, proctitle
+from mailflow.config import environ, startup
+from mailflow.queue import manager as qmgr
 
 _qmgr: list[Any] = []
 
@@ -57,8 +59,6 @@ def _load_config(**_kwargs: Any) -> None:
 @worker_ready.connect
 def _start_queue_manager(**_kwargs: Any) -> None:
     """Every worker offers to run the queue manager of its host's queue directory."""
-    from . import config, proctitle, qmgr
-
     _qmgr.append(qmgr.QueueManager(config.current()).start())
     proctitle.start("worker", config.current())
 

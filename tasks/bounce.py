@@ -1,99 +1,19 @@
-"""``mailflow.bounce``: a delivery status notification for each failed entry, queued like any mail."""
+"""``mailflow.bounce``: a delivery status notification for each failed entry (mailflow/queue/bounces.py)."""
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
-from mailflow import app, config, counters, hooks, logs, outbound
-from mailflow.address import Address
-from mailflow.batch import accepted, holding, load
-from mailflow.bounce import build
-from mailflow.codes import CONT
-from mailflow.hmail import HMail
-from mailflow.message import dot_unstuff
-from mailflow.spool import FAILED, Spool, now_ms
-
-log = logging.getLogger(__name__)
+from mailflow import config
+from mailflow.application import app
+from mailflow.payloads import BOUNCE, Batch, accepted
+from mailflow.queue.bounces import bounce_each
+from mailflow.queue.spool import Spool
+from tasks.base import PipelineTask
 
 
-class BounceError(Exception):
-    """What the ``bounce`` hook sees: the reason, with ``mx``, ``bounced_rcpt``, ``deferred_rcpt``."""
-
-    def __init__(self, text: str, *, mx: str | None, bounced_rcpt: list[str],
-                 deferred_rcpt: list[str]):
-        super().__init__(text)
-        self.mx = mx
-        self.bounced_rcpt = bounced_rcpt
-        self.deferred_rcpt = deferred_rcpt
-
-
-@app.task(name="mailflow.bounce", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@app.task(name=BOUNCE, base=PipelineTask)
 def bounce(batch: dict[str, Any]) -> None:
-    if accepted(batch, "mailflow.bounce") is None:
-        return
-    spool = Spool(config.current().queue_path())
-    with holding(spool, batch) as held:
-        if held:
-            for hmail in load(spool, batch):
-                try:
-                    bounce_one(hmail)
-                except Exception as exc:
-                    not_now(spool, hmail, exc)
-    spool.finish(batch["claim"])
-
-
-def not_now(spool: Spool, hmail: HMail, exc: Exception) -> None:
-    """The bounce could not be made or queued: back to failed/ to try again later.
-
-    It follows temp_fail_intervals like a deferral (the queue manager claims a
-    failed/ entry only when due); once they are used up it is dropped with a log
-    line, as a bounce that cannot be delivered is.
-    """
-    cfg = config.current()
-    fails = hmail.num_failures + 1
-    intervals = cfg.outbound.temp_fail_intervals
-    log.error("could not make the bounce for %s: %s: %s", hmail.todo.uuid, type(exc).__name__, exc,
-              exc_info=exc)
-    if fails > len(intervals):
-        logs.event("dropped", id=hmail.todo.uuid, reason=f"no bounce could be made: {exc}")
-        hmail.path.unlink(missing_ok=True)
-        counters.add(spool.root, "dropped")
-        return
-    due = now_ms() + intervals[fails - 1] * 1000
-    try:
-        os.rename(hmail.path, spool.path(hmail.name.rescheduled(due, fails), FAILED))
-    except FileNotFoundError:
-        pass
-
-
-def bounce_one(hmail: HMail) -> None:
-    cfg = config.current()
-    todo = hmail.todo
-    statuses = todo.state.get("rcpt_status", {})
-    reason = str(todo.state.get("reason") or "delivery failed")
-    first: dict[str, Any] = next(iter(statuses.values()), {})
-    if todo.mail_from.is_null:
-        # RFC 3464/5321: never bounce a bounce (a double bounce is dropped with a log line)
-        logs.event("dropped", id=todo.uuid, reason=f"null sender, no bounce: {reason}")
-        hmail.path.unlink(missing_ok=True)
-        counters.add(cfg.queue_path(), "dropped")
-        return
-    error = BounceError(reason, mx=first.get("remote_mta"),
-                        bounced_rcpt=[r.address for r in todo.rcpt_to], deferred_rcpt=[])
-    answer = hooks.decide(hooks.bounce, raised=CONT, hmail=hmail, error=error)
-    if answer.code is not CONT:
-        logs.event("dropped", id=todo.uuid, reason=f"bounce hook: {answer.value or answer.code.name}")
-        hmail.path.unlink(missing_ok=True)
-        counters.add(cfg.queue_path(), "dropped")
-        return
-    original = dot_unstuff(hmail.message())
-    dsn = build(hmail, original, me=cfg.me, template=cfg.bounce_template,
-                max_body=cfg.outbound.max_bounce_body)
-    queued = outbound.queue_message(Address.null(), [todo.mail_from], dsn,
-                                    notes={"bounce_for": todo.uuid}, cfg=cfg)
-    logs.event("bounced", id=todo.uuid, to=todo.mail_from.address, status=first.get("status", "5.0.0"),
-               reason=reason, bounce_id=queued.uuid)
-    hmail.path.unlink(missing_ok=True)
-    counters.add(cfg.queue_path(), "bounced")
+    parsed = accepted(Batch.from_json, batch, BOUNCE)
+    if parsed is not None:
+        bounce_each(Spool(config.current().queue_path()), parsed)

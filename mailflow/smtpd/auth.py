@@ -9,7 +9,7 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from ..config import Auth
+from mailflow.config.loader import Auth
 
 
 class FlatFileAuthenticator:

@@ -18,47 +18,13 @@ submissions once held 677 MB; now each session holds a block or two.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from dataclasses import dataclass, field
-from typing import IO
+
+from mailflow.message import Body
 
 TERMINATOR = b"\r\n.\r\n"
 #: aiosmtpd's limit on a DATA line, CRLF included (RFC 5321 says 1000; aiosmtpd allows one more).
 LINE_LIMIT = 1001
-#: A message body larger than this is kept in a temporary file, not in memory.
-SPILL_AT = 1024 * 1024
-
-
-class Body:
-    """The DATA of one transaction as received, unstuffed: in memory, or on disk past ``spill_at``.
-
-    The file has no name (O_TMPFILE where the system has it): nothing is left to
-    clean up after a crash.
-    """
-
-    def __init__(self, directory: str | None = None, spill_at: int = SPILL_AT):
-        # lives as long as the transaction: closed by whoever queues it
-        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=spill_at, dir=directory)
-        self.spill_at = spill_at
-        self.size = 0
-
-    @property
-    def in_memory(self) -> bool:
-        return self.size <= self.spill_at
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self.file.write(data)
-            self.size += len(data)
-
-    def read(self) -> bytes:
-        """The whole body (for small ones, and for a hook that asks for the bytes)."""
-        self.file.seek(0)
-        return self.file.read()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 @dataclass

@@ -14,12 +14,13 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from .. import hooks, outbound
-from ..address import AddressError, parse_address
-from ..codes import DENY, DENYSOFT, OK
-from ..config import Config
-from .acl import ip_allowed
-from .data import Body
+from mailflow import hooks
+from mailflow.address import AddressError, parse_address
+from mailflow.codes import DENY, DENYSOFT, OK
+from mailflow.config.loader import Config
+from mailflow.message import Body
+from mailflow.queue import submission
+from mailflow.smtpd.acl import ip_allowed
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,12 @@ class SubmissionHandler:
             return f"451 {answer.value or '4.3.0 Message deferred'}"
         helo = session.host_name or "unknown"
         try:
-            queued = await loop.run_in_executor(None, lambda: outbound.queue_message(
+            queued = await loop.run_in_executor(None, lambda: submission.queue_message(
                 txn.mail_from, txn.rcpt_to, body, notes={**conn.notes, **txn.notes},
                 received_from=f"{helo} ([{conn.remote_ip}])",
                 protocol=protocol_name(session, conn), client=conn.remote_ip,
                 auth=conn.auth_user, cfg=self.cfg))
-        except outbound.QueueError as exc:
+        except submission.QueueError as exc:
             return f"451 4.3.0 {exc}; try again later"
         return f"250 2.0.0 Message Queued ({queued.uuid})"
 

@@ -13,6 +13,7 @@ Every node dies with node 0 (PR_SET_PDEATHSIG), and node 0 stops them on SIGTERM
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -131,8 +132,6 @@ class Nodes:
 
 def die_with_parent(parent: int | None = None) -> None:
     """SIGTERM this process when its parent ends; exit now if ``parent`` is already gone."""
-    import ctypes
-
     pr_set_pdeathsig = 1
     try:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -16,15 +16,16 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, auth_mechanism, syntax
 
-from .. import hooks
-from ..codes import DENY
-from ..config import Config
-from ..configfiles import ConfigError
-from .acl import is_loopback
-from .auth import FlatFileAuthenticator, cram_challenge, cram_user, cram_verify
-from .data import Body, read_data
-from .handler import SubmissionHandler, connection_for, logs_safe
-from .limits import AcceptErrorThrottle, Connections, auth_delay, raise_descriptor_limit
+from mailflow import hooks
+from mailflow.codes import DENY
+from mailflow.config.files import ConfigError
+from mailflow.config.loader import Config
+from mailflow.message import Body
+from mailflow.smtpd.acl import is_loopback
+from mailflow.smtpd.auth import FlatFileAuthenticator, cram_challenge, cram_user, cram_verify
+from mailflow.smtpd.data import read_data
+from mailflow.smtpd.handler import SubmissionHandler, connection_for, logs_safe
+from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay, raise_descriptor_limit
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pytest
 from mailflow import config as configmod
 from mailflow import outbound
 from mailflow.codes import OK
-from mailflow.hmail import HMail
+from mailflow.queue.hmail import HMail
 from tests.support.dnsserver import SERVFAIL, DNSServer
 from tests.support.instance import Instance
 from tests.support.mxserver import MX_PORT, MXServer

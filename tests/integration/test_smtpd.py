@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from mailflow.hmail import HMail
 from mailflow.message import dot_unstuff
+from mailflow.queue.hmail import HMail
 from tests.support.dnsserver import free_port
 from tests.support.instance import Instance
 

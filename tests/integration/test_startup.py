@@ -114,8 +114,8 @@ def test_json_log_format_gives_the_same_fields(make_instance):
 
 
 def test_sendmail_t_i_f(make_instance):
-    from mailflow.hmail import HMail
     from mailflow.message import dot_unstuff
+    from mailflow.queue.hmail import HMail
 
     inst: Instance = make_instance()
     out = inst.mailflow("sendmail", "-t", "-i", "-f", "b@y.test",
@@ -132,8 +132,8 @@ def test_sendmail_t_i_f(make_instance):
 
 
 def test_sendmail_without_i_stops_at_a_lone_dot_and_adds_from(make_instance):
-    from mailflow.hmail import HMail
     from mailflow.message import dot_unstuff
+    from mailflow.queue.hmail import HMail
 
     inst: Instance = make_instance()
     out = inst.mailflow("sendmail", "-oi", "-F", "App Name", "-f", "app@y.test", "r@x.test",
@@ -231,7 +231,7 @@ def test_run_with_json_logs_gives_json_for_every_process(make_instance, dns_serv
             time.sleep(0.1)
         proc.stop()
         loggers = {e["logger"] for e in json_lines(proc.output())}
-        assert {"mailflow.qmgr", "mailflow.events", "celery.app.trace"} <= loggers  # both processes
+        assert {"mailflow.queue.manager", "mailflow.events", "celery.app.trace"} <= loggers  # both processes
     finally:
         server.stop()
 

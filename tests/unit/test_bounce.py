@@ -8,12 +8,12 @@ import email.policy
 from pathlib import Path
 
 from mailflow.address import parse_address
-from mailflow.bounce import build, fill
-from mailflow.config import DEFAULT_BOUNCE_TEMPLATE
-from mailflow.hmail import HMail
-from mailflow.qfile import EntryName
-from mailflow.spool import FAILED, NewEntry, Spool
-from mailflow.todo import ToDo
+from mailflow.config.loader import DEFAULT_BOUNCE_TEMPLATE
+from mailflow.queue.dsn import build, fill
+from mailflow.queue.entry import EntryName
+from mailflow.queue.hmail import HMail
+from mailflow.queue.spool import FAILED, NewEntry, Spool
+from mailflow.queue.todo import ToDo
 
 ORIGINAL = (b"From: alice@sender.test\r\nTo: bob@dest.test\r\nSubject: hello\r\n"
             b"Message-Id: <orig-1@sender.test>\r\n\r\nthe body\r\n")

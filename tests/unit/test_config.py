@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mailflow import config as configmod
-from mailflow.configfiles import ConfigError, read_ini
-from mailflow.settings import Outbound, Smtp, defaults_of, parsers_of
+from mailflow.config.files import ConfigError, read_ini
+from mailflow.config.settings import Outbound, Smtp, defaults_of, parsers_of
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config"
@@ -107,7 +107,7 @@ def test_haraka_explicit_main_and_list_syntax(tmp_path):
 
 
 def test_outbound_ini_is_reread_live(tmp_path, monkeypatch):
-    monkeypatch.setattr(configmod, "RELOAD_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr("mailflow.config.loader.RELOAD_CHECK_INTERVAL", 0.0)
     path = tmp_path / "outbound.ini"
     path.write_text("disabled = false\n")
     cfg = configmod.Config(tmp_path)
@@ -123,7 +123,7 @@ def test_reload_happens_within_five_seconds_with_the_real_interval(tmp_path):
 
 
 def test_broken_reload_keeps_the_last_good_settings(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(configmod, "RELOAD_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr("mailflow.config.loader.RELOAD_CHECK_INTERVAL", 0.0)
     path = tmp_path / "outbound.ini"
     path.write_text("concurrency_max = 9\n")
     cfg = configmod.Config(tmp_path)

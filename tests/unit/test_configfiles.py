@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from mailflow.configfiles import ConfigError, parse_bool, read_ini, read_lines
+from mailflow.config.files import ConfigError, parse_bool, read_ini, read_lines
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -7,9 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from mailflow import mx as mxmod
+from mailflow.config.settings import Outbound
 from mailflow.errors import PermanentError, TemporaryError
-from mailflow.settings import Outbound
+from mailflow.relay import answers
+from mailflow.relay import mx as mxmod
 from tests.support.dnsserver import NO_ANSWER, SERVFAIL
 
 ZONES = {
@@ -40,19 +41,19 @@ def out(dns_server):
 
 
 def test_preference_order(out):
-    assert [m.exchange for m in mxmod.lookup_mx("two.test", out())] == ["primary.two.test",
+    assert [m.exchange for m in mxmod.query_mx("two.test", out())] == ["primary.two.test",
                                                                         "backup.two.test"]
 
 
 def test_equal_preferences_are_shuffled(out):
-    seconds = Counter(mxmod.lookup_mx("equal.test", out())[1].exchange for _ in range(60))
+    seconds = Counter(mxmod.query_mx("equal.test", out())[1].exchange for _ in range(60))
     assert set(seconds) == {"a.equal.test", "b.equal.test"}
-    assert all(mxmod.lookup_mx("equal.test", out())[0].exchange == "first.equal.test"
+    assert all(mxmod.query_mx("equal.test", out())[0].exchange == "first.equal.test"
                for _ in range(10))
 
 
 def test_implicit_mx(out):
-    [m] = mxmod.lookup_mx("implicit.test", out())
+    [m] = mxmod.query_mx("implicit.test", out())
     assert m.exchange == "implicit.test"
     assert [t.ip for t in mxmod.targets([m], out())] == ["127.0.0.4"]
 
@@ -62,7 +63,7 @@ def test_implicit_mx(out):
     ("broken.test", TemporaryError, "4.4.3")])
 def test_failures(out, domain, cls, status):
     with pytest.raises(cls) as exc:
-        mxmod.lookup_mx(domain, out())
+        mxmod.query_mx(domain, out())
     assert exc.value.reply.enhanced == status
 
 
@@ -71,39 +72,39 @@ def test_timeout_is_temporary(out):
     res = mxmod.resolver(out())
     res.lifetime = res.timeout = 1.0
     with pytest.raises(TemporaryError) as exc:
-        mxmod.lookup_mx("silent.test", out())
+        mxmod.query_mx("silent.test", out())
     assert exc.value.reply.enhanced == "4.4.3"
 
 
 def test_answers_are_cached(out, dns_server):
     for _ in range(5):
-        mxmod.lookup_mx("two.test", out())
+        mxmod.query_mx("two.test", out())
     assert dns_server.queries.count(("two.test", "MX")) == 1
 
 
 def test_ipv6_first_when_enabled(out):
-    mxs = mxmod.lookup_mx("dual.test", out())
+    mxs = mxmod.query_mx("dual.test", out())
     assert [t.ip for t in mxmod.targets(mxs, out(ipv6_enabled=True))] == ["::1", "127.0.0.1"]
     assert [t.ip for t in mxmod.targets(mxs, out(ipv6_enabled=False))][0] == "127.0.0.1"
 
 
 def test_local_addresses_of_dns_mx_hosts_are_skipped_unless_allowed(out):
-    mxs = mxmod.lookup_mx("two.test", out())
+    mxs = mxmod.query_mx("two.test", out())
     with pytest.raises(PermanentError) as exc:
         mxmod.targets(mxs, out(local_mx_ok=False))
     assert exc.value.reply.enhanced == "5.4.6"
     assert [t.ip for t in mxmod.targets(mxs, out(local_mx_ok=True))] == ["127.0.0.2", "127.0.0.3"]
-    public = mxmod.lookup_mx("public.test", out())
+    public = mxmod.query_mx("public.test", out())
     assert [t.ip for t in mxmod.targets(public, out(local_mx_ok=False))] == ["11.22.33.44"]
 
 
 def test_get_mx_answers_are_never_local_checked(out):
-    mxs = mxmod.mx_from_hook("127.0.0.2:2525", 25)
+    mxs = answers.mx_from_hook("127.0.0.2:2525", 25)
     assert [(t.ip, t.port) for t in mxmod.targets(mxs, out(local_mx_ok=False))] == [("127.0.0.2", 2525)]
 
 
 def test_port_defaults_to_mx_port(out):
-    [t] = mxmod.targets(mxmod.lookup_mx("implicit.test", out()), out(mx_port=2600))
+    [t] = mxmod.targets(mxmod.query_mx("implicit.test", out()), out(mx_port=2600))
     assert t.port == 2600
 
 
@@ -120,14 +121,14 @@ def test_port_defaults_to_mx_port(out):
     (["127.0.0.2:1", {"exchange": "127.0.0.3", "port": 2}], [("127.0.0.2", 1), ("127.0.0.3", 2)]),
 ])
 def test_get_mx_answer_forms(answer, expected):
-    mxs = mxmod.mx_from_hook(answer, 25)
+    mxs = answers.mx_from_hook(answer, 25)
     assert [(m.exchange, m.port if not isinstance(answer, str) or ":" in answer else None)
             for m in mxs] == expected
     assert all(not m.from_dns for m in mxs)
 
 
 def test_dict_answer_keeps_every_field():
-    [m] = mxmod.mx_from_hook({"exchange": "x.test", "bind": "127.0.0.2", "bind_helo": "h.test",
+    [m] = answers.mx_from_hook({"exchange": "x.test", "bind": "127.0.0.2", "bind_helo": "h.test",
                               "using_lmtp": True, "auth_user": "u", "auth_pass": "p",
                               "auth_type": "cram-md5"}, 25)
     assert (m.bind, m.bind_helo, m.using_lmtp, m.auth_user, m.auth_pass, m.auth_type) == (

@@ -8,8 +8,8 @@ import pytest
 from mailflow import config as configmod
 from mailflow import outbound
 from mailflow.codes import DENY, DENYSOFT, OK
-from mailflow.hmail import HMail
 from mailflow.message import dot_unstuff
+from mailflow.queue.hmail import HMail
 
 
 @pytest.fixture

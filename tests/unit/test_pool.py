@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from mailflow.client import TlsNeed
-from mailflow.config import Tls
-from mailflow.mx import MX, Target
-from mailflow.pool import NoSlot, Pool
-from mailflow.settings import Outbound
+from mailflow.config.loader import Tls
+from mailflow.config.settings import Outbound
+from mailflow.relay.client import TlsNeed
+from mailflow.relay.mx import MX, Target
+from mailflow.relay.pool import NoSlot, Pool
 from tests.support.mxserver import MXServer
 
 OUT = Outbound(pool_concurrency_max=1, pool_timeout=50)

@@ -4,8 +4,9 @@ import threading
 import time
 
 from mailflow import config as configmod
-from mailflow import outbound, qmgr
+from mailflow import outbound
 from mailflow.address import parse_address
+from mailflow.queue import manager as qmgr
 
 
 def load_cfg(tmp_path):
@@ -19,13 +20,13 @@ class Recorder:
         self.batches = []
         self.lock = threading.Lock()
 
-    def __call__(self, batch):
+    def __call__(self, task, batch):
         with self.lock:
             self.batches.append(batch)
 
     def claimed(self):
         with self.lock:
-            return sum(len(b["names"]) for b in self.batches)
+            return sum(len(b.names) for b in self.batches)
 
 
 def test_a_stream_of_submissions_makes_few_large_batches(tmp_path):
@@ -48,7 +49,7 @@ def test_a_stream_of_submissions_makes_few_large_batches(tmp_path):
     finally:
         manager.stop()
     assert publish.claimed() == total
-    assert all(b["domain"] == "dest.example" and len(b["names"]) <= qmgr.BATCH_MAX for b in publish.batches)
+    assert all(b.domain == "dest.example" and len(b.names) <= qmgr.BATCH_MAX for b in publish.batches)
     # at most one scan per coalescing pause while the burst lasted (plus the last one),
     # each making full batches of BATCH_MAX but for its last
     scans = took / qmgr.SCAN_COALESCE + 2
@@ -69,14 +70,14 @@ def test_a_single_message_is_dispatched_without_waiting_for_the_periodic_scan(tm
             time.sleep(0.01)
     finally:
         manager.stop()
-    assert len(publish.batches) == 1 and len(publish.batches[0]["names"]) == 1
+    assert len(publish.batches) == 1 and len(publish.batches[0].names) == 1
 
 
 def test_a_deferred_backlog_is_not_listed_again_until_something_changes(tmp_path, monkeypatch):
     """Listing 100,000 deferred names every second cost a quarter of a core: pending/ is listed
     again only when it changed (mtime), an entry's time came, or FULL_SCAN_MS passed."""
-    from mailflow.qfile import EntryName
-    from mailflow.spool import PENDING
+    from mailflow.queue.entry import EntryName
+    from mailflow.queue.spool import PENDING
 
     monkeypatch.setattr(qmgr, "MTIME_SETTLE_NS", 0)
     cfg = load_cfg(tmp_path)
@@ -105,7 +106,7 @@ def test_a_deferred_backlog_is_not_listed_again_until_something_changes(tmp_path
     outbound.queue_message(sender, [parse_address("c@now.example")], b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
     manager.scan()
     assert pending_listings() == 2
-    assert [b["domain"] for b in publish.batches] == ["now.example"]
+    assert [b.domain for b in publish.batches] == ["now.example"]
 
     # the deferred entry's time comes: listed again without any change to the directory
     manager.scan()
@@ -113,15 +114,15 @@ def test_a_deferred_backlog_is_not_listed_again_until_something_changes(tmp_path
     monkeypatch.setattr(qmgr, "now_ms", lambda: later.next_attempt_ms + 1)
     manager.scan()
     assert pending_listings() == listed + 1
-    assert [b["domain"] for b in publish.batches] == ["now.example", "later.example"]
+    assert [b.domain for b in publish.batches] == ["now.example", "later.example"]
 
 
 def test_mail_queued_by_another_process_is_seen_by_the_directory_change(tmp_path, monkeypatch):
     """No wake-up reaches the manager from another process (another smtpd node, mailflow send):
     it notices pending/ change long before the periodic scan."""
-    from mailflow.qfile import EntryName
-    from mailflow.spool import NewEntry
-    from mailflow.todo import ToDo
+    from mailflow.queue.entry import EntryName
+    from mailflow.queue.spool import NewEntry
+    from mailflow.queue.todo import ToDo
 
     monkeypatch.setattr(qmgr, "SCAN_INTERVAL", 60.0)
     cfg = load_cfg(tmp_path)
@@ -138,4 +139,4 @@ def test_mail_queued_by_another_process_is_seen_by_the_directory_change(tmp_path
             time.sleep(0.02)
     finally:
         manager.stop()
-    assert [b["domain"] for b in publish.batches] == ["dest.example"]
+    assert [b.domain for b in publish.batches] == ["dest.example"]

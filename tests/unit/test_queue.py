@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from mailflow import qfile
 from mailflow.address import parse_address
-from mailflow.hmail import HMail
-from mailflow.qfile import EntryName
-from mailflow.spool import NewEntry, Spool, now_ms
-from mailflow.todo import ToDo
+from mailflow.queue import entry as qfile
+from mailflow.queue.entry import EntryName
+from mailflow.queue.hmail import HMail
+from mailflow.queue.spool import NewEntry, Spool, now_ms
+from mailflow.queue.todo import ToDo
 
 
 def make_entry(ident: str = "U.1", domain: str = "example.com", pad: int = 0) -> NewEntry:
@@ -100,7 +100,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
         import resource, signal, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from tests.unit.test_queue import make_entry
-        from mailflow.spool import Spool
+        from mailflow.queue.spool import Spool
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         spool = Spool({str(tmp_path)!r}).ensure()
         resource.setrlimit(resource.RLIMIT_FSIZE, (700_000, 700_000))
@@ -144,7 +144,7 @@ def test_claims_are_exclusive_and_expire_back_to_pending(tmp_path):
     "0000000000001_00_0000000000001_U.1_a.example", "0000000000001_²_0000000000001_U.1_a.example",
     ".hidden", "", "0000000000001_0_0000000000001_U\0_a.example"])
 def test_only_canonical_entry_names_are_names(name):
-    from mailflow.spool import BadName, check_name
+    from mailflow.queue.entry import BadName, check_name
 
     assert EntryName.parse(name) is None
     with pytest.raises(BadName):
@@ -153,35 +153,35 @@ def test_only_canonical_entry_names_are_names(name):
 
 @pytest.mark.parametrize("claim", ["../pending", "/tmp", "..", "b-../x", "0" * 31, "0" * 32 + "/x", 7])
 def test_claim_ids_are_never_paths(tmp_path, claim):
-    from mailflow.batch import checked
-    from mailflow.spool import BadName
+    from mailflow.payloads import Batch
+    from mailflow.queue.entry import BadName
 
     spool = Spool(tmp_path).ensure()
     with pytest.raises(BadName):
         spool.claim_dir(claim)  # type: ignore[arg-type]
     with pytest.raises(BadName):
-        checked({"claim": claim, "names": []})
+        Batch.from_json({"claim": claim, "names": []})
     spool.finish("0" * 32)  # a well-formed id that does not exist is no error
     assert spool.pending.is_dir()
 
 
 def test_a_batch_names_only_entries_of_its_domain():
-    from mailflow.batch import checked
-    from mailflow.spool import BadName
+    from mailflow.payloads import Batch
+    from mailflow.queue.entry import BadName
 
     good = str(EntryName(1, 0, 1, "U.1", "a.example"))
-    assert checked({"claim": "a" * 32, "names": [good], "domain": "a.example"})
+    assert Batch.from_json({"claim": "a" * 32, "names": [good], "domain": "a.example"})
     with pytest.raises(BadName):
-        checked({"claim": "a" * 32, "names": [good], "domain": "b.example"})
+        Batch.from_json({"claim": "a" * 32, "names": [good], "domain": "b.example"})
     with pytest.raises(BadName):
-        checked(["not", "a", "batch"])
+        Batch.from_json(["not", "a", "batch"])
 
 
 # ── expired claims (issue 10, item 12) ───────────────────────────────────────────────
 
 
 def test_an_entry_stranded_in_an_expired_claim_is_seen_and_brought_back(tmp_path):
-    from mailflow import queuetools
+    from mailflow.queue import tools as queuetools
 
     spool = Spool(tmp_path).ensure()
     spool.write([make_entry("S.1"), make_entry("S.2")], b"x\r\n")

@@ -1,6 +1,6 @@
 import pytest
 
-from mailflow.schedule import DEFAULT_INTERVALS, format_intervals, parse_intervals
+from mailflow.config.schedule import DEFAULT_INTERVALS, format_intervals, parse_intervals
 
 
 def test_haraka_syntax():

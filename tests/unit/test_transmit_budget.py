@@ -1,8 +1,10 @@
-"""A batch out of time hands its unsent entries back to pending/, due now (tasks/transmit.py)."""
+"""A route out of time hands its unsent entries back to pending/, due now (pipeline/transmit.py)."""
 
 from mailflow import config
-from mailflow.spool import Spool, now_ms
-from tasks import transmit
+from mailflow.payloads import Batch, Route
+from mailflow.pipeline import transmit
+from mailflow.queue.spool import Spool, now_ms
+from mailflow.relay.mx import MX
 from tests.unit.test_queue import make_entry
 
 
@@ -14,8 +16,8 @@ def test_out_of_time_batch_returns_entries_due(tmp_path, monkeypatch):
     spool = Spool(cfg.queue_path()).ensure()
     spool.write([make_entry("B.1"), make_entry("B.2")], b"m\r\n")
     claim, names = spool.claim(sorted(spool.names()))
-    batch = {"domain": "example.com", "claim": claim, "names": names, "mx": []}
-    courier = transmit.Courier(cfg, batch, None)
+    route = Route(batch=Batch(claim, tuple(names), "example.com"), mx=(MX("mx.example.com"),))
+    courier = transmit.Courier(cfg, route, None)
     courier.run()
     assert courier.session is None
     back = sorted(spool.names())

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import counters, logs, qfile
-from .message import dot_unstuff, header_block
-from .qfile import EntryName
-from .spool import ACTIVE, FAILED, PENDING, Spool, now_ms
+from mailflow import logs
+from mailflow.message import dot_unstuff, header_block
+from mailflow.queue import counters
+from mailflow.queue import entry as qfile
+from mailflow.queue.entry import EntryName
+from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
 
 
 def _entries(spool: Spool) -> list[tuple[str, Path, EntryName]]:

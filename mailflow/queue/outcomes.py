@@ -14,30 +14,19 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from . import counters, hooks, logs
-from .codes import CONT, DENYSOFT, OK
-from .errors import DeliveryError, Reply, local_reply
-from .hmail import HMail
-from .settings import Outbound
-from .spool import FAILED, PENDING, Spool, now_ms
+from mailflow import hooks, logs
+from mailflow.codes import CONT, DENYSOFT, OK
+from mailflow.config.settings import Outbound
+from mailflow.errors import DeliveryError, Reply, local_reply
+from mailflow.payloads import Outcome
+from mailflow.queue import counters
+from mailflow.queue.hmail import HMail
+from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Attempt:
-    """Where and how an attempt went, for hooks and the log line."""
-
-    host: str = "-"
-    ip: str = "-"
-    port: int = 0
-    mode: str = "SMTP"
-    secured: bool = False
-    authenticated: bool = False
-    results: dict[str, Reply] = field(default_factory=dict)  # address -> reply
 
 
 def _classify(reply: Reply) -> str:
@@ -46,34 +35,34 @@ def _classify(reply: Reply) -> str:
     return "failed" if reply.is_permanent else "deferred"
 
 
-def record(spool: Spool, hmail: HMail, attempt: Attempt, out: Outbound) -> None:
-    """Apply one attempt's per-recipient results to the entry."""
+def record(spool: Spool, hmail: HMail, outcome: Outcome, out: Outbound) -> None:
+    """Apply one outcome's per-recipient results to the entry."""
     groups: dict[str, list[str]] = {"delivered": [], "deferred": [], "failed": []}
     for rcpt in hmail.todo.rcpt_to:
-        reply = attempt.results.get(rcpt.address)
+        reply = outcome.results.get(rcpt.address)
         if reply is None:
             continue
         groups[_classify(reply)].append(rcpt.address)
     ok, deferred, failed = groups["delivered"], groups["deferred"], groups["failed"]
-    first = attempt.results[(ok or deferred or failed)[0]] if (ok or deferred or failed) else None
+    first = outcome.results[(ok or deferred or failed)[0]] if (ok or deferred or failed) else None
     keyword = "delivered" if ok else "deferred" if deferred else "failed"
     delay = round(time.time() - hmail.todo.queue_time / 1000, 3)
-    logs.event(keyword, id=hmail.todo.uuid, domain=hmail.todo.domain, host=attempt.host,
-               ip=attempt.ip, port=attempt.port, mode=attempt.mode,
-               tls="Y" if attempt.secured else "N", auth="Y" if attempt.authenticated else "N",
+    logs.event(keyword, id=hmail.todo.uuid, domain=hmail.todo.domain, host=outcome.host,
+               ip=outcome.ip, port=outcome.port, mode=outcome.mode,
+               tls="Y" if outcome.secured else "N", auth="Y" if outcome.authenticated else "N",
                response=str(first) if first else "-", delay=delay, fails=hmail.num_failures,
                rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}")
     if ok:
-        response = str(attempt.results[ok[0]])
-        params = [attempt.host, attempt.ip, response, delay, attempt.port, attempt.mode, ok,
-                  attempt.secured]
-        hooks.decide(hooks.delivered, raised=CONT, hmail=hmail, host=attempt.host, ip=attempt.ip,
-                     response=response, delay=delay, port=attempt.port, mode=attempt.mode,
-                     ok_recips=ok, secured=attempt.secured, params=params)
+        response = str(outcome.results[ok[0]])
+        params = [outcome.host, outcome.ip, response, delay, outcome.port, outcome.mode, ok,
+                  outcome.secured]
+        hooks.decide(hooks.delivered, raised=CONT, hmail=hmail, host=outcome.host, ip=outcome.ip,
+                     response=response, delay=delay, port=outcome.port, mode=outcome.mode,
+                     ok_recips=ok, secured=outcome.secured, params=params)
     if failed:
-        fail(spool, hmail, {a: attempt.results[a] for a in failed}, attempt.host)
+        fail(spool, hmail, {a: outcome.results[a] for a in failed}, outcome.host)
     if deferred:
-        defer(spool, hmail, {a: attempt.results[a] for a in deferred}, attempt.host, out)
+        defer(spool, hmail, {a: outcome.results[a] for a in deferred}, outcome.host, out)
     else:
         _remove(hmail)
         if ok:
@@ -99,7 +88,7 @@ def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
                    state={**hmail.todo.state,
                           "rcpt_status": {a: _status_of(r, remote_mta) for a, r in failed.items()},
                           "reason": reason or str(next(iter(failed.values())))})
-    # a new stage: its failure count counts attempts to make the bounce (tasks/bounce.py)
+    # a new stage: its failure count counts attempts to make the bounce (queue/bounces.py)
     name = replace(hmail.name, id=f"{hmail.todo.uuid}.f{hmail.num_failures}", next_attempt_ms=now_ms(),
                    num_failures=0)
     todo.uuid = name.id
@@ -146,10 +135,10 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     _remove(hmail)
 
 
-def fail_all(spool: Spool, hmail: HMail, reply: Reply, attempt: Attempt, out: Outbound) -> None:
+def fail_all(spool: Spool, hmail: HMail, reply: Reply, outcome: Outcome, out: Outbound) -> None:
     """One reply for every recipient (DNS, connection, or a whole-session refusal)."""
-    attempt.results = {r.address: reply for r in hmail.todo.rcpt_to}
-    record(spool, hmail, attempt, out)
+    outcome.results = {r.address: reply for r in hmail.todo.rcpt_to}
+    record(spool, hmail, outcome, out)
 
 
 def delay_entry(spool: Spool, hmail: HMail, seconds: float) -> None:
@@ -159,14 +148,14 @@ def delay_entry(spool: Spool, hmail: HMail, seconds: float) -> None:
 
 def fail_each(spool: Spool, hmails: list[HMail], exc: DeliveryError, out: Outbound) -> None:
     """The same failure for every entry (no MX address took a session, say)."""
-    attempt = Attempt(host=exc.host or "-", ip=exc.ip or "-")
+    outcome = Outcome(host=exc.host or "-", ip=exc.ip or "-")
     for hmail in hmails:
         with guarded(spool, hmail, out):
-            fail_all(spool, hmail, exc.reply, replace(attempt), out)
+            fail_all(spool, hmail, exc.reply, replace(outcome), out)
 
 
 def crashed(spool: Spool, hmail: HMail, exc: BaseException, out: Outbound,
-            attempt: Attempt | None = None) -> None:
+            outcome: Outcome | None = None) -> None:
     """An exception nobody planned for, met while handling this entry: defer the entry.
 
     It counts as a temporary failure, so it goes through the ``deferred`` hook and
@@ -179,7 +168,7 @@ def crashed(spool: Spool, hmail: HMail, exc: BaseException, out: Outbound,
               type(exc).__name__, exc, exc_info=exc)
     reply = local_reply("4.3.0", f"internal error: {type(exc).__name__}: {exc}")
     try:
-        fail_all(spool, hmail, reply, attempt or Attempt(), out)
+        fail_all(spool, hmail, reply, outcome or Outcome(), out)
     except Exception as again:
         log.error("could not record the deferral of %s (%s); rescheduled by rename",
                   hmail.todo.uuid, again)
@@ -200,9 +189,9 @@ def defer_by_rename(spool: Spool, hmail: HMail, out: Outbound) -> None:
 
 @contextmanager
 def guarded(spool: Spool, hmail: HMail, out: Outbound,
-            attempt: Attempt | None = None) -> Iterator[None]:
+            outcome: Outcome | None = None) -> Iterator[None]:
     """Run a step for one entry; whatever it raises defers that entry alone (see crashed)."""
     try:
         yield
     except Exception as exc:
-        crashed(spool, hmail, exc, out, attempt)
+        crashed(spool, hmail, exc, out, outcome)

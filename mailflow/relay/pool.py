@@ -9,11 +9,12 @@ before reuse).  Limits are counted on open connections, idle ones included:
 at most ``concurrency_max`` per process (a worker node runs the threads pool:
 one process) and ``pool_concurrency_max`` per destination IP.
 
-A live socket cannot cross a task boundary, so ``acquire_connection`` hands
-``transmit`` a *lease*: an id under which the checked-out session waits in
-this process until it is redeemed (transmit is routed to this node).
+A live socket cannot cross a task boundary, so ``acquire_connection`` *parks*
+the session it got and hands ``transmit`` a *ticket*: an id under which the
+session waits in this process until it is collected (transmit is routed to
+this node).
 
-No worker thread waits here for a free slot.  A leased session holds its slot
+No worker thread waits here for a free slot.  A parked session holds its slot
 until its transmit task gets a thread; were the threads all blocked waiting
 for slots, no transmit could run to free one, and every session would sit idle
 until the wait timed out (seen as two-minute stalls under load).  So
@@ -32,18 +33,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .client import NextAddress, Session, TlsNeed, open_session, tls_need
-from .config import Tls
-from .errors import TemporaryError, local_reply
-from .mx import Target
-from .settings import Outbound
+from mailflow.config.loader import Tls
+from mailflow.config.settings import Outbound
+from mailflow.errors import TemporaryError, local_reply
+from mailflow.relay.client import NextAddress, Session, TlsNeed, open_session, tls_need
+from mailflow.relay.mx import Target
 
 log = logging.getLogger(__name__)
 
 #: How long a batch may wait for a free connection slot before it is deferred.
 SLOT_WAIT = 120.0
-#: Leases not redeemed within this long are closed (their transmit task was lost).
-LEASE_TTL = 600.0
+#: Parked sessions not collected within this long are closed (their transmit task was lost).
+TICKET_TTL = 600.0
 #: A waiter is woken at least this often, so that its task renews its claim's lease
 #: and gives up after SLOT_WAIT even when no slot frees.
 WAITER_RECHECK = 20.0
@@ -73,7 +74,7 @@ class Pool:
         self._idle: dict[tuple, list[Session]] = {}
         self._open = 0
         self._per_ip: Counter[str] = Counter()
-        self._leases: dict[str, tuple[Session, float]] = {}
+        self._parked: dict[str, tuple[Session, float]] = {}
         self._pool_timeout = 50.0
         self._out = Outbound()  #: the limits last asked for (waiters are judged by them)
         self._reaper: threading.Thread | None = None
@@ -231,19 +232,21 @@ class Pool:
         with self._cond:
             self._unreserve(session.key.ip)
 
-    # -- leases ----------------------------------------------------------------------
+    # -- parking a session for the next task -----------------------------------------
 
-    def lease(self, session: Session) -> str:
-        lease_id = uuid.uuid4().hex
+    def park(self, session: Session) -> str:
+        """Keep ``session`` for the task that brings the returned ticket (transmit)."""
+        ticket = uuid.uuid4().hex
         with self._cond:
-            self._leases[lease_id] = (session, time.monotonic())
-        return lease_id
+            self._parked[ticket] = (session, time.monotonic())
+        return ticket
 
-    def redeem(self, lease_id: str | None) -> Session | None:
-        if not lease_id:
+    def collect(self, ticket: str | None) -> Session | None:
+        """The session parked under ``ticket``; None when there is none (any more)."""
+        if not ticket:
             return None
         with self._cond:
-            entry = self._leases.pop(lease_id, None)
+            entry = self._parked.pop(ticket, None)
         return entry[0] if entry else None
 
     # -- waiting for a slot ------------------------------------------------------------
@@ -311,7 +314,7 @@ class Pool:
             self.reap()
 
     def reap(self) -> None:
-        """QUIT idle sessions past pool_timeout, and leases nobody redeemed."""
+        """QUIT idle sessions past pool_timeout, and parked ones nobody collected."""
         now = time.monotonic()
         expired: list[Session] = []
         with self._cond:
@@ -320,9 +323,9 @@ class Pool:
                     if now - s.last_used >= self._pool_timeout or not s.alive():
                         sessions.remove(s)
                         expired.append(s)
-            for lease_id, (s, at) in list(self._leases.items()):
-                if now - at > LEASE_TTL:
-                    del self._leases[lease_id]
+            for ticket, (s, at) in list(self._parked.items()):
+                if now - at > TICKET_TTL:
+                    del self._parked[ticket]
                     expired.append(s)
         for s in expired:
             s.close(quit=True)

@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import Config
-from .configfiles import ConfigError, read_lines
+from mailflow.config.files import ConfigError, read_lines
+from mailflow.config.loader import Config
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from . import config as configmod
-from . import plugins
-from .configfiles import ConfigError
+from mailflow import config as configmod
+from mailflow.config import plugins
+from mailflow.config.files import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .configfiles import parse_bool, parse_list
-from .schedule import DEFAULT_INTERVALS, parse_intervals
+from mailflow.config.files import parse_bool, parse_list
+from mailflow.config.schedule import DEFAULT_INTERVALS, parse_intervals
 
 Parser = Callable[[str], Any]
 

@@ -1,4 +1,4 @@
-"""Where to deliver: MX lookup with dnspython, and ``get_mx`` answers (PRODUCT §3, §4).
+"""Where to deliver: MX lookup with dnspython, and the addresses to try (PRODUCT §4).
 
 RFC 5321 §5.1: MX records in preference order, equal preferences shuffled;
 no MX record means the domain itself is the MX (implicit MX); a single MX of
@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import math
 import random
-import re
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 import dns.exception
 import dns.name
 import dns.resolver
 
-from .configfiles import parse_bool
-from .errors import PermanentError, TemporaryError, local_reply
-from .settings import Outbound, parse_hostport
+from mailflow.config.settings import Outbound
+from mailflow.errors import PermanentError, TemporaryError, local_reply
 
 
 @dataclass(frozen=True)
@@ -53,7 +49,7 @@ class Target:
     port: int
 
 
-_MX_KEYS = ("priority", "exchange", "port", "bind", "bind_helo", "using_lmtp", "auth_user",
+MX_KEYS = ("priority", "exchange", "port", "bind", "bind_helo", "using_lmtp", "auth_user",
             "auth_pass", "auth_type")
 
 _resolvers: dict[tuple[tuple[str, int], ...], dns.resolver.Resolver] = {}
@@ -83,7 +79,7 @@ def _ascii(domain: str) -> str:
     return domain if domain.isascii() else domain.encode("idna").decode("ascii")
 
 
-def lookup_mx(domain: str, out: Outbound) -> list[MX]:
+def query_mx(domain: str, out: Outbound) -> list[MX]:
     """The domain's MX hosts in the order to try them; raise on null MX, NXDOMAIN, SERVFAIL."""
     if domain.startswith("[") and domain.endswith("]"):
         literal = domain[1:-1]
@@ -174,115 +170,3 @@ def targets(mxs: list[MX], out: Outbound) -> list[Target]:
         raise PermanentError(local_reply("5.4.6", "MX hosts resolve to local addresses (mail loop; "
                                          "see local_mx_ok)"))
     raise PermanentError(local_reply("5.1.2", "no address for any MX host"))
-
-
-def mx_from_hook(value: Any, default_port: int) -> list[MX]:
-    """A ``get_mx`` answer in any form of PRODUCT §3, as a list of MX (never DNS-checked).
-
-    A plugin's answer is untrusted input: anything that is not one of those forms,
-    or has a field of the wrong type or out of range, is a ValueError naming it
-    (the entry is deferred with 4.3.5), never a TypeError deep in delivery.
-    """
-    if isinstance(value, list | tuple):
-        out: list[MX] = []
-        for item in value:
-            out.extend(mx_from_hook(item, default_port))
-        if not out:
-            raise ValueError("get_mx answered an empty list")
-        return out
-    if isinstance(value, MX):
-        return [mx_from_fields(value.__dict__, from_dns=False)]
-    if isinstance(value, str):
-        host, port = parse_hostport(value, default_port=default_port)
-        return [MX(exchange=_exchange(host), port=port, from_dns=False)]
-    if isinstance(value, dict):
-        data = {k: value[k] for k in _MX_KEYS if k in value}
-    else:
-        data = {k: getattr(value, k) for k in _MX_KEYS if getattr(value, k, None) is not None}
-    if "exchange" not in data:
-        raise ValueError(f"get_mx answer without an exchange: {value!r}")
-    return [mx_from_fields(data, from_dns=False)]
-
-
-def mx_from_fields(data: Any, *, from_dns: bool) -> MX:
-    """An MX from a mapping of its fields, each checked (ValueError names the bad one)."""
-    unknown = set(data) - set(_MX_KEYS) - {"from_dns"}
-    if unknown:
-        raise ValueError(f"unknown MX fields {sorted(unknown)}")
-    auth_type = _optional_text(data, "auth_type")
-    if auth_type is not None and auth_type.upper() not in ("PLAIN", "LOGIN", "CRAM-MD5"):
-        raise ValueError(f"auth_type {auth_type!r} is not PLAIN, LOGIN or CRAM-MD5")
-    bind = _optional_text(data, "bind")
-    if bind is not None and not is_ip(bind):
-        raise ValueError(f"bind {bind!r} is not an IP address")
-    helo = _optional_text(data, "bind_helo")
-    if helo is not None and not _HOST_TEXT.match(helo):
-        raise ValueError(f"bind_helo {helo!r} is not a host name")
-    return MX(exchange=_exchange(data.get("exchange")), priority=_priority(data.get("priority")),
-              port=_port(data.get("port")), bind=bind, bind_helo=helo,
-              using_lmtp=_flag(data.get("using_lmtp"), "using_lmtp"),
-              auth_user=_optional_text(data, "auth_user"), auth_pass=_optional_text(data, "auth_pass"),
-              auth_type=auth_type, from_dns=from_dns)
-
-
-#: A host name, an IPv4 or IPv6 address: printable, no spaces, no brackets left.
-_HOST_TEXT = re.compile(r"[A-Za-z0-9.:_\-\u0080-\U0010ffff]{1,255}\Z")
-
-
-def _exchange(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"exchange {value!r} is not a host name")
-    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
-    if not _HOST_TEXT.match(host):
-        raise ValueError(f"exchange {value!r} is not a host name or address")
-    return host.lower()
-
-
-def _port(value: Any) -> int | None:
-    if value is None or value == "" or value == 0:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"port {value!r} is not a number")
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError(f"port {value!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is out of range")
-    return port
-
-
-def _priority(value: Any) -> int:
-    if value is None or value == "":
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"priority {value!r} is not a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"priority {value!r} is not a number") from None
-    if not (math.isfinite(number) and number.is_integer() and 0 <= number <= 65535):
-        raise ValueError(f"priority {value!r} is not a whole number from 0 to 65535")
-    return int(number)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        return parse_bool(value)
-    raise ValueError(f"{name} {value!r} is not true or false")
-
-
-def _optional_text(data: Any, key: str) -> str | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise ValueError(f"{key} {value!r} is not text")
-    text = str(value)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ValueError(f"{key} holds control characters")
-    return text

@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Tls
-from .errors import Reply, TemporaryError, local_reply
-from .mx import Target
-from .settings import Outbound
-from .tlspolicy import client_context, forced, no_tls
+from mailflow.config.loader import Tls
+from mailflow.config.settings import Outbound
+from mailflow.errors import Reply, TemporaryError, local_reply
+from mailflow.relay.mx import Target
+from mailflow.relay.tlspolicy import client_context, forced, no_tls
 
 log = logging.getLogger(__name__)
 

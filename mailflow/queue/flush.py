@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .spool import PENDING, Spool, now_ms
+from mailflow.queue import manager as qmgr
+from mailflow.queue.spool import PENDING, Spool, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,5 @@ def flush(spool: Spool, domain: str | None = None, ident: str | None = None) -> 
             continue
         count += 1
     log.info("flushed %d entries%s", count, f" for {domain}" if domain else "")
-    from . import qmgr
-
     qmgr.nudge_all()
     return count

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from . import qfile
-from .qfile import EntryName
-from .todo import ToDo
+from mailflow.queue import entry as qfile
+from mailflow.queue.entry import EntryName, check_claim, check_name
+from mailflow.queue.todo import ToDo
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +45,8 @@ PENDING = "pending"
 ACTIVE = "active"
 FAILED = "failed"
 STATES = (PENDING, ACTIVE, FAILED)
-#: A claim directory's name: ``uuid4().hex``, with ``b-`` in front for bounce claims.
-CLAIM_ID = re.compile(r"(?:b-)?[0-9a-f]{32}\Z")
 #: Where a claim whose lease expired is put aside while its entries go back.
 EXPIRED_PREFIX = ".expired-"
-
-
-class BadName(ValueError):
-    """A claim id or entry name that is not one of the queue's own (e.g. from a forged task)."""
-
-
-def check_claim(claim: object) -> str:
-    if not isinstance(claim, str) or not CLAIM_ID.match(claim):
-        raise BadName(f"not a claim id: {claim!r}")
-    return claim
-
-
-def check_name(name: object) -> str:
-    if not isinstance(name, str) or EntryName.parse(name) is None:
-        raise BadName(f"not a queue entry name: {name!r}")
-    return name
 
 
 def now_ms() -> int:

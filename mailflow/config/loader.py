@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .configfiles import ConfigError, IniFile, parse_bool, parse_list, read_ini, read_lines
-from .settings import Outbound, Smtp, parsers_of
+from mailflow.config.files import ConfigError, IniFile, parse_bool, parse_list, read_ini, read_lines
+from mailflow.config.settings import Outbound, Smtp, parsers_of
 
 log = logging.getLogger(__name__)
 

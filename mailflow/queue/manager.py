@@ -32,13 +32,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from . import config as configmod
-from . import outbound
-from .batch import BROKER_RETRY_MS, LEASE_SECONDS
-from .qfile import EntryName
-from .spool import ACTIVE, FAILED, PENDING, Spool, now_ms
+from mailflow import config as configmod
+from mailflow.application import app
+from mailflow.payloads import BOUNCE, LOOKUP_MX, Batch
+from mailflow.queue import submission
+from mailflow.queue.claims import BROKER_RETRY_MS, LEASE_SECONDS
+from mailflow.queue.entry import EntryName
+from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ FULL_SCAN_MS = 60_000
 #: At most this many entries in flight; the rest wait in pending/ (qmgr's bounded window).
 ACTIVE_MAX = 5000
 
-Publisher = Callable[[dict[str, Any]], None]
+#: Publish a batch to a task, by the task's name.
+Publisher = Callable[[str, Batch], None]
 
 #: The managers running in this process (flush wakes them at once).
 RUNNING: list[QueueManager] = []
@@ -71,11 +73,8 @@ def nudge_all() -> None:
         manager.nudge()
 
 
-def _publish(batch: dict[str, Any]) -> None:
-    from . import app
-
-    task = "mailflow.bounce" if batch.get("bounce") else "mailflow.lookup_mx"
-    app.send_task(task, args=[batch])
+def _publish(task: str, batch: Batch) -> None:
+    app.send_task(task, args=[batch.to_json()], argsrepr=batch.shown())
 
 
 class Unpublished(Exception):
@@ -99,7 +98,7 @@ class QueueManager:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> QueueManager:
-        outbound.after_queue.append(self._queued)
+        submission.after_queue.append(self._queued)
         RUNNING.append(self)
         self._thread = threading.Thread(target=self._run, daemon=True, name="mailflow-qmgr")
         self._thread.start()
@@ -112,8 +111,8 @@ class QueueManager:
             RUNNING.remove(self)
         if self._thread is not None:
             self._thread.join(10)
-        if self._queued in outbound.after_queue:
-            outbound.after_queue.remove(self._queued)
+        if self._queued in submission.after_queue:
+            submission.after_queue.remove(self._queued)
 
     def nudge(self) -> None:
         self._wake.set()
@@ -204,7 +203,7 @@ class QueueManager:
                 if got:
                     room -= len(got)
                     claimed += len(got)
-                    self._dispatch({"bounce": True, "claim": claim, "names": got}, FAILED)
+                    self._dispatch(BOUNCE, Batch(claim, tuple(got)), FAILED)
             for domain, names in self.due().items():
                 for start in range(0, len(names), BATCH_MAX):
                     if room <= 0:
@@ -213,29 +212,30 @@ class QueueManager:
                     if got:
                         room -= len(got)
                         claimed += len(got)
-                        self._dispatch({"domain": domain, "claim": claim, "names": got}, PENDING)
+                        self._dispatch(LOOKUP_MX, Batch(claim, tuple(got), domain), PENDING)
         except Unpublished:
             pass
         return claimed
 
-    def _dispatch(self, batch: dict[str, Any], source: str) -> None:
+    def _dispatch(self, task: str, batch: Batch, source: str) -> None:
         """Publish one batch; if the broker will not take it, its entries go back at once.
 
         Otherwise they would sit in their claim until its lease expired (minutes).
         """
         try:
-            self.publish(batch)
+            self.publish(task, batch)
         except Exception as exc:
             due = now_ms() + BROKER_RETRY_MS
-            directory = self.spool.claim_dir(batch["claim"])
-            for name in batch["names"]:
+            directory = self.spool.claim_dir(batch.claim)
+            for name in batch.names:
                 parsed = EntryName.parse(name)
-                try:
-                    assert parsed is not None
-                    os.rename(directory / name, self.spool.path(parsed.rescheduled(due), source))
-                except (FileNotFoundError, AssertionError):
+                if parsed is None:
                     continue
-            self.spool.finish(batch["claim"])
+                try:
+                    os.rename(directory / name, self.spool.path(parsed.rescheduled(due), source))
+                except FileNotFoundError:
+                    continue
+            self.spool.finish(batch.claim)
             log.error("could not publish a batch (%s: %s): %d entries due again in %d s",
-                      type(exc).__name__, exc, len(batch["names"]), BROKER_RETRY_MS // 1000)
+                      type(exc).__name__, exc, len(batch.names), BROKER_RETRY_MS // 1000)
             raise Unpublished from exc

@@ -14,7 +14,7 @@ import os
 import ssl
 from functools import lru_cache
 
-from .config import Tls
+from mailflow.config.loader import Tls
 
 
 def _matches(patterns: tuple[str, ...], ip: str, names: tuple[str, ...]) -> bool:

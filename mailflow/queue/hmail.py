@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import qfile
-from .todo import ToDo
+from mailflow.queue import entry as qfile
+from mailflow.queue.todo import ToDo
 
 
 @dataclass

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from .todo import ToDo
+from mailflow.queue.todo import ToDo
 
 TMP_PREFIX = "__tmp__."
 ERROR_PREFIX = "error."
@@ -31,6 +32,26 @@ MAX_TODO_BYTES = 64 * 1024 * 1024
 
 class CorruptEntry(Exception):
     """A queue file whose header cannot be read."""
+
+
+class BadName(ValueError):
+    """A claim id or entry name that is not one of the queue's own (e.g. from a forged task)."""
+
+
+#: A claim directory's name: ``uuid4().hex``, with ``b-`` in front for bounce claims.
+CLAIM_ID = re.compile(r"(?:b-)?[0-9a-f]{32}\Z")
+
+
+def check_claim(claim: object) -> str:
+    if not isinstance(claim, str) or not CLAIM_ID.match(claim):
+        raise BadName(f"not a claim id: {claim!r}")
+    return claim
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or EntryName.parse(name) is None:
+        raise BadName(f"not a queue entry name: {name!r}")
+    return name
 
 
 @dataclass(frozen=True, order=True)

@@ -17,8 +17,8 @@ import uuid
 from email.utils import formatdate
 from typing import Any
 
-from .hmail import HMail
-from .message import header_block, header_value, single_line
+from mailflow.message import header_block, header_value, single_line
+from mailflow.queue.hmail import HMail
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 

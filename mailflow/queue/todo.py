@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .address import Address
+from mailflow.address import Address
 
 
 @dataclass

@@ -1,0 +1,23 @@
+"""The Celery application every mailflow process shares.
+
+``celery -A mailflow worker`` finds it as ``mailflow.app``; library code that
+publishes a task imports it from here, by name only, and never imports a task
+module (tasks sit on top of the library, not beside it).
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from mailflow.embedded import register as register_embedded_broker
+
+if os.environ.get("MAILFLOW_BROKER_URL"):
+    # Celery lets CELERY_BROKER_URL override any config, so ours must be the one it sees.
+    os.environ["CELERY_BROKER_URL"] = os.environ["MAILFLOW_BROKER_URL"]
+
+register_embedded_broker()
+
+app = Celery("mailflow")
+app.config_from_object("celeryconfig")

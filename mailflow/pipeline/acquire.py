@@ -1,0 +1,141 @@
+"""The ``mailflow.acquire_connection`` step: a ready session to the first MX address that takes one.
+
+The session is parked in this worker process's pool and ``mailflow.transmit``
+is handed its ticket, on this worker node's own queue (a socket cannot cross a
+task boundary; see docs/architecture.md).  When every address is at its
+connection limits the step does not wait in its thread: it leaves a waiter in
+the pool, which sends the step again to this node when a slot frees
+(mailflow/relay/pool.py says why).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mailflow import config
+from mailflow.config.loader import Config
+from mailflow.errors import DeliveryError
+from mailflow.payloads import Batch, Route, accepted
+from mailflow.queue.claims import BROKER_RETRY_MS, give_back, holding, load
+from mailflow.queue.entry import BadName
+from mailflow.queue.hmail import HMail
+from mailflow.queue.outcomes import crashed, fail_each
+from mailflow.queue.spool import Spool, now_ms
+from mailflow.relay.client import Session
+from mailflow.relay.mx import Target, targets
+from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
+from mailflow.seal import SealError
+
+log = logging.getLogger(__name__)
+
+#: Send ``mailflow.transmit`` with the route and the ticket of its parked session.
+HandOn = Callable[[Route, str], None]
+#: Send this step again, to this node, for a route that waited for a slot.
+Again = Callable[[Route], None]
+
+
+def acquire(route: Route, hand_on: HandOn, again: Again | None) -> None:
+    """Get the route a session and hand it on; ``again`` None means no node to be woken on
+    (called eagerly, not by a worker): then the thread waits for a slot, as a client would."""
+    cfg = config.current()
+    spool = Spool(cfg.queue_path())
+    session = None
+    with holding(spool, route.batch) as held:
+        hmails = load(spool, route.batch) if held else []
+        if hmails:
+            session = _session(spool, route, hmails, cfg, again)
+    if session is None:
+        spool.finish(route.batch.claim)
+        return
+    _hand_on(spool, route, session, hand_on, cfg)
+
+
+def route_from(data: Any, cfg: Config, task: str) -> Route | None:
+    """The route a task was given, or None: refused when it is not this queue's (a log line);
+    its entries deferred when its get_mx password cannot be opened here (another host's key)."""
+    batch = accepted(Batch.from_json, data, task)
+    if batch is None:
+        return None
+    try:
+        return Route.from_json(data, cfg.directory)
+    except BadName as exc:
+        log.error("%s refused a payload that is not one of this queue's batches: %s", task, exc)
+    except SealError as exc:
+        spool = Spool(cfg.queue_path())
+        with holding(spool, batch) as held:
+            for hmail in load(spool, batch) if held else []:
+                crashed(spool, hmail, exc, cfg.outbound)
+        spool.finish(batch.claim)
+    return None
+
+
+def session_for(route: Route, cfg: Config, *, wait: float = 0.0) -> Session:
+    """Resolve the route's MX addresses and get a session from the pool.
+
+    Raises DeliveryError (NoSlot among them: every address at its limits).
+    """
+    settings = cfg.outbound
+    found = targets(list(route.mx), settings)
+    bind, helo = source_for(found[0], route, cfg)
+    return POOL.acquire(found, helo=helo, bind=bind, out=settings, tls=cfg.tls_outbound,
+                        domain=route.domain, wait=wait)
+
+
+def source_for(target: Target, route: Route, cfg: Config) -> tuple[str | None, str]:
+    """Source address and EHLO name: get_mx's bind/bind_helo, else the notes, else defaults."""
+    bind = target.mx.bind or route.bind or None
+    helo = target.mx.bind_helo or route.helo or cfg.me
+    return bind, helo
+
+
+def _session(spool: Spool, route: Route, hmails: list[HMail], cfg: Config,
+             again: Again | None) -> Session | None:
+    """A session for the route, or None once every entry has its outcome or a waiter is set."""
+    settings = cfg.outbound
+    try:
+        return session_for(route, cfg, wait=0.0 if again else SLOT_WAIT)
+    except NoSlot as exc:
+        if again is not None:
+            _wait_for_slot(spool, route, hmails, exc, again, cfg)
+        else:
+            fail_each(spool, hmails, exc, settings)
+    except DeliveryError as exc:
+        fail_each(spool, hmails, exc, settings)
+    except Exception as exc:
+        for hmail in hmails:
+            crashed(spool, hmail, exc, settings)
+    return None
+
+
+def _wait_for_slot(spool: Spool, route: Route, hmails: list[HMail], exc: NoSlot, again: Again,
+                   cfg: Config) -> None:
+    """Come back when a slot frees; after SLOT_WAIT in all, defer the route (4.4.5)."""
+    since = route.slot_wait_since
+    now = time.time()
+    if since is None or since > now:
+        since = now
+    if now - since >= SLOT_WAIT:
+        fail_each(spool, hmails, exc, cfg.outbound)
+        return
+    waiting = route.waiting_since(since)
+    POOL.wait_for_slot(exc.ips, lambda: again(waiting), cfg.outbound)
+
+
+def _hand_on(spool: Spool, route: Route, session: Session, hand_on: HandOn, cfg: Config) -> None:
+    """Park the session for transmit; if the hand-on fails, nothing stays held."""
+    ticket = POOL.park(session)
+    try:
+        hand_on(route, ticket)
+        return
+    except Exception:
+        log.exception("could not hand the route for %s to transmit; due again shortly", route.domain)
+    parked = POOL.collect(ticket)
+    if parked is not None:
+        POOL.release(parked, cfg.outbound)
+    with holding(spool, route.batch) as held:
+        if held:
+            give_back(spool, load(spool, route.batch), now_ms() + BROKER_RETRY_MS)
+    spool.finish(route.batch.claim)

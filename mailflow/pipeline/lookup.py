@@ -1,0 +1,135 @@
+"""The ``mailflow.lookup_mx`` step: where each entry of a batch goes, in routes.
+
+For each entry the ``send_email`` hook (DELAY puts it back, not a failure), then
+``get_mx``; at most one DNS MX lookup for the whole batch, and only if some
+entry needs it.  Entries that go the same way -- same MX list, same source
+address and EHLO name -- form one :class:`Route`.  An entry refused or
+deferred on the way gets its outcome here; whatever else goes wrong with one
+entry defers that entry alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mailflow import config, hooks
+from mailflow.codes import DELAY, DENY, DENYSOFT, OK
+from mailflow.config.files import ConfigError
+from mailflow.config.settings import Outbound
+from mailflow.errors import DeliveryError, Reply, local_reply
+from mailflow.payloads import Batch, Outcome, Route
+from mailflow.queue.claims import BROKER_RETRY_MS, give_back, holding, load
+from mailflow.queue.hmail import HMail
+from mailflow.queue.outcomes import crashed, delay_entry, fail_all, guarded
+from mailflow.queue.spool import Spool, now_ms
+from mailflow.relay.answers import mx_from_hook
+from mailflow.relay.mx import MX, query_mx
+
+log = logging.getLogger(__name__)
+
+#: How long a DELAY from the send_email hook waits when it names no time.
+DEFAULT_DELAY = 60.0
+
+HandOn = Callable[[Route], None]
+
+
+def lookup(batch: Batch, hand_on: HandOn) -> None:
+    """Route the batch's entries and ``hand_on`` each route, holding the claim meanwhile."""
+    spool = Spool(config.current().queue_path())
+    with holding(spool, batch) as held:
+        if held:
+            for route in _routes(spool, batch):
+                _hand_on(spool, route, hand_on)
+    spool.finish(batch.claim)
+
+
+class _Dns:
+    """The batch's DNS answer, asked at most once and only if some entry needs it."""
+
+    def __init__(self, domain: str):
+        self.domain = domain
+        self.answer: list[MX] | DeliveryError | None = None
+
+    def mx(self, settings: Outbound) -> list[MX]:
+        if self.answer is None:
+            try:
+                self.answer = query_mx(self.domain, settings)
+            except DeliveryError as exc:
+                self.answer = exc
+        if isinstance(self.answer, DeliveryError):
+            raise self.answer
+        return self.answer
+
+
+def _routes(spool: Spool, batch: Batch) -> list[Route]:
+    """Every entry either in a route (by MX list and source) or given its outcome."""
+    settings = config.current().outbound
+    assert batch.domain is not None
+    dns = _Dns(batch.domain)
+    groups: dict[tuple[Any, ...], tuple[list[MX], list[str], str | None, str | None]] = {}
+    for hmail in load(spool, batch):
+        with guarded(spool, hmail, settings):
+            found = _route(spool, hmail, dns, settings)
+            if found is not None:
+                mxs, bind, helo = found
+                group = groups.setdefault((tuple(mxs), bind, helo), (mxs, [], bind, helo))
+                group[1].append(hmail.filename)
+    return [Route(batch=batch.part(names), mx=tuple(mxs), bind=bind, helo=helo)
+            for mxs, names, bind, helo in groups.values()]
+
+
+def _route(spool: Spool, hmail: HMail, dns: _Dns, settings: Outbound
+           ) -> tuple[list[MX], str | None, str | None] | None:
+    answer = hooks.decide(hooks.send_email, hmail=hmail)
+    if answer.code is DELAY:
+        delay_entry(spool, hmail, _seconds(answer.value))
+        return None
+    answer = hooks.decide(hooks.get_mx, hmail=hmail, domain=dns.domain)
+    if answer.code is DENY:
+        fail_all(spool, hmail, Reply(550, f"5.1.2 {answer.value or 'get_mx refused delivery'}"),
+                 Outcome(), settings)
+        return None
+    if answer.code is DENYSOFT:
+        fail_all(spool, hmail, Reply(451, f"4.1.2 {answer.value or 'get_mx deferred delivery'}"),
+                 Outcome(), settings)
+        return None
+    try:
+        mxs = mx_from_hook(answer.value, settings.mx_port) if answer.code is OK else dns.mx(settings)
+    except DeliveryError as exc:
+        fail_all(spool, hmail, exc.reply, Outcome(), settings)
+        return None
+    except ValueError as exc:
+        fail_all(spool, hmail, local_reply("4.3.5", f"bad get_mx answer: {exc}"), Outcome(), settings)
+        return None
+    notes = hmail.todo.notes
+    return mxs, notes.get("outbound_ip"), notes.get("outbound_helo")
+
+
+def _seconds(value: Any) -> float:
+    """A hook's DELAY value as seconds; anything unusable means the default, with a log line."""
+    if value is None:
+        return DEFAULT_DELAY
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 <= seconds < 10 * 365 * 86400:
+        log.error("send_email hook answered DELAY with %r, not seconds: waiting %d s", value,
+                  DEFAULT_DELAY)
+        return DEFAULT_DELAY
+    return seconds
+
+
+def _hand_on(spool: Spool, route: Route, hand_on: HandOn) -> None:
+    """Hand a route on; if that fails, its entries get an outcome rather than a lease wait."""
+    try:
+        hand_on(route)
+    except ConfigError as exc:  # no key to seal get_mx credentials with
+        for hmail in load(spool, route.batch):
+            crashed(spool, hmail, exc, config.current().outbound)
+    except Exception:  # the broker did not take it: the queue manager claims them again
+        log.exception("could not hand %d entries for %s on; due again shortly",
+                      len(route.batch.names), route.domain)
+        give_back(spool, load(spool, route.batch), now_ms() + BROKER_RETRY_MS)

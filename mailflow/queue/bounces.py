@@ -1,0 +1,104 @@
+"""Bounces: a delivery status notification for each failed/ entry, queued like any mail.
+
+The ``bounce`` hook may answer that none is sent; mail from the null sender is
+never bounced (a double bounce is dropped with a log line); a bounce that
+cannot be made goes back to failed/ on the retry schedule, then is dropped.
+The report itself is built by :mod:`mailflow.queue.dsn`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from mailflow import config, hooks, logs
+from mailflow.address import Address
+from mailflow.codes import CONT
+from mailflow.message import dot_unstuff
+from mailflow.payloads import Batch
+from mailflow.queue import counters, submission
+from mailflow.queue.claims import holding, load
+from mailflow.queue.dsn import build
+from mailflow.queue.hmail import HMail
+from mailflow.queue.spool import FAILED, Spool, now_ms
+
+log = logging.getLogger(__name__)
+
+
+class BounceError(Exception):
+    """What the ``bounce`` hook sees: the reason, with ``mx``, ``bounced_rcpt``, ``deferred_rcpt``."""
+
+    def __init__(self, text: str, *, mx: str | None, bounced_rcpt: list[str],
+                 deferred_rcpt: list[str]):
+        super().__init__(text)
+        self.mx = mx
+        self.bounced_rcpt = bounced_rcpt
+        self.deferred_rcpt = deferred_rcpt
+
+
+def bounce_each(spool: Spool, batch: Batch) -> None:
+    """A bounce for every entry of a claim of failed/ entries (the ``mailflow.bounce`` step)."""
+    with holding(spool, batch) as held:
+        if held:
+            for hmail in load(spool, batch):
+                try:
+                    bounce_one(hmail)
+                except Exception as exc:
+                    not_now(spool, hmail, exc)
+    spool.finish(batch.claim)
+
+
+def not_now(spool: Spool, hmail: HMail, exc: Exception) -> None:
+    """The bounce could not be made or queued: back to failed/ to try again later.
+
+    It follows temp_fail_intervals like a deferral (the queue manager claims a
+    failed/ entry only when due); once they are used up it is dropped with a log
+    line, as a bounce that cannot be delivered is.
+    """
+    cfg = config.current()
+    fails = hmail.num_failures + 1
+    intervals = cfg.outbound.temp_fail_intervals
+    log.error("could not make the bounce for %s: %s: %s", hmail.todo.uuid, type(exc).__name__, exc,
+              exc_info=exc)
+    if fails > len(intervals):
+        logs.event("dropped", id=hmail.todo.uuid, reason=f"no bounce could be made: {exc}")
+        hmail.path.unlink(missing_ok=True)
+        counters.add(spool.root, "dropped")
+        return
+    due = now_ms() + intervals[fails - 1] * 1000
+    try:
+        os.rename(hmail.path, spool.path(hmail.name.rescheduled(due, fails), FAILED))
+    except FileNotFoundError:
+        pass
+
+
+def bounce_one(hmail: HMail) -> None:
+    cfg = config.current()
+    todo = hmail.todo
+    statuses = todo.state.get("rcpt_status", {})
+    reason = str(todo.state.get("reason") or "delivery failed")
+    first: dict[str, Any] = next(iter(statuses.values()), {})
+    if todo.mail_from.is_null:
+        # RFC 3464/5321: never bounce a bounce (a double bounce is dropped with a log line)
+        logs.event("dropped", id=todo.uuid, reason=f"null sender, no bounce: {reason}")
+        hmail.path.unlink(missing_ok=True)
+        counters.add(cfg.queue_path(), "dropped")
+        return
+    error = BounceError(reason, mx=first.get("remote_mta"),
+                        bounced_rcpt=[r.address for r in todo.rcpt_to], deferred_rcpt=[])
+    answer = hooks.decide(hooks.bounce, raised=CONT, hmail=hmail, error=error)
+    if answer.code is not CONT:
+        logs.event("dropped", id=todo.uuid, reason=f"bounce hook: {answer.value or answer.code.name}")
+        hmail.path.unlink(missing_ok=True)
+        counters.add(cfg.queue_path(), "dropped")
+        return
+    original = dot_unstuff(hmail.message())
+    dsn = build(hmail, original, me=cfg.me, template=cfg.bounce_template,
+                max_body=cfg.outbound.max_bounce_body)
+    queued = submission.queue_message(Address.null(), [todo.mail_from], dsn,
+                                    notes={"bounce_for": todo.uuid}, cfg=cfg)
+    logs.event("bounced", id=todo.uuid, to=todo.mail_from.address, status=first.get("status", "5.0.0"),
+               reason=reason, bounce_id=queued.uuid)
+    hmail.path.unlink(missing_ok=True)
+    counters.add(cfg.queue_path(), "bounced")

@@ -1,0 +1,128 @@
+"""Claims: the entries a delivery step works on, held alone while it works (docs/architecture.md).
+
+A claim is a directory under ``active/`` that the queue manager renamed a batch
+of entries into.  Each step re-reads the files; an entry no longer in the claim
+has been handled and is skipped, and a claim whose lease expired is skipped
+whole.  While a step works on a claim it *holds* it: an exclusive flock (a
+broker that runs a task twice at once makes the second wait, then find its
+entries handled), and a thread of this process renews the lease of every held
+claim every few seconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mailflow.payloads import Batch
+from mailflow.queue.entry import CorruptEntry
+from mailflow.queue.hmail import HMail
+from mailflow.queue.spool import Spool
+
+log = logging.getLogger(__name__)
+
+#: A claim not renewed for this long is given back to pending/ by the queue manager.
+LEASE_SECONDS = float(os.environ.get("MAILFLOW_LEASE_SECONDS") or 300)
+#: Entries that could not be handed on (the broker was unreachable) are due again after this.
+BROKER_RETRY_MS = 5000
+#: How often a holder renews its claims.
+RENEW_EVERY = min(10.0, LEASE_SECONDS / 4)
+
+_held: dict[tuple[str, str], int] = {}
+_held_lock = threading.Lock()
+_renewer: threading.Thread | None = None
+
+
+def _renew_forever() -> None:
+    while True:
+        threading.Event().wait(RENEW_EVERY)
+        with _held_lock:
+            claims = list(_held)
+        for root, claim in claims:
+            Spool(root).renew(claim)
+
+
+#: How long a second execution of the same batch waits for the first to let go.
+EXCLUSIVE_WAIT = 120.0
+
+
+def _lock_claim(spool: Spool, claim: str) -> int | None:
+    """An exclusive flock on the claim directory, waiting for another holder; None if it is gone.
+
+    A broker may run a task twice at once (Redis redelivers a task that outlives its
+    visibility timeout); the second waits here and then finds its entries handled.
+    """
+    try:
+        fd = os.open(spool.claim_dir(claim), os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return None
+    deadline = time.monotonic() + EXCLUSIVE_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+
+
+@contextmanager
+def holding(spool: Spool, batch: Batch) -> Iterator[bool]:
+    """Hold the batch's claim, alone, while the block runs; yields False when the claim is gone."""
+    global _renewer
+    claim = batch.claim
+    fd = _lock_claim(spool, claim)
+    if fd is None:
+        yield False
+        return
+    if not spool.renew(claim):
+        os.close(fd)
+        yield False
+        return
+    key = (str(spool.root), claim)
+    with _held_lock:
+        _held[key] = _held.get(key, 0) + 1
+        if _renewer is None or not _renewer.is_alive():
+            _renewer = threading.Thread(target=_renew_forever, daemon=True, name="mailflow-lease")
+            _renewer.start()
+    try:
+        yield True
+    finally:
+        with _held_lock:
+            _held[key] -= 1
+            if not _held[key]:
+                del _held[key]
+        os.close(fd)  # releases the flock
+
+
+def load(spool: Spool, batch: Batch, names: tuple[str, ...] | list[str] | None = None) -> list[HMail]:
+    """The batch's entries still in its claim (unreadable ones are moved aside)."""
+    out = []
+    for name in batch.names if names is None else names:
+        path = spool.claimed_path(batch.claim, name)
+        try:
+            out.append(HMail.load(path))
+        except FileNotFoundError:
+            continue
+        except CorruptEntry as exc:
+            spool.move_aside(path, str(exc))
+    return out
+
+
+def give_back(spool: Spool, hmails: list[HMail], due_ms: int) -> int:
+    """Put claimed entries back in pending/, due at ``due_ms``, not counted as a failure."""
+    back = 0
+    for hmail in hmails:
+        try:
+            spool.release(hmail.path, hmail.name.rescheduled(due_ms))
+        except FileNotFoundError:  # handled meanwhile
+            continue
+        back += 1
+    return back

@@ -1,0 +1,174 @@
+"""Queueing: the one path by which mail enters the queue (PRODUCT §4 Queueing).
+
+``outbound.send_email`` (the Python API), ``mailflow smtpd``, ``mailflow send``,
+``mailflow sendmail`` and bounces all end in :func:`queue_message`.  Nothing is
+answered OK before every entry of the message is on disk and fsync'd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from mailflow import config as configmod
+from mailflow import logs
+from mailflow import message as msg
+from mailflow.address import Address
+from mailflow.message import Body
+from mailflow.queue.entry import EntryName
+from mailflow.queue.spool import NewEntry, Spool, now_ms
+from mailflow.queue.todo import ToDo
+
+log = logging.getLogger("mailflow.queue")
+
+__all__ = ["queue_message", "Queued", "QueueError", "split_recipients", "after_queue"]
+
+
+class QueueError(Exception):
+    """The message could not be written; nothing of it is left in the queue."""
+
+
+@dataclass
+class Queued:
+    uuid: str
+    names: list[EntryName]
+    size: int
+
+
+#: Called with the names of newly queued entries once they are durable: the
+#: delivery side connects here to start their delivery (see ``mailflow.dispatch``).
+after_queue: list[Callable[[Spool, list[EntryName]], None]] = []
+
+
+def split_recipients(rcpts: list[Address], always_split: bool) -> list[list[Address]]:
+    """One group per recipient domain (in first-seen order), or one per recipient."""
+    if always_split:
+        return [[r] for r in rcpts]
+    groups: dict[str, list[Address]] = {}
+    for r in rcpts:
+        groups.setdefault(r.host, []).append(r)
+    return list(groups.values())
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4()).upper()
+
+
+def prepare(message: bytes, *, uuid: str, me: str, received: bytes | None,
+            dot_stuffed: bool) -> bytes:
+    """Normalise, add missing headers, prepend Received, and dot-stuff."""
+    data = msg.normalise_eol(message)
+    if dot_stuffed:
+        data = msg.dot_unstuff(data)
+    data = msg.add_missing_headers(data, msgid=uuid, me=me)
+    if received:
+        data = received + data
+    return msg.dot_stuff(data)
+
+
+#: A large message is turned into the queue's form this much at a time.
+CHUNK = 1024 * 1024
+
+
+def prepare_file(source: IO[bytes], *, uuid: str, me: str, received: bytes | None,
+                 directory: Path) -> IO[bytes]:
+    """``prepare`` for a large message kept in a file: the result is another (unnamed) file.
+
+    The work is the same, a run of whole lines at a time: the headers it lacks are
+    found in the first run, and normalising and stuffing only look within a line.
+    Memory stays at a chunk or two whatever the message's size.
+    """
+    out = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - the caller closes it
+    try:
+        source.seek(0)
+        carry, first = b"", True
+        while chunk := source.read(CHUNK):
+            data = carry + chunk
+            cut = msg.line_cut(data) or (len(data) if len(data) > 4 * CHUNK else 0)
+            piece, carry = data[:cut], data[cut:]
+            if not piece:
+                continue
+            if first:
+                out.write((received or b"") + msg.missing_headers(
+                    msg.normalise_eol(piece), msgid=uuid, me=me))
+                first = False
+            out.write(msg.stored_lines(piece))
+        if carry or first:
+            if first:
+                out.write((received or b"") + msg.missing_headers(carry, msgid=uuid, me=me))
+            out.write(msg.stored_lines(carry) if carry else b"\r\n")
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | Body, *,
+                  notes: dict[str, Any] | None = None, dot_stuffed: bool = False,
+                  received_from: str | None = None, protocol: str | None = None,
+                  client: str = "local",
+                  auth: str | None = None, cfg: configmod.Config | None = None,
+                  txn_uuid: str | None = None) -> Queued:
+    """Write one message to the queue; raise :class:`QueueError` when it could not be.
+
+    ``received_from`` and ``protocol`` are the ``from`` and ``with`` clauses of
+    the Received header for mail that came in by SMTP; the API path has none.
+    ``message`` is bytes, or the :class:`Body` the submission server read DATA into
+    (one past its memory threshold is prepared file to file).
+    """
+    cfg = cfg or configmod.current()
+    out = cfg.outbound
+    txn = txn_uuid or new_uuid()
+    received = None
+    if out.received_header.lower() != "disabled":
+        parts = [f"from {received_from}"] if received_from else []
+        parts.append(f"by {cfg.me} ({out.received_header})")
+        if protocol:
+            parts.append(f"with {protocol}")
+        parts.append(f"id {txn}")
+        received = msg.received_header(" ".join(parts))
+    spool = Spool(cfg.queue_path())
+    data: bytes | IO[bytes]
+    try:
+        if isinstance(message, Body) and not message.in_memory:
+            spool.ensure_once()
+            data = prepare_file(message.file, uuid=txn, me=cfg.me, received=received,
+                                directory=spool.root)
+            size = data.seek(0, os.SEEK_END)
+        else:
+            raw = message.read() if isinstance(message, Body) else message
+            data = prepare(raw, uuid=txn, me=cfg.me, received=received, dot_stuffed=dot_stuffed)
+            size = len(data)
+    except OSError as exc:
+        log.error("queue write failed id=%s: %s", txn, exc)
+        raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
+    arrival = now_ms()
+    entries = []
+    for n, group in enumerate(split_recipients(rcpt_to, out.always_split), start=1):
+        todo = ToDo(uuid=f"{txn}.{n}", queue_time=arrival, domain=group[0].host,
+                    mail_from=mail_from, rcpt_to=group, notes=dict(notes or {}))
+        entries.append(NewEntry(EntryName(arrival, 0, arrival, todo.uuid, todo.domain), todo))
+    try:
+        spool.ensure_once()
+        spool.write(entries, data)
+    except OSError as exc:
+        log.error("queue write failed id=%s: %s", txn, exc)
+        raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
+    finally:
+        if not isinstance(data, bytes):
+            data.close()
+    logs.event("queued", id=txn, **{"from": str(mail_from)},
+               rcpts=",".join(str(r) for r in rcpt_to), size=size, client=client, auth=auth or "-")
+    names = [e.name for e in entries]
+    for callback in after_queue:
+        try:
+            callback(spool, names)
+        except Exception:  # the mail is safe on disk; the sweep will pick it up
+            log.exception("after-queue callback failed for id=%s", txn)
+    return Queued(uuid=txn, names=names, size=size)
