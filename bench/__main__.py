@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import backlog, relay, tools  # noqa: E402
-from tests.support.brokers import BROKERS  # noqa: E402
+from harness.brokers import BROKERS  # noqa: E402
 
 Result = dict[str, Any]
 Row = tuple[str, str, bool | None]  # goal, figure, met (None: not measured)

@@ -21,14 +21,14 @@ from pathlib import Path
 
 from bench import memory, tools
 from bench.relay import ROUTE_PLUGIN, workdir
+from harness import brokers
+from harness.dnsserver import free_port
+from harness.instance import Instance
 from mailflow.address import parse_address
 from mailflow.message import dot_stuff
 from mailflow.queue import entry as qfile
 from mailflow.queue.entry import EntryName
 from mailflow.queue.todo import ToDo
-from tests.support import brokers
-from tests.support.dnsserver import free_port
-from tests.support.instance import Instance
 
 DAY_MS = 86_400_000
 
@@ -42,7 +42,7 @@ def write_backlog(pending: Path, count: int, *, next_attempt_ms: int, size: int 
     for n in range(count):
         todo = ToDo(uuid=f"backlog{n:07d}.1", queue_time=now, domain="sink.test", mail_from=sender,
                     rcpt_to=[parse_address(f"r{n}@sink.test")],
-                    state={"last_error": "451 4.3.0 destination down (bench)"})
+                    record={"last_error": "451 4.3.0 destination down (bench)"})
         name = EntryName(next_attempt_ms, 1, now, todo.uuid, todo.domain)
         (pending / str(name)).write_bytes(qfile.encode_header(todo) + body)
 

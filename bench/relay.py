@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import memory, tools
-from tests.support import brokers
-from tests.support.dnsserver import free_port
-from tests.support.instance import Instance
+from harness import brokers
+from harness.dnsserver import free_port
+from harness.instance import Instance
 
 ROUTE_PLUGIN = """\
 from mailflow import hooks

@@ -33,7 +33,10 @@ def dot_stuff(data: bytes) -> bytes:
 
 
 def dot_unstuff(data: bytes) -> bytes:
-    return re.sub(rb"(?m)^\.", b"", data)
+    """RFC 5321 4.5.2: drop the first character of every line (after CRLF) that starts with a dot."""
+    if data.startswith(b"."):
+        data = data[1:]
+    return data.replace(b"\r\n.", b"\r\n")
 
 
 def header_block(data: bytes) -> bytes:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.support import brokers
-from tests.support.dnsserver import DNSServer, free_port
-from tests.support.instance import Instance
+from harness import brokers
+from harness.dnsserver import DNSServer, free_port
+from harness.instance import Instance
 
 LOOPBACK = "127.0.0.1"
 

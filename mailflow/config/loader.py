@@ -9,6 +9,7 @@ keeps the last good settings, with a log line, if the new text is broken.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -17,12 +18,13 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailflow.config.files import ConfigError, IniFile, parse_bool, parse_list, read_ini, read_lines
-from mailflow.config.settings import Outbound, Smtp, parsers_of
+from mailflow import tls
+from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines
+from mailflow.config.settings import Outbound, Smtp, Tls, parsers_of
 
 log = logging.getLogger(__name__)
 
@@ -69,87 +71,36 @@ def build_section(cls: type[T], ini: IniFile, section: str, *, base: dict[str, A
     return cls(**values)
 
 
-@dataclass(frozen=True)
-class Tls:
-    """One ``tls.ini`` section; ``[outbound]`` inherits ``[main]``."""
-
-    key: str = "tls_key.pem"
-    cert: str = "tls_cert.pem"
-    ciphers: str = ""
-    minVersion: str = ""  # noqa: N815 - Haraka's key name
-    rejectUnauthorized: bool = False  # noqa: N815
-    requestCert: bool = False  # noqa: N815
-    ca: str = ""
-    no_tls_hosts: tuple[str, ...] = ()
-    force_tls_hosts: tuple[str, ...] = ()
-
-
-_TLS_VERSIONS = {"", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"}
-
-
 def _tls_section(ini: IniFile, section: str, base: Tls, config_dir: Path) -> Tls:
-    values: dict[str, Any] = {f.name: getattr(base, f.name) for f in fields(Tls)}
-    for key, raw in ini.section(section).items():
-        if key not in values:
-            log.warning("%s:%d: unknown key %r ignored", ini.path, raw.line, key)
-            continue
-        try:
-            if key in ("rejectUnauthorized", "requestCert"):
-                values[key] = parse_bool(raw.text)
-            elif key in ("no_tls_hosts", "force_tls_hosts"):
-                items = tuple(parse_list(raw.text))
-                for item in items:
-                    _check_host_pattern(item)
-                values[key] = items
-            elif key == "minVersion":
-                if raw.text not in _TLS_VERSIONS:
-                    raise ValueError(f"must be one of {', '.join(sorted(_TLS_VERSIONS - {''}))}")
-                values[key] = raw.text
-            elif key in ("key", "cert", "ca"):
-                values[key] = str(config_dir / raw.text) if raw.text else ""
-            else:
-                values[key] = raw.text
-        except ValueError as exc:
-            raise ConfigError(ini.path, raw.line, f"{key} {exc}") from None
-    return Tls(**values)
+    """One tls.ini section over ``base``; file names made absolute in the config directory."""
+    policy = build_section(Tls, ini, section, base=dataclasses.asdict(base))
+
+    def where(name: str) -> str:
+        value: str = getattr(policy, name)
+        return str(config_dir / value) if value and value != getattr(base, name) else value
+
+    return dataclasses.replace(policy, key=where("key"), cert=where("cert"), ca=where("ca"))
 
 
-def _check_tls_files(tls: Tls) -> None:
+def _check_tls_files(policy: Tls) -> None:
     """A certificate and key that exist must load, and so must a ``ca`` that is set.
 
     Found at start, a garbage key is ``FILE: what is wrong``; found at the first
     STARTTLS, it would be a traceback, or a listener that never offers TLS.
     """
-    cert, key = Path(tls.cert), Path(tls.key)
-    if cert.exists() or key.exists():
-        if not (cert.exists() and key.exists()):
-            present, missing = (cert, key) if cert.exists() else (key, cert)
-            raise ConfigError(present, None, f"{missing.name} is missing (both or neither)")
+    cert, key = Path(policy.cert), Path(policy.key)
+    if cert.exists() != key.exists():
+        present, missing = (cert, key) if cert.exists() else (key, cert)
+        raise ConfigError(present, None, f"{missing.name} is missing (both or neither)")
+    for server, what, where in ((True, f"the TLS key with {cert.name}", key),
+                                (False, "the CA bundle", Path(policy.ca))):
+        if (server and not tls.has_certificate(policy)) or (not server and not policy.ca):
+            continue
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+            tls.context(policy, server=server)
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(key, None, f"cannot load the TLS key with {cert.name}: "
+            raise ConfigError(where, None, f"cannot load {what}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
-    if tls.ca:
-        try:
-            ssl.create_default_context(cafile=tls.ca)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(tls.ca, None, f"cannot load the CA bundle: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
-
-
-_HOSTNAME = re.compile(r"^[A-Za-z0-9*._-]+$")
-
-
-def _check_host_pattern(item: str) -> None:
-    """An IP, a CIDR or a host/domain name."""
-    try:
-        ipaddress.ip_network(item, strict=False)
-        return
-    except ValueError:
-        pass
-    if not _HOSTNAME.match(item):
-        raise ValueError(f"{item!r} is neither an IP, a CIDR nor a host name")
 
 
 @dataclass(frozen=True)
@@ -249,7 +200,7 @@ class Config:
     def _load_tls(self) -> tuple[Tls, Tls]:
         d = self.directory
         tls_ini = read_ini(d / "tls.ini")
-        defaults = Tls(key=str(d / Tls.key), cert=str(d / Tls.cert))
+        defaults = Tls(key=str(d / "tls_key.pem"), cert=str(d / "tls_cert.pem"))
         main = _tls_section(tls_ini, "main", defaults, d)
         outbound = _tls_section(tls_ini, "outbound", main, d)
         for policy in (main, outbound):

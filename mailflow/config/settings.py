@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -214,6 +215,53 @@ class Smtp:
         "connection's failures so far (Postfix's smtpd_error_sleep_time)")
     auth_max_failures: int = setting(
         3, positive_int, "failed AUTH attempts after which a connection is closed (421 4.7.0)")
+
+
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def tls_version(value: str) -> str:
+    value = value.strip()
+    if value and value not in TLS_VERSIONS:
+        raise ValueError(f"must be one of {', '.join(TLS_VERSIONS)}")
+    return value
+
+
+_HOST_PATTERN = re.compile(r"^[A-Za-z0-9*._-]+$")
+
+
+def host_patterns(value: str) -> tuple[str, ...]:
+    """A list of IPs, CIDRs or host/domain names (``*.`` allowed in front)."""
+    items = tuple(parse_list(value))
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            if not _HOST_PATTERN.match(item):
+                raise ValueError(f"{item!r} is neither an IP, a CIDR nor a host name") from None
+    return items
+
+
+@dataclass(frozen=True)
+class Tls:
+    """``tls.ini``: one section; ``[outbound]`` inherits ``[main]`` (Haraka's key names).
+
+    ``key``, ``cert`` and ``ca`` are read relative to the config directory.
+    """
+
+    key: str = setting("tls_key.pem", text, "private key of our certificate (PEM)")
+    cert: str = setting("tls_cert.pem", text, "our certificate chain (PEM)")
+    ciphers: str = setting("", text, "OpenSSL cipher list (default: Python's)")
+    minVersion: str = setting(  # noqa: N815 - Haraka's key name
+        "", tls_version, "lowest TLS version: TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3")
+    rejectUnauthorized: bool = setting(  # noqa: N815
+        False, boolean, "verify the certificate of every server STARTTLS is used with")
+    requestCert: bool = setting(False, boolean, "ask clients for a certificate")  # noqa: N815
+    ca: str = setting("", text, "CA bundle for verifying servers (default: the system's)")
+    no_tls_hosts: tuple[str, ...] = setting(
+        (), host_patterns, "IPs, CIDRs or domains never to STARTTLS with")
+    force_tls_hosts: tuple[str, ...] = setting(
+        (), host_patterns, "IPs, MX names or domains that must have TLS, verified, else defer")
 
 
 def defaults_of(cls: type) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0) -> Session:
     settings = cfg.outbound
     found = targets(list(route.mx), settings)
     bind, helo = source_for(found[0], route, cfg)
-    return POOL.acquire(found, helo=helo, bind=bind, out=settings, tls=cfg.tls_outbound,
+    return POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=cfg.tls_outbound,
                         domain=route.domain, wait=wait)
 
 

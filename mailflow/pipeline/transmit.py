@@ -60,13 +60,13 @@ class Courier:
     """
 
     def __init__(self, cfg: Config, route: Route, session: Session | None):
-        self.cfg, self.out, self.route = cfg, cfg.outbound, route
+        self.cfg, self.settings, self.route = cfg, cfg.outbound, route
         self.spool = Spool(cfg.queue_path())
         self.session = session
 
     def let_go(self) -> None:
         if self.session is not None:
-            POOL.release(self.session, self.out)
+            POOL.release(self.session, self.settings)
             self.session = None
 
     def discard(self) -> None:
@@ -91,13 +91,13 @@ class Courier:
             except Exception as exc:  # the session's state is unknown: never reuse it
                 outcome = outcome_of(self.session) if self.session is not None else None
                 self.discard()
-                crashed(self.spool, hmail, exc, self.out, outcome)
+                crashed(self.spool, hmail, exc, self.settings, outcome)
 
     def _ready(self, rest: list[HMail]) -> bool:
         """A session for the next message; False when the rest of the batch was dealt with."""
-        if self.session is not None and self.out.pool_timeout == 0 and self.session.messages:
+        if self.session is not None and self.settings.pool_timeout == 0 and self.session.messages:
             try:  # no pooling: a fresh connection per message, in the same slot
-                self.session = POOL.reopen(self.session, out=self.out, tls=self.cfg.tls_outbound,
+                self.session = POOL.reopen(self.session, settings=self.settings, tls=self.cfg.tls_outbound,
                                            domain=self.route.domain)
             except NextAddress:
                 self.session = None
@@ -110,10 +110,10 @@ class Courier:
             back = give_back(self.spool, rest, now_ms())
             log.info("no free connection slot for %s: %d entries due again", self.route.domain, back)
         except DeliveryError as exc:
-            fail_each(self.spool, rest, exc, self.out)
+            fail_each(self.spool, rest, exc, self.settings)
         except Exception as exc:
             for hmail in rest:
-                crashed(self.spool, hmail, exc, self.out)
+                crashed(self.spool, hmail, exc, self.settings)
         return False
 
     def _send_one(self, hmail: HMail) -> None:
@@ -125,25 +125,25 @@ class Courier:
             assert session is not None
             outcome = outcome_of(session)
             try:
-                results = session.send(hmail.todo.mail_from.address, rcpts, message, self.out)
+                results = session.send(hmail.todo.mail_from.address, rcpts, message, self.settings)
             except EndOfDataTimeout:
                 self.discard()
                 fail_all(self.spool, hmail, local_reply(
-                    "4.4.2", "timeout waiting for the reply to the end of data"), outcome, self.out)
+                    "4.4.2", "timeout waiting for the reply to the end of data"), outcome, self.settings)
                 return
             except (smtplib.SMTPException, OSError) as exc:
                 self.discard()
                 if retry or session.messages <= 1:
                     fail_all(self.spool, hmail, local_reply(
-                        "4.4.2", f"connection to {outcome.host} broke: {exc}"), outcome, self.out)
+                        "4.4.2", f"connection to {outcome.host} broke: {exc}"), outcome, self.settings)
                     return
                 # a pooled connection the remote end closed: replace it, do not fail the message
                 try:
                     self.session = session_for(self.route, self.cfg)
                 except DeliveryError as err:
-                    fail_all(self.spool, hmail, err.reply, outcome, self.out)
+                    fail_all(self.spool, hmail, err.reply, outcome, self.settings)
                     return
                 continue
             outcome.results = {r.address: r.reply for r in results}
-            record(self.spool, hmail, outcome, self.out)
+            record(self.spool, hmail, outcome, self.settings)
             return

@@ -76,8 +76,8 @@ def not_now(spool: Spool, hmail: HMail, exc: Exception) -> None:
 def bounce_one(hmail: HMail) -> None:
     cfg = config.current()
     todo = hmail.todo
-    statuses = todo.state.get("rcpt_status", {})
-    reason = str(todo.state.get("reason") or "delivery failed")
+    statuses = todo.record.get("rcpt_status", {})
+    reason = str(todo.record.get("reason") or "delivery failed")
     first: dict[str, Any] = next(iter(statuses.values()), {})
     if todo.mail_from.is_null:
         # RFC 3464/5321: never bounce a bounce (a double bounce is dropped with a log line)

@@ -58,9 +58,9 @@ def _status_block(address: str, status: dict[str, Any]) -> str:
 def build(hmail: HMail, original: bytes, *, me: str, template: str, max_body: int) -> bytes:
     """The whole bounce message (CRLF line endings, not dot-stuffed)."""
     todo = hmail.todo
-    statuses: dict[str, dict[str, Any]] = todo.state.get("rcpt_status", {})
+    statuses: dict[str, dict[str, Any]] = todo.record.get("rcpt_status", {})
     failed = [r.address for r in todo.rcpt_to]
-    reason = todo.state.get("reason") or next(
+    reason = todo.record.get("reason") or next(
         (s.get("text", "") for s in statuses.values()), "delivery failed")
     orig_msgid = header_value(original, "message-id") or ""
     msgid = f"{uuid.uuid4()}@{me}"

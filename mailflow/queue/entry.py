@@ -13,6 +13,7 @@ line endings, dot-stuffed, without the final ``.``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -85,6 +86,11 @@ class EntryName:
         parsed = cls(int(nxt), int(fails), int(arrival), ident, domain)
         return parsed if str(parsed) == name else None
 
+    def matches(self, ident: str) -> bool:
+        """This entry is ``ident``: its own id, or the message id its entries share
+        (``<uuid>`` names every ``<uuid>.<n>`` entry of one message)."""
+        return self.id == ident or self.id.startswith(ident + ".")
+
     def rescheduled(self, next_attempt_ms: int, num_failures: int | None = None) -> EntryName:
         return replace(
             self,
@@ -156,7 +162,8 @@ def write_tmp(directory: Path, tmp_name: str, header: bytes, message: bytes | IO
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(path)
+        with contextlib.suppress(OSError):
+            path.unlink()
         raise
     os.close(fd)
     return path
@@ -166,13 +173,6 @@ def _write_all(fd: int, data: memoryview) -> None:
     while data:
         n = os.write(fd, data)
         data = data[n:]
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def fsync_dir(directory: Path) -> None:

@@ -25,7 +25,7 @@ def flush(spool: Spool, domain: str | None = None, ident: str | None = None) -> 
             continue
         if domain is not None and name.domain != domain.lower():
             continue
-        if ident is not None and name.id != ident and not name.id.startswith(ident + "."):
+        if ident is not None and not name.matches(ident):
             continue
         try:
             os.rename(spool.path(name), spool.path(name.rescheduled(now)))

@@ -35,7 +35,7 @@ def _classify(reply: Reply) -> str:
     return "failed" if reply.is_permanent else "deferred"
 
 
-def record(spool: Spool, hmail: HMail, outcome: Outcome, out: Outbound) -> None:
+def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound) -> None:
     """Apply one outcome's per-recipient results to the entry."""
     groups: dict[str, list[str]] = {"delivered": [], "deferred": [], "failed": []}
     for rcpt in hmail.todo.rcpt_to:
@@ -62,18 +62,11 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, out: Outbound) -> None:
     if failed:
         fail(spool, hmail, {a: outcome.results[a] for a in failed}, outcome.host)
     if deferred:
-        defer(spool, hmail, {a: outcome.results[a] for a in deferred}, outcome.host, out)
+        defer(spool, hmail, {a: outcome.results[a] for a in deferred}, outcome.host, settings)
     else:
-        _remove(hmail)
+        hmail.path.unlink(missing_ok=True)
         if ok:
             counters.add(spool.root, "delivered")
-
-
-def _remove(hmail: HMail) -> None:
-    try:
-        hmail.path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def _status_of(reply: Reply, remote_mta: str) -> dict[str, Any]:
@@ -85,7 +78,7 @@ def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
          reason: str | None = None) -> None:
     """Move the permanently failed recipients to failed/, each with its own status."""
     todo = replace(hmail.todo, rcpt_to=[r for r in hmail.todo.rcpt_to if r.address in failed],
-                   state={**hmail.todo.state,
+                   record={**hmail.todo.record,
                           "rcpt_status": {a: _status_of(r, remote_mta) for a, r in failed.items()},
                           "reason": reason or str(next(iter(failed.values())))})
     # a new stage: its failure count counts attempts to make the bounce (queue/bounces.py)
@@ -100,45 +93,45 @@ def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
 
 
 def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: str,
-          out: Outbound) -> None:
+          settings: Outbound) -> None:
     """Reschedule the deferred recipients, or fail them when the schedule is used up."""
     fails = hmail.num_failures + 1
     err = str(next(iter(deferred.values())))
-    intervals = out.temp_fail_intervals
+    intervals = settings.temp_fail_intervals
     if fails > len(intervals):
         too_many = {a: Reply(r.code + 100 if r.code // 100 == 4 else r.code,
                              "5" + r.text[1:] if r.text[:2] == "4." else r.text, r.command)
                     for a, r in deferred.items()}
         fail(spool, hmail, too_many, remote_mta, reason=f"Too many failures ({err})")
-        _remove(hmail)
+        hmail.path.unlink(missing_ok=True)
         return
     hmail.num_failures = fails
     delay: float = intervals[fails - 1]
     answer = hooks.decide(hooks.deferred, hmail=hmail, delay=delay, err=err)
     if answer.code is OK:
         logs.event("dropped", id=hmail.todo.uuid, reason=f"deferred hook: {answer.value or 'OK'}")
-        _remove(hmail)
+        hmail.path.unlink(missing_ok=True)
         counters.add(spool.root, "dropped")
         return
     if answer.code is DENYSOFT and isinstance(answer.value, int | float):
         delay = float(answer.value)
-    history = list(hmail.todo.state.get("history", []))[-49:]  # the last 50 attempts
+    history = list(hmail.todo.record.get("history", []))[-49:]  # the last 50 attempts
     history.append({"at": now_ms(), "host": remote_mta, "error": err})
     todo = replace(hmail.todo, rcpt_to=[r for r in hmail.todo.rcpt_to if r.address in deferred],
-                   state={**hmail.todo.state, "last_error": err, "history": history,
+                   record={**hmail.todo.record, "last_error": err, "history": history,
                           "rcpt_status": {a: _status_of(r, remote_mta) for a, r in deferred.items()}})
     name = hmail.name.rescheduled(now_ms() + int(delay * 1000), fails)
-    if todo.rcpt_to == hmail.todo.rcpt_to and todo.state == hmail.todo.state:
+    if todo.rcpt_to == hmail.todo.rcpt_to and todo.record == hmail.todo.record:
         spool.release(hmail.path, name)
         return
     spool.rewrite(hmail.path, name, todo, PENDING)
-    _remove(hmail)
+    hmail.path.unlink(missing_ok=True)
 
 
-def fail_all(spool: Spool, hmail: HMail, reply: Reply, outcome: Outcome, out: Outbound) -> None:
+def fail_all(spool: Spool, hmail: HMail, reply: Reply, outcome: Outcome, settings: Outbound) -> None:
     """One reply for every recipient (DNS, connection, or a whole-session refusal)."""
     outcome.results = {r.address: reply for r in hmail.todo.rcpt_to}
-    record(spool, hmail, outcome, out)
+    record(spool, hmail, outcome, settings)
 
 
 def delay_entry(spool: Spool, hmail: HMail, seconds: float) -> None:
@@ -146,15 +139,15 @@ def delay_entry(spool: Spool, hmail: HMail, seconds: float) -> None:
     spool.release(hmail.path, hmail.name.rescheduled(now_ms() + int(seconds * 1000)))
 
 
-def fail_each(spool: Spool, hmails: list[HMail], exc: DeliveryError, out: Outbound) -> None:
+def fail_each(spool: Spool, hmails: list[HMail], exc: DeliveryError, settings: Outbound) -> None:
     """The same failure for every entry (no MX address took a session, say)."""
     outcome = Outcome(host=exc.host or "-", ip=exc.ip or "-")
     for hmail in hmails:
-        with guarded(spool, hmail, out):
-            fail_all(spool, hmail, exc.reply, replace(outcome), out)
+        with guarded(spool, hmail, settings):
+            fail_all(spool, hmail, exc.reply, replace(outcome), settings)
 
 
-def crashed(spool: Spool, hmail: HMail, exc: BaseException, out: Outbound,
+def crashed(spool: Spool, hmail: HMail, exc: BaseException, settings: Outbound,
             outcome: Outcome | None = None) -> None:
     """An exception nobody planned for, met while handling this entry: defer the entry.
 
@@ -168,18 +161,18 @@ def crashed(spool: Spool, hmail: HMail, exc: BaseException, out: Outbound,
               type(exc).__name__, exc, exc_info=exc)
     reply = local_reply("4.3.0", f"internal error: {type(exc).__name__}: {exc}")
     try:
-        fail_all(spool, hmail, reply, outcome or Outcome(), out)
+        fail_all(spool, hmail, reply, outcome or Outcome(), settings)
     except Exception as again:
         log.error("could not record the deferral of %s (%s); rescheduled by rename",
                   hmail.todo.uuid, again)
-        defer_by_rename(spool, hmail, out)
+        defer_by_rename(spool, hmail, settings)
 
 
-def defer_by_rename(spool: Spool, hmail: HMail, out: Outbound) -> None:
+def defer_by_rename(spool: Spool, hmail: HMail, settings: Outbound) -> None:
     """Back to pending/ with one more failure counted and its wait, changing nothing inside."""
     name = hmail.name
     fails = name.num_failures + 1
-    intervals = out.temp_fail_intervals
+    intervals = settings.temp_fail_intervals
     delay = intervals[min(fails, len(intervals)) - 1] if intervals else 0
     try:
         spool.release(hmail.path, name.rescheduled(now_ms() + int(delay * 1000), fails))
@@ -188,10 +181,10 @@ def defer_by_rename(spool: Spool, hmail: HMail, out: Outbound) -> None:
 
 
 @contextmanager
-def guarded(spool: Spool, hmail: HMail, out: Outbound,
+def guarded(spool: Spool, hmail: HMail, settings: Outbound,
             outcome: Outcome | None = None) -> Iterator[None]:
     """Run a step for one entry; whatever it raises defers that entry alone (see crashed)."""
     try:
         yield
     except Exception as exc:
-        crashed(spool, hmail, exc, out, outcome)
+        crashed(spool, hmail, exc, settings, outcome)

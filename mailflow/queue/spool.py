@@ -24,6 +24,7 @@ and never looked at again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -44,7 +45,8 @@ _ensured: set[Path] = set()
 PENDING = "pending"
 ACTIVE = "active"
 FAILED = "failed"
-STATES = (PENDING, ACTIVE, FAILED)
+#: The directories an entry can be in ('places'; an entry's *state* is what tools report).
+PLACES = (PENDING, ACTIVE, FAILED)
 #: Where a claim whose lease expired is put aside while its entries go back.
 EXPIRED_PREFIX = ".expired-"
 
@@ -68,8 +70,8 @@ class Spool:
         self.active = self.root / ACTIVE
         self.failed = self.root / FAILED
 
-    def dir(self, state: str) -> Path:
-        return self.root / state
+    def dir(self, place: str) -> Path:
+        return self.root / place
 
     def ensure(self) -> Spool:
         for d in (self.root, self.pending, self.active, self.failed):
@@ -85,45 +87,46 @@ class Spool:
 
     # -- writing --------------------------------------------------------------
 
-    def write(self, entries: list[NewEntry], message: bytes | IO[bytes]) -> list[Path]:
-        """Write every entry of one message durably, or none of them.
+    def write(self, entries: list[NewEntry], message: bytes | IO[bytes],
+              place: str = PENDING) -> list[Path]:
+        """Write every entry of one message durably into ``place``, or none of them.
 
         Each file is written under a temp name and fsync'd, then all are
-        renamed into ``pending/`` and the directory is fsync'd once.  On any
-        error every file already written is removed and the error re-raised:
-        the caller answers 451 and nothing is half-queued.
+        renamed into place and the directory is fsync'd once.  On any error
+        every file already written is removed and the error re-raised: the
+        caller answers 451 and nothing is half-queued.  This is the only way a
+        queue file is written.
         """
         pid = os.getpid()
         tmps: list[Path] = []
         done: list[Path] = []
         try:
+            directory = self.dir(place)
             for entry in entries:
                 header = qfile.encode_header(entry.todo)
                 tmps.append(qfile.write_tmp(
-                    self.pending, f"{qfile.TMP_PREFIX}{pid}.{entry.name}", header, message))
+                    directory, f"{qfile.TMP_PREFIX}{pid}.{entry.name}", header, message))
             for tmp, entry in zip(tmps, entries, strict=True):
-                final = self.pending / str(entry.name)
+                final = directory / str(entry.name)
                 os.rename(tmp, final)
                 done.append(final)
-            qfile.fsync_dir(self.pending)
+            qfile.fsync_dir(directory)
         except BaseException:
             for path in tmps + done:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise
         return done
 
     # -- listing --------------------------------------------------------------
 
-    def names(self, state: str = PENDING) -> Iterator[EntryName]:
-        """Entry names in ``state`` (unordered); temp, error and stray files are skipped."""
-        if state == ACTIVE:
+    def names(self, place: str = PENDING) -> Iterator[EntryName]:
+        """Entry names in ``place`` (unordered); temp, error and stray files are skipped."""
+        if place == ACTIVE:
             for claim in self.claims():
                 yield from _names_in(self.active / claim)
             return
-        yield from _names_in(self.dir(state))
+        yield from _names_in(self.dir(place))
 
     def claims(self) -> list[str]:
         try:
@@ -132,8 +135,8 @@ class Spool:
         except FileNotFoundError:
             return []
 
-    def path(self, name: EntryName | str, state: str = PENDING) -> Path:
-        return self.dir(state) / check_name(str(name))
+    def path(self, name: EntryName | str, place: str = PENDING) -> Path:
+        return self.dir(place) / check_name(str(name))
 
     # -- moving entries ---------------------------------------------------------------
 
@@ -249,15 +252,9 @@ class Spool:
         os.rename(path, target)
         return target
 
-    def rewrite(self, source: Path, name: EntryName, todo: ToDo, state: str = PENDING) -> Path:
-        """Write ``todo`` with ``source``'s message as a new durable entry in ``state``."""
-        message = qfile.read_message(source)
-        directory = self.dir(state)
-        tmp = qfile.write_tmp(directory, f"{qfile.TMP_PREFIX}{os.getpid()}.{name}",
-                              qfile.encode_header(todo), message)
-        final = directory / str(name)
-        os.rename(tmp, final)
-        qfile.fsync_dir(directory)
+    def rewrite(self, source: Path, name: EntryName, todo: ToDo, place: str = PENDING) -> Path:
+        """Write ``todo`` with ``source``'s message as a new durable entry in ``place``."""
+        [final] = self.write([NewEntry(name, todo)], qfile.read_message(source), place)
         return final
 
     # -- start-up recovery ------------------------------------------------------
@@ -277,7 +274,7 @@ class Spool:
             for item in os.scandir(directory):
                 if item.name.startswith(qfile.TMP_PREFIX):
                     if not _writer_alive(item.name):
-                        _unlink(Path(item.path))
+                        Path(item.path).unlink(missing_ok=True)
                         removed += 1
                         log.info("removed leftover temp file %s", item.path)
                     continue
@@ -327,10 +324,3 @@ def _writer_alive(tmp_name: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -123,12 +123,12 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | B
     (one past its memory threshold is prepared file to file).
     """
     cfg = cfg or configmod.current()
-    out = cfg.outbound
+    settings = cfg.outbound
     txn = txn_uuid or new_uuid()
     received = None
-    if out.received_header.lower() != "disabled":
+    if settings.received_header.lower() != "disabled":
         parts = [f"from {received_from}"] if received_from else []
-        parts.append(f"by {cfg.me} ({out.received_header})")
+        parts.append(f"by {cfg.me} ({settings.received_header})")
         if protocol:
             parts.append(f"with {protocol}")
         parts.append(f"id {txn}")
@@ -150,7 +150,7 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | B
         raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
     arrival = now_ms()
     entries = []
-    for n, group in enumerate(split_recipients(rcpt_to, out.always_split), start=1):
+    for n, group in enumerate(split_recipients(rcpt_to, settings.always_split), start=1):
         todo = ToDo(uuid=f"{txn}.{n}", queue_time=arrival, domain=group[0].host,
                     mail_from=mail_from, rcpt_to=group, notes=dict(notes or {}))
         entries.append(NewEntry(EntryName(arrival, 0, arrival, todo.uuid, todo.domain), todo))

@@ -13,7 +13,7 @@ class ToDo:
     """What must be delivered: one sender, the recipients at one domain, and the notes.
 
     ``notes`` are the original transaction's notes (``outbound_ip`` and
-    ``outbound_helo`` are read from here).  ``state`` is mailflow's own record
+    ``outbound_helo`` are read from here).  ``record`` is mailflow's own record
     of the entry: per-recipient outcomes, attempt history, last error.
     """
 
@@ -23,7 +23,7 @@ class ToDo:
     mail_from: Address
     rcpt_to: list[Address]
     notes: dict[str, Any] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -33,7 +33,7 @@ class ToDo:
             "mail_from": self.mail_from.to_json(),
             "rcpt_to": [r.to_json() for r in self.rcpt_to],
             "notes": self.notes,
-            "state": self.state,
+            "state": self.record,  # the key on disk: queue files written before keep reading
         }
 
     @classmethod
@@ -45,5 +45,5 @@ class ToDo:
             mail_from=Address.from_json(data["mail_from"]),
             rcpt_to=[Address.from_json(r) for r in data["rcpt_to"]],
             notes=dict(data.get("notes") or {}),
-            state=dict(data.get("state") or {}),
+            record=dict(data.get("state") or {}),
         )

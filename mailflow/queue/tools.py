@@ -73,13 +73,13 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -
             "size": size, "mail_from": todo.mail_from.address,
             "rcpt_to": [r.address for r in todo.rcpt_to], "num_failures": name.num_failures,
             "next_attempt": name.next_attempt_ms // 1000 if st == "waiting" else None,
-            "last_error": todo.state.get("last_error") or todo.state.get("reason"),
+            "last_error": todo.record.get("last_error") or todo.record.get("reason"),
         })
     return out
 
 
 def find(spool: Spool, ident: str) -> list[Path]:
-    return [p for _, p, n in _entries(spool) if n.id == ident or n.id.startswith(ident + ".")]
+    return [p for _, p, n in _entries(spool) if n.matches(ident)]
 
 
 def printable(text: str, keep: str = "\n\t") -> str:
@@ -99,14 +99,14 @@ def show(path: Path) -> str:
              f"queued: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(todo.queue_time / 1000))}",
              f"from: {todo.mail_from}", "to: " + ", ".join(str(r) for r in todo.rcpt_to),
              f"file: {path}"]
-    for address, status in todo.state.get("rcpt_status", {}).items():
+    for address, status in todo.record.get("rcpt_status", {}).items():
         lines.append(f"last attempt for {address}: {status.get('code') or ''} {status.get('text', '')} "
                      f"({status.get('remote_mta', '-')})")
-    for attempt in todo.state.get("history", []):
+    for attempt in todo.record.get("history", []):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(attempt["at"] / 1000))
         lines.append(f"attempt {when} via {attempt.get('host', '-')}: {attempt.get('error', '')}")
-    if todo.state.get("last_error"):
-        lines.append(f"last error: {todo.state['last_error']}")
+    if todo.record.get("last_error"):
+        lines.append(f"last error: {todo.record['last_error']}")
     lines += ["", header_block(message).decode("utf-8", "replace").replace("\r\n", "\n").rstrip()]
     return printable("\n".join(lines))
 
@@ -117,7 +117,7 @@ def delete(spool: Spool, *, ident: str | None = None, domain: str | None = None,
     now = now_ms()
     removed = 0
     for where, path, name in _entries(spool):
-        if ident is not None and not (name.id == ident or name.id.startswith(ident + ".")):
+        if ident is not None and not name.matches(ident):
             continue
         if domain is not None and name.domain != domain.lower():
             continue

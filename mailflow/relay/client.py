@@ -12,8 +12,6 @@ outbound.ini).  The message is sent as stored (already dot-stuffed, CRLF).
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 import select
 import smtplib
@@ -23,8 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailflow.config.loader import Tls
-from mailflow.config.settings import Outbound
+from mailflow.config.settings import Outbound, Tls
 from mailflow.errors import Reply, TemporaryError, local_reply
 from mailflow.relay.mx import Target
 from mailflow.relay.tlspolicy import client_context, forced, no_tls
@@ -92,10 +89,10 @@ class TlsNeed:
     name: str  #: what it must be valid for: the MX host name, or the IP of an IP-literal MX
 
 
-def tls_need(target: Target, domain: str, policy: Tls, out: Outbound) -> TlsNeed:
+def tls_need(target: Target, domain: str, policy: Tls, settings: Outbound) -> TlsNeed:
     mx = target.mx
     must = forced(policy, target.ip, mx.exchange, domain)
-    want = (out.enable_tls or must) and not no_tls(policy, target.ip, mx.exchange, domain)
+    want = (settings.enable_tls or must) and not no_tls(policy, target.ip, mx.exchange, domain)
     return TlsNeed(want=want, must=must, verify=must or policy.rejectUnauthorized,
                    name=mx.exchange)
 
@@ -167,7 +164,7 @@ class Session:
         code, text = self.smtp.getreply()
         return Reply(code, text.decode("utf-8", "replace").replace("\n", " "), command)
 
-    def send(self, mail_from: str, rcpts: list[str], message: bytes, out: Outbound) -> list[RcptResult]:
+    def send(self, mail_from: str, rcpts: list[str], message: bytes, settings: Outbound) -> list[RcptResult]:
         """One transaction; every recipient gets its reply. Raises EndOfDataTimeout, or
         smtplib/OS errors when the connection broke before DATA was answered."""
         s = self.smtp
@@ -186,40 +183,40 @@ class Session:
         mail_cmd = f"MAIL FROM:<{mail_from}>" + "".join(" " + o for o in options)
         rcpt_cmds = [f"RCPT TO:<{r}>" for r in rcpts]
         if s.has_extn("pipelining"):
-            self._timeout(out.timeout_mail)
+            self._timeout(settings.timeout_mail)
             s.send((mail_cmd + "\r\n" + "".join(c + "\r\n" for c in rcpt_cmds)).encode("utf-8"))
             mail_reply = self._reply("MAIL")
-            self._timeout(out.timeout_rcpt)
+            self._timeout(settings.timeout_rcpt)
             rcpt_replies = [self._reply("RCPT") for _ in rcpts]
         else:
-            self._timeout(out.timeout_mail)
+            self._timeout(settings.timeout_mail)
             s.putcmd(mail_cmd)
             mail_reply = self._reply("MAIL")
             rcpt_replies = []
             if mail_reply.code == 250:
-                self._timeout(out.timeout_rcpt)
+                self._timeout(settings.timeout_rcpt)
                 for cmd in rcpt_cmds:
                     s.putcmd(cmd)
                     rcpt_replies.append(self._reply("RCPT"))
         if mail_reply.code != 250:
-            self._rset(out)
+            self._rset(settings)
             return [RcptResult(r, mail_reply) for r in rcpts]
         results = [RcptResult(r, rep) for r, rep in zip(rcpts, rcpt_replies, strict=True)]
         accepted = [res for res in results if 200 <= res.reply.code < 300]
         if not accepted:
-            self._rset(out)
+            self._rset(settings)
             return results
-        self._timeout(out.timeout_data)
+        self._timeout(settings.timeout_data)
         s.putcmd("DATA")
         data_reply = self._reply("DATA")
         if data_reply.code != 354:
             for res in accepted:
                 res.reply = data_reply
-            self._rset(out)
+            self._rset(settings)
             return results
-        self._timeout(out.timeout_data_block)
+        self._timeout(settings.timeout_data_block)
         s.send(message + b".\r\n")
-        self._timeout(out.timeout_end_of_data)
+        self._timeout(settings.timeout_end_of_data)
         try:
             if isinstance(s, smtplib.LMTP):
                 for res in accepted:  # RFC 2033 4.2: one reply per accepted recipient, in order
@@ -234,8 +231,8 @@ class Session:
             raise EndOfDataTimeout(str(exc)) from exc
         return results
 
-    def _rset(self, out: Outbound) -> None:
-        self._timeout(out.timeout_command)
+    def _rset(self, settings: Outbound) -> None:
+        self._timeout(settings.timeout_command)
         self.smtp.putcmd("RSET")
         self._reply("RSET")
 
@@ -244,39 +241,37 @@ def _auth_mechanisms(smtp: smtplib.SMTP) -> list[str]:
     return smtp.esmtp_features.get("auth", "").upper().split()
 
 
+#: smtplib's own AUTH methods, by mechanism, in the order of preference.
+_AUTH_METHODS = {"CRAM-MD5": "auth_cram_md5", "PLAIN": "auth_plain", "LOGIN": "auth_login"}
+
+
 def _authenticate(smtp: smtplib.SMTP, user: str, password: str, forced_type: str | None) -> str | None:
-    """AUTH with the forced mechanism, else CRAM-MD5 > PLAIN > LOGIN; None when none is offered."""
+    """AUTH once, with smtplib's own methods; None when the server offers no mechanism.
+
+    The mechanism is get_mx's ``auth_type``, else the best offered.  Not
+    ``smtplib.login``: after a refusal it tries every other mechanism too, which a
+    smarthost rightly counts as password guessing.
+    """
     offered = _auth_mechanisms(smtp)
     if forced_type:
-        mech = forced_type.upper()
+        mech: str | None = forced_type.upper()
     else:
-        mech = next((m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in offered), "")
-    if not mech or (not forced_type and not offered):
+        mech = next((m for m in _AUTH_METHODS if m in offered), None)
+    if mech is None:
         return None
     smtp.user, smtp.password = user, password
-    if mech == "CRAM-MD5":
-        code, text = smtp.docmd("AUTH", "CRAM-MD5")
-        if code != 334:
-            raise smtplib.SMTPAuthenticationError(code, text)
-        challenge = base64.b64decode(text)
-        digest = hmac.new(password.encode(), challenge, "md5").hexdigest()
-        code, text = smtp.docmd(base64.b64encode(f"{user} {digest}".encode()).decode())
-        if code != 235:
-            raise smtplib.SMTPAuthenticationError(code, text)
-        return mech
-    method = smtp.auth_plain if mech == "PLAIN" else smtp.auth_login
-    smtp.auth(mech, method, initial_response_ok=(mech == "PLAIN"))
+    smtp.auth(mech, getattr(smtp, _AUTH_METHODS[mech]), initial_response_ok=(mech == "PLAIN"))
     return mech
 
 
-def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, tls: Tls,
+def open_session(target: Target, *, helo: str, bind: str | None, settings: Outbound, tls: Tls,
                  need: TlsNeed) -> Session:
     """Connect, greet, STARTTLS and AUTH as configured; raise NextAddress or TemporaryError."""
     mx = target.mx
     cls = _LMTP if mx.using_lmtp else _SMTP
     smtp = cls(local_hostname=helo, source_address=(bind, 0) if bind else None)
-    smtp.connect_timeout = out.connect_timeout
-    smtp.banner_timeout = out.timeout_banner
+    smtp.connect_timeout = settings.connect_timeout
+    smtp.banner_timeout = settings.timeout_banner
     key = SessionKey(target.ip, target.port, bind, helo, mx.auth_user, mx.using_lmtp)
     where = f"{mx.exchange}[{target.ip}]:{target.port}"
     try:
@@ -285,7 +280,7 @@ def open_session(target: Target, *, helo: str, bind: str | None, out: Outbound, 
             smtp.close()
             raise NextAddress(Reply(code, banner.decode("utf-8", "replace"), "banner"))
         assert smtp.sock is not None
-        smtp.sock.settimeout(out.timeout_command)
+        smtp.sock.settimeout(settings.timeout_command)
         _greet(smtp, helo, mx.using_lmtp)
         session = Session(smtp=smtp, key=key, target=target, offered_tls=smtp.has_extn("starttls"))
         if need.want and session.offered_tls:
@@ -342,7 +337,7 @@ def _starttls(session: Session, tls: Tls, need: TlsNeed, where: str) -> None:
     smtp = session.smtp
     smtp._host = need.name  # type: ignore[attr-defined]
     try:
-        code, text = smtp.starttls(context=client_context(tls, need.verify))
+        smtp.starttls(context=client_context(tls, need.verify))
     except ssl.SSLCertVerificationError as exc:
         smtp.close()
         raise NextAddress(local_reply("4.7.5", f"certificate of {where} not trusted for "
@@ -351,8 +346,10 @@ def _starttls(session: Session, tls: Tls, need: TlsNeed, where: str) -> None:
         smtp.close()
         raise NextAddress(local_reply("4.7.5", f"TLS handshake with {where} failed: {exc}")) \
             from None
-    if code != 220:  # refused: the session goes on in plaintext, if plaintext may do
-        log.info("%s refused STARTTLS: %d %s", where, code, text.decode("utf-8", "replace"))
+    except smtplib.SMTPResponseException as exc:  # refused (RFC 3207 454): plaintext, if it may
+        text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) \
+            else str(exc.smtp_error)
+        log.info("%s refused STARTTLS: %d %s", where, exc.smtp_code, text)
         return
     session.secured = True
     session.verified_for = need.name if need.verify else None

@@ -56,9 +56,9 @@ _resolvers: dict[tuple[tuple[str, int], ...], dns.resolver.Resolver] = {}
 _resolvers_lock = threading.Lock()
 
 
-def resolver(out: Outbound) -> dns.resolver.Resolver:
+def resolver(settings: Outbound) -> dns.resolver.Resolver:
     """A caching resolver per nameserver list, shared by the process's threads."""
-    key = out.nameservers
+    key = settings.nameservers
     with _resolvers_lock:
         res = _resolvers.get(key)
         if res is None:
@@ -79,14 +79,14 @@ def _ascii(domain: str) -> str:
     return domain if domain.isascii() else domain.encode("idna").decode("ascii")
 
 
-def query_mx(domain: str, out: Outbound) -> list[MX]:
+def query_mx(domain: str, settings: Outbound) -> list[MX]:
     """The domain's MX hosts in the order to try them; raise on null MX, NXDOMAIN, SERVFAIL."""
     if domain.startswith("[") and domain.endswith("]"):
         literal = domain[1:-1]
         literal = literal[5:] if literal.lower().startswith("ipv6:") else literal
         return [MX(exchange=literal)]
     try:
-        answer = resolver(out).resolve(_ascii(domain), "MX")
+        answer = resolver(settings).resolve(_ascii(domain), "MX")
     except dns.resolver.NXDOMAIN:
         raise PermanentError(local_reply("5.1.2", f"domain {domain} does not exist")) from None
     except dns.resolver.NoAnswer:
@@ -110,16 +110,16 @@ def is_ip(text: str) -> bool:
         return False
 
 
-def resolve_host(host: str, out: Outbound) -> tuple[list[str], bool]:
+def resolve_host(host: str, settings: Outbound) -> tuple[list[str], bool]:
     """Addresses of an MX host (AAAA first with ipv6_enabled) and whether a lookup failed."""
     if is_ip(host):
         return [host], False
-    order = ("AAAA", "A") if out.ipv6_enabled else ("A", "AAAA")
+    order = ("AAAA", "A") if settings.ipv6_enabled else ("A", "AAAA")
     addresses: list[str] = []
     failed = False
     for rdtype in order:
         try:
-            addresses += [r.to_text() for r in resolver(out).resolve(_ascii(host), rdtype)]
+            addresses += [r.to_text() for r in resolver(settings).resolve(_ascii(host), rdtype)]
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             continue
         except (dns.resolver.NoNameservers, dns.exception.Timeout):
@@ -145,7 +145,7 @@ def is_local(ip: str, own: frozenset[str]) -> bool:
             or ip in own)
 
 
-def targets(mxs: list[MX], out: Outbound) -> list[Target]:
+def targets(mxs: list[MX], settings: Outbound) -> list[Target]:
     """Every address to try, in MX order; local addresses of DNS MX hosts dropped unless allowed.
 
     Raises TemporaryError when no address is left and a lookup failed,
@@ -153,15 +153,15 @@ def targets(mxs: list[MX], out: Outbound) -> list[Target]:
     """
     result: list[Target] = []
     any_failed = skipped_local = False
-    own = own_addresses() if not out.local_mx_ok else frozenset()
+    own = own_addresses() if not settings.local_mx_ok else frozenset()
     for mx in mxs:
-        addresses, failed = resolve_host(mx.exchange, out)
+        addresses, failed = resolve_host(mx.exchange, settings)
         any_failed |= failed
         for ip in addresses:
-            if mx.from_dns and not out.local_mx_ok and is_local(ip, own):
+            if mx.from_dns and not settings.local_mx_ok and is_local(ip, own):
                 skipped_local = True
                 continue
-            result.append(Target(mx=mx, ip=ip, port=mx.port or out.mx_port))
+            result.append(Target(mx=mx, ip=ip, port=mx.port or settings.mx_port))
     if result:
         return result
     if any_failed:

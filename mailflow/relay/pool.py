@@ -33,8 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailflow.config.loader import Tls
-from mailflow.config.settings import Outbound
+from mailflow.config.settings import Outbound, Tls
 from mailflow.errors import TemporaryError, local_reply
 from mailflow.relay.client import NextAddress, Session, TlsNeed, open_session, tls_need
 from mailflow.relay.mx import Target
@@ -89,11 +88,11 @@ class Pool:
         with self._cond:
             return self._open
 
-    def _room(self, ip: str, out: Outbound) -> bool:
-        return self._open < out.concurrency_max and self._per_ip[ip] < out.pool_concurrency_max
+    def _room(self, ip: str, settings: Outbound) -> bool:
+        return self._open < settings.concurrency_max and self._per_ip[ip] < settings.pool_concurrency_max
 
     def _reserve_or_reuse(self, target: Target, helo: str, bind: str | None, need: TlsNeed,
-                          out: Outbound, deadline: float) -> Session | None:
+                          settings: Outbound, deadline: float) -> Session | None:
         """An idle session for this delivery, or (returning None) a reserved slot for a new one.
 
         Waits until ``deadline`` while the limits are reached (NoSlot after it); an idle
@@ -103,11 +102,11 @@ class Pool:
             reused = self._take_idle_locked(target, helo, bind, need)
             if reused is not None:
                 return reused
-            if self._room(target.ip, out):
+            if self._room(target.ip, settings):
                 self._open += 1
                 self._per_ip[target.ip] += 1
                 return None
-            at_ip_cap = self._per_ip[target.ip] >= out.pool_concurrency_max
+            at_ip_cap = self._per_ip[target.ip] >= settings.pool_concurrency_max
             victim = self._oldest_idle(target.ip if at_ip_cap else None)
             if victim is not None:
                 self._drop_idle(victim)
@@ -139,22 +138,22 @@ class Pool:
 
     # -- acquiring -------------------------------------------------------------------
 
-    def acquire(self, targets: list[Target], *, helo: str, bind: str | None, out: Outbound, tls: Tls,
+    def acquire(self, targets: list[Target], *, helo: str, bind: str | None, settings: Outbound, tls: Tls,
                 domain: str, wait: float = 0.0) -> Session:
         """A ready session to the first address that takes one.
 
         Raises NoSlot when every address is at its limits (after waiting up to ``wait``
         seconds for each), TemporaryError when none takes a session.
         """
-        self._pool_timeout, self._out = out.pool_timeout, out
+        self._pool_timeout, self._out = settings.pool_timeout, settings
         self._start_reaper()
         last: NextAddress | None = None
         full: list[str] = []
         for target in targets:
-            need = tls_need(target, domain, tls, out)
+            need = tls_need(target, domain, tls, settings)
             try:
                 with self._cond:
-                    reused = self._reserve_or_reuse(target, helo, bind, need, out,
+                    reused = self._reserve_or_reuse(target, helo, bind, need, settings,
                                                     time.monotonic() + wait)
             except NoSlot:
                 full.append(target.ip)
@@ -162,7 +161,7 @@ class Pool:
             if reused is not None:
                 return reused
             try:
-                return open_session(target, helo=helo, bind=bind, out=out, tls=tls, need=need)
+                return open_session(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
             except NextAddress as exc:
                 log.info("next address after %s[%s]:%d: %s", target.mx.exchange, target.ip,
                          target.port, exc.reply)
@@ -178,7 +177,7 @@ class Pool:
         reply = last.reply if last else local_reply("4.4.4", "no MX address to try")
         raise TemporaryError(reply)
 
-    def reopen(self, session: Session, *, out: Outbound, tls: Tls, domain: str) -> Session:
+    def reopen(self, session: Session, *, settings: Outbound, tls: Tls, domain: str) -> Session:
         """QUIT ``session`` and connect afresh to the same address in the same slot.
 
         ``pool_timeout = 0`` means one connection per message; keeping the slot
@@ -187,8 +186,8 @@ class Pool:
         session.close(quit=True)
         target = session.target
         try:
-            return open_session(target, helo=session.key.helo, bind=session.key.bind, out=out,
-                                tls=tls, need=tls_need(target, domain, tls, out))
+            return open_session(target, helo=session.key.helo, bind=session.key.bind, settings=settings,
+                                tls=tls, need=tls_need(target, domain, tls, settings))
         except BaseException:
             with self._cond:
                 self._unreserve(target.ip)
@@ -198,7 +197,7 @@ class Pool:
                           need: TlsNeed) -> Session | None:
         for (key, password), sessions in self._idle.items():
             if (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) != (
-                    target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp) \
+                    target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp)\
                     or password != target.mx.auth_pass:
                 continue
             for session in reversed(sessions):
@@ -213,9 +212,9 @@ class Pool:
                 return self._take_idle_locked(target, helo, bind, need)
         return None
 
-    def release(self, session: Session, out: Outbound, *, reusable: bool = True) -> None:
+    def release(self, session: Session, settings: Outbound, *, reusable: bool = True) -> None:
         """Back to the pool, or QUIT when pooling is off or the session is not fit for reuse."""
-        if reusable and out.pool_timeout > 0 and session.alive():
+        if reusable and settings.pool_timeout > 0 and session.alive():
             session.last_used = time.monotonic()
             with self._cond:
                 self._idle.setdefault(self._idle_key(session), []).append(session)
@@ -251,9 +250,9 @@ class Pool:
 
     # -- waiting for a slot ------------------------------------------------------------
 
-    def wait_for_slot(self, ips: frozenset[str], wake: Callable[[], None], out: Outbound) -> None:
+    def wait_for_slot(self, ips: frozenset[str], wake: Callable[[], None], settings: Outbound) -> None:
         """Call ``wake`` (from the pool's thread) once a slot at one of ``ips`` may be free."""
-        self._out = out
+        self._out = settings
         self._start_reaper()
         with self._cond:
             self._waiters.append(Waiter(ips, wake))

@@ -10,11 +10,11 @@ checked only when ``rejectUnauthorized`` is set.
 from __future__ import annotations
 
 import ipaddress
-import os
 import ssl
 from functools import lru_cache
 
-from mailflow.config.loader import Tls
+from mailflow import tls
+from mailflow.config.settings import Tls
 
 
 def _matches(patterns: tuple[str, ...], ip: str, names: tuple[str, ...]) -> bool:
@@ -42,19 +42,5 @@ def forced(policy: Tls, ip: str, mx_name: str, domain: str) -> bool:
 
 @lru_cache(maxsize=8)
 def client_context(policy: Tls, verify: bool) -> ssl.SSLContext:
-    """A client context per policy; verifying ones check chain and host name (SNI = MX name)."""
-    ctx = ssl.create_default_context(cafile=policy.ca or None)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if policy.ciphers:
-        ctx.set_ciphers(policy.ciphers)
-    if policy.minVersion:
-        ctx.minimum_version = ssl.TLSVersion[policy.minVersion.replace(".", "_")]
-    if _exists(policy.cert, policy.key):
-        ctx.load_cert_chain(policy.cert, policy.key)  # our client certificate, if the MX asks
-    return ctx
-
-
-def _exists(*paths: str) -> bool:
-    return all(p and os.path.exists(p) for p in paths)
+    """The outbound context for a policy, built once (verifying ones check chain and name)."""
+    return tls.context(policy, server=False, verify=verify)

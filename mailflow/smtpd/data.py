@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from mailflow.message import Body
+from mailflow.message import Body, dot_unstuff
 
 TERMINATOR = b"\r\n.\r\n"
 #: aiosmtpd's limit on a DATA line, CRLF included (RFC 5321 says 1000; aiosmtpd allows one more).
@@ -38,13 +38,6 @@ class Data:
     @property
     def content(self) -> bytes:
         return b"" if self.too_much or self.too_long else self.body.read()
-
-
-def unstuff(body: bytes) -> bytes:
-    """RFC 5321 4.5.2: drop the first character of every line that starts with a dot."""
-    if body.startswith(b"."):
-        body = body[1:]
-    return body.replace(b"\r\n.", b"\r\n")
 
 
 def has_long_line(body: bytes, limit: int = LINE_LIMIT) -> bool:
@@ -77,7 +70,7 @@ class _Lines:
         if len(self.carry) - self.carry.endswith(b"\r") + 2 > LINE_LIMIT:
             self.too_long = True
             self.carry = b""
-        return unstuff(complete) if complete and not self.too_long else b""
+        return dot_unstuff(complete) if complete and not self.too_long else b""
 
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None,

@@ -21,6 +21,7 @@ from mailflow.config.loader import Config
 from mailflow.message import Body
 from mailflow.queue import submission
 from mailflow.smtpd.acl import ip_allowed
+from mailflow.smtpd.statuscodes import SMTPStatus
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def host_name_problem(name: str) -> str | None:
     RFC 5321 4.1.1.1: a domain or an address literal -- printable ASCII, no spaces.
     """
     if not name.isascii() or not name.isprintable() or " " in name or len(name) > 255:
-        return "501 5.5.4 Invalid host name in EHLO/HELO"
+        return SMTPStatus.BAD_HOST_NAME
     return None
 
 
@@ -81,9 +82,9 @@ def address_problem(address: str, smtputf8: bool, status: str) -> str | None:
     try:
         address.encode("utf-8")
     except UnicodeEncodeError:
-        return f"553 {status} Malformed address: not UTF-8"
+        return SMTPStatus.NOT_UTF8.format(status)
     if not address.isascii() and not smtputf8:
-        return "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
+        return SMTPStatus.NEEDS_SMTPUTF8
     return None
 
 
@@ -131,29 +132,29 @@ class SubmissionHandler:
         try:
             parse_address(address, allow_null=True)
         except AddressError as exc:
-            return f"553 5.1.7 Malformed sender address: {exc}"
+            return SMTPStatus.MALFORMED_SENDER.format(exc)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 OK"
+        return SMTPStatus.SENDER_OK
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         conn = connection_of(session)
         if not (session.authenticated or conn.relaying):
             log.info("relay denied client=%s rcpt=%s", conn.remote_ip, logs_safe(address))
-            return "550 5.7.1 Relaying denied"
+            return SMTPStatus.RELAY_DENIED
         problem = address_problem(address, envelope.smtp_utf8, "5.1.3")
         if problem is not None:
             return problem
         try:
             parse_address(address)
         except AddressError as exc:
-            return f"553 5.1.3 Malformed recipient address: {exc}"
+            return SMTPStatus.MALFORMED_RECIPIENT.format(exc)
         if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
-            return "452 4.5.3 Too many recipients"
+            return SMTPStatus.TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 OK"
+        return SMTPStatus.RECIPIENT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         conn = connection_of(session)
@@ -179,8 +180,8 @@ class SubmissionHandler:
                 protocol=protocol_name(session, conn), client=conn.remote_ip,
                 auth=conn.auth_user, cfg=self.cfg))
         except submission.QueueError as exc:
-            return f"451 4.3.0 {exc}; try again later"
-        return f"250 2.0.0 Message Queued ({queued.uuid})"
+            return SMTPStatus.NOT_QUEUED.format(exc)
+        return SMTPStatus.QUEUED.format(queued.uuid)
 
 
 def connection_for(session: Session, transport: Any, cfg: Config) -> Connection:

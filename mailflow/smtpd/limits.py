@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from mailflow.smtpd.statuscodes import SMTPStatus
+
 log = logging.getLogger(__name__)
 
 #: How often, at most, the "out of file descriptors" accept error is logged.
@@ -34,9 +36,9 @@ class Connections:
     def admit(self, client: str) -> str | None:
         """Count a new connection, or say why it is refused (then nothing is counted)."""
         if self.open >= self.total:
-            return "421 4.7.0 Too many connections, try again later"
+            return SMTPStatus.TOO_MANY_CONNECTIONS
         if self.by_client[client] >= self.per_client:
-            return "421 4.7.0 Too many connections from your address"
+            return SMTPStatus.TOO_MANY_FROM_CLIENT
         self.open += 1
         self.by_client[client] += 1
         return None

@@ -11,12 +11,11 @@ import logging
 import os
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, auth_mechanism, syntax
 
-from mailflow import hooks
+from mailflow import hooks, tls
 from mailflow.codes import DENY
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
@@ -26,18 +25,9 @@ from mailflow.smtpd.auth import FlatFileAuthenticator, cram_challenge, cram_user
 from mailflow.smtpd.data import read_data
 from mailflow.smtpd.handler import SubmissionHandler, connection_for, logs_safe
 from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay, raise_descriptor_limit
+from mailflow.smtpd.statuscodes import AIOSMTPD_REPLIES, SMTPStatus
 
 log = logging.getLogger(__name__)
-
-#: aiosmtpd's literal replies -> the same refusal with its RFC 3463 code.
-REPLY_MAP = {
-    "552 Error: Too much mail data": "552 5.3.4 Message too big for system",
-    "552 Error: message size exceeds fixed maximum message size":
-        "552 5.3.4 Message size exceeds fixed maximum message size",
-    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)",
-}
-
 
 class MailflowSMTP(SMTP):
     """aiosmtpd's SMTP with the ``connect`` hook, CRAM-MD5 and a block-wise DATA reader."""
@@ -58,7 +48,7 @@ class MailflowSMTP(SMTP):
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
-            status = REPLY_MAP.get(status, status)
+            status = AIOSMTPD_REPLIES.get(status, status)
             if self.mf_in_auth and status[:3] in ("535", "501"):
                 await self._auth_failed()
         await super().push(status)
@@ -103,7 +93,7 @@ class MailflowSMTP(SMTP):
         finally:
             self.mf_in_auth = False
         if self.mf_auth_failures >= self.mf_cfg.smtp.auth_max_failures:
-            await self._refuse("421 4.7.0 Too many authentication failures")
+            await self._refuse(SMTPStatus.TOO_MANY_AUTH_FAILURES)
 
     async def _auth_failed(self) -> None:
         """One more failed AUTH: a log line (client and user, never the password), then a wait."""
@@ -163,18 +153,11 @@ class MailflowSMTP(SMTP):
 
 def tls_context(cfg: Config) -> ssl.SSLContext | None:
     """The STARTTLS context from ``tls.ini`` [main]; None (no STARTTLS) when no cert is set up."""
-    tls = cfg.tls_main
-    cert, key = Path(tls.cert), Path(tls.key)
-    if not (cert.exists() and key.exists()):
-        log.info("no TLS certificate at %s / %s: STARTTLS not offered", cert, key)
+    if not tls.has_certificate(cfg.tls_main):
+        log.info("no TLS certificate at %s / %s: STARTTLS not offered", cfg.tls_main.cert,
+                 cfg.tls_main.key)
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(cert), str(key))
-    if tls.ciphers:
-        ctx.set_ciphers(tls.ciphers)
-    if tls.minVersion:
-        ctx.minimum_version = ssl.TLSVersion[tls.minVersion.replace(".", "_")]
-    return ctx
+    return tls.context(cfg.tls_main, server=True)
 
 
 def auth_require_tls(cfg: Config, listen_host: str) -> bool:

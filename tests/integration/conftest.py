@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.mxserver import MX_PORT, MXServer
+from harness.mxserver import MX_PORT, MXServer
 
 
 @pytest.fixture

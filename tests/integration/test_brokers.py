@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support.instance import Instance
+from harness.instance import Instance
 
 
 def test_worker_runs_on_each_broker(make_instance, broker):

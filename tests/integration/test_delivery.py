@@ -2,131 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from mailflow import config as configmod
-from mailflow import outbound
-from mailflow.codes import OK
-from mailflow.queue.hmail import HMail
-from tests.support.dnsserver import SERVFAIL, DNSServer
-from tests.support.instance import Instance
-from tests.support.mxserver import MX_PORT, MXServer
-
-PORT = MX_PORT
-
-ZONES: dict[str, Any] = {
-    "dest.test": {"MX": [(10, "mx.dest.test")]},
-    "mx.dest.test": {"A": ["127.0.0.2"]},
-    "mx.test": {"A": ["127.0.0.2"]},
-    "failover.test": {"MX": [(10, "dead.failover.test"), (20, "live.failover.test")]},
-    "dead.failover.test": {"A": ["127.0.0.9"]},
-    "live.failover.test": {"A": ["127.0.0.2"]},
-    "equal.test": {"MX": [(10, "a.equal.test"), (10, "b.equal.test")]},
-    "a.equal.test": {"A": ["127.0.0.2"]},
-    "b.equal.test": {"A": ["127.0.0.3"]},
-    "implicit.test": {"A": ["127.0.0.2"]},
-    "nullmx.test": {"MX": [(0, ".")]},
-    "broken.test": SERVFAIL,
-    "dual.test": {"MX": [(10, "dual.host.test")]},
-    "dual.host.test": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
-    "sender.test": {"MX": [(10, "mx.dest.test")]},
-}
-
-PLUGIN = '''
-import json, os
-from types import SimpleNamespace
-from mailflow import hooks
-from mailflow.codes import OK
-
-LOG = os.path.join(os.path.dirname(os.environ["MAILFLOW_STATE_DIR"]), "delivered.jsonl")
-
-@hooks.get_mx.connect
-def route(hmail, domain, **kwargs):
-    notes = hmail.todo.notes
-    if "mx" in notes:
-        return OK, notes["mx"]
-    if "mx_object" in notes:
-        return OK, SimpleNamespace(**notes["mx_object"])
-
-@hooks.delivered.connect
-def seen(hmail, **kw):
-    with open(LOG, "a") as f:
-        f.write(json.dumps({"id": hmail.todo.uuid, "secured": kw["secured"], "mode": kw["mode"],
-                            "ok": kw["ok_recips"], "host": kw["host"], "ip": kw["ip"],
-                            "port": kw["port"], "response": kw["response"],
-                            "params": kw["params"]}) + "\\n")
-'''
-
-
-class Env:
-    """A worker on a broker, the test DNS server, and a way to queue and watch mail."""
-
-    def __init__(self, inst: Instance, dns: DNSServer, base: dict[str, str] | None = None):
-        self.inst, self.dns = inst, dns
-        self.base = {"nameservers": f"127.0.0.1:{dns.port}", "mx_port": str(PORT),
-                     "local_mx_ok": "true", "enable_tls": "false", "queue_dir": str(inst.queue_dir),
-                     "temp_fail_intervals": "1h", **(base or {})}
-        self.configure()
-
-    def configure(self, **keys: Any) -> None:
-        """Rewrite outbound.ini; the worker picks it up within its reload interval."""
-        values = {**self.base, **{k: str(v) for k, v in keys.items()}}
-        path = self.inst.config_dir / "outbound.ini"
-        path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
-        later = time.time_ns() + 2 * 10**9
-        os.utime(path, ns=(later, later))  # a new mtime even within the same tick
-        configmod.load(self.inst.config_dir)
-        time.sleep(1.2)
-
-    def send(self, to: list[str] | str, *, notes: dict[str, Any] | None = None,
-             body: str = "Subject: test\n\nhello\n", sender: str = "a@sender.test") -> str:
-        configmod.load(self.inst.config_dir)  # this process may have queued for another instance
-        code, text = outbound.send_email(sender, to, body, notes=notes)
-        assert code is OK, text
-        return text.split("(")[1].rstrip(")")
-
-    def delivered_log(self) -> list[dict[str, Any]]:
-        path = self.inst.root / "delivered.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    def wait(self, what: Callable[[], Any], timeout: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = what()
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"not within {timeout} s\n{self.inst.dump_logs()[-4000:]}")
-
-    def logged(self, text: str) -> bool:
-        return any(text in p.output() for p in self.inst.procs)
-
-    def entries(self, state: str, uuid: str) -> list[HMail]:
-        return [HMail.load(p) for p in self.inst.entries(state) if f"_{uuid}." in p.name]
-
-    def settled(self, uuid: str) -> bool:
-        """Nothing of this message is waiting for a worker or in flight."""
-        d = self.inst.queue_dir
-        due = [p for p in (d / "pending").iterdir() if f"_{uuid}." in p.name and
-               int(p.name.split("_")[0]) <= time.time() * 1000]
-        return not due and not [p for p in self.inst.entries("active") if f"_{uuid}." in p.name]
-
-
-def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str, str] | None = None,
-             **worker: Any) -> tuple[Env, Instance]:
-    dns = DNSServer(ZONES).start()
-    inst = Instance(tmp, broker_url=broker, config={"me": "mailflow.test\n", "plugins": "delivery_plugin\n"})
-    (inst.config_dir / "delivery_plugin.py").write_text(plugin)
-    env = Env(inst, dns, base)
-    inst.start_worker("deliver", **worker)
-    return env, inst
+from harness.mxserver import MXServer
+from tests.support.pipeline import PORT, make_env
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +54,8 @@ def test_dns_failures(env, domain, status, state):
     if state == "failed":
         env.wait(lambda: env.logged(f"failed id={uuid}.1 rcpt=u@{domain} status={status} "))
         return
-    [entry] = env.wait(lambda: [e for e in env.entries(state, uuid) if e.todo.state])
-    [rcpt_status] = entry.todo.state["rcpt_status"].values()
+    [entry] = env.wait(lambda: [e for e in env.entries(state, uuid) if e.todo.record])
+    [rcpt_status] = entry.todo.record["rcpt_status"].values()
     assert rcpt_status["status"] == status
     assert entry.num_failures == 1
 
@@ -265,7 +146,7 @@ def test_force_tls_without_starttls_defers(env, mx):
         env.configure(enable_tls="true")
         uuid = env.send("u@forced.test", notes={"mx": f"mx.test:{PORT}"})
         [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
-        assert entry.num_failures == 1 and "TLS" in entry.todo.state["last_error"]
+        assert entry.num_failures == 1 and "TLS" in entry.todo.record["last_error"]
         assert server.deliveries == []
     finally:
         env.inst.write_config("tls.ini", "")
@@ -411,7 +292,7 @@ def test_pooled_connection_closed_by_the_remote_end_is_replaced(env, mx):
 
 @pytest.mark.parametrize("name", ["redis", "rabbitmq"])
 def test_delivery_on_production_brokers(tmp_path, name):
-    from tests.support import brokers
+    from harness import brokers
 
     url = brokers.url_for(name)
     env, inst = make_env(tmp_path / name, url)
@@ -460,7 +341,7 @@ def test_timeout_after_the_final_dot_defers_and_does_not_try_another_mx(env, mx)
     env.configure(timeout_end_of_data=1)
     uuid = env.send("u@eod.test", notes={"mx": [f"127.0.0.3:{PORT}", f"127.0.0.2:{PORT}"]})
     [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
-    assert "end of data" in entry.todo.state["last_error"]
+    assert "end of data" in entry.todo.record["last_error"]
     assert other.deliveries == [] and other.sessions == []
     assert len(slow.sessions) == 1
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_delivery import (
+from harness.dnsserver import free_port
+from harness.mxserver import MXServer
+from tests.support.pipeline import (
     PLUGIN,
     PORT,
     Env,
     make_env,
 )
-from tests.support.dnsserver import free_port
-from tests.support.mxserver import MXServer
 
 HOOKS = PLUGIN + '''
 from mailflow.codes import DENYSOFT
@@ -186,7 +186,7 @@ def test_disabled_pauses_delivery_not_queueing(env, mx):
 
 def test_deferral_longer_than_redis_visibility_timeout_runs_once(tmp_path, monkeypatch):
     """Nothing waits in the broker; and a redelivered slow transmit never sends twice."""
-    from tests.support import brokers
+    from harness import brokers
 
     monkeypatch.setenv("MAILFLOW_BROKER_TRANSPORT_OPTIONS", json.dumps(
         {"visibility_timeout": 2, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}))
@@ -237,7 +237,7 @@ def test_redis_restarted_empty_loses_nothing(tmp_path, monkeypatch):
     """Batches published, then the broker emptied: the claims expire and the sweep re-dispatches."""
     import redis
 
-    from tests.support import brokers
+    from harness import brokers
 
     monkeypatch.setenv("MAILFLOW_LEASE_SECONDS", "4")
     url = brokers.url_for("redis")

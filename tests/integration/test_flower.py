@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_delivery import PORT, make_env
-from tests.support.dnsserver import free_port
-from tests.support.mxserver import MXServer
+from harness.dnsserver import free_port
+from harness.mxserver import MXServer
+from tests.support.pipeline import PORT, make_env
 
 REPO = Path(__file__).resolve().parents[2]
 AUTH = "admin:flower-secret"

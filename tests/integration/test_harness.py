@@ -11,8 +11,8 @@ import dns.exception
 import dns.resolver
 import pytest
 
-from tests.support.dnsserver import NO_ANSWER, SERVFAIL, DNSServer, free_port
-from tests.support.mxserver import MXServer
+from harness.dnsserver import NO_ANSWER, SERVFAIL, DNSServer, free_port
+from harness.mxserver import MXServer
 
 ZONES = {
     "example.test": {"MX": [(10, "mx1.example.test"), (20, "mx2.example.test")]},

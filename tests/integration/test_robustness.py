@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_delivery import PLUGIN, PORT, Env, make_env
-from tests.support.mxserver import MXServer
+from harness.mxserver import MXServer
+from tests.support.pipeline import PLUGIN, PORT, Env, make_env
 
 ODD = PLUGIN + '''
 
@@ -57,7 +57,7 @@ def deferred_once(env: Env, uuid: str) -> Any:
 def test_get_mx_receiver_that_raises_defers_the_entry(env, mx):
     uuid = env.send("u@odd.test", notes={"odd": "raise"})
     entry = deferred_once(env, uuid)
-    assert "plugin bug in get_mx" in entry.todo.state["history"][-1]["error"]
+    assert "plugin bug in get_mx" in entry.todo.record["history"][-1]["error"]
     assert env.logged("Traceback") and env.logged("RuntimeError: plugin bug in get_mx")
 
 
@@ -77,7 +77,7 @@ def test_a_reply_smtplib_cannot_parse_defers_with_the_error_in_history(env, mx):
                                                  "auth_user": "user", "auth_pass": "pass",
                                                  "auth_type": "LOGIN"}})
     entry = deferred_once(env, uuid)
-    assert "internal error" in entry.todo.state["history"][-1]["error"]
+    assert "internal error" in entry.todo.record["history"][-1]["error"]
     assert server.deliveries == []
     assert env.logged(f"unexpected error handling {uuid}.1")
 
@@ -98,7 +98,7 @@ def test_bad_get_mx_answer_defers_that_entry_and_the_rest_of_its_batch_goes(env,
     assert d.rcpt_to == ["good@split.test"]
     [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
     assert [r.address for r in entry.todo.rcpt_to] == ["bad@split.test"]
-    [status] = entry.todo.state["rcpt_status"].values()
+    [status] = entry.todo.record["rcpt_status"].values()
     assert status["status"] == "4.3.5" and "bad get_mx answer" in status["text"]
 
 
@@ -233,7 +233,7 @@ def _texts(raw: str) -> list[str]:
 def test_get_mx_password_never_crosses_the_broker(tmp_path):
     import redis
 
-    from tests.support import brokers
+    from harness import brokers
 
     url = brokers.url_for("redis")
     assert url is not None

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from tests.support.dnsserver import DNSServer, free_port
-from tests.support.instance import Instance
-from tests.support.mxserver import MX_PORT, MXServer
+from harness.dnsserver import DNSServer, free_port
+from harness.instance import Instance
+from harness.mxserver import MX_PORT, MXServer
 
 
 @pytest.mark.parametrize("command", ["smtpd", "run", "send"])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.integration.test_delivery import PORT, ZONES, Env, make_env
+from tests.support.pipeline import PORT, ZONES, Env, make_env
 
 TLS_ZONES: dict[str, Any] = {
     **ZONES,
@@ -55,7 +55,7 @@ def delivered_secured(env: Env, uuid: str) -> bool:
 
 def deferred_with(env: Env, uuid: str) -> dict[str, Any]:
     [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
-    [status] = entry.todo.state["rcpt_status"].values()
+    [status] = entry.todo.record["rcpt_status"].values()
     return status
 
 

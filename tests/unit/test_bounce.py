@@ -23,7 +23,7 @@ def failed_entry(tmp_path: Path, statuses: dict, reason: str = "550 5.1.1 no suc
     spool = Spool(tmp_path).ensure()
     todo = ToDo(uuid="U.1.f0", queue_time=1_700_000_000_000, domain="dest.test",
                 mail_from=parse_address("alice@sender.test"),
-                rcpt_to=[parse_address(a) for a in statuses], state={"rcpt_status": statuses,
+                rcpt_to=[parse_address(a) for a in statuses], record={"rcpt_status": statuses,
                                                                       "reason": reason})
     [path] = spool.write([NewEntry(EntryName(1, 0, 1, "U.1.f0", "dest.test"), todo)], b"x")
     target = spool.dir(FAILED) / path.name

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from harness.dnsserver import NO_ANSWER, SERVFAIL
 from mailflow.config.settings import Outbound
 from mailflow.errors import PermanentError, TemporaryError
 from mailflow.relay import answers
 from mailflow.relay import mx as mxmod
-from tests.support.dnsserver import NO_ANSWER, SERVFAIL
 
 ZONES = {
     "two.test": {"MX": [(20, "backup.two.test"), (10, "primary.two.test")]},

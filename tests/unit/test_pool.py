@@ -9,12 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from mailflow.config.loader import Tls
-from mailflow.config.settings import Outbound
+from harness.mxserver import MXServer
+from mailflow.config.settings import Outbound, Tls
 from mailflow.relay.client import TlsNeed
 from mailflow.relay.mx import MX, Target
 from mailflow.relay.pool import NoSlot, Pool
-from tests.support.mxserver import MXServer
 
 OUT = Outbound(pool_concurrency_max=1, pool_timeout=50)
 NO_TLS = Tls()
@@ -30,8 +29,8 @@ def target(server: MXServer, exchange: str = "127.0.0.2") -> Target:
     return Target(mx=MX(exchange=exchange, from_dns=False), ip="127.0.0.2", port=server.port)
 
 
-def acquire(pool: Pool, server: MXServer, out: Outbound = OUT, tls: Tls = NO_TLS, **kw):
-    return pool.acquire([target(server)], helo="test.example", bind=None, out=out, tls=tls,
+def acquire(pool: Pool, server: MXServer, settings: Outbound = OUT, tls: Tls = NO_TLS, **kw):
+    return pool.acquire([target(server)], helo="test.example", bind=None, settings=settings, tls=tls,
                         domain="pool.test", **kw)
 
 
@@ -70,9 +69,9 @@ def test_a_waiter_for_a_free_address_goes_at_once(server):
 
 def test_reopen_keeps_the_slot(server):
     pool = Pool()
-    session = acquire(pool, server, out=replace(OUT, pool_timeout=0))
+    session = acquire(pool, server, settings=replace(OUT, pool_timeout=0))
     session.messages = 1
-    fresh = pool.reopen(session, out=OUT, tls=NO_TLS, domain="pool.test")
+    fresh = pool.reopen(session, settings=OUT, tls=NO_TLS, domain="pool.test")
     assert fresh is not session and pool.open_connections == 1
     assert server.sessions[0].quit
     pool.discard(fresh)
@@ -87,7 +86,7 @@ def test_reopen_keeps_the_slot(server):
 def test_plaintext_session_is_reused_only_where_plaintext_may_go(server, mx_tls_context, need, reusable):
     server.tls_context = mx_tls_context  # offers STARTTLS; the first session does not take it
     pool = Pool()
-    plain = acquire(pool, server, out=replace(OUT, pool_concurrency_max=2))
+    plain = acquire(pool, server, settings=replace(OUT, pool_concurrency_max=2))
     assert plain.offered_tls and not plain.secured
     assert plain.meets(need) is reusable
     pool.release(plain, OUT)

@@ -10,20 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mailflow.address import parse_address
 from mailflow.queue import entry as qfile
 from mailflow.queue.entry import EntryName
 from mailflow.queue.hmail import HMail
-from mailflow.queue.spool import NewEntry, Spool, now_ms
-from mailflow.queue.todo import ToDo
-
-
-def make_entry(ident: str = "U.1", domain: str = "example.com", pad: int = 0) -> NewEntry:
-    t = now_ms()
-    notes = {"k": "v", "pad": "p" * pad} if pad else {"k": "v"}
-    todo = ToDo(uuid=ident, queue_time=t, domain=domain, mail_from=parse_address("a@b.example"),
-                rcpt_to=[parse_address(f"x@{domain}")], notes=notes)
-    return NewEntry(EntryName(t, 0, t, ident, domain), todo)
+from mailflow.queue.spool import Spool
+from tests.support.entries import make_entry
 
 
 def test_name_round_trip_and_sort_order():
@@ -99,7 +90,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     script = textwrap.dedent(f"""
         import resource, signal, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-        from tests.unit.test_queue import make_entry
+        from tests.support.entries import make_entry
         from mailflow.queue.spool import Spool
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         spool = Spool({str(tmp_path)!r}).ensure()

@@ -5,7 +5,7 @@ from mailflow.payloads import Batch, Route
 from mailflow.pipeline import transmit
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.mx import MX
-from tests.unit.test_queue import make_entry
+from tests.support.entries import make_entry
 
 
 def test_out_of_time_batch_returns_entries_due(tmp_path, monkeypatch):

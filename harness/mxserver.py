@@ -1,6 +1,6 @@
 """A destination MX for tests: aiosmtpd on any 127.0.0.x address and port.
 
-Replies are scripted per command (``banner EHLO HELO MAIL RCPT DATA DOT AUTH``),
+Replies are scripted per command (``banner EHLO HELO STARTTLS AUTH MAIL RCPT DATA DOT``),
 per recipient, and optionally as a list consumed one use at a time (the last
 use of a list falls back to the normal reply), e.g.
 ``script={"DOT": ["451 4.3.0 later", "451 4.3.0 later"]}`` refuses two
@@ -24,10 +24,11 @@ from base64 import b64decode, b64encode
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, auth_mechanism
 
-from tests.support.dnsserver import free_port
+from harness.dnsserver import free_port
 
 
 @dataclass
@@ -114,6 +115,13 @@ class _Recording:
             return
         await super()._handle_client()  # type: ignore[misc]
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        reply = self.mx.script.reply("STARTTLS")
+        if reply is not None:
+            await self.push(reply)  # type: ignore[attr-defined]
+            return
+        await super().smtp_STARTTLS(arg)  # type: ignore[misc]
+
     async def smtp_AUTH(self, arg: str) -> None:
         reply = self.mx.script.reply("AUTH")
         if reply is not None:
@@ -162,7 +170,8 @@ class _Handler:
 
     @staticmethod
     def _record(server: Any) -> SessionRecord:
-        return server.record  # type: ignore[no-any-return]
+        record: SessionRecord = server.record
+        return record
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -224,37 +233,38 @@ class _Handler:
             if accepted:
                 self.mx._delivered(rec, Delivery(envelope.mail_from, accepted, data))
             return "\r\n".join(replies)
-        reply = self.mx.script.reply("DOT")
-        if reply is not None and reply[:1] in "45":
-            return reply
+        final = self.mx.script.reply("DOT")
+        if final is not None and final[:1] in "45":
+            return final
         self.mx._delivered(rec, Delivery(envelope.mail_from, list(envelope.rcpt_tos), data,
                                          mail_options=list(envelope.mail_options)))
-        return reply or "250 2.0.0 Ok: queued"
+        return final or "250 2.0.0 Ok: queued"
 
 
-class MXServer:
-    """Run with ``with MXServer("127.0.0.2", port) as mx:`` or ``start()``/``stop()``."""
+class MXServer(Controller):
+    """aiosmtpd's threaded Controller with a recording, scriptable protocol.
+
+    Run with ``with MXServer("127.0.0.2", port) as mx:`` or ``start()``/``stop()``.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  script: dict[str, Any] | None = None, rcpt: dict[str, Any] | None = None,
                  tls_context: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
                  lmtp: bool = False, pipelining: bool = True, delay: dict[str, float] | None = None,
-                 hostname: str = "mx.test"):
-        self.host, self.port = host, port
+                 banner_name: str = "mx.test"):
+        super().__init__(_Handler(self), hostname=host, port=port or free_port(host), ready_timeout=10)
+        self.host = host
         self.script = _Script(script, rcpt)
-        self.tls_context = tls_context
+        self.tls_context = tls_context  # STARTTLS offered when set (read at each connection)
         self.users = dict(users or {})
         self.lmtp = lmtp
         self.pipelining = pipelining
         self.delay = dict(delay or {})
-        self.hostname = hostname
+        self.banner_name = banner_name
         self.sessions: list[SessionRecord] = []
         self.current = 0
         self.high_water = 0
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
         self._transports: list[Any] = []
         self._holds: dict[str, tuple[threading.Event, threading.Event]] = {}
 
@@ -320,75 +330,45 @@ class MXServer:
             server.record.auth_user, server.record.mechanism = user, mechanism
         return AuthResult(success=ok, auth_data=user if ok else None)
 
-    def _factory(self) -> SMTP:
+    def factory(self) -> SMTP:
         cls = FixtureLMTP if self.lmtp else FixtureSMTP
         proto = cls(
-            _Handler(self), hostname=self.hostname, decode_data=False,
+            _Handler(self), hostname=self.banner_name, decode_data=False,
             tls_context=self.tls_context, require_starttls=False, auth_require_tls=False,
             authenticator=self._authenticator if self.users else None,
             auth_exclude_mechanism=[] if self.users else ["PLAIN", "LOGIN", "CRAM-MD5"],
             enable_SMTPUTF8=True, command_call_limit=None, data_size_limit=50 * 1024 * 1024)
-        proto.mx = self  # type: ignore[attr-defined]
+        proto.mx = self
         return proto
 
-    def start(self) -> MXServer:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                self._server = loop.run_until_complete(
-                    loop.create_server(self._factory, host=self.host, port=self.port,
-                                       reuse_address=True))
-                self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # pragma: no cover - reported to the caller
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True, name=f"mx-{self.host}")
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            raise errors[0]
+    def start(self) -> MXServer:  # type: ignore[override]
+        """Start serving; the Controller's own probe connection is not counted as a session."""
+        super().start()
+        deadline = time.monotonic() + 10
+        while not all(s.closed for s in self.sessions) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._lock:
+            self.sessions.clear()
+            self._transports.clear()
+            self.current = self.high_water = 0
         return self
 
-    def _shutdown(self) -> None:
-        """Close every client connection too, as a server that goes away does."""
-        assert self._loop is not None and self._server is not None
-        self._server.close()
+    def _close_all(self, abort: bool) -> None:
         with self._lock:
             transports = list(self._transports)
         for transport in transports:
-            transport.abort()
-        self._loop.call_later(0.05, self._loop.stop)
+            transport.abort() if abort else transport.close()
 
     def drop_connections(self) -> None:
         """Close every open client connection, keep listening (an idle timeout on the server side)."""
-        assert self._loop is not None
+        self.loop.call_soon_threadsafe(self._close_all, False)
 
-        def close_all() -> None:
-            with self._lock:
-                transports = list(self._transports)
-            for transport in transports:
-                transport.close()
-
-        self._loop.call_soon_threadsafe(close_all)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._shutdown)
-        if self._thread is not None:
-            self._thread.join(10)
+    def stop(self, no_assert: bool = False) -> None:
+        """Stop listening and cut every client off, as a server that goes away does
+        (the Controller alone leaves open connections to hang)."""
+        if self._thread is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self._close_all, True)
+        super().stop(no_assert=True)
 
     def __enter__(self) -> MXServer:
         return self.start()

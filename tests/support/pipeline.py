@@ -1,0 +1,128 @@
+"""The pipeline tests' world: a test DNS zone, MX servers on 127.0.0.x at one port, a worker,
+and a way to queue mail and watch what happens to it (test_delivery, test_failures, ...)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.dnsserver import SERVFAIL, DNSServer
+from harness.instance import Instance
+from harness.mxserver import MX_PORT
+from mailflow import config as configmod
+from mailflow import outbound
+from mailflow.codes import OK
+from mailflow.queue.hmail import HMail
+
+PORT = MX_PORT
+
+ZONES: dict[str, Any] = {
+    "dest.test": {"MX": [(10, "mx.dest.test")]},
+    "mx.dest.test": {"A": ["127.0.0.2"]},
+    "mx.test": {"A": ["127.0.0.2"]},
+    "failover.test": {"MX": [(10, "dead.failover.test"), (20, "live.failover.test")]},
+    "dead.failover.test": {"A": ["127.0.0.9"]},
+    "live.failover.test": {"A": ["127.0.0.2"]},
+    "equal.test": {"MX": [(10, "a.equal.test"), (10, "b.equal.test")]},
+    "a.equal.test": {"A": ["127.0.0.2"]},
+    "b.equal.test": {"A": ["127.0.0.3"]},
+    "implicit.test": {"A": ["127.0.0.2"]},
+    "nullmx.test": {"MX": [(0, ".")]},
+    "broken.test": SERVFAIL,
+    "dual.test": {"MX": [(10, "dual.host.test")]},
+    "dual.host.test": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
+    "sender.test": {"MX": [(10, "mx.dest.test")]},
+}
+
+PLUGIN = '''
+import json, os
+from types import SimpleNamespace
+from mailflow import hooks
+from mailflow.codes import OK
+
+LOG = os.path.join(os.path.dirname(os.environ["MAILFLOW_STATE_DIR"]), "delivered.jsonl")
+
+@hooks.get_mx.connect
+def route(hmail, domain, **kwargs):
+    notes = hmail.todo.notes
+    if "mx" in notes:
+        return OK, notes["mx"]
+    if "mx_object" in notes:
+        return OK, SimpleNamespace(**notes["mx_object"])
+
+@hooks.delivered.connect
+def seen(hmail, **kw):
+    with open(LOG, "a") as f:
+        f.write(json.dumps({"id": hmail.todo.uuid, "secured": kw["secured"], "mode": kw["mode"],
+                            "ok": kw["ok_recips"], "host": kw["host"], "ip": kw["ip"],
+                            "port": kw["port"], "response": kw["response"],
+                            "params": kw["params"]}) + "\\n")
+'''
+
+
+class Env:
+    """A worker on a broker, the test DNS server, and a way to queue and watch mail."""
+
+    def __init__(self, inst: Instance, dns: DNSServer, base: dict[str, str] | None = None):
+        self.inst, self.dns = inst, dns
+        self.base = {"nameservers": f"127.0.0.1:{dns.port}", "mx_port": str(PORT),
+                     "local_mx_ok": "true", "enable_tls": "false", "queue_dir": str(inst.queue_dir),
+                     "temp_fail_intervals": "1h", **(base or {})}
+        self.configure()
+
+    def configure(self, **keys: Any) -> None:
+        """Rewrite outbound.ini; the worker picks it up within its reload interval."""
+        values = {**self.base, **{k: str(v) for k, v in keys.items()}}
+        path = self.inst.config_dir / "outbound.ini"
+        path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+        later = time.time_ns() + 2 * 10**9
+        os.utime(path, ns=(later, later))  # a new mtime even within the same tick
+        configmod.load(self.inst.config_dir)
+        time.sleep(1.2)
+
+    def send(self, to: list[str] | str, *, notes: dict[str, Any] | None = None,
+             body: str = "Subject: test\n\nhello\n", sender: str = "a@sender.test") -> str:
+        configmod.load(self.inst.config_dir)  # this process may have queued for another instance
+        code, text = outbound.send_email(sender, to, body, notes=notes)
+        assert code is OK, text
+        return text.split("(")[1].rstrip(")")
+
+    def delivered_log(self) -> list[dict[str, Any]]:
+        path = self.inst.root / "delivered.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def wait(self, what: Callable[[], Any], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = what()
+            if got:
+                return got
+            time.sleep(0.1)
+        raise AssertionError(f"not within {timeout} s\n{self.inst.dump_logs()[-4000:]}")
+
+    def logged(self, text: str) -> bool:
+        return any(text in p.output() for p in self.inst.procs)
+
+    def entries(self, state: str, uuid: str) -> list[HMail]:
+        return [HMail.load(p) for p in self.inst.entries(state) if f"_{uuid}." in p.name]
+
+    def settled(self, uuid: str) -> bool:
+        """Nothing of this message is waiting for a worker or in flight."""
+        d = self.inst.queue_dir
+        due = [p for p in (d / "pending").iterdir() if f"_{uuid}." in p.name and
+               int(p.name.split("_")[0]) <= time.time() * 1000]
+        return not due and not [p for p in self.inst.entries("active") if f"_{uuid}." in p.name]
+
+
+def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str, str] | None = None,
+             **worker: Any) -> tuple[Env, Instance]:
+    dns = DNSServer(ZONES).start()
+    inst = Instance(tmp, broker_url=broker, config={"me": "mailflow.test\n", "plugins": "delivery_plugin\n"})
+    (inst.config_dir / "delivery_plugin.py").write_text(plugin)
+    env = Env(inst, dns, base)
+    inst.start_worker("deliver", **worker)
+    return env, inst

@@ -1,0 +1,130 @@
+"""The SMTP/LMTP client session against a real aiosmtpd MX on loopback (relay/client.py)."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import trustme
+
+from harness.mxserver import MXServer
+from mailflow.config.settings import Outbound, Tls
+from mailflow.relay.client import EndOfDataTimeout, NextAddress, open_session, tls_need
+from mailflow.relay.mx import MX, Target
+
+SETTINGS = Outbound(timeout_end_of_data=1, enable_tls=True)
+NO_POLICY = Tls()
+MESSAGE = b"Subject: t\r\n\r\n..dotted\r\n"
+
+
+@pytest.fixture
+def server():
+    with MXServer("127.0.0.2", 0) as mx:
+        yield mx
+
+
+def target(server: MXServer, exchange: str = "127.0.0.2", **mx: object) -> Target:
+    return Target(mx=MX(exchange=exchange, from_dns=False, **mx), ip="127.0.0.2", port=server.port)  # type: ignore[arg-type]
+
+
+def session(server: MXServer, tls: Tls = NO_POLICY, exchange: str = "127.0.0.2", **mx: object):
+    t = target(server, exchange, **mx)
+    return open_session(t, helo="client.test", bind=None, settings=SETTINGS, tls=tls,
+                        need=tls_need(t, "client.test", tls, SETTINGS))
+
+
+def test_one_transaction_gives_every_recipient_its_reply(server):
+    server.script.rcpt.update({"later@x.test": "451 4.2.1 later", "gone@x.test": "550 5.1.1 gone"})
+    s = session(server)
+    results = s.send("a@sender.test", ["ok@x.test", "later@x.test", "gone@x.test"], MESSAGE, SETTINGS)
+    assert [(r.address, r.status) for r in results] == [
+        ("ok@x.test", "delivered"), ("later@x.test", "deferred"), ("gone@x.test", "failed")]
+    [d] = server.wait_for(1)
+    assert d.rcpt_to == ["ok@x.test"] and d.data == b"Subject: t\r\n\r\n.dotted\r\n"
+    assert any(o.startswith("SIZE=") for o in d.mail_options)
+    s.close()
+
+
+def test_no_data_when_no_recipient_is_accepted_and_the_session_goes_on(server):
+    server.script.rcpt["gone@x.test"] = "550 5.1.1 gone"
+    s = session(server)
+    [r] = s.send("a@sender.test", ["gone@x.test"], MESSAGE, SETTINGS)
+    assert r.reply.code == 550 and server.deliveries == []
+    [r] = s.send("a@sender.test", ["ok@x.test"], MESSAGE, SETTINGS)  # RSET left it usable
+    assert r.status == "delivered"
+    s.close()
+
+
+def test_no_reply_after_the_final_dot_is_its_own_error(server):
+    server.delay["DOT"] = 3
+    s = session(server)
+    with pytest.raises(EndOfDataTimeout):
+        s.send("a@sender.test", ["ok@x.test"], MESSAGE, SETTINGS)
+    s.close(quit=False)
+
+
+@pytest.mark.parametrize("forced,used", [(None, "CRAM-MD5"), ("LOGIN", "LOGIN"), ("PLAIN", "PLAIN")])
+def test_auth_with_smtplib_one_mechanism(server, forced, used):
+    server.users["u"] = "p"
+    s = session(server, auth_user="u", auth_pass="p", auth_type=forced)
+    assert s.authenticated
+    s.send("a@sender.test", ["ok@x.test"], MESSAGE, SETTINGS)
+    server.wait_for(1)
+    assert (server.sessions[-1].auth_user, server.sessions[-1].mechanism) == ("u", used)
+
+
+def test_a_refused_banner_is_next_address(server):
+    server.script.script["banner"] = "421 4.3.2 busy"
+    with pytest.raises(NextAddress) as exc:
+        session(server)
+    assert exc.value.reply.code == 421
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_to(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(ctx)
+    return ctx
+
+
+@pytest.mark.parametrize("exchange,names,verified", [
+    ("127.0.0.2", ("127.0.0.2",), True),  # an IP literal: checked against the IP SANs
+    ("mx.client.test", ("mx.client.test",), True),  # a name: SNI and the name check
+    ("127.0.0.2", ("mx.client.test",), False),
+    ("other.client.test", ("mx.client.test",), False),
+])
+def test_verified_starttls_checks_the_mx_name_or_ip(server, ca, tmp_path, exchange, names, verified):
+    server.tls_context = tls_to(ca, *names)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = Tls(ca=str(tmp_path / "ca.pem"), rejectUnauthorized=True)
+    if verified:
+        s = session(server, tls, exchange)
+        assert s.secured and s.verified_for == exchange
+        s.close()
+    else:
+        with pytest.raises(NextAddress) as exc:
+            session(server, tls, exchange)
+        assert exc.value.reply.enhanced == "4.7.5"
+
+
+def test_forced_tls_refused_by_the_server_is_not_sent_in_plaintext(server, ca, tmp_path):
+    server.tls_context = tls_to(ca, "127.0.0.2")
+    server.script.script["STARTTLS"] = "454 4.7.0 not now"
+    tls = Tls(force_tls_hosts=("127.0.0.2",), ca="")
+    with pytest.raises(NextAddress) as exc:
+        session(server, tls)
+    assert exc.value.reply.enhanced == "4.7.4"
+
+
+def test_opportunistic_starttls_refused_goes_on_in_plaintext(server, ca):
+    server.tls_context = tls_to(ca, "127.0.0.2")
+    server.script.script["STARTTLS"] = "454 4.7.0 not now"
+    s = session(server)
+    assert s.offered_tls and not s.secured
+    [r] = s.send("a@sender.test", ["ok@x.test"], MESSAGE, SETTINGS)
+    assert r.status == "delivered"
+    s.close()
