@@ -380,22 +380,33 @@ def _children(pid: int) -> list[int]:
             for c in (task / "children").read_text().split()]
 
 
-def test_nodes_share_the_listener_and_stop_with_the_first(tmp_path):
-    """smtp.ini nodes = 2: two processes accept on one port (SO_REUSEPORT); both queue mail;
-    SIGTERM to the one started stops the other."""
+def two_nodes(tmp_path: Path) -> tuple[Instance, int]:
+    """An smtpd with smtp.ini nodes = 2, whose plugin notes which process queued each message."""
     port = free_port()
     inst = make(tmp_path, port, smtp_extra="nodes = 2\n", acl="127.0.0.0/8\n")
     (inst.config_dir / "pid_plugin.py").write_text(PID_PLUGIN)
     inst.write_config("plugins", "pid_plugin\n")
+    return inst, port
+
+
+def queued_by(inst: Instance, port: int) -> set[int]:
+    """Send 40 messages from 40 addresses (the kernel spreads them over the nodes): the pids
+    that queued them."""
+    for n in range(40):
+        with client(port, source=f"127.0.0.{10 + n}") as s:
+            s.sendmail("a@sender.example", [f"r{n}@dest.example"], MSG)
+    assert len(inst.entries()) == 40
+    return {HMail.load(p).todo.notes["smtpd_pid"] for p in inst.entries()}
+
+
+def test_nodes_share_the_listener_and_stop_with_the_first(tmp_path):
+    """smtp.ini nodes = 2: two processes accept on one port (SO_REUSEPORT); both queue mail;
+    SIGTERM to the one started stops the other."""
+    inst, port = two_nodes(tmp_path)
     smtpd = inst.start_smtpd()
     try:
         [child] = _children(smtpd.pid)
-        for n in range(40):
-            with client(port, source=f"127.0.0.{10 + n}") as s:
-                s.sendmail("a@sender.example", [f"r{n}@dest.example"], MSG)
-        pids = {HMail.load(p).todo.notes["smtpd_pid"] for p in inst.entries()}
-        assert len(inst.entries()) == 40
-        assert pids == {smtpd.pid, child}
+        assert queued_by(inst, port) == {smtpd.pid, child}
         assert smtpd.output().count("listening on") == 1
         assert smtpd.stop() == 0
         assert not Path(f"/proc/{child}").exists()  # stopped and reaped by the first node
@@ -406,10 +417,7 @@ def test_nodes_share_the_listener_and_stop_with_the_first(tmp_path):
 def test_a_dead_node_is_started_again_and_serves(tmp_path):
     """kill -9 of a further node: node 0 starts a new one (after a short backoff), and mail
     is queued by it, as Postfix's master restarts a dead smtpd."""
-    port = free_port()
-    inst = make(tmp_path, port, smtp_extra="nodes = 2\n", acl="127.0.0.0/8\n")
-    (inst.config_dir / "pid_plugin.py").write_text(PID_PLUGIN)
-    inst.write_config("plugins", "pid_plugin\n")
+    inst, port = two_nodes(tmp_path)
     smtpd = inst.start_smtpd()
     try:
         [child] = _children(smtpd.pid)
@@ -420,11 +428,7 @@ def test_a_dead_node_is_started_again_and_serves(tmp_path):
             assert time.monotonic() < deadline, smtpd.output()[-3000:]
             time.sleep(0.1)
         [fresh] = [c for c in _children(smtpd.pid) if c != child]
-        for n in range(40):
-            with client(port, source=f"127.0.0.{10 + n}") as s:
-                s.sendmail("a@sender.example", [f"r{n}@dest.example"], MSG)
-        pids = {HMail.load(p).todo.notes["smtpd_pid"] for p in inst.entries()}
-        assert pids == {smtpd.pid, fresh}
+        assert queued_by(inst, port) == {smtpd.pid, fresh}
         assert smtpd.stop() == 0
         assert not Path(f"/proc/{fresh}").exists()
     finally:

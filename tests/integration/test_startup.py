@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness.dnsserver import DNSServer, free_port
-from harness.instance import Instance
+from harness.instance import Instance, Proc
 from harness.mxserver import MX_PORT, MXServer
 
 
@@ -215,6 +215,17 @@ def delivery_setup(inst: Instance, dns: DNSServer) -> MXServer:
     return MXServer("127.0.0.2", MX_PORT).start()
 
 
+def deliver_one_and_wait_for_its_log_line(inst: Instance, proc: Proc, server: MXServer) -> None:
+    """Queue a message for json.test; return once ``proc`` has logged its delivery (as JSON)."""
+    out = inst.mailflow("send", "-f", "a@sender.test", "u@json.test", input=b"Subject: j\n\nx\n")
+    assert out.returncode == 0, out.stderr
+    server.wait_for(1)
+    deadline = time.monotonic() + 30
+    while not any(e.get("event") == "delivered" for e in json_lines(proc.output())):
+        assert time.monotonic() < deadline, proc.output()[-3000:]
+        time.sleep(0.1)
+
+
 def test_run_with_json_logs_gives_json_for_every_process(make_instance, dns_server):
     port = free_port()
     inst: Instance = make_instance(config={"smtp.ini": f"listen = 127.0.0.1:{port}\n"})
@@ -222,13 +233,7 @@ def test_run_with_json_logs_gives_json_for_every_process(make_instance, dns_serv
     try:
         proc = inst.spawn("run", inst.mailflow_argv("--log-format", "json", "run"))
         proc.wait_for_output(" ready.", timeout=60)
-        out = inst.mailflow("send", "-f", "a@sender.test", "u@json.test", input=b"Subject: j\n\nx\n")
-        assert out.returncode == 0, out.stderr
-        server.wait_for(1)
-        deadline = time.monotonic() + 30
-        while not any(e.get("event") == "delivered" for e in json_lines(proc.output())):
-            assert time.monotonic() < deadline, proc.output()[-3000:]
-            time.sleep(0.1)
+        deliver_one_and_wait_for_its_log_line(inst, proc, server)
         proc.stop()
         loggers = {e["logger"] for e in json_lines(proc.output())}
         assert {"mailflow.queue.manager", "mailflow.events", "celery.app.trace"} <= loggers  # both processes
@@ -241,13 +246,7 @@ def test_celery_worker_itself_honours_the_json_format(make_instance, dns_server)
     server = delivery_setup(inst, dns_server)
     try:
         worker = inst.start_worker(env={"MAILFLOW_LOG_FORMAT": "json"})
-        out = inst.mailflow("send", "-f", "a@sender.test", "u@json.test", input=b"Subject: j\n\nx\n")
-        assert out.returncode == 0, out.stderr
-        server.wait_for(1)
-        deadline = time.monotonic() + 30
-        while not any(e.get("event") == "delivered" for e in json_lines(worker.output())):
-            assert time.monotonic() < deadline, worker.output()[-3000:]
-            time.sleep(0.1)
+        deliver_one_and_wait_for_its_log_line(inst, worker, server)
         [delivered] = [e for e in json_lines(worker.output()) if e.get("event") == "delivered"]
         assert delivered["domain"] == "json.test" and delivered["rcpts"] == "1/0/0"
     finally:
