@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
-from mailflow import worker as _worker  # noqa: F401  (connects the worker's start-up signals)
+from mailflow import moved, worker  # noqa: F401  (worker: connects the worker's start-up signals)
 from mailflow.application import app
+
+moved.install()  # plugins written for 0.1's module paths keep loading
 
 __version__ = "0.1.0"
 

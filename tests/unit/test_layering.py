@@ -158,3 +158,27 @@ def test_every_name_published_is_a_registered_task():
     assert len(published) >= 4
     assert [n for n in published if n not in app.tasks] == []
     assert [n for n in TASK_NAMES if n not in app.tasks] == []
+
+
+def test_a_plugin_written_for_the_old_module_paths_still_loads(tmp_path, monkeypatch):
+    """Issue 11: the public names never moved, and 0.1's internal paths still import."""
+    (tmp_path / "old_plugin.py").write_text(
+        "from mailflow import hooks, outbound\n"
+        "from mailflow.codes import OK\n"
+        "from mailflow.hmail import HMail\n"
+        "from mailflow.mx import MX\n"
+        "from mailflow.spool import Spool\n"
+        "def route(hmail: HMail, domain, **kwargs):  # what it would connect to hooks.get_mx\n"
+        "    return OK, MX(exchange='mx.example')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import warnings
+
+    from mailflow.queue.spool import Spool
+    from mailflow.relay.mx import MX
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        plugin = importlib.import_module("old_plugin")
+    assert plugin.MX is MX and plugin.Spool is Spool
+    assert any("mailflow.hmail is now mailflow.queue.hmail" in str(w.message) for w in seen)
