@@ -154,7 +154,10 @@ class Instance:
         return sorted(p for p in files if p.is_file() and not p.name.startswith(("__tmp__.", "error.")))
 
     def all_files(self) -> list[Path]:
-        return sorted(p for p in self.queue_dir.rglob("*") if p.is_file()) if self.queue_dir.exists() else []
+        """Every file where entries live (pending/, active/, failed/): entries, temp files and
+        anything half-written -- not the queue's own bookkeeping (identity, lock, counters)."""
+        return sorted(p for d in ("pending", "active", "failed") if (self.queue_dir / d).exists()
+                      for p in (self.queue_dir / d).rglob("*") if p.is_file())
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):

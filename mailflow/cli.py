@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mailflow import compat, logs, outbound, proctitle, sendmail
+from mailflow.application import app
 from mailflow.codes import DENYSOFT, OK
 from mailflow.config import environ, startup
 from mailflow.config.files import ConfigError
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = qsub.add_parser("stats", help="queued, in progress, waiting, and totals")
     _common(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--cluster", action="store_true",
+                   help="every owner's queue on the broker, by remote control, and their sum")
     return parser
 
 
@@ -253,6 +256,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
     spool = Spool(cfg.queue_path())
     action = args.queue_command
     if action == "stats":
+        if args.cluster:
+            return _cluster_stats(args.json)
         numbers = queuetools.stats(spool)
         print(json.dumps(numbers) if args.json else
               " ".join(f"{k}={v}" for k, v in numbers.items()))
@@ -282,6 +287,23 @@ def cmd_queue(args: argparse.Namespace) -> int:
                                 all_deferred=args.all_deferred)
     print(f"{removed} entries deleted")
     return 0 if removed or not args.ident else 1
+
+
+def _cluster_stats(as_json: bool) -> int:
+    """Every owner's statistics, from its workers by remote control (one answer per owner)."""
+    owners: dict[str, dict[str, int]] = {}
+    for reply in app.control.broadcast("mailflow_stats", reply=True, timeout=3.0) or []:
+        for answer in reply.values():
+            if answer.get("owner"):
+                owners[answer["owner"]] = answer["stats"]
+    total = {k: sum(s.get(k, 0) for s in owners.values()) for k in queuetools.STAT_KEYS}
+    if as_json:
+        print(json.dumps({"owners": owners, "total": total}))
+        return 0
+    for owner, numbers in sorted(owners.items()):
+        print(owner + " " + " ".join(f"{k}={v}" for k, v in numbers.items()))
+    print("total " + " ".join(f"{k}={v}" for k, v in total.items()))
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:

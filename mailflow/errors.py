@@ -63,3 +63,8 @@ class PermanentError(DeliveryError):
 def local_reply(status: str, text: str) -> Reply:
     """mailflow's own reply, as the log and bounces show it: ``4.4.3 text``."""
     return Reply(0, f"{status} {text}")
+
+
+class NothingToDo(Exception):
+    """A pipeline step found nothing to do: its claim is gone (expired, handled by another
+    execution), or its payload is not this queue's.  The task ends IGNORED, not SUCCESS."""

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailflow.errors import Reply
+from mailflow.errors import NothingToDo, Reply
 from mailflow.queue.entry import BadName, EntryName, check_claim, check_name
+from mailflow.queue.identity import IDENTITY
 from mailflow.relay.answers import mx_from_fields
 from mailflow.relay.mx import MX
 from mailflow.seal import seal, unseal
@@ -43,8 +44,12 @@ TASK_NAMES = (LOOKUP_MX, ACQUIRE_CONNECTION, TRANSMIT, BOUNCE, FLUSH_QUEUE)
 
 @dataclass(frozen=True)
 class Batch:
-    """Entries of one claim.  ``domain`` is None for a bounce batch (failed/ entries)."""
+    """Entries of one claim in the queue ``owner`` (its identity).
 
+    ``domain`` is None for a bounce batch (failed/ entries).
+    """
+
+    owner: str
     claim: str
     names: tuple[str, ...]
     domain: str | None = None
@@ -58,7 +63,7 @@ class Batch:
         return repr([self.to_json()])
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"claim": self.claim, "names": list(self.names)}
+        data: dict[str, Any] = {"owner": self.owner, "claim": self.claim, "names": list(self.names)}
         if self.domain is not None:
             data["domain"] = self.domain
         return data
@@ -68,6 +73,9 @@ class Batch:
         """The batch, when it names only this queue's own claim and entries; BadName otherwise."""
         if not isinstance(data, dict):
             raise BadName(f"a batch is a JSON object, not {type(data).__name__}")
+        owner = data.get("owner")
+        if not isinstance(owner, str) or not IDENTITY.match(owner):
+            raise BadName(f"owner {owner!r} is not a queue identity")
         claim = check_claim(data.get("claim"))
         names = data.get("names")
         if not isinstance(names, list):
@@ -79,7 +87,7 @@ class Batch:
             parsed = EntryName.parse(check_name(name))
             if domain is not None and parsed is not None and parsed.domain != domain:
                 raise BadName(f"{name!r} is not an entry for {domain!r}")
-        return cls(claim=claim, names=tuple(names), domain=domain)
+        return cls(owner=owner, claim=claim, names=tuple(names), domain=domain)
 
 
 @dataclass(frozen=True)
@@ -182,9 +190,9 @@ class Outcome:
 
 
 def accepted(parse: Any, data: Any, task: str, *args: Any) -> Any:
-    """``parse(data, *args)``, or None with a log line: a task refuses what is not its queue's."""
+    """``parse(data, *args)``; NothingToDo, with a log line, for what is not this queue's."""
     try:
         return parse(data, *args)
     except BadName as exc:
         log.error("%s refused a payload that is not one of this queue's batches: %s", task, exc)
-        return None
+        raise NothingToDo(f"refused: {exc}") from None

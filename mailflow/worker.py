@@ -2,28 +2,48 @@
 
 The config directory comes from ``$MAILFLOW_CONFIG`` (default ``./config``):
 Celery's own ``--config`` option already means something else.
+
+A worker whose host has the queue directory (``queue_dir``) is its owner's worker: it
+consumes the owner's Celery queue (mailflow/queue/identity.py) and offers to run the
+queue manager.  A worker without one is a *worker host* (PRODUCT §7): it says so, takes
+no owner's work, and starts serving as soon as a queue directory appears on its host
+(an smtpd started after it, or the first ``send_email``).  On the embedded broker there
+is one host only: its worker makes the queue directory, as every process there does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    celeryd_after_setup,
     celeryd_init,
     worker_init,
     worker_ready,
     worker_shutdown,
 )
+from celery.worker.control import control_command, inspect_command
 
 from mailflow import compat, config, logs, proctitle
+from mailflow.application import app
 from mailflow.config import environ, startup
 from mailflow.queue import manager as qmgr
+from mailflow.queue import tools as queuetools
+from mailflow.queue.flush import flush
+from mailflow.queue.identity import owner_queue
+from mailflow.queue.spool import Spool
+
+log = logging.getLogger(__name__)
 
 _qmgr: list[Any] = []
+_stopping = threading.Event()
+#: How often a worker host looks for a queue directory of its own.
+QUEUE_WATCH_EVERY = 1.0
 
 
 @celeryd_init.connect
@@ -56,14 +76,71 @@ def _load_config(**_kwargs: Any) -> None:
     startup.load_or_exit(os.environ.get("MAILFLOW_CONFIG"))
 
 
+def _local_spool() -> Spool | None:
+    """This host's queue directory, when it has one (made here on the embedded broker)."""
+    spool = Spool(config.current().queue_path())
+    if environ.broker_url().startswith("filesystem://"):
+        return spool.ensure()
+    return spool if spool.exists() else None
+
+
+@celeryd_after_setup.connect
+def _consume_the_owner_queue(sender: str = "", instance: Any = None, **_kwargs: Any) -> None:
+    """Before the consumer starts: the owner's queue, when this host has the queue directory."""
+    spool = _local_spool()
+    if spool is None:
+        log.warning("no queue directory at %s: this worker serves no owner until one appears "
+                    "(a worker host); the delivery steps of a queue run on the host that has it",
+                    config.current().queue_path())
+        return
+    if instance is not None:
+        instance.app.amqp.queues.select_add(owner_queue(spool.identity))
+    log.info("serving the queue %s at %s", spool.identity, spool.root)
+
+
 @worker_ready.connect
-def _start_queue_manager(**_kwargs: Any) -> None:
-    """Every worker offers to run the queue manager of its host's queue directory."""
-    _qmgr.append(qmgr.QueueManager(config.current()).start())
+def _start_queue_manager(sender: Any = None, **_kwargs: Any) -> None:
+    """Every worker of an owner offers to run its queue manager; a worker host waits for a queue."""
     proctitle.start("worker", config.current())
+    if _local_spool() is not None:
+        _qmgr.append(qmgr.QueueManager(config.current()).start())
+        return
+    node = getattr(sender, "hostname", None)
+    threading.Thread(target=_wait_for_a_queue, args=(node,), daemon=True,
+                     name="mailflow-queue-watch").start()
+
+
+def _wait_for_a_queue(node: str | None) -> None:
+    while not _stopping.wait(QUEUE_WATCH_EVERY):
+        spool = _local_spool()
+        if spool is None:
+            continue
+        log.info("a queue directory appeared at %s: serving the queue %s", spool.root,
+                 spool.identity)
+        app.control.add_consumer(owner_queue(spool.identity), reply=False,
+                                 destination=[node] if node else None)
+        _qmgr.append(qmgr.QueueManager(config.current()).start())
+        return
+
+
+@control_command(args=[("domain", str), ("owner", str)], signature="[domain] [owner]")
+def mailflow_flush(state: Any, domain: str | None = None, owner: str | None = None) -> dict[str, Any]:
+    """Flush this host's queue (or nothing, if it has none or is not ``owner``)."""
+    spool = _local_spool()
+    if spool is None or (owner and owner != spool.identity):
+        return {"ok": {}}
+    return {"ok": {"owner": spool.identity, "flushed": flush(spool, domain or None)}}
+
+
+@inspect_command()
+def mailflow_stats(state: Any) -> dict[str, Any]:
+    """This host's queue statistics, by its identity (``mailflow queue stats --cluster``)."""
+    spool = _local_spool()
+    return {"owner": spool.identity, "stats": queuetools.stats(spool)} if spool else {}
 
 
 @worker_shutdown.connect
 def _stop_queue_manager(**_kwargs: Any) -> None:
+    _stopping.set()
     while _qmgr:
         _qmgr.pop().stop()

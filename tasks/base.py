@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Task
+from celery.exceptions import Ignore
+
+from mailflow.errors import NothingToDo
+
+log = logging.getLogger(__name__)
 
 
 class PipelineTask(Task):
-    """Base of the ``mailflow.*`` pipeline tasks (Celery reads these class attributes)."""
+    """Base of the ``mailflow.*`` pipeline tasks (Celery reads these class attributes).
+
+    A step that finds nothing to do -- its claim gone, its payload not this queue's --
+    ends IGNORED, never SUCCESS, with one log line saying why; it also sends the
+    ``task-rejected`` event, so that Flower shows it as REJECTED rather than leaving
+    it STARTED (Celery sends no event for IGNORED).
+    """
 
     #: Acknowledge a step's message only once the step is done: a worker that dies mid-step
     #: gives it back, and the queue file decides whether anything is left to do.
@@ -18,3 +32,11 @@ class PipelineTask(Task):
 
     #: Outcomes are recorded in the queue directory; a result backend would hold nothing.
     ignore_result = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except NothingToDo as why:
+            log.warning("%s[%s] did nothing: %s", self.name, self.request.id, why)
+            self.send_event("task-rejected", requeue=False)
+            raise Ignore(str(why)) from None

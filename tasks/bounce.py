@@ -14,6 +14,4 @@ from tasks.base import PipelineTask
 
 @app.task(name=BOUNCE, base=PipelineTask)
 def bounce(batch: dict[str, Any]) -> None:
-    parsed = accepted(Batch.from_json, batch, BOUNCE)
-    if parsed is not None:
-        bounce_each(Spool(config.current().queue_path()), parsed)
+    bounce_each(Spool(config.current().queue_path()), accepted(Batch.from_json, batch, BOUNCE))

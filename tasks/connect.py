@@ -22,8 +22,6 @@ from tasks.base import PipelineTask
 @app.task(name=ACQUIRE_CONNECTION, base=PipelineTask, bind=True)
 def acquire_connection(self: Any, route: dict[str, Any]) -> None:
     parsed = route_from(route, config.current(), ACQUIRE_CONNECTION)
-    if parsed is None:
-        return
     node: str | None = self.request.hostname
     if node:
         acquire(parsed, partial(_transmit_on, node), partial(_again_on, node))

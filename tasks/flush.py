@@ -1,22 +1,37 @@
-"""``mailflow.flush_queue``: ``celery -A mailflow call mailflow.flush_queue [--args='["domain"]']``."""
+"""``mailflow.flush_queue``: ``celery -A mailflow call mailflow.flush_queue [--args='["domain"]']``.
+
+Any worker may get the call, and the queues are on their owners' hosts: it is
+passed on to every worker by remote control, and each owner's worker flushes
+its own queue (``mailflow_flush`` in mailflow/worker.py).  A second argument
+names one owner (its queue identity).
+"""
 
 from __future__ import annotations
 
 import logging
 
-from mailflow import config
 from mailflow.application import app
+from mailflow.errors import NothingToDo
 from mailflow.payloads import FLUSH_QUEUE
-from mailflow.queue.flush import flush
-from mailflow.queue.spool import Spool
 
 log = logging.getLogger(__name__)
 
+#: How long the owners have to answer.
+REPLY_TIMEOUT = 5.0
+
 
 @app.task(name=FLUSH_QUEUE, ignore_result=True)
-def flush_queue(domain: str | None = None) -> int:
-    """Every deferred entry (or one domain's) is attempted now, once."""
-    if domain is not None and not isinstance(domain, str):
-        log.error("%s refused a domain that is not text: %r", FLUSH_QUEUE, domain)
-        return 0
-    return flush(Spool(config.current().queue_path()), domain)
+def flush_queue(domain: str | None = None, owner: str | None = None) -> dict[str, int]:
+    """Every deferred entry (or one domain's) of every owner (or one) is attempted now, once."""
+    if not all(v is None or isinstance(v, str) for v in (domain, owner)):
+        raise NothingToDo(f"domain and owner are text: {domain!r}, {owner!r}")
+    replies = app.control.broadcast("mailflow_flush", arguments={"domain": domain, "owner": owner},
+                                    reply=True, timeout=REPLY_TIMEOUT)
+    flushed: dict[str, int] = {}
+    for reply in replies or []:
+        for answer in reply.values():
+            done = answer.get("ok") or {}
+            if done:
+                flushed[done["owner"]] = done["flushed"]
+    log.info("flushed %s", ", ".join(f"{o}: {n}" for o, n in sorted(flushed.items())) or "no queue")
+    return flushed

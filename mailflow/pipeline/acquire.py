@@ -17,9 +17,9 @@ from typing import Any
 
 from mailflow import config
 from mailflow.config.loader import Config
-from mailflow.errors import DeliveryError
+from mailflow.errors import DeliveryError, NothingToDo
 from mailflow.payloads import Batch, Route, accepted
-from mailflow.queue.claims import BROKER_RETRY_MS, give_back, holding, load
+from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.entry import BadName
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_each
@@ -42,6 +42,7 @@ def acquire(route: Route, hand_on: HandOn, again: Again | None) -> None:
     (called eagerly, not by a worker): then the thread waits for a slot, as a client would."""
     cfg = config.current()
     spool = Spool(cfg.queue_path())
+    here(spool, route.batch)
     session = None
     with holding(spool, route.batch) as held:
         hmails = load(spool, route.batch) if held else []
@@ -49,27 +50,29 @@ def acquire(route: Route, hand_on: HandOn, again: Again | None) -> None:
             session = _session(spool, route, hmails, cfg, again)
     if session is None:
         spool.finish(route.batch.claim)
+        if not hmails:
+            raise gone(route.batch)
         return
     _hand_on(spool, route, session, hand_on, cfg)
 
 
-def route_from(data: Any, cfg: Config, task: str) -> Route | None:
-    """The route a task was given, or None: refused when it is not this queue's (a log line);
-    its entries deferred when its get_mx password cannot be opened here (another host's key)."""
+def route_from(data: Any, cfg: Config, task: str) -> Route:
+    """The route a task was given; NothingToDo when it is not this queue's (a log line), or
+    after deferring its entries when its get_mx password cannot be opened here."""
     batch = accepted(Batch.from_json, data, task)
-    if batch is None:
-        return None
     try:
         return Route.from_json(data, cfg.directory)
     except BadName as exc:
         log.error("%s refused a payload that is not one of this queue's batches: %s", task, exc)
+        raise NothingToDo(f"refused: {exc}") from None
     except SealError as exc:
         spool = Spool(cfg.queue_path())
+        here(spool, batch)
         with holding(spool, batch) as held:
             for hmail in load(spool, batch) if held else []:
                 crashed(spool, hmail, exc, cfg.outbound)
         spool.finish(batch.claim)
-    return None
+        raise NothingToDo(f"its get_mx credentials cannot be opened here: {exc}") from None
 
 
 def session_for(route: Route, cfg: Config, *, wait: float = 0.0) -> Session:

@@ -20,7 +20,7 @@ from mailflow.config.files import ConfigError
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.payloads import Batch, Outcome, Route
-from mailflow.queue.claims import BROKER_RETRY_MS, give_back, holding, load
+from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, delay_entry, fail_all, guarded
 from mailflow.queue.spool import Spool, now_ms
@@ -38,11 +38,14 @@ HandOn = Callable[[Route], None]
 def lookup(batch: Batch, hand_on: HandOn) -> None:
     """Route the batch's entries and ``hand_on`` each route, holding the claim meanwhile."""
     spool = Spool(config.current().queue_path())
+    here(spool, batch)
     with holding(spool, batch) as held:
         if held:
             for route in _routes(spool, batch):
                 _hand_on(spool, route, hand_on)
     spool.finish(batch.claim)
+    if not held:
+        raise gone(batch)
 
 
 class _Dns:

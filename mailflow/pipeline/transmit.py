@@ -11,7 +11,7 @@ from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, local_reply
 from mailflow.payloads import Outcome, Route
 from mailflow.pipeline.acquire import session_for
-from mailflow.queue.claims import give_back, holding, load
+from mailflow.queue.claims import give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_all, fail_each, record
 from mailflow.queue.spool import Spool, now_ms
@@ -30,12 +30,15 @@ def transmit(route: Route, ticket: str | None) -> None:
     """Send the route's entries over the session parked under ``ticket`` (or a new one)."""
     courier = Courier(config.current(), route, POOL.collect(ticket))
     try:
+        here(courier.spool, route.batch)
         with holding(courier.spool, route.batch) as held:
             if held:
                 courier.run()
         courier.spool.finish(route.batch.claim)
     finally:
         courier.let_go()
+    if not held:
+        raise gone(route.batch)
 
 
 def drop_ticket(ticket: str | None) -> None:

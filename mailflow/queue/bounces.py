@@ -18,7 +18,7 @@ from mailflow.codes import CONT
 from mailflow.message import dot_unstuff
 from mailflow.payloads import Batch
 from mailflow.queue import counters, submission
-from mailflow.queue.claims import holding, load
+from mailflow.queue.claims import gone, here, holding, load
 from mailflow.queue.dsn import build
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, Spool, now_ms
@@ -39,6 +39,7 @@ class BounceError(Exception):
 
 def bounce_each(spool: Spool, batch: Batch) -> None:
     """A bounce for every entry of a claim of failed/ entries (the ``mailflow.bounce`` step)."""
+    here(spool, batch)
     with holding(spool, batch) as held:
         if held:
             for hmail in load(spool, batch):
@@ -47,6 +48,8 @@ def bounce_each(spool: Spool, batch: Batch) -> None:
                 except Exception as exc:
                     not_now(spool, hmail, exc)
     spool.finish(batch.claim)
+    if not held:
+        raise gone(batch)
 
 
 def not_now(spool: Spool, hmail: HMail, exc: Exception) -> None:

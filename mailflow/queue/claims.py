@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mailflow.errors import NothingToDo
 from mailflow.payloads import Batch
 from mailflow.queue.entry import CorruptEntry
 from mailflow.queue.hmail import HMail
@@ -100,6 +101,23 @@ def holding(spool: Spool, batch: Batch) -> Iterator[bool]:
             if not _held[key]:
                 del _held[key]
         os.close(fd)  # releases the flock
+
+
+def here(spool: Spool, batch: Batch) -> None:
+    """NothingToDo unless the batch's queue directory is this host's (a task routed wrongly,
+    or a worker whose queue is another: it must not swallow another owner's work)."""
+    if not spool.exists():
+        raise NothingToDo(f"batch of queue {batch.owner}, and this host has no queue directory "
+                          f"({spool.root})")
+    if spool.identity != batch.owner:
+        raise NothingToDo(f"batch of queue {batch.owner}, and this host's queue is {spool.identity}")
+
+
+def gone(batch: Batch) -> NothingToDo:
+    """What a step says when its claim is not here (any more)."""
+    return NothingToDo(f"claim {batch.claim} is not in this queue (its lease expired and its "
+                       "entries went back, another execution handled it, or the queue is on "
+                       "another host)")
 
 
 def load(spool: Spool, batch: Batch, names: tuple[str, ...] | list[str] | None = None) -> list[HMail]:

@@ -39,6 +39,7 @@ from mailflow.payloads import BOUNCE, LOOKUP_MX, Batch
 from mailflow.queue import submission
 from mailflow.queue.claims import BROKER_RETRY_MS, LEASE_SECONDS
 from mailflow.queue.entry import EntryName
+from mailflow.queue.identity import owner_queue
 from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ def nudge_all() -> None:
 
 
 def _publish(task: str, batch: Batch) -> None:
-    app.send_task(task, args=[batch.to_json()], argsrepr=batch.shown())
+    """To the owner's own queue: only the workers of this host can do a step of its batches."""
+    app.send_task(task, args=[batch.to_json()], argsrepr=batch.shown(),
+                  queue=owner_queue(batch.owner))
 
 
 class Unpublished(Exception):
@@ -203,7 +206,7 @@ class QueueManager:
                 if got:
                     room -= len(got)
                     claimed += len(got)
-                    self._dispatch(BOUNCE, Batch(claim, tuple(got)), FAILED)
+                    self._dispatch(BOUNCE, Batch(self.spool.identity, claim, tuple(got)), FAILED)
             for domain, names in self.due().items():
                 for start in range(0, len(names), BATCH_MAX):
                     if room <= 0:
@@ -212,7 +215,8 @@ class QueueManager:
                     if got:
                         room -= len(got)
                         claimed += len(got)
-                        self._dispatch(LOOKUP_MX, Batch(claim, tuple(got), domain), PENDING)
+                        self._dispatch(LOOKUP_MX, Batch(self.spool.identity, claim, tuple(got), domain),
+                                       PENDING)
         except Unpublished:
             pass
         return claimed

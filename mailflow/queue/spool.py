@@ -36,6 +36,7 @@ from typing import IO
 
 from mailflow.queue import entry as qfile
 from mailflow.queue.entry import EntryName, check_claim, check_name
+from mailflow.queue.identity import identity as queue_identity
 from mailflow.queue.todo import ToDo
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,16 @@ class Spool:
     def ensure(self) -> Spool:
         for d in (self.root, self.pending, self.active, self.failed):
             d.mkdir(mode=0o750, parents=True, exist_ok=True)
+        queue_identity(self.root)
         return self
+
+    @property
+    def identity(self) -> str:
+        """This queue directory's persistent identity (mailflow/queue/identity.py)."""
+        return queue_identity(self.root)
+
+    def exists(self) -> bool:
+        return self.pending.is_dir()
 
     def ensure_once(self) -> Spool:
         """``ensure`` at most once per process and directory (the submission path calls it)."""

@@ -45,6 +45,10 @@ def state_of(where: str, name: EntryName, now: int) -> str:
     return "queued"  # due, or failed recipients waiting for their bounce
 
 
+#: The keys of ``stats`` (PRODUCT §4), in order.
+STAT_KEYS = ("queued", "in_progress", "waiting", *counters.NAMES)
+
+
 def stats(spool: Spool) -> dict[str, int]:
     now = now_ms()
     out = {"queued": 0, "in_progress": 0, "waiting": 0}

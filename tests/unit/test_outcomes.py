@@ -24,7 +24,7 @@ def claimed(tmp_path, *rcpts: str) -> tuple[Spool, HMail]:
     entry.todo.rcpt_to = [parse_address(r) for r in rcpts] or entry.todo.rcpt_to
     spool.write([entry], b"Subject: s\r\n\r\nbody\r\n")
     claim, names = spool.claim(list(spool.names()))
-    [hmail] = load(spool, Batch(claim, tuple(names)))
+    [hmail] = load(spool, Batch(spool.identity, claim, tuple(names)))
     return spool, hmail
 
 

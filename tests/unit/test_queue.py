@@ -151,7 +151,7 @@ def test_claim_ids_are_never_paths(tmp_path, claim):
     with pytest.raises(BadName):
         spool.claim_dir(claim)  # type: ignore[arg-type]
     with pytest.raises(BadName):
-        Batch.from_json({"claim": claim, "names": []})
+        Batch.from_json({"owner": "h-1", "claim": claim, "names": []})
     spool.finish("0" * 32)  # a well-formed id that does not exist is no error
     assert spool.pending.is_dir()
 
@@ -161,9 +161,11 @@ def test_a_batch_names_only_entries_of_its_domain():
     from mailflow.queue.entry import BadName
 
     good = str(EntryName(1, 0, 1, "U.1", "a.example"))
-    assert Batch.from_json({"claim": "a" * 32, "names": [good], "domain": "a.example"})
+    assert Batch.from_json({"owner": "h-1", "claim": "a" * 32, "names": [good], "domain": "a.example"})
     with pytest.raises(BadName):
-        Batch.from_json({"claim": "a" * 32, "names": [good], "domain": "b.example"})
+        Batch.from_json({"owner": "h-1", "claim": "a" * 32, "names": [good], "domain": "b.example"})
+    with pytest.raises(BadName):
+        Batch.from_json({"owner": "../x", "claim": "a" * 32, "names": [good]})
     with pytest.raises(BadName):
         Batch.from_json(["not", "a", "batch"])
 

@@ -1,0 +1,125 @@
+"""Several hosts on one broker, each task done where it can be done (issue 12, first part).
+
+The owner runs `mailflow run` in one directory; a "worker host" runs `celery -A
+mailflow worker` from another directory with its own copy of the config and no queue
+directory -- the setup in which, before, the second worker swallowed the owner's
+batches and reported them SUCCESS while nothing was delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from harness import brokers
+from harness.dnsserver import DNSServer, free_port
+from harness.instance import Instance
+from harness.mxserver import MX_PORT, MXServer
+
+
+def outbound_ini(inst: Instance, dns: DNSServer, **extra: Any) -> None:
+    keys = {"nameservers": f"127.0.0.1:{dns.port}", "mx_port": MX_PORT, "local_mx_ok": "true",
+            "enable_tls": "false", "temp_fail_intervals": "1h", **extra}
+    inst.write_config("outbound.ini", "".join(f"{k} = {v}\n" for k, v in keys.items()))
+
+
+def wait(what: Any, timeout: float = 60.0, why: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s {why}")
+
+
+@pytest.fixture
+def cluster(make_instance):
+    url = brokers.url_for("redis")
+    dns = DNSServer({"far.test": {"MX": [(10, "mx.far.test")]}, "mx.far.test": {"A": ["127.0.0.2"]}})
+    dns.start()
+    port = free_port()
+    owner: Instance = make_instance(url, name="owner",
+                                    config={"smtp.ini": f"listen = 127.0.0.1:{port}\n"})
+    host: Instance = make_instance(url, name="workerhost")
+    for inst in (owner, host):
+        outbound_ini(inst, dns)
+    run = owner.spawn("run", owner.mailflow_argv("run"))
+    run.wait_for_output(" ready.", timeout=60)
+    remote = host.start_worker("b")
+    yield owner, host, run, remote, port
+    dns.stop()
+
+
+def submit(port: int, n: int, domain: str = "far.test") -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        for i in range(n):
+            s.sendmail("a@sender.test", [f"u{i}@{domain}"], b"Subject: s\r\n\r\nx\r\n")
+
+
+def test_a_worker_host_never_swallows_the_owners_batches(cluster):
+    owner, host, run, remote, port = cluster
+    remote.wait_for_output("serves no owner", timeout=10)
+    assert not (host.root / "queue").exists()
+    with MXServer("127.0.0.2", MX_PORT) as mx:
+        submit(port, 200)
+        got = mx.wait_for(200, timeout=90)
+        assert sorted(r for d in got for r in d.rcpt_to) == sorted(f"u{i}@far.test" for i in range(200))
+    assert "Task mailflow.lookup_mx[" not in remote.output()  # none of the owner's steps went there
+    assert " succeeded in " not in remote.output()
+
+
+def test_a_step_sent_to_a_host_without_the_queue_ends_ignored_not_success(cluster):
+    owner, host, run, remote, port = cluster
+    identity = (owner.queue_dir / ".identity").read_text().strip()
+    batch = {"owner": identity, "claim": "0" * 32, "names": [], "domain": "far.test"}
+    queue = f"{remote.node}.dq2"  # the worker host's own queue (Celery's worker_direct)
+    done = host.celery("call", "mailflow.lookup_mx", "--args", json.dumps([batch]), "--queue", queue)
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.decode().strip()
+    out = remote.wait_for_output(f"mailflow.lookup_mx[{task_id}] ignored", timeout=30)
+    assert f"mailflow.lookup_mx[{task_id}] did nothing: batch of queue {identity}, and this host " \
+           "has no queue directory" in out
+    assert f"mailflow.lookup_mx[{task_id}] succeeded" not in out
+
+
+def test_flush_from_any_host_reaches_the_owner_and_stats_come_from_every_owner(cluster):
+    owner, host, run, remote, port = cluster
+    with MXServer("127.0.0.2", MX_PORT, script={"DOT": ["451 4.3.0 later"]}) as mx:
+        submit(port, 1)
+        wait(lambda: [p for p in (owner.queue_dir / "pending").iterdir() if p.name.split("_")[1] == "1"],
+             why="for the deferral")
+        done = host.celery("call", "mailflow.flush_queue")  # published from the worker host's side
+        assert done.returncode == 0, done.stderr
+        [d] = mx.wait_for(1, timeout=30)
+        assert d.rcpt_to == ["u0@far.test"]
+    identity = (owner.queue_dir / ".identity").read_text().strip()
+    stats = host.run([sys.executable, "-m", "mailflow", "queue", "stats", "--cluster", "--json"])
+    assert stats.returncode == 0, stats.stderr
+    numbers = json.loads(stats.stdout)
+    assert list(numbers["owners"]) == [identity]  # only queue owners appear
+    assert numbers["owners"][identity]["delivered"] >= 1
+    assert numbers["total"] == numbers["owners"][identity]
+
+
+def test_a_worker_started_before_its_queue_exists_serves_it_once_it_does(make_instance):
+    url = brokers.url_for("redis")
+    dns = DNSServer({"far.test": {"MX": [(10, "mx.far.test")]}, "mx.far.test": {"A": ["127.0.0.2"]}})
+    dns.start()
+    try:
+        inst: Instance = make_instance(url, name="late")
+        outbound_ini(inst, dns)
+        worker = inst.start_worker("w")
+        worker.wait_for_output("serves no owner", timeout=10)
+        with MXServer("127.0.0.2", MX_PORT) as mx:
+            out = inst.mailflow("send", "-f", "a@sender.test", "u@far.test", input=b"Subject: s\n\nx\n")
+            assert out.returncode == 0, out.stderr  # the first message makes the queue directory
+            worker.wait_for_output("a queue directory appeared", timeout=30)
+            mx.wait_for(1, timeout=60)
+    finally:
+        dns.stop()
