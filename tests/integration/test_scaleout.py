@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import smtplib
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -20,22 +19,13 @@ from harness import brokers
 from harness.dnsserver import DNSServer, free_port
 from harness.instance import Instance
 from harness.mxserver import MX_PORT, MXServer
+from harness.waiting import until
 
 
 def outbound_ini(inst: Instance, dns: DNSServer, **extra: Any) -> None:
     keys = {"nameservers": f"127.0.0.1:{dns.port}", "mx_port": MX_PORT, "local_mx_ok": "true",
             "enable_tls": "false", "temp_fail_intervals": "1h", **extra}
     inst.write_config("outbound.ini", "".join(f"{k} = {v}\n" for k, v in keys.items()))
-
-
-def wait(what: Any, timeout: float = 60.0, why: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s {why}")
 
 
 @pytest.fixture
@@ -92,8 +82,8 @@ def test_flush_from_any_host_reaches_the_owner_and_stats_come_from_every_owner(c
     owner, host, run, remote, port = cluster
     with MXServer("127.0.0.2", MX_PORT, script={"DOT": ["451 4.3.0 later"]}) as mx:
         submit(port, 1)
-        wait(lambda: [p for p in (owner.queue_dir / "pending").iterdir() if p.name.split("_")[1] == "1"],
-             why="for the deferral")
+        until(lambda: [p for p in (owner.queue_dir / "pending").iterdir() if p.name.split("_")[1] == "1"],
+              60, "for the deferral")
         done = host.celery("call", "mailflow.flush_queue")  # published from the worker host's side
         assert done.returncode == 0, done.stderr
         [d] = mx.wait_for(1, timeout=30)

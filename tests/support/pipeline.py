@@ -13,6 +13,7 @@ from typing import Any
 from harness.dnsserver import SERVFAIL, DNSServer
 from harness.instance import Instance
 from harness.mxserver import MX_PORT
+from harness.waiting import until
 from mailflow import config as configmod
 from mailflow import outbound
 from mailflow.codes import OK
@@ -96,13 +97,7 @@ class Env:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def wait(self, what: Callable[[], Any], timeout: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = what()
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"not within {timeout} s\n{self.inst.dump_logs()[-4000:]}")
+        return until(what, timeout, lambda: "\n" + self.inst.dump_logs()[-4000:])
 
     def logged(self, text: str) -> bool:
         return any(text in p.output() for p in self.inst.procs)
