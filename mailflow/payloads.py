@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mailflow.errors import NothingToDo, Reply
-from mailflow.queue.entry import BadName, EntryName, check_claim, check_name
+from mailflow.queue.entry import BadName, EntryName, check_claim
 from mailflow.queue.identity import IDENTITY
 from mailflow.relay.answers import mx_from_fields
 from mailflow.relay.mx import MX
@@ -84,8 +84,10 @@ class Batch:
         if domain is not None and not isinstance(domain, str):
             raise BadName(f"domain {domain!r} is not text")
         for name in names:
-            parsed = EntryName.parse(check_name(name))
-            if domain is not None and parsed is not None and parsed.domain != domain:
+            parsed = EntryName.parse(name) if isinstance(name, str) else None
+            if parsed is None:
+                raise BadName(f"not a queue entry name: {name!r}")
+            if domain is not None and parsed.domain != domain:
                 raise BadName(f"{name!r} is not an entry for {domain!r}")
         return cls(owner=owner, claim=claim, names=tuple(names), domain=domain)
 
