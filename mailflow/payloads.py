@@ -8,7 +8,10 @@ One definition each, with its JSON form:
   one source address and EHLO name), from ``lookup_mx`` to
   ``acquire_connection`` to ``transmit``;
 - :class:`Outcome` -- what one attempt at one entry found: where it went and
-  every recipient's reply.
+  every recipient's reply;
+- :class:`Parcel` -- a route that may be delivered on any host: it carries each
+  entry's envelope and message (:class:`Letter`) and when its lease was issued;
+- :class:`Report` -- what a holder on another host found, back to the owner.
 
 A payload comes from the broker, and whoever can publish there is not meant to
 own the file system: ``from_json`` accepts only the queue's own claim ids and
@@ -18,6 +21,8 @@ entry names, and every MX field is checked (:class:`BadName` otherwise).  A
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -39,7 +44,8 @@ ACQUIRE_CONNECTION = "mailflow.acquire_connection"
 TRANSMIT = "mailflow.transmit"
 BOUNCE = "mailflow.bounce"
 FLUSH_QUEUE = "mailflow.flush_queue"
-TASK_NAMES = (LOOKUP_MX, ACQUIRE_CONNECTION, TRANSMIT, BOUNCE, FLUSH_QUEUE)
+REPORT = "mailflow.report"
+TASK_NAMES = (LOOKUP_MX, ACQUIRE_CONNECTION, TRANSMIT, BOUNCE, FLUSH_QUEUE, REPORT)
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,123 @@ class Outcome:
         return cls(host=str(data["host"]), ip=str(data["ip"]), port=int(data["port"]),
                    mode=str(data["mode"]), secured=bool(data["secured"]),
                    authenticated=bool(data["authenticated"]), results=results)
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One entry as a holder on another host needs it: the envelope and the message."""
+
+    name: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    message: bytes
+
+    def size(self) -> int:
+        """Its share of a task payload (base64 and the envelope)."""
+        return len(self.message) * 4 // 3 + 256 + sum(len(r) + 4 for r in self.rcpt_to)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "mail_from": self.mail_from, "rcpt_to": list(self.rcpt_to),
+                "message": base64.b64encode(self.message).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Letter:
+        if not isinstance(data, dict):
+            raise BadName("a letter is a JSON object")
+        name, mail_from, rcpts, body = (data.get(k) for k in ("name", "mail_from", "rcpt_to", "message"))
+        if not (isinstance(mail_from, str) and isinstance(body, str) and isinstance(rcpts, list)
+                and rcpts and all(isinstance(r, str) for r in rcpts)):
+            raise BadName(f"letter {name!r} lacks its envelope or message")
+        try:
+            message = base64.b64decode(body, validate=True)
+        except binascii.Error as exc:
+            raise BadName(f"letter {name!r}: its message is not base64 ({exc})") from None
+        return cls(name=str(name), mail_from=mail_from, rcpt_to=tuple(rcpts), message=message)
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """A route with its letters, for a holder on any host (PRODUCT §7, docs/architecture.md).
+
+    ``issued_ms`` is the owner's clock when it published the parcel, its claim's lease
+    then fresh for ``lease_ms``: a holder that has not renewed the lease since starts no
+    message after ``issued_ms + lease_ms / 2``.
+    """
+
+    route: Route
+    letters: tuple[Letter, ...]
+    issued_ms: int
+    lease_ms: int
+
+    @property
+    def batch(self) -> Batch:
+        return self.route.batch
+
+    @property
+    def domain(self) -> str:
+        return self.route.domain
+
+    def shown(self) -> str:
+        return self.route.shown()
+
+    def to_json(self, config_dir: Path) -> dict[str, Any]:
+        return {**self.route.to_json(config_dir), "letters": [x.to_json() for x in self.letters],
+                "issued_ms": self.issued_ms, "lease_ms": self.lease_ms}
+
+    @classmethod
+    def from_json(cls, data: Any, config_dir: Path) -> Parcel:
+        route = Route.from_json(data, config_dir)
+        letters = data.get("letters")
+        if not isinstance(letters, list):
+            raise BadName("a parcel carries a list of letters")
+        parsed = tuple(Letter.from_json(x) for x in letters)
+        if tuple(x.name for x in parsed) != route.batch.names:
+            raise BadName("a parcel's letters are not its entries")
+        issued, lease = data.get("issued_ms"), data.get("lease_ms")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (issued, lease)):
+            raise BadName(f"a parcel's issued_ms and lease_ms are times: {issued!r}, {lease!r}")
+        return cls(route=route, letters=parsed, issued_ms=issued, lease_ms=lease)
+
+
+def is_parcel(data: Any) -> bool:
+    """Whether a step's payload carries letters (a holder on any host may do it)."""
+    return isinstance(data, dict) and "letters" in data
+
+
+@dataclass(frozen=True)
+class Report:
+    """Outcomes a holder on another host sends its owner (``mailflow.report``).
+
+    ``results`` are attempts made; ``back`` entries it did not attempt (given back,
+    due now); ``final`` says the holder is done with the claim.
+    """
+
+    batch: Batch
+    holder: str
+    results: dict[str, Outcome] = field(default_factory=dict)
+    back: tuple[str, ...] = ()
+    final: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.batch.to_json(), "holder": self.holder,
+                "results": {n: o.to_json() for n, o in self.results.items()},
+                "back": list(self.back), "final": self.final}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Report:
+        batch = Batch.from_json(data)
+        results, back = data.get("results"), data.get("back")
+        if not isinstance(results, dict) or not isinstance(back, list):
+            raise BadName("a report has results and back")
+        named = set(batch.names)
+        if not set(results) | set(back) <= named:
+            raise BadName("a report names entries that are not its batch's")
+        try:
+            outcomes = {str(n): Outcome.from_json(o) for n, o in results.items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadName(f"a report's outcome is malformed: {exc!r}") from None
+        return cls(batch=batch, holder=str(data.get("holder", "?")), results=outcomes,
+                   back=tuple(str(n) for n in back), final=bool(data.get("final")))
 
 
 def accepted(parse: Any, data: Any, task: str, *args: Any) -> Any:

@@ -32,11 +32,13 @@ from celery.worker.control import control_command, inspect_command
 from mailflow import compat, config, logs, proctitle
 from mailflow.application import app
 from mailflow.config import environ, startup
+from mailflow.queue import lending
 from mailflow.queue import manager as qmgr
 from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
 from mailflow.queue.identity import owner_queue
 from mailflow.queue.spool import Spool
+from mailflow.relay.fence import HOLDINGS
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ def _consume_the_owner_queue(sender: str = "", instance: Any = None, **_kwargs: 
 def _start_queue_manager(sender: Any = None, **_kwargs: Any) -> None:
     """Every worker of an owner offers to run its queue manager; a worker host waits for a queue."""
     proctitle.start("worker", config.current())
+    _start_renewing(getattr(sender, "hostname", None))
     if _local_spool() is not None:
         _qmgr.append(qmgr.QueueManager(config.current()).start())
         return
@@ -123,6 +126,39 @@ def _wait_for_a_queue(node: str | None) -> None:
         return
 
 
+def _start_renewing(node: str | None) -> None:
+    """Renew the claims held here, say whether this is a worker host, hear the broker
+    (mailflow/relay/fence.py); not on the embedded broker, which has one host only."""
+    if node is None or environ.broker_url().startswith("filesystem://"):
+        return
+
+    def describe() -> dict[str, Any]:
+        return {"node": node, "worker_host": _local_spool() is None}
+
+    def broadcast(arguments: dict[str, Any]) -> None:
+        app.control.broadcast("mailflow_renew", arguments=arguments, reply=False)
+
+    HOLDINGS.start(broadcast, describe)
+
+
+@control_command(args=[("node", str), ("worker_host", bool), ("claims", dict)],
+                 signature="node worker_host claims")
+def mailflow_renew(state: Any, node: str = "", worker_host: bool = False,
+                   claims: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """A worker's periodic broadcast: renew the claims it holds of this host's queue; note a
+    worker host; and, when it is this worker's own, that this host hears the broker."""
+    if worker_host and node:
+        HOLDINGS.seen(node)
+    spool = _local_spool()
+    if spool is None:
+        return {"ok": {}}
+    mine = (claims or {}).get(spool.identity) if isinstance(claims, dict) else None
+    renewed = lending.renew(spool, [c for c in mine if isinstance(c, str)]) if isinstance(mine, list) else 0
+    if node and node == state.hostname:
+        lending.heard(spool, node)
+    return {"ok": {"renewed": renewed}}
+
+
 @control_command(args=[("domain", str), ("owner", str)], signature="[domain] [owner]")
 def mailflow_flush(state: Any, domain: str | None = None, owner: str | None = None) -> dict[str, Any]:
     """Flush this host's queue (or nothing, if it has none or is not ``owner``)."""
@@ -142,5 +178,6 @@ def mailflow_stats(state: Any) -> dict[str, Any]:
 @worker_shutdown.connect
 def _stop_queue_manager(**_kwargs: Any) -> None:
     _stopping.set()
+    HOLDINGS.stop()
     while _qmgr:
         _qmgr.pop().stop()

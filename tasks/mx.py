@@ -1,4 +1,9 @@
-"""``mailflow.lookup_mx``: route a batch's entries (mailflow/pipeline/lookup.py), hand each route on."""
+"""``mailflow.lookup_mx``: route a batch's entries (mailflow/pipeline/lookup.py), hand each route on.
+
+While worker hosts are about (they say so every few seconds: mailflow/relay/fence.py),
+routes go out as parcels to the shared queue, where any worker may take them; else,
+and for entries too large for a parcel, to the owner's own queue, without the bytes.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,21 @@ from typing import Any
 
 from mailflow import config
 from mailflow.application import app
-from mailflow.payloads import ACQUIRE_CONNECTION, LOOKUP_MX, Batch, Route, accepted
+from mailflow.payloads import ACQUIRE_CONNECTION, LOOKUP_MX, Batch, Parcel, Route, accepted
 from mailflow.pipeline.lookup import lookup
 from mailflow.queue.identity import owner_queue
+from mailflow.relay.fence import HOLDINGS
 from tasks.base import PipelineTask
 
 
 @app.task(name=LOOKUP_MX, base=PipelineTask)
 def lookup_mx(batch: dict[str, Any]) -> None:
-    lookup(accepted(Batch.from_json, batch, LOOKUP_MX), hand_on)
+    lookup(accepted(Batch.from_json, batch, LOOKUP_MX), hand_on, lend_out=bool(HOLDINGS.worker_hosts()))
 
 
-def hand_on(route: Route) -> None:
-    """To the owner's queue: the step reads the queue directory (mailflow/queue/identity.py)."""
-    app.send_task(ACQUIRE_CONNECTION, args=[route.to_json(config.current().directory)],
-                  argsrepr=route.shown(), queue=owner_queue(route.batch.owner))
+def hand_on(step: Route | Parcel) -> None:
+    """A route to the owner's queue (its steps read the queue directory); a parcel to the
+    default queue, which every worker consumes unless told not to (``-X``)."""
+    queue = owner_queue(step.batch.owner) if isinstance(step, Route) else app.conf.task_default_queue
+    app.send_task(ACQUIRE_CONNECTION, args=[step.to_json(config.current().directory)],
+                  argsrepr=step.shown(), queue=queue)

@@ -116,15 +116,22 @@ def _session(spool: Spool, route: Route, hmails: list[HMail], cfg: Config,
 def _wait_for_slot(spool: Spool, route: Route, hmails: list[HMail], exc: NoSlot, again: Again,
                    cfg: Config) -> None:
     """Come back when a slot frees; after SLOT_WAIT in all, defer the route (4.4.5)."""
+    waiting = still_waiting(route)
+    if waiting is None:
+        fail_each(spool, hmails, exc, cfg.outbound)
+        return
+    POOL.wait_for_slot(exc.ips, lambda: again(waiting), cfg.outbound)
+
+
+def still_waiting(route: Route) -> Route | None:
+    """The route, marked with when it began to wait for a slot; None after SLOT_WAIT in all."""
     since = route.slot_wait_since
     now = time.time()
     if since is None or since > now:
         since = now
     if now - since >= SLOT_WAIT:
-        fail_each(spool, hmails, exc, cfg.outbound)
-        return
-    waiting = route.waiting_since(since)
-    POOL.wait_for_slot(exc.ips, lambda: again(waiting), cfg.outbound)
+        return None
+    return route.waiting_since(since)
 
 
 def _hand_on(spool: Spool, route: Route, session: Session, hand_on: HandOn, cfg: Config) -> None:

@@ -19,7 +19,8 @@ from mailflow.codes import DELAY, DENY, DENYSOFT, OK
 from mailflow.config.files import ConfigError
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
-from mailflow.payloads import Batch, Outcome, Route
+from mailflow.payloads import Batch, Outcome, Parcel, Route
+from mailflow.queue import lending
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, delay_entry, fail_all, guarded
@@ -32,20 +33,35 @@ log = logging.getLogger(__name__)
 #: How long a DELAY from the send_email hook waits when it names no time.
 DEFAULT_DELAY = 60.0
 
-HandOn = Callable[[Route], None]
+#: Send a route on (to this owner's workers) or a parcel (to any worker).
+HandOn = Callable[[Route | Parcel], None]
 
 
-def lookup(batch: Batch, hand_on: HandOn) -> None:
-    """Route the batch's entries and ``hand_on`` each route, holding the claim meanwhile."""
+def lookup(batch: Batch, hand_on: HandOn, lend_out: bool = False) -> None:
+    """Route the batch's entries and ``hand_on`` each route, holding the claim meanwhile.
+
+    ``lend_out``: other hosts deliver too, so each route goes as parcels any worker
+    can take (mailflow/queue/lending.py), but for entries too large to carry.
+    """
     spool = Spool(config.current().queue_path())
     here(spool, batch)
     with holding(spool, batch) as held:
         if held:
             for route in _routes(spool, batch):
-                _hand_on(spool, route, hand_on)
+                for step in _deliveries(spool, route, lend_out):
+                    _hand_on(spool, step, hand_on)
     spool.finish(batch.claim)
     if not held:
         raise gone(batch)
+
+
+def _deliveries(spool: Spool, route: Route, lend_out: bool) -> list[Route | Parcel]:
+    if not lend_out:
+        return [route]
+    parcels, local = lending.pack(spool, route)
+    if parcels:
+        lending.lend(spool, route.batch.claim)
+    return [*parcels, *([local] if local else [])]
 
 
 class _Dns:
@@ -125,7 +141,7 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
-def _hand_on(spool: Spool, route: Route, hand_on: HandOn) -> None:
+def _hand_on(spool: Spool, route: Route | Parcel, hand_on: HandOn) -> None:
     """Hand a route on; if that fails, its entries get an outcome rather than a lease wait."""
     try:
         hand_on(route)

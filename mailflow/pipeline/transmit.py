@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import smtplib
 import time
+from typing import Any, Protocol
 
 from mailflow import config
 from mailflow.config.loader import Config
-from mailflow.errors import DeliveryError, local_reply
+from mailflow.config.settings import Outbound
+from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.payloads import Outcome, Route
 from mailflow.pipeline.acquire import session_for
 from mailflow.queue.claims import give_back, gone, here, holding, load
@@ -28,13 +30,15 @@ BATCH_TIME_BUDGET = 300.0
 
 def transmit(route: Route, ticket: str | None) -> None:
     """Send the route's entries over the session parked under ``ticket`` (or a new one)."""
-    courier = Courier(config.current(), route, POOL.collect(ticket))
+    cfg = config.current()
+    spool = Spool(cfg.queue_path())
+    courier = Courier(cfg, route, POOL.collect(ticket), LocalLedger(spool, route, cfg.outbound))
     try:
-        here(courier.spool, route.batch)
-        with holding(courier.spool, route.batch) as held:
+        here(spool, route.batch)
+        with holding(spool, route.batch) as held:
             if held:
                 courier.run()
-        courier.spool.finish(route.batch.claim)
+        spool.finish(route.batch.claim)
     finally:
         courier.let_go()
     if not held:
@@ -54,6 +58,62 @@ def outcome_of(session: Session) -> Outcome:
                    authenticated=session.authenticated)
 
 
+class Ledger(Protocol):
+    """Where a courier's entries come from and its outcomes go.
+
+    :class:`LocalLedger` is the queue directory on this host; a holder on another host
+    keeps one that reports to the owner (mailflow/pipeline/parcels.py).  Items are
+    whatever the ledger hands out (an HMail here, a Letter there).
+    """
+
+    domain: str
+
+    def items(self) -> list[Any]: ...
+    def envelope(self, item: Any) -> tuple[str, list[str], bytes]: ...
+    def still_here(self, item: Any) -> bool: ...
+    def may_start(self) -> bool: ...
+    def record(self, item: Any, outcome: Outcome) -> None: ...
+    def fail_all(self, item: Any, reply: Reply, outcome: Outcome) -> None: ...
+    def fail_each(self, items: list[Any], exc: DeliveryError) -> None: ...
+    def crashed(self, item: Any, exc: BaseException, outcome: Outcome | None = None) -> None: ...
+    def give_back(self, items: list[Any]) -> int: ...
+
+
+class LocalLedger:
+    """The entries of a claim in this host's queue directory; outcomes recorded there."""
+
+    def __init__(self, spool: Spool, route: Route, settings: Outbound):
+        self.spool, self.route, self.settings = spool, route, settings
+        self.domain = route.domain
+
+    def items(self) -> list[HMail]:
+        return load(self.spool, self.route.batch)
+
+    def envelope(self, item: HMail) -> tuple[str, list[str], bytes]:
+        return item.todo.mail_from.address, [r.address for r in item.todo.rcpt_to], item.message()
+
+    def still_here(self, item: HMail) -> bool:
+        return item.path.exists()  # not handled meanwhile (e.g. deleted by an operator)
+
+    def may_start(self) -> bool:
+        return True  # the claim is held here: the flock and the rename fence it
+
+    def record(self, item: HMail, outcome: Outcome) -> None:
+        record(self.spool, item, outcome, self.settings)
+
+    def fail_all(self, item: HMail, reply: Reply, outcome: Outcome) -> None:
+        fail_all(self.spool, item, reply, outcome, self.settings)
+
+    def fail_each(self, items: list[HMail], exc: DeliveryError) -> None:
+        fail_each(self.spool, items, exc, self.settings)
+
+    def crashed(self, item: HMail, exc: BaseException, outcome: Outcome | None = None) -> None:
+        crashed(self.spool, item, exc, self.settings, outcome)
+
+    def give_back(self, items: list[HMail]) -> int:
+        return give_back(self.spool, items, now_ms())
+
+
 class Courier:
     """One batch's messages over one session; the session is always let go in the end.
 
@@ -62,9 +122,9 @@ class Courier:
     discarded, so its connection slot is never lost.
     """
 
-    def __init__(self, cfg: Config, route: Route, session: Session | None):
+    def __init__(self, cfg: Config, route: Route, session: Session | None, ledger: Ledger):
         self.cfg, self.settings, self.route = cfg, cfg.outbound, route
-        self.spool = Spool(cfg.queue_path())
+        self.ledger = ledger
         self.session = session
 
     def let_go(self) -> None:
@@ -78,25 +138,30 @@ class Courier:
             self.session = None
 
     def run(self) -> None:
-        hmails = load(self.spool, self.route.batch)
+        items = self.ledger.items()
         started = time.monotonic()
-        for index, hmail in enumerate(hmails):
-            if not hmail.path.exists():  # handled meanwhile (e.g. deleted by an operator)
+        for index, item in enumerate(items):
+            if not self.ledger.still_here(item):
                 continue
             if time.monotonic() - started > BATCH_TIME_BUDGET:
-                back = give_back(self.spool, hmails[index:], now_ms())
+                back = self.ledger.give_back(items[index:])
                 log.info("batch for %s out of time: %d entries due again", self.route.domain, back)
                 return
-            if not self._ready(hmails[index:]):
+            if not self.ledger.may_start():
+                back = self.ledger.give_back(items[index:])
+                log.warning("batch for %s stopped at its lease's fence: %d entries handed back",
+                            self.route.domain, back)
+                return
+            if not self._ready(items[index:]):
                 return
             try:
-                self._send_one(hmail)
+                self._send_one(item)
             except Exception as exc:  # the session's state is unknown: never reuse it
                 outcome = outcome_of(self.session) if self.session is not None else None
                 self.discard()
-                crashed(self.spool, hmail, exc, self.settings, outcome)
+                self.ledger.crashed(item, exc, outcome)
 
-    def _ready(self, rest: list[HMail]) -> bool:
+    def _ready(self, rest: list[Any]) -> bool:
         """A session for the next message; False when the rest of the batch was dealt with."""
         if self.session is not None and self.settings.pool_timeout == 0 and self.session.messages:
             try:  # no pooling: a fresh connection per message, in the same slot
@@ -110,43 +175,42 @@ class Courier:
             self.session = session_for(self.route, self.cfg)
             return True
         except NoSlot:  # never wait for a slot in a worker thread: the queue manager brings them back
-            back = give_back(self.spool, rest, now_ms())
+            back = self.ledger.give_back(rest)
             log.info("no free connection slot for %s: %d entries due again", self.route.domain, back)
         except DeliveryError as exc:
-            fail_each(self.spool, rest, exc, self.settings)
+            self.ledger.fail_each(rest, exc)
         except Exception as exc:
-            for hmail in rest:
-                crashed(self.spool, hmail, exc, self.settings)
+            for item in rest:
+                self.ledger.crashed(item, exc)
         return False
 
-    def _send_one(self, hmail: HMail) -> None:
+    def _send_one(self, item: Any) -> None:
         """Send one entry and record its outcome; the session is None afterwards if it broke."""
-        message = hmail.message()
-        rcpts = [r.address for r in hmail.todo.rcpt_to]
+        mail_from, rcpts, message = self.ledger.envelope(item)
         for retry in (False, True):
             session = self.session
             assert session is not None
             outcome = outcome_of(session)
             try:
-                results = session.send(hmail.todo.mail_from.address, rcpts, message, self.settings)
+                results = session.send(mail_from, rcpts, message, self.settings)
             except EndOfDataTimeout:
                 self.discard()
-                fail_all(self.spool, hmail, local_reply(
-                    "4.4.2", "timeout waiting for the reply to the end of data"), outcome, self.settings)
+                self.ledger.fail_all(item, local_reply(
+                    "4.4.2", "timeout waiting for the reply to the end of data"), outcome)
                 return
             except (smtplib.SMTPException, OSError) as exc:
                 self.discard()
                 if retry or session.messages <= 1:
-                    fail_all(self.spool, hmail, local_reply(
-                        "4.4.2", f"connection to {outcome.host} broke: {exc}"), outcome, self.settings)
+                    self.ledger.fail_all(item, local_reply(
+                        "4.4.2", f"connection to {outcome.host} broke: {exc}"), outcome)
                     return
                 # a pooled connection the remote end closed: replace it, do not fail the message
                 try:
                     self.session = session_for(self.route, self.cfg)
                 except DeliveryError as err:
-                    fail_all(self.spool, hmail, err.reply, outcome, self.settings)
+                    self.ledger.fail_all(item, err.reply, outcome)
                     return
                 continue
             outcome.results = {r.address: r.reply for r in results}
-            record(self.spool, hmail, outcome, self.settings)
+            self.ledger.record(item, outcome)
             return

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mailflow.errors import NothingToDo
+from mailflow.lease import LEASE_SECONDS, RENEW_EVERY  # noqa: F401  (LEASE_SECONDS: its old home)
 from mailflow.payloads import Batch
 from mailflow.queue.entry import CorruptEntry
 from mailflow.queue.hmail import HMail
@@ -27,12 +28,8 @@ from mailflow.queue.spool import Spool
 
 log = logging.getLogger(__name__)
 
-#: A claim not renewed for this long is given back to pending/ by the queue manager.
-LEASE_SECONDS = float(os.environ.get("MAILFLOW_LEASE_SECONDS") or 300)
 #: Entries that could not be handed on (the broker was unreachable) are due again after this.
 BROKER_RETRY_MS = 5000
-#: How often a holder renews its claims.
-RENEW_EVERY = min(10.0, LEASE_SECONDS / 4)
 
 _held: dict[tuple[str, str], int] = {}
 _held_lock = threading.Lock()

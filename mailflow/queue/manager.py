@@ -35,9 +35,10 @@ from pathlib import Path
 
 from mailflow import config as configmod
 from mailflow.application import app
+from mailflow.lease import LEASE_SECONDS
 from mailflow.payloads import BOUNCE, LOOKUP_MX, Batch
-from mailflow.queue import submission
-from mailflow.queue.claims import BROKER_RETRY_MS, LEASE_SECONDS
+from mailflow.queue import lending, submission
+from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
 from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
@@ -61,6 +62,9 @@ MTIME_SETTLE_NS = 2_000_000_000
 FULL_SCAN_MS = 60_000
 #: At most this many entries in flight; the rest wait in pending/ (qmgr's bounded window).
 ACTIVE_MAX = 5000
+#: At most this many bytes of entries in flight: with worker hosts about, each claimed
+#: message is also in the broker and in some worker's memory (mailflow/queue/lending.py).
+ACTIVE_BYTES_MAX = int(os.environ.get("MAILFLOW_ACTIVE_BYTES_MAX") or 256 * 1024 * 1024)
 
 #: Publish a batch to a task, by the task's name.
 Publisher = Callable[[str, Batch], None]
@@ -97,6 +101,8 @@ class QueueManager:
         self._next_due_ms = 0
         self._listed_at_ms = 0
         self._thread: threading.Thread | None = None
+        #: bytes of the entries of each live claim, when claimed (see bytes_room())
+        self._claimed_bytes: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -154,7 +160,7 @@ class QueueManager:
                 break
             try:
                 if self._has_lock():
-                    self.spool.expire(LEASE_SECONDS)
+                    self.spool.expire(LEASE_SECONDS, spare=lending.spare(self.spool, LEASE_SECONDS))
                     if not self.cfg.outbound.disabled:
                         self.scan()
             except Exception:
@@ -194,6 +200,27 @@ class QueueManager:
         self._listed_mtime_ns, self._next_due_ms, self._listed_at_ms = mtime, next_due, now
         return by_domain
 
+    def bytes_room(self) -> int:
+        """Bytes that may still be claimed: claims count whole until their directory is gone."""
+        for claim in [c for c in self._claimed_bytes if not self.spool.claim_dir(c).exists()]:
+            del self._claimed_bytes[claim]
+        return ACTIVE_BYTES_MAX - sum(self._claimed_bytes.values())
+
+    def _within_bytes(self, names: list[EntryName], room: int) -> dict[EntryName, int]:
+        """The first of ``names`` that fit in ``room`` bytes, with their sizes (one at least
+        when nothing is in flight: a message larger than the window must still go)."""
+        out: dict[EntryName, int] = {}
+        for name in names:
+            try:
+                size = os.stat(self.spool.path(name)).st_size
+            except FileNotFoundError:
+                continue
+            if size > room and (out or self._claimed_bytes):
+                break
+            out[name] = size
+            room -= size
+        return out
+
     def scan(self) -> int:
         """Claim and dispatch what is due; return how many entries were claimed."""
         room = ACTIVE_MAX - sum(1 for _ in self.spool.names(ACTIVE))
@@ -207,11 +234,18 @@ class QueueManager:
                     room -= len(got)
                     claimed += len(got)
                     self._dispatch(BOUNCE, Batch(self.spool.identity, claim, tuple(got)), FAILED)
+            bytes_room = self.bytes_room()
             for domain, names in self.due().items():
                 for start in range(0, len(names), BATCH_MAX):
-                    if room <= 0:
+                    if room <= 0 or bytes_room <= 0:
                         return claimed
-                    claim, got = self.spool.claim(names[start:start + BATCH_MAX][:room])
+                    fitting = self._within_bytes(names[start:start + BATCH_MAX][:room], bytes_room)
+                    if not fitting:
+                        return claimed
+                    claim, got = self.spool.claim(list(fitting))
+                    sizes = {str(n): size for n, size in fitting.items()}
+                    self._claimed_bytes[claim] = sum(sizes.get(n, 0) for n in got)
+                    bytes_room -= self._claimed_bytes[claim]
                     if got:
                         room -= len(got)
                         claimed += len(got)

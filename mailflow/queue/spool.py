@@ -29,7 +29,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -192,18 +192,22 @@ class Spool:
         except OSError:
             pass
 
-    def expire(self, lease_seconds: float) -> int:
+    def expire(self, lease_seconds: float, spare: Callable[[str], bool] | None = None) -> int:
         """Give the entries of claims not renewed within ``lease_seconds`` back; return how many.
 
         A claim is first renamed aside (``.expired-<claim>``) so that no late holder can
         renew it, then emptied by :meth:`sweep_expired` -- which also finishes any
-        directory an earlier pass or process left half-emptied.
+        directory an earlier pass or process left half-emptied.  ``spare(claim)`` True
+        keeps an old claim for now (one lent to another host while this one could not
+        hear it: mailflow/queue/lending.py).
         """
         cutoff = time.time() - lease_seconds
         for claim in self.claims():
             directory = self.active / claim
             try:
                 if os.stat(directory).st_mtime >= cutoff:
+                    continue
+                if spare is not None and spare(claim):
                     continue
                 os.rename(directory, self.active / f"{EXPIRED_PREFIX}{claim}")
             except FileNotFoundError:

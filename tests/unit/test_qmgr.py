@@ -140,3 +140,36 @@ def test_mail_queued_by_another_process_is_seen_by_the_directory_change(tmp_path
     finally:
         manager.stop()
     assert [b.domain for b in publish.batches] == ["dest.example"]
+
+
+def test_bytes_in_flight_are_bounded_as_well_as_entries(tmp_path, monkeypatch):
+    """Issue 12: claimed messages are also in the broker with worker hosts about; the manager
+    claims no more bytes than ACTIVE_BYTES_MAX, yet one message larger than it still goes."""
+    cfg = load_cfg(tmp_path)
+    sender = parse_address("a@sender.example")
+    for n in range(6):
+        outbound.queue_message(sender, [parse_address(f"r{n}@dest.example")],
+                               b"Subject: s\r\n\r\n" + b"x" * 3000 + b"\r\n", cfg=cfg)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish)
+    largest = max(p.stat().st_size for p in manager.spool.pending.iterdir())
+    monkeypatch.setattr(qmgr, "ACTIVE_BYTES_MAX", int(largest * 3.5))
+    manager.scan()
+    assert publish.claimed() == 3  # three fit in three and a half
+    assert manager.scan() == 0  # nothing more until a claim is done
+    spool = manager.spool
+    for batch in publish.batches:  # the batch is delivered: its claim goes
+        for name in batch.names:
+            (spool.claim_dir(batch.claim) / name).unlink()
+        spool.finish(batch.claim)
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 3
+    monkeypatch.setattr(qmgr, "ACTIVE_BYTES_MAX", 100)
+    outbound.queue_message(sender, [parse_address("big@other.example")],
+                           b"Subject: s\r\n\r\n" + b"x" * 3000 + b"\r\n", cfg=cfg)
+    for batch in publish.batches[1:]:
+        for name in batch.names:
+            (spool.claim_dir(batch.claim) / name).unlink()
+        spool.finish(batch.claim)
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 1  # larger than the window, and nothing in flight

@@ -17,7 +17,7 @@ def test_out_of_time_batch_returns_entries_due(tmp_path, monkeypatch):
     spool.write([make_entry("B.1"), make_entry("B.2")], b"m\r\n")
     claim, names = spool.claim(sorted(spool.names()))
     route = Route(batch=Batch(spool.identity, claim, tuple(names), "example.com"), mx=(MX("mx.example.com"),))
-    courier = transmit.Courier(cfg, route, None)
+    courier = transmit.Courier(cfg, route, None, transmit.LocalLedger(spool, route, cfg.outbound))
     courier.run()
     assert courier.session is None
     back = sorted(spool.names())

@@ -1,0 +1,25 @@
+"""How long a claim lasts unrenewed, and the clock leases are measured by (docs/architecture.md).
+
+The owner side (claims, expiry) and the network side (a holder on another host,
+mailflow/relay/fence.py) must agree on these, so they are said once, here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+#: A claim not renewed for this long is given back to pending/ by the queue manager.
+LEASE_SECONDS = float(os.environ.get("MAILFLOW_LEASE_SECONDS") or 300)
+#: How often a holder renews its claims (and an owner's worker checks it hears the broker).
+RENEW_EVERY = min(10.0, LEASE_SECONDS / 4)
+#: A holder on another host starts no message once this much of a lease has passed
+#: since its last renewal that the broker took: half a lease is left for the message
+#: under way, and for the owner to hear the renewal.
+FENCE_SECONDS = LEASE_SECONDS / 2
+
+
+def clock() -> float:
+    """Seconds that keep counting while the host is suspended or the process is stopped
+    (CLOCK_BOOTTIME): a holder frozen past its fence must see that it was."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)

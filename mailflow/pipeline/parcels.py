@@ -1,0 +1,211 @@
+"""``acquire_connection`` and ``transmit`` for a parcel, on a host that is not its owner.
+
+This host has no copy of the owner's queue: the parcel carries the envelopes
+and messages, and what becomes of each entry goes back to the owner as
+``mailflow.report`` tasks (:class:`RemoteLedger`), recorded there
+(mailflow/queue/reports.py).  The claim is held through the broker
+(mailflow/relay/fence.py): no message starts past the fence; what was not
+attempted is handed back.
+
+A parcel taken by a worker of its owner's own host is done the direct way,
+from the queue directory (mailflow/pipeline/acquire.py, transmit.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mailflow.config.loader import Config
+from mailflow.errors import DeliveryError, NothingToDo, Reply, local_reply
+from mailflow.lease import clock
+from mailflow.payloads import Batch, Letter, Outcome, Parcel, Report, accepted
+from mailflow.pipeline.acquire import session_for, still_waiting
+from mailflow.pipeline.transmit import Courier
+from mailflow.queue.entry import BadName
+from mailflow.queue.spool import Spool
+from mailflow.relay.fence import HOLDINGS, Holding
+from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
+from mailflow.seal import SealError
+
+log = logging.getLogger(__name__)
+
+#: A holder reports what it has done at least this often (seconds), and at the end:
+#: what a host that dies had done but not reported is at most this much work.
+REPORT_EVERY = 1.0
+
+Reporter = Callable[[Report], None]
+HandOn = Callable[[Parcel, str], None]
+Again = Callable[[Parcel], None]
+
+
+def owner_here(data: dict[str, Any], cfg: Config) -> bool:
+    """Whether this host has the queue directory the payload's batch belongs to."""
+    spool = Spool(cfg.queue_path())
+    return spool.exists() and spool.identity == data.get("owner")
+
+
+def parcel_from(data: dict[str, Any], cfg: Config, task: str, report: Reporter, holder: str) -> Parcel:
+    """The parcel a task was given; NothingToDo when it is malformed (a log line), or after
+    reporting its entries deferred when its get_mx password cannot be opened on this host."""
+    batch = accepted(Batch.from_json, data, task)
+    try:
+        return Parcel.from_json(data, cfg.directory)
+    except BadName as exc:
+        log.error("%s refused a parcel that is not well formed: %s", task, exc)
+        raise NothingToDo(f"refused: {exc}") from None
+    except SealError as exc:
+        letters = [Letter.from_json(x) for x in data.get("letters") or []]
+        reply = local_reply("4.3.0", f"internal error: SealError: {exc}")
+        log.error("cannot open the get_mx credentials of a parcel of %s here: %s", batch.owner, exc)
+        report(Report(batch=batch, holder=holder, final=True,
+                      results={x.name: Outcome(results=dict.fromkeys(x.rcpt_to, reply)) for x in letters}))
+        raise NothingToDo(f"its get_mx credentials cannot be opened here: {exc}") from None
+
+
+class RemoteLedger:
+    """A parcel's letters; outcomes gathered and reported to the owner, at least every
+    REPORT_EVERY seconds.  A report the broker will not take stops the courier (the fence)."""
+
+    def __init__(self, parcel: Parcel, holding: Holding, report: Reporter, holder: str):
+        self.parcel, self.holding, self.report, self.holder = parcel, holding, report, holder
+        self.domain = parcel.route.domain
+        self.results: dict[str, Outcome] = {}
+        self.back: list[str] = []
+        self.cut_off = False
+        self._last_report = clock()
+
+    def items(self) -> list[Letter]:
+        return list(self.parcel.letters)
+
+    def envelope(self, item: Letter) -> tuple[str, list[str], bytes]:
+        return item.mail_from, list(item.rcpt_to), item.message
+
+    def still_here(self, item: Letter) -> bool:
+        return item.name not in self.results
+
+    def may_start(self) -> bool:
+        return not self.cut_off and self.holding.may_start()
+
+    def record(self, item: Letter, outcome: Outcome) -> None:
+        self.results[item.name] = outcome
+        if clock() - self._last_report >= REPORT_EVERY:
+            self.send(final=False)
+
+    def fail_all(self, item: Letter, reply: Reply, outcome: Outcome) -> None:
+        outcome.results = dict.fromkeys(item.rcpt_to, reply)
+        self.record(item, outcome)
+
+    def fail_each(self, items: list[Letter], exc: DeliveryError) -> None:
+        for item in items:
+            self.fail_all(item, exc.reply, Outcome(host=exc.host or "-", ip=exc.ip or "-"))
+
+    def crashed(self, item: Letter, exc: BaseException, outcome: Outcome | None = None) -> None:
+        log.error("unexpected error delivering %s: %s: %s (deferred)", item.name,
+                  type(exc).__name__, exc, exc_info=exc)
+        self.fail_all(item, local_reply("4.3.0", f"internal error: {type(exc).__name__}: {exc}"),
+                      outcome or Outcome())
+
+    def give_back(self, items: list[Letter]) -> int:
+        names = [x.name for x in items if x.name not in self.results and x.name not in self.back]
+        self.back += names
+        return len(names)
+
+    def send(self, final: bool) -> None:
+        """Report what is not yet reported; on the final report, hand back the rest."""
+        if final:
+            self.give_back([x for x in self.parcel.letters if x.name not in self.results])
+        if not (self.results or self.back or final):
+            return
+        report = Report(batch=self.parcel.batch, holder=self.holder, results=dict(self.results),
+                        back=tuple(self.back), final=final)
+        try:
+            self.report(report)
+        except Exception as exc:
+            self.cut_off = True
+            log.error("could not report %d outcomes of claim %s to %s (%s): no new message starts; "
+                      "%s", len(self.results), self.parcel.batch.claim, self.parcel.batch.owner, exc,
+                      "they come back when its lease expires, delivered ones as possible duplicates"
+                      if final else "trying again at the end of the batch")
+            return
+        self._last_report = clock()
+        self.results.clear()
+        self.back.clear()
+
+
+def acquire_parcel(parcel: Parcel, cfg: Config, hand_on: HandOn, again: Again | None,
+                   report: Reporter, holder: str) -> None:
+    """A session for the parcel, parked for its transmit; or the letters' outcomes reported."""
+    holding = HOLDINGS.take(parcel, hop=True)
+    if holding is None:
+        _too_late(parcel, report, holder)
+        return
+    ledger = RemoteLedger(parcel, holding, report, holder)
+    letters = list(parcel.letters)
+    try:
+        session = session_for(parcel.route, cfg, wait=0.0 if again else SLOT_WAIT)
+    except NoSlot as exc:
+        waiting = still_waiting(parcel.route) if again is not None else None
+        if again is not None and waiting is not None:
+            later = dataclasses.replace(parcel, route=waiting)
+            POOL.wait_for_slot(exc.ips, lambda: again(later), cfg.outbound)
+            return
+        ledger.fail_each(letters, exc)
+        _done(parcel, ledger)
+        return
+    except DeliveryError as exc:
+        ledger.fail_each(letters, exc)
+        _done(parcel, ledger)
+        return
+    except Exception as exc:
+        for letter in letters:
+            ledger.crashed(letter, exc)
+        _done(parcel, ledger)
+        return
+    ticket = POOL.park(session)
+    try:
+        hand_on(parcel, ticket)
+        return
+    except Exception:
+        log.exception("could not hand the parcel for %s to transmit; handed back", parcel.route.domain)
+    parked = POOL.collect(ticket)
+    if parked is not None:
+        POOL.release(parked, cfg.outbound)
+    _done(parcel, ledger)
+
+
+def transmit_parcel(parcel: Parcel, ticket: str | None, cfg: Config, report: Reporter,
+                    holder: str) -> None:
+    """Every letter of the parcel over the session parked under ``ticket`` (or a new one)."""
+    session = POOL.collect(ticket)
+    holding = HOLDINGS.take(parcel, hop=False)
+    if holding is None:
+        if session is not None:
+            POOL.release(session, cfg.outbound)
+        _too_late(parcel, report, holder)
+        return
+    ledger = RemoteLedger(parcel, holding, report, holder)
+    courier = Courier(cfg, parcel.route, session, ledger)
+    try:
+        courier.run()
+    finally:
+        courier.let_go()
+        _done(parcel, ledger)
+
+
+def _done(parcel: Parcel, ledger: RemoteLedger) -> None:
+    ledger.send(final=True)
+    HOLDINGS.let_go(parcel)
+
+
+def _too_late(parcel: Parcel, report: Reporter, holder: str) -> None:
+    """The parcel's fence passed before it could start (it waited in the broker too long)."""
+    log.warning("parcel of claim %s for %s came after its fence: %d entries handed back unsent",
+                parcel.batch.claim, parcel.route.domain, len(parcel.letters))
+    try:
+        report(Report(batch=parcel.batch, holder=holder, back=parcel.batch.names, final=True))
+    except Exception as exc:
+        log.error("could not hand back claim %s (%s): it returns when its lease expires",
+                  parcel.batch.claim, exc)

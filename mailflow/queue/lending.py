@@ -1,0 +1,195 @@
+"""Claims lent to holders on other hosts: parcels out, renewals in, and when such a lease may end.
+
+A route whose entries may be delivered by any worker goes out as parcels
+(:class:`~mailflow.payloads.Parcel`): each entry's envelope and message, no
+parcel over ``PAYLOAD_MAX`` bytes of payload.  An entry too large for any
+parcel stays with the owner: it goes on as a plain route, on the owner's own
+queue, and its bytes never enter the broker.
+
+The claim stays the owner's: a rename here, its lease this directory's mtime.
+A holder elsewhere renews it by remote control (``mailflow_renew``), and the
+claim is marked as lent (``lent/<claim>``).  Such a claim expires only when
+this host has heard the broker itself for a whole lease (``.heard/<node>``,
+kept by each of its workers from its own renewal broadcasts coming back):
+otherwise a renewal may have been sent and not reached us, and its holder may
+still be sending.  docs/architecture.md has the argument, case by case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from mailflow.lease import LEASE_SECONDS, RENEW_EVERY
+from mailflow.payloads import Letter, Parcel, Route
+from mailflow.queue.claims import load
+from mailflow.queue.entry import check_claim
+from mailflow.queue.hmail import HMail
+from mailflow.queue.spool import Spool, now_ms
+
+log = logging.getLogger(__name__)
+
+#: Payload bytes one task may carry.  Redis holds each message whole in memory and
+#: blocks while it copies it; RabbitMQ refuses messages over ``max_message_size``
+#: (128 MiB by default) and pages large ones: a few MiB keeps both fast.
+PAYLOAD_MAX = int(os.environ.get("MAILFLOW_PAYLOAD_MAX") or 4 * 1024 * 1024)
+LENT = "lent"
+HEARD = ".heard"
+#: A gap longer than this between two broadcasts heard means we were not hearing.
+HEARD_GAP_S = 3 * RENEW_EVERY
+
+_NODE = re.compile(r"[^A-Za-z0-9@._-]")
+#: Lent claims already said to be kept past their lease (said once each).
+_kept: set[str] = set()
+
+
+def pack(spool: Spool, route: Route) -> tuple[list[Parcel], Route | None]:
+    """The route's entries as parcels under the payload cap, and the rest as a local route.
+
+    Entries are read here, once, on the owner: a holder elsewhere has no queue.
+    """
+    parcels: list[Parcel] = []
+    local: list[str] = []
+    letters: list[Letter] = []
+    size = 0
+    issued = now_ms()
+
+    def close() -> None:
+        nonlocal letters, size
+        if letters:
+            batch = route.batch.part([x.name for x in letters])
+            parcels.append(Parcel(route=Route(batch, route.mx, route.bind, route.helo),
+                                  letters=tuple(letters), issued_ms=issued,
+                                  lease_ms=int(LEASE_SECONDS * 1000)))
+        letters, size = [], 0
+
+    for hmail in load(spool, route.batch):
+        if _file_size(hmail) * 4 // 3 > PAYLOAD_MAX:
+            local.append(hmail.filename)
+            continue
+        letter = _letter(hmail)
+        if letter.size() > PAYLOAD_MAX:
+            local.append(hmail.filename)
+            continue
+        if size + letter.size() > PAYLOAD_MAX:
+            close()
+        letters.append(letter)
+        size += letter.size()
+    close()
+    return parcels, (Route(route.batch.part(local), route.mx, route.bind, route.helo) if local else None)
+
+
+def _file_size(hmail: HMail) -> int:
+    try:
+        return os.stat(hmail.path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _letter(hmail: HMail) -> Letter:
+    return Letter(name=hmail.filename, mail_from=hmail.todo.mail_from.address,
+                  rcpt_to=tuple(r.address for r in hmail.todo.rcpt_to), message=hmail.message())
+
+
+def _lent_dir(spool: Spool) -> Path:
+    return Path(spool.root) / LENT
+
+
+def lend(spool: Spool, claim: str) -> None:
+    """Mark the claim as held elsewhere, before its parcel is published."""
+    directory = _lent_dir(spool)
+    directory.mkdir(exist_ok=True)
+    (directory / check_claim(claim)).touch()
+
+
+def is_lent(spool: Spool, claim: str) -> bool:
+    return (_lent_dir(spool) / claim).exists()
+
+
+def returned(spool: Spool, claim: str) -> None:
+    """The claim is done with: no longer lent once its directory is gone."""
+    if not spool.claim_dir(claim).exists():
+        (_lent_dir(spool) / claim).unlink(missing_ok=True)
+
+
+def renew(spool: Spool, claims: list[str]) -> int:
+    """A holder elsewhere renews these claims of ours; only lent claims are renewed."""
+    renewed = 0
+    for claim in claims:
+        try:
+            if is_lent(spool, check_claim(claim)) and spool.renew(claim):
+                renewed += 1
+        except ValueError:
+            log.warning("a renewal named %r, which is not a claim id", claim)
+    return renewed
+
+
+def heard(spool: Spool, node: str, at_ms: int | None = None) -> None:
+    """This host's worker ``node`` heard the broker (its own broadcast came back)."""
+    now = now_ms() if at_ms is None else at_ms
+    directory = Path(spool.root) / HEARD
+    directory.mkdir(exist_ok=True)
+    path = directory / _NODE.sub("_", node)
+    since = now
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+        last = json.loads(path.read_text())
+        if now - int(last["last"]) <= HEARD_GAP_S * 1000:
+            since = int(last["since"])
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"since": since, "last": now}))
+    os.replace(tmp, path)
+
+
+def heard_for(spool: Spool, seconds: float, at_ms: int | None = None) -> bool:
+    """Some worker of this host has heard the broker without a gap for the last ``seconds``."""
+    now = now_ms() if at_ms is None else at_ms
+    directory = Path(spool.root) / HEARD
+    try:
+        files = [e.path for e in os.scandir(directory) if not e.name.endswith(".tmp")]
+    except FileNotFoundError:
+        return False
+    for path in files:
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+            state = json.loads(Path(path).read_text())
+            if int(state["since"]) <= now - seconds * 1000 and int(state["last"]) >= now - HEARD_GAP_S * 1000:
+                return True
+    return False
+
+
+def spare(spool: Spool, lease_seconds: float) -> Callable[[str], bool]:
+    """For :meth:`Spool.expire`: keep a lent claim while we may have missed its renewals.
+
+    Also drops the marks of lent claims whose directories are gone.
+    """
+    _sweep_marks(spool)
+    if not _lent_dir(spool).exists():
+        return lambda claim: False
+    deaf = not heard_for(spool, lease_seconds)
+
+    def keep(claim: str) -> bool:
+        if deaf and is_lent(spool, claim):
+            if claim not in _kept:
+                _kept.add(claim)
+                log.warning("claim %s is lent to another host and its lease ran out, but this "
+                            "host has not heard the broker for a whole lease: kept until it has",
+                            claim)
+            return True
+        _kept.discard(claim)
+        return False
+    return keep
+
+
+def _sweep_marks(spool: Spool) -> None:
+    directory = _lent_dir(spool)
+    try:
+        marks = [e.name for e in os.scandir(directory)]
+    except FileNotFoundError:
+        return
+    for claim in marks:
+        with contextlib.suppress(ValueError):
+            returned(spool, claim)

@@ -1,0 +1,67 @@
+"""Outcomes reported by a holder on another host, applied on the owner (``mailflow.report``).
+
+An outcome whose entry is still in its claim is recorded as if the attempt had
+been made here: the hooks (``delivered``, ``deferred``…) run on the owner.  One
+that comes after the claim expired is applied only while that is still safe --
+the entry waits in pending/, not yet attempted again: it is claimed afresh and
+the outcome recorded, so a delivered entry is not sent a second time.  When the
+entry is being attempted again, or is gone, a delivery reported now may have
+been a duplicate: it is logged as one and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mailflow.config.settings import Outbound
+from mailflow.payloads import Batch, Outcome, Report
+from mailflow.queue import lending
+from mailflow.queue.claims import give_back, load
+from mailflow.queue.entry import EntryName
+from mailflow.queue.outcomes import guarded, record
+from mailflow.queue.spool import PENDING, Spool, now_ms
+
+log = logging.getLogger(__name__)
+
+
+def apply(spool: Spool, report: Report, settings: Outbound) -> None:
+    """Record each outcome, give back what was not attempted, and end the claim when final."""
+    batch = report.batch
+    for name, outcome in report.results.items():
+        found = load(spool, batch, [name])
+        if not found:
+            _late(spool, report, name, outcome, settings)
+            continue
+        with guarded(spool, found[0], settings, outcome):
+            record(spool, found[0], outcome, settings)
+    if report.back:
+        give_back(spool, load(spool, batch, report.back), now_ms())
+    if report.final:
+        spool.finish(batch.claim)
+        lending.returned(spool, batch.claim)
+
+
+def _late(spool: Spool, report: Report, name: str, outcome: Outcome, settings: Outbound) -> None:
+    """The claim no longer has the entry: apply the outcome if it waits untouched in pending/."""
+    parsed = EntryName.parse(name)
+    assert parsed is not None  # Report.from_json checked every name
+    waiting = [n for n in spool.names(PENDING) if n.id == parsed.id]
+    if waiting:
+        claim, got = spool.claim(waiting[:1])
+        for hmail in load(spool, Batch(spool.identity, claim, tuple(got))):
+            with guarded(spool, hmail, settings, outcome):
+                record(spool, hmail, outcome, settings)
+        spool.finish(claim)
+        if got:
+            log.warning("outcome of %s from %s came after its claim %s expired; it had not been "
+                        "attempted again, so it was applied", parsed.id, report.holder,
+                        report.batch.claim)
+            return
+    if any(200 <= reply.code < 300 for reply in outcome.results.values()):
+        log.warning("possible duplicate: %s was delivered by %s (%s) after its claim %s expired, "
+                    "and the entry has been attempted again since", parsed.id, report.holder,
+                    outcome.host, report.batch.claim)
+    else:
+        log.info("outcome of %s from %s came after its claim %s expired and the entry was "
+                 "attempted again: not applied", parsed.id, report.holder, report.batch.claim)
+

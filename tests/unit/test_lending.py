@@ -1,0 +1,183 @@
+"""Claims lent to other hosts: parcels under the cap, reports applied, leases kept or ended
+(mailflow/queue/lending.py, reports.py, relay/fence.py, pipeline/parcels.py; issue 12)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+
+from mailflow import lease
+from mailflow.config.settings import Outbound
+from mailflow.errors import Reply
+from mailflow.payloads import Batch, Outcome, Parcel, Report, Route
+from mailflow.pipeline.parcels import RemoteLedger
+from mailflow.queue import counters, lending, reports
+from mailflow.queue.entry import BadName
+from mailflow.queue.spool import Spool, now_ms
+from mailflow.relay import fence
+from mailflow.relay.fence import Holdings
+from mailflow.relay.mx import MX
+from tests.support.entries import make_entry
+
+SETTINGS = Outbound(temp_fail_intervals=(60, 120))
+OK = Reply(250, "2.0.0 ok", "DATA")
+
+
+def claimed(tmp_path, bodies: dict[str, bytes]) -> tuple[Spool, Route]:
+    spool = Spool(tmp_path / "queue").ensure()
+    for ident, body in bodies.items():
+        spool.write([make_entry(ident)], body)
+    claim, names = spool.claim(sorted(spool.names()))
+    return spool, Route(Batch(spool.identity, claim, tuple(names), "example.com"), mx=(MX("mx.example.com"),))
+
+
+def test_parcels_stay_under_the_cap_and_a_message_too_large_stays_with_the_owner(tmp_path, monkeypatch):
+    monkeypatch.setattr(lending, "PAYLOAD_MAX", 4000)
+    spool, route = claimed(tmp_path, {"L.1": b"a" * 1200 + b"\r\n", "L.2": b"b" * 1200 + b"\r\n",
+                                      "L.3": b"c" * 1200 + b"\r\n", "L.4": b"d" * 9000 + b"\r\n"})
+    parcels, local = lending.pack(spool, route)
+    assert [len(p.letters) for p in parcels] == [2, 1]
+    assert all(sum(x.size() for x in p.letters) <= 4000 for p in parcels)
+    assert local is not None and [n.split("_")[3] for n in local.batch.names] == ["L.4"]
+    first = parcels[0].letters[0]
+    assert first.message.endswith(b"a" * 1200 + b"\r\n") and first.rcpt_to == ("x@example.com",)
+    again = Parcel.from_json(parcels[0].to_json(tmp_path), tmp_path)
+    assert again == parcels[0]
+
+
+def test_a_parcel_or_report_that_names_other_entries_is_refused(tmp_path):
+    spool, route = claimed(tmp_path, {"R.1": b"m\r\n"})
+    [parcel], _ = lending.pack(spool, route)
+    data = parcel.to_json(tmp_path)
+    data["letters"][0]["name"] = "x"
+    with pytest.raises(BadName):
+        Parcel.from_json(data, tmp_path)
+    report = Report(route.batch, "h", results={route.batch.names[0]: Outcome(results={"x@example.com": OK})})
+    data = report.to_json()
+    data["results"] = {"1_0_1_Z.9_example.com": data["results"].popitem()[1]}
+    with pytest.raises(BadName):
+        Report.from_json(data)
+
+
+def test_a_lent_claim_outlives_its_lease_while_the_owner_cannot_hear_the_broker(tmp_path):
+    spool, route = claimed(tmp_path, {"E.1": b"m\r\n"})
+    lending.lend(spool, route.batch.claim)
+    old = time.time() - 100
+    os.utime(spool.claim_dir(route.batch.claim), (old, old))
+    assert spool.expire(10, spare=lending.spare(spool, 10)) == 0  # never heard: kept
+    now = now_ms()
+    lending.heard(spool, "w@a", now - 20_000)
+    lending.heard(spool, "w@a", now - 2 * int(lending.HEARD_GAP_S * 1000) - 20_000)  # a gap...
+    lending.heard(spool, "w@a", now)  # ...so heard only since now
+    assert not lending.heard_for(spool, 10)
+    assert spool.expire(10, spare=lending.spare(spool, 10)) == 0
+    step = int(lending.HEARD_GAP_S * 1000 / 2)
+    path = tmp_path / "queue" / lending.HEARD / "w@a"
+    path.unlink()
+    for at in range(now - 12_000, now + 1, step):  # heard without a gap for longer than the lease
+        lending.heard(spool, "w@a", at)
+    assert lending.heard_for(spool, 10)
+    assert spool.expire(10, spare=lending.spare(spool, 10)) == 1
+    assert [n.id for n in spool.names()] == ["E.1"]
+    lending.spare(spool, 10)  # sweeps the marks of claims that are gone
+    assert not lending.is_lent(spool, route.batch.claim)
+
+
+def test_only_lent_claims_are_renewed_from_another_host(tmp_path):
+    spool, route = claimed(tmp_path, {"N.1": b"m\r\n"})
+    old = time.time() - 100
+    os.utime(spool.claim_dir(route.batch.claim), (old, old))
+    assert lending.renew(spool, [route.batch.claim, "../x"]) == 0
+    lending.lend(spool, route.batch.claim)
+    assert lending.renew(spool, [route.batch.claim]) == 1
+    assert os.stat(spool.claim_dir(route.batch.claim)).st_mtime > old + 50
+
+
+def test_a_report_records_outcomes_gives_back_the_rest_and_ends_the_claim(tmp_path):
+    spool, route = claimed(tmp_path, {"A.1": b"m\r\n", "A.2": b"m\r\n", "A.3": b"m\r\n"})
+    lending.lend(spool, route.batch.claim)
+    one, two, three = route.batch.names
+    reports.apply(spool, Report(route.batch, "w@b", results={
+        one: Outcome(host="mx", results={"x@example.com": OK}),
+        two: Outcome(host="mx", results={"x@example.com": Reply(451, "4.2.1 later", "RCPT")})},
+        back=(three,), final=True), SETTINGS)
+    pending = sorted(spool.names(), key=lambda n: n.id)
+    assert [(n.id, n.num_failures) for n in pending] == [("A.2", 1), ("A.3", 0)]
+    assert pending[1].next_attempt_ms <= now_ms()
+    assert counters.read(spool.root, "delivered") == 1
+    assert not spool.claim_dir(route.batch.claim).exists()
+    assert not lending.is_lent(spool, route.batch.claim)
+
+
+def test_a_late_outcome_is_applied_only_while_the_entry_waits_untouched(tmp_path, caplog):
+    spool, route = claimed(tmp_path, {"T.1": b"m\r\n", "T.2": b"m\r\n"})
+    first, second = route.batch.names
+    old = time.time() - 100
+    os.utime(spool.claim_dir(route.batch.claim), (old, old))
+    spool.expire(10)  # both back in pending/
+    again, _ = spool.claim([n for n in spool.names() if n.id == "T.2"])  # T.2 attempted again
+    delivered = Outcome(host="mx", results={"x@example.com": OK})
+    with caplog.at_level(logging.INFO):
+        reports.apply(spool, Report(route.batch, "w@b", results={first: delivered, second: delivered},
+                                    final=True), SETTINGS)
+    assert [n.id for n in spool.names()] == []  # T.1 was waiting: its delivery is recorded
+    assert "it had not been attempted again, so it was applied" in caplog.text
+    assert "possible duplicate: T.2 was delivered by w@b" in caplog.text
+    assert [p.name.split("_")[3] for p in spool.claim_dir(again).iterdir()] == ["T.2"]  # untouched
+
+
+def parcel(issued_ms: int, names=("1_0_1_P.1_example.com",)) -> Parcel:
+    return Parcel(Route(Batch("owner-1", "a" * 32, tuple(names), "example.com"), mx=(MX("mx.example.com"),)),
+                  letters=(), issued_ms=issued_ms, lease_ms=int(lease.LEASE_SECONDS * 1000))
+
+
+def test_a_parcel_past_its_fence_is_not_taken_and_a_renewal_moves_the_fence():
+    holdings = Holdings()
+    assert holdings.take(parcel(now_ms() - int(lease.LEASE_SECONDS * 1000)), hop=True) is None
+    fresh = parcel(now_ms())
+    held = holdings.take(fresh, hop=True)
+    assert held is not None and held.may_start()
+    assert holdings.claims() == {"owner-1": ["a" * 32]}
+    held.fence = lease.clock() - 1  # no renewal taken for a while: the fence has passed
+    assert not held.may_start()
+    holdings.renewed({"owner-1": ["a" * 32]}, lease.clock())
+    assert held.may_start()
+    holdings.let_go(fresh)
+    assert holdings.claims() == {}
+
+
+def test_a_parcel_whose_next_step_never_comes_is_no_longer_renewed(monkeypatch):
+    holdings = Holdings()
+    monkeypatch.setattr(fence, "HOP_GRACE", -1.0)
+    assert holdings.take(parcel(now_ms()), hop=True) is not None
+    assert holdings.claims() == {}
+
+
+class Reports:
+    def __init__(self, fail: bool = False):
+        self.sent: list[Report] = []
+        self.fail = fail
+
+    def __call__(self, report: Report) -> None:
+        if self.fail:
+            raise ConnectionError("broker away")
+        self.sent.append(report)
+
+
+def test_a_holder_that_cannot_report_starts_nothing_more_and_hands_back_the_rest(tmp_path):
+    spool, route = claimed(tmp_path, {"H.1": b"m\r\n", "H.2": b"m\r\n"})
+    [p], _ = lending.pack(spool, route)
+    broken = Reports(fail=True)
+    ledger = RemoteLedger(p, Holdings().take(p, hop=False), broken, "w@b")
+    first, second = p.letters
+    assert ledger.may_start()
+    ledger.record(first, Outcome(results={"x@example.com": OK}))
+    ledger.send(final=False)
+    assert ledger.cut_off and not ledger.may_start()
+    broken.fail = False
+    ledger.send(final=True)
+    [report] = broken.sent
+    assert report.final and list(report.results) == [first.name] and report.back == (second.name,)
