@@ -67,8 +67,11 @@ class Proc:
 
 class Instance:
     def __init__(self, root: Path, broker_url: str | None = None,
-                 config: dict[str, str] | None = None, copy_shipped: bool = True):
+                 config: dict[str, str] | None = None, copy_shipped: bool = True,
+                 wrap: Callable[[list[str]], list[str]] | None = None):
         self.root = root
+        #: how a command is run on this instance's host (harness/netns.py), if not here
+        self.wrap = wrap or (lambda argv: argv)
         self.config_dir = root / "config"
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,7 @@ class Instance:
         self._serial += 1
         log = self.logs / f"{self._serial:02d}-{name}.log"
         out = open(log, "wb")  # noqa: SIM115 - closed by the process' exit
-        popen = subprocess.Popen(argv, cwd=self.root, env=env or self.env(), stdout=out,
+        popen = subprocess.Popen(self.wrap(argv), cwd=self.root, env=env or self.env(), stdout=out,
                                  stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
                                  preexec_fn=preexec_fn)
         out.close()
@@ -136,7 +139,7 @@ class Instance:
 
     def run(self, argv: list[str], *, input: bytes | None = None, timeout: float = 60.0,
             **extra_env: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(argv, cwd=self.root, env=self.env(**extra_env), input=input,
+        return subprocess.run(self.wrap(argv), cwd=self.root, env=self.env(**extra_env), input=input,
                               capture_output=True, timeout=timeout)
 
     def mailflow(self, *args: str, input: bytes | None = None, timeout: float = 60.0

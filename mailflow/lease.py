@@ -17,6 +17,10 @@ RENEW_EVERY = min(10.0, LEASE_SECONDS / 4)
 #: since its last renewal that the broker took: half a lease is left for the message
 #: under way, and for the owner to hear the renewal.
 FENCE_SECONDS = LEASE_SECONDS / 2
+#: How long a parcel (a claim lent to any worker) may wait in the broker for a holder:
+#: the owner keeps its claim that long before the lease starts to count, so a backlog
+#: in the broker is not handed back and claimed again in circles.
+PARCEL_WAIT_SECONDS = float(os.environ.get("MAILFLOW_PARCEL_WAIT_SECONDS") or LEASE_SECONDS)
 
 
 def clock() -> float:

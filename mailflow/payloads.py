@@ -233,15 +233,20 @@ class Letter:
 class Parcel:
     """A route with its letters, for a holder on any host (PRODUCT §7, docs/architecture.md).
 
-    ``issued_ms`` is the owner's clock when it published the parcel, its claim's lease
-    then fresh for ``lease_ms``: a holder that has not renewed the lease since starts no
-    message after ``issued_ms + lease_ms / 2``.
+    ``issued_ms`` is the owner's clock when it published the parcel: the owner keeps its
+    claim for ``wait_ms`` and a lease more, so a holder that has not renewed the lease
+    since starts no message after ``issued_ms + wait_ms + lease_ms / 2``.
     """
 
     route: Route
     letters: tuple[Letter, ...]
     issued_ms: int
     lease_ms: int
+    wait_ms: int = 0
+
+    def start_by_ms(self) -> float:
+        """The last moment (owner's clock) a holder that never renewed may start a message."""
+        return self.issued_ms + self.wait_ms + self.lease_ms / 2
 
     @property
     def batch(self) -> Batch:
@@ -256,7 +261,7 @@ class Parcel:
 
     def to_json(self, config_dir: Path) -> dict[str, Any]:
         return {**self.route.to_json(config_dir), "letters": [x.to_json() for x in self.letters],
-                "issued_ms": self.issued_ms, "lease_ms": self.lease_ms}
+                "issued_ms": self.issued_ms, "lease_ms": self.lease_ms, "wait_ms": self.wait_ms}
 
     @classmethod
     def from_json(cls, data: Any, config_dir: Path) -> Parcel:
@@ -267,10 +272,10 @@ class Parcel:
         parsed = tuple(Letter.from_json(x) for x in letters)
         if tuple(x.name for x in parsed) != route.batch.names:
             raise BadName("a parcel's letters are not its entries")
-        issued, lease = data.get("issued_ms"), data.get("lease_ms")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (issued, lease)):
-            raise BadName(f"a parcel's issued_ms and lease_ms are times: {issued!r}, {lease!r}")
-        return cls(route=route, letters=parsed, issued_ms=issued, lease_ms=lease)
+        times = [data.get(k) for k in ("issued_ms", "lease_ms", "wait_ms")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in times):
+            raise BadName(f"a parcel's issued_ms, lease_ms and wait_ms are times: {times!r}")
+        return cls(route=route, letters=parsed, issued_ms=times[0], lease_ms=times[1], wait_ms=times[2])
 
 
 def is_parcel(data: Any) -> bool:
@@ -283,19 +288,18 @@ class Report:
     """Outcomes a holder on another host sends its owner (``mailflow.report``).
 
     ``results`` are attempts made; ``back`` entries it did not attempt (given back,
-    due now); ``final`` says the holder is done with the claim.
+    due now).  Reports of one parcel may be applied in any order: no entry is in two.
     """
 
     batch: Batch
     holder: str
     results: dict[str, Outcome] = field(default_factory=dict)
     back: tuple[str, ...] = ()
-    final: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {**self.batch.to_json(), "holder": self.holder,
                 "results": {n: o.to_json() for n, o in self.results.items()},
-                "back": list(self.back), "final": self.final}
+                "back": list(self.back)}
 
     @classmethod
     def from_json(cls, data: Any) -> Report:
@@ -311,7 +315,7 @@ class Report:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadName(f"a report's outcome is malformed: {exc!r}") from None
         return cls(batch=batch, holder=str(data.get("holder", "?")), results=outcomes,
-                   back=tuple(str(n) for n in back), final=bool(data.get("final")))
+                   back=tuple(str(n) for n in back))
 
 
 def accepted(parse: Any, data: Any, task: str, *args: Any) -> Any:

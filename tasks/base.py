@@ -18,8 +18,11 @@ class PipelineTask(Task):
 
     A step that finds nothing to do -- its claim gone, its payload not this queue's --
     ends IGNORED, never SUCCESS, with one log line saying why; it also sends the
-    ``task-rejected`` event, so that Flower shows it as REJECTED rather than leaving
-    it STARTED (Celery sends no event for IGNORED).
+    ``task-ignored`` event, so that Flower shows it as IGNORED rather than leaving it
+    STARTED: Celery sends no event for IGNORED, and its event state machine takes a
+    ``task-rejected`` that follows ``task-started`` for an older one and keeps STARTED
+    (REJECTED ranks below STARTED in ``celery.states.PRECEDENCE``; a state it does not
+    know ranks above).
     """
 
     #: Acknowledge a step's message only once the step is done: a worker that dies mid-step
@@ -38,5 +41,5 @@ class PipelineTask(Task):
             return super().__call__(*args, **kwargs)
         except NothingToDo as why:
             log.warning("%s[%s] did nothing: %s", self.name, self.request.id, why)
-            self.send_event("task-rejected", requeue=False)
+            self.send_event("task-ignored", reason=str(why))
             raise Ignore(str(why)) from None

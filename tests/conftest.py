@@ -6,6 +6,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -55,9 +56,9 @@ def make_instance(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
     made: list[Instance] = []
 
     def make(broker_url: str | None = None, config: dict[str, str] | None = None,
-             name: str = "mf", copy_shipped: bool = True) -> Instance:
+             name: str = "mf", copy_shipped: bool = True, wrap: Any = None) -> Instance:
         inst = Instance(tmp_path / name, broker_url=broker_url, config=config,
-                        copy_shipped=copy_shipped)
+                        copy_shipped=copy_shipped, wrap=wrap)
         made.append(inst)
         return inst
 

@@ -60,7 +60,7 @@ def parcel_from(data: dict[str, Any], cfg: Config, task: str, report: Reporter, 
         letters = [Letter.from_json(x) for x in data.get("letters") or []]
         reply = local_reply("4.3.0", f"internal error: SealError: {exc}")
         log.error("cannot open the get_mx credentials of a parcel of %s here: %s", batch.owner, exc)
-        report(Report(batch=batch, holder=holder, final=True,
+        report(Report(batch=batch, holder=holder,
                       results={x.name: Outcome(results=dict.fromkeys(x.rcpt_to, reply)) for x in letters}))
         raise NothingToDo(f"its get_mx credentials cannot be opened here: {exc}") from None
 
@@ -74,6 +74,7 @@ class RemoteLedger:
         self.domain = parcel.route.domain
         self.results: dict[str, Outcome] = {}
         self.back: list[str] = []
+        self.reported: set[str] = set()  #: names already in a report the broker took
         self.cut_off = False
         self._last_report = clock()
 
@@ -84,7 +85,11 @@ class RemoteLedger:
         return item.mail_from, list(item.rcpt_to), item.message
 
     def still_here(self, item: Letter) -> bool:
-        return item.name not in self.results
+        return self._open(item.name)
+
+    def _open(self, name: str) -> bool:
+        """Neither attempted nor handed back yet."""
+        return name not in self.results and name not in self.back and name not in self.reported
 
     def may_start(self) -> bool:
         return not self.cut_off and self.holding.may_start()
@@ -109,18 +114,18 @@ class RemoteLedger:
                       outcome or Outcome())
 
     def give_back(self, items: list[Letter]) -> int:
-        names = [x.name for x in items if x.name not in self.results and x.name not in self.back]
+        names = [x.name for x in items if self._open(x.name)]
         self.back += names
         return len(names)
 
     def send(self, final: bool) -> None:
         """Report what is not yet reported; on the final report, hand back the rest."""
         if final:
-            self.give_back([x for x in self.parcel.letters if x.name not in self.results])
+            self.give_back(list(self.parcel.letters))
         if not (self.results or self.back or final):
             return
         report = Report(batch=self.parcel.batch, holder=self.holder, results=dict(self.results),
-                        back=tuple(self.back), final=final)
+                        back=tuple(self.back))
         try:
             self.report(report)
         except Exception as exc:
@@ -131,6 +136,7 @@ class RemoteLedger:
                       if final else "trying again at the end of the batch")
             return
         self._last_report = clock()
+        self.reported.update(self.results, self.back)
         self.results.clear()
         self.back.clear()
 
@@ -205,7 +211,7 @@ def _too_late(parcel: Parcel, report: Reporter, holder: str) -> None:
     log.warning("parcel of claim %s for %s came after its fence: %d entries handed back unsent",
                 parcel.batch.claim, parcel.route.domain, len(parcel.letters))
     try:
-        report(Report(batch=parcel.batch, holder=holder, back=parcel.batch.names, final=True))
+        report(Report(batch=parcel.batch, holder=holder, back=parcel.batch.names))
     except Exception as exc:
         log.error("could not hand back claim %s (%s): it returns when its lease expires",
                   parcel.batch.claim, exc)

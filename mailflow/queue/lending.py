@@ -22,10 +22,11 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mailflow.lease import LEASE_SECONDS, RENEW_EVERY
+from mailflow.lease import LEASE_SECONDS, PARCEL_WAIT_SECONDS, RENEW_EVERY
 from mailflow.payloads import Letter, Parcel, Route
 from mailflow.queue.claims import load
 from mailflow.queue.entry import check_claim
@@ -41,7 +42,7 @@ PAYLOAD_MAX = int(os.environ.get("MAILFLOW_PAYLOAD_MAX") or 4 * 1024 * 1024)
 LENT = "lent"
 HEARD = ".heard"
 #: A gap longer than this between two broadcasts heard means we were not hearing.
-HEARD_GAP_S = 3 * RENEW_EVERY
+HEARD_GAP_S = 2 * RENEW_EVERY
 
 _NODE = re.compile(r"[^A-Za-z0-9@._-]")
 #: Lent claims already said to be kept past their lease (said once each).
@@ -65,7 +66,8 @@ def pack(spool: Spool, route: Route) -> tuple[list[Parcel], Route | None]:
             batch = route.batch.part([x.name for x in letters])
             parcels.append(Parcel(route=Route(batch, route.mx, route.bind, route.helo),
                                   letters=tuple(letters), issued_ms=issued,
-                                  lease_ms=int(LEASE_SECONDS * 1000)))
+                                  lease_ms=int(LEASE_SECONDS * 1000),
+                                  wait_ms=int(PARCEL_WAIT_SECONDS * 1000)))
         letters, size = [], 0
 
     for hmail in load(spool, route.batch):
@@ -101,7 +103,8 @@ def _lent_dir(spool: Spool) -> Path:
 
 
 def lend(spool: Spool, claim: str) -> None:
-    """Mark the claim as held elsewhere, before its parcel is published."""
+    """Mark the claim as held elsewhere, after its parcels were made (issued) and before they
+    are published: the mark's mtime is when the claim was lent (see :func:`spare`)."""
     directory = _lent_dir(spool)
     directory.mkdir(exist_ok=True)
     (directory / check_claim(claim)).touch()
@@ -109,6 +112,14 @@ def lend(spool: Spool, claim: str) -> None:
 
 def is_lent(spool: Spool, claim: str) -> bool:
     return (_lent_dir(spool) / claim).exists()
+
+
+def lent_at(spool: Spool, claim: str) -> float | None:
+    """When the claim was lent (seconds, this host's clock), None if it is not."""
+    try:
+        return os.stat(_lent_dir(spool) / claim).st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def returned(spool: Spool, claim: str) -> None:
@@ -162,7 +173,9 @@ def heard_for(spool: Spool, seconds: float, at_ms: int | None = None) -> bool:
 
 
 def spare(spool: Spool, lease_seconds: float) -> Callable[[str], bool]:
-    """For :meth:`Spool.expire`: keep a lent claim while we may have missed its renewals.
+    """For :meth:`Spool.expire`: keep a lent claim while its parcels may still wait in the
+    broker for a holder (``PARCEL_WAIT_SECONDS`` and a lease from when it was lent), and
+    while we may have missed its renewals.
 
     Also drops the marks of lent claims whose directories are gone.
     """
@@ -170,9 +183,15 @@ def spare(spool: Spool, lease_seconds: float) -> Callable[[str], bool]:
     if not _lent_dir(spool).exists():
         return lambda claim: False
     deaf = not heard_for(spool, lease_seconds)
+    now = time.time()
 
     def keep(claim: str) -> bool:
-        if deaf and is_lent(spool, claim):
+        since = lent_at(spool, claim)
+        if since is None:
+            return False
+        if now < since + PARCEL_WAIT_SECONDS + lease_seconds:
+            return True
+        if deaf:
             if claim not in _kept:
                 _kept.add(claim)
                 log.warning("claim %s is lent to another host and its lease ran out, but this "

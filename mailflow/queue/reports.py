@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def apply(spool: Spool, report: Report, settings: Outbound) -> None:
-    """Record each outcome, give back what was not attempted, and end the claim when final."""
+    """Record each outcome, give back what was not attempted, and end the claim once empty."""
     batch = report.batch
     for name, outcome in report.results.items():
         found = load(spool, batch, [name])
@@ -36,9 +36,10 @@ def apply(spool: Spool, report: Report, settings: Outbound) -> None:
             record(spool, found[0], outcome, settings)
     if report.back:
         give_back(spool, load(spool, batch, report.back), now_ms())
-    if report.final:
-        spool.finish(batch.claim)
-        lending.returned(spool, batch.claim)
+    # reports of one claim may be applied in any order (several worker threads):
+    # whichever leaves it empty ends it
+    spool.finish(batch.claim)
+    lending.returned(spool, batch.claim)
 
 
 def _late(spool: Spool, report: Report, name: str, outcome: Outcome, settings: Outbound) -> None:

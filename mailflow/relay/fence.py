@@ -8,8 +8,9 @@ that a worker host is there (the owner sends parcels only when one is) and,
 coming back to the worker that sent it, that this worker hears the broker.
 
 The fence: a holder starts no message later than ``FENCE_SECONDS`` after the
-last renewal the broker took from it (or, before its first, after the
-parcel was issued).  The owner gives a lent claim back only after a whole
+last renewal the broker took from it, nor -- before its first -- after the
+parcel's ``start_by_ms`` (the owner keeps a parcel's claim for a wait and a
+lease before its lease counts).  The owner gives a lent claim back only after a whole
 lease in which it heard the broker and no renewal came, so by then the holder
 has stopped starting messages for half a lease (docs/architecture.md).
 """
@@ -66,9 +67,8 @@ class Holdings:
         with self._lock:
             held = self._held.get(key)
             if held is None:
-                left = (parcel.issued_ms + parcel.lease_ms / 2 - time.time() * 1000) / 1000
-                held = Holding(parcel.batch.owner, parcel.batch.claim,
-                               clock() + min(left, FENCE_SECONDS), None)
+                left = (parcel.start_by_ms() - time.time() * 1000) / 1000
+                held = Holding(parcel.batch.owner, parcel.batch.claim, clock() + left, None)
             if not held.may_start():
                 self._held.pop(key, None)
                 return None

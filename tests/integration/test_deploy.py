@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS = ["mailflow-smtpd.service", "mailflow-worker@.service", "mailflow-flower.service"]
+UNITS = ["mailflow-smtpd.service", "mailflow-worker@.service", "mailflow-flower.service",
+         "mailflow-workerhost@.service"]
 
 
 def test_systemd_units_verify(tmp_path):
@@ -47,8 +48,19 @@ def test_compose_file_is_valid():
                          capture_output=True, text=True, env={**os.environ, "FLOWER_BASIC_AUTH": "a:b"},
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    for service in ("redis", "smtpd", "worker-1", "worker-2", "flower"):
+    for service in ("redis", "smtpd", "worker-1", "worker-2", "workerhost", "flower"):
         assert f"{service}:" in out.stdout
+    assert "spool" not in service_block(out.stdout, "workerhost")  # a worker host has no queue
+    assert "spool" in service_block(out.stdout, "smtpd")
+
+
+def service_block(config: str, name: str) -> str:
+    """One service's lines of `compose config` output (services are indented by two)."""
+    lines = config.splitlines()
+    start = lines.index(f"  {name}:")
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i][:3].strip() and not lines[i].startswith("    ")), len(lines))
+    return "\n".join(lines[start:end])
 
 
 def test_flower_config_reads_the_environment():
@@ -61,7 +73,7 @@ def test_flower_config_reads_the_environment():
 
 def test_units_allow_a_descriptor_per_connection():
     """The default soft limit (1024) is less than smtp.ini's max_connections (issue 10, item 16)."""
-    for unit in ("mailflow-smtpd.service", "mailflow-worker@.service"):
+    for unit in ("mailflow-smtpd.service", "mailflow-worker@.service", "mailflow-workerhost@.service"):
         text = (REPO / "deploy" / "systemd" / unit).read_text()
         [limit] = [line for line in text.splitlines() if line.startswith("LimitNOFILE=")]
         assert int(limit.split("=")[1]) >= 65536

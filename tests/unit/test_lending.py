@@ -62,11 +62,13 @@ def test_a_parcel_or_report_that_names_other_entries_is_refused(tmp_path):
         Report.from_json(data)
 
 
-def test_a_lent_claim_outlives_its_lease_while_the_owner_cannot_hear_the_broker(tmp_path):
+def test_a_lent_claim_outlives_its_lease_while_the_owner_cannot_hear_the_broker(tmp_path, monkeypatch):
+    monkeypatch.setattr(lending, "PARCEL_WAIT_SECONDS", 0.0)
     spool, route = claimed(tmp_path, {"E.1": b"m\r\n"})
     lending.lend(spool, route.batch.claim)
     old = time.time() - 100
     os.utime(spool.claim_dir(route.batch.claim), (old, old))
+    os.utime(tmp_path / "queue" / lending.LENT / route.batch.claim, (old, old))
     assert spool.expire(10, spare=lending.spare(spool, 10)) == 0  # never heard: kept
     now = now_ms()
     lending.heard(spool, "w@a", now - 20_000)
@@ -86,6 +88,21 @@ def test_a_lent_claim_outlives_its_lease_while_the_owner_cannot_hear_the_broker(
     assert not lending.is_lent(spool, route.batch.claim)
 
 
+def test_a_parcel_may_wait_in_the_broker_before_its_lease_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(lending, "PARCEL_WAIT_SECONDS", 30.0)
+    spool, route = claimed(tmp_path, {"W.1": b"m\r\n"})
+    lending.lend(spool, route.batch.claim)
+    old = time.time() - 100
+    os.utime(spool.claim_dir(route.batch.claim), (old, old))
+    now = now_ms()
+    for at in range(now - 12_000, now + 1, 500):
+        lending.heard(spool, "w@a", at)
+    assert spool.expire(10, spare=lending.spare(spool, 10)) == 0  # lent 0 s ago: waits 30 + 10
+    lent = time.time() - 41
+    os.utime(tmp_path / "queue" / lending.LENT / route.batch.claim, (lent, lent))
+    assert spool.expire(10, spare=lending.spare(spool, 10)) == 1
+
+
 def test_only_lent_claims_are_renewed_from_another_host(tmp_path):
     spool, route = claimed(tmp_path, {"N.1": b"m\r\n"})
     old = time.time() - 100
@@ -103,7 +120,7 @@ def test_a_report_records_outcomes_gives_back_the_rest_and_ends_the_claim(tmp_pa
     reports.apply(spool, Report(route.batch, "w@b", results={
         one: Outcome(host="mx", results={"x@example.com": OK}),
         two: Outcome(host="mx", results={"x@example.com": Reply(451, "4.2.1 later", "RCPT")})},
-        back=(three,), final=True), SETTINGS)
+        back=(three,)), SETTINGS)
     pending = sorted(spool.names(), key=lambda n: n.id)
     assert [(n.id, n.num_failures) for n in pending] == [("A.2", 1), ("A.3", 0)]
     assert pending[1].next_attempt_ms <= now_ms()
@@ -121,8 +138,8 @@ def test_a_late_outcome_is_applied_only_while_the_entry_waits_untouched(tmp_path
     again, _ = spool.claim([n for n in spool.names() if n.id == "T.2"])  # T.2 attempted again
     delivered = Outcome(host="mx", results={"x@example.com": OK})
     with caplog.at_level(logging.INFO):
-        reports.apply(spool, Report(route.batch, "w@b", results={first: delivered, second: delivered},
-                                    final=True), SETTINGS)
+        reports.apply(spool, Report(route.batch, "w@b", results={first: delivered, second: delivered}),
+                      SETTINGS)
     assert [n.id for n in spool.names()] == []  # T.1 was waiting: its delivery is recorded
     assert "it had not been attempted again, so it was applied" in caplog.text
     assert "possible duplicate: T.2 was delivered by w@b" in caplog.text
@@ -180,4 +197,27 @@ def test_a_holder_that_cannot_report_starts_nothing_more_and_hands_back_the_rest
     broken.fail = False
     ledger.send(final=True)
     [report] = broken.sent
-    assert report.final and list(report.results) == [first.name] and report.back == (second.name,)
+    assert list(report.results) == [first.name] and report.back == (second.name,)
+
+
+def test_no_entry_is_in_two_reports_of_one_parcel(tmp_path):
+    """Reports of a parcel may be applied in any order: an entry reported delivered must never
+    also be handed back by a later report (it would be sent again)."""
+    spool, route = claimed(tmp_path, {"D.1": b"m\r\n", "D.2": b"m\r\n", "D.3": b"m\r\n"})
+    [p], _ = lending.pack(spool, route)
+    sent = Reports()
+    ledger = RemoteLedger(p, Holdings().take(p, hop=False), sent, "w@b")
+    first, second, third = p.letters
+    ledger.record(first, Outcome(results={"x@example.com": OK}))
+    ledger.send(final=False)
+    ledger.give_back([second, third])
+    ledger.give_back([third])
+    ledger.send(final=True)
+    early, last = sent.sent
+    assert list(early.results) == [first.name] and early.back == ()
+    assert last.results == {} and last.back == (second.name, third.name)
+    reports.apply(spool, last, SETTINGS)  # the final report first
+    reports.apply(spool, early, SETTINGS)
+    assert sorted(n.id for n in spool.names()) == ["D.2", "D.3"]
+    assert counters.read(spool.root, "delivered") == 1
+    assert not spool.claim_dir(route.batch.claim).exists()
