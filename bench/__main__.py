@@ -1,6 +1,6 @@
-"""mailflow's benchmarks: relay throughput, latency, memory, backlog, connections.
+"""mailflow's benchmarks: relay throughput, latency, memory, backlog, connections, scale-out.
 
-    python -m bench [--quick] [--only relay,latency,backlog] [--broker NAME ...]
+    python -m bench [--quick] [--only relay,latency,backlog,scaleout] [--broker NAME ...]
 
 Prints the figures of each scenario and then the goals table (each goal beside
 its figure, "met" or "not met").  Always exits 0: the figures are for reading,
@@ -22,7 +22,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import backlog, relay, tools  # noqa: E402
+from bench import backlog, relay, scaleout, tools  # noqa: E402
 from harness.brokers import BROKERS  # noqa: E402
 
 Result = dict[str, Any]
@@ -101,11 +101,49 @@ def run_backlog(broker: str, entries: int) -> Result | None:
     return r
 
 
+def run_scaleout(quick: bool) -> tuple[list[Result], list[Result]]:
+    print("\n## 6. Scale-out (Redis; owner = smtpd + a worker of its own queue, worker host = a "
+          "worker with no queue, each in its own cgroup)\n", flush=True)
+    why = scaleout.CGroup.available()
+    if why:
+        print(f"  not run: {why}", flush=True)
+        return [], []
+    costs = []
+    print(f"{'workload':>12} {'owner ms/msg':>13} {'host ms/msg':>12} {'broker ms/msg':>14} "
+          f"{'broker B/msg':>13} {'hosts per owner':>16}", flush=True)
+    workloads = [(500, 4 * KIB), (200, 64 * KIB)] if quick else [(3000, 4 * KIB), (1000, 64 * KIB)]
+    for messages, size in workloads:
+        r = attempt(f"costs {size // KIB} KiB", partial(scaleout.costs, messages=messages, size=size))
+        if r is None:
+            continue
+        r["hosts_per_owner"] = scaleout.capacity(r["owner_ms"], r["host_ms"])
+        costs.append(r)
+        print(f"{f'{messages}x{size // KIB}KiB':>12} {r['owner_ms']:>13.2f} {r['host_ms']:>12.2f} "
+              f"{r['broker_ms']:>14.3f} {r['broker_bytes']:>13,.0f} {r['hosts_per_owner']:>16.1f}",
+              flush=True)
+    print("(hosts per owner: the owner's message rate on one core over one worker host's on a "
+          "quarter core, both CPU-bound)\n", flush=True)
+    checks = []
+    messages = 600 if quick else 3000
+    print(f"check: owner capped at 1 core, worker hosts at 0.25 each, every receiver reply held "
+          f"50 ms; {messages} x 4 KiB", flush=True)
+    for hosts in (1, 2):
+        r = attempt(f"check with {hosts}", partial(scaleout.check, hosts=hosts, messages=messages))
+        if r is None:
+            continue
+        checks.append(r)
+        print(f"  {hosts} worker host(s): {fmt(r['per_s'])} msgs/s delivered"
+              + (f"  (delivered {r['delivered']}/{messages}; {r['errors']})"
+                 if r["delivered"] < messages or r["errors"] else ""), flush=True)
+    return costs, checks
+
+
 def pick(results: list[Result], broker: str, size: int) -> Result | None:
     return next((r for r in results if r["broker"] == broker and r["size"] == size), None)
 
 
-def goals(relays: list[Result], lat: Result | None, back: Result | None) -> list[Row]:
+def goals(relays: list[Result], lat: Result | None, back: Result | None,
+          checks: list[Result] | None = None) -> list[Row]:
     """One row per goal of the benchmarks issue, beside the figure measured for it."""
     rows: list[Row] = []
 
@@ -113,9 +151,10 @@ def goals(relays: list[Result], lat: Result | None, back: Result | None) -> list
         r = pick(relays, broker, size)
         return r["e2e_per_s"] if r else None
 
-    def at_least(goal: str, value: float | None, bound: float | None, unit: str = "msgs/s") -> None:
+    def at_least(goal: str, value: float | None, bound: float | None, unit: str = "msgs/s",
+                 spec: str = ".0f") -> None:
         met = None if value is None or bound is None else value >= bound
-        rows.append((goal, f"{fmt(value)} {unit}", met))
+        rows.append((goal, f"{fmt(value, spec)} {unit}", met))
 
     def at_most(goal: str, value: float | None, bound: float, unit: str, spec: str = ".0f") -> None:
         rows.append((goal, f"{fmt(value, spec)} {unit}", None if value is None else value <= bound))
@@ -136,13 +175,16 @@ def goals(relays: list[Result], lat: Result | None, back: Result | None) -> list
     sessions = [r["sessions_per_1000"] for r in relays]
     at_most("sink sessions per 1,000 messages <= 50", max(sessions) if sessions else None,
             50, "", ".1f")
+    rates = {r["hosts"]: r["per_s"] for r in checks or []}
+    ratio = rates[2] / rates[1] if rates.get(1) and rates.get(2) else None
+    at_least("scale-out: two worker hosts >= 1.7x one (capped)", ratio, 1.7, "x", ".2f")
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="relay,latency,backlog",
-                        help="comma list of scenarios: relay, latency, backlog")
+    parser.add_argument("--only", default="relay,latency,backlog,scaleout",
+                        help="comma list of scenarios: relay, latency, backlog, scaleout")
     parser.add_argument("--broker", action="append", choices=BROKERS,
                         help="relay brokers (repeatable; default all three)")
     parser.add_argument("--nodes", default="cpus",
@@ -160,8 +202,9 @@ def main() -> int:
     relays = run_relay(args.broker or list(BROKERS), workloads, args.nodes) if "relay" in only else []
     lat = run_latency("redis", 100.0, 10.0 if quick else 30.0, args.nodes) if "latency" in only else None
     back = run_backlog("redis", 10_000 if quick else 100_000) if "backlog" in only else None
+    _, checks = run_scaleout(quick) if "scaleout" in only else ([], [])
     print("\n## Goals\n")
-    rows = goals(relays, lat, back)
+    rows = goals(relays, lat, back, checks)
     width = max(len(g) for g, _, _ in rows)
     for goal, figure, met in rows:
         verdict = "not measured" if met is None else ("met" if met else "not met")

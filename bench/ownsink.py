@@ -1,6 +1,6 @@
 """A cheap SMTP sink, for machines without Postfix's ``smtp-sink`` and for latency runs.
 
-    python -m bench.ownsink HOST PORT
+    python -m bench.ownsink HOST PORT [DELAY]
 
 It accepts every command and throws the mail away.  It speaks just enough ESMTP
 for mailflow's client (EHLO with PIPELINING, MAIL, RCPT, DATA, RSET, NOOP,
@@ -10,7 +10,8 @@ QUIT) and writes one line per event on stdout, which the benchmark reads:
     M <time> <recipient>    a message was received (its final "." read)
 
 One asyncio process with no parsing beyond the command verb: it must cost far
-less CPU than the relay it measures.
+less CPU than the relay it measures.  ``DELAY`` (seconds) holds back every reply
+but the banner, as a distant or busy receiver does.
 """
 
 from __future__ import annotations
@@ -35,12 +36,17 @@ def emit(line: str) -> None:
     sys.stdout.flush()
 
 
+DELAY = 0.0
+
+
 async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     emit(f"S {time.time():.6f}")
     writer.write(b"220 sink ESMTP\r\n")
     rcpt = ""
     try:
         while line := await reader.readline():
+            if DELAY:
+                await asyncio.sleep(DELAY)
             verb = line[:4].upper()
             if verb == b"EHLO":
                 writer.write(EHLO)
@@ -52,6 +58,8 @@ async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 await writer.drain()
                 await reader.readuntil(b"\r\n.\r\n")  # the body, thrown away
                 emit(f"M {time.time():.6f} {rcpt}")
+                if DELAY:
+                    await asyncio.sleep(DELAY)
                 writer.write(b"250 2.0.0 Ok: queued\r\n")
             elif verb == b"QUIT":
                 writer.write(b"221 2.0.0 Bye\r\n")
@@ -73,4 +81,5 @@ async def main(host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
+    DELAY = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     asyncio.run(main(sys.argv[1], int(sys.argv[2])))

@@ -29,7 +29,7 @@ def have_postfix_tools() -> bool:
 class Sink:
     """One SMTP sink process and what it reported: sessions and message arrival times."""
 
-    def __init__(self, host: str, port: int, *, postfix: bool):
+    def __init__(self, host: str, port: int, *, postfix: bool, delay: float = 0.0):
         self.host, self.port, self.postfix = host, port, postfix
         self.sessions = 0
         self.arrivals: list[float] = []  # one time per message, in arrival order
@@ -39,7 +39,7 @@ class Sink:
             user = ["-u", "nobody"] if os.geteuid() == 0 else []
             argv = ["smtp-sink", "-c", *user, f"{host}:{port}", "256"]
         else:
-            argv = [sys.executable, "-m", "bench.ownsink", host, str(port)]
+            argv = [sys.executable, "-m", "bench.ownsink", host, str(port), str(delay)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
         threading.Thread(target=self._read, daemon=True).start()
         _wait_listening(host, port)

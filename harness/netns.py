@@ -17,10 +17,12 @@ import contextlib
 import ctypes
 import os
 import random
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -98,11 +100,30 @@ class Host:
         _ip("route", "del", "blackhole", f"{other.ip}/32", ns=self.ns)
 
 
+#: Our namespaces: ``mf<pid of the test process><2 random digits>-<host>``.
+OURS = re.compile(r"mf(\d+)\d\d-")
+
+
+def sweep_stale() -> int:
+    """Remove the namespaces of test processes that died without cleaning up (kill -9)."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    removed = 0
+    for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
+        found = OURS.match(name)
+        if not found or Path(f"/proc/{found.group(1)}").exists():
+            continue
+        Host(name, name, "", "").kill_all()
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        removed += 1
+    return removed
+
+
 class Net:
     """Hosts on one switch; :meth:`close` kills what runs in them and removes everything."""
 
     def __init__(self) -> None:
-        self.tag = f"mf{os.getpid() % 10000}{random.randrange(100):02d}"
+        sweep_stale()
+        self.tag = f"mf{os.getpid()}{random.randrange(100):02d}"
         self.subnet = f"10.{random.randrange(200, 250)}.{random.randrange(256)}"
         self.switch = f"{self.tag}-sw"
         self.hosts: dict[str, Host] = {}

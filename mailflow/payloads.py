@@ -259,18 +259,21 @@ class Parcel:
     def shown(self) -> str:
         return self.route.shown()
 
-    def to_json(self, config_dir: Path) -> dict[str, Any]:
-        return {**self.route.to_json(config_dir), "letters": [x.to_json() for x in self.letters],
+    def to_json(self, config_dir: Path, letters: bool = True) -> dict[str, Any]:
+        """``letters`` False: the parcel without them (``"letters": null``), for its next step
+        on the same worker, which holds them already (mailflow/relay/fence.py)."""
+        return {**self.route.to_json(config_dir),
+                "letters": [x.to_json() for x in self.letters] if letters else None,
                 "issued_ms": self.issued_ms, "lease_ms": self.lease_ms, "wait_ms": self.wait_ms}
 
     @classmethod
     def from_json(cls, data: Any, config_dir: Path) -> Parcel:
         route = Route.from_json(data, config_dir)
         letters = data.get("letters")
-        if not isinstance(letters, list):
-            raise BadName("a parcel carries a list of letters")
-        parsed = tuple(Letter.from_json(x) for x in letters)
-        if tuple(x.name for x in parsed) != route.batch.names:
+        if letters is not None and not isinstance(letters, list):
+            raise BadName("a parcel carries a list of letters (or null: held where it goes)")
+        parsed = tuple(Letter.from_json(x) for x in letters or ())
+        if letters is not None and tuple(x.name for x in parsed) != route.batch.names:
             raise BadName("a parcel's letters are not its entries")
         times = [data.get(k) for k in ("issued_ms", "lease_ms", "wait_ms")]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in times):

@@ -50,8 +50,12 @@ def report_to_owner(report: Report) -> None:
 
 
 def _transmit_on(node: str | None, step: Route | Parcel, ticket: str) -> None:
-    app.send_task(TRANSMIT, args=[step.to_json(config.current().directory), ticket],
-                  queue=worker_direct(node) if node else None, argsrepr=step.shown())
+    """To this node, where the session is parked -- and a parcel's letters are held: they do
+    not cross the broker a second time."""
+    directory = config.current().directory
+    data = step.to_json(directory, letters=False) if isinstance(step, Parcel) else step.to_json(directory)
+    app.send_task(TRANSMIT, args=[data, ticket], queue=worker_direct(node) if node else None,
+                  argsrepr=step.shown())
 
 
 def _again_on(node: str, step: Route | Parcel) -> None:

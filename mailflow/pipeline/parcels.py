@@ -192,6 +192,14 @@ def transmit_parcel(parcel: Parcel, ticket: str | None, cfg: Config, report: Rep
             POOL.release(session, cfg.outbound)
         _too_late(parcel, report, holder)
         return
+    if not parcel.letters:  # they came with acquire_connection and stayed on this worker
+        if not holding.letters:
+            if session is not None:
+                POOL.release(session, cfg.outbound)
+            HOLDINGS.let_go(parcel)
+            _too_late(parcel, report, holder, "its letters are no longer on this worker")
+            return
+        parcel = dataclasses.replace(parcel, letters=holding.letters)
     ledger = RemoteLedger(parcel, holding, report, holder)
     courier = Courier(cfg, parcel.route, session, ledger)
     try:
@@ -206,10 +214,12 @@ def _done(parcel: Parcel, ledger: RemoteLedger) -> None:
     HOLDINGS.let_go(parcel)
 
 
-def _too_late(parcel: Parcel, report: Reporter, holder: str) -> None:
-    """The parcel's fence passed before it could start (it waited in the broker too long)."""
-    log.warning("parcel of claim %s for %s came after its fence: %d entries handed back unsent",
-                parcel.batch.claim, parcel.route.domain, len(parcel.letters))
+def _too_late(parcel: Parcel, report: Reporter, holder: str,
+              why: str = "it came after its fence") -> None:
+    """The parcel cannot be started: its fence passed (it waited in the broker too long), or
+    its letters are gone (the worker restarted between its steps)."""
+    log.warning("parcel of claim %s for %s: %s; %d entries handed back unsent",
+                parcel.batch.claim, parcel.route.domain, why, len(parcel.batch.names))
     try:
         report(Report(batch=parcel.batch, holder=holder, back=parcel.batch.names))
     except Exception as exc:

@@ -8,9 +8,10 @@ that a worker host is there (the owner sends parcels only when one is) and,
 coming back to the worker that sent it, that this worker hears the broker.
 
 The fence: a holder starts no message later than ``FENCE_SECONDS`` after the
-last renewal the broker took from it, nor -- before its first -- after the
-parcel's ``start_by_ms`` (the owner keeps a parcel's claim for a wait and a
-lease before its lease counts).  The owner gives a lent claim back only after a whole
+last renewal the broker took from it.  Before its first, it starts none later
+than ``FENCE_SECONDS`` after it took the parcel, nor after the parcel's
+``start_by_ms`` (the owner keeps a parcel's claim for a wait and a lease
+before its lease counts).  The owner gives a lent claim back only after a whole
 lease in which it heard the broker and no renewal came, so by then the holder
 has stopped starting messages for half a lease (docs/architecture.md).
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailflow.lease import FENCE_SECONDS, RENEW_EVERY, clock
-from mailflow.payloads import Parcel
+from mailflow.payloads import Letter, Parcel
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Holding:
     claim: str
     fence: float  #: clock() after which no message may start
     hop_until: float | None  #: clock() by which its next step must have taken it over
+    letters: tuple[Letter, ...] = ()  #: kept for the next step, which comes without them
 
     def may_start(self) -> bool:
         return clock() < self.fence
@@ -68,11 +70,13 @@ class Holdings:
             held = self._held.get(key)
             if held is None:
                 left = (parcel.start_by_ms() - time.time() * 1000) / 1000
-                held = Holding(parcel.batch.owner, parcel.batch.claim, clock() + left, None)
+                held = Holding(parcel.batch.owner, parcel.batch.claim,
+                               clock() + min(left, FENCE_SECONDS), None)
             if not held.may_start():
                 self._held.pop(key, None)
                 return None
             held.hop_until = clock() + HOP_GRACE if hop else None
+            held.letters = parcel.letters or held.letters
             self._held[key] = held
         return held
 

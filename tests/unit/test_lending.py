@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -166,6 +167,15 @@ def test_a_parcel_past_its_fence_is_not_taken_and_a_renewal_moves_the_fence():
     assert holdings.claims() == {}
 
 
+def test_a_holder_must_renew_within_half_a_lease_of_taking_a_parcel_however_long_it_may_wait():
+    """The cut-off case: a parcel taken just before the link went must not be sent from until
+    its (long) wait runs out: half a lease after taking it, with no renewal, it stops."""
+    waited = Parcel(parcel(now_ms()).route, letters=(), issued_ms=now_ms(),
+                    lease_ms=int(lease.LEASE_SECONDS * 1000), wait_ms=10 * int(lease.LEASE_SECONDS * 1000))
+    held = Holdings().take(waited, hop=False)
+    assert held is not None and held.fence <= lease.clock() + lease.FENCE_SECONDS
+
+
 def test_a_parcel_whose_next_step_never_comes_is_no_longer_renewed(monkeypatch):
     holdings = Holdings()
     monkeypatch.setattr(fence, "HOP_GRACE", -1.0)
@@ -221,3 +231,17 @@ def test_no_entry_is_in_two_reports_of_one_parcel(tmp_path):
     assert sorted(n.id for n in spool.names()) == ["D.2", "D.3"]
     assert counters.read(spool.root, "delivered") == 1
     assert not spool.claim_dir(route.batch.claim).exists()
+
+
+def test_the_letters_cross_the_broker_once_and_wait_on_the_worker_for_transmit(tmp_path):
+    spool, route = claimed(tmp_path, {"B.1": b"m\r\n"})
+    [p], _ = lending.pack(spool, route)
+    holdings = Holdings()
+    holdings.take(p, hop=True)  # acquire_connection, which came with the letters
+    light = p.to_json(tmp_path, letters=False)
+    assert light["letters"] is None and "bQ0K" not in json.dumps(light)
+    assert "bQ0K" in json.dumps(p.to_json(tmp_path))
+    again = Parcel.from_json(light, tmp_path)
+    assert again.letters == () and again.batch == p.batch
+    held = holdings.take(again, hop=False)  # transmit, on the same worker
+    assert held is not None and held.letters == p.letters
