@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from mailflow import config
 from mailflow.config.loader import Config
@@ -30,6 +31,8 @@ from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
 from mailflow.seal import SealError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Send ``mailflow.transmit`` with the route and the ticket of its parked session.
 HandOn = Callable[[Route, str], None]
@@ -59,19 +62,31 @@ def acquire(route: Route, hand_on: HandOn, again: Again | None) -> None:
 def route_from(data: Any, cfg: Config, task: str) -> Route:
     """The route a task was given; NothingToDo when it is not this queue's (a log line), or
     after deferring its entries when its get_mx password cannot be opened here."""
-    batch = accepted(Batch.from_json, data, task)
-    try:
-        return Route.from_json(data, cfg.directory)
-    except BadName as exc:
-        log.error("%s refused a payload that is not one of this queue's batches: %s", task, exc)
-        raise NothingToDo(f"refused: {exc}") from None
-    except SealError as exc:
+    def defer_all(batch: Batch, exc: SealError) -> None:
         spool = Spool(cfg.queue_path())
         here(spool, batch)
         with holding(spool, batch) as held:
             for hmail in load(spool, batch) if held else []:
                 crashed(spool, hmail, exc, cfg.outbound)
         spool.finish(batch.claim)
+    return payload_from(Route.from_json, data, cfg, task, defer_all)
+
+
+def payload_from(parse: Callable[[Any, Path], T], data: Any, cfg: Config, task: str,
+                 sealed: Callable[[Batch, SealError], None]) -> T:
+    """``parse(data, config dir)``; NothingToDo when the payload is not well formed (with a
+    log line), or after ``sealed`` dealt with its entries when its get_mx password cannot
+    be opened with this host's key."""
+    batch = accepted(Batch.from_json, data, task)
+    try:
+        return parse(data, cfg.directory)
+    except BadName as exc:
+        log.error("%s refused a payload that is not one of the queue's batches: %s", task, exc)
+        raise NothingToDo(f"refused: {exc}") from None
+    except SealError as exc:
+        log.error("%s cannot open the get_mx credentials of a batch of %s here: %s", task,
+                  batch.owner, exc)
+        sealed(batch, exc)
         raise NothingToDo(f"its get_mx credentials cannot be opened here: {exc}") from None
 
 

@@ -19,12 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from mailflow.config.loader import Config
-from mailflow.errors import DeliveryError, NothingToDo, Reply, local_reply
+from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.lease import clock
-from mailflow.payloads import Batch, Letter, Outcome, Parcel, Report, accepted
-from mailflow.pipeline.acquire import session_for, still_waiting
+from mailflow.payloads import Batch, Letter, Outcome, Parcel, Report
+from mailflow.pipeline.acquire import payload_from, session_for, still_waiting
 from mailflow.pipeline.transmit import Courier
-from mailflow.queue.entry import BadName
 from mailflow.queue.spool import Spool
 from mailflow.relay.fence import HOLDINGS, Holding
 from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
@@ -50,19 +49,12 @@ def owner_here(data: dict[str, Any], cfg: Config) -> bool:
 def parcel_from(data: dict[str, Any], cfg: Config, task: str, report: Reporter, holder: str) -> Parcel:
     """The parcel a task was given; NothingToDo when it is malformed (a log line), or after
     reporting its entries deferred when its get_mx password cannot be opened on this host."""
-    batch = accepted(Batch.from_json, data, task)
-    try:
-        return Parcel.from_json(data, cfg.directory)
-    except BadName as exc:
-        log.error("%s refused a parcel that is not well formed: %s", task, exc)
-        raise NothingToDo(f"refused: {exc}") from None
-    except SealError as exc:
+    def defer_all(batch: Batch, exc: SealError) -> None:
         letters = [Letter.from_json(x) for x in data.get("letters") or []]
         reply = local_reply("4.3.0", f"internal error: SealError: {exc}")
-        log.error("cannot open the get_mx credentials of a parcel of %s here: %s", batch.owner, exc)
         report(Report(batch=batch, holder=holder,
                       results={x.name: Outcome(results=dict.fromkeys(x.rcpt_to, reply)) for x in letters}))
-        raise NothingToDo(f"its get_mx credentials cannot be opened here: {exc}") from None
+    return payload_from(Parcel.from_json, data, cfg, task, defer_all)
 
 
 class RemoteLedger:

@@ -133,6 +133,15 @@ def start_worker_host(lab: Lab, name: str) -> tuple[Instance, Proc]:
     return inst, worker
 
 
+def owner_and_two_worker_hosts(lab: Lab) -> tuple[Instance, list[Proc], Proc, Proc]:
+    """The usual cluster: an owner whose worker serves only its own queue, w1 and w2."""
+    owner, procs = start_owner(lab)
+    _, w1 = start_worker_host(lab, "w1")
+    _, w2 = start_worker_host(lab, "w2")
+    owner_sees_worker_hosts(procs[1], w1, w2)
+    return owner, procs, w1, w2
+
+
 def submit(lab: Lab, host: str, rcpts: list[str], body: bytes = b"Subject: s\r\n\r\nx\r\n") -> None:
     h = lab.hosts[host]
     with h.entered(), smtplib.SMTP(h.ip, SMTP_PORT, timeout=60) as s:
@@ -161,10 +170,7 @@ def stats(inst: Instance) -> dict[str, int]:
 
 
 def test_two_worker_hosts_deliver_2000_messages_each_exactly_once(lab):
-    owner, procs = start_owner(lab)
-    _, w1 = start_worker_host(lab, "w1")
-    _, w2 = start_worker_host(lab, "w2")
-    owner_sees_worker_hosts(procs[1], w1, w2)
+    owner, procs, w1, w2 = owner_and_two_worker_hosts(lab)
     flower = owner.spawn("flower", [sys.executable, "-m", "celery", "-A", "mailflow", "flower",
                                     f"--conf={REPO / 'deploy' / 'flower' / 'flowerconfig.py'}"],
                          env=owner.env(FLOWER_ADDRESS=lab.hosts["owner"].ip, FLOWER_PORT="5555",
@@ -210,10 +216,7 @@ def flower_tasks(lab: Lab) -> dict[str, Any]:
 
 
 def test_kill_9_of_a_worker_host_mid_run_loses_nothing(lab):
-    owner, procs = start_owner(lab)
-    _, w1 = start_worker_host(lab, "w1")
-    _, w2 = start_worker_host(lab, "w2")
-    owner_sees_worker_hosts(procs[1], w1, w2)
+    owner, procs, w1, w2 = owner_and_two_worker_hosts(lab)
     mx = lab.mx(delay={"DOT": 0.05})
     try:
         rcpts = [f"k{i}@far.test" for i in range(400)]
@@ -230,10 +233,7 @@ def test_kill_9_of_a_worker_host_mid_run_loses_nothing(lab):
 
 
 def test_a_worker_host_cut_off_from_the_broker_stops_at_its_fence(lab):
-    owner, procs = start_owner(lab)
-    _, w1 = start_worker_host(lab, "w1")
-    _, w2 = start_worker_host(lab, "w2")
-    owner_sees_worker_hosts(procs[1], w1, w2)
+    owner, procs, w1, w2 = owner_and_two_worker_hosts(lab)
     mx = lab.mx(delay={"DOT": 0.2})  # w1's batches last long enough to be cut mid-way
     w1_host = lab.hosts["w1"]
     try:
@@ -255,10 +255,7 @@ def test_a_worker_host_cut_off_from_the_broker_stops_at_its_fence(lab):
 
 
 def test_the_owner_restarted_with_remote_batches_in_flight(lab):
-    owner, procs = start_owner(lab)
-    _, w1 = start_worker_host(lab, "w1")
-    _, w2 = start_worker_host(lab, "w2")
-    owner_sees_worker_hosts(procs[1], w1, w2)
+    owner, procs, w1, w2 = owner_and_two_worker_hosts(lab)
     mx = lab.mx(delay={"DOT": 0.05})
     try:
         rcpts = [f"r{i}@far.test" for i in range(300)]

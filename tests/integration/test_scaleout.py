@@ -28,9 +28,9 @@ def outbound_ini(inst: Instance, dns: DNSServer, **extra: Any) -> None:
     inst.write_config("outbound.ini", "".join(f"{k} = {v}\n" for k, v in keys.items()))
 
 
-@pytest.fixture
-def cluster(make_instance):
-    url = brokers.url_for("redis")
+@pytest.fixture(params=["redis", "rabbitmq"])
+def cluster(make_instance, request):
+    url = brokers.url_for(request.param)
     dns = DNSServer({"far.test": {"MX": [(10, "mx.far.test")]}, "mx.far.test": {"A": ["127.0.0.2"]}})
     dns.start()
     port = free_port()
