@@ -185,6 +185,14 @@ class Outcome:
     authenticated: bool = False
     results: dict[str, Reply] = field(default_factory=dict)  #: address -> reply
 
+    def keyword(self) -> str:
+        """What became of the entry, as its log line says: delivered to anyone, else
+        deferred for anyone, else failed."""
+        replies = list(self.results.values())
+        if any(200 <= r.code < 300 for r in replies):
+            return "delivered"
+        return "deferred" if any(not r.is_permanent for r in replies) else "failed"
+
     def to_json(self) -> dict[str, Any]:
         return {**{k: v for k, v in dataclasses.asdict(self).items() if k != "results"},
                 "results": {a: [r.code, r.text, r.command] for a, r in self.results.items()}}

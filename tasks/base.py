@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
 
+from mailflow import tally
 from mailflow.errors import NothingToDo
 
 log = logging.getLogger(__name__)
@@ -15,6 +17,9 @@ log = logging.getLogger(__name__)
 
 class PipelineTask(Task):
     """Base of the ``mailflow.*`` pipeline tasks (Celery reads these class attributes).
+
+    A step returns what it did to the mail, counted (mailflow/tally.py): Celery sends the
+    return value in the ``task-succeeded`` event, and Flower shows it as the task's result.
 
     A step that finds nothing to do -- its claim gone, its payload not this queue's --
     ends IGNORED, never SUCCESS, with one log line saying why; it also sends the
@@ -38,8 +43,18 @@ class PipelineTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().__call__(*args, **kwargs)
+            with tally.tallied() as counts:
+                returned = super().__call__(*args, **kwargs)
+            return summary(args, counts) if returned is None else returned
         except NothingToDo as why:
             log.warning("%s[%s] did nothing: %s", self.name, self.request.id, why)
             self.send_event("task-ignored", reason=str(why))
             raise Ignore(str(why)) from None
+
+
+def summary(args: tuple[Any, ...], counts: Counter[str]) -> dict[str, Any]:
+    """A step's result, as Flower shows it: the domain and what became of how many entries
+    (delivered, deferred, failed, handed_on, handed_back, bounced…); never an address."""
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    domain = payload.get("domain")
+    return {**({"domain": domain} if isinstance(domain, str) else {}), **dict(sorted(counts.items()))}

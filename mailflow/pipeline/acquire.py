@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailflow import config
+from mailflow import config, tally
 from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, NothingToDo
 from mailflow.payloads import Batch, Route, accepted
@@ -154,6 +154,7 @@ def _hand_on(spool: Spool, route: Route, session: Session, hand_on: HandOn, cfg:
     ticket = POOL.park(session)
     try:
         hand_on(route, ticket)
+        tally.count("handed_on", len(route.batch.names))
         return
     except Exception:
         log.exception("could not hand the route for %s to transmit; due again shortly", route.domain)

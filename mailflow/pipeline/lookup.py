@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mailflow import config, hooks
+from mailflow import config, hooks, tally
 from mailflow.codes import DELAY, DENY, DENYSOFT, OK
 from mailflow.config.files import ConfigError
 from mailflow.config.settings import Outbound
@@ -145,6 +145,7 @@ def _hand_on(spool: Spool, route: Route | Parcel, hand_on: HandOn) -> None:
     """Hand a route on; if that fails, its entries get an outcome rather than a lease wait."""
     try:
         hand_on(route)
+        tally.count("handed_on", len(route.batch.names))
     except ConfigError as exc:  # no key to seal get_mx credentials with
         for hmail in load(spool, route.batch):
             crashed(spool, hmail, exc, config.current().outbound)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from mailflow import tally
 from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.lease import clock
@@ -88,6 +89,7 @@ class RemoteLedger:
 
     def record(self, item: Letter, outcome: Outcome) -> None:
         self.results[item.name] = outcome
+        tally.count(outcome.keyword())
         if clock() - self._last_report >= REPORT_EVERY:
             self.send(final=False)
 
@@ -108,6 +110,7 @@ class RemoteLedger:
     def give_back(self, items: list[Letter]) -> int:
         names = [x.name for x in items if self._open(x.name)]
         self.back += names
+        tally.count("handed_back", len(names))
         return len(names)
 
     def send(self, final: bool) -> None:
@@ -165,6 +168,7 @@ def acquire_parcel(parcel: Parcel, cfg: Config, hand_on: HandOn, again: Again | 
     ticket = POOL.park(session)
     try:
         hand_on(parcel, ticket)
+        tally.count("handed_on", len(parcel.batch.names))
         return
     except Exception:
         log.exception("could not hand the parcel for %s to transmit; handed back", parcel.route.domain)

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from mailflow import config, hooks, logs
+from mailflow import config, hooks, logs, tally
 from mailflow.address import Address
 from mailflow.codes import CONT
 from mailflow.message import dot_unstuff
@@ -68,6 +68,7 @@ def not_now(spool: Spool, hmail: HMail, exc: Exception) -> None:
         logs.event("dropped", id=hmail.todo.uuid, reason=f"no bounce could be made: {exc}")
         hmail.path.unlink(missing_ok=True)
         counters.add(spool.root, "dropped")
+        tally.count("dropped")
         return
     due = now_ms() + intervals[fails - 1] * 1000
     try:
@@ -87,6 +88,7 @@ def bounce_one(hmail: HMail) -> None:
         logs.event("dropped", id=todo.uuid, reason=f"null sender, no bounce: {reason}")
         hmail.path.unlink(missing_ok=True)
         counters.add(cfg.queue_path(), "dropped")
+        tally.count("dropped")
         return
     error = BounceError(reason, mx=first.get("remote_mta"),
                         bounced_rcpt=[r.address for r in todo.rcpt_to], deferred_rcpt=[])
@@ -95,6 +97,7 @@ def bounce_one(hmail: HMail) -> None:
         logs.event("dropped", id=todo.uuid, reason=f"bounce hook: {answer.value or answer.code.name}")
         hmail.path.unlink(missing_ok=True)
         counters.add(cfg.queue_path(), "dropped")
+        tally.count("dropped")
         return
     original = dot_unstuff(hmail.message())
     dsn = build(hmail, original, me=cfg.me, template=cfg.bounce_template,
@@ -105,3 +108,4 @@ def bounce_one(hmail: HMail) -> None:
                reason=reason, bounce_id=queued.uuid)
     hmail.path.unlink(missing_ok=True)
     counters.add(cfg.queue_path(), "bounced")
+    tally.count("bounced")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mailflow import tally
 from mailflow.errors import NothingToDo
 from mailflow.lease import LEASE_SECONDS, RENEW_EVERY  # noqa: F401  (LEASE_SECONDS: its old home)
 from mailflow.payloads import Batch
@@ -140,4 +141,5 @@ def give_back(spool: Spool, hmails: list[HMail], due_ms: int) -> int:
         except FileNotFoundError:  # handled meanwhile
             continue
         back += 1
+    tally.count("handed_back", back)
     return back

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from mailflow import hooks, logs
+from mailflow import hooks, logs, tally
 from mailflow.codes import CONT, DENYSOFT, OK
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
@@ -46,6 +46,7 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound) -> 
     ok, deferred, failed = groups["delivered"], groups["deferred"], groups["failed"]
     first = outcome.results[(ok or deferred or failed)[0]] if (ok or deferred or failed) else None
     keyword = "delivered" if ok else "deferred" if deferred else "failed"
+    tally.count(keyword)
     delay = round(time.time() - hmail.todo.queue_time / 1000, 3)
     logs.event(keyword, id=hmail.todo.uuid, domain=hmail.todo.domain, host=outcome.host,
                ip=outcome.ip, port=outcome.port, mode=outcome.mode,
@@ -112,6 +113,7 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
         logs.event("dropped", id=hmail.todo.uuid, reason=f"deferred hook: {answer.value or 'OK'}")
         hmail.path.unlink(missing_ok=True)
         counters.add(spool.root, "dropped")
+        tally.count("dropped")
         return
     if answer.code is DENYSOFT and isinstance(answer.value, int | float):
         delay = float(answer.value)
@@ -136,6 +138,7 @@ def fail_all(spool: Spool, hmail: HMail, reply: Reply, outcome: Outcome, setting
 
 def delay_entry(spool: Spool, hmail: HMail, seconds: float) -> None:
     """``send_email`` hook DELAY: try again later, not counted as a failure."""
+    tally.count("delayed")
     spool.release(hmail.path, hmail.name.rescheduled(now_ms() + int(seconds * 1000)))
 
 
@@ -170,6 +173,7 @@ def crashed(spool: Spool, hmail: HMail, exc: BaseException, settings: Outbound,
 
 def defer_by_rename(spool: Spool, hmail: HMail, settings: Outbound) -> None:
     """Back to pending/ with one more failure counted and its wait, changing nothing inside."""
+    tally.count("deferred")
     name = hmail.name
     fails = name.num_failures + 1
     intervals = settings.temp_fail_intervals

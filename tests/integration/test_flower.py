@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -68,6 +69,33 @@ def test_api_shows_the_pipeline_tasks_succeeded_without_secrets(flower):
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=10)
     assert denied.value.code == 401
+
+
+def test_each_step_shows_what_became_of_the_mail_in_its_result(flower):
+    """Issue 13, item 5: without a result backend, Flower's Result column says per task how
+    many entries were delivered, deferred, failed, handed on -- counts only."""
+    port, env = flower
+    env.send("u@nxdomain.test")  # NXDOMAIN: failed at lookup, then bounced
+
+    def results() -> list[dict[str, Any]]:
+        return [{"name": t["name"], **ast.literal_eval(t["result"])}
+                for t in api(port, "/api/tasks").values()
+                if t.get("state") == "SUCCESS" and t.get("result") and t["result"].startswith("{")]
+
+    def settled() -> list[dict[str, Any]] | None:
+        got = results()
+        nx = [r for r in got if r["name"] == "mailflow.lookup_mx" and r.get("domain") == "nxdomain.test"]
+        bounced = [r for r in got if r["name"] == "mailflow.bounce" and r.get("bounced")]
+        return got if nx and bounced else None
+
+    got = env.wait(settled, 60)
+    sent = [r for r in got if r["name"] == "mailflow.transmit" and r.get("domain") == "flower.test"]
+    assert sum(r.get("delivered", 0) for r in sent) == 5
+    [nx] = [r for r in got if r["name"] == "mailflow.lookup_mx" and r.get("domain") == "nxdomain.test"]
+    assert nx.get("failed") == 1 and not nx.get("handed_on")
+    handed = [r for r in got if r["name"] == "mailflow.lookup_mx" and r.get("domain") == "flower.test"]
+    assert sum(r.get("handed_on", 0) for r in handed) == 5
+    assert "@" not in json.dumps(got)  # counts, never an address
 
 
 def _chromium() -> str | None:
