@@ -272,7 +272,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
                 if r["next_attempt"] else "-"
             print(queuetools.printable(
                 f"{r['id']} {r['state']} age={r['age']}s size={r['size']} from=<{r['mail_from']}> "
-                f"to={','.join(r['rcpt_to'])} fails={r['num_failures']} next={nxt} "
+                f"to={','.join(r['rcpt_to'])} fails={r['num_failures']} next={nxt}"
+                f"{' (countdown)' if r['countdown'] else ''} "
                 f"error={r['last_error'] or '-'}", keep=""))
         print(f"-- {len(rows)} entries")
         return 0

@@ -68,3 +68,8 @@ def local_reply(status: str, text: str) -> Reply:
 class NothingToDo(Exception):
     """A pipeline step found nothing to do: its claim is gone (expired, handled by another
     execution), or its payload is not this queue's.  The task ends IGNORED, not SUCCESS."""
+
+
+class Deferred(Exception):
+    """Why a step's entries come back later: its countdown retry's reason, which Flower
+    shows beside RETRY (the remote reply, and what else the step did)."""

@@ -7,10 +7,17 @@ from collections import Counter
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
-from mailflow import tally
-from mailflow.errors import NothingToDo
+from mailflow import config, tally
+from mailflow.application import app
+from mailflow.errors import Deferred, NothingToDo
+from mailflow.payloads import LOOKUP_MX
+from mailflow.queue import countdowns
+from mailflow.queue.claims import BROKER_RETRY_MS, give_back, load
+from mailflow.queue.entry import EntryName
+from mailflow.queue.identity import IDENTITY, owner_queue
+from mailflow.queue.spool import Spool, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +48,73 @@ class PipelineTask(Task):
     #: Outcomes are recorded in the queue directory; a result backend would hold nothing.
     ignore_result = True
 
+    #: A step retries once per deferral wait: as often as its entries are deferred.
+    max_retries = None
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            with tally.tallied() as counts:
+            if args and is_retry(args[0]):
+                return self._fire(args[0])
+            with tally.tallied() as counts, countdowns.collecting() as deferrals:
                 returned = super().__call__(*args, **kwargs)
-            return summary(args, counts) if returned is None else returned
+            result = summary(args, counts) if returned is None else returned
+            if deferrals:
+                self._arm(deferrals, result)  # raises Retry when it armed a countdown
+            return result
         except NothingToDo as why:
             log.warning("%s[%s] did nothing: %s", self.name, self.request.id, why)
             self.send_event("task-ignored", reason=str(why))
             raise Ignore(str(why)) from None
+
+    # -- deferrals as countdown retries (mailflow/queue/countdowns.py) ------------------
+
+    def _arm(self, deferrals: list[countdowns.Deferral], result: dict[str, Any]) -> None:
+        """One countdown per wait; the first as this task's own retry (Flower: RETRY)."""
+        cfg = config.current()
+        groups = countdowns.groups(deferrals, countdowns.countdown_max(cfg.outbound))
+        spool = Spool(cfg.queue_path())
+        for index, group in enumerate(groups):
+            self._countdown(spool, group, cfg.outbound.countdown_grace, result,
+                            own=index == len(groups) - 1)
+
+    def _countdown(self, spool: Spool, group: list[countdowns.Deferral], grace: float,
+                   result: dict[str, Any], own: bool) -> None:
+        ident = countdowns.arm(spool, group, grace)
+        payload = {"owner": spool.identity, "domain": group[0].name.domain,
+                   "retry": [str(d.name) for d in group], "armed": ident}
+        delay = group[0].delay
+        queue = owner_queue(spool.identity)
+        done = ", ".join(f"{k} {v}" for k, v in result.items() if k != "domain")
+        why = Deferred(f"{len(group)} deferred for {delay:.0f} s: {group[0].reason}"
+                       + (f" ({done})" if done else ""))
+        try:
+            if own and not self.request.called_directly:
+                raise self.retry(args=[payload], kwargs={}, countdown=delay, exc=why, queue=queue)
+            app.send_task(self.name, args=[payload], countdown=delay, queue=queue)
+        except Retry:
+            raise
+        except Exception as exc:  # the scan finds them when due
+            countdowns.disarm(spool, ident)
+            log.error("could not arm the countdown of %d deferred entries (%s); the queue "
+                      "manager takes them when due", len(group), exc)
+
+    def _fire(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A countdown came due: claim its entries if they still wait, and start their chain."""
+        owner, domain, names, ident = retry_from(data)
+        spool = Spool(config.current().queue_path())
+        if not spool.exists() or spool.identity != owner:
+            raise NothingToDo(f"a countdown of queue {owner}, and this host's queue is not it")
+        batch = countdowns.fire(spool, owner, domain, names, ident)
+        if batch is None:
+            raise NothingToDo("its entries were attempted, flushed or deleted meanwhile")
+        try:
+            app.send_task(LOOKUP_MX, args=[batch.to_json()], queue=owner_queue(owner),
+                          argsrepr=batch.shown())
+        except Exception:
+            give_back(spool, load(spool, batch), now_ms() + BROKER_RETRY_MS)
+            spool.finish(batch.claim)
+            raise
+        return {"domain": domain, "claimed": len(batch.names)}
 
 
 def summary(args: tuple[Any, ...], counts: Counter[str]) -> dict[str, Any]:
@@ -58,3 +123,17 @@ def summary(args: tuple[Any, ...], counts: Counter[str]) -> dict[str, Any]:
     payload = args[0] if args and isinstance(args[0], dict) else {}
     domain = payload.get("domain")
     return {**({"domain": domain} if isinstance(domain, str) else {}), **dict(sorted(counts.items()))}
+
+
+def is_retry(data: Any) -> bool:
+    return isinstance(data, dict) and "retry" in data
+
+
+def retry_from(data: dict[str, Any]) -> tuple[str, str, list[str], str]:
+    """A countdown's payload: owner, domain, entry names, armed id; NothingToDo if malformed."""
+    owner, domain, names, ident = (data.get(k) for k in ("owner", "domain", "retry", "armed"))
+    if not (isinstance(owner, str) and IDENTITY.match(owner) and isinstance(domain, str)
+            and isinstance(ident, str) and ident.isalnum() and isinstance(names, list)
+            and all(isinstance(n, str) and EntryName.parse(n) for n in names)):
+        raise NothingToDo(f"refused a countdown payload that is not well formed: {data!r:.200}")
+    return owner, domain, names, ident

@@ -44,3 +44,11 @@ def parse_intervals(text: str) -> list[int]:
 
 def format_intervals(intervals: list[int] | tuple[int, ...]) -> str:
     return ", ".join(f"{s}s" for s in intervals) if intervals else "none"
+
+
+def parse_duration(text: str) -> int:
+    """One duration: ``90``, ``90s``, ``15m``, ``1h``, ``2d`` (0 allowed) -> seconds."""
+    m = re.match(r"^(\d+)\s*([smhd]?)$", text.strip().lower())
+    if not m:
+        raise ValueError(f"cannot read {text.strip()!r} as a duration (expected e.g. 900, 15m or 1h)")
+    return int(m.group(1)) * _UNITS[m.group(2) or "s"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mailflow.config.files import parse_bool, parse_list
-from mailflow.config.schedule import DEFAULT_INTERVALS, parse_intervals
+from mailflow.config.schedule import DEFAULT_INTERVALS, parse_duration, parse_intervals
 
 Parser = Callable[[str], Any]
 
@@ -72,6 +72,15 @@ def text(value: str) -> str:
 
 def intervals(value: str) -> tuple[int, ...]:
     return tuple(parse_intervals(value))
+
+
+def duration(value: str) -> int:
+    return parse_duration(value)
+
+
+def auto_duration(value: str) -> int | None:
+    """A duration, or ``auto`` (None: decided from the broker where it is used)."""
+    return None if value.strip().lower() == "auto" else parse_duration(value)
 
 
 def parse_hostport(item: str, default_port: int | None = None) -> tuple[str, int]:
@@ -183,6 +192,14 @@ class Outbound:
     temp_fail_intervals: tuple[int, ...] = setting(
         DEFAULT_INTERVALS, intervals,
         "waits after the 1st, 2nd, ... temporary failure; 'none' bounces at once")
+    countdown_max: int | None = setting(
+        None, auto_duration,
+        "longest wait a deferral spends as a Celery countdown (longer: parked in pending/ for "
+        "the scan); 0: no countdowns; auto: half of Redis's visibility_timeout, 15m on RabbitMQ "
+        "(consumer_timeout is 30 min), 30m on the embedded broker")
+    countdown_grace: int = setting(
+        60, duration, "how long past its due time an entry whose countdown is armed is left to "
+        "it, before the queue manager claims it itself")
     local_mx_ok: bool = setting(
         False, boolean, "allow MX hosts resolving to loopback, private or own addresses")
     queue_dir: str = setting("queue", text, "the queue directory (relative to the working dir)")

@@ -37,7 +37,7 @@ from mailflow import config as configmod
 from mailflow.application import app
 from mailflow.lease import LEASE_SECONDS
 from mailflow.payloads import BOUNCE, LOOKUP_MX, Batch
-from mailflow.queue import lending, submission
+from mailflow.queue import countdowns, lending, submission
 from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
@@ -103,6 +103,8 @@ class QueueManager:
         self._thread: threading.Thread | None = None
         #: bytes of the entries of each live claim, when claimed (see bytes_room())
         self._claimed_bytes: dict[str, int] = {}
+        #: entries whose countdown retry is armed: left to it until due + grace
+        self._armed = countdowns.Armed(self.spool)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -188,8 +190,13 @@ class QueueManager:
         if self.quiet(now, mtime):
             return by_domain
         next_due = now + FULL_SCAN_MS
+        armed = self._armed.until(now)
         for name in self.spool.names(PENDING):
             if name.next_attempt_ms <= now:
+                until = armed.get(str(name)) if armed else None
+                if until is not None and until > now:  # its countdown comes first
+                    next_due = min(next_due, until)
+                    continue
                 by_domain[name.domain].append(name)
             else:
                 next_due = min(next_due, name.next_attempt_ms)

@@ -22,7 +22,7 @@ from mailflow.codes import CONT, DENYSOFT, OK
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.payloads import Outcome
-from mailflow.queue import counters
+from mailflow.queue import countdowns, counters
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 
@@ -125,9 +125,10 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     name = hmail.name.rescheduled(now_ms() + int(delay * 1000), fails)
     if todo.rcpt_to == hmail.todo.rcpt_to and todo.record == hmail.todo.record:
         spool.release(hmail.path, name)
-        return
-    spool.rewrite(hmail.path, name, todo, PENDING)
-    hmail.path.unlink(missing_ok=True)
+    else:
+        spool.rewrite(hmail.path, name, todo, PENDING)
+        hmail.path.unlink(missing_ok=True)
+    countdowns.note(name, delay, err)
 
 
 def fail_all(spool: Spool, hmail: HMail, reply: Reply, outcome: Outcome, settings: Outbound) -> None:
@@ -178,10 +179,12 @@ def defer_by_rename(spool: Spool, hmail: HMail, settings: Outbound) -> None:
     fails = name.num_failures + 1
     intervals = settings.temp_fail_intervals
     delay = intervals[min(fails, len(intervals)) - 1] if intervals else 0
+    later = name.rescheduled(now_ms() + int(delay * 1000), fails)
     try:
-        spool.release(hmail.path, name.rescheduled(now_ms() + int(delay * 1000), fails))
+        spool.release(hmail.path, later)
     except FileNotFoundError:  # already handled
-        pass
+        return
+    countdowns.note(later, delay, "internal error (see the log)")
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from typing import Any
 
 from mailflow import logs
 from mailflow.message import dot_unstuff, header_block
-from mailflow.queue import counters
+from mailflow.queue import countdowns, counters
 from mailflow.queue import entry as qfile
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
@@ -62,6 +62,7 @@ def stats(spool: Spool) -> dict[str, int]:
 def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
     now = now_ms()
     out = []
+    armed = countdowns.armed_names(spool)
     for where, path, name in sorted(_entries(spool), key=lambda e: e[2].arrival_ms):
         st = state_of(where, name, now)
         if (domain and name.domain != domain.lower()) or (state and st != state):
@@ -77,6 +78,7 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -
             "size": size, "mail_from": todo.mail_from.address,
             "rcpt_to": [r.address for r in todo.rcpt_to], "num_failures": name.num_failures,
             "next_attempt": name.next_attempt_ms // 1000 if st == "waiting" else None,
+            "countdown": str(name) in armed,  # a countdown retry is armed for it
             "last_error": todo.record.get("last_error") or todo.record.get("reason"),
         })
     return out

@@ -1,0 +1,146 @@
+"""Deferrals as Celery countdown retries, the queue directory still the record (issue 13).
+
+Real workers on the embedded broker, Redis and RabbitMQ; the MX scripts its replies.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import brokers
+from harness.dnsserver import free_port
+from harness.mxserver import MXServer
+from tests.integration.test_failures import HOOKS, deferred_log
+from tests.support.pipeline import PORT, Env, make_env
+
+REPO = Path(__file__).resolve().parents[2]
+AUTH = "admin:countdown"
+
+
+@pytest.fixture(params=["embedded", "redis", "rabbitmq"])
+def env(tmp_path, request):
+    e, inst = make_env(tmp_path / "countdown", brokers.url_for(request.param), plugin=HOOKS,
+                       base={"countdown_grace": "5s"})
+    yield e
+    inst.stop_all()
+    e.dns.stop()
+
+
+def scheduled(env: Env) -> str:
+    """What ``celery inspect scheduled`` lists, as text (its ETA tasks with their args)."""
+    done = env.inst.celery("inspect", "scheduled", "--json", timeout=60)
+    return done.stdout.decode()
+
+
+def armed(env: Env) -> list[Path]:
+    d = env.inst.queue_dir / "armed"
+    return [p for p in d.iterdir() if not p.name.startswith(".")] if d.exists() else []
+
+
+def test_451_451_250_comes_back_by_countdown_three_attempts_in_all(env, mx):
+    server = mx(script={"DOT": ["451 4.3.0 later", "451 4.3.0 later"]})
+    env.configure(temp_fail_intervals="5s, 5s")
+    uuid = env.send("u@countdown.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    for attempt in (1, 2):  # during each wait the retry is scheduled, with the entry's id
+        env.wait(lambda n=attempt: len(deferred_log(env, uuid)) == n, 30)
+        env.wait(lambda: uuid in scheduled(env), 10)
+        assert armed(env)
+        listed = json.loads(env.inst.mailflow("queue", "list", "--json").stdout)
+        assert [r["countdown"] for r in listed if r["id"].startswith(uuid)] == [True]
+    [d] = server.wait_for(1, timeout=30)
+    assert d.rcpt_to == ["u@countdown.test"]
+    time.sleep(1)
+    assert len(deferred_log(env, uuid)) == 2 and len(server.deliveries) == 1  # three attempts
+    env.wait(lambda: not armed(env), 10)
+    out = "".join(p.output() for p in env.inst.procs)
+    assert "retry: Retry in 5s: Deferred('1 deferred for 5 s: 451 4.3.0 later" in out
+
+
+def test_flush_during_a_countdown_delivers_now_and_once(env, mx):
+    server = mx(script={"DOT": ["451 4.3.0 later"]})
+    env.configure(temp_fail_intervals="20s")
+    uuid = env.send("u@flushed.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    env.wait(lambda: uuid in scheduled(env), 30)
+    flushed = env.inst.mailflow("flush")
+    assert flushed.returncode == 0, flushed.stderr
+    server.wait_for(1, timeout=10)
+    env.wait(lambda: "did nothing: its entries were attempted, flushed or deleted meanwhile"
+             in "".join(p.output() for p in env.inst.procs), 40)  # the countdown, when it fired
+    assert len(server.deliveries) == 1 and len(deferred_log(env, uuid)) == 1
+
+
+def test_a_wait_beyond_countdown_max_is_parked_for_the_scan(env, mx):
+    server = mx(script={"DOT": ["451 4.3.0 later"]})
+    env.configure(temp_fail_intervals="8s", countdown_max="5s")
+    uuid = env.send("u@parked.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    env.wait(lambda: deferred_log(env, uuid), 30)
+    assert not armed(env) and uuid not in scheduled(env)
+    server.wait_for(1, timeout=30)
+
+
+@pytest.mark.parametrize("env", ["redis"], indirect=True)
+def test_flower_shows_the_deferring_task_in_retry_with_the_reply(env, mx):
+    port = free_port()
+    flower = env.inst.spawn("flower", [sys.executable, "-m", "celery", "-A", "mailflow", "flower",
+                                       f"--conf={REPO / 'deploy' / 'flower' / 'flowerconfig.py'}"],
+                            env=env.inst.env(FLOWER_PORT=str(port), FLOWER_BASIC_AUTH=AUTH))
+    flower.wait_for_output("Visit me at", timeout=30)
+    mx(script={"DOT": ["451 4.2.2 mailbox full"]})
+    env.configure(temp_fail_intervals="30s")
+    env.send("u@flower-retry.test", notes={"mx": f"127.0.0.2:{PORT}"})
+
+    def retried() -> list[dict[str, Any]]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks")
+        request.add_header("Authorization", "Basic " + base64.b64encode(AUTH.encode()).decode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            tasks = json.loads(response.read())
+        return [t for t in tasks.values() if t.get("state") == "RETRY"]
+
+    [task] = env.wait(retried, 30)
+    assert task["name"] == "mailflow.transmit"
+    assert "451 4.2.2 mailbox full" in (task.get("exception") or "")
+
+
+def test_a_worker_killed_holding_a_countdown_delays_the_entry_at_most_the_grace(env, mx):
+    server = mx(script={"DOT": ["451 4.3.0 later"]})
+    env.configure(temp_fail_intervals="10s")
+    uuid = env.send("u@killed.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    env.wait(lambda: uuid in scheduled(env), 30)
+    [entry] = env.entries("pending", uuid)
+    due = entry.name.next_attempt_ms / 1000
+    env.inst.procs[0].kill9()  # the worker that holds the countdown
+    env.inst.start_worker("again")
+    [d] = server.wait_for(1, timeout=60)
+    assert d.at <= due + 5 + 3  # the grace (5 s), and the scan's second
+    time.sleep(max(0.0, due + 5 + 4 - time.time()))
+    assert len(server.deliveries) == 1 and len(deferred_log(env, uuid)) == 1
+
+
+def test_redis_visibility_shorter_than_the_countdown_never_attempts_twice(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAILFLOW_BROKER_TRANSPORT_OPTIONS", json.dumps(
+        {"visibility_timeout": 3, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}))
+    env, inst = make_env(tmp_path / "visibility", brokers.url_for("redis"), plugin=HOOKS,
+                         base={"countdown_grace": "5s", "countdown_max": "30s"})
+    server = MXServer("127.0.0.2", PORT, script={"DOT": ["451 4.3.0 later"]}).start()
+    try:
+        inst.start_worker("second")  # a second consumer for Redis to hand the redelivery to
+        env.configure(temp_fail_intervals="12s")
+        uuid = env.send("u@visible.test", notes={"mx": f"127.0.0.2:{PORT}"})
+        server.wait_for(1, timeout=60)
+        # Redis handed the countdown out again (past its visibility timeout): that copy found
+        # its entry taken and did nothing
+        env.wait(lambda: env.logged("did nothing: its entries were attempted, flushed or deleted"), 30)
+        time.sleep(3)
+        assert len(deferred_log(env, uuid)) == 1 and len(server.deliveries) == 1  # two attempts
+    finally:
+        server.stop()
+        inst.stop_all()
+        env.dns.stop()
