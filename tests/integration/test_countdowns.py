@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,13 @@ import pytest
 
 from harness import brokers
 from harness.dnsserver import free_port
+from harness.instance import Proc
 from harness.mxserver import MXServer
+from mailflow.address import parse_address
+from mailflow.queue import entry as qfile
+from mailflow.queue.entry import EntryName
+from mailflow.queue.spool import Spool, now_ms
+from mailflow.queue.todo import ToDo
 from tests.integration.test_failures import HOOKS, deferred_log
 from tests.support.pipeline import PORT, Env, make_env
 
@@ -25,13 +35,27 @@ REPO = Path(__file__).resolve().parents[2]
 AUTH = "admin:countdown"
 
 
-@pytest.fixture(params=["embedded", "redis", "rabbitmq"])
-def env(tmp_path, request):
-    e, inst = make_env(tmp_path / "countdown", brokers.url_for(request.param), plugin=HOOKS,
-                       base={"countdown_grace": "5s"})
+BROKER_NAMES = ["embedded", "redis", "rabbitmq"]
+
+
+def _env(tmp: Path, broker: str, name: str = "deliver") -> Iterator[Env]:
+    e, inst = make_env(tmp, brokers.url_for(broker), plugin=HOOKS, base={"countdown_grace": "5s"},
+                       worker_name=name)
     yield e
     inst.stop_all()
     e.dns.stop()
+
+
+@pytest.fixture(scope="module", params=BROKER_NAMES)
+def env(tmp_path_factory, request):
+    """One worker per broker for the module (the mx fixture resets outbound.ini after each test)."""
+    yield from _env(tmp_path_factory.mktemp(f"countdown-{request.param}"), request.param)
+
+
+@pytest.fixture(params=["embedded", "redis"])  # RabbitMQ gives a dead consumer's messages back at once
+def fresh_env(tmp_path, request):
+    """A worker of its own, for a test that kills it."""
+    yield from _env(tmp_path / "countdown", request.param, name="fresh")
 
 
 def scheduled(env: Env) -> str:
@@ -64,19 +88,23 @@ def test_451_451_250_comes_back_by_countdown_three_attempts_in_all(env, mx):
     assert "retry: Retry in 5s: Deferred('1 deferred for 5 s: 451 4.3.0 later" in out
 
 
+@pytest.mark.parametrize("env", ["embedded", "redis"], indirect=True)
 def test_flush_during_a_countdown_delivers_now_and_once(env, mx):
     server = mx(script={"DOT": ["451 4.3.0 later"]})
-    env.configure(temp_fail_intervals="20s")
+    env.configure(temp_fail_intervals="8s")
+    ignored_before = sum(p.output().count("did nothing: its entries were attempted") for p in env.inst.procs)
     uuid = env.send("u@flushed.test", notes={"mx": f"127.0.0.2:{PORT}"})
     env.wait(lambda: uuid in scheduled(env), 30)
     flushed = env.inst.mailflow("flush")
     assert flushed.returncode == 0, flushed.stderr
     server.wait_for(1, timeout=10)
-    env.wait(lambda: "did nothing: its entries were attempted, flushed or deleted meanwhile"
-             in "".join(p.output() for p in env.inst.procs), 40)  # the countdown, when it fired
+    fired = "did nothing: its entries were attempted, flushed or deleted meanwhile"
+    env.wait(lambda: sum(p.output().count(fired) for p in env.inst.procs) > ignored_before, 40)
+    # ...the countdown, when it fired
     assert len(server.deliveries) == 1 and len(deferred_log(env, uuid)) == 1
 
 
+@pytest.mark.parametrize("env", ["embedded"], indirect=True)  # the same whatever the broker
 def test_a_wait_beyond_countdown_max_is_parked_for_the_scan(env, mx):
     server = mx(script={"DOT": ["451 4.3.0 later"]})
     env.configure(temp_fail_intervals="8s", countdown_max="5s")
@@ -107,11 +135,31 @@ def test_flower_shows_the_deferring_task_in_retry_with_the_reply(env, mx):
     [task] = env.wait(retried, 30)
     assert task["name"] == "mailflow.transmit"
     assert "451 4.2.2 mailbox full" in (task.get("exception") or "")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set and Chromium is not installed (tests/services.sh installs it)")
+        return
+    user, password = AUTH.split(":")
+    page = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={env.inst.root / 'chromium'}", "--virtual-time-budget=8000", "--dump-dom",
+         f"http://{user}:{password}@127.0.0.1:{port}/tasks"], capture_output=True, text=True, timeout=120)
+    assert "RETRY" in page.stdout, page.stderr[-2000:]
 
 
-def test_a_worker_killed_holding_a_countdown_delays_the_entry_at_most_the_grace(env, mx):
-    server = mx(script={"DOT": ["451 4.3.0 later"]})
-    env.configure(temp_fail_intervals="10s")
+def test_a_worker_killed_holding_a_countdown_delays_the_entry_at_most_the_grace(fresh_env):
+    env = fresh_env
+    server = MXServer("127.0.0.2", PORT, script={"DOT": ["451 4.3.0 later"]}).start()
+    try:
+        _killed_holding_a_countdown(env, server)
+    finally:
+        server.stop()
+
+
+def _killed_holding_a_countdown(env: Env, server: MXServer) -> None:
+    env.configure(temp_fail_intervals="6s")
     uuid = env.send("u@killed.test", notes={"mx": f"127.0.0.2:{PORT}"})
     env.wait(lambda: uuid in scheduled(env), 30)
     [entry] = env.entries("pending", uuid)
@@ -132,7 +180,7 @@ def test_redis_visibility_shorter_than_the_countdown_never_attempts_twice(tmp_pa
     server = MXServer("127.0.0.2", PORT, script={"DOT": ["451 4.3.0 later"]}).start()
     try:
         inst.start_worker("second")  # a second consumer for Redis to hand the redelivery to
-        env.configure(temp_fail_intervals="12s")
+        env.configure(temp_fail_intervals="8s")
         uuid = env.send("u@visible.test", notes={"mx": f"127.0.0.2:{PORT}"})
         server.wait_for(1, timeout=60)
         # Redis handed the countdown out again (past its visibility timeout): that copy found
@@ -144,3 +192,49 @@ def test_redis_visibility_shorter_than_the_countdown_never_attempts_twice(tmp_pa
         server.stop()
         inst.stop_all()
         env.dns.stop()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("env", ["redis"], indirect=True)
+def test_ten_thousand_deferrals_are_few_countdowns_and_little_memory(env, mx):
+    """The trap of 100,000 countdowns in one worker (905 MB): retries are per batch."""
+    mx("127.0.0.3", script={"DOT": ["451 4.3.0 later"] * 10_000})  # this test's mail only
+    env.configure(temp_fail_intervals="10m")
+    worker = env.inst.procs[0]
+    before = _rss_mb(worker.pid)
+    batches_before = _lookups(worker)
+    write_due(env.inst.queue_dir / "pending", 10_000, "many.test", {"mx": f"127.0.0.3:{PORT}"})
+    env.wait(lambda: len([p for p in env.inst.entries("pending") if "_1_" in p.name]) == 10_000, 240)
+    batches = _lookups(worker) - batches_before
+    tasks = json.loads(env.inst.celery("inspect", "scheduled", "--json", timeout=60).stdout)
+    waiting = sum(len(v) for v in tasks.values())
+    assert 0 < waiting <= batches, (waiting, batches)
+    assert _rss_mb(worker.pid) - before < 100
+    assert env.inst.mailflow("queue", "delete", "--domain", "many.test").returncode == 0
+
+
+def _lookups(worker: Proc) -> int:
+    return sum(1 for line in worker.output().splitlines()
+               if "Task mailflow.lookup_mx[" in line and line.endswith("received"))
+
+
+def write_due(pending: Path, count: int, domain: str, notes: dict[str, Any]) -> None:
+    """``count`` one-recipient entries, due now, written as the queue writes them (a temp name,
+    then a rename) but without an fsync each: the test is about what comes after."""
+    Spool(pending.parent).ensure()  # a worker host until its queue appears (mailflow/worker.py)
+    sender = parse_address("a@sender.test")
+    body = b"Subject: many\r\n\r\nx\r\n"
+    now = now_ms()
+    for n in range(count):
+        todo = ToDo(uuid=f"many{n:06d}.1", queue_time=now, domain=domain, mail_from=sender,
+                    rcpt_to=[parse_address(f"u{n}@{domain}")], notes=notes)
+        name = EntryName(now, 0, now, todo.uuid, domain)
+        tmp = pending / f"{qfile.TMP_PREFIX}{os.getpid()}.{name}"
+        tmp.write_bytes(qfile.encode_header(todo) + body)
+        os.rename(tmp, pending / str(name))

@@ -114,10 +114,10 @@ class Env:
 
 
 def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str, str] | None = None,
-             **worker: Any) -> tuple[Env, Instance]:
+             worker_name: str = "deliver", **worker: Any) -> tuple[Env, Instance]:
     dns = DNSServer(ZONES).start()
     inst = Instance(tmp, broker_url=broker, config={"me": "mailflow.test\n", "plugins": "delivery_plugin\n"})
     (inst.config_dir / "delivery_plugin.py").write_text(plugin)
     env = Env(inst, dns, base)
-    inst.start_worker("deliver", **worker)
+    inst.start_worker(worker_name, **worker)
     return env, inst
