@@ -6,14 +6,29 @@ the test); elsewhere they are skipped with the reason.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import subprocess
 
 import pytest
 
-REDIS_URL = os.environ.get("MAILFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-AMQP_URL = os.environ.get("MAILFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 BROKERS = ("embedded", "redis", "rabbitmq")
+
+
+def _xdist_index() -> int:
+    """Which of pytest-xdist's parallel test processes this is (0 when run alone)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) if worker[2:].isdigit() else 0
+
+
+#: Each parallel test process has a broker of its own: a Redis database (9, 10, ...; kombu
+#: prefixes its fanout channels with the database, so broadcasts stay apart too) and a
+#: RabbitMQ virtual host, so that one test's flush or purge never reaches another's.
+REDIS_URL = os.environ.get("MAILFLOW_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{9 + _xdist_index()}")
+VHOST = "/" if _xdist_index() == 0 else f"mailflow-test-{_xdist_index()}"
+AMQP_URL = os.environ.get("MAILFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"
+                          + ("" if VHOST == "/" else VHOST))
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -60,6 +75,20 @@ def _rabbit_queues() -> list[str]:
     return ["celery", "mailflow", f"mailflow.{socket.gethostname()}"]
 
 
+@functools.cache
+def _ensure_vhost() -> None:
+    """Make this test process's RabbitMQ virtual host (rabbitmqctl: the broker's host, root)."""
+    if VHOST == "/" or "MAILFLOW_TEST_AMQP_URL" in os.environ:
+        return
+    for argv in (["add_vhost", VHOST], ["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"]):
+        try:
+            done = subprocess.run(["rabbitmqctl", *argv], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.fail(f"cannot make RabbitMQ virtual host {VHOST} for a parallel test run: {exc}")
+        if done.returncode != 0 and "already exists" not in done.stderr + done.stdout:
+            pytest.fail(f"rabbitmqctl {' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
+
+
 def url_for(name: str) -> str | None:
     """The broker URL to give mailflow (None: the embedded default)."""
     if name == "embedded":
@@ -71,6 +100,7 @@ def url_for(name: str) -> str | None:
         return REDIS_URL
     if name == "rabbitmq":
         require("RabbitMQ", "127.0.0.1", 5672)
+        _ensure_vhost()
         reset(name)
         return AMQP_URL
     raise ValueError(name)

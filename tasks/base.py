@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
+from celery.utils import uuid
 
 from mailflow import config, tally
 from mailflow.application import app
@@ -85,11 +88,16 @@ class PipelineTask(Task):
         delay = group[0].delay
         queue = owner_queue(spool.identity)
         done = ", ".join(f"{k} {v}" for k, v in result.items() if k != "domain")
+        due = datetime.fromtimestamp(time.time() + delay, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         why = Deferred(f"{len(group)} deferred for {delay:.0f} s: {group[0].reason}"
-                       + (f" ({done})" if done else ""))
+                       + (f" ({done})" if done else "") + f"; next attempt {due}")
         try:
             if own and not self.request.called_directly:
-                raise self.retry(args=[payload], kwargs={}, countdown=delay, exc=why, queue=queue)
+                # A task id of its own: Celery's event state lets the retry's task-received
+                # (sent as soon as a worker takes the countdown) overwrite this attempt's
+                # RETRY when it shares the id, so Flower would show RECEIVED at random.
+                raise self.retry(args=[payload], kwargs={}, countdown=delay, exc=why, queue=queue,
+                                 task_id=uuid())
             app.send_task(self.name, args=[payload], countdown=delay, queue=queue)
         except Retry:
             raise

@@ -16,8 +16,13 @@ from harness.mxserver import MX_PORT
 from harness.waiting import until
 from mailflow import config as configmod
 from mailflow import outbound
+from mailflow.address import parse_address
 from mailflow.codes import OK
+from mailflow.queue import entry as qfile
+from mailflow.queue.entry import EntryName
 from mailflow.queue.hmail import HMail
+from mailflow.queue.spool import Spool, now_ms
+from mailflow.queue.todo import ToDo
 
 PORT = MX_PORT
 
@@ -121,3 +126,20 @@ def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str
     env = Env(inst, dns, base)
     inst.start_worker(worker_name, **worker)
     return env, inst
+
+
+def write_due(pending: Path, count: int, domain: str, notes: dict[str, Any], *, after_ms: int = 0) -> None:
+    """``count`` one-recipient entries, due in ``after_ms``, written as the queue writes them
+    (a temp name, then a rename) but without an fsync each: the test is about what comes
+    after.  Due a little later, they are all there when the queue manager claims them."""
+    Spool(pending.parent).ensure()  # a worker host until its queue appears (mailflow/worker.py)
+    sender = parse_address("a@sender.test")
+    body = b"Subject: many\r\n\r\nx\r\n"
+    now = now_ms()
+    for n in range(count):
+        todo = ToDo(uuid=f"many{n:06d}.1", queue_time=now, domain=domain, mail_from=sender,
+                    rcpt_to=[parse_address(f"u{n}@{domain}")], notes=notes)
+        name = EntryName(now + after_ms, 0, now, todo.uuid, domain)
+        tmp = pending / f"{qfile.TMP_PREFIX}{os.getpid()}.{name}"
+        tmp.write_bytes(qfile.encode_header(todo) + body)
+        os.rename(tmp, pending / str(name))
