@@ -36,3 +36,10 @@ def count(what: str, n: int = 1) -> None:
     counts: Counter[str] | None = getattr(_local, "counts", None)
     if counts is not None and n:
         counts[what] += n
+
+
+def add(counts: Counter[str]) -> None:
+    """Count what another thread of this task counted (a lane of a batch)."""
+    current: Counter[str] | None = getattr(_local, "counts", None)
+    if current is not None:
+        current.update(counts)

@@ -1,18 +1,21 @@
-"""The ``mailflow.transmit`` step: every message of a route over one session, outcomes recorded."""
+"""The ``mailflow.transmit`` step: a route's messages over its session (more for a slow receiver)."""
 
 from __future__ import annotations
 
 import logging
 import smtplib
+import threading
 import time
+from collections import Counter, deque
 from typing import Any, Protocol
 
-from mailflow import config
+from mailflow import config, tally
 from mailflow.config.loader import Config
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.payloads import Outcome, Route
 from mailflow.pipeline.acquire import session_for
+from mailflow.queue import countdowns
 from mailflow.queue.claims import give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_all, fail_each, record
@@ -21,6 +24,12 @@ from mailflow.relay.client import EndOfDataTimeout, NextAddress, Session
 from mailflow.relay.pool import POOL, NoSlot
 
 log = logging.getLogger(__name__)
+
+#: A message that takes this long (seconds, MAIL FROM to the reply to its dot) marks a
+#: slow receiver: the rest of its batch is shared over parallel connections (Courier).
+#: A receiver on the same network answers in a few milliseconds; one across the
+#: internet that holds each reply (greylisting tarpits, content scanning) takes longer.
+SLOW_MESSAGE = 0.2
 
 #: A route stops taking new messages after this long and hands the rest back, due now.
 #: It keeps every task far below Redis's visibility timeout and RabbitMQ's
@@ -114,22 +123,168 @@ class LocalLedger:
         return give_back(self.spool, items, now_ms())
 
 
+class LockedLedger:
+    """A ledger shared by a batch's lanes: one call at a time (records are renames and
+    small writes, the network is where the time goes)."""
+
+    def __init__(self, ledger: Ledger):
+        self._ledger, self._lock = ledger, threading.Lock()
+        self.domain = ledger.domain
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._ledger, name)
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return method(*args, **kwargs)
+        return locked
+
+
 class Courier:
-    """One batch's messages over one session; the session is always let go in the end.
+    """One batch's messages, over one session -- or, when the receiver is slow, over as
+    many parallel sessions (*lanes*) as its connection limits allow.
+
+    A fast receiver keeps the economy of one connection for the whole batch.  One that
+    takes SLOW_MESSAGE or more per message would make a batch of 50 last a minute over
+    one connection while the limits allow many: after such a message the rest of the
+    batch is shared with extra lanes, each a thread with a session of its own from the
+    pool (no waiting for a slot: a lane that gets none ends at once), taking the next
+    message as it is free.  The batch still cost one MX lookup and one claim.
 
     Whatever happens -- a broken connection, a full disk while recording an outcome,
-    an exception nobody planned for -- the session goes back to the pool or is
-    discarded, so its connection slot is never lost.
+    an exception nobody planned for -- every session goes back to the pool or is
+    discarded, so no connection slot is ever lost.
     """
 
     def __init__(self, cfg: Config, route: Route, session: Session | None, ledger: Ledger):
         self.cfg, self.settings, self.route = cfg, cfg.outbound, route
-        self.ledger = ledger
-        self.session = session
+        self.ledger: Any = LockedLedger(ledger)
+        self.first = Lane(self, session)
+        self._todo: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self._lanes: list[threading.Thread] = []
+        self._counted: list[tuple[Counter[str], list[countdowns.Deferral]]] = []
+        self._started = 0.0
+
+    @property
+    def session(self) -> Session | None:
+        return self.first.session
+
+    def let_go(self) -> None:
+        self.first.let_go()
+
+    def run(self) -> None:
+        self._todo = deque(self.ledger.items())
+        self._started = time.monotonic()
+        try:
+            while True:
+                self._drive(self.first)
+                self._join_lanes()
+                if not self._todo:  # a lane that lost its session put its message back
+                    return
+        finally:
+            self._join_lanes()
+
+    def _drive(self, lane: Lane) -> None:
+        """Send messages over ``lane`` until none is left (or the batch must stop)."""
+        primary = lane is self.first
+        while (item := self._take()) is not None:
+            if not self.ledger.still_here(item):
+                continue
+            if time.monotonic() - self._started > BATCH_TIME_BUDGET:
+                back = self.ledger.give_back([item, *self._take_all()])
+                log.info("batch for %s out of time: %d entries due again", self.route.domain, back)
+                return
+            if not self.ledger.may_start():
+                back = self.ledger.give_back([item, *self._take_all()])
+                log.warning("batch for %s stopped at its lease's fence: %d entries handed back",
+                            self.route.domain, back)
+                return
+            if not lane.ready():
+                if primary:
+                    self._none_for([item, *self._take_all()], lane.why)
+                else:  # the other lanes, or the first, will send it
+                    with self._lock:
+                        self._todo.appendleft(item)
+                return
+            took = time.monotonic()
+            try:
+                lane.send_one(item)
+            except Exception as exc:  # the session's state is unknown: never reuse it
+                outcome = outcome_of(lane.session) if lane.session is not None else None
+                lane.discard()
+                self.ledger.crashed(item, exc, outcome)
+            if primary and not self._lanes and time.monotonic() - took >= SLOW_MESSAGE:
+                self._spread()
+
+    def _take(self) -> Any | None:
+        with self._lock:
+            return self._todo.popleft() if self._todo else None
+
+    def _take_all(self) -> list[Any]:
+        with self._lock:
+            rest, self._todo = list(self._todo), deque()
+        return rest
+
+    def _none_for(self, rest: list[Any], why: BaseException | None) -> None:
+        """The first lane has no session: the rest of the batch gets its outcome now."""
+        if isinstance(why, NoSlot):  # never wait for a slot in a worker thread
+            back = self.ledger.give_back(rest)
+            log.info("no free connection slot for %s: %d entries due again", self.route.domain, back)
+        elif isinstance(why, DeliveryError):
+            self.ledger.fail_each(rest, why)
+        else:
+            for item in rest:
+                self.ledger.crashed(item, why or RuntimeError("no session"))
+
+    # -- lanes for a slow receiver --------------------------------------------------------
+
+    def _spread(self) -> None:
+        """Start a lane for each message still waiting (the pool's limits stop the excess)."""
+        with self._lock:
+            wanted = len(self._todo)
+        for n in range(wanted):
+            thread = threading.Thread(target=self._extra_lane, name=f"lane-{self.route.domain}-{n}",
+                                      daemon=True)
+            self._lanes.append(thread)
+            thread.start()
+        if wanted:
+            log.info("slow receiver for %s: %d more messages shared over up to %d more connections",
+                     self.route.domain, wanted, wanted)
+
+    def _extra_lane(self) -> None:
+        with tally.tallied() as counts, countdowns.collecting() as deferrals:
+            lane = Lane(self, None)
+            try:
+                if self._todo and lane.ready():
+                    self._drive(lane)
+            except Exception:
+                log.exception("a lane of the batch for %s stopped", self.route.domain)
+            finally:
+                lane.let_go()
+        self._counted.append((counts, deferrals))
+
+    def _join_lanes(self) -> None:
+        """Wait for the lanes; what they counted and deferred becomes this task's."""
+        for thread in self._lanes:
+            thread.join()
+        self._lanes = []
+        for counts, deferrals in self._counted:
+            tally.add(counts)
+            countdowns.add(deferrals)
+        self._counted = []
+
+
+class Lane:
+    """One session's share of a batch."""
+
+    def __init__(self, courier: Courier, session: Session | None):
+        self.courier, self.session = courier, session
+        self.why: BaseException | None = None  #: why :meth:`ready` found no session
 
     def let_go(self) -> None:
         if self.session is not None:
-            POOL.release(self.session, self.settings)
+            POOL.release(self.session, self.courier.settings)
             self.session = None
 
     def discard(self) -> None:
@@ -137,80 +292,52 @@ class Courier:
             POOL.discard(self.session)
             self.session = None
 
-    def run(self) -> None:
-        items = self.ledger.items()
-        started = time.monotonic()
-        for index, item in enumerate(items):
-            if not self.ledger.still_here(item):
-                continue
-            if time.monotonic() - started > BATCH_TIME_BUDGET:
-                back = self.ledger.give_back(items[index:])
-                log.info("batch for %s out of time: %d entries due again", self.route.domain, back)
-                return
-            if not self.ledger.may_start():
-                back = self.ledger.give_back(items[index:])
-                log.warning("batch for %s stopped at its lease's fence: %d entries handed back",
-                            self.route.domain, back)
-                return
-            if not self._ready(items[index:]):
-                return
-            try:
-                self._send_one(item)
-            except Exception as exc:  # the session's state is unknown: never reuse it
-                outcome = outcome_of(self.session) if self.session is not None else None
-                self.discard()
-                self.ledger.crashed(item, exc, outcome)
-
-    def _ready(self, rest: list[Any]) -> bool:
-        """A session for the next message; False when the rest of the batch was dealt with."""
-        if self.session is not None and self.settings.pool_timeout == 0 and self.session.messages:
+    def ready(self) -> bool:
+        """A session for the next message (False, with :attr:`why`, when there is none)."""
+        c = self.courier
+        if self.session is not None and c.settings.pool_timeout == 0 and self.session.messages:
             try:  # no pooling: a fresh connection per message, in the same slot
-                self.session = POOL.reopen(self.session, settings=self.settings, tls=self.cfg.tls_outbound,
-                                           domain=self.route.domain)
+                self.session = POOL.reopen(self.session, settings=c.settings, tls=c.cfg.tls_outbound,
+                                           domain=c.route.domain)
             except NextAddress:
                 self.session = None
         if self.session is not None:
             return True
         try:
-            self.session = session_for(self.route, self.cfg)
+            self.session = session_for(c.route, c.cfg)
             return True
-        except NoSlot:  # never wait for a slot in a worker thread: the queue manager brings them back
-            back = self.ledger.give_back(rest)
-            log.info("no free connection slot for %s: %d entries due again", self.route.domain, back)
-        except DeliveryError as exc:
-            self.ledger.fail_each(rest, exc)
         except Exception as exc:
-            for item in rest:
-                self.ledger.crashed(item, exc)
+            self.why = exc
         return False
 
-    def _send_one(self, item: Any) -> None:
+    def send_one(self, item: Any) -> None:
         """Send one entry and record its outcome; the session is None afterwards if it broke."""
-        mail_from, rcpts, message = self.ledger.envelope(item)
+        c = self.courier
+        mail_from, rcpts, message = c.ledger.envelope(item)
         for retry in (False, True):
             session = self.session
             assert session is not None
             outcome = outcome_of(session)
             try:
-                results = session.send(mail_from, rcpts, message, self.settings)
+                results = session.send(mail_from, rcpts, message, c.settings)
             except EndOfDataTimeout:
                 self.discard()
-                self.ledger.fail_all(item, local_reply(
+                c.ledger.fail_all(item, local_reply(
                     "4.4.2", "timeout waiting for the reply to the end of data"), outcome)
                 return
             except (smtplib.SMTPException, OSError) as exc:
                 self.discard()
                 if retry or session.messages <= 1:
-                    self.ledger.fail_all(item, local_reply(
+                    c.ledger.fail_all(item, local_reply(
                         "4.4.2", f"connection to {outcome.host} broke: {exc}"), outcome)
                     return
                 # a pooled connection the remote end closed: replace it, do not fail the message
                 try:
-                    self.session = session_for(self.route, self.cfg)
+                    self.session = session_for(c.route, c.cfg)
                 except DeliveryError as err:
-                    self.ledger.fail_all(item, err.reply, outcome)
+                    c.ledger.fail_all(item, err.reply, outcome)
                     return
                 continue
             outcome.results = {r.address: r.reply for r in results}
-            self.ledger.record(item, outcome)
+            c.ledger.record(item, outcome)
             return

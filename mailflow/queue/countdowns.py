@@ -66,6 +66,13 @@ def collecting() -> Iterator[list[Deferral]]:
             outer.extend(found)
 
 
+def add(deferrals: list[Deferral]) -> None:
+    """Take the deferrals another thread of this task collected (a lane of a batch)."""
+    found = getattr(_local, "deferrals", None)
+    if found is not None:
+        found.extend(deferrals)
+
+
 def note(name: EntryName, delay: float, reason: str) -> None:
     """An entry was deferred (renamed into pending/ as ``name``), for ``delay`` seconds."""
     found = getattr(_local, "deferrals", None)

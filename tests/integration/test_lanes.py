@@ -1,0 +1,72 @@
+"""A slow receiver's batch is shared over parallel connections; a fast one keeps one (issue 14).
+
+A real worker on the embedded broker, at its default batch size (50); the entries
+are written due a moment later so that the queue manager claims them as one batch.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.pipeline import PORT, make_env, write_due
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e, inst = make_env(tmp_path_factory.mktemp("lanes"), None)
+    yield e
+    inst.stop_all()
+    e.dns.stop()
+
+
+def lookups(env) -> int:
+    return sum(1 for p in env.inst.procs for line in p.output().splitlines()
+               if "Task mailflow.lookup_mx[" in line and line.endswith("received"))
+
+
+def waiting(env, domain: str) -> list:
+    return [p for p in env.inst.entries("pending") if p.name.endswith(f"_{domain}")]
+
+
+def one_batch(env, domain: str, count: int = 40) -> int:
+    """Queue ``count`` messages to ``domain`` as one batch; the lookups done before."""
+    before = lookups(env)
+    write_due(env.inst.queue_dir / "pending", count, domain, {"mx": f"127.0.0.2:{PORT}"}, after_ms=1500)
+    return before
+
+
+def test_a_slow_receiver_gets_its_batch_over_parallel_connections(env, mx):
+    server = mx(delay={"DOT": 0.5})  # each message's final reply held half a second
+    env.configure(pool_timeout=30, pool_concurrency_max=8)
+    before = one_batch(env, "lanes.test")
+    got = server.wait_for(40, timeout=60)
+    assert sorted(r for d in got for r in d.rcpt_to) == sorted(f"u{n}@lanes.test" for n in range(40))
+    assert 4 <= server.high_water <= 8  # spread, within the per-IP limit
+    assert lookups(env) - before == 1  # one batch, one MX lookup
+    env.wait(lambda: not [p for p in env.inst.entries("active") if p.name.endswith("_lanes.test")], 10)
+    assert not waiting(env, "lanes.test")
+    assert env.logged("slow receiver for lanes.test")
+    assert "'delivered': 40" in "".join(p.output() for p in env.inst.procs)  # counted by the task
+
+
+def test_a_fast_receiver_keeps_one_connection_for_its_batch(env, mx):
+    server = mx()
+    env.configure(pool_timeout=30, pool_concurrency_max=8)
+    before = one_batch(env, "onelane.test")
+    server.wait_for(40, timeout=60)
+    assert lookups(env) - before == 1
+    assert server.high_water == 1 and len(server.sessions) == 1
+
+
+def test_lanes_stop_at_the_limit_and_a_deferral_still_comes_back_by_countdown(env, mx):
+    """Two connections allowed: the batch goes over two; deferred messages, whichever lane
+    met them, share the task's countdown."""
+    server = mx(delay={"DOT": 0.3}, script={"DOT": ["451 4.3.0 later"] * 5})
+    env.configure(pool_timeout=30, pool_concurrency_max=2, temp_fail_intervals="10m")
+    one_batch(env, "twolanes.test", count=20)
+    server.wait_for(15, timeout=60)  # the first five replies were 451s
+    env.wait(lambda: len([p for p in waiting(env, "twolanes.test") if "_1_" in p.name]) == 5, 30)
+    assert len(server.deliveries) == 15 and server.high_water == 2
+    armed = [p for p in (env.inst.queue_dir / "armed").iterdir() if not p.name.startswith(".")]
+    assert len([a for a in armed if "twolanes.test" in a.read_text()]) == 1
+    assert env.inst.mailflow("queue", "delete", "--domain", "twolanes.test").returncode == 0
