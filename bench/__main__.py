@@ -1,6 +1,6 @@
-"""mailflow's benchmarks: relay throughput, latency, memory, backlog, connections, scale-out.
+"""mailflow's benchmarks: relay throughput, latency, memory, backlog, connections, scale-out, peers.
 
-    python -m bench [--quick] [--only relay,latency,backlog,scaleout] [--broker NAME ...]
+    python -m bench [--quick] [--only relay,latency,backlog,scaleout,peers] [--rounds N] [--broker NAME ...]
 
 Prints the figures of each scenario and then the goals table (each goal beside
 its figure, "met" or "not met").  Always exits 0: the figures are for reading,
@@ -22,7 +22,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import backlog, relay, scaleout, tools  # noqa: E402
+from bench import backlog, peers, postfix, relay, scaleout, tools  # noqa: E402
 from harness.brokers import BROKERS  # noqa: E402
 
 Result = dict[str, Any]
@@ -138,12 +138,34 @@ def run_scaleout(quick: bool) -> tuple[list[Result], list[Result]]:
     return costs, checks
 
 
+def run_peers(rounds: int, quick: bool) -> dict[str, dict[str, Any]]:
+    print(f"\n## 7. Peers in the same run (Redis; mailflow then Postfix {postfix.version()}, "
+          f"{rounds} rounds; smtp-source 20 sessions -> relay -> smtp-sink)\n", flush=True)
+    why = postfix.available() or (None if tools.have_postfix_tools() else "no smtp-source/smtp-sink")
+    if why:
+        print(f"  not run: {why}", flush=True)
+        return {}
+    rows = attempt("peers", lambda: {"rows": peers.run(rounds, quick)})
+    if not rows:
+        return {}
+    found = peers.summary(rows["rows"])
+    print(f"\n{'workload':<13} {'mailflow/s':>10} {'postfix/s':>10} {'ratio (median)':>15} {'spread':>7} "
+          f"{'CPU ms/msg mf':>14} {'pf':>6} {'peak PSS MB mf':>15} {'pf':>5}")
+    for name, f in found.items():
+        print(f"{name:<13} {fmt(f['mailflow_per_s']):>10} {fmt(f['postfix_per_s']):>10} "
+              f"{fmt(f['median'], '.2f'):>15} {fmt(f['spread'], '.2f'):>7} "
+              f"{fmt(f['mailflow_cpu_ms'], '.2f'):>14} {fmt(f['postfix_cpu_ms'], '.2f'):>6} "
+              f"{fmt(f['mailflow_pss_mb']):>15} {fmt(f['postfix_pss_mb']):>5}", flush=True)
+    return found
+
+
 def pick(results: list[Result], broker: str, size: int) -> Result | None:
     return next((r for r in results if r["broker"] == broker and r["size"] == size), None)
 
 
 def goals(relays: list[Result], lat: Result | None, back: Result | None,
-          checks: list[Result] | None = None) -> list[Row]:
+          checks: list[Result] | None = None, costs: list[Result] | None = None,
+          versus: dict[str, dict[str, Any]] | None = None) -> list[Row]:
     """One row per goal of the benchmarks issue, beside the figure measured for it."""
     rows: list[Row] = []
 
@@ -178,13 +200,22 @@ def goals(relays: list[Result], lat: Result | None, back: Result | None,
     rates = {r["hosts"]: r["per_s"] for r in checks or []}
     ratio = rates[2] / rates[1] if rates.get(1) and rates.get(2) else None
     at_least("scale-out: two worker hosts >= 1.7x one (capped)", ratio, 1.7, "x", ".2f")
+    versus = versus or {}
+    for workload, bound in (("4KiB", 1.25), ("64KiB", 1.1), ("slow 1s DATA", 1.0)):
+        found = versus.get(workload, {})
+        at_least(f"vs Postfix, same run, {workload}: >= {bound}x (median of rounds)",
+                 found.get("median"), bound, "x", ".2f")
+    owner = next((c["owner_ms"] for c in costs or [] if c["size"] == 4 * KIB), None)
+    at_most("owner-side CPU per 4 KiB message <= 0.8 ms", owner, 0.8, "ms", ".2f")
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="relay,latency,backlog,scaleout",
-                        help="comma list of scenarios: relay, latency, backlog, scaleout")
+    parser.add_argument("--only", default="relay,latency,backlog,scaleout,peers",
+                        help="comma list of scenarios: relay, latency, backlog, scaleout, peers")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the peers scenario, mailflow and Postfix interleaved (default 3)")
     parser.add_argument("--broker", action="append", choices=BROKERS,
                         help="relay brokers (repeatable; default all three)")
     parser.add_argument("--nodes", default="cpus",
@@ -202,9 +233,10 @@ def main() -> int:
     relays = run_relay(args.broker or list(BROKERS), workloads, args.nodes) if "relay" in only else []
     lat = run_latency("redis", 100.0, 10.0 if quick else 30.0, args.nodes) if "latency" in only else None
     back = run_backlog("redis", 10_000 if quick else 100_000) if "backlog" in only else None
-    _, checks = run_scaleout(quick) if "scaleout" in only else ([], [])
+    costs, checks = run_scaleout(quick) if "scaleout" in only else ([], [])
+    versus = run_peers(args.rounds, quick) if "peers" in only else {}
     print("\n## Goals\n")
-    rows = goals(relays, lat, back, checks)
+    rows = goals(relays, lat, back, checks, costs, versus)
     width = max(len(g) for g, _, _ in rows)
     for goal, figure, met in rows:
         verdict = "not measured" if met is None else ("met" if met else "not met")

@@ -1,4 +1,4 @@
-"""Memory of mailflow's processes as the kernel accounts it: PSS and RSS from ``/proc``.
+"""Memory (and CPU) of a relay's processes as the kernel accounts them: PSS and RSS from ``/proc``.
 
 PSS (proportional set size) splits shared pages between the processes that
 share them, so summing it over smtpd and the workers (and their children)
@@ -8,6 +8,7 @@ libraries once per process.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -70,3 +71,18 @@ class PeakSampler:
         while not self._stop.is_set():
             self.peak_kib = max(self.peak_kib, total_pss_kib(self.pids))
             self._stop.wait(self.interval)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of the process trees under ``pids``: the live processes' own, plus what
+    each has reaped of its exited children (Postfix's daemons exit after ``max_use``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for root in pids:
+        for p in descendants(root):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / tick

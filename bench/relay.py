@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import memory, tools
 from harness import brokers
@@ -55,19 +56,21 @@ class Relay:
 
 
 @contextmanager
-def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cpus") -> Iterator[Relay]:
-    """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink."""
+def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cpus",
+          outbound: str = "", sink_wait: float = 0.0) -> Iterator[Relay]:
+    """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink
+    (which holds each DATA reply ``sink_wait`` seconds); ``outbound`` adds to outbound.ini."""
     url = brokers.url_for(broker)
     sink_port = free_port("127.0.0.2")
     smtp_port = free_port()
     with tempfile.TemporaryDirectory(prefix="mailflow-bench-", dir=workdir()) as tmp:
         inst = Instance(Path(tmp), broker_url=url, config={
             "smtp.ini": f"listen = 127.0.0.1:{smtp_port}\nnodes = {nodes}\n",
-            "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/queue\n",
+            "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/queue\n{outbound}",
             "plugins": "bench_route\n",
         })
         inst.write_config("bench_route.py", ROUTE_PLUGIN.format(port=sink_port))
-        sink = tools.Sink("127.0.0.2", sink_port, postfix=postfix_sink)
+        sink = tools.Sink("127.0.0.2", sink_port, postfix=postfix_sink, wait=sink_wait)
         try:
             inst.start_smtpd()
             for n in range(workers):
@@ -79,30 +82,42 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
 
 
 def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
-               postfix: bool | None = None, workers: int = 1, nodes: str = "cpus") -> dict[str, object]:
+               postfix: bool | None = None, workers: int = 1, nodes: str = "cpus",
+               outbound: str = "", sink_wait: float = 0.0) -> dict[str, object]:
     """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop."""
     postfix = tools.have_postfix_tools() if postfix is None else postfix
-    with relay(broker, postfix_sink=postfix, workers=workers, nodes=nodes) as r:
+    with relay(broker, postfix_sink=postfix, workers=workers, nodes=nodes, outbound=outbound,
+               sink_wait=sink_wait) as r:
         time.sleep(0.5)
-        base_sessions = r.sink.sessions
-        with memory.PeakSampler(r.pids()) as pss:
-            run = tools.inject(r.smtp_port, messages=messages, size=size, sessions=sessions, postfix=postfix)
-            run.wait(timeout=max(300, messages / 2))
-            delivered = r.sink.wait_for(messages, timeout=max(120, messages / 5))
-        got = len(r.sink.arrivals)
-        last = r.sink.arrivals[-1] if got else run.ended
+        figures = measure(r.pids(), r.smtp_port, r.sink, messages=messages, size=size,
+                          sessions=sessions, postfix=postfix)
         # smtp-sink counts a session when it ends: stopping mailflow closes its pooled ones
         r.instance.stop_all()
         time.sleep(0.5)
-        return {
-            "scenario": "relay", "broker": broker, "messages": messages, "size": size,
-            "tools": "postfix" if postfix else "own", "workers": workers, "nodes": nodes,
-            "inject_per_s": messages / max(run.ended - run.started, 1e-9),
-            "e2e_per_s": (messages / (last - run.started)) if delivered else None,
-            "delivered": got, "errors": run.errors[:5],
-            "pss_mb": pss.peak_kib / 1024,
-            "sessions_per_1000": (r.sink.sessions - base_sessions) * 1000 / max(got, 1),
-        }
+        figures["sessions_per_1000"] = r.sink.sessions * 1000 / max(figures["delivered"], 1)
+        return {"scenario": "relay", "relay": "mailflow", "broker": broker, "workers": workers,
+                "nodes": nodes, **figures}
+
+
+def measure(pids: list[int], port: int, sink: tools.Sink, *, messages: int, size: int,
+            sessions: int, postfix: bool) -> dict[str, Any]:
+    """Inject N messages into the relay listening on ``port`` and wait for them at the sink:
+    rates, and the relay's peak PSS and CPU per message (its process trees ``pids``)."""
+    cpu_before = memory.cpu_seconds(pids)
+    with memory.PeakSampler(pids) as pss:
+        run = tools.inject(port, messages=messages, size=size, sessions=sessions, postfix=postfix)
+        run.wait(timeout=max(300, messages / 2))
+        delivered = sink.wait_for(messages, timeout=max(120, messages / 5))
+    cpu = memory.cpu_seconds(pids) - cpu_before
+    got = len(sink.arrivals)
+    last = sink.arrivals[-1] if got else run.ended
+    return {
+        "messages": messages, "size": size, "tools": "postfix" if postfix else "own",
+        "inject_per_s": messages / max(run.ended - run.started, 1e-9),
+        "e2e_per_s": (messages / (last - run.started)) if delivered else None,
+        "delivered": got, "errors": run.errors[:5],
+        "pss_mb": pss.peak_kib / 1024, "cpu_ms": cpu * 1000 / max(got, 1),
+    }
 
 
 def latency(broker: str, *, rate: float = 100.0, duration: float = 30.0, size: int = 4096,

@@ -29,7 +29,8 @@ def have_postfix_tools() -> bool:
 class Sink:
     """One SMTP sink process and what it reported: sessions and message arrival times."""
 
-    def __init__(self, host: str, port: int, *, postfix: bool, delay: float = 0.0):
+    def __init__(self, host: str, port: int, *, postfix: bool, delay: float = 0.0, wait: float = 0.0):
+        """``delay``: our sink holds every reply; ``wait``: smtp-sink holds its DATA reply."""
         self.host, self.port, self.postfix = host, port, postfix
         self.sessions = 0
         self.arrivals: list[float] = []  # one time per message, in arrival order
@@ -37,9 +38,10 @@ class Sink:
         self._cond = threading.Condition()
         if postfix:
             user = ["-u", "nobody"] if os.geteuid() == 0 else []
-            argv = ["smtp-sink", "-c", *user, f"{host}:{port}", "256"]
+            held = ["-w", f"{wait:g}"] if wait else []
+            argv = ["smtp-sink", "-c", *user, *held, f"{host}:{port}", "1024"]
         else:
-            argv = [sys.executable, "-m", "bench.ownsink", host, str(port), str(delay)]
+            argv = [sys.executable, "-m", "bench.ownsink", host, str(port), str(delay or wait)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
         threading.Thread(target=self._read, daemon=True).start()
         _wait_listening(host, port)
