@@ -22,6 +22,7 @@ from mailflow.message import Body
 from mailflow.queue import submission
 from mailflow.smtpd.acl import ip_allowed
 from mailflow.smtpd.statuscodes import SMTPStatus
+from mailflow.smtpd.tables import ListedOnce, signed
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,16 @@ def protocol_name(session: Session, conn: Connection) -> str:
     return base + ("S" if conn.tls else "") + ("A" if session.authenticated else "")
 
 
-class SubmissionHandler:
+class SubmissionHandler(ListedOnce):
     """aiosmtpd handler for ``mailflow smtpd``."""
+
+    #: aiosmtpd's hook and AUTH tables are built from these names (tables.py)
+    TABLE_PREFIXES = ("handle_", "auth_")
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
+    @signed  # aiosmtpd reads it on every connection (tables.py)
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         problem = host_name_problem(hostname)

@@ -26,11 +26,15 @@ from mailflow.smtpd.data import read_data
 from mailflow.smtpd.handler import SubmissionHandler, connection_for, logs_safe
 from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay, raise_descriptor_limit
 from mailflow.smtpd.statuscodes import AIOSMTPD_REPLIES, SMTPStatus
+from mailflow.smtpd.tables import ListedOnce
 
 log = logging.getLogger(__name__)
 
-class MailflowSMTP(SMTP):
+class MailflowSMTP(ListedOnce, SMTP):
     """aiosmtpd's SMTP with the ``connect`` hook, CRAM-MD5 and a block-wise DATA reader."""
+
+    #: aiosmtpd's command and AUTH tables are built from these names (tables.py)
+    TABLE_PREFIXES = ("smtp_", "auth_")
 
     #: aiosmtpd sizes the stream's buffer by this; DATA reads whole blocks from it (see
     #: data.py, which keeps the 1001-byte line limit itself).  Command lines are still
