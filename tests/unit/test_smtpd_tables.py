@@ -1,11 +1,27 @@
-"""aiosmtpd's tables come out the same from the names listed once per class (smtpd/tables.py)."""
+"""What smtpd saves per connection and per command gives what aiosmtpd gave (issue 14):
+its tables from names listed once per class (smtpd/tables.py), addresses parsed alike."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import tempfile
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import SMTP
 
 from mailflow import config
-from mailflow.smtpd.server import protocol_factory
+from mailflow.smtpd.handler import SubmissionHandler
+from mailflow.smtpd.limits import Connections
+from mailflow.smtpd.server import MailflowSMTP, protocol_factory
+
+
+@functools.cache
+def _config() -> config.Config:
+    d = Path(tempfile.mkdtemp())
+    (d / "outbound.ini").write_text(f"queue_dir = {d / 'queue'}\n")
+    return config.Config(d)
 
 
 def test_command_hook_and_auth_tables_are_those_a_full_dir_gives(tmp_path):
@@ -27,3 +43,24 @@ def test_command_hook_and_auth_tables_are_those_a_full_dir_gives(tmp_path):
         m[7:] for m in object.__dir__(handler) if m.startswith("handle_"))
     assert sorted(server._auth_methods) == ["CRAM-MD5", "LOGIN", "PLAIN"]
     assert server._ehlo_hook_ver == "new"  # from handle_EHLO's signature, kept on it
+
+
+@pytest.mark.parametrize("arg", [
+    "", "<>", "<a@b.example>", "<a@b.example> SIZE=100 BODY=8BITMIME", "a@b.example",
+    "a@b.example SIZE=1", "<\"quoted local\"@b.example>", "<@route.example:a@b.example>",
+    "<a@[127.0.0.1]>", "<a@b.example", "<<a@b.example>>", "a b@c", "<" + "x" * 65 + "@b.example>",
+    "<" + "x" * 64 + "@b.example>", "  <a@b.example>", "<a@>", "<ü@b.example>",
+])
+def test_addresses_parse_as_aiosmtpd_parses_them(arg):
+    server = _server()
+    assert server._getaddr(arg) == SMTP._getaddr(server, arg)
+
+
+def _server() -> MailflowSMTP:
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return MailflowSMTP(SubmissionHandler(_config()), cfg=_config(), connections=Connections(10, 10))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
