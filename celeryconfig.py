@@ -62,9 +62,10 @@ task_send_sent_event = True
 # One process per worker node, many threads: SMTP work waits on the network, and the
 # connection pool, concurrency_max and the leases handed from acquire_connection to
 # transmit all live in that one process. worker_direct gives each node its own queue,
-# to which transmit is routed (docs/architecture.md).
+# to which transmit is routed (docs/architecture.md). The number of threads follows
+# outbound.ini's concurrency_max, a thread per delivery it allows plus a few
+# (mailflow/worker.py); `--concurrency N` sets it instead.
 worker_pool = "threads"
-worker_concurrency = 16
 worker_direct = True
 
 broker_connection_retry_on_startup = True

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "MAILFLOW_BROKER_URL is set). Ctrl-C stops everything.")
     _common(p)
     p.add_argument("--worker-concurrency", type=int, default=None, metavar="N",
-                   help="threads of the embedded worker (default: the worker's own)")
+                   help="threads of the embedded worker (default: outbound.ini's concurrency_max + 8)")
 
     p = sub.add_parser("smtpd", help="the SMTP submission listener only",
                        description="Listen for SMTP submissions (smtp.ini 'listen') and "

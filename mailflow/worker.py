@@ -32,6 +32,7 @@ from celery.worker.control import control_command, inspect_command
 from mailflow import compat, config, logs, proctitle
 from mailflow.application import app
 from mailflow.config import environ, startup
+from mailflow.descriptors import raise_descriptor_limit
 from mailflow.queue import lending
 from mailflow.queue import manager as qmgr
 from mailflow.queue import tools as queuetools
@@ -59,6 +60,26 @@ def _json_from_the_start(instance: Any = None, **_kwargs: Any) -> None:
         instance.quiet = True
     logs.setup("json")
     logging.captureWarnings(True)
+
+
+#: Threads beyond concurrency_max, for the steps that deliver nothing themselves
+#: (lookup_mx, acquire_connection, report, bounce, countdown firings).
+OTHER_STEP_THREADS = 8
+
+
+@celeryd_init.connect
+def _threads_from_concurrency_max(conf: Any = None, options: dict[str, Any] | None = None,
+                                  **_kwargs: Any) -> None:
+    """A threads-pool worker node gets a thread for each delivery ``concurrency_max``
+    allows, unless ``--concurrency`` says otherwise: each transmit holds a thread for its
+    batch, and with 16 threads a node never reached more than 16 slow receivers at once
+    whatever outbound.ini promised (issue 14; docs/architecture.md, "Slow receivers")."""
+    # loaded by worker_init, which Celery sends first (a broken config has stopped it)
+    most = config.current().outbound.concurrency_max
+    raise_descriptor_limit(most + 256, f"concurrency_max = {most}")
+    if conf is None or (options or {}).get("concurrency") or conf.worker_pool != "threads":
+        return
+    conf.worker_concurrency = most + OTHER_STEP_THREADS
 
 
 @after_setup_logger.connect

@@ -90,8 +90,9 @@ def payload_from(parse: Callable[[Any, Path], T], data: Any, cfg: Config, task: 
         raise NothingToDo(f"its get_mx credentials cannot be opened here: {exc}") from None
 
 
-def session_for(route: Route, cfg: Config, *, wait: float = 0.0) -> Session:
-    """Resolve the route's MX addresses and get a session from the pool.
+def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = True) -> Session:
+    """Resolve the route's MX addresses and get a session from the pool (``evict``: see
+    Pool.acquire).
 
     Raises DeliveryError (NoSlot among them: every address at its limits).
     """
@@ -99,7 +100,7 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0) -> Session:
     found = targets(list(route.mx), settings)
     bind, helo = source_for(found[0], route, cfg)
     return POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=cfg.tls_outbound,
-                        domain=route.domain, wait=wait)
+                        domain=route.domain, wait=wait, evict=evict)
 
 
 def source_for(target: Target, route: Route, cfg: Config) -> tuple[str | None, str]:

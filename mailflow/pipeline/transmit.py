@@ -148,8 +148,9 @@ class Courier:
     takes SLOW_MESSAGE or more per message would make a batch of 50 last a minute over
     one connection while the limits allow many: after such a message the rest of the
     batch is shared with extra lanes, each a thread with a session of its own from the
-    pool (no waiting for a slot: a lane that gets none ends at once), taking the next
-    message as it is free.  The batch still cost one MX lookup and one claim.
+    pool (no waiting for a slot, and no closing another destination's idle session: a
+    lane that gets none ends at once), taking the next message as it is free.  The batch
+    still costs one MX lookup and one claim.
 
     Whatever happens -- a broken connection, a full disk while recording an outcome,
     an exception nobody planned for -- every session goes back to the pool or is
@@ -254,7 +255,7 @@ class Courier:
 
     def _extra_lane(self) -> None:
         with tally.tallied() as counts, countdowns.collecting() as deferrals:
-            lane = Lane(self, None)
+            lane = Lane(self, None, extra=True)
             try:
                 if self._todo and lane.ready():
                     self._drive(lane)
@@ -278,8 +279,11 @@ class Courier:
 class Lane:
     """One session's share of a batch."""
 
-    def __init__(self, courier: Courier, session: Session | None):
+    def __init__(self, courier: Courier, session: Session | None, extra: bool = False):
         self.courier, self.session = courier, session
+        #: An extra lane uses spare room: it never closes another destination's idle
+        #: session (at concurrency_max, that would trade one connection for another)
+        self.extra = extra
         self.why: BaseException | None = None  #: why :meth:`ready` found no session
 
     def let_go(self) -> None:
@@ -304,7 +308,7 @@ class Lane:
         if self.session is not None:
             return True
         try:
-            self.session = session_for(c.route, c.cfg)
+            self.session = session_for(c.route, c.cfg, evict=not self.extra)
             return True
         except Exception as exc:
             self.why = exc

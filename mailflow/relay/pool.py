@@ -92,11 +92,12 @@ class Pool:
         return self._open < settings.concurrency_max and self._per_ip[ip] < settings.pool_concurrency_max
 
     def _reserve_or_reuse(self, target: Target, helo: str, bind: str | None, need: TlsNeed,
-                          settings: Outbound, deadline: float) -> Session | None:
+                          settings: Outbound, deadline: float, evict: bool = True) -> Session | None:
         """An idle session for this delivery, or (returning None) a reserved slot for a new one.
 
         Waits until ``deadline`` while the limits are reached (NoSlot after it); an idle
-        session that cannot serve this delivery is closed to make room.
+        session that cannot serve this delivery is closed to make room, unless ``evict``
+        is false (a slow receiver's extra lanes use spare room only).
         """
         while True:
             reused = self._take_idle_locked(target, helo, bind, need)
@@ -107,7 +108,7 @@ class Pool:
                 self._per_ip[target.ip] += 1
                 return None
             at_ip_cap = self._per_ip[target.ip] >= settings.pool_concurrency_max
-            victim = self._oldest_idle(target.ip if at_ip_cap else None)
+            victim = self._oldest_idle(target.ip if at_ip_cap else None) if evict else None
             if victim is not None:
                 self._drop_idle(victim)
                 continue
@@ -139,11 +140,12 @@ class Pool:
     # -- acquiring -------------------------------------------------------------------
 
     def acquire(self, targets: list[Target], *, helo: str, bind: str | None, settings: Outbound, tls: Tls,
-                domain: str, wait: float = 0.0) -> Session:
+                domain: str, wait: float = 0.0, evict: bool = True) -> Session:
         """A ready session to the first address that takes one.
 
         Raises NoSlot when every address is at its limits (after waiting up to ``wait``
-        seconds for each), TemporaryError when none takes a session.
+        seconds for each), TemporaryError when none takes a session.  Without ``evict``
+        no idle session of another destination is closed to make room.
         """
         self._pool_timeout, self._out = settings.pool_timeout, settings
         self._start_reaper()
@@ -154,7 +156,7 @@ class Pool:
             try:
                 with self._cond:
                     reused = self._reserve_or_reuse(target, helo, bind, need, settings,
-                                                    time.monotonic() + wait)
+                                                    time.monotonic() + wait, evict)
             except NoSlot:
                 full.append(target.ip)
                 continue

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import time
 from collections import Counter
 from typing import Any
@@ -81,19 +80,3 @@ class AcceptErrorThrottle:
         log.error("cannot accept connections: %s%s; raise LimitNOFILE or lower max_connections",
                   getattr(exc, "strerror", None) or exc, more)
         self.last, self.suppressed = now, 0
-
-
-def raise_descriptor_limit(wanted: int) -> int:
-    """Lift this process's soft RLIMIT_NOFILE to its hard limit; warn if short of ``wanted``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    if soft < wanted:
-        log.warning("only %d file descriptors allowed (RLIMIT_NOFILE) for max_connections = %d: "
-                    "raise LimitNOFILE", soft, wanted)
-    return soft

@@ -21,12 +21,13 @@ from mailflow import hooks, tls
 from mailflow.codes import DENY
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
+from mailflow.descriptors import raise_descriptor_limit
 from mailflow.message import Body
 from mailflow.smtpd.acl import is_loopback
 from mailflow.smtpd.auth import FlatFileAuthenticator, cram_challenge, cram_user, cram_verify
 from mailflow.smtpd.data import read_data
 from mailflow.smtpd.handler import SubmissionHandler, connection_for, logs_safe
-from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay, raise_descriptor_limit
+from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay
 from mailflow.smtpd.statuscodes import AIOSMTPD_REPLIES, SMTPStatus
 from mailflow.smtpd.tables import ListedOnce
 
@@ -217,7 +218,7 @@ async def start(cfg: Config, announce: Callable[[str], None] = print, *,
     """Open every ``smtp.ini`` listener and announce ``listening on HOST:PORT`` for each."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrorThrottle())
-    raise_descriptor_limit(cfg.smtp.max_connections + 64)
+    raise_descriptor_limit(cfg.smtp.max_connections + 64, f"max_connections = {cfg.smtp.max_connections}")
     context = tls_context(cfg)
     connections = Connections(cfg.smtp.max_connections, cfg.smtp.max_connections_per_client)
     servers: list[asyncio.Server] = []

@@ -287,3 +287,13 @@ def test_queue_show_and_list_never_send_terminal_escapes(make_instance):
         assert done.returncode == 0, done.stderr
         assert b"\x1b" not in done.stdout and b"\x07" not in done.stdout
     assert b"Subject: \\x1b[2J\\x1b]0;owned\\x07 hello" in shown.stdout
+
+
+def test_a_worker_has_a_thread_for_each_delivery_concurrency_max_allows(make_instance):
+    """A transmit holds a thread for its batch: 16 threads meant 16 slow receivers at most."""
+    inst: Instance = make_instance()
+    inst.write_config("outbound.ini", "concurrency_max = 30\n")
+    sized = inst.start_worker("sized", concurrency=None)
+    assert "concurrency: 38 (thread)" in sized.output()  # 30, and 8 for the other steps
+    told = inst.start_worker("told", concurrency=5)
+    assert "concurrency: 5 (thread)" in told.output()  # --concurrency still decides
