@@ -1,6 +1,6 @@
 """A cheap SMTP sink, for machines without Postfix's ``smtp-sink`` and for latency runs.
 
-    python -m bench.ownsink HOST PORT [DELAY]
+    python -m bench.ownsink HOST[,HOST...] PORT [DELAY]
 
 It accepts every command and throws the mail away.  It speaks just enough ESMTP
 for mailflow's client (EHLO with PIPELINING, MAIL, RCPT, DATA, RSET, NOOP,
@@ -17,6 +17,7 @@ but the banner, as a distant or busy receiver does.
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 import time
 
@@ -74,12 +75,16 @@ async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 
 async def main(host: str, port: int) -> None:
-    server = await asyncio.start_server(session, host, port, backlog=256, limit=1 << 20)
+    hosts = host.split(",")  # several addresses: one destination each, as a relay sees them
+    server = await asyncio.start_server(session, hosts if len(hosts) > 1 else host, port, backlog=1024,
+                                        limit=1 << 20)
     emit(f"L {time.time():.6f}")
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a listener per address, and sessions
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
     DELAY = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     asyncio.run(main(sys.argv[1], int(sys.argv[2])))

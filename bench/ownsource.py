@@ -42,13 +42,21 @@ async def expect(reader: asyncio.StreamReader, code: bytes) -> None:
         raise RuntimeError(line.decode(errors="replace").strip())
 
 
+DOMAINS = 0
+
+
+def recipient(n: int) -> str:
+    """``r<n>@sink.test``, or with ``--domains N`` ``r<n>@d<n % N>.sink.test``."""
+    return f"r{n}@d{n % DOMAINS}.sink.test" if DOMAINS else f"r{n}@sink.test"
+
+
 async def send_one(host: str, port: int, n: int, body: bytes) -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             await expect(reader, b"220")
             for command, code in ((b"EHLO source.test", b"250"), (b"MAIL FROM:<bench@sender.test>", b"250"),
-                                  (f"RCPT TO:<r{n}@sink.test>".encode(), b"250"), (b"DATA", b"354")):
+                                  (f"RCPT TO:<{recipient(n)}>".encode(), b"250"), (b"DATA", b"354")):
                 writer.write(command + b"\r\n")
                 await expect(reader, code)
             writer.write(body + b"\r\n.\r\n")
@@ -92,7 +100,10 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rate", type=float)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--domains", type=int, default=0, help="spread recipients over N domains")
     args = parser.parse_args()
+    global DOMAINS
+    DOMAINS = args.domains
     body = payload(args.size)
     emit(f"F {time.time():.6f}")
     if args.rate:

@@ -12,7 +12,11 @@ Workloads:
 * *slow*: 300 x 4 KiB to one destination whose sink waits 1 s before each DATA
   reply (``smtp-sink -w 1``), both relays allowed 100 parallel deliveries to it
   (Postfix: destination concurrency and process limit 100; mailflow:
-  ``concurrency_max`` and ``pool_concurrency_max`` 100).
+  ``concurrency_max`` and ``pool_concurrency_max`` 100);
+* *200 domains*: 10,000 x 4 KiB to 200 recipient domains, each its own address
+  (127.0.1.n), whose receiver holds every reply 100 ms (``bench.ownsink``, injected by
+  ``bench.ownsource``); 100 connections in all and 10 per destination on both sides.
+  The bound those limits set: 100 connections / (4 replies x 0.1 s) = 250 msgs/s.
 """
 
 from __future__ import annotations
@@ -26,19 +30,26 @@ from harness.dnsserver import free_port
 
 KIB = 1024
 SLOW_LIMITS = "concurrency_max = 100\npool_concurrency_max = 100\n"
+#: 200 recipient domains, each its own address, every reply held 100 ms; both relays
+#: at 100 connections in all and 10 per destination.
+DOMAINS, REPLY_DELAY, TOTAL, PER_DOMAIN = 200, 0.1, 100, 10
+SPREAD_LIMITS = f"concurrency_max = {TOTAL}\npool_concurrency_max = {PER_DOMAIN}\n"
 
 
 def postfix_throughput(*, messages: int, size: int, sessions: int = 20, concurrency: int = 20,
-                       processes: int = 100, sink_wait: float = 0.0) -> dict[str, Any]:
-    """The relay scenario with Postfix as the relay."""
+                       processes: int = 100, sink_wait: float = 0.0, sink_delay: float = 0.0,
+                       domains: int = 0) -> dict[str, Any]:
+    """The relay scenario with Postfix as the relay (each domain its own nexthop with ``domains``)."""
     sink_port, port = free_port("127.0.0.2"), free_port()
-    sink = tools.Sink("127.0.0.2", sink_port, postfix=True, wait=sink_wait)
+    sink = tools.Sink(relay.sink_hosts(domains), sink_port, postfix=not domains, wait=sink_wait,
+                      delay=sink_delay)
+    routes = {f"d{n}.sink.test": f"[{relay.domain_address(n)}]:{sink_port}" for n in range(domains)}
     try:
         with postfix.relay(port, f"[127.0.0.2]:{sink_port}", concurrency=concurrency,
-                           processes=processes, workdir=relay.workdir()) as master:
+                           processes=processes, routes=routes, workdir=relay.workdir()) as master:
             time.sleep(0.5)
             figures = relay.measure([master], port, sink, messages=messages, size=size,
-                                    sessions=sessions, postfix=True)
+                                    sessions=sessions, postfix=not domains, domains=domains)
         time.sleep(0.5)  # stopped: smtp-sink has counted its sessions
         figures["sessions_per_1000"] = sink.sessions * 1000 / max(figures["delivered"], 1)
         return {"scenario": "relay", "relay": "postfix", "broker": "-", **figures}
@@ -55,7 +66,17 @@ def workloads(quick: bool) -> list[dict[str, Any]]:
         {"name": "slow 1s DATA", "messages": 300 // (3 if quick else 1), "size": 4 * KIB,
          "mailflow": {"outbound": SLOW_LIMITS, "sink_wait": 1.0},
          "postfix": {"concurrency": 100, "processes": 100, "sink_wait": 1.0}},
+        {"name": "200 domains", "messages": 10_000 // scale, "size": 4 * KIB,
+         "mailflow": {"outbound": SPREAD_LIMITS, "sink_delay": REPLY_DELAY, "domains": DOMAINS},
+         "postfix": {"concurrency": PER_DOMAIN, "processes": TOTAL, "sink_delay": REPLY_DELAY,
+                     "domains": DOMAINS}},
     ]
+
+
+def bound(total: int = TOTAL, delay: float = REPLY_DELAY) -> float:
+    """What ``total`` connections can deliver when a message costs four delayed replies
+    (MAIL, RCPT, DATA, the dot): connections / time per message."""
+    return total / (4 * delay)
 
 
 def run(rounds: int, quick: bool, broker: str = "redis") -> list[dict[str, Any]]:

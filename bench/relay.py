@@ -32,8 +32,22 @@ from mailflow.codes import OK
 
 @hooks.get_mx.connect
 def sink(hmail, domain, **kwargs):
+    if {domains} and domain.endswith(".sink.test") and domain[:1] == "d":  # d<n>.sink.test
+        n = int(domain[1:].split('.')[0])
+        return OK, f"127.0.{{1 + n // 250}}.{{1 + n % 250}}:{port}"
     return OK, '127.0.0.2:{port}'
 """
+
+
+def domain_address(n: int) -> str:
+    """The address of recipient domain d<n>.sink.test: 127.0.1.1, 127.0.1.2, ... 127.0.2.1 ..."""
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
+
+
+def sink_hosts(domains: int) -> str:
+    """Where the sink listens: 127.0.0.2, or one address per recipient domain, so that each
+    domain is a destination of its own for either relay."""
+    return ",".join(domain_address(n) for n in range(domains)) if domains else "127.0.0.2"
 
 
 #: Where the benchmark's installations live; see workdir().
@@ -57,9 +71,12 @@ class Relay:
 
 @contextmanager
 def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cpus",
-          outbound: str = "", sink_wait: float = 0.0) -> Iterator[Relay]:
+          outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
+          domains: int = 0) -> Iterator[Relay]:
     """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink
-    (which holds each DATA reply ``sink_wait`` seconds); ``outbound`` adds to outbound.ini."""
+    (smtp-sink holding each DATA reply ``sink_wait`` seconds, or ours holding every reply
+    ``sink_delay``; one address per domain with ``domains``); ``outbound`` adds to
+    outbound.ini."""
     url = brokers.url_for(broker)
     sink_port = free_port("127.0.0.2")
     smtp_port = free_port()
@@ -69,8 +86,9 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
             "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/queue\n{outbound}",
             "plugins": "bench_route\n",
         })
-        inst.write_config("bench_route.py", ROUTE_PLUGIN.format(port=sink_port))
-        sink = tools.Sink("127.0.0.2", sink_port, postfix=postfix_sink, wait=sink_wait)
+        inst.write_config("bench_route.py", ROUTE_PLUGIN.format(port=sink_port, domains=domains))
+        sink = tools.Sink(sink_hosts(domains), sink_port, postfix=postfix_sink and not domains,
+                          wait=sink_wait, delay=sink_delay)
         try:
             inst.start_smtpd()
             for n in range(workers):
@@ -83,14 +101,15 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
 
 def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
                postfix: bool | None = None, workers: int = 1, nodes: str = "cpus",
-               outbound: str = "", sink_wait: float = 0.0) -> dict[str, object]:
+               outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
+               domains: int = 0) -> dict[str, object]:
     """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop."""
     postfix = tools.have_postfix_tools() if postfix is None else postfix
     with relay(broker, postfix_sink=postfix, workers=workers, nodes=nodes, outbound=outbound,
-               sink_wait=sink_wait) as r:
+               sink_wait=sink_wait, sink_delay=sink_delay, domains=domains) as r:
         time.sleep(0.5)
         figures = measure(r.pids(), r.smtp_port, r.sink, messages=messages, size=size,
-                          sessions=sessions, postfix=postfix)
+                          sessions=sessions, postfix=postfix and not domains, domains=domains)
         # smtp-sink counts a session when it ends: stopping mailflow closes its pooled ones
         r.instance.stop_all()
         time.sleep(0.5)
@@ -100,12 +119,13 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
 
 
 def measure(pids: list[int], port: int, sink: tools.Sink, *, messages: int, size: int,
-            sessions: int, postfix: bool) -> dict[str, Any]:
+            sessions: int, postfix: bool, domains: int = 0) -> dict[str, Any]:
     """Inject N messages into the relay listening on ``port`` and wait for them at the sink:
     rates, and the relay's peak PSS and CPU per message (its process trees ``pids``)."""
     cpu_before = memory.cpu_seconds(pids)
     with memory.PeakSampler(pids) as pss:
-        run = tools.inject(port, messages=messages, size=size, sessions=sessions, postfix=postfix)
+        run = tools.inject(port, messages=messages, size=size, sessions=sessions, postfix=postfix,
+                           domains=domains)
         run.wait(timeout=max(300, messages / 2))
         delivered = sink.wait_for(messages, timeout=max(120, messages / 5))
     cpu = memory.cpu_seconds(pids) - cpu_before

@@ -44,7 +44,7 @@ class Sink:
             argv = [sys.executable, "-m", "bench.ownsink", host, str(port), str(delay or wait)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
         threading.Thread(target=self._read, daemon=True).start()
-        _wait_listening(host, port)
+        _wait_listening(host.split(",")[-1], port)
 
     @property
     def name(self) -> str:
@@ -125,14 +125,16 @@ class Injection:
             self.errors.append(f"injector exit {self.proc.returncode}")
 
 
-def inject(port: int, *, messages: int, size: int, sessions: int, postfix: bool) -> Injection:
-    """Closed loop: ``sessions`` parallel clients, one connection per message."""
+def inject(port: int, *, messages: int, size: int, sessions: int, postfix: bool,
+           domains: int = 0) -> Injection:
+    """Closed loop: ``sessions`` parallel clients, one connection per message (to ``domains``
+    recipient domains, d0.sink.test...: our injector only)."""
     if postfix:
         argv = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
                 "-M", "source.test", "-f", "bench@sender.test", "-t", "r@sink.test", f"127.0.0.1:{port}"]
     else:
         argv = [sys.executable, "-m", "bench.ownsource", "127.0.0.1", str(port), "--size", str(size),
-                "--messages", str(messages), "--sessions", str(sessions)]
+                "--messages", str(messages), "--sessions", str(sessions), "--domains", str(domains)]
     return Injection(argv, postfix=postfix)
 
 
