@@ -20,7 +20,8 @@ _FOLD = re.compile(r"[\r\n\t]+")
 
 def normalise_eol(data: bytes) -> bytes:
     """Every line ending (CRLF, bare LF, bare CR) becomes CRLF; a final CRLF is ensured."""
-    if b"\r" in data or b"\n" in data:
+    crlf = data.count(b"\r\n")  # mail from SMTP is CRLF already: three C scans, no copy
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
         data = _EOL.sub(b"\r\n", data)
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
@@ -29,6 +30,8 @@ def normalise_eol(data: bytes) -> bytes:
 
 def dot_stuff(data: bytes) -> bytes:
     """RFC 5321 §4.5.2 transparency: a line starting with '.' gets one more."""
+    if not data.startswith(b".") and b"\n." not in data:  # most messages: nothing to stuff
+        return data
     return _LEADING_DOT.sub(b"..", data)
 
 

@@ -1,3 +1,7 @@
+import re
+
+import pytest
+
 from mailflow import message as m
 
 
@@ -39,3 +43,19 @@ def test_present_headers_are_kept_but_empty_message_id_replaced():
 
 def test_single_line_folds_crlf():
     assert m.single_line("a\r\nInjected: yes\tb") == "a Injected: yes b"
+
+
+@pytest.mark.parametrize("data", [
+    b"", b".", b"a", b"a\r\n", b"\n\r", b"a\n\rb", b"\r\r\n\n", b"x\r\n.\ny", b"x\r.y\r\n",
+    b".a\r\n", b"a\r\n..b\r\n", b"a\rb\nc\r\nd", b"\r\n" * 3 + b".",
+])
+def test_the_fast_paths_give_what_the_regular_expressions_give(data):
+    """CRLF-only input skips the line-ending rewrite, dot-free input the stuffing (issue 14)."""
+    assert m.normalise_eol(data) == _normalised(data)
+    assert m.dot_stuff(data) == re.sub(rb"(?m)^\.", b"..", data)
+    assert m.dot_stuff(m.normalise_eol(data)) == re.sub(rb"(?m)^\.", b"..", _normalised(data))
+
+
+def _normalised(data: bytes) -> bytes:
+    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    return data + b"\r\n" if data and not data.endswith(b"\r\n") else data
