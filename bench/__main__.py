@@ -23,7 +23,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import backlog, concurrency, peers, postfix, relay, scaleout, tools  # noqa: E402
+from bench import backlog, concurrency, haraka, peers, postfix, relay, scaleout, tools  # noqa: E402
 from harness.brokers import BROKERS  # noqa: E402
 
 Result = dict[str, Any]
@@ -146,17 +146,21 @@ def run_peers(rounds: int, quick: bool) -> dict[str, dict[str, Any]]:
     if why:
         print(f"  not run: {why}", flush=True)
         return {}
-    rows = attempt("peers", lambda: {"rows": peers.run(rounds, quick)})
+    no_haraka = haraka.available()
+    print(f"Haraka {haraka.VERSION}: "
+          + (f"not run: {no_haraka}" if no_haraka else "runs third in each round"), flush=True)
+    rows = attempt("peers", lambda: {"rows": peers.run(rounds, quick, with_haraka=not no_haraka)})
     if not rows:
         return {}
     found = peers.summary(rows["rows"])
-    print(f"\n{'workload':<13} {'mailflow/s':>10} {'postfix/s':>10} {'ratio (median)':>15} {'spread':>7} "
-          f"{'CPU ms/msg mf':>14} {'pf':>6} {'peak PSS MB mf':>15} {'pf':>5}")
+    print(f"\n{'workload':<13} {'msgs/s mf':>9} {'pf':>5} {'hk':>5} {'mf/pf median':>13} {'spread':>7} "
+          f"{'CPU ms/msg mf':>14} {'pf':>5} {'hk':>5} {'peak PSS MB mf':>15} {'pf':>4} {'hk':>4}")
     for name, f in found.items():
-        print(f"{name:<13} {fmt(f['mailflow_per_s']):>10} {fmt(f['postfix_per_s']):>10} "
-              f"{fmt(f['median'], '.2f'):>15} {fmt(f['spread'], '.2f'):>7} "
-              f"{fmt(f['mailflow_cpu_ms'], '.2f'):>14} {fmt(f['postfix_cpu_ms'], '.2f'):>6} "
-              f"{fmt(f['mailflow_pss_mb']):>15} {fmt(f['postfix_pss_mb']):>5}", flush=True)
+        print(f"{name:<13} {fmt(f['mailflow_per_s']):>9} {fmt(f['postfix_per_s']):>5} "
+              f"{fmt(f['haraka_per_s']):>5} {fmt(f['median'], '.2f'):>13} {fmt(f['spread'], '.2f'):>7} "
+              f"{fmt(f['mailflow_cpu_ms'], '.2f'):>14} {fmt(f['postfix_cpu_ms'], '.2f'):>5} "
+              f"{fmt(f['haraka_cpu_ms'], '.2f'):>5} {fmt(f['mailflow_pss_mb']):>15} "
+              f"{fmt(f['postfix_pss_mb']):>4} {fmt(f['haraka_pss_mb']):>4}", flush=True)
     return found
 
 

@@ -1,9 +1,10 @@
-"""Scenario 7: mailflow beside Postfix, in the same run, round by round (issue 14).
+"""Scenario 7: mailflow beside Postfix (and Haraka), in the same run, round by round (issue 14).
 
-A figure from another day compares nothing: each round runs mailflow (Redis) and
-then a private Postfix instance (bench/postfix.py) on the same workload, with the
-same injector and sink, and the result is mailflow's figure as a ratio to
-Postfix's, per round; the median and the spread of the ratios are printed.
+A figure from another day compares nothing: each round runs mailflow (Redis), then a
+private Postfix instance (bench/postfix.py), then Haraka when ``node`` is present
+(bench/haraka.py), on the same workload, with the same injector and sink, and the
+result is mailflow's figure as a ratio to Postfix's, per round; the median and the
+spread of the ratios are printed.
 
 Workloads:
 
@@ -21,11 +22,13 @@ Workloads:
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from functools import partial
 from typing import Any
 
-from bench import postfix, relay, tools
+from bench import haraka, postfix, relay, tools
 from harness.dnsserver import free_port
 
 KIB = 1024
@@ -33,6 +36,8 @@ SLOW_LIMITS = "concurrency_max = 100\npool_concurrency_max = 100\n"
 #: 200 recipient domains, each its own address, every reply held 100 ms; both relays
 #: at 100 connections in all and 10 per destination.
 DOMAINS, REPLY_DELAY, TOTAL, PER_DOMAIN = 200, 0.1, 100, 10
+#: Haraka runs nodes = cpus and its outbound limits hold per node: each gets its share.
+HARAKA_NODES = os.cpu_count() or 1
 SPREAD_LIMITS = f"concurrency_max = {TOTAL}\npool_concurrency_max = {PER_DOMAIN}\n"
 
 
@@ -57,19 +62,44 @@ def postfix_throughput(*, messages: int, size: int, sessions: int = 20, concurre
         sink.stop()
 
 
+def haraka_throughput(*, messages: int, size: int, sessions: int = 20, concurrency: int = 100,
+                      per_ip: int = 10, sink_wait: float = 0.0, sink_delay: float = 0.0,
+                      domains: int = 0) -> dict[str, Any]:
+    """The relay scenario with Haraka as the relay (nodes = cpus)."""
+    sink_port, port = free_port("127.0.0.2"), free_port()
+    sink = tools.Sink(relay.sink_hosts(domains), sink_port, postfix=not domains, wait=sink_wait,
+                      delay=sink_delay)
+    try:
+        with haraka.relay(port, sink_port, concurrency=concurrency, per_ip=per_ip,
+                          workdir=relay.workdir()) as master:
+            time.sleep(0.5)
+            figures = relay.measure([master], port, sink, messages=messages, size=size,
+                                    sessions=sessions, postfix=not domains, domains=domains)
+        time.sleep(0.5)
+        figures["sessions_per_1000"] = sink.sessions * 1000 / max(figures["delivered"], 1)
+        return {"scenario": "relay", "relay": "haraka", "broker": "-", **figures}
+    finally:
+        sink.stop()
+
+
 def workloads(quick: bool) -> list[dict[str, Any]]:
     """name, messages, size, and what each relay is given."""
     scale = 10 if quick else 1
     return [
-        {"name": "4KiB", "messages": 5000 // scale, "size": 4 * KIB, "mailflow": {}, "postfix": {}},
-        {"name": "64KiB", "messages": 1000 // scale, "size": 64 * KIB, "mailflow": {}, "postfix": {}},
+        {"name": "4KiB", "messages": 5000 // scale, "size": 4 * KIB, "mailflow": {}, "postfix": {},
+         "haraka": {}},
+        {"name": "64KiB", "messages": 1000 // scale, "size": 64 * KIB, "mailflow": {}, "postfix": {},
+         "haraka": {}},
         {"name": "slow 1s DATA", "messages": 300 // (3 if quick else 1), "size": 4 * KIB,
          "mailflow": {"outbound": SLOW_LIMITS, "sink_wait": 1.0},
-         "postfix": {"concurrency": 100, "processes": 100, "sink_wait": 1.0}},
+         "postfix": {"concurrency": 100, "processes": 100, "sink_wait": 1.0},
+         "haraka": {"concurrency": 100 // HARAKA_NODES, "per_ip": 100 // HARAKA_NODES, "sink_wait": 1.0}},
         {"name": "200 domains", "messages": 10_000 // scale, "size": 4 * KIB,
          "mailflow": {"outbound": SPREAD_LIMITS, "sink_delay": REPLY_DELAY, "domains": DOMAINS},
          "postfix": {"concurrency": PER_DOMAIN, "processes": TOTAL, "sink_delay": REPLY_DELAY,
-                     "domains": DOMAINS}},
+                     "domains": DOMAINS},
+         "haraka": {"concurrency": TOTAL // HARAKA_NODES, "per_ip": max(1, PER_DOMAIN // HARAKA_NODES),
+                    "sink_delay": REPLY_DELAY, "domains": DOMAINS}},
     ]
 
 
@@ -79,29 +109,42 @@ def bound(total: int = TOTAL, delay: float = REPLY_DELAY) -> float:
     return total / (4 * delay)
 
 
-def run(rounds: int, quick: bool, broker: str = "redis") -> list[dict[str, Any]]:
-    """Every workload, ``rounds`` times, mailflow and Postfix interleaved; one row per run."""
+def run(rounds: int, quick: bool, with_haraka: bool, broker: str = "redis") -> list[dict[str, Any]]:
+    """Every workload, ``rounds`` times: mailflow, Postfix (and Haraka) interleaved; a row per run."""
     rows = []
     for n in range(rounds):
         for w in workloads(quick):
             common = {"messages": w["messages"], "size": w["size"]}
-            mine = relay.throughput(broker, postfix=True, **common, **w["mailflow"])
-            theirs = postfix_throughput(**common, **w["postfix"])
-            for r in (mine, theirs):
+            runs = [relay.throughput(broker, postfix=True, **common, **w["mailflow"]),
+                    postfix_throughput(**common, **w["postfix"])]
+            if with_haraka:
+                runs.append(_or_failed("haraka", partial(haraka_throughput, **common, **w["haraka"])))
+            for r in runs:
                 rows.append({**r, "workload": w["name"], "round": n + 1})
-            show(rows[-2:])
+            show(rows[-len(runs):])
     return rows
 
 
-def show(pair: list[dict[str, Any]]) -> None:
-    mine, theirs = pair
-    ratio = ratio_of(mine, theirs)
-    print(f"round {mine['round']} {mine['workload']:<13} mailflow {fmt(mine['e2e_per_s'])} msgs/s "
-          f"{fmt(mine['cpu_ms'], '.2f')} ms/msg {fmt(mine['pss_mb'])} MB | postfix "
-          f"{fmt(theirs['e2e_per_s'])} msgs/s {fmt(theirs['cpu_ms'], '.2f')} ms/msg "
-          f"{fmt(theirs['pss_mb'])} MB | ratio {fmt(ratio, '.2f')}"
-          + "".join(f"  ({r['relay']} delivered {r['delivered']}/{r['messages']}; {r['errors']})"
-                    for r in pair if r["delivered"] < r["messages"] or r["errors"]), flush=True)
+def _or_failed(name: str, fn: Any) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = fn()
+        return result
+    except Exception as exc:  # a peer that fails is reported, the run goes on
+        print(f"  {name}: failed: {type(exc).__name__}: {exc}", flush=True)
+        return {"relay": name, "e2e_per_s": None, "cpu_ms": None, "pss_mb": None, "delivered": 0,
+                "messages": 0, "errors": [str(exc)]}
+
+
+def show(runs: list[dict[str, Any]]) -> None:
+    mine, theirs, *others = runs
+    line = (f"round {mine['round']} {mine['workload']:<13} "
+            + " | ".join(f"{r['relay']} {fmt(r['e2e_per_s'])} msgs/s {fmt(r['cpu_ms'], '.2f')} ms/msg "
+                         f"{fmt(r['pss_mb'])} MB" for r in runs)
+            + f" | mailflow/postfix {fmt(ratio_of(mine, theirs), '.2f')}"
+            + "".join(f", mailflow/{r['relay']} {fmt(ratio_of(mine, r), '.2f')}" for r in others)
+            + "".join(f"  ({r['relay']} delivered {r['delivered']}/{r['messages']}; {r['errors']})"
+                      for r in runs if r["delivered"] < r["messages"] or r["errors"]))
+    print(line, flush=True)
 
 
 def ratio_of(mine: dict[str, Any], theirs: dict[str, Any]) -> float | None:
@@ -111,23 +154,24 @@ def ratio_of(mine: dict[str, Any], theirs: dict[str, Any]) -> float | None:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per workload: the ratios of each round, their median and spread, median CPU and PSS."""
+    """Per workload: the ratios to Postfix of each round, their median and spread, and each
+    relay's median rate, CPU per message and peak PSS."""
     out: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(r["workload"] for r in rows):
-        mine = [r for r in rows if r["workload"] == name and r["relay"] == "mailflow"]
-        theirs = [r for r in rows if r["workload"] == name and r["relay"] == "postfix"]
-        ratios = [x for x in (ratio_of(a, b) for a, b in zip(mine, theirs, strict=True)) if x is not None]
-        out[name] = {
+        by = {who: [r for r in rows if r["workload"] == name and r["relay"] == who]
+              for who in ("mailflow", "postfix", "haraka")}
+        ratios = [x for x in (ratio_of(a, b) for a, b in zip(by["mailflow"], by["postfix"], strict=True))
+                  if x is not None]
+        found: dict[str, Any] = {
             "ratios": ratios,
             "median": statistics.median(ratios) if ratios else None,
             "spread": (max(ratios) - min(ratios)) if ratios else None,
-            "mailflow_per_s": _median([r["e2e_per_s"] for r in mine]),
-            "postfix_per_s": _median([r["e2e_per_s"] for r in theirs]),
-            "mailflow_cpu_ms": _median([r["cpu_ms"] for r in mine]),
-            "postfix_cpu_ms": _median([r["cpu_ms"] for r in theirs]),
-            "mailflow_pss_mb": max((r["pss_mb"] for r in mine), default=None),
-            "postfix_pss_mb": max((r["pss_mb"] for r in theirs), default=None),
         }
+        for who, runs in by.items():
+            found[f"{who}_per_s"] = _median([r["e2e_per_s"] for r in runs])
+            found[f"{who}_cpu_ms"] = _median([r["cpu_ms"] for r in runs])
+            found[f"{who}_pss_mb"] = max((r["pss_mb"] for r in runs if r["pss_mb"] is not None), default=None)
+        out[name] = found
     return out
 
 
