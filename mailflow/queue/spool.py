@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from mailflow.queue import entry as qfile
+from mailflow.queue.dirsync import sync_dir
 from mailflow.queue.entry import EntryName, check_claim, check_name
 from mailflow.queue.identity import identity as queue_identity
 from mailflow.queue.todo import ToDo
@@ -102,7 +103,8 @@ class Spool:
         """Write every entry of one message durably into ``place``, or none of them.
 
         Each file is written under a temp name and fsync'd, then all are
-        renamed into place and the directory is fsync'd once.  On any error
+        renamed into place and the directory is fsync'd once (an fsync begun after
+        the renames, which concurrent writers share: dirsync.py).  On any error
         every file already written is removed and the error re-raised: the
         caller answers 451 and nothing is half-queued.  This is the only way a
         queue file is written.
@@ -120,7 +122,7 @@ class Spool:
                 final = directory / str(entry.name)
                 os.rename(tmp, final)
                 done.append(final)
-            qfile.fsync_dir(directory)
+            sync_dir(directory)  # shared with concurrent writers (dirsync.py)
         except BaseException:
             for path in tmps + done:
                 with contextlib.suppress(OSError):
