@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench import memory, tools
-from bench.relay import ROUTE_PLUGIN, workdir
+from bench.relay import route_plugin, workdir
 from harness import brokers
 from harness.dnsserver import free_port
 from harness.instance import Instance
@@ -69,7 +69,7 @@ def run(broker: str, *, entries: int = 100_000, settle: float = 10.0, drain_wind
             "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/queue\n",
             "plugins": "bench_route\n",
         })
-        inst.write_config("bench_route.py", ROUTE_PLUGIN.format(port=sink_port))
+        inst.write_config("bench_route.py", route_plugin(sink_port))
         pending = inst.queue_dir / "pending"
         t = time.monotonic()
         write_backlog(pending, entries, next_attempt_ms=int(time.time() * 1000) + DAY_MS)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -41,45 +43,42 @@ HARAKA_NODES = os.cpu_count() or 1
 SPREAD_LIMITS = f"concurrency_max = {TOTAL}\npool_concurrency_max = {PER_DOMAIN}\n"
 
 
-def postfix_throughput(*, messages: int, size: int, sessions: int = 20, concurrency: int = 20,
-                       processes: int = 100, sink_wait: float = 0.0, sink_delay: float = 0.0,
-                       domains: int = 0) -> dict[str, Any]:
-    """The relay scenario with Postfix as the relay (each domain its own nexthop with ``domains``)."""
+def peer_throughput(name: str, start: Callable[[int, int], AbstractContextManager[int]], *,
+                    messages: int, size: int, sessions: int = 20, sink_wait: float = 0.0,
+                    sink_delay: float = 0.0, domains: int = 0) -> dict[str, Any]:
+    """The relay scenario with a peer as the relay: ``start(port, sink_port)`` runs it
+    and yields the pid its processes descend from."""
     sink_port, port = free_port("127.0.0.2"), free_port()
     sink = tools.Sink(relay.sink_hosts(domains), sink_port, postfix=not domains, wait=sink_wait,
                       delay=sink_delay)
-    routes = {f"d{n}.sink.test": f"[{relay.domain_address(n)}]:{sink_port}" for n in range(domains)}
     try:
-        with postfix.relay(port, f"[127.0.0.2]:{sink_port}", concurrency=concurrency,
-                           processes=processes, routes=routes, workdir=relay.workdir()) as master:
+        with start(port, sink_port) as master:
             time.sleep(0.5)
             figures = relay.measure([master], port, sink, messages=messages, size=size,
                                     sessions=sessions, postfix=not domains, domains=domains)
         time.sleep(0.5)  # stopped: smtp-sink has counted its sessions
         figures["sessions_per_1000"] = sink.sessions * 1000 / max(figures["delivered"], 1)
-        return {"scenario": "relay", "relay": "postfix", "broker": "-", **figures}
+        return {"scenario": "relay", "relay": name, "broker": "-", **figures}
     finally:
         sink.stop()
 
 
-def haraka_throughput(*, messages: int, size: int, sessions: int = 20, concurrency: int = 100,
-                      per_ip: int = 10, sink_wait: float = 0.0, sink_delay: float = 0.0,
-                      domains: int = 0) -> dict[str, Any]:
-    """The relay scenario with Haraka as the relay (nodes = cpus)."""
-    sink_port, port = free_port("127.0.0.2"), free_port()
-    sink = tools.Sink(relay.sink_hosts(domains), sink_port, postfix=not domains, wait=sink_wait,
-                      delay=sink_delay)
-    try:
-        with haraka.relay(port, sink_port, concurrency=concurrency, per_ip=per_ip,
-                          workdir=relay.workdir()) as master:
-            time.sleep(0.5)
-            figures = relay.measure([master], port, sink, messages=messages, size=size,
-                                    sessions=sessions, postfix=not domains, domains=domains)
-        time.sleep(0.5)
-        figures["sessions_per_1000"] = sink.sessions * 1000 / max(figures["delivered"], 1)
-        return {"scenario": "relay", "relay": "haraka", "broker": "-", **figures}
-    finally:
-        sink.stop()
+def postfix_throughput(*, concurrency: int = 20, processes: int = 100, domains: int = 0,
+                       **scenario: Any) -> dict[str, Any]:
+    """Postfix as the relay; each domain its own nexthop (``transport_maps``) with ``domains``."""
+    def start(port: int, sink_port: int) -> AbstractContextManager[int]:
+        routes = {f"d{n}.sink.test": f"[{relay.domain_address(n)}]:{sink_port}" for n in range(domains)}
+        return postfix.relay(port, f"[127.0.0.2]:{sink_port}", concurrency=concurrency,
+                             processes=processes, routes=routes, workdir=relay.workdir())
+    return peer_throughput("postfix", start, domains=domains, **scenario)
+
+
+def haraka_throughput(*, concurrency: int = 100, per_ip: int = 10, **scenario: Any) -> dict[str, Any]:
+    """Haraka as the relay (nodes = cpus; its get_mx plugin routes the domains)."""
+    def start(port: int, sink_port: int) -> AbstractContextManager[int]:
+        return haraka.relay(port, sink_port, concurrency=concurrency, per_ip=per_ip,
+                            workdir=relay.workdir())
+    return peer_throughput("haraka", start, **scenario)
 
 
 def workloads(quick: bool) -> list[dict[str, Any]]:

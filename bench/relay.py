@@ -39,6 +39,11 @@ def sink(hmail, domain, **kwargs):
 """
 
 
+def route_plugin(port: int, domains: int = 0) -> str:
+    """The ``get_mx`` receiver sending all mail to the sink (one address per domain with ``domains``)."""
+    return ROUTE_PLUGIN.format(port=port, domains=domains)
+
+
 def domain_address(n: int) -> str:
     """The address of recipient domain d<n>.sink.test: 127.0.1.1, 127.0.1.2, ... 127.0.2.1 ..."""
     return f"127.0.{1 + n // 250}.{1 + n % 250}"
@@ -86,7 +91,7 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
             "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/queue\n{outbound}",
             "plugins": "bench_route\n",
         })
-        inst.write_config("bench_route.py", ROUTE_PLUGIN.format(port=sink_port, domains=domains))
+        inst.write_config("bench_route.py", route_plugin(sink_port, domains))
         sink = tools.Sink(sink_hosts(domains), sink_port, postfix=postfix_sink and not domains,
                           wait=sink_wait, delay=sink_delay)
         try:

@@ -35,7 +35,7 @@ from pathlib import Path
 import redis
 
 from bench import tools
-from bench.relay import ROUTE_PLUGIN, workdir
+from bench.relay import route_plugin, workdir
 from harness.dnsserver import free_port
 from harness.instance import Instance, Proc
 
@@ -132,7 +132,7 @@ class Cluster:
             "smtp.ini": f"listen = 127.0.0.1:{self.smtp_port}\nnodes = 1\n",
             "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/owner/queue\n",
             "plugins": "bench_route\n", "me": "owner.bench\n"})
-        self.owner.write_config("bench_route.py", ROUTE_PLUGIN.format(port=self.sink.port))
+        self.owner.write_config("bench_route.py", route_plugin(self.sink.port))
         self.owner.start_smtpd()
         self.own_worker = self.owner.start_worker("own", concurrency=None, pool=None,
                                                   extra=["-X", "celery"])
