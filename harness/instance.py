@@ -158,9 +158,15 @@ class Instance:
 
     def all_files(self) -> list[Path]:
         """Every file where entries live (pending/, active/, failed/): entries, temp files and
-        anything half-written -- not the queue's own bookkeeping (identity, lock, counters)."""
-        return sorted(p for d in ("pending", "active", "failed") if (self.queue_dir / d).exists()
-                      for p in (self.queue_dir / d).rglob("*") if p.is_file())
+        anything half-written -- not the queue's own bookkeeping (identity, lock, counters).
+
+        Read while workers run: a claim directory may go between being listed and being
+        read (os.walk passes over it; rglob raised FileNotFoundError)."""
+        found = []
+        for place in ("pending", "active", "failed"):
+            for directory, _dirs, files in os.walk(self.queue_dir / place):
+                found += [Path(directory) / name for name in files]
+        return sorted(found)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):

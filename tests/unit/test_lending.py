@@ -10,11 +10,13 @@ import time
 
 import pytest
 
-from mailflow import lease
+from harness.mxserver import MXServer
+from mailflow import config, lease
 from mailflow.config.settings import Outbound
 from mailflow.errors import Reply
 from mailflow.payloads import Batch, Outcome, Parcel, Report, Route
 from mailflow.pipeline.parcels import RemoteLedger
+from mailflow.pipeline.transmit import Courier
 from mailflow.queue import counters, lending, reports
 from mailflow.queue.entry import BadName
 from mailflow.queue.spool import Spool, now_ms
@@ -245,3 +247,32 @@ def test_the_letters_cross_the_broker_once_and_wait_on_the_worker_for_transmit(t
     assert again.letters == () and again.batch == p.batch
     held = holdings.take(again, hop=False)  # transmit, on the same worker
     assert held is not None and held.letters == p.letters
+
+
+def test_a_worker_host_shares_a_slow_receivers_parcel_over_lanes_and_reports_each_once(tmp_path):
+    """Lanes behind a RemoteLedger (issue 14): the ledger is called one lane at a time, so
+    every letter is reported once, delivered, and none handed back."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "outbound.ini").write_text(
+        f"queue_dir = {tmp_path / 'queue'}\nenable_tls = false\npool_concurrency_max = 4\n")
+    cfg = config.Config(tmp_path / "config")
+    with MXServer("127.0.0.2", 0, delay={"DOT": 0.3}) as mx:
+        spool = Spool(tmp_path / "queue").ensure()
+        for n in range(12):
+            spool.write([make_entry(f"S.{n}")], b"Subject: s\r\n\r\nm\r\n")
+        claim, names = spool.claim(sorted(spool.names()))
+        route = Route(Batch(spool.identity, claim, tuple(names), "example.com"),
+                      mx=(MX("127.0.0.2", port=mx.port, from_dns=False),))
+        [p], _ = lending.pack(spool, route)
+        sent = Reports()
+        ledger = RemoteLedger(p, Holdings().take(p, hop=False), sent, "w@b")
+        courier = Courier(cfg, p.route, None, ledger)
+        try:
+            courier.run()
+        finally:
+            courier.let_go()
+        ledger.send(final=True)
+        assert len(mx.deliveries) == 12 and 2 <= mx.high_water <= 4
+    reported = [name for report in sent.sent for name in report.results]
+    assert sorted(reported) == sorted(x.name for x in p.letters)  # each once
+    assert all(report.back == () for report in sent.sent)

@@ -93,3 +93,22 @@ def test_plaintext_session_is_reused_only_where_plaintext_may_go(server, mx_tls_
     with pool._cond:
         taken = pool._take_idle_locked(target(server), "test.example", None, need)
     assert (taken is plain) is reusable
+
+
+def test_a_lane_uses_spare_room_only_where_a_batch_may_close_an_idle_session(server):
+    """At concurrency_max, a new batch closes another destination's idle session to get one;
+    a slow receiver's extra lane (evict=False) does not: it would trade one for another."""
+    settings = Outbound(concurrency_max=1, pool_concurrency_max=1, pool_timeout=50)
+    with MXServer("127.0.0.3", 0) as other:
+        elsewhere = Target(mx=MX(exchange="127.0.0.3", from_dns=False), ip="127.0.0.3", port=other.port)
+        pool = Pool()
+        idle = acquire(pool, server, settings)
+        pool.release(idle, settings)  # idle, holding the one slot
+        with pytest.raises(NoSlot):
+            pool.acquire([elsewhere], helo="test.example", bind=None, settings=settings, tls=NO_TLS,
+                         domain="other.test", evict=False)
+        assert pool.open_connections == 1
+        got = pool.acquire([elsewhere], helo="test.example", bind=None, settings=settings, tls=NO_TLS,
+                           domain="other.test")
+        assert got.target.ip == "127.0.0.3" and pool.open_connections == 1  # the idle one went
+        pool.discard(got)
