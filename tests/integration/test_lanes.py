@@ -67,6 +67,8 @@ def test_lanes_stop_at_the_limit_and_a_deferral_still_comes_back_by_countdown(en
     server.wait_for(15, timeout=60)  # the first five replies were 451s
     env.wait(lambda: len([p for p in waiting(env, "twolanes.test") if "_1_" in p.name]) == 5, 30)
     assert len(server.deliveries) == 15 and server.high_water == 2
+    # the task arms once its lanes are done: one countdown for the five, whichever lane met them
+    env.wait(lambda: env.logged("Deferred('5 deferred for 600 s: 451 4.3.0 later"), 30)
     armed = [p for p in (env.inst.queue_dir / "armed").iterdir() if not p.name.startswith(".")]
     assert len([a for a in armed if "twolanes.test" in a.read_text()]) == 1
     assert env.inst.mailflow("queue", "delete", "--domain", "twolanes.test").returncode == 0
