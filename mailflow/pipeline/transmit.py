@@ -132,11 +132,13 @@ class LockedLedger:
         self.domain = ledger.domain
 
     def __getattr__(self, name: str) -> Any:
+        """The ledger's method under the lock, made once per name (then found directly)."""
         method = getattr(self._ledger, name)
 
         def locked(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
                 return method(*args, **kwargs)
+        setattr(self, name, locked)
         return locked
 
 
@@ -250,8 +252,8 @@ class Courier:
             self._lanes.append(thread)
             thread.start()
         if wanted:
-            log.info("slow receiver for %s: %d more messages shared over up to %d more connections",
-                     self.route.domain, wanted, wanted)
+            log.info("slow receiver for %s: %d more messages shared over up to as many more "
+                     "connections", self.route.domain, wanted)
 
     def _extra_lane(self) -> None:
         with tally.tallied() as counts, countdowns.collecting() as deferrals:
