@@ -21,6 +21,7 @@ from mailflow.codes import DENYSOFT, OK
 from mailflow.config import environ, startup
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
+from mailflow.dkim import command as dkim_command
 from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
 from mailflow.queue.manager import QueueManager
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--cluster", action="store_true",
                    help="every owner's queue on the broker, by remote control, and their sum")
+    dkim_command.add_parser(sub, _common)
     return parser
 
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_or_exit(getattr(args, "log_format", None))
     handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,
-               "flush": cmd_flush, "queue": cmd_queue}[args.command]
+               "flush": cmd_flush, "queue": cmd_queue, "dkim": cmd_dkim}[args.command]
     return handler(args)
 
 
@@ -305,6 +307,10 @@ def _cluster_stats(as_json: bool) -> int:
         print(owner + " " + " ".join(f"{k}={v}" for k, v in numbers.items()))
     print("total " + " ".join(f"{k}={v}" for k, v in total.items()))
     return 0
+
+
+def cmd_dkim(args: argparse.Namespace) -> int:
+    return dkim_command.run(args, startup.load_or_exit(getattr(args, "config", None)))
 
 
 def cmd_send(args: argparse.Namespace) -> int:

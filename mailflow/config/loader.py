@@ -24,7 +24,9 @@ from typing import Any, TypeVar
 
 from mailflow import tls
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines
-from mailflow.config.settings import Outbound, Smtp, Tls, parsers_of
+from mailflow.config.settings import Dkim, Outbound, Smtp, Tls, parsers_of
+from mailflow.dkim.keys import KeyProblem, domain_keys, domains
+from mailflow.dkim.signer import Signer
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,18 @@ def _load_bounce_template(path: Path) -> str:
     return text
 
 
+def _load_dkim(config_dir: Path) -> Signer:
+    """``dkim.ini`` and every key under ``dkim/``, checked now: a broken key stops the start."""
+    settings = build_section(Dkim, read_ini(config_dir / "dkim.ini"), "main", strict=True)
+    keys_dir = config_dir / "dkim"
+    for domain in domains(keys_dir):
+        try:
+            domain_keys(keys_dir, domain)
+        except KeyProblem as exc:
+            raise ConfigError(exc.path, None, exc.message) from None
+    return Signer(keys_dir, settings)
+
+
 class Config:
     """Everything under one config directory.  Cheap to share; read-only but for reloads."""
 
@@ -191,6 +205,7 @@ class Config:
         self.relay_acl = _load_acl(d / "relay_acl_allow")
         self.plugins = _load_plugins(d / "plugins")
         self.bounce_template = _load_bounce_template(d / "outbound.bounce_message")
+        self.dkim = _load_dkim(d)
         self._outbound_path = d / "outbound.ini"
         self._stamps = self._stamp()
         self._outbound: Outbound = build_section(Outbound, read_ini(self._outbound_path), "main")

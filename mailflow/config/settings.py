@@ -281,6 +281,53 @@ class Tls:
         (), host_patterns, "IPs, MX names or domains that must have TLS, verified, else defer")
 
 
+DKIM_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version",
+                "Content-Type", "Content-Transfer-Encoding", "List-Unsubscribe",
+                "List-Unsubscribe-Post", "In-Reply-To", "References")
+
+CANONICALIZATIONS = ("simple", "relaxed")
+
+
+def header_names(value: str) -> tuple[str, ...]:
+    """A list of header field names; From must be among them (RFC 6376 5.4)."""
+    names = tuple(parse_list(value))
+    for name in names:
+        if not re.fullmatch(r"[!-9;-~]+", name):
+            raise ValueError(f"{name!r} is not a header field name")
+    if "from" not in (n.lower() for n in names):
+        raise ValueError("must include From (RFC 6376 5.4)")
+    return names
+
+
+def canonicalization(value: str) -> tuple[str, str]:
+    """``header/body`` (``relaxed`` alone means ``relaxed/simple``, as RFC 6376 3.5 reads c=)."""
+    head, _, body = value.strip().lower().partition("/")
+    body = body or "simple"
+    if head not in CANONICALIZATIONS or body not in CANONICALIZATIONS:
+        raise ValueError("must be simple or relaxed, for the header and the body: relaxed/simple")
+    return head, body
+
+
+def domain_name(value: str) -> str:
+    value = value.strip().lower().rstrip(".")
+    if value and not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+",
+                                  value):
+        raise ValueError(f"{value!r} is not a domain name")
+    return value
+
+
+@dataclass(frozen=True)
+class Dkim:
+    """``dkim.ini`` [main]: how mail is signed; the keys are in ``dkim/<domain>/`` (PRODUCT §8)."""
+
+    headers_to_sign: tuple[str, ...] = setting(
+        DKIM_HEADERS, header_names, "header fields signed, those present in the message")
+    canonicalization: tuple[str, str] = setting(
+        ("relaxed", "simple"), canonicalization, "header/body canonicalisation (RFC 6376 3.4)")
+    fallback_domain: str = setting(
+        "", domain_name, "sign with this domain's key when the From domain has none")
+
+
 def defaults_of(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in fields(cls)}
 

@@ -10,7 +10,7 @@ import pytest
 
 from mailflow import config as configmod
 from mailflow.config.files import ConfigError, read_ini
-from mailflow.config.settings import Outbound, Smtp, defaults_of, parsers_of
+from mailflow.config.settings import Dkim, Outbound, Smtp, defaults_of, parsers_of
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config"
@@ -38,7 +38,8 @@ def _commented_defaults(path: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("cls,filename", [(Outbound, "outbound.ini"), (Smtp, "smtp.ini")])
+@pytest.mark.parametrize("cls,filename", [(Outbound, "outbound.ini"), (Smtp, "smtp.ini"),
+                                               (Dkim, "dkim.ini")])
 def test_shipped_file_documents_every_key_with_its_real_default(cls, filename):
     path = SHIPPED / filename
     documented = _commented_defaults(path)
