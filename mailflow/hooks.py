@@ -45,7 +45,7 @@ delivered = Signal(
     name="delivered",
     providing_args={
         "hmail", "host", "ip", "response", "delay", "port", "mode", "ok_recips", "secured",
-        "params",
+        "params", "tls_level",
     },
 )
 

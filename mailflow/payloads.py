@@ -184,6 +184,7 @@ class Outcome:
     secured: bool = False
     authenticated: bool = False
     results: dict[str, Reply] = field(default_factory=dict)  #: address -> reply
+    tls_level: str = "none"  #: none, opportunistic, verified, mta-sts or dane (PRODUCT §8)
 
     def keyword(self) -> str:
         """What became of the entry, as its log line says: delivered to anyone, else
@@ -202,7 +203,9 @@ class Outcome:
         results = {str(a): Reply(int(r[0]), str(r[1]), str(r[2])) for a, r in data["results"].items()}
         return cls(host=str(data["host"]), ip=str(data["ip"]), port=int(data["port"]),
                    mode=str(data["mode"]), secured=bool(data["secured"]),
-                   authenticated=bool(data["authenticated"]), results=results)
+                   authenticated=bool(data["authenticated"]), results=results,
+                   tls_level=str(data.get("tls_level") or ("opportunistic" if data["secured"]
+                                                            else "none")))
 
 
 @dataclass(frozen=True)

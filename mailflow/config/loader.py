@@ -76,6 +76,10 @@ def build_section(cls: type[T], ini: IniFile, section: str, *, base: dict[str, A
 def _tls_section(ini: IniFile, section: str, base: Tls, config_dir: Path) -> Tls:
     """One tls.ini section over ``base``; file names made absolute in the config directory."""
     policy = build_section(Tls, ini, section, base=dataclasses.asdict(base))
+    if policy.dane and policy.dane_resolver is None:
+        raw = ini.section(section).get("dane")
+        raise ConfigError(ini.path, raw.line if raw else None,
+                          "dane = true needs dane_resolver (a validating resolver, ip[:port])")
 
     def where(name: str) -> str:
         value: str = getattr(policy, name)

@@ -128,6 +128,16 @@ def nameserver_list(value: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def resolver_address(value: str) -> tuple[str, int] | None:
+    """One ``ip[:port]`` (port 53 by default), or empty for none."""
+    if not value.strip():
+        return None
+    found = nameserver_list(value)
+    if len(found) != 1:
+        raise ValueError("must be one address, ip[:port]")
+    return found[0]
+
+
 def size(value: str) -> int:
     """A byte count, with an optional k/m/g suffix (binary units)."""
     v = value.strip().lower().rstrip("b")
@@ -279,6 +289,14 @@ class Tls:
         (), host_patterns, "IPs, CIDRs or domains never to STARTTLS with")
     force_tls_hosts: tuple[str, ...] = setting(
         (), host_patterns, "IPs, MX names or domains that must have TLS, verified, else defer")
+    mta_sts: bool = setting(
+        True, boolean, "apply recipient domains' MTA-STS policies (RFC 8461)")
+    dane: bool = setting(
+        False, boolean, "DANE for SMTP (RFC 7672): TLSA records through dane_resolver")
+    dane_resolver: tuple[str, int] | None = setting(
+        None, resolver_address, "a validating resolver, ip[:port], whose AD bit is trusted")
+    tls_report: bool = setting(
+        True, boolean, "send daily TLS reports (RFC 8460) to domains that ask for them")
 
 
 DKIM_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version",

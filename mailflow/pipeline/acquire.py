@@ -28,6 +28,7 @@ from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.client import Session
 from mailflow.relay.mx import Target, targets
 from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
+from mailflow.relay.security import for_route
 from mailflow.seal import SealError
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,12 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
 
     Raises DeliveryError (NoSlot among them: every address at its limits).
     """
-    settings = cfg.outbound
-    found = targets(list(route.mx), settings)
+    settings, tls = cfg.outbound, cfg.tls_outbound
+    security = for_route(route.domain, route.mx, tls, settings)
+    found = security.allowed(targets(list(route.mx), settings))
     bind, helo = source_for(found[0], route, cfg)
-    return POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=cfg.tls_outbound,
-                        domain=route.domain, wait=wait, evict=evict)
+    return POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=tls,
+                        domain=route.domain, wait=wait, evict=evict, need_for=security.need)
 
 
 def source_for(target: Target, route: Route, cfg: Config) -> tuple[str | None, str]:

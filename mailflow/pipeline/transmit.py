@@ -64,7 +64,7 @@ def drop_ticket(ticket: str | None) -> None:
 def outcome_of(session: Session) -> Outcome:
     return Outcome(host=session.host, ip=session.target.ip, port=session.target.port,
                    mode="LMTP" if session.key.lmtp else "SMTP", secured=session.secured,
-                   authenticated=session.authenticated)
+                   authenticated=session.authenticated, tls_level=session.level)
 
 
 class Ledger(Protocol):

@@ -50,7 +50,8 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound) -> 
     delay = round(time.time() - hmail.todo.queue_time / 1000, 3)
     logs.event(keyword, id=hmail.todo.uuid, domain=hmail.todo.domain, host=outcome.host,
                ip=outcome.ip, port=outcome.port, mode=outcome.mode,
-               tls="Y" if outcome.secured else "N", auth="Y" if outcome.authenticated else "N",
+               tls="Y" if outcome.secured else "N", tlslevel=outcome.tls_level,
+               auth="Y" if outcome.authenticated else "N",
                response=str(first) if first else "-", delay=delay, fails=hmail.num_failures,
                rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}")
     if ok:
@@ -59,7 +60,7 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound) -> 
                   outcome.secured]
         hooks.decide(hooks.delivered, raised=CONT, hmail=hmail, host=outcome.host, ip=outcome.ip,
                      response=response, delay=delay, port=outcome.port, mode=outcome.mode,
-                     ok_recips=ok, secured=outcome.secured, params=params)
+                     ok_recips=ok, secured=outcome.secured, params=params, tls_level=outcome.tls_level)
     if failed:
         fail(spool, hmail, {a: outcome.results[a] for a in failed}, outcome.host)
     if deferred:

@@ -12,6 +12,7 @@ outbound.ini).  The message is sent as stored (already dot-stuffed, CRLF).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import select
 import smtplib
@@ -23,8 +24,11 @@ from typing import Any
 
 from mailflow.config.settings import Outbound, Tls
 from mailflow.errors import Reply, TemporaryError, local_reply
+from mailflow.relay import dane, tlsrpt
+from mailflow.relay.dane import Dane
 from mailflow.relay.mx import Target
 from mailflow.relay.tlspolicy import client_context, forced, no_tls
+from mailflow.relay.tlsrpt import PolicyRef
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,10 @@ class NextAddress(Exception):
     def __init__(self, reply: Reply):
         self.reply = reply
         super().__init__(str(reply))
+
+
+class _SoftFailure(Exception):
+    """STARTTLS verification failed under a policy in testing mode: report, then go on unverified."""
 
 
 class EndOfDataTimeout(Exception):
@@ -74,27 +82,49 @@ class SessionKey:
     lmtp: bool
 
 
+#: TLS levels of a delivery, weakest first (PRODUCT §8): ``verified`` is a certificate
+#: checked against ``ca`` for the MX name (force_tls_hosts, rejectUnauthorized); ``mta-sts``
+#: the same under a recipient domain's enforced policy; ``dane`` matched to TLSA records.
+LEVELS = ("none", "opportunistic", "verified", "mta-sts", "dane")
+RANK = {"none": 0, "opportunistic": 1, "verified": 2, "mta-sts": 3, "dane": 3}
+
+
 @dataclass(frozen=True)
 class TlsNeed:
     """What one delivery requires of a session's TLS, decided before a session is chosen.
 
     The pool compares it with each idle session (:meth:`Session.meets`) before reuse,
-    so a plaintext session opened for one domain never carries mail for a domain
-    that must have TLS at the same address.
+    so a session opened for a weaker need never carries mail that needs a stronger one:
+    a plaintext session never takes mail that must have TLS at the same address.
     """
 
     want: bool  #: STARTTLS when offered (enable_tls, or must)
-    must: bool  #: no delivery without TLS (force_tls_hosts)
-    verify: bool  #: the certificate must verify (force_tls_hosts, rejectUnauthorized)
+    must: bool  #: no delivery without TLS (force_tls_hosts, MTA-STS enforce, DANE)
+    verify: bool  #: the certificate must verify against ``ca`` (force_tls_hosts, rejectUnauthorized)
     name: str  #: what it must be valid for: the MX host name, or the IP of an IP-literal MX
+    level: str = "none"  #: the least level a session must have been opened at
+    dane: Dane | None = None  #: DANE: the certificate must match these TLSA records instead
+    policy: PolicyRef | None = None  #: the MTA-STS or DANE policy sessions are reported under
+    soft: bool = False  #: MTA-STS testing: a certificate that fails is reported, then not verified
+
+    @property
+    def achieves(self) -> str:
+        """The level a session that met this need at STARTTLS was opened at."""
+        if self.dane is not None and self.dane.records:
+            return "dane"
+        if self.verify:
+            return self.level if self.level in ("verified", "mta-sts") else "verified"
+        return "opportunistic"
 
 
 def tls_need(target: Target, domain: str, policy: Tls, settings: Outbound) -> TlsNeed:
+    """tls.ini's own requirement for a target (MTA-STS and DANE are mailflow/relay/security.py)."""
     mx = target.mx
     must = forced(policy, target.ip, mx.exchange, domain)
     want = (settings.enable_tls or must) and not no_tls(policy, target.ip, mx.exchange, domain)
-    return TlsNeed(want=want, must=must, verify=must or policy.rejectUnauthorized,
-                   name=mx.exchange)
+    verify = must or policy.rejectUnauthorized
+    return TlsNeed(want=want, must=must, verify=verify, name=mx.exchange,
+                   level="verified" if must else "none")
 
 
 @dataclass
@@ -119,18 +149,25 @@ class Session:
     messages: int = 0
     offered_tls: bool = False  #: the server advertised STARTTLS
     verified_for: str | None = None  #: the name (or IP) its certificate was verified for
+    level: str = "none"  #: the TLS level it was opened at (LEVELS)
+    need: TlsNeed | None = None  #: what it was opened for (a reopened session needs the same)
 
     @property
     def host(self) -> str:
         return self.target.mx.exchange
 
     def meets(self, need: TlsNeed) -> bool:
-        """Whether this session may carry a delivery with this TLS requirement."""
-        if need.must and not self.secured:
+        """Whether this session may carry a delivery with this TLS requirement: never one
+        that needs more than the level it was opened at, or a name it was not verified for."""
+        if not self.secured:
+            return not need.must and not (need.want and self.offered_tls)
+        if RANK[self.level] < RANK[need.level]:
             return False
-        if need.want and self.offered_tls and not self.secured:
-            return False
-        return not (need.verify and self.secured and self.verified_for != need.name)
+        if need.dane is not None and need.dane.records:
+            return self.level == "dane" and self.verified_for == need.name
+        if need.verify:
+            return self.level in ("verified", "mta-sts") and self.verified_for == need.name
+        return True
 
     def alive(self) -> bool:
         """False when the remote end has closed or spoken unasked (a 421 before closing)."""
@@ -266,7 +303,20 @@ def _authenticate(smtp: smtplib.SMTP, user: str, password: str, forced_type: str
 
 def open_session(target: Target, *, helo: str, bind: str | None, settings: Outbound, tls: Tls,
                  need: TlsNeed) -> Session:
-    """Connect, greet, STARTTLS and AUTH as configured; raise NextAddress or TemporaryError."""
+    """Connect, greet, STARTTLS and AUTH as configured; raise NextAddress or TemporaryError.
+
+    Under an MTA-STS policy in testing mode, a certificate that does not verify is
+    reported and the address is tried again without verification (delivery as usual).
+    """
+    try:
+        return _open(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
+    except _SoftFailure:
+        lenient = dataclasses.replace(need, verify=False, soft=False, level="none", policy=None)
+        return _open(target, helo=helo, bind=bind, settings=settings, tls=tls, need=lenient)
+
+
+def _open(target: Target, *, helo: str, bind: str | None, settings: Outbound, tls: Tls,
+          need: TlsNeed) -> Session:
     mx = target.mx
     cls = _LMTP if mx.using_lmtp else _SMTP
     smtp = cls(local_hostname=helo, source_address=(bind, 0) if bind else None)
@@ -282,12 +332,15 @@ def open_session(target: Target, *, helo: str, bind: str | None, settings: Outbo
         assert smtp.sock is not None
         smtp.sock.settimeout(settings.timeout_command)
         _greet(smtp, helo, mx.using_lmtp)
-        session = Session(smtp=smtp, key=key, target=target, offered_tls=smtp.has_extn("starttls"))
+        session = Session(smtp=smtp, key=key, target=target, offered_tls=smtp.has_extn("starttls"),
+                          need=need)
         if need.want and session.offered_tls:
             _starttls(session, tls, need, where)
+        if need.policy is not None and not session.secured:
+            _note(need, target, "starttls-not-supported", "STARTTLS not offered or refused")
         if need.must and not session.secured:
             smtp.close()
-            raise NextAddress(local_reply("4.7.4", f"{where} must use TLS (force_tls_hosts) but "
+            raise NextAddress(local_reply("4.7.4", f"{where} must use TLS ({_why_tls(need)}) but "
                                           "did not start it"))
         if session.secured:
             _greet(smtp, helo, mx.using_lmtp)  # RFC 3207 4.2: forget what was said in plaintext
@@ -337,9 +390,14 @@ def _starttls(session: Session, tls: Tls, need: TlsNeed, where: str) -> None:
     smtp = session.smtp
     smtp._host = need.name  # type: ignore[attr-defined]
     try:
-        smtp.starttls(context=client_context(tls, need.verify))
+        smtp.starttls(context=client_context(tls, need.verify and need.dane is None))
     except ssl.SSLCertVerificationError as exc:
         smtp.close()
+        _note(need, session.target, tlsrpt.verify_result(exc.verify_code), exc.verify_message)
+        if need.soft:
+            log.info("certificate of %s not trusted for %s (MTA-STS testing: delivering without "
+                     "verification): %s", where, need.name, exc.verify_message)
+            raise _SoftFailure() from None
         raise NextAddress(local_reply("4.7.5", f"certificate of {where} not trusted for "
                                       f"{need.name}: {exc.verify_message}")) from None
     except (ssl.SSLError, ValueError) as exc:
@@ -351,5 +409,25 @@ def _starttls(session: Session, tls: Tls, need: TlsNeed, where: str) -> None:
             else str(exc.smtp_error)
         log.info("%s refused STARTTLS: %d %s", where, exc.smtp_code, text)
         return
+    if need.dane is not None and need.dane.records:
+        assert isinstance(smtp.sock, ssl.SSLSocket)
+        if not dane.matches(smtp.sock, need.dane):
+            smtp.close()
+            _note(need, session.target, "validation-failure", "no TLSA record matches")
+            raise NextAddress(local_reply("4.7.5", f"certificate of {where} matches no TLSA record "
+                                          f"of {need.dane.name} (DANE)"))
     session.secured = True
-    session.verified_for = need.name if need.verify else None
+    session.level = need.achieves
+    session.verified_for = need.name if session.level != "opportunistic" else None
+    _note(need, session.target, tlsrpt.SUCCESS)
+
+
+def _note(need: TlsNeed, target: Target, result: str, detail: str = "") -> None:
+    if need.policy is not None:
+        tlsrpt.note(need.policy, target.mx.exchange, target.ip, result, detail)
+
+
+def _why_tls(need: TlsNeed) -> str:
+    if need.dane is not None:
+        return "DANE"
+    return "MTA-STS" if need.level == "mta-sts" else "force_tls_hosts"

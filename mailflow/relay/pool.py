@@ -140,19 +140,21 @@ class Pool:
     # -- acquiring -------------------------------------------------------------------
 
     def acquire(self, targets: list[Target], *, helo: str, bind: str | None, settings: Outbound, tls: Tls,
-                domain: str, wait: float = 0.0, evict: bool = True) -> Session:
+                domain: str, wait: float = 0.0, evict: bool = True,
+                need_for: Callable[[Target], TlsNeed] | None = None) -> Session:
         """A ready session to the first address that takes one.
 
         Raises NoSlot when every address is at its limits (after waiting up to ``wait``
         seconds for each), TemporaryError when none takes a session.  Without ``evict``
-        no idle session of another destination is closed to make room.
+        no idle session of another destination is closed to make room.  ``need_for``
+        says what each address requires of TLS (default: tls.ini's policy alone).
         """
         self._pool_timeout, self._out = settings.pool_timeout, settings
         self._start_reaper()
         last: NextAddress | None = None
         full: list[str] = []
         for target in targets:
-            need = tls_need(target, domain, tls, settings)
+            need = need_for(target) if need_for else tls_need(target, domain, tls, settings)
             try:
                 with self._cond:
                     reused = self._reserve_or_reuse(target, helo, bind, need, settings,
@@ -187,9 +189,10 @@ class Pool:
         """
         session.close(quit=True)
         target = session.target
+        need = session.need or tls_need(target, domain, tls, settings)
         try:
             return open_session(target, helo=session.key.helo, bind=session.key.bind, settings=settings,
-                                tls=tls, need=tls_need(target, domain, tls, settings))
+                                tls=tls, need=need)
         except BaseException:
             with self._cond:
                 self._unreserve(target.ip)

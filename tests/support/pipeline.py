@@ -64,6 +64,7 @@ def route(hmail, domain, **kwargs):
 def seen(hmail, **kw):
     with open(LOG, "a") as f:
         f.write(json.dumps({"id": hmail.todo.uuid, "secured": kw["secured"], "mode": kw["mode"],
+                            "tls_level": kw["tls_level"],
                             "ok": kw["ok_recips"], "host": kw["host"], "ip": kw["ip"],
                             "port": kw["port"], "response": kw["response"],
                             "params": kw["params"]}) + "\\n")
