@@ -40,6 +40,7 @@ class DNSServer:
         self.zones: dict[str, Any] = {}
         self.queries: list[tuple[str, str]] = []
         self.host = host
+        self.ttl = TTL  #: of every answer (0: a test that changes records sees them at once)
         self._lock = threading.Lock()
         self.set_zones(zones or {})
         self._udp: socketserver.UDPServer | None = None
@@ -77,7 +78,7 @@ class DNSServer:
         records = (data or {}).get(rdtype, [])
         if records:
             texts = [self._rdata_text(rdtype, r) for r in records]
-            response.answer.append(dns.rrset.from_text(question.name, TTL, "IN", rdtype, *texts))
+            response.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", rdtype, *texts))
         return response.to_wire()
 
     @staticmethod

@@ -1,0 +1,216 @@
+"""MTA-STS (issue 15 item 2): the test DNS serves `_mta-sts` records, an HTTPS server with a
+certificate from the test CA serves the policies on 127.0.0.5:443, and MX servers on
+127.0.0.2/3 take (or must not take) the mail. Runs as root (CI does) for port 443."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import uuid as uuidlib
+from typing import Any
+
+import pytest
+import trustme
+
+from harness.httpsserver import Answer, HTTPSServer
+from tests.support.pipeline import ZONES, Env, make_env
+
+POLICY_IP = "127.0.0.5"
+MX_NAMES = [f"mx.{n}.test" for n in ("enf", "out", "bad", "tst", "plain", "restart")] + \
+           [f"mx.{kind}-{case}.test" for kind in ("n", "c")
+            for case in ("down", "slow", "big", "type", "redirect")]
+
+
+def policy(mode: str, *mx: str, max_age: int = 86400) -> str:
+    return "version: STSv1\n" f"mode: {mode}\n" + "".join(f"mx: {m}\n" for m in mx) + \
+        f"max_age: {max_age}\n"
+
+
+def sts_zone(domain: str, mx_host: str, mx_ip: str, policy_id: str | None = "1") -> dict[str, Any]:
+    zone: dict[str, Any] = {domain: {"MX": [(10, mx_host)]}, mx_host: {"A": [mx_ip]},
+                            f"mta-sts.{domain}": {"A": [POLICY_IP]}}
+    if policy_id is not None:
+        zone[f"_mta-sts.{domain}"] = {"TXT": [f'"v=STSv1; id={policy_id}"']}
+    return zone
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tls_ca: trustme.CA):
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("MTA-STS policies are served on port 443: run as root (CI does)")
+    e, inst = make_env(tmp_path_factory.mktemp("mtasts"), None)
+    e.dns.ttl = 0  # the tests change TXT ids: no resolver may keep the old one
+    tls_ca.cert_pem.write_to_path(str(inst.config_dir / "ca.pem"))
+    inst.write_config("tls.ini", "[outbound]\nca = ca.pem\n")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    names = [f"mta-sts.{m.removeprefix('mx.')}" for m in MX_NAMES]
+    tls_ca.issue_cert(*names).configure_cert(ctx)
+    https = HTTPSServer(POLICY_IP, 443, ctx).start()
+    e.zones = dict(ZONES)  # type: ignore[attr-defined]
+    e.https = https  # type: ignore[attr-defined]
+    e.configure()
+    yield e
+    https.stop()
+    inst.stop_all()
+    e.dns.stop()
+
+
+@pytest.fixture
+def env(world: Env) -> Env:
+    return world
+
+
+def serve(env: Env, domain: str, mx_ip: str = "127.0.0.2", policy_id: str | None = "1",
+          answer: Answer | None = None) -> str:
+    """Publish ``domain`` (MX mx.<domain> at ``mx_ip``) and its policy; the MX host name."""
+    mx_host = f"mx.{domain}"
+    env.zones.update(sts_zone(domain, mx_host, mx_ip, policy_id))  # type: ignore[attr-defined]
+    env.dns.set_zones(env.zones)  # type: ignore[attr-defined]
+    if answer is not None:
+        env.https.routes[f"mta-sts.{domain}"] = answer  # type: ignore[attr-defined]
+    return mx_host
+
+
+@pytest.fixture
+def mx_context(tls_ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert(*MX_NAMES).configure_cert(ctx)
+    return ctx
+
+
+def delivered(env: Env, uuid: str) -> dict[str, Any]:
+    [seen] = env.wait(lambda: [e for e in env.delivered_log() if e["id"].startswith(uuid)])
+    return seen
+
+
+def deferred(env: Env, uuid: str) -> dict[str, Any]:
+    [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
+    [status] = entry.todo.record["rcpt_status"].values()
+    return status
+
+
+def reported(env: Env, domain: str) -> list[dict[str, Any]]:
+    """The TLS-RPT results the worker noted for ``domain``."""
+    out = []
+    for path in (env.inst.root / ".mailflow" / "tlsrpt").glob("*.jsonl"):
+        out += [r for r in map(json.loads, path.read_text().splitlines()) if r["d"] == domain]
+    return out
+
+
+def test_enforce_with_a_matching_mx_and_good_certificate_is_level_mta_sts(env, mx, mx_context):
+    server = mx(tls_context=mx_context)
+    serve(env, "enf.test", answer=Answer(policy("enforce", "mx.enf.test")))
+    uuid = env.send("u@enf.test")
+    seen = delivered(env, uuid)
+    assert seen["tls_level"] == "mta-sts" and seen["secured"]
+    assert server.sessions[-1].tls
+    assert env.logged(f"delivered id={uuid}.1 domain=enf.test host=mx.enf.test")
+    assert env.logged("tls=Y tlslevel=mta-sts")
+    assert [r["r"] for r in reported(env, "enf.test")] == ["success"]
+    assert len(env.https.requested("mta-sts.enf.test")) == 1
+    again = env.send("u@enf.test")  # the cached policy: no second fetch
+    assert delivered(env, again)["tls_level"] == "mta-sts"
+    assert len(env.https.requested("mta-sts.enf.test")) == 1
+
+
+def test_enforce_never_uses_an_mx_outside_the_policy(env, mx, mx_context):
+    server = mx(tls_context=mx_context)
+    serve(env, "out.test", answer=Answer(policy("enforce", "mx.elsewhere.test")))
+    uuid = env.send("u@out.test")
+    status = deferred(env, uuid)
+    assert status["status"] == "4.7.5", status
+    assert "matches its MTA-STS policy" in str(status)
+    assert server.sessions == []  # not even connected to
+    assert any(r["r"] == "validation-failure" for r in reported(env, "out.test"))
+
+
+@pytest.mark.parametrize("case", ["untrusted", "no-starttls"])
+def test_enforce_with_a_bad_certificate_or_no_tls_defers_and_sends_nothing(env, mx, case):
+    other = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("mx.bad.test").configure_cert(other)
+    server = mx(host="127.0.0.3", tls_context=other if case == "untrusted" else None)
+    serve(env, "bad.test", mx_ip="127.0.0.3", answer=Answer(policy("enforce", "mx.bad.test")))
+    uuid = env.send("u@bad.test")
+    status = deferred(env, uuid)
+    assert status["status"] == ("4.7.5" if case == "untrusted" else "4.7.4"), status
+    assert server.deliveries == []  # nothing in plaintext
+    assert all(s.deliveries == [] for s in server.sessions)
+    results = {r["r"] for r in reported(env, "bad.test")}
+    assert ("certificate-not-trusted" if case == "untrusted" else "starttls-not-supported") in results
+
+
+def test_testing_mode_delivers_and_reports_the_failure(env, mx):
+    other = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("mx.tst.test").configure_cert(other)
+    server = mx(host="127.0.0.3", tls_context=other)
+    serve(env, "tst.test", mx_ip="127.0.0.3", answer=Answer(policy("testing", "mx.tst.test")))
+    env.configure(enable_tls="true")
+    uuid = env.send("u@tst.test")
+    seen = delivered(env, uuid)
+    assert seen["tls_level"] == "opportunistic"  # TLS without verification, as without a policy
+    assert server.deliveries[-1].rcpt_to == ["u@tst.test"]
+    [failure] = [r for r in reported(env, "tst.test") if r["r"] != "success"]
+    assert failure["r"] == "certificate-not-trusted" and failure["t"] == "sts"
+    assert "mode: testing" in failure["p"]
+
+
+FAILURES = {
+    "down": Answer("", status=503),
+    "slow": Answer(policy("enforce", "x"), delay=15),
+    "big": Answer("version: STSv1\nmode: enforce\nmax_age: 86400\n" + "mx: m.test\n" * 7000),
+    "type": Answer(policy("enforce", "x"), content_type="text/html"),
+    "redirect": Answer("", status=301, location="https://elsewhere.test/policy"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_a_policy_that_cannot_be_fetched_means_the_cached_one_or_opportunistic(env, mx, mx_context,
+                                                                                 case):
+    """No cached policy: as without MTA-STS (enable_tls is off here, so plaintext, `none`).
+    A cached one: still applied when the TXT id changes and the new policy cannot be had."""
+    server = mx(tls_context=mx_context)
+    fresh = f"n-{case}.test"
+    serve(env, fresh, answer=FAILURES[case])
+    uuid = env.send(f"u@{fresh}")
+    assert delivered(env, uuid)["tls_level"] == "none"
+    kinds = {r["r"] for r in reported(env, fresh)}
+    assert kinds & {"sts-policy-fetch-error", "sts-policy-invalid"}, kinds
+
+    cached = f"c-{case}.test"
+    mx_host = serve(env, cached, answer=Answer(policy("enforce", f"mx.{cached}")))
+    assert delivered(env, env.send(f"u@{cached}"))["tls_level"] == "mta-sts"
+    serve(env, cached, policy_id="2", answer=FAILURES[case])
+    uuid = env.send(f"u@{cached}")
+    assert delivered(env, uuid)["tls_level"] == "mta-sts"
+    assert len(env.https.requested(f"mta-sts.{cached}")) == 2  # it did try the new one
+    assert mx_host == f"mx.{cached}" and server.sessions
+
+
+def test_a_restart_keeps_the_cached_policy(env, mx, mx_context):
+    mx(tls_context=mx_context)
+    serve(env, "restart.test", answer=Answer(policy("enforce", "mx.restart.test")))
+    assert delivered(env, env.send("u@restart.test"))["tls_level"] == "mta-sts"
+    cache = env.inst.root / ".mailflow" / "mta-sts" / "restart.test.json"
+    assert json.loads(cache.read_text())["mode"] == "enforce"
+    worker = env.inst.procs[0]
+    worker.stop()
+    env.inst.procs.remove(worker)
+    serve(env, "restart.test", policy_id="9", answer=Answer("gone", status=404))
+    env.inst.start_worker("deliver-again")
+    uuid = env.send("u@restart.test")
+    assert delivered(env, uuid)["tls_level"] == "mta-sts"  # from the disk: the fetch failed
+
+
+def test_mta_sts_off_in_tls_ini_ignores_policies(env, mx, mx_context):
+    mx(tls_context=mx_context)
+    serve(env, "plain.test", answer=Answer(policy("enforce", "mx.plain.test")))
+    env.inst.write_config("tls.ini", "[outbound]\nca = ca.pem\nmta_sts = false\n")
+    try:
+        env.configure()
+        uuid = env.send("u@plain.test")
+        assert delivered(env, uuid)["tls_level"] == "none"
+        assert env.https.requested("mta-sts.plain.test") == []
+    finally:
+        env.inst.write_config("tls.ini", "[outbound]\nca = ca.pem\n")
+        env.configure()
