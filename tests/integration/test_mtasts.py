@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import uuid as uuidlib
 from typing import Any
 
 import pytest
