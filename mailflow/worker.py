@@ -32,6 +32,7 @@ from celery.worker.control import control_command, inspect_command
 from mailflow import compat, config, logs, proctitle
 from mailflow.application import app
 from mailflow.config import environ, startup
+from mailflow.config.settings import Tls
 from mailflow.descriptors import raise_descriptor_limit
 from mailflow.queue import lending
 from mailflow.queue import manager as qmgr
@@ -39,6 +40,7 @@ from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
 from mailflow.queue.identity import owner_queue
 from mailflow.queue.spool import Spool
+from mailflow.relay import dane
 from mailflow.relay.fence import HOLDINGS
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,19 @@ def _load_config(**_kwargs: Any) -> None:
     startup.load_or_exit(os.environ.get("MAILFLOW_CONFIG"))
 
 
+def _say_whether_dane_validates(tls: Tls) -> None:
+    """DANE trusts the resolver's AD bit: one that does not validate makes every zone look
+    insecure, so DANE would silently never apply.  Said once at start, either way."""
+    if not tls.dane or tls.dane_resolver is None:
+        return
+    where = f"{tls.dane_resolver[0]}:{tls.dane_resolver[1]}"
+    if dane.validates(tls.dane_resolver):
+        log.info("DANE: the resolver %s validates DNSSEC (the root's SOA came with the AD bit)", where)
+    else:
+        log.warning("DANE: the resolver %s does not validate DNSSEC (no AD bit on the root's SOA): "
+                    "every TLSA answer will look insecure and DANE will not apply", where)
+
+
 def _local_spool() -> Spool | None:
     """This host's queue directory, when it has one (made here on the embedded broker)."""
     spool = Spool(config.current().queue_path())
@@ -125,6 +140,7 @@ def _consume_the_owner_queue(sender: str = "", instance: Any = None, **_kwargs: 
 def _start_queue_manager(sender: Any = None, **_kwargs: Any) -> None:
     """Every worker of an owner offers to run its queue manager; a worker host waits for a queue."""
     proctitle.start("worker", config.current())
+    _say_whether_dane_validates(config.current().tls_outbound)
     _start_renewing(getattr(sender, "hostname", None))
     if _local_spool() is not None:
         _qmgr.append(qmgr.QueueManager(config.current()).start())

@@ -20,12 +20,16 @@ if command -v rabbitmq-server >/dev/null 2>&1 && ! port_open 5672; then
 fi
 
 # Tools the suite needs under CI (where a missing one is a failure, not a skip): Chromium for
-# the Flower page test, a compose client for checking deploy/compose.yaml.
+# the Flower page test, a compose client for checking deploy/compose.yaml, nsd and unbound
+# for the DANE tests (an authoritative server for the signed test zone, a validating resolver).
 if [ -n "${CI:-}" ] && command -v apt-get >/dev/null 2>&1; then
     need=""
     command -v chromium >/dev/null 2>&1 || need="$need chromium"
     command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
         || need="$need docker-compose"
+    for tool in nsd unbound; do
+        command -v $tool >/dev/null 2>&1 || [ -x /usr/sbin/$tool ] || need="$need $tool"
+    done
     if [ -n "$need" ]; then
         echo "services: installing$need (CI)"
         apt-get update -qq >/dev/null 2>&1
