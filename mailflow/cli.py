@@ -26,6 +26,7 @@ from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
 from mailflow.queue.manager import QueueManager
 from mailflow.queue.spool import Spool
+from mailflow.reports import tls as tls_reports
 from mailflow.smtpd import server as smtpd_server
 from mailflow.smtpd.nodes import Nodes, die_with_parent
 
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", action="store_true",
                    help="every owner's queue on the broker, by remote control, and their sum")
     dkim_command.add_parser(sub, _common)
+    p = sub.add_parser("tlsrpt", help="send the finished days' TLS reports (RFC 8460) now",
+                       description="Send every finished UTC day's TLS reports not sent yet (the "
+                       "workers do so once an hour).")
+    _common(p)
+    p.add_argument("action", choices=("send",))
     return parser
 
 
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_or_exit(getattr(args, "log_format", None))
     handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,
-               "flush": cmd_flush, "queue": cmd_queue, "dkim": cmd_dkim}[args.command]
+               "flush": cmd_flush, "queue": cmd_queue, "dkim": cmd_dkim,
+               "tlsrpt": cmd_tlsrpt}[args.command]
     return handler(args)
 
 
@@ -311,6 +318,12 @@ def _cluster_stats(as_json: bool) -> int:
 
 def cmd_dkim(args: argparse.Namespace) -> int:
     return dkim_command.run(args, startup.load_or_exit(getattr(args, "config", None)))
+
+
+def cmd_tlsrpt(args: argparse.Namespace) -> int:
+    cfg = startup.load_or_exit(getattr(args, "config", None))
+    print(f"{tls_reports.send_due_locked(cfg)} TLS reports sent")
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -111,6 +111,8 @@ class Route:
     bind: str | None = None
     helo: str | None = None
     slot_wait_since: float | None = None
+    #: TLS reports (RFC 8460 5.3): delivered whatever the domain's MTA-STS or DANE policy says
+    tls_exempt: bool = False
 
     @property
     def domain(self) -> str:
@@ -129,6 +131,8 @@ class Route:
                 "bind": self.bind, "helo": self.helo}
         if self.slot_wait_since is not None:
             data["slot_wait_since"] = self.slot_wait_since
+        if self.tls_exempt:
+            data["tls_exempt"] = True
         return data
 
     @classmethod
@@ -146,7 +150,8 @@ class Route:
         if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
             raise BadName(f"slot_wait_since {since!r} is not a time")
         return cls(batch=batch, mx=tuple(_mx_from_json(m, config_dir) for m in mxs),
-                   bind=bind, helo=helo, slot_wait_since=since)
+                   bind=bind, helo=helo, slot_wait_since=since,
+                   tls_exempt=data.get("tls_exempt") is True)
 
 
 def _mx_to_json(mx: MX, config_dir: Path) -> dict[str, Any]:

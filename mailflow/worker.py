@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from celery.signals import (
@@ -42,6 +43,7 @@ from mailflow.queue.identity import owner_queue
 from mailflow.queue.spool import Spool
 from mailflow.relay import dane
 from mailflow.relay.fence import HOLDINGS
+from mailflow.reports import tls as tls_reports
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,22 @@ def _load_config(**_kwargs: Any) -> None:
     startup.load_or_exit(os.environ.get("MAILFLOW_CONFIG"))
 
 
+#: How often (s) a worker looks for a finished day's TLS reports to send.
+TLS_REPORT_CHECK = 3600.0
+
+
+def _send_tls_reports() -> None:
+    """Once an hour, the finished days' TLS reports (one process per host sends them)."""
+    while True:
+        cfg = config.current()
+        if cfg.tls_outbound.tls_report:
+            try:
+                tls_reports.send_due_locked(cfg)
+            except Exception:
+                log.exception("sending TLS reports failed; trying again in an hour")
+        time.sleep(TLS_REPORT_CHECK)
+
+
 def _say_whether_dane_validates(tls: Tls) -> None:
     """DANE trusts the resolver's AD bit: one that does not validate makes every zone look
     insecure, so DANE would silently never apply.  Said once at start, either way."""
@@ -141,6 +159,7 @@ def _start_queue_manager(sender: Any = None, **_kwargs: Any) -> None:
     """Every worker of an owner offers to run its queue manager; a worker host waits for a queue."""
     proctitle.start("worker", config.current())
     _say_whether_dane_validates(config.current().tls_outbound)
+    threading.Thread(target=_send_tls_reports, daemon=True, name="mailflow-tls-reports").start()
     _start_renewing(getattr(sender, "hostname", None))
     if _local_spool() is not None:
         _qmgr.append(qmgr.QueueManager(config.current()).start())

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 Stamp = tuple[tuple[int, int] | None, ...]
 
+ALWAYS_IF_PRESENT = ("tls-report-domain", "tls-report-submitter")
+
 
 class Signer:
     """The keys under one ``dkim/`` directory and ``dkim.ini``'s settings."""
@@ -98,10 +100,11 @@ class Signer:
         return out
 
     def headers_for(self, message: bytes) -> list[bytes]:
-        """``headers_to_sign`` that the message has (From always: RFC 6376 5.4)."""
+        """``headers_to_sign`` that the message has (From always: RFC 6376 5.4), and a TLS
+        report's own two headers, which its receiver checks are signed (RFC 8460 5.3)."""
         names = msg.header_names(message)
-        return [h.lower().encode() for h in self.settings.headers_to_sign
-                if h.lower() in names or h.lower() == "from"]
+        wanted = [h.lower() for h in self.settings.headers_to_sign] + list(ALWAYS_IF_PRESENT)
+        return [h.encode() for h in dict.fromkeys(wanted) if h in names or h == "from"]
 
 
 def from_domain(message: bytes) -> str:

@@ -98,7 +98,7 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
     Raises DeliveryError (NoSlot among them: every address at its limits).
     """
     settings, tls = cfg.outbound, cfg.tls_outbound
-    security = for_route(route.domain, route.mx, tls, settings)
+    security = for_route(route.domain, route.mx, tls, settings, exempt=route.tls_exempt)
     found = security.allowed(targets(list(route.mx), settings))
     bind, helo = source_for(found[0], route, cfg)
     return POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=tls,

@@ -27,6 +27,7 @@ from mailflow.queue.outcomes import crashed, delay_entry, fail_all, guarded
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.answers import mx_from_hook
 from mailflow.relay.mx import MX, query_mx
+from mailflow.relay.tlsrpt import TLS_REPORT_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,16 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
     settings = config.current().outbound
     assert batch.domain is not None
     dns = _Dns(batch.domain)
-    groups: dict[tuple[Any, ...], tuple[list[MX], list[str], str | None, str | None]] = {}
+    groups: dict[tuple[Any, ...], list[str]] = {}
     for hmail in load(spool, batch):
         with guarded(spool, hmail, settings):
             found = _route(spool, hmail, dns, settings)
             if found is not None:
                 mxs, bind, helo = found
-                group = groups.setdefault((tuple(mxs), bind, helo), (mxs, [], bind, helo))
-                group[1].append(hmail.filename)
-    return [Route(batch=batch.part(names), mx=tuple(mxs), bind=bind, helo=helo)
-            for mxs, names, bind, helo in groups.values()]
+                exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE))
+                groups.setdefault((tuple(mxs), bind, helo, exempt), []).append(hmail.filename)
+    return [Route(batch=batch.part(names), mx=mxs, bind=bind, helo=helo, tls_exempt=exempt)
+            for (mxs, bind, helo, exempt), names in groups.items()]
 
 
 def _route(spool: Spool, hmail: HMail, dns: _Dns, settings: Outbound

@@ -18,6 +18,7 @@ still be sending.  docs/architecture.md has the argument, case by case.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -64,7 +65,7 @@ def pack(spool: Spool, route: Route) -> tuple[list[Parcel], Route | None]:
         nonlocal letters, size
         if letters:
             batch = route.batch.part([x.name for x in letters])
-            parcels.append(Parcel(route=Route(batch, route.mx, route.bind, route.helo),
+            parcels.append(Parcel(route=dataclasses.replace(route, batch=batch, slot_wait_since=None),
                                   letters=tuple(letters), issued_ms=issued,
                                   lease_ms=int(LEASE_SECONDS * 1000),
                                   wait_ms=int(PARCEL_WAIT_SECONDS * 1000)))
@@ -83,7 +84,8 @@ def pack(spool: Spool, route: Route) -> tuple[list[Parcel], Route | None]:
         letters.append(letter)
         size += letter.size()
     close()
-    return parcels, (Route(route.batch.part(local), route.mx, route.bind, route.helo) if local else None)
+    rest = dataclasses.replace(route, batch=route.batch.part(local), slot_wait_since=None) if local else None
+    return parcels, rest
 
 
 def _file_size(hmail: HMail) -> int:

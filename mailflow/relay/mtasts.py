@@ -13,13 +13,10 @@ opportunistic (8461 5.2, "fail open" on first contact).
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
 import re
-import socket
-import ssl
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -29,15 +26,14 @@ import dns.exception
 import dns.resolver
 
 from mailflow.config.settings import Outbound, Tls
-from mailflow.relay.mx import resolve_host, resolver
-from mailflow.relay.tlspolicy import client_context
+from mailflow.relay import https
+from mailflow.relay.mx import resolver
 
 log = logging.getLogger(__name__)
 
 MAX_POLICY = 64 * 1024
 FETCH_TIMEOUT = 10.0
 MAX_AGE_LIMIT = 31557600  # 8461 3.2: at most a year
-PORT = 443
 ENFORCE, TESTING, NONE = "enforce", "testing", "none"
 #: After a failed fetch, the same policy id is fetched again no sooner than this (s).
 RETRY_FAILED = 300.0
@@ -125,45 +121,20 @@ def parse(domain: str, policy_id: str, text: str, now: float) -> Policy:
 
 
 def fetch(domain: str, settings: Outbound, tls: Tls) -> str:
-    """The policy text, or PolicyError: HTTPS to ``mta-sts.<domain>`` (resolved through the
-    configured nameservers), certificate verified for that name, 200 only, bounded."""
-    host = f"mta-sts.{domain}"
-    addresses, _ = resolve_host(host, settings)
-    if not addresses:
-        raise PolicyError("sts-policy-fetch-error", f"{host} has no address")
-    deadline = time.monotonic() + FETCH_TIMEOUT
-    context = client_context(tls, True)
+    """The policy text, or PolicyError: 8461 3.3, from ``mta-sts.<domain>`` over verified HTTPS,
+    200 only (no redirect followed), ``text/plain``, at most 64 KiB within 10 s."""
+    url = f"https://mta-sts.{domain}/.well-known/mta-sts.txt"
     try:
-        sock = socket.create_connection((addresses[0], PORT), timeout=FETCH_TIMEOUT)
-    except OSError as exc:
-        raise PolicyError("sts-policy-fetch-error", f"connect to {host}: {exc}") from None
-    try:
-        try:
-            tls_sock = context.wrap_socket(sock, server_hostname=host)
-        except ssl.SSLCertVerificationError as exc:
-            raise PolicyError("sts-webpki-invalid", f"{host}: {exc.verify_message}") from None
-        conn = http.client.HTTPSConnection(host, PORT, timeout=FETCH_TIMEOUT, context=context)
-        conn.sock = tls_sock  # already connected and verified: http.client uses it as is
-        conn.request("GET", "/.well-known/mta-sts.txt", headers={"User-Agent": "mailflow"})
-        response = conn.getresponse()
-        if response.status != 200:  # 3xx included: 8461 3.3 forbids following redirects
-            raise PolicyError("sts-policy-fetch-error", f"{host} answered HTTP {response.status}")
-        ctype = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype != "text/plain":
-            raise PolicyError("sts-policy-invalid", f"{host} served {ctype or 'no type'}, not text/plain")
-        body = b""
-        while chunk := response.read(4096):
-            body += chunk
-            if len(body) > MAX_POLICY:
-                raise PolicyError("sts-policy-fetch-error", f"{host}: policy over {MAX_POLICY} bytes")
-            if time.monotonic() > deadline:
-                raise PolicyError("sts-policy-fetch-error", f"{host}: policy not read within "
-                                  f"{FETCH_TIMEOUT:.0f} s")
-        return body.decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException) as exc:
-        raise PolicyError("sts-policy-fetch-error", f"fetching from {host}: {exc}") from None
-    finally:
-        sock.close()
+        response = https.request(url, settings, tls, timeout=FETCH_TIMEOUT, max_size=MAX_POLICY)
+    except https.HttpsError as exc:
+        raise PolicyError("sts-webpki-invalid" if exc.untrusted else "sts-policy-fetch-error",
+                          str(exc)) from None
+    if response.status != 200:
+        raise PolicyError("sts-policy-fetch-error", f"{url} answered HTTP {response.status}")
+    if response.content_type != "text/plain":
+        raise PolicyError("sts-policy-invalid",
+                          f"{url} served {response.content_type or 'no type'}, not text/plain")
+    return response.body.decode("utf-8", "replace")
 
 
 class Cache:

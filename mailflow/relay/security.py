@@ -106,11 +106,15 @@ def _tlsa_text(record: dane.Tlsa) -> str:
     return f"{record.usage} {record.selector} {record.mtype} {record.data.hex()}"
 
 
-def for_route(domain: str, mxs: tuple[MX, ...], tls: Tls, settings: Outbound) -> RouteSecurity:
-    """The route's requirements, looking up the MTA-STS policy and TLSA records it needs."""
+def for_route(domain: str, mxs: tuple[MX, ...], tls: Tls, settings: Outbound, *,
+              exempt: bool = False) -> RouteSecurity:
+    """The route's requirements, looking up the MTA-STS policy and TLSA records it needs.
+
+    ``exempt``: a TLS report, which must reach a domain whose TLS is broken (RFC 8460 5.3):
+    tls.ini's own policy only."""
     security = RouteSecurity(domain=domain, tls=tls, settings=settings)
     from_dns = [mx for mx in mxs if mx.from_dns]
-    if not from_dns or domain.startswith("["):
+    if exempt or not from_dns or domain.startswith("["):
         return security
     if tls.mta_sts:
         outcome = mtasts.policy_for(domain, settings, tls, sts_cache())

@@ -22,6 +22,8 @@ from mailflow.config.state import state_dir
 log = logging.getLogger(__name__)
 
 SUCCESS = "success"
+#: The todo note that marks a TLS report mail: exempt from MTA-STS and DANE enforcement.
+TLS_REPORT_NOTE = "tls_report"
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,16 @@ certificate from the test CA serves the policies on 127.0.0.5:443, and MX server
 
 from __future__ import annotations
 
+import email
+import gzip
 import json
 import os
 import ssl
+import time
 from typing import Any
 
+import dkim
+import dns.resolver
 import pytest
 import trustme
 
@@ -16,7 +21,7 @@ from harness.httpsserver import Answer, HTTPSServer
 from tests.support.pipeline import ZONES, Env, make_env
 
 POLICY_IP = "127.0.0.5"
-MX_NAMES = [f"mx.{n}.test" for n in ("enf", "out", "bad", "tst", "plain", "restart")] + \
+MX_NAMES = [f"mx.{n}.test" for n in ("enf", "out", "bad", "tst", "plain", "restart", "rpt", "reports")] + \
            [f"mx.{kind}-{case}.test" for kind in ("n", "c")
             for case in ("down", "slow", "big", "type", "redirect")]
 
@@ -43,10 +48,14 @@ def world(tmp_path_factory, tls_ca: trustme.CA):
     tls_ca.cert_pem.write_to_path(str(inst.config_dir / "ca.pem"))
     inst.write_config("tls.ini", "[outbound]\nca = ca.pem\n")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    names = [f"mta-sts.{m.removeprefix('mx.')}" for m in MX_NAMES]
+    names = [f"mta-sts.{m.removeprefix('mx.')}" for m in MX_NAMES] + ["rua.reports.test"]
     tls_ca.issue_cert(*names).configure_cert(ctx)
     https = HTTPSServer(POLICY_IP, 443, ctx).start()
-    e.zones = dict(ZONES)  # type: ignore[attr-defined]
+    done = inst.mailflow("dkim", "keygen", "mailflow.test", "--selector", "r1", "--bits", "1024")
+    assert done.returncode == 0, done.stderr
+    [(name, rdata)] = [line.split(". IN TXT ") for line in done.stdout.decode().splitlines()
+                       if " IN TXT " in line]
+    e.zones = {**ZONES, name: {"TXT": [rdata]}}  # type: ignore[attr-defined]
     e.https = https  # type: ignore[attr-defined]
     e.configure()
     yield e
@@ -213,3 +222,77 @@ def test_mta_sts_off_in_tls_ini_ignores_policies(env, mx, mx_context):
     finally:
         env.inst.write_config("tls.ini", "[outbound]\nca = ca.pem\n")
         env.configure()
+
+
+def test_a_finished_day_is_reported_by_mail_and_by_https_once(env, mx, mx_context):
+    """TLS-RPT (issue 15 item 3): the day's results for rpt.test, after the day is over, as the
+    RFC's gzipped JSON to both of its `rua`; the mail is DKIM-signed and is delivered although
+    the reports domain's own MTA-STS policy (enforce, with an MX outside it) would refuse it."""
+    server = mx(tls_context=mx_context)
+    serve(env, "rpt.test", answer=Answer(policy("enforce", "mx.rpt.test")))
+    serve(env, "reports.test", answer=Answer(policy("enforce", "mx.nowhere.test")))
+    env.zones["_smtp._tls.rpt.test"] = {"TXT": [  # type: ignore[attr-defined]
+        '"v=TLSRPTv1; rua=mailto:tlsrpt@reports.test,https://rua.reports.test/v1/tlsrpt"']}
+    env.zones["rua.reports.test"] = {"A": [POLICY_IP]}  # type: ignore[attr-defined]
+    env.dns.set_zones(env.zones)  # type: ignore[attr-defined]
+    env.https.routes["rua.reports.test"] = Answer("thanks", status=202)  # type: ignore[attr-defined]
+    for _ in range(3):
+        assert delivered(env, env.send("u@rpt.test"))["tls_level"] in ("mta-sts", "verified")
+    notes = env.inst.root / ".mailflow" / "tlsrpt"
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    (notes / f"{today}.jsonl").rename(notes / f"{yesterday}.jsonl")  # the day is over
+
+    done = env.inst.mailflow("tlsrpt", "send")
+    assert done.returncode == 0 and b"2 TLS reports sent" in done.stdout, done.stdout + done.stderr
+    [post] = env.https.requested("rua.reports.test", "POST")  # type: ignore[attr-defined]
+    assert post.headers["Content-Type"] == "application/tlsrpt+gzip"
+    check_report(json.loads(gzip.decompress(post.body)), yesterday)
+
+    [message] = env.wait(lambda: [d.data for d in server.deliveries if d.rcpt_to == ["tlsrpt@reports.test"]])
+    parsed = email.message_from_bytes(message)
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == "tlsrpt"
+    assert parsed["TLS-Report-Domain"] == "rpt.test" and parsed["TLS-Report-Submitter"] == "mailflow.test"
+    [attachment] = [p for p in parsed.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert attachment.get_filename().startswith("mailflow.test!rpt.test!")
+    check_report(json.loads(gzip.decompress(attachment.get_payload(decode=True))), yesterday)
+    tags = dkim_tags(message)
+    assert tags[b"d"] == b"mailflow.test"
+    assert {b"tls-report-domain", b"tls-report-submitter"} <= set(b"".join(tags[b"h"].split()).split(b":"))
+    assert dkim.verify(message, dnsfunc=txt_lookup(env))
+
+    again = env.inst.mailflow("tlsrpt", "send")
+    assert b"0 TLS reports sent" in again.stdout  # the day is closed
+    assert (notes / f"{yesterday}.sent").exists()
+
+
+def check_report(report: dict[str, Any], on_day: str) -> None:
+    """RFC 8460 4.4's fields and types."""
+    assert report["organization-name"] == "mailflow.test"
+    assert report["date-range"] == {"start-datetime": f"{on_day}T00:00:00Z",
+                                    "end-datetime": f"{on_day}T23:59:59Z"}
+    assert report["contact-info"] and report["report-id"]
+    [entry] = report["policies"]
+    assert entry["policy"]["policy-type"] == "sts"
+    assert entry["policy"]["policy-domain"] == "rpt.test"
+    assert "mode: enforce" in entry["policy"]["policy-string"]
+    assert entry["policy"]["mx-host"] == ["mx.rpt.test"]
+    summary = entry["summary"]
+    assert summary["total-successful-session-count"] >= 1
+    assert summary["total-failure-session-count"] == 0
+    assert "failure-details" not in entry
+
+
+def dkim_tags(message: bytes) -> dict[bytes, bytes]:
+    [value] = [v for k, v in dkim.DKIM(message).headers if k.lower() == b"dkim-signature"]
+    return dkim.util.parse_tag_value(value)
+
+
+def txt_lookup(env: Env):
+    res = dns.resolver.Resolver(configure=False)
+    res.nameservers, res.port = ["127.0.0.1"], env.dns.port
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes:
+        return b"".join(res.resolve(name.decode().rstrip("."), "TXT")[0].strings)
+    return lookup

@@ -11,12 +11,13 @@ import trustme
 
 from harness.mxserver import MXServer
 from mailflow.config.settings import Outbound, Tls
-from mailflow.relay import mtasts
+from mailflow.relay import mtasts, tlsrpt
 from mailflow.relay.client import TlsNeed
 from mailflow.relay.dane import Dane, Tlsa
 from mailflow.relay.mx import MX, Target
 from mailflow.relay.pool import Pool
 from mailflow.relay.security import RouteSecurity
+from mailflow.reports import tls as tls_reports
 
 POLICY = "version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmax_age: 86400\n"
 
@@ -125,3 +126,31 @@ def test_the_pool_never_lends_a_session_opened_at_a_weaker_level(tmp_path, ca, t
     pool.discard(two)
     if two is not one:
         pool.discard(one)
+
+
+def test_a_days_notes_become_one_report_per_policy_domain(tmp_path, monkeypatch):
+    """RFC 8460 4.4: sessions summed per policy, failures detailed by result, MX and IP."""
+    monkeypatch.setenv("MAILFLOW_STATE_DIR", str(tmp_path))
+    sts = tlsrpt.PolicyRef("example.com", "sts", ("version: STSv1", "mode: testing",
+                                                  "mx: mail.example.com", "max_age: 86400"))
+    tlsa = tlsrpt.PolicyRef("example.org", "tlsa", ("3 1 1 00ff",))
+    for _ in range(3):
+        tlsrpt.note(sts, "mail.example.com", "192.0.2.1", tlsrpt.SUCCESS)
+    tlsrpt.note(sts, "mail.example.com", "192.0.2.1", "certificate-not-trusted", "self-signed")
+    tlsrpt.note(sts, "mail.example.com", "192.0.2.1", "certificate-not-trusted", "self-signed")
+    tlsrpt.note(tlsa, "mx.example.org", "192.0.2.2", "validation-failure", "no TLSA record matches")
+    [path] = (tmp_path / "tlsrpt").glob("*.jsonl")
+    path.write_text(path.read_text() + '{"d": "torn')  # a crash mid-line loses only that line
+    reports = tls_reports.summarise(path)
+    [com] = reports["example.com"]
+    assert com["summary"] == {"total-successful-session-count": 3, "total-failure-session-count": 2}
+    assert com["policy"]["mx-host"] == ["mail.example.com"]
+    assert com["failure-details"] == [{"result-type": "certificate-not-trusted",
+                                       "receiving-mx-hostname": "mail.example.com",
+                                       "receiving-ip": "192.0.2.1", "failed-session-count": 2,
+                                       "additional-information": "self-signed"}]
+    [org] = reports["example.org"]
+    assert org["policy"]["policy-type"] == "tlsa" and org["policy"]["mx-host"] == ["mx.example.org"]
+    assert org["summary"]["total-failure-session-count"] == 1
+    name = tls_reports.filename("mx.example.net", "example.com", "2026-11-30", "abc@mx.example.net")
+    assert name == "mx.example.net!example.com!1795996800!1796083199!abc.json.gz"

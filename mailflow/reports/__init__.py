@@ -1,0 +1,1 @@
+"""Reports mailflow sends about its own deliveries (TLS reports, RFC 8460)."""
