@@ -342,8 +342,8 @@ def _open(target: Target, *, helo: str, bind: str | None, settings: Outbound, tl
             smtp.close()
             # a published policy's failure is 4.7.5 (as a certificate that does not verify);
             # tls.ini's own force_tls_hosts keeps 4.7.4, "TLS required but not offered"
-            code = "4.7.5" if need.policy is not None else "4.7.4"
-            raise NextAddress(local_reply(code, f"{where} must use TLS ({_why_tls(need)}) but "
+            status = "4.7.5" if need.policy is not None else "4.7.4"
+            raise NextAddress(local_reply(status, f"{where} must use TLS ({_why_tls(need)}) but "
                                           "did not start it"))
         if session.secured:
             _greet(smtp, helo, mx.using_lmtp)  # RFC 3207 4.2: forget what was said in plaintext
