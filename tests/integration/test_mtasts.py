@@ -243,9 +243,8 @@ def test_a_finished_day_is_reported_by_mail_and_by_https_once(env, mx, mx_contex
     yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
     (notes / f"{today}.jsonl").rename(notes / f"{yesterday}.jsonl")  # the day is over
 
-    done = env.inst.mailflow("tlsrpt", "send")
-    assert done.returncode == 0 and b"2 TLS reports sent" in done.stdout, done.stdout + done.stderr
-    [post] = env.https.requested("rua.reports.test", "POST")  # type: ignore[attr-defined]
+    reporter = env.inst.start_worker("reporter")  # a worker looks for finished days at start
+    [post] = env.wait(lambda: env.https.requested("rua.reports.test", "POST"))  # type: ignore[attr-defined]
     assert post.headers["Content-Type"] == "application/tlsrpt+gzip"
     check_report(json.loads(gzip.decompress(post.body)), yesterday)
 
@@ -262,9 +261,13 @@ def test_a_finished_day_is_reported_by_mail_and_by_https_once(env, mx, mx_contex
     assert {b"tls-report-domain", b"tls-report-submitter"} <= set(b"".join(tags[b"h"].split()).split(b":"))
     assert dkim.verify(message, dnsfunc=txt_lookup(env))
 
+    env.wait(lambda: (notes / f"{yesterday}.sent").exists())  # the day is closed
+    assert "TLS report for rpt.test" in reporter.output()
+    reporter.stop()
+    env.inst.procs.remove(reporter)
     again = env.inst.mailflow("tlsrpt", "send")
-    assert b"0 TLS reports sent" in again.stdout  # the day is closed
-    assert (notes / f"{yesterday}.sent").exists()
+    assert again.returncode == 0 and b"0 TLS reports sent" in again.stdout, again.stdout + again.stderr
+    assert len(env.https.requested("rua.reports.test", "POST")) == 1  # type: ignore[attr-defined]
 
 
 def check_report(report: dict[str, Any], on_day: str) -> None:
