@@ -29,6 +29,7 @@ from mailflow.queue.spool import Spool
 from mailflow.reports import tls as tls_reports
 from mailflow.smtpd import server as smtpd_server
 from mailflow.smtpd.nodes import Nodes, die_with_parent
+from mailflow.suppress import command as suppress_command
 
 log = logging.getLogger("mailflow")
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", action="store_true",
                    help="every owner's queue on the broker, by remote control, and their sum")
     dkim_command.add_parser(sub, _common)
+    suppress_command.add_parser(sub, _common)
     p = sub.add_parser("tlsrpt", help="send the finished days' TLS reports (RFC 8460) now",
                        description="Send every finished UTC day's TLS reports not sent yet (the "
                        "workers do so once an hour).")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_or_exit(getattr(args, "log_format", None))
     handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,
                "flush": cmd_flush, "queue": cmd_queue, "dkim": cmd_dkim,
-               "tlsrpt": cmd_tlsrpt}[args.command]
+               "tlsrpt": cmd_tlsrpt, "suppress": cmd_suppress}[args.command]
     return handler(args)
 
 
@@ -318,6 +320,10 @@ def _cluster_stats(as_json: bool) -> int:
 
 def cmd_dkim(args: argparse.Namespace) -> int:
     return dkim_command.run(args, startup.load_or_exit(getattr(args, "config", None)))
+
+
+def cmd_suppress(args: argparse.Namespace) -> int:
+    return suppress_command.run(args, startup.load_or_exit(getattr(args, "config", None)))
 
 
 def cmd_tlsrpt(args: argparse.Namespace) -> int:

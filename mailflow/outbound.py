@@ -10,9 +10,12 @@ import io
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
+from mailflow import config as configmod
+from mailflow import logs
 from mailflow.address import Address, AddressError, parse_address
 from mailflow.codes import DENY, DENYSOFT, OK, Code
 from mailflow.queue.submission import Queued, QueueError, after_queue, queue_message, split_recipients
+from mailflow.suppress import store as suppression
 
 __all__ = ["send_email", "queue_message", "Queued", "QueueError", "split_recipients",
            "after_queue"]
@@ -60,6 +63,13 @@ def _send_email(from_: str | Address, to: str | Address | Iterable[str | Address
         return DENY, f"malformed address: {exc}"
     if not rcpts:
         return DENY, "no recipients"
+    store = suppression.for_config(configmod.current())
+    for rcpt in rcpts:
+        entry = suppression.check(store, rcpt.address)
+        if entry is not None:
+            logs.event("refused", rcpt=rcpt.address, client="local", reason="suppressed",
+                       since=int(entry.since))
+            return DENY, f"5.7.1 <{rcpt.address}> is on the suppression list: not sent"
     try:
         queued = queue_message(sender, rcpts, _contents_bytes(contents), notes=notes,
                                dot_stuffed=dot_stuffed)

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailflow import tls
+from mailflow.config import environ
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines
-from mailflow.config.settings import Dkim, Outbound, Smtp, Tls, parsers_of
+from mailflow.config.settings import Dkim, Outbound, Shared, Smtp, Tls, parsers_of
 from mailflow.dkim.keys import KeyProblem, domain_keys, domains
 from mailflow.dkim.signer import Signer
 
@@ -210,6 +211,7 @@ class Config:
         self.plugins = _load_plugins(d / "plugins")
         self.bounce_template = _load_bounce_template(d / "outbound.bounce_message")
         self.dkim = _load_dkim(d)
+        self.shared: Shared = build_section(Shared, read_ini(d / "shaping.ini"), "main")
         self._outbound_path = d / "outbound.ini"
         self._stamps = self._stamp()
         self._outbound: Outbound = build_section(Outbound, read_ini(self._outbound_path), "main")
@@ -267,6 +269,13 @@ class Config:
         """The current ``tls.ini`` [outbound] policy, re-read like outbound.ini."""
         self._reload_if_changed()
         return self._tls_outbound
+
+    def shared_redis(self) -> str | None:
+        """The Redis every host shares (shaping_redis, else a Redis broker), or None."""
+        if self.shared.shaping_redis:
+            return self.shared.shaping_redis
+        broker = environ.broker_url()
+        return broker if broker.startswith(("redis://", "rediss://")) else None
 
     def queue_path(self) -> Path:
         return Path(self.outbound.queue_dir).absolute()

@@ -346,6 +346,22 @@ class Dkim:
         "", domain_name, "sign with this domain's key when the From domain has none")
 
 
+def redis_url(value: str) -> str:
+    value = value.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis:// or rediss:// URL")
+    return value
+
+
+@dataclass(frozen=True)
+class Shared:
+    """``shaping.ini`` [main]: where the limits and lists every host shares are kept."""
+
+    shaping_redis: str = setting(
+        "", redis_url, "Redis for limits and the suppression list shared by every host "
+        "(default: the broker's URL when the broker is Redis; else this host alone)")
+
+
 def defaults_of(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in fields(cls)}
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from mailflow import hooks, logs, tally
+from mailflow import config, hooks, logs, tally
 from mailflow.codes import CONT, DENYSOFT, OK
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
@@ -25,6 +25,7 @@ from mailflow.payloads import Outcome
 from mailflow.queue import countdowns, counters
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
+from mailflow.suppress import store as suppression
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
     for address, reply in failed.items():
         log.info("failed id=%s rcpt=%s status=%s response=%r", hmail.todo.uuid, address,
                  reply.enhanced, str(reply))
+    if reason is None:  # refused as it stands, not "Too many failures"
+        store = suppression.for_config(config.current())
+        for address, reply in failed.items():
+            suppression.suppress_failure(store, address, reply)
 
 
 def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: str,

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailflow import hooks
+from mailflow import hooks, logs
 from mailflow.address import AddressError, parse_address
 from mailflow.codes import DENY, DENYSOFT, OK
 from mailflow.config.loader import Config
@@ -23,6 +23,7 @@ from mailflow.queue import submission
 from mailflow.smtpd.acl import ip_allowed
 from mailflow.smtpd.statuscodes import SMTPStatus
 from mailflow.smtpd.tables import ListedOnce, signed
+from mailflow.suppress import store as suppression
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,13 @@ class SubmissionHandler(ListedOnce):
             return SMTPStatus.MALFORMED_RECIPIENT.format(exc)
         if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
             return SMTPStatus.TOO_MANY_RECIPIENTS
+        store = suppression.for_config(self.cfg)
+        entry = (await asyncio.get_running_loop().run_in_executor(None, suppression.check, store, address)
+                 if store.blocking else suppression.check(store, address))
+        if entry is not None:
+            logs.event("refused", rcpt=logs_safe(address), client=conn.remote_ip,
+                       reason="suppressed", since=int(entry.since))
+            return SMTPStatus.SUPPRESSED.format(logs_safe(address))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return SMTPStatus.RECIPIENT_OK

@@ -17,6 +17,8 @@ class SMTPStatus:
     NOT_UTF8 = "553 {} Malformed address: not UTF-8"
     NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
     RELAY_DENIED = "550 5.7.1 Relaying denied"
+    SUPPRESSED = ("550 5.7.1 <{}>: recipient is on the suppression list (an earlier message to it "
+                  "was refused as unknown); not sent")
     TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
     # EHLO, HELO
     BAD_HOST_NAME = "501 5.5.4 Invalid host name in EHLO/HELO"

@@ -1,0 +1,1 @@
+"""The suppression list (PRODUCT §8): addresses not to be mailed again."""

@@ -1,0 +1,134 @@
+"""The suppression list (issue 16 item 3): a 5.1.x refusal adds the recipient, shared by every
+host on a Redis broker (in the state directory on the embedded one); mail to it is refused at
+RCPT and by send_email until `mailflow suppress remove`."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import uuid as uuidlib
+
+import pytest
+
+from harness import brokers
+from harness.dnsserver import free_port
+from tests.support.pipeline import Env, make_env
+
+BROKER_NAMES = ["embedded", "redis"]
+
+
+@pytest.fixture(scope="module", params=BROKER_NAMES)
+def env(request, tmp_path_factory):
+    e, inst = make_env(tmp_path_factory.mktemp(f"suppress-{request.param}"),
+                       brokers.url_for(request.param))
+    port = free_port()
+    inst.write_config("smtp.ini", f"listen = 127.0.0.1:{port}\n")
+    inst.write_config("relay_acl_allow", "127.0.0.1\n")
+    inst.start_smtpd()
+    e.smtp_port = port  # type: ignore[attr-defined]
+    e.broker = request.param  # type: ignore[attr-defined]
+    yield e
+    inst.stop_all()
+    e.dns.stop()
+
+
+def rcpt(env: Env, address: str) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as s:  # type: ignore[attr-defined]
+        s.ehlo("client.test")
+        s.mail("a@sender.test")
+        code, text = s.rcpt(address)
+        return code, text.decode()
+
+
+def submit(env: Env, address: str) -> None:
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as s:  # type: ignore[attr-defined]
+        s.sendmail("a@sender.test", [address], f"Subject: {uuidlib.uuid4().hex}\r\n\r\nhello\r\n")
+
+
+def listed(env: Env) -> dict[str, dict]:
+    done = env.inst.mailflow("suppress", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    return {e["address"]: e for e in json.loads(done.stdout)}
+
+
+def failed_for(env: Env, address: str) -> None:
+    """Until the worker logged the recipient's permanent failure."""
+    env.wait(lambda: env.logged(f"rcpt={address} status="))
+
+
+def test_a_5_1_x_refusal_suppresses_and_5_7_x_or_no_status_does_not(env, mx):
+    tag = uuidlib.uuid4().hex[:8]
+    gone, policy, bare = f"gone-{tag}@dest.test", f"policy-{tag}@dest.test", f"bare-{tag}@dest.test"
+    mx(rcpt={gone: "550 5.1.1 no such user", policy: "550 5.7.1 refused by policy",
+             bare: "550 no such user here"})
+    for address in (gone, policy, bare):
+        assert rcpt(env, address)[0] == 250
+        submit(env, address)
+    for address in (gone, policy, bare):
+        failed_for(env, address)
+    found = listed(env)
+    assert gone in found and "5.1.1" in found[gone]["reason"]
+    assert policy not in found and bare not in found
+    assert env.logged(f"suppressed rcpt={gone}")
+
+    code, text = rcpt(env, gone)
+    assert (code, text[:5]) == (550, "5.7.1") and "suppression list" in text
+    assert rcpt(env, policy)[0] == 250
+    sent = env.inst.mailflow("send", "-f", "a@sender.test", gone, input=b"Subject: x\n\nx\n")
+    assert sent.returncode == 1 and "suppression list" in sent.stderr.decode()
+    assert env.logged(f"refused rcpt={gone} client=127.0.0.1 reason=\"suppressed\"")
+
+    removed = env.inst.mailflow("suppress", "remove", gone)
+    assert removed.returncode == 0, removed.stderr
+    assert rcpt(env, gone)[0] == 250  # mailed again
+
+
+def test_nxdomain_suppresses_and_a_dns_failure_does_not(env, mx):
+    tag = uuidlib.uuid4().hex[:8]
+    mx()
+    nxdomain, servfail = f"u-{tag}@nowhere-{tag}.test", f"u-{tag}@broken.test"
+    submit(env, nxdomain)
+    submit(env, servfail)
+    failed_for(env, nxdomain)
+    env.wait(lambda: env.logged("deferred id=") and env.logged("domain=broken.test"))
+    found = listed(env)
+    assert nxdomain in found and "5.1.2" in found[nxdomain]["reason"]
+    assert servfail not in found
+
+
+def test_add_list_import_by_hand(env, tmp_path):
+    tag = uuidlib.uuid4().hex[:8]
+    added = env.inst.mailflow("suppress", "add", f"Hand-{tag}@Dest.test", "--reason", "asked to stop")
+    assert added.returncode == 0, added.stderr
+    entry = listed(env)[f"hand-{tag}@dest.test"]  # kept in lower case
+    assert entry["reason"] == "asked to stop" and entry["since"] > 0
+    assert rcpt(env, f"hand-{tag}@dest.test")[0] == 550
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"# unsubscribed\nok-{tag}@dest.test\nnot an address\n")
+    done = env.inst.mailflow("suppress", "import", str(bad))
+    assert done.returncode == 1 and f"{bad}:3:" in done.stderr.decode()
+    assert f"ok-{tag}@dest.test" not in listed(env)  # nothing of a bad file
+
+    good = tmp_path / "good.txt"
+    good.write_text(f"ok-{tag}@dest.test,complained\nalso-{tag}@dest.test\n")
+    done = env.inst.mailflow("suppress", "import", str(good))
+    assert done.returncode == 0 and b"2 addresses suppressed" in done.stdout
+    found = listed(env)
+    assert found[f"ok-{tag}@dest.test"]["reason"] == "complained"
+    assert found[f"also-{tag}@dest.test"]["reason"] == "imported from good.txt"
+
+    missing = env.inst.mailflow("suppress", "remove", f"never-{tag}@dest.test")
+    assert missing.returncode == 1
+
+
+def test_every_host_on_a_redis_broker_shares_the_list(env, make_instance):
+    if env.broker != "redis":  # type: ignore[attr-defined]
+        pytest.skip("the embedded broker is one host: its list is the state directory's")
+    tag = uuidlib.uuid4().hex[:8]
+    assert env.inst.mailflow("suppress", "add", f"shared-{tag}@dest.test").returncode == 0
+    other = make_instance(broker_url=env.inst.broker_url, name="otherhost")  # own state directory
+    done = other.mailflow("suppress", "list", "--json")
+    assert f"shared-{tag}@dest.test" in {e["address"] for e in json.loads(done.stdout)}
+    assert other.mailflow("suppress", "remove", f"shared-{tag}@dest.test").returncode == 0
+    assert rcpt(env, f"shared-{tag}@dest.test")[0] == 250
