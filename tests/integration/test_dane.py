@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
-from typing import Any
 
 import pytest
 import trustme
@@ -75,22 +74,11 @@ def env(world: Env) -> Env:
     return world
 
 
-def delivered(env: Env, uuid: str) -> dict[str, Any]:
-    [seen] = env.wait(lambda: [e for e in env.delivered_log() if e["id"].startswith(uuid)])
-    return seen
-
-
-def deferred(env: Env, uuid: str) -> dict[str, Any]:
-    [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
-    [status] = entry.todo.record["rcpt_status"].values()
-    return status
-
-
 @pytest.mark.parametrize("domain", ["ee.test", "full.test"])
 def test_a_matching_dane_ee_record_delivers_at_level_dane(env, mx, domain):
     server = mx(tls_context=env.mx_context)
     uuid = env.send(f"u@{domain}")
-    seen = delivered(env, uuid)
+    seen = env.delivered_record(uuid)
     assert seen["tls_level"] == "dane" and seen["secured"]
     assert server.sessions[-1].tls
     assert env.logged(f"delivered id={uuid}.1 domain={domain}")
@@ -100,7 +88,7 @@ def test_a_matching_dane_ee_record_delivers_at_level_dane(env, mx, domain):
 def test_a_mismatched_tlsa_record_defers_and_sends_nothing(env, mx):
     server = mx(tls_context=env.mx_context)
     uuid = env.send("u@wrong.test")
-    status = deferred(env, uuid)
+    status = env.deferral(uuid)
     assert status["status"] == "4.7.5" and "TLSA" in str(status), status
     assert all(s.deliveries == [] for s in server.sessions)
 
@@ -108,7 +96,7 @@ def test_a_mismatched_tlsa_record_defers_and_sends_nothing(env, mx):
 def test_a_bogus_tlsa_answer_defers_without_connecting(env, mx):
     server = mx(tls_context=env.mx_context)
     uuid = env.send("u@bogus.test")
-    status = deferred(env, uuid)
+    status = env.deferral(uuid)
     assert status["status"] == "4.7.5" and "DNSSEC" in str(status), status
     assert server.sessions == []
 
@@ -116,17 +104,17 @@ def test_a_bogus_tlsa_answer_defers_without_connecting(env, mx):
 def test_an_unsigned_zone_is_delivered_as_without_dane(env, mx):
     mx(tls_context=env.mx_context)
     uuid = env.send("u@insecure.test")
-    seen = delivered(env, uuid)
+    seen = env.delivered_record(uuid)
     assert seen["tls_level"] == "opportunistic"  # enable_tls: STARTTLS, not verified
 
 
 def test_only_unusable_records_mean_tls_required_but_not_authenticated(env, mx):
     env.configure(pool_timeout=0)  # a new connection for each message
     server = mx(tls_context=env.mx_context)
-    assert delivered(env, env.send("u@pkix.test"))["tls_level"] == "opportunistic"
+    assert env.delivered_record(env.send("u@pkix.test"))["tls_level"] == "opportunistic"
     server.tls_context = None  # no STARTTLS offered from now on: DANE says TLS is required
     uuid = env.send("u@pkix.test")
-    status = deferred(env, uuid)
+    status = env.deferral(uuid)
     assert status["status"] == "4.7.5" and "DANE" in str(status), status
     assert len(server.deliveries) == 1
 

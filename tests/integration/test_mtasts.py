@@ -87,17 +87,6 @@ def mx_context(tls_ca: trustme.CA) -> ssl.SSLContext:
     return ctx
 
 
-def delivered(env: Env, uuid: str) -> dict[str, Any]:
-    [seen] = env.wait(lambda: [e for e in env.delivered_log() if e["id"].startswith(uuid)])
-    return seen
-
-
-def deferred(env: Env, uuid: str) -> dict[str, Any]:
-    [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
-    [status] = entry.todo.record["rcpt_status"].values()
-    return status
-
-
 def reported(env: Env, domain: str) -> list[dict[str, Any]]:
     """The TLS-RPT results the worker noted for ``domain``."""
     out = []
@@ -110,7 +99,7 @@ def test_enforce_with_a_matching_mx_and_good_certificate_is_level_mta_sts(env, m
     server = mx(tls_context=mx_context)
     serve(env, "enf.test", answer=Answer(policy("enforce", "mx.enf.test")))
     uuid = env.send("u@enf.test")
-    seen = delivered(env, uuid)
+    seen = env.delivered_record(uuid)
     assert seen["tls_level"] == "mta-sts" and seen["secured"]
     assert server.sessions[-1].tls
     assert env.logged(f"delivered id={uuid}.1 domain=enf.test host=mx.enf.test")
@@ -118,7 +107,7 @@ def test_enforce_with_a_matching_mx_and_good_certificate_is_level_mta_sts(env, m
     assert [r["r"] for r in reported(env, "enf.test")] == ["success"]
     assert len(env.https.requested("mta-sts.enf.test")) == 1
     again = env.send("u@enf.test")  # the cached policy: no second fetch
-    assert delivered(env, again)["tls_level"] == "mta-sts"
+    assert env.delivered_record(again)["tls_level"] == "mta-sts"
     assert len(env.https.requested("mta-sts.enf.test")) == 1
 
 
@@ -126,7 +115,7 @@ def test_enforce_never_uses_an_mx_outside_the_policy(env, mx, mx_context):
     server = mx(tls_context=mx_context)
     serve(env, "out.test", answer=Answer(policy("enforce", "mx.elsewhere.test")))
     uuid = env.send("u@out.test")
-    status = deferred(env, uuid)
+    status = env.deferral(uuid)
     assert status["status"] == "4.7.5", status
     assert "matches its MTA-STS policy" in str(status)
     assert server.sessions == []  # not even connected to
@@ -140,7 +129,7 @@ def test_enforce_with_a_bad_certificate_or_no_tls_defers_and_sends_nothing(env, 
     server = mx(host="127.0.0.3", tls_context=other if case == "untrusted" else None)
     serve(env, "bad.test", mx_ip="127.0.0.3", answer=Answer(policy("enforce", "mx.bad.test")))
     uuid = env.send("u@bad.test")
-    status = deferred(env, uuid)
+    status = env.deferral(uuid)
     assert status["status"] == "4.7.5", status  # never plaintext, whatever the reason
     assert server.deliveries == []  # nothing in plaintext
     assert all(s.deliveries == [] for s in server.sessions)
@@ -155,7 +144,7 @@ def test_testing_mode_delivers_and_reports_the_failure(env, mx):
     serve(env, "tst.test", mx_ip="127.0.0.3", answer=Answer(policy("testing", "mx.tst.test")))
     env.configure(enable_tls="true")
     uuid = env.send("u@tst.test")
-    seen = delivered(env, uuid)
+    seen = env.delivered_record(uuid)
     assert seen["tls_level"] == "opportunistic"  # TLS without verification, as without a policy
     assert server.deliveries[-1].rcpt_to == ["u@tst.test"]
     [failure] = [r for r in reported(env, "tst.test") if r["r"] != "success"]
@@ -181,16 +170,16 @@ def test_a_policy_that_cannot_be_fetched_means_the_cached_one_or_opportunistic(e
     fresh = f"n-{case}.test"
     serve(env, fresh, answer=FAILURES[case])
     uuid = env.send(f"u@{fresh}")
-    assert delivered(env, uuid)["tls_level"] == "none"
+    assert env.delivered_record(uuid)["tls_level"] == "none"
     kinds = {r["r"] for r in reported(env, fresh)}
     assert kinds & {"sts-policy-fetch-error", "sts-policy-invalid"}, kinds
 
     cached = f"c-{case}.test"
     mx_host = serve(env, cached, answer=Answer(policy("enforce", f"mx.{cached}")))
-    assert delivered(env, env.send(f"u@{cached}"))["tls_level"] == "mta-sts"
+    assert env.delivered_record(env.send(f"u@{cached}"))["tls_level"] == "mta-sts"
     serve(env, cached, policy_id="2", answer=FAILURES[case])
     uuid = env.send(f"u@{cached}")
-    assert delivered(env, uuid)["tls_level"] == "mta-sts"
+    assert env.delivered_record(uuid)["tls_level"] == "mta-sts"
     assert len(env.https.requested(f"mta-sts.{cached}")) == 2  # it did try the new one
     assert mx_host == f"mx.{cached}" and server.sessions
 
@@ -198,7 +187,7 @@ def test_a_policy_that_cannot_be_fetched_means_the_cached_one_or_opportunistic(e
 def test_a_restart_keeps_the_cached_policy(env, mx, mx_context):
     mx(tls_context=mx_context)
     serve(env, "restart.test", answer=Answer(policy("enforce", "mx.restart.test")))
-    assert delivered(env, env.send("u@restart.test"))["tls_level"] == "mta-sts"
+    assert env.delivered_record(env.send("u@restart.test"))["tls_level"] == "mta-sts"
     cache = env.inst.root / ".mailflow" / "mta-sts" / "restart.test.json"
     assert json.loads(cache.read_text())["mode"] == "enforce"
     worker = env.inst.procs[0]
@@ -207,7 +196,7 @@ def test_a_restart_keeps_the_cached_policy(env, mx, mx_context):
     serve(env, "restart.test", policy_id="9", answer=Answer("gone", status=404))
     env.inst.start_worker("deliver-again")
     uuid = env.send("u@restart.test")
-    assert delivered(env, uuid)["tls_level"] == "mta-sts"  # from the disk: the fetch failed
+    assert env.delivered_record(uuid)["tls_level"] == "mta-sts"  # from the disk: the fetch failed
 
 
 def test_mta_sts_off_in_tls_ini_ignores_policies(env, mx, mx_context):
@@ -217,7 +206,7 @@ def test_mta_sts_off_in_tls_ini_ignores_policies(env, mx, mx_context):
     try:
         env.configure()
         uuid = env.send("u@plain.test")
-        assert delivered(env, uuid)["tls_level"] == "none"
+        assert env.delivered_record(uuid)["tls_level"] == "none"
         assert env.https.requested("mta-sts.plain.test") == []
     finally:
         env.inst.write_config("tls.ini", "[outbound]\nca = ca.pem\n")
@@ -237,7 +226,7 @@ def test_a_finished_day_is_reported_by_mail_and_by_https_once(env, mx, mx_contex
     env.dns.set_zones(env.zones)  # type: ignore[attr-defined]
     env.https.routes["rua.reports.test"] = Answer("thanks", status=202)  # type: ignore[attr-defined]
     for _ in range(3):
-        assert delivered(env, env.send("u@rpt.test"))["tls_level"] in ("mta-sts", "verified")
+        assert env.delivered_record(env.send("u@rpt.test"))["tls_level"] in ("mta-sts", "verified")
     notes = env.inst.root / ".mailflow" / "tlsrpt"
     today = time.strftime("%Y-%m-%d", time.gmtime())
     yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))

@@ -105,6 +105,17 @@ class Env:
     def wait(self, what: Callable[[], Any], timeout: float = 30.0) -> Any:
         return until(what, timeout, lambda: "\n" + self.inst.dump_logs()[-4000:])
 
+    def delivered_record(self, uuid: str) -> dict[str, Any]:
+        """What the delivered hook saw for the message, once it was delivered."""
+        [seen] = self.wait(lambda: [e for e in self.delivered_log() if e["id"].startswith(uuid)])
+        return seen
+
+    def deferral(self, uuid: str) -> dict[str, Any]:
+        """The recipient status of the message's one entry, once it was deferred."""
+        [entry] = self.wait(lambda: [e for e in self.entries("pending", uuid) if e.num_failures])
+        [status] = entry.todo.record["rcpt_status"].values()
+        return status
+
     def logged(self, text: str) -> bool:
         return any(text in p.output() for p in self.inst.procs)
 
