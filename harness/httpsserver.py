@@ -1,9 +1,10 @@
-"""An HTTPS server for tests: MTA-STS policy hosts and TLS-RPT report receivers.
+"""An HTTP(S) server for tests: MTA-STS policy hosts, TLS-RPT and webhook receivers.
 
-Answers are set per Host header (``routes[host] = Answer(...)``): status, content
-type, body, an optional delay before answering or a Location.  Every request is
-recorded (method, host, path, headers, body), so a test can read what a POST
-carried.
+Answers are set per Host header (``routes[host] = Answer(...)``, or a list of them
+used one request at a time, the last one for good): status, content type, body, an
+optional delay before answering or a Location.  Every request is recorded (method,
+host, path, headers, body, the status answered), so a test can read what a POST
+carried.  Without a TLS context it serves plain HTTP.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ class Request:
     headers: dict[str, str]
     body: bytes
     at: float = field(default_factory=time.time)
+    status: int = 0  #: what was answered (0 while the answer is being held back)
 
 
 class HTTPSServer:
-    def __init__(self, host: str, port: int, context: ssl.SSLContext):
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None = None):
         self.host, self.port, self.context = host, port, context
-        self.routes: dict[str, Answer] = {}
+        self.routes: dict[str, Answer | list[Answer]] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -54,10 +56,12 @@ class HTTPSServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 host = (self.headers.get("Host") or "").split(":")[0].lower()
+                request = Request(self.command, host, self.path, dict(self.headers.items()), body)
                 with outer._lock:
-                    outer.requests.append(Request(self.command, host, self.path,
-                                                  dict(self.headers.items()), body))
-                    answer = outer.routes.get(host, Answer(b"no such host", 404))
+                    outer.requests.append(request)
+                    route = outer.routes.get(host, Answer(b"no such host", 404))
+                    answer = (route.pop(0) if len(route) > 1 else route[0]) if isinstance(route, list) \
+                        else route
                 if answer.delay:
                     time.sleep(answer.delay)
                 data = answer.body.encode() if isinstance(answer.body, str) else answer.body
@@ -68,13 +72,15 @@ class HTTPSServer:
                     self.send_header("Location", answer.location)
                 self.end_headers()
                 self.wfile.write(data)
+                request.status = answer.status
 
             do_GET = _serve
             do_POST = _serve
 
         server = ThreadingHTTPServer((self.host, self.port), Handler)
         server.daemon_threads = True
-        server.socket = self.context.wrap_socket(server.socket, server_side=True)
+        if self.context is not None:
+            server.socket = self.context.wrap_socket(server.socket, server_side=True)
         self._server = server
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True, name="https").start()
         return self

@@ -22,6 +22,7 @@ from mailflow.config import environ, startup
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
 from mailflow.dkim import command as dkim_command
+from mailflow.queue import events
 from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
 from mailflow.queue.manager import QueueManager
@@ -269,7 +270,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if action == "stats":
         if args.cluster:
             return _cluster_stats(args.json)
-        numbers = queuetools.stats(spool)
+        numbers: dict[str, int] = queuetools.stats(spool)
+        if cfg.webhooks:  # events kept and not yet accepted by their endpoint
+            numbers["webhook_backlog"] = events.backlog(spool.root)
         print(json.dumps(numbers) if args.json else
               " ".join(f"{k}={v}" for k, v in numbers.items()))
         return 0

@@ -45,7 +45,8 @@ TRANSMIT = "mailflow.transmit"
 BOUNCE = "mailflow.bounce"
 FLUSH_QUEUE = "mailflow.flush_queue"
 REPORT = "mailflow.report"
-TASK_NAMES = (LOOKUP_MX, ACQUIRE_CONNECTION, TRANSMIT, BOUNCE, FLUSH_QUEUE, REPORT)
+WEBHOOK = "mailflow.webhook"
+TASK_NAMES = (LOOKUP_MX, ACQUIRE_CONNECTION, TRANSMIT, BOUNCE, FLUSH_QUEUE, REPORT, WEBHOOK)
 
 
 @dataclass(frozen=True)

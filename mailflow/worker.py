@@ -35,7 +35,7 @@ from mailflow.application import app
 from mailflow.config import environ, startup
 from mailflow.config.settings import Tls
 from mailflow.descriptors import raise_descriptor_limit
-from mailflow.queue import lending
+from mailflow.queue import events, lending
 from mailflow.queue import manager as qmgr
 from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
@@ -119,6 +119,22 @@ def _send_tls_reports() -> None:
         time.sleep(TLS_REPORT_CHECK)
 
 
+#: How often (s) an owner's worker looks for webhook events whose publish was lost.
+WEBHOOK_SWEEP = 10.0
+
+
+def _sweep_webhook_events() -> None:
+    while True:
+        time.sleep(WEBHOOK_SWEEP)
+        cfg = config.current()
+        if not cfg.webhooks or _local_spool() is None:
+            continue
+        try:
+            events.sweep(cfg.queue_path())
+        except Exception:
+            log.exception("webhook sweep failed; again in %d s", WEBHOOK_SWEEP)
+
+
 def _say_whether_dane_validates(tls: Tls) -> None:
     """DANE trusts the resolver's AD bit: one that does not validate makes every zone look
     insecure, so DANE would silently never apply.  Said once at start, either way."""
@@ -160,6 +176,7 @@ def _start_queue_manager(sender: Any = None, **_kwargs: Any) -> None:
     proctitle.start("worker", config.current())
     _say_whether_dane_validates(config.current().tls_outbound)
     threading.Thread(target=_send_tls_reports, daemon=True, name="mailflow-tls-reports").start()
+    threading.Thread(target=_sweep_webhook_events, daemon=True, name="mailflow-webhooks").start()
     _start_renewing(getattr(sender, "hostname", None))
     if _local_spool() is not None:
         _qmgr.append(qmgr.QueueManager(config.current()).start())

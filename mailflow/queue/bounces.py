@@ -17,7 +17,7 @@ from mailflow.address import Address
 from mailflow.codes import CONT
 from mailflow.message import dot_unstuff
 from mailflow.payloads import Batch
-from mailflow.queue import counters, submission
+from mailflow.queue import counters, events, submission
 from mailflow.queue.claims import gone, here, holding, load
 from mailflow.queue.dsn import build
 from mailflow.queue.hmail import HMail
@@ -66,6 +66,8 @@ def not_now(spool: Spool, hmail: HMail, exc: Exception) -> None:
               exc_info=exc)
     if fails > len(intervals):
         logs.event("dropped", id=hmail.todo.uuid, reason=f"no bounce could be made: {exc}")
+        events.message_event(cfg, "dropped", hmail.todo, [r.address for r in hmail.todo.rcpt_to],
+                             response=f"no bounce could be made: {exc}", num_failures=fails)
         hmail.path.unlink(missing_ok=True)
         counters.add(spool.root, "dropped")
         tally.count("dropped")
@@ -86,6 +88,8 @@ def bounce_one(hmail: HMail) -> None:
     if todo.mail_from.is_null:
         # RFC 3464/5321: never bounce a bounce (a double bounce is dropped with a log line)
         logs.event("dropped", id=todo.uuid, reason=f"null sender, no bounce: {reason}")
+        events.message_event(cfg, "dropped", todo, [r.address for r in todo.rcpt_to],
+                             response=f"null sender, no bounce: {reason}")
         hmail.path.unlink(missing_ok=True)
         counters.add(cfg.queue_path(), "dropped")
         tally.count("dropped")

@@ -22,7 +22,7 @@ from mailflow.codes import CONT, DENYSOFT, OK
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.payloads import Outcome
-from mailflow.queue import countdowns, counters
+from mailflow.queue import countdowns, counters, events
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.suppress import store as suppression
@@ -57,6 +57,9 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound) -> 
                rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}")
     if ok:
         response = str(outcome.results[ok[0]])
+        events.message_event(config.current(), "delivered", hmail.todo, ok,
+                             status=outcome.results[ok[0]].enhanced, response=response, host=outcome.host,
+                             ip=outcome.ip, tls_level=outcome.tls_level, num_failures=hmail.num_failures)
         params = [outcome.host, outcome.ip, response, delay, outcome.port, outcome.mode, ok,
                   outcome.secured]
         hooks.decide(hooks.delivered, raised=CONT, hmail=hmail, host=outcome.host, ip=outcome.ip,
@@ -93,6 +96,9 @@ def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
     for address, reply in failed.items():
         log.info("failed id=%s rcpt=%s status=%s response=%r", hmail.todo.uuid, address,
                  reply.enhanced, str(reply))
+    first = next(iter(failed.values()))
+    events.message_event(config.current(), "bounced", hmail.todo, list(failed), status=first.enhanced,
+                         response=str(first), host=remote_mta, num_failures=hmail.num_failures)
     if reason is None:  # refused as it stands, not "Too many failures"
         store = suppression.for_config(config.current())
         for address, reply in failed.items():
@@ -117,6 +123,9 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     answer = hooks.decide(hooks.deferred, hmail=hmail, delay=delay, err=err)
     if answer.code is OK:
         logs.event("dropped", id=hmail.todo.uuid, reason=f"deferred hook: {answer.value or 'OK'}")
+        events.message_event(config.current(), "dropped", hmail.todo,
+                             [r.address for r in hmail.todo.rcpt_to], response=err, host=remote_mta,
+                             num_failures=fails)
         hmail.path.unlink(missing_ok=True)
         counters.add(spool.root, "dropped")
         tally.count("dropped")
@@ -134,6 +143,9 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     else:
         spool.rewrite(hmail.path, name, todo, PENDING)
         hmail.path.unlink(missing_ok=True)
+    first = next(iter(deferred.values()))
+    events.message_event(config.current(), "deferred", todo, list(deferred), status=first.enhanced,
+                         response=err, host=remote_mta, num_failures=fails)
     countdowns.note(name, delay, err)
 
 

@@ -23,7 +23,7 @@ from mailflow import message as msg
 from mailflow.address import Address
 from mailflow.dkim.keys import KeyProblem
 from mailflow.message import Body
-from mailflow.queue import counters
+from mailflow.queue import counters, events
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import NewEntry, Spool, now_ms
 from mailflow.queue.todo import ToDo
@@ -219,6 +219,9 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | B
     logs.event("queued", id=txn, **{"from": str(mail_from)},
                rcpts=",".join(str(r) for r in rcpt_to), size=size, client=client, auth=auth or "-")
     names = [e.name for e in entries]
+    for entry in entries:
+        events.message_event(cfg, "queued", entry.todo, [r.address for r in entry.todo.rcpt_to],
+                             status="2.0.0", response=f"queued as {txn}")
     for callback in after_queue:
         try:
             callback(spool, names)

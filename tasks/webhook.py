@@ -1,0 +1,21 @@
+"""``mailflow.webhook``: POST one kept delivery event to its endpoint (mailflow/webhooks/)."""
+
+from __future__ import annotations
+
+from celery.exceptions import Ignore
+
+from mailflow import config
+from mailflow.application import app
+from mailflow.errors import NothingToDo
+from mailflow.payloads import WEBHOOK
+from mailflow.webhooks.sender import deliver
+
+
+@app.task(name=WEBHOOK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def webhook(name: str) -> str:
+    """The event file is the record: a lost or repeated task costs at most one more POST
+    with the same webhook-id, which receivers drop."""
+    try:
+        return deliver(config.current(), str(name))
+    except NothingToDo:
+        raise Ignore() from None
