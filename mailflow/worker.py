@@ -30,7 +30,7 @@ from celery.signals import (
 )
 from celery.worker.control import control_command, inspect_command
 
-from mailflow import compat, config, logs, proctitle
+from mailflow import compat, config, logs, metrics, proctitle
 from mailflow.application import app
 from mailflow.config import environ, startup
 from mailflow.config.settings import Tls
@@ -177,6 +177,7 @@ def _start_queue_manager(sender: Any = None, **_kwargs: Any) -> None:
     _say_whether_dane_validates(config.current().tls_outbound)
     threading.Thread(target=_send_tls_reports, daemon=True, name="mailflow-tls-reports").start()
     threading.Thread(target=_sweep_webhook_events, daemon=True, name="mailflow-webhooks").start()
+    threading.Thread(target=metrics.serve_forever, daemon=True, name="mailflow-metrics-http").start()
     _start_renewing(getattr(sender, "hostname", None))
     if _local_spool() is not None:
         _qmgr.append(qmgr.QueueManager(config.current()).start())

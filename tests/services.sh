@@ -21,7 +21,8 @@ fi
 
 # Tools the suite needs under CI (where a missing one is a failure, not a skip): Chromium for
 # the Flower page test, a compose client for checking deploy/compose.yaml, nsd and unbound
-# for the DANE tests (an authoritative server for the signed test zone, a validating resolver).
+# for the DANE tests (an authoritative server for the signed test zone, a validating resolver),
+# and promtool (Debian's prometheus) for the metrics page.
 if [ -n "${CI:-}" ] && command -v apt-get >/dev/null 2>&1; then
     need=""
     command -v chromium >/dev/null 2>&1 || need="$need chromium"
@@ -30,6 +31,7 @@ if [ -n "${CI:-}" ] && command -v apt-get >/dev/null 2>&1; then
     for tool in nsd unbound; do
         command -v $tool >/dev/null 2>&1 || [ -x /usr/sbin/$tool ] || need="$need $tool"
     done
+    command -v promtool >/dev/null 2>&1 || need="$need prometheus"  # promtool checks /metrics
     if [ -n "$need" ]; then
         echo "services: installing$need (CI)"
         apt-get update -qq >/dev/null 2>&1

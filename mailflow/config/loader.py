@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from mailflow import tls
 from mailflow.config import environ, webhooks
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines
-from mailflow.config.settings import Dkim, Outbound, Shared, Smtp, Tls, parsers_of
+from mailflow.config.settings import Dkim, Metrics, Outbound, Shared, Smtp, Tls, parsers_of
 from mailflow.dkim.keys import KeyProblem, domain_keys, domains
 from mailflow.dkim.signer import Signer
 
@@ -213,6 +213,7 @@ class Config:
         self.dkim = _load_dkim(d)
         self.shared: Shared = build_section(Shared, read_ini(d / "shaping.ini"), "main")
         self.webhooks = webhooks.load(d / "webhooks.ini")
+        self.metrics: Metrics = build_section(Metrics, read_ini(d / "metrics.ini"), "main", strict=True)
         self._outbound_path = d / "outbound.ini"
         self._stamps = self._stamp()
         self._outbound: Outbound = build_section(Outbound, read_ini(self._outbound_path), "main")

@@ -362,6 +362,18 @@ class Shared:
         "(default: the broker's URL when the broker is Redis; else this host alone)")
 
 
+def optional_hostport(value: str) -> tuple[str, int] | None:
+    return parse_hostport(value) if value.strip() else None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """``metrics.ini`` [main]: the Prometheus endpoint, one per host (PRODUCT §8)."""
+
+    listen: tuple[str, int] | None = setting(
+        None, optional_hostport, "host:port of the /metrics endpoint (off when unset)")
+
+
 def defaults_of(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in fields(cls)}
 

@@ -25,6 +25,7 @@ from mailflow.payloads import Outcome
 from mailflow.queue import countdowns, counters, events
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
+from mailflow.sampler import observe_delivery, tls_counter
 from mailflow.suppress import store as suppression
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound) -> 
         hmail.path.unlink(missing_ok=True)
         if ok:
             counters.add(spool.root, "delivered")
+    if ok:
+        counters.add(spool.root, tls_counter(outcome.tls_level))
+        observe_delivery(delay)
 
 
 def _status_of(reply: Reply, remote_mta: str) -> dict[str, Any]:
@@ -143,6 +147,7 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     else:
         spool.rewrite(hmail.path, name, todo, PENDING)
         hmail.path.unlink(missing_ok=True)
+    counters.add(spool.root, "deferred_total")
     first = next(iter(deferred.values()))
     events.message_event(config.current(), "deferred", todo, list(deferred), status=first.enhanced,
                          response=err, host=remote_mta, num_failures=fails)

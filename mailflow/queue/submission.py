@@ -219,6 +219,10 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | B
     logs.event("queued", id=txn, **{"from": str(mail_from)},
                rcpts=",".join(str(r) for r in rcpt_to), size=size, client=client, auth=auth or "-")
     names = [e.name for e in entries]
+    try:
+        counters.add(spool.root, "queued_total", len(entries))
+    except OSError as exc:  # the mail is queued: a counter is not worth refusing it for
+        log.warning("queued counter not added: %s", exc)
     for entry in entries:
         events.message_event(cfg, "queued", entry.todo, [r.address for r in entry.todo.rcpt_to],
                              status="2.0.0", response=f"queued as {txn}")

@@ -59,6 +59,12 @@ def stats(spool: Spool) -> dict[str, int]:
     return out
 
 
+def oldest_age(spool: Spool) -> float:
+    """Seconds since the oldest entry in the queue arrived (0 when it is empty)."""
+    arrivals = [name.arrival_ms for _, _, name in _entries(spool)]
+    return max(0.0, (now_ms() - min(arrivals)) / 1000) if arrivals else 0.0
+
+
 def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
     now = now_ms()
     out = []

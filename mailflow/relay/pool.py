@@ -88,6 +88,11 @@ class Pool:
         with self._cond:
             return self._open
 
+    @property
+    def idle_connections(self) -> int:
+        with self._cond:
+            return sum(len(sessions) for sessions in self._idle.values())
+
     def _room(self, ip: str, settings: Outbound) -> bool:
         return self._open < settings.concurrency_max and self._per_ip[ip] < settings.pool_concurrency_max
 

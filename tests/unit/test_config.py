@@ -10,7 +10,7 @@ import pytest
 
 from mailflow import config as configmod
 from mailflow.config.files import ConfigError, read_ini
-from mailflow.config.settings import Dkim, Outbound, Shared, Smtp, defaults_of, parsers_of
+from mailflow.config.settings import Dkim, Metrics, Outbound, Shared, Smtp, defaults_of, parsers_of
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config"
@@ -39,7 +39,8 @@ def _commented_defaults(path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("cls,filename", [(Outbound, "outbound.ini"), (Smtp, "smtp.ini"),
-                                               (Dkim, "dkim.ini"), (Shared, "shaping.ini")])
+                                               (Dkim, "dkim.ini"), (Shared, "shaping.ini"),
+                                               (Metrics, "metrics.ini")])
 def test_shipped_file_documents_every_key_with_its_real_default(cls, filename):
     path = SHIPPED / filename
     documented = _commented_defaults(path)

@@ -1,0 +1,89 @@
+"""This process's own figures for the host's metrics endpoint (mailflow/metrics.py).
+
+The delivery-time histogram is counted where outcomes are recorded, in whichever
+process that is; every few seconds the process writes its figures to its own file
+under ``<state>/metrics/``, which the endpoint adds up.  Nothing here is per message
+but a few additions under a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from mailflow.config.state import state_dir
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (s) of the delivery-time buckets: queue to delivered, retries included.
+BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+WRITE_EVERY = 5.0
+
+
+def tls_counter(level: str) -> str:
+    """The counter file (queue/.counters/) of deliveries at one TLS level."""
+    return f"tls_{level}"
+
+
+class Sampler:
+    """This process's own figures, written to its file in the metrics directory."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * len(BUCKETS)
+        self.count = 0
+        self.sum = 0.0
+        self._lock = threading.Lock()
+        self._dirty = True
+        self._started = False
+        self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        #: figures read when the file is written (the pool's open and idle connections)
+        self.gauges: dict[str, Callable[[], int]] = {}
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            for i, bound in enumerate(BUCKETS):
+                if seconds <= bound:
+                    self.buckets[i] += 1
+            self.count += 1
+            self.sum += seconds
+            self._dirty = True
+        self.start()
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        threading.Thread(target=self._loop, daemon=True, name="mailflow-metrics").start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.write()
+            except OSError as exc:
+                log.debug("metrics sample not written: %s", exc)
+            time.sleep(WRITE_EVERY)
+
+    def write(self) -> None:
+        with self._lock:
+            data = {"pid": os.getpid(), "buckets": list(self.buckets), "count": self.count,
+                    "sum": self.sum, "at": time.time(),
+                    **{name: gauge() for name, gauge in self.gauges.items()}}
+        where = state_dir() / "metrics"
+        where.mkdir(exist_ok=True)
+        tmp = where / f".{self._name}"
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, where / self._name)
+
+
+SAMPLER = Sampler()
+
+
+def observe_delivery(seconds: float) -> None:
+    SAMPLER.observe(seconds)
+
+
