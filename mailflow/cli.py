@@ -27,6 +27,7 @@ from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
 from mailflow.queue.manager import QueueManager
 from mailflow.queue.spool import Spool
+from mailflow.relay.shaping import shaper_for
 from mailflow.reports import tls as tls_reports
 from mailflow.smtpd import server as smtpd_server
 from mailflow.smtpd.nodes import Nodes, die_with_parent
@@ -273,6 +274,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
         numbers: dict[str, int] = queuetools.stats(spool)
         if cfg.webhooks:  # events kept and not yet accepted by their endpoint
             numbers["webhook_backlog"] = events.backlog(spool.root)
+        suspended = shaping_state(cfg)
+        if suspended:  # destinations a reply suspended: seconds left
+            numbers.update({f"suspended:{rule}": left for rule, left in suspended.items()})
         print(json.dumps(numbers) if args.json else
               " ".join(f"{k}={v}" for k, v in numbers.items()))
         return 0
@@ -302,6 +306,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
                                 all_deferred=args.all_deferred)
     print(f"{removed} entries deleted")
     return 0 if removed or not args.ident else 1
+
+
+def shaping_state(cfg: Config) -> dict[str, int]:
+    """Rules suspended now, with the seconds left (the shared store's view)."""
+    if not cfg.shaping:
+        return {}
+    shaper = shaper_for(cfg.shared_redis())
+    return {r.name: round(left) for r in cfg.shaping if r.suspend_on and (left := shaper.suspended(r)) > 0}
 
 
 def _cluster_stats(as_json: bool) -> int:

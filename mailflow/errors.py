@@ -60,6 +60,15 @@ class PermanentError(DeliveryError):
     temporary = False
 
 
+class Throttled(TemporaryError):
+    """A traffic shaping rule says not now: the entries wait ``wait`` seconds, handed back
+    without counting a failure (mailflow/relay/shaping.py)."""
+
+    def __init__(self, wait: float, why: str):
+        self.wait = wait
+        super().__init__(local_reply("4.7.0", why))
+
+
 def local_reply(status: str, text: str) -> Reply:
     """mailflow's own reply, as the log and bounces show it: ``4.4.3 text``."""
     return Reply(0, f"{status} {text}")

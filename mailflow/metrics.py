@@ -36,6 +36,7 @@ from mailflow.queue import counters, events
 from mailflow.queue import tools as queuetools
 from mailflow.queue.spool import Spool
 from mailflow.relay.pool import POOL
+from mailflow.relay.shaping import shaper_for
 from mailflow.sampler import BUCKETS, SAMPLER, tls_counter
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,26 @@ class HostCollector(Collector):
         yield GaugeMetricFamily("mailflow_webhook_backlog", "Webhook events not yet accepted",
                                 value=events.backlog(root))
         yield from self._sampled()
-        yield CounterMetricFamily("mailflow_shaping_throttled", "Throttled deliveries by shaping rule",
-                                  labels=["rule"])
+        suspended = GaugeMetricFamily("mailflow_shaping_suspended_seconds",
+                                      "Seconds left of a shaping rule's suspension", labels=["rule"])
+        if self.cfg.shaping:
+            shaper = shaper_for(self.cfg.shared_redis())
+            for rule in self.cfg.shaping:
+                if rule.suspend_on:
+                    suspended.add_metric([rule.name], shaper.suspended(rule))
+        yield suspended
 
     def _sampled(self) -> Iterator[Any]:
         found = samples(state_dir() / "metrics")
         buckets = [0] * len(BUCKETS)
         count, total = 0, 0.0
         open_now = idle_now = 0
+        throttled: dict[str, int] = {}
         for sample in found:
+            for name, n in (sample.get("counts") or {}).items():
+                if name.startswith("throttled:"):
+                    rule = name.split(":", 1)[1]
+                    throttled[rule] = throttled.get(rule, 0) + int(n)
             for i, n in enumerate(sample.get("buckets", [])[: len(BUCKETS)]):
                 buckets[i] += int(n)
             count += int(sample.get("count", 0))
@@ -129,6 +141,11 @@ class HostCollector(Collector):
         connections.add_metric(["open"], open_now)
         connections.add_metric(["idle"], idle_now)
         yield connections
+        family = CounterMetricFamily("mailflow_shaping_throttled",
+                                     "Deliveries held back by a shaping rule", labels=["rule"])
+        for rule, n in sorted(throttled.items()):
+            family.add_metric([rule], n)
+        yield family
 
 
 def registry(cfg: Config) -> CollectorRegistry:

@@ -315,11 +315,12 @@ class Report:
     holder: str
     results: dict[str, Outcome] = field(default_factory=dict)
     back: tuple[str, ...] = ()
+    back_due_ms: int = 0  #: when the entries given back are due (0: now; later for a shaping wait)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.batch.to_json(), "holder": self.holder,
                 "results": {n: o.to_json() for n, o in self.results.items()},
-                "back": list(self.back)}
+                "back": list(self.back), "back_due_ms": self.back_due_ms}
 
     @classmethod
     def from_json(cls, data: Any) -> Report:
@@ -334,8 +335,10 @@ class Report:
             outcomes = {str(n): Outcome.from_json(o) for n, o in results.items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadName(f"a report's outcome is malformed: {exc!r}") from None
+        due = data.get("back_due_ms", 0)
         return cls(batch=batch, holder=str(data.get("holder", "?")), results=outcomes,
-                   back=tuple(str(n) for n in back))
+                   back=tuple(str(n) for n in back),
+                   back_due_ms=due if isinstance(due, int) and not isinstance(due, bool) else 0)
 
 
 def accepted(parse: Any, data: Any, task: str, *args: Any) -> Any:

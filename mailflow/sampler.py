@@ -37,6 +37,7 @@ class Sampler:
         self.buckets = [0] * len(BUCKETS)
         self.count = 0
         self.sum = 0.0
+        self.counts: dict[str, int] = {}  #: named counts (``throttled:<rule>``)
         self._lock = threading.Lock()
         self._dirty = True
         self._started = False
@@ -51,6 +52,12 @@ class Sampler:
                     self.buckets[i] += 1
             self.count += 1
             self.sum += seconds
+            self._dirty = True
+        self.start()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + n
             self._dirty = True
         self.start()
 
@@ -71,7 +78,7 @@ class Sampler:
     def write(self) -> None:
         with self._lock:
             data = {"pid": os.getpid(), "buckets": list(self.buckets), "count": self.count,
-                    "sum": self.sum, "at": time.time(),
+                    "sum": self.sum, "at": time.time(), "counts": dict(self.counts),
                     **{name: gauge() for name, gauge in self.gauges.items()}}
         where = state_dir() / "metrics"
         where.mkdir(exist_ok=True)

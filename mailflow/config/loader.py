@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailflow import tls
-from mailflow.config import environ, webhooks
+from mailflow.config import environ, shaping, webhooks
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines
 from mailflow.config.settings import Dkim, Metrics, Outbound, Shared, Smtp, Tls, parsers_of
 from mailflow.dkim.keys import KeyProblem, domain_keys, domains
@@ -212,6 +212,7 @@ class Config:
         self.bounce_template = _load_bounce_template(d / "outbound.bounce_message")
         self.dkim = _load_dkim(d)
         self.shared: Shared = build_section(Shared, read_ini(d / "shaping.ini"), "main")
+        self.shaping = shaping.load(d / "shaping.ini")
         self.webhooks = webhooks.load(d / "webhooks.ini")
         self.metrics: Metrics = build_section(Metrics, read_ini(d / "metrics.ini"), "main", strict=True)
         self._outbound_path = d / "outbound.ini"

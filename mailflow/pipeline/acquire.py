@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 
 from mailflow import config, tally
 from mailflow.config.loader import Config
-from mailflow.errors import DeliveryError, NothingToDo
+from mailflow.errors import DeliveryError, NothingToDo, Throttled
 from mailflow.payloads import Batch, Route, accepted
+from mailflow.pipeline.shaping import RouteShaping
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.entry import BadName
 from mailflow.queue.hmail import HMail
@@ -101,8 +102,20 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
     security = for_route(route.domain, route.mx, tls, settings, exempt=route.tls_exempt)
     found = security.allowed(targets(list(route.mx), settings))
     bind, helo = source_for(found[0], route, cfg)
-    return POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=tls,
-                        domain=route.domain, wait=wait, evict=evict, need_for=security.need)
+    lease = RouteShaping(cfg, route.domain).lease(found[0].mx.exchange, bind)
+    try:
+        session = POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=tls,
+                               domain=route.domain, wait=wait, evict=evict, need_for=security.need)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    if lease is not None:
+        if session.lease is None:
+            session.lease = lease
+        else:
+            lease.release()
+    return session
 
 
 def source_for(target: Target, route: Route, cfg: Config) -> tuple[str | None, str]:
@@ -118,6 +131,9 @@ def _session(spool: Spool, route: Route, hmails: list[HMail], cfg: Config,
     settings = cfg.outbound
     try:
         return session_for(route, cfg, wait=0.0 if again else SLOT_WAIT)
+    except Throttled as exc:  # not a failure: due again when the rule allows
+        back = give_back(spool, hmails, now_ms() + int(exc.wait * 1000))
+        log.info("%s: %d entries for %s due again in %.0f s", exc.reply.text, back, route.domain, exc.wait)
     except NoSlot as exc:
         if again is not None:
             _wait_for_slot(spool, route, hmails, exc, again, cfg)

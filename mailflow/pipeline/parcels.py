@@ -20,12 +20,12 @@ from typing import Any
 
 from mailflow import tally
 from mailflow.config.loader import Config
-from mailflow.errors import DeliveryError, Reply, local_reply
+from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
 from mailflow.lease import clock
 from mailflow.payloads import Batch, Letter, Outcome, Parcel, Report
 from mailflow.pipeline.acquire import payload_from, session_for, still_waiting
 from mailflow.pipeline.transmit import Courier
-from mailflow.queue.spool import Spool
+from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.fence import HOLDINGS, Holding
 from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
 from mailflow.seal import SealError
@@ -67,6 +67,7 @@ class RemoteLedger:
         self.domain = parcel.route.domain
         self.results: dict[str, Outcome] = {}
         self.back: list[str] = []
+        self.back_due_ms = 0  #: when what is handed back is due (0: now), a shaping rule's wait
         self.reported: set[str] = set()  #: names already in a report the broker took
         self.cut_off = False
         self._last_report = clock()
@@ -107,9 +108,11 @@ class RemoteLedger:
         self.fail_all(item, local_reply("4.3.0", f"internal error: {type(exc).__name__}: {exc}"),
                       outcome or Outcome())
 
-    def give_back(self, items: list[Letter]) -> int:
+    def give_back(self, items: list[Letter], due_ms: int | None = None) -> int:
         names = [x.name for x in items if self._open(x.name)]
         self.back += names
+        if due_ms:
+            self.back_due_ms = max(self.back_due_ms, due_ms)
         tally.count("handed_back", len(names))
         return len(names)
 
@@ -120,7 +123,7 @@ class RemoteLedger:
         if not (self.results or self.back or final):
             return
         report = Report(batch=self.parcel.batch, holder=self.holder, results=dict(self.results),
-                        back=tuple(self.back))
+                        back=tuple(self.back), back_due_ms=self.back_due_ms)
         try:
             self.report(report)
         except Exception as exc:
@@ -134,6 +137,7 @@ class RemoteLedger:
         self.reported.update(self.results, self.back)
         self.results.clear()
         self.back.clear()
+        self.back_due_ms = 0
 
 
 def acquire_parcel(parcel: Parcel, cfg: Config, hand_on: HandOn, again: Again | None,
@@ -147,6 +151,10 @@ def acquire_parcel(parcel: Parcel, cfg: Config, hand_on: HandOn, again: Again | 
     letters = list(parcel.letters)
     try:
         session = session_for(parcel.route, cfg, wait=0.0 if again else SLOT_WAIT)
+    except Throttled as exc:  # back to the owner, due when the rule allows
+        ledger.give_back(letters, now_ms() + int(exc.wait * 1000))
+        _done(parcel, ledger)
+        return
     except NoSlot as exc:
         waiting = still_waiting(parcel.route) if again is not None else None
         if again is not None and waiting is not None:

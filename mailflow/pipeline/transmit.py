@@ -12,9 +12,10 @@ from typing import Any, Protocol
 from mailflow import config, tally
 from mailflow.config.loader import Config
 from mailflow.config.settings import Outbound
-from mailflow.errors import DeliveryError, Reply, local_reply
+from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
 from mailflow.payloads import Outcome, Route
 from mailflow.pipeline.acquire import session_for
+from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping
 from mailflow.queue import countdowns
 from mailflow.queue.claims import give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
@@ -85,7 +86,7 @@ class Ledger(Protocol):
     def fail_all(self, item: Any, reply: Reply, outcome: Outcome) -> None: ...
     def fail_each(self, items: list[Any], exc: DeliveryError) -> None: ...
     def crashed(self, item: Any, exc: BaseException, outcome: Outcome | None = None) -> None: ...
-    def give_back(self, items: list[Any]) -> int: ...
+    def give_back(self, items: list[Any], due_ms: int | None = None) -> int: ...
 
 
 class LocalLedger:
@@ -119,8 +120,8 @@ class LocalLedger:
     def crashed(self, item: HMail, exc: BaseException, outcome: Outcome | None = None) -> None:
         crashed(self.spool, item, exc, self.settings, outcome)
 
-    def give_back(self, items: list[HMail]) -> int:
-        return give_back(self.spool, items, now_ms())
+    def give_back(self, items: list[HMail], due_ms: int | None = None) -> int:
+        return give_back(self.spool, items, due_ms or now_ms())
 
 
 class LockedLedger:
@@ -168,6 +169,7 @@ class Courier:
         self._lanes: list[threading.Thread] = []
         self._counted: list[tuple[Counter[str], list[countdowns.Deferral]]] = []
         self._started = 0.0
+        self.shaping = RouteShaping(cfg, route.domain)
 
     @property
     def session(self) -> Session | None:
@@ -210,6 +212,8 @@ class Courier:
                     with self._lock:
                         self._todo.appendleft(item)
                 return
+            if self.shaping.rules and not self._shaped(lane, item):
+                return
             took = time.monotonic()
             try:
                 lane.send_one(item)
@@ -217,8 +221,36 @@ class Courier:
                 outcome = outcome_of(lane.session) if lane.session is not None else None
                 lane.discard()
                 self.ledger.crashed(item, exc, outcome)
+            if self.shaping.rules and lane.session is not None and lane.last is not None:
+                pause = self.shaping.after(lane.session, lane.last)
+                if pause > 0:
+                    self._hold([*self._take_all()], pause, "suspended")
+                    return
             if primary and not self._lanes and time.monotonic() - took >= SLOW_MESSAGE:
                 self._spread()
+
+    def _shaped(self, lane: Lane, item: Any) -> bool:
+        """Whether ``item`` may go now under shaping.ini; if not, it and the rest wait."""
+        assert lane.session is not None
+        wait = self.shaping.before(lane.session)
+        if wait == NEW_CONNECTION:  # max_messages_per_connection: QUIT, and a fresh one in its slot
+            try:
+                lane.session = POOL.reopen(lane.session, settings=self.settings,
+                                           tls=self.cfg.tls_outbound, domain=self.route.domain)
+                wait = self.shaping.before(lane.session)
+            except NextAddress:
+                lane.session = None
+                with self._lock:
+                    self._todo.appendleft(item)
+                return False
+        if wait > 0:
+            self._hold([item, *self._take_all()], wait, "throttled")
+            return False
+        return True
+
+    def _hold(self, items: list[Any], wait: float, why: str) -> None:
+        back = self.ledger.give_back(items, now_ms() + int(wait * 1000))
+        log.info("shaping: %d entries for %s %s, due again in %.0f s", back, self.route.domain, why, wait)
 
     def _take(self) -> Any | None:
         with self._lock:
@@ -231,7 +263,9 @@ class Courier:
 
     def _none_for(self, rest: list[Any], why: BaseException | None) -> None:
         """The first lane has no session: the rest of the batch gets its outcome now."""
-        if isinstance(why, NoSlot):  # never wait for a slot in a worker thread
+        if isinstance(why, Throttled):  # not a failure: due when the rule allows
+            self._hold(rest, why.wait, "throttled")
+        elif isinstance(why, NoSlot):  # never wait for a slot in a worker thread
             back = self.ledger.give_back(rest)
             log.info("no free connection slot for %s: %d entries due again", self.route.domain, back)
         elif isinstance(why, DeliveryError):
@@ -287,6 +321,7 @@ class Lane:
         #: session (at concurrency_max, that would trade one connection for another)
         self.extra = extra
         self.why: BaseException | None = None  #: why :meth:`ready` found no session
+        self.last: Outcome | None = None  #: the outcome of the message it sent last
 
     def let_go(self) -> None:
         if self.session is not None:
@@ -345,5 +380,6 @@ class Lane:
                     return
                 continue
             outcome.results = {r.address: r.reply for r in results}
+            self.last = outcome
             c.ledger.record(item, outcome)
             return

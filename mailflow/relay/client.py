@@ -151,6 +151,7 @@ class Session:
     verified_for: str | None = None  #: the name (or IP) its certificate was verified for
     level: str = "none"  #: the TLS level it was opened at (LEVELS)
     need: TlsNeed | None = None  #: what it was opened for (a reopened session needs the same)
+    lease: Any = None  #: its place under a shaping rule's max_connections (relay/shaping.py)
 
     @property
     def host(self) -> str:

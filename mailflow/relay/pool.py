@@ -196,12 +196,16 @@ class Pool:
         target = session.target
         need = session.need or tls_need(target, domain, tls, settings)
         try:
-            return open_session(target, helo=session.key.helo, bind=session.key.bind, settings=settings,
-                                tls=tls, need=need)
+            fresh = open_session(target, helo=session.key.helo, bind=session.key.bind, settings=settings,
+                                 tls=tls, need=need)
         except BaseException:
+            if session.lease is not None:
+                session.lease.release()
             with self._cond:
                 self._unreserve(target.ip)
             raise
+        fresh.lease = session.lease  # the same slot, the same place under its shaping rules
+        return fresh
 
     def _take_idle_locked(self, target: Target, helo: str, bind: str | None,
                           need: TlsNeed) -> Session | None:
@@ -223,8 +227,18 @@ class Pool:
         return None
 
     def release(self, session: Session, settings: Outbound, *, reusable: bool = True) -> None:
-        """Back to the pool, or QUIT when pooling is off or the session is not fit for reuse."""
-        if reusable and settings.pool_timeout > 0 and session.alive():
+        """Back to the pool, or QUIT when pooling is off or the session is not fit for reuse.
+
+        A session holding a shaping lease is never kept idle: an idle connection would hold
+        its rule's place from every other host (relay/shaping.py).
+        """
+        if session.lease is not None:
+            session.lease.release()
+            session.lease = None
+            reusable_idle = False
+        else:
+            reusable_idle = True
+        if reusable and reusable_idle and settings.pool_timeout > 0 and session.alive():
             session.last_used = time.monotonic()
             with self._cond:
                 self._idle.setdefault(self._idle_key(session), []).append(session)
@@ -237,6 +251,9 @@ class Pool:
 
     def discard(self, session: Session) -> None:
         """A broken session, or one in an unknown state: close without QUIT and free its slot."""
+        if session.lease is not None:
+            session.lease.release()
+            session.lease = None
         session.close(quit=False)
         with self._cond:
             self._unreserve(session.key.ip)

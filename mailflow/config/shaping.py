@@ -1,0 +1,111 @@
+"""``shaping.ini``: traffic shaping rules per destination (PRODUCT §8).
+
+One section per rule: ``[domain:example.com]`` (the recipient domain),
+``[mx:.mail.example.net]`` (an MX host suffix: every domain hosted there shares the
+rule, as Gmail's, Microsoft's and Yahoo's throttles count), ``[source:192.0.2.7]``
+(the source address).  Keys: ``max_connections``, ``max_messages_per_connection``,
+``messages_per_minute``, ``messages_per_hour``, ``suspend_on`` (enhanced codes or
+reply substrings), ``suspend_for`` (a duration, default 10m).  ``[main]`` holds
+``shaping_redis`` (mailflow/config/settings.py ``Shared``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailflow.config.files import ConfigError, Value, parse_list, read_ini
+from mailflow.config.schedule import parse_duration
+
+KINDS = ("domain", "mx", "source")
+LIMITS = ("max_connections", "max_messages_per_connection", "messages_per_minute", "messages_per_hour")
+KEYS = (*LIMITS, "suspend_on", "suspend_for")
+_NAME = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str  #: the section name, as metrics and logs show it: ``domain:example.com``
+    kind: str
+    pattern: str
+    max_connections: int | None = None
+    max_messages_per_connection: int | None = None
+    messages_per_minute: int | None = None
+    messages_per_hour: int | None = None
+    suspend_on: tuple[str, ...] = ()
+    suspend_for: int = 600
+
+    def matches(self, domain: str, mx_host: str, source: str | None) -> bool:
+        if self.kind == "domain":
+            return domain.lower() == self.pattern
+        if self.kind == "source":
+            return source is not None and source == self.pattern
+        host, suffix = mx_host.lower().rstrip("."), self.pattern.lstrip(".")
+        return host == suffix or host.endswith("." + suffix)
+
+    def suspends_on(self, reply_text: str) -> bool:
+        """Whether a reply (``421 4.7.28 …``) is one this rule stops sending on."""
+        words = reply_text.split()
+        return any(word in words[:2] or word.lower() in reply_text.lower() for word in self.suspend_on)
+
+
+def _positive(path: Path, key: str, raw: Value) -> int:
+    try:
+        value = int(raw.text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(path, raw.line, f"{key} must be a positive integer")
+    return value
+
+
+def _rule(path: Path, name: str, keys: dict[str, Value], line: int | None) -> Rule:
+    kind, sep, pattern = name.partition(":")
+    pattern = pattern.strip().lower()
+    if not sep or kind not in KINDS or not pattern:
+        raise ConfigError(path, line, f"[{name}]: a rule is [domain:NAME], [mx:SUFFIX] or [source:IP]")
+    if kind == "source":
+        try:
+            pattern = str(ipaddress.ip_address(pattern))
+        except ValueError:
+            raise ConfigError(path, line, f"[{name}]: {pattern!r} is not an IP address") from None
+    elif not _NAME.match(pattern):
+        raise ConfigError(path, line, f"[{name}]: {pattern!r} is not a domain name")
+    values: dict[str, object] = {}
+    for key, raw in keys.items():
+        if key not in KEYS:
+            raise ConfigError(path, raw.line, f"unknown key {key!r} (one of {', '.join(KEYS)})")
+        if key in LIMITS:
+            values[key] = _positive(path, key, raw)
+        elif key == "suspend_on":
+            values[key] = tuple(parse_list(raw.text))
+        else:
+            try:
+                values[key] = parse_duration(raw.text)
+            except ValueError as exc:
+                raise ConfigError(path, raw.line, f"suspend_for {exc}") from None
+    if not any(k in values for k in (*LIMITS, "suspend_on")):
+        raise ConfigError(path, line, f"[{name}] sets no limit and no suspend_on")
+    return Rule(name=f"{kind}:{pattern}", kind=kind, pattern=pattern, **values)  # type: ignore[arg-type]
+
+
+def load(path: Path) -> tuple[Rule, ...]:
+    ini = read_ini(path)
+    rules = []
+    for name, keys in ini.sections.items():
+        if name == "main":
+            continue
+        rules.append(_rule(path, name, keys, _section_line(path, name)))
+    return tuple(rules)
+
+
+def _section_line(path: Path, name: str) -> int | None:
+    try:
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip() == f"[{name}]":
+                return lineno
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,81 @@
+"""Where the delivery steps meet shaping.ini's rules (mailflow/relay/shaping.py decides).
+
+Before a connection: a lease under every matching rule's ``max_connections`` (or
+:class:`~mailflow.errors.Throttled`).  Before each message: the rates, and a fresh
+connection after ``max_messages_per_connection``.  After each message: a reply named
+in ``suspend_on`` suspends its rule.  A wait is never spent in a thread: the entries
+go back to pending/ due when the rule allows, not counted as failures.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mailflow import tally
+from mailflow.config.loader import Config
+from mailflow.config.shaping import Rule
+from mailflow.errors import Throttled
+from mailflow.payloads import Outcome
+from mailflow.relay.client import Session
+from mailflow.relay.shaping import Lease, Shaper, rules_for, shaper_for
+from mailflow.sampler import SAMPLER
+
+log = logging.getLogger(__name__)
+
+#: what :meth:`RouteShaping.before` answers when the session has sent its share
+NEW_CONNECTION = -1.0
+
+
+class RouteShaping:
+    def __init__(self, cfg: Config, domain: str):
+        self.rules = cfg.shaping
+        self.domain = domain
+        self.shaper: Shaper | None = shaper_for(cfg.shared_redis()) if self.rules else None
+
+    def matched(self, mx_host: str, source: str | None) -> list[Rule]:
+        return rules_for(self.rules, self.domain, mx_host, source) if self.rules else []
+
+    def lease(self, mx_host: str, source: str | None) -> Lease | None:
+        """A place for one more connection, or Throttled."""
+        rules = self.matched(mx_host, source)
+        if not rules or self.shaper is None:
+            return None
+        got = self.shaper.lease(rules)
+        if isinstance(got, float):
+            throttled(rules, "connections")
+            raise Throttled(got, f"shaping: {', '.join(r.name for r in rules)} at its limit "
+                            f"(connections or suspended); due again in {got:.0f} s")
+        return got
+
+    def before(self, session: Session) -> float:
+        """0 to send the next message now, NEW_CONNECTION, or seconds to wait."""
+        rules = self.matched(session.host, session.key.bind)
+        if not rules or self.shaper is None:
+            return 0.0
+        if session.lease is not None:
+            session.lease.renew()
+        per_connection = [r.max_messages_per_connection for r in rules if r.max_messages_per_connection]
+        if per_connection and session.messages >= min(per_connection):
+            return NEW_CONNECTION
+        wait = self.shaper.take(rules)
+        if wait > 0:
+            throttled(rules, "rate")
+        return wait
+
+    def after(self, session: Session, outcome: Outcome) -> float:
+        """Seconds the route must now wait: a reply in a rule's ``suspend_on`` suspends it."""
+        rules = [r for r in self.matched(session.host, session.key.bind) if r.suspend_on]
+        pause = 0.0
+        for rule in rules:
+            if any(rule.suspends_on(str(reply)) for reply in outcome.results.values()):
+                assert self.shaper is not None
+                self.shaper.suspend(rule)
+                pause = max(pause, float(rule.suspend_for))
+        return pause
+
+
+def throttled(rules: list[Rule], why: str) -> None:
+    tally.count("throttled")
+    for rule in rules:
+        SAMPLER.add(f"throttled:{rule.name}")
+    log.debug("shaping: %s (%s)", ", ".join(r.name for r in rules), why)

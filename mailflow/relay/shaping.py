@@ -1,0 +1,326 @@
+"""Traffic shaping across hosts: connection leases, sliding-window rates, suspensions.
+
+The counts live where every host sees them: in Redis (one Lua script per decision, so
+two hosts never both take the last place), else -- the embedded broker, or Redis
+not answering -- in a file per rule under the state directory, locked, which holds
+for the processes of this host only.  Falling back is logged at most once a minute.
+
+* A *lease* is one open connection under a rule's ``max_connections``: a member of a
+  sorted set scored by its expiry, renewed with each message sent and dropped when
+  the connection closes; a host that dies stops renewing, and its leases lapse
+  (``LEASE_TTL``).
+* A *take* is one message under ``messages_per_minute``/``_per_hour``: never more in
+  any sliding 60 s / 3600 s window, all matching rules decided together.
+* A *suspension* (a reply named in ``suspend_on``) stops a rule for ``suspend_for``.
+
+Each returns how long to wait (0: go on); waiting is the caller's job, by handing the
+entries back due later -- never counted as failures, never holding a thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from mailflow.config.shaping import Rule
+from mailflow.config.state import state_dir
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL = 60.0
+KEY = "mailflow:shaping:"
+#: when the connection limit is reached, look again after this long
+FULL_WAIT = 5.0
+
+# KEYS: per rule 4 keys (conns, minute, hour, suspended); ARGV: now ms, lease id, ttl ms,
+# then per rule max_conns, per_minute, per_hour (0 = none). Returns wait in ms (0 = granted).
+_LEASE = """
+local now, id, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local wait = 0
+for i = 0, #KEYS / 4 - 1 do
+  local conns, susp = KEYS[i * 4 + 1], KEYS[i * 4 + 4]
+  local until_ = tonumber(redis.call('GET', susp) or '0')
+  if until_ > now then wait = math.max(wait, until_ - now) end
+  local max = tonumber(ARGV[4 + i * 3])
+  if max > 0 then
+    redis.call('ZREMRANGEBYSCORE', conns, '-inf', now)
+    if not redis.call('ZSCORE', conns, id) and redis.call('ZCARD', conns) >= max then
+      wait = math.max(wait, tonumber(ARGV[#ARGV]))
+    end
+  end
+end
+if wait > 0 then return wait end
+for i = 0, #KEYS / 4 - 1 do
+  if tonumber(ARGV[4 + i * 3]) > 0 then
+    redis.call('ZADD', KEYS[i * 4 + 1], now + ttl, id)
+    redis.call('PEXPIRE', KEYS[i * 4 + 1], ttl * 2)
+  end
+end
+return 0
+"""
+
+_TAKE = """
+local now, id = tonumber(ARGV[1]), ARGV[2]
+local wait = 0
+for i = 0, #KEYS / 4 - 1 do
+  local minute, hour, susp = KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
+  local until_ = tonumber(redis.call('GET', susp) or '0')
+  if until_ > now then wait = math.max(wait, until_ - now) end
+  for j, spec in ipairs({{minute, 60000, tonumber(ARGV[4 + i * 3 + 1])},
+                         {hour, 3600000, tonumber(ARGV[4 + i * 3 + 2])}}) do
+    local key, span, max = spec[1], spec[2], spec[3]
+    if max > 0 then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - span)
+      if redis.call('ZCARD', key) >= max then
+        local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+        wait = math.max(wait, tonumber(oldest[2]) + span - now + 1)
+      end
+    end
+  end
+end
+if wait > 0 then return wait end
+for i = 0, #KEYS / 4 - 1 do
+  for j, spec in ipairs({{KEYS[i * 4 + 2], 60000, tonumber(ARGV[4 + i * 3 + 1])},
+                         {KEYS[i * 4 + 3], 3600000, tonumber(ARGV[4 + i * 3 + 2])}}) do
+    if spec[3] > 0 then
+      redis.call('ZADD', spec[1], now, id)
+      redis.call('PEXPIRE', spec[1], spec[2] * 2)
+    end
+  end
+end
+return 0
+"""
+
+
+def _keys(rules: list[Rule]) -> list[str]:
+    out = []
+    for rule in rules:
+        base = KEY + rule.name
+        out += [f"{base}:conns", f"{base}:m", f"{base}:h", f"{base}:suspended"]
+    return out
+
+
+def _limits(rules: list[Rule]) -> list[int]:
+    out = []
+    for rule in rules:
+        out += [rule.max_connections or 0, rule.messages_per_minute or 0, rule.messages_per_hour or 0]
+    return out
+
+
+class RedisBackend:
+    def __init__(self, url: str):
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._lease = self.client.register_script(_LEASE)
+        self._take = self.client.register_script(_TAKE)
+
+    def lease(self, rules: list[Rule], lease_id: str, now_ms: int) -> float:
+        args: list[str | int] = [now_ms, lease_id, int(LEASE_TTL * 1000), *_limits(rules),
+                                 int(FULL_WAIT * 1000)]
+        return float(self._lease(keys=_keys(rules), args=args)) / 1000
+
+    def release(self, rules: list[Rule], lease_id: str) -> None:
+        for key in _keys(rules)[0::4]:
+            self.client.zrem(key, lease_id)
+
+    def take(self, rules: list[Rule], now_ms: int) -> float:
+        args: list[str | int] = [now_ms, uuid.uuid4().hex, 0, *_limits(rules)]
+        return float(self._take(keys=_keys(rules), args=args)) / 1000
+
+    def suspend(self, rule: Rule, until_ms: int) -> None:
+        ttl = max(1, until_ms - _now_ms())
+        self.client.set(f"{KEY}{rule.name}:suspended", until_ms, px=ttl)
+
+    def suspended(self, rule: Rule, now_ms: int) -> float:
+        raw = self.client.get(f"{KEY}{rule.name}:suspended")
+        until = int(raw) if raw else 0
+        return max(0.0, (until - now_ms) / 1000)
+
+
+@dataclass
+class _State:
+    conns: dict[str, int] = field(default_factory=dict)  #: lease id -> expiry ms
+    minute: list[int] = field(default_factory=list)
+    hour: list[int] = field(default_factory=list)
+    suspended: int = 0
+
+
+class LocalBackend:
+    """The same decisions for this host alone: one locked JSON file per rule."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    @contextmanager
+    def _states(self, rules: list[Rule]) -> Iterator[list[_State]]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        paths = [self.directory / hashlib.sha256(r.name.encode()).hexdigest()[:32] for r in rules]
+        fds = []
+        try:
+            for path in sorted(paths):  # one order for every process: no deadlock
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+                fds.append((path, fd))
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            by_path = dict(fds)
+            states = [self._read(by_path[p]) for p in paths]
+            yield states
+            for path, state in zip(paths, states, strict=True):
+                data = json.dumps(state.__dict__).encode()
+                fd = by_path[path]
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+                os.write(fd, data)
+        finally:
+            for _, fd in fds:
+                os.close(fd)
+
+    @staticmethod
+    def _read(fd: int) -> _State:
+        raw = b""
+        while chunk := os.read(fd, 65536):
+            raw += chunk
+        try:
+            return _State(**json.loads(raw)) if raw else _State()
+        except (ValueError, TypeError):
+            return _State()
+
+    def lease(self, rules: list[Rule], lease_id: str, now_ms: int) -> float:
+        with self._states(rules) as states:
+            wait = 0.0
+            for rule, st in zip(rules, states, strict=True):
+                st.conns = {k: v for k, v in st.conns.items() if v > now_ms}
+                wait = max(wait, (st.suspended - now_ms) / 1000)
+                if rule.max_connections and lease_id not in st.conns and \
+                        len(st.conns) >= rule.max_connections:
+                    wait = max(wait, FULL_WAIT)
+            if wait <= 0:
+                for rule, st in zip(rules, states, strict=True):
+                    if rule.max_connections:
+                        st.conns[lease_id] = now_ms + int(LEASE_TTL * 1000)
+            return max(0.0, wait)
+
+    def release(self, rules: list[Rule], lease_id: str) -> None:
+        with self._states(rules) as states:
+            for st in states:
+                st.conns.pop(lease_id, None)
+
+    def take(self, rules: list[Rule], now_ms: int) -> float:
+        with self._states(rules) as states:
+            wait = 0.0
+            for rule, st in zip(rules, states, strict=True):
+                st.minute = [t for t in st.minute if t > now_ms - 60_000]
+                st.hour = [t for t in st.hour if t > now_ms - 3_600_000]
+                wait = max(wait, (st.suspended - now_ms) / 1000)
+                for window, span, limit in ((st.minute, 60_000, rule.messages_per_minute),
+                                            (st.hour, 3_600_000, rule.messages_per_hour)):
+                    if limit and len(window) >= limit:
+                        wait = max(wait, (min(window) + span - now_ms + 1) / 1000)
+            if wait <= 0:
+                for rule, st in zip(rules, states, strict=True):
+                    if rule.messages_per_minute:
+                        st.minute.append(now_ms)
+                    if rule.messages_per_hour:
+                        st.hour.append(now_ms)
+            return max(0.0, wait)
+
+    def suspend(self, rule: Rule, until_ms: int) -> None:
+        with self._states([rule]) as [st]:
+            st.suspended = max(st.suspended, until_ms)
+
+    def suspended(self, rule: Rule, now_ms: int) -> float:
+        with self._states([rule]) as [st]:
+            return max(0.0, (st.suspended - now_ms) / 1000)
+
+
+class Shaper:
+    """The decisions for one configuration, in Redis when it has one, else on this host."""
+
+    def __init__(self, redis_url: str | None):
+        self.redis = RedisBackend(redis_url) if redis_url else None
+        self.local = LocalBackend(state_dir() / "shaping")
+        self._complained = 0.0
+        self.fallbacks = 0
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if self.redis is not None:
+            try:
+                return getattr(self.redis, method)(*args)
+            except redis.RedisError as exc:
+                self.fallbacks += 1
+                if time.monotonic() - self._complained > 60:
+                    self._complained = time.monotonic()
+                    log.warning("shaping: Redis not answering (%s); limits hold for this host only "
+                                "meanwhile", exc)
+        return getattr(self.local, method)(*args)
+
+    def lease(self, rules: list[Rule]) -> Lease | float:
+        """A lease on a connection under every rule, or how long to wait for one."""
+        rules = [r for r in rules if r.max_connections or r.suspend_on]
+        lease_id = uuid.uuid4().hex
+        wait = self._call("lease", rules, lease_id, _now_ms()) if rules else 0.0
+        return Lease(self, rules, lease_id) if wait <= 0 else wait
+
+    def take(self, rules: list[Rule]) -> float:
+        """0 when one more message may go now under every rule (counted), else the wait."""
+        rules = [r for r in rules if r.messages_per_minute or r.messages_per_hour or r.suspend_on]
+        return self._call("take", rules, _now_ms()) if rules else 0.0
+
+    def suspend(self, rule: Rule) -> None:
+        log.warning("shaping: %s suspended for %d s", rule.name, rule.suspend_for)
+        self._call("suspend", rule, _now_ms() + rule.suspend_for * 1000)
+
+    def suspended(self, rule: Rule) -> float:
+        return float(self._call("suspended", rule, _now_ms()))
+
+
+class Lease:
+    """One connection's place under its rules; renewed per message, released on close."""
+
+    def __init__(self, shaper: Shaper, rules: list[Rule], lease_id: str):
+        self.shaper, self.rules, self.id = shaper, rules, lease_id
+        self._released = False
+
+    def renew(self) -> None:
+        if self.rules and not self._released:
+            self.shaper._call("lease", self.rules, self.id, _now_ms())
+
+    def release(self) -> None:
+        if self.rules and not self._released:
+            self._released = True
+            try:
+                self.shaper._call("release", self.rules, self.id)
+            except OSError as exc:
+                log.warning("shaping: lease not released (it lapses in %d s): %s", LEASE_TTL, exc)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_shapers: dict[str, Shaper] = {}
+_lock = threading.Lock()
+
+
+def shaper_for(redis_url: str | None) -> Shaper:
+    with _lock:
+        key = redis_url or ""
+        found = _shapers.get(key)
+        if found is None:
+            found = _shapers[key] = Shaper(redis_url)
+        return found
+
+
+def rules_for(rules: tuple[Rule, ...], domain: str, mx_host: str, source: str | None) -> list[Rule]:
+    return [r for r in rules if r.matches(domain, mx_host, source)]

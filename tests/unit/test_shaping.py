@@ -1,0 +1,84 @@
+"""shaping.ini rules and the limiter's decisions, on this host's files and on real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import brokers
+from mailflow.config.files import ConfigError
+from mailflow.config.shaping import load
+from mailflow.relay import shaping
+from mailflow.relay.shaping import LocalBackend, RedisBackend
+
+
+def rules(tmp_path, text):
+    path = tmp_path / "shaping.ini"
+    path.write_text(text)
+    return load(path)
+
+
+def test_rules_match_by_domain_mx_suffix_and_source(tmp_path):
+    domain, mx, source = rules(tmp_path, "[main]\n[domain:Example.com]\nmax_connections = 2\n"
+                                         "[mx:.google.com]\nmessages_per_minute = 60\n"
+                                         "[source:192.0.2.7]\nmessages_per_hour = 100\n")
+    assert domain.matches("example.com", "mx.other.net", None)
+    assert mx.matches("gmail.com", "aspmx.l.google.com", None)
+    assert mx.matches("any.test", "google.com", None) and not mx.matches("x.test", "notgoogle.com", None)
+    assert source.matches("x.test", "mx.x.test", "192.0.2.7") and not source.matches("x", "y", None)
+
+
+@pytest.mark.parametrize("text,line,fragment", [
+    ("[domain:a.test]\nmax_connections = 0\n", 2, "max_connections must be a positive integer"),
+    ("[domain:a.test]\nmax_conns = 2\n", 2, "unknown key 'max_conns'"),
+    ("; x\n[gmail]\nmax_connections = 2\n", 2, "a rule is [domain:NAME], [mx:SUFFIX] or [source:IP]"),
+    ("[source:not-an-ip]\nmax_connections = 2\n", 1, "is not an IP address"),
+    ("[domain:a.test]\nsuspend_on = 4.7.28\nsuspend_for = soon\n", 3, "suspend_for"),
+    ("[domain:a.test]\n", 1, "sets no limit"),
+])
+def test_a_malformed_rule_is_file_line(tmp_path, text, line, fragment):
+    with pytest.raises(ConfigError) as caught:
+        rules(tmp_path, text)
+    assert f"shaping.ini:{line}: " in str(caught.value) and fragment in str(caught.value)
+
+
+@pytest.fixture(params=["local", "redis"])
+def backend(request, tmp_path):
+    if request.param == "local":
+        return LocalBackend(tmp_path / "shaping")
+    url = brokers.url_for("redis")
+    found = RedisBackend(url)
+    found.client.flushdb()
+    return found
+
+
+def test_connections_leases_and_their_release(tmp_path, backend):
+    [rule] = rules(tmp_path, "[domain:a.test]\nmax_connections = 2\n")
+    now = 1_000_000
+    assert backend.lease([rule], "one", now) == 0
+    assert backend.lease([rule], "two", now) == 0
+    assert backend.lease([rule], "three", now) == shaping.FULL_WAIT  # the third waits
+    assert backend.lease([rule], "one", now + 1000) == 0  # a renewal of a held lease
+    backend.release([rule], "two")
+    assert backend.lease([rule], "three", now + 2000) == 0
+    # a dead host's leases lapse
+    assert backend.lease([rule], "four", now + 2000 + int(shaping.LEASE_TTL * 1000) + 1) == 0
+
+
+def test_a_sliding_minute_and_a_suspension(tmp_path, backend):
+    [rule] = rules(tmp_path, "[domain:a.test]\nmessages_per_minute = 3\nsuspend_on = 4.7.28\n"
+                             "suspend_for = 30s\n")
+    start = 5_000_000
+    assert [backend.take([rule], start + i) for i in range(3)] == [0, 0, 0]
+    wait = backend.take([rule], start + 10_000)
+    assert 49.9 < wait <= 50.001  # the first of the three leaves the window 60 s after it went
+    assert backend.take([rule], start + 60_001) == 0
+    backend.suspend(rule, start + 100_000)
+    assert backend.take([rule], start + 90_000) == pytest.approx(10.0)
+    assert backend.suspended(rule, start + 90_000) == pytest.approx(10.0)
+
+
+def test_reply_matching_for_suspend_on(tmp_path):
+    [rule] = rules(tmp_path, "[mx:google.com]\nsuspend_on = 4.7.28, too many connections\n")
+    assert rule.suspends_on("421 4.7.28 [192.0.2.7] Our system has detected an unusual rate")
+    assert rule.suspends_on("421 Too Many Connections from your IP")
+    assert not rule.suspends_on("450 4.2.1 mailbox busy")
