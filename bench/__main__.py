@@ -11,10 +11,14 @@ no test asserts a timing (see bench/README.md).
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import os
 import platform
+import statistics
 import sys
+import threading
+import urllib.request
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,6 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from bench import backlog, concurrency, haraka, peers, postfix, relay, scaleout, tools  # noqa: E402
 from harness.brokers import BROKERS  # noqa: E402
+from harness.dnsserver import free_port  # noqa: E402
+from harness.httpsserver import Answer, HTTPSServer  # noqa: E402
 
 Result = dict[str, Any]
 Row = tuple[str, str, bool | None]  # goal, figure, met (None: not measured)
@@ -176,6 +182,59 @@ def run_connections(quick: bool) -> Result | None:
     return r
 
 
+#: Issue 16's benchmark: shaping (a rate rule on the sink, decided in Redis per message),
+#: webhooks (every delivered event POSTed to a receiver on loopback) and metrics (the page
+#: scraped each second) all on.  max_connections is left out: a leased connection is not
+#: kept idle in the pool, which is a cost of that rule, not of shaping being on.
+FEATURE_FILES = {
+    "shaping.ini": "[mx:127.0.0.2]\nmessages_per_minute = 1000000\nsuspend_on = 4.7.28\n",
+}
+
+
+def run_features(rounds: int, quick: bool) -> tuple[float, float] | None:
+    """Relay throughput on Redis with shaping, webhooks and metrics, against without, interleaved."""
+    print("\n## 9. Shaping, webhooks and metrics on (Redis, 4 KiB; interleaved with them off)\n")
+    messages = 500 if quick else 3000
+    receiver = HTTPSServer("127.0.0.1", free_port()).start()
+    receiver.routes["127.0.0.1"] = [Answer("ok")]
+    metrics_port = free_port()
+    files = {**FEATURE_FILES,
+             "webhooks.ini": f"[app]\nurl = http://127.0.0.1:{receiver.port}/hook\n"
+                             f"events = delivered\nsecret = whsec_{base64.b64encode(b'x' * 24).decode()}\n",
+             "metrics.ini": f"listen = 127.0.0.1:{metrics_port}\n"}
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(1.0):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+            except OSError:
+                pass
+    threading.Thread(target=scrape, daemon=True).start()
+    plain: list[float] = []
+    featured: list[float] = []
+    try:
+        for n in range(rounds):
+            for on in (False, True):
+                r = attempt(f"features {'on' if on else 'off'} round {n + 1}", partial(
+                    relay.throughput, "redis", messages=messages, size=4 * KIB,
+                    files=files if on else None))
+                if r is None:
+                    return None
+                (featured if on else plain).append(r["e2e_per_s"])
+                print(f"round {n + 1} {'on ' if on else 'off'} {fmt(r['e2e_per_s'])} msgs/s"
+                      + (f"  (delivered {r['delivered']}/{messages}; {r['errors']})"
+                         if r["delivered"] < messages or r["errors"] else ""), flush=True)
+    finally:
+        stop.set()
+        receiver.stop()
+    off, on_ = statistics.median(plain), statistics.median(featured)
+    posted = len([r for r in receiver.requests if r.method == "POST"])
+    print(f"median off {fmt(off)}, on {fmt(on_)} msgs/s: on/off = {on_ / off:.2f}; "
+          f"webhook POSTs received {posted}")
+    return off, on_
+
+
 def pick(results: list[Result], broker: str, size: int) -> Result | None:
     return next((r for r in results if r["broker"] == broker and r["size"] == size), None)
 
@@ -235,8 +294,9 @@ def goals(relays: list[Result], lat: Result | None, back: Result | None,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="relay,latency,backlog,scaleout,peers,connections",
-                        help="comma list of scenarios: relay, latency, backlog, scaleout, peers, connections")
+    parser.add_argument("--only", default="relay,latency,backlog,scaleout,peers,connections,features",
+                        help="comma list of scenarios: relay, latency, backlog, scaleout, peers, "
+                             "connections, features")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the peers scenario, mailflow and Postfix interleaved (default 3)")
     parser.add_argument("--broker", action="append", choices=BROKERS,
@@ -259,8 +319,13 @@ def main() -> int:
     costs, checks = run_scaleout(quick) if "scaleout" in only else ([], [])
     versus = run_peers(args.rounds, quick) if "peers" in only else {}
     held = run_connections(quick) if "connections" in only else None
+    featured = run_features(args.rounds, quick) if "features" in only else None
     print("\n## Goals\n")
     rows = goals(relays, lat, back, checks, costs, versus, held)
+    if featured is not None:
+        off, on_ = featured
+        rows.append(("shaping, webhooks, metrics on: within 10 % (on/off)", f"{on_ / off:.2f}",
+                     on_ >= 0.9 * off))
     width = max(len(g) for g, _, _ in rows)
     for goal, figure, met in rows:
         verdict = "not measured" if met is None else ("met" if met else "not met")

@@ -77,7 +77,7 @@ class Relay:
 @contextmanager
 def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cpus",
           outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
-          domains: int = 0) -> Iterator[Relay]:
+          domains: int = 0, files: dict[str, str] | None = None) -> Iterator[Relay]:
     """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink
     (smtp-sink holding each DATA reply ``sink_wait`` seconds, or ours holding every reply
     ``sink_delay``; one address per domain with ``domains``); ``outbound`` adds to
@@ -92,6 +92,8 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
             "plugins": "bench_route\n",
         })
         inst.write_config("bench_route.py", route_plugin(sink_port, domains))
+        for name, text in (files or {}).items():  # more config files (shaping.ini, webhooks.ini…)
+            inst.write_config(name, text)
         sink = tools.Sink(sink_hosts(domains), sink_port, postfix=postfix_sink and not domains,
                           wait=sink_wait, delay=sink_delay)
         try:
@@ -107,11 +109,11 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
 def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
                postfix: bool | None = None, workers: int = 1, nodes: str = "cpus",
                outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
-               domains: int = 0) -> dict[str, object]:
+               domains: int = 0, files: dict[str, str] | None = None) -> dict[str, object]:
     """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop."""
     postfix = tools.have_postfix_tools() if postfix is None else postfix
     with relay(broker, postfix_sink=postfix, workers=workers, nodes=nodes, outbound=outbound,
-               sink_wait=sink_wait, sink_delay=sink_delay, domains=domains) as r:
+               sink_wait=sink_wait, sink_delay=sink_delay, domains=domains, files=files) as r:
         time.sleep(0.5)
         figures = measure(r.pids(), r.smtp_port, r.sink, messages=messages, size=size,
                           sessions=sessions, postfix=postfix and not domains, domains=domains)

@@ -49,6 +49,8 @@ class HTTPSServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers offer
+
             def log_message(self, *args: Any) -> None:
                 pass
 

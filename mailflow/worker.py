@@ -119,20 +119,21 @@ def _send_tls_reports() -> None:
         time.sleep(TLS_REPORT_CHECK)
 
 
-#: How often (s) an owner's worker looks for webhook events whose publish was lost.
-WEBHOOK_SWEEP = 10.0
+#: How often (s) an owner's workers send the due webhook events on their way.
+WEBHOOK_DISPATCH = 1.0
 
 
-def _sweep_webhook_events() -> None:
+def _dispatch_webhook_events() -> None:
+    """Once a second, the due events of this host's queue go out in batches (one worker does)."""
     while True:
-        time.sleep(WEBHOOK_SWEEP)
+        time.sleep(WEBHOOK_DISPATCH)
         cfg = config.current()
         if not cfg.webhooks or _local_spool() is None:
             continue
         try:
-            events.sweep(cfg.queue_path())
+            events.dispatch(cfg.queue_path())
         except Exception:
-            log.exception("webhook sweep failed; again in %d s", WEBHOOK_SWEEP)
+            log.exception("webhook dispatch failed; again in %d s", WEBHOOK_DISPATCH)
 
 
 def _say_whether_dane_validates(tls: Tls) -> None:
@@ -176,7 +177,7 @@ def _start_queue_manager(sender: Any = None, **_kwargs: Any) -> None:
     proctitle.start("worker", config.current())
     _say_whether_dane_validates(config.current().tls_outbound)
     threading.Thread(target=_send_tls_reports, daemon=True, name="mailflow-tls-reports").start()
-    threading.Thread(target=_sweep_webhook_events, daemon=True, name="mailflow-webhooks").start()
+    threading.Thread(target=_dispatch_webhook_events, daemon=True, name="mailflow-webhooks").start()
     threading.Thread(target=metrics.serve_forever, daemon=True, name="mailflow-metrics-http").start()
     _start_renewing(getattr(sender, "hostname", None))
     if _local_spool() is not None:

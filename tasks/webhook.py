@@ -12,10 +12,10 @@ from mailflow.webhooks.sender import deliver
 
 
 @app.task(name=WEBHOOK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def webhook(name: str) -> str:
-    """The event file is the record: a lost or repeated task costs at most one more POST
-    with the same webhook-id, which receivers drop."""
+def webhook(batch: str) -> dict[str, int]:
+    """The event files are the record: a lost or repeated task costs at most one more POST
+    of an event, with the same webhook-id, which receivers drop."""
     try:
-        return deliver(config.current(), str(name))
+        return deliver(config.current(), str(batch))
     except NothingToDo:
         raise Ignore() from None

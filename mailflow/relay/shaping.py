@@ -291,9 +291,14 @@ class Lease:
     def __init__(self, shaper: Shaper, rules: list[Rule], lease_id: str):
         self.shaper, self.rules, self.id = shaper, rules, lease_id
         self._released = False
+        self._renewed = time.monotonic()
+        self._counted = any(r.max_connections for r in rules)  #: holds a place to keep
 
     def renew(self) -> None:
-        if self.rules and not self._released:
+        """Keep the place (at most every quarter lease: a round trip per message is too many)."""
+        now = time.monotonic()
+        if self._counted and not self._released and now - self._renewed >= LEASE_TTL / 4:
+            self._renewed = now
             self.shaper._call("lease", self.rules, self.id, _now_ms())
 
     def release(self) -> None:

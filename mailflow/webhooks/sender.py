@@ -1,14 +1,12 @@
-"""POSTing one kept event to its endpoint, signed as Standard Webhooks sign (PRODUCT §8).
+"""POSTing a batch of kept events to their endpoints, signed as Standard Webhooks sign.
 
 Headers ``webhook-id`` (the same on every retry: a receiver drops duplicates by it),
 ``webhook-timestamp`` and ``webhook-signature: v1,<base64 HMAC-SHA256 of
-"id.timestamp.body">`` keyed with the secret's bytes.  A 2xx accepts the event; anything
-else, a timeout or a refused connection is retried on mailflow/queue/events.py's
-schedule.  No redirect is followed.
-
-A receiver that is slow or hung must never slow delivery, which shares the worker's
-threads: at most ``INFLIGHT_MAX`` POSTs run at once in a process, and an event that
-finds them all busy is put back for a few seconds rather than wait for a thread.
+"id.timestamp.body">`` keyed with the secret's bytes.  A 2xx accepts an event; another
+status puts it back on mailflow/queue/events.py's schedule.  No redirect is followed.
+The events of a batch go one after another over one kept-alive connection per
+endpoint; an endpoint that does not answer (a timeout, a refused connection) is not
+tried again in this batch: its other events wait for the next attempt unchanged.
 """
 
 from __future__ import annotations
@@ -16,17 +14,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import ssl
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from mailflow.application import app
 from mailflow.config.loader import Config
 from mailflow.config.webhooks import Endpoint
 from mailflow.errors import NothingToDo
@@ -34,24 +30,9 @@ from mailflow.queue import events
 
 log = logging.getLogger(__name__)
 
-#: At most this many POSTs at once in a process, and never more than a quarter of its threads.
-INFLIGHT_MAX = 4
-BUSY_WAIT = 2.0
-_slots: list[threading.BoundedSemaphore] = []
-_slots_lock = threading.Lock()
 
-
-def slots() -> threading.BoundedSemaphore:
-    with _slots_lock:
-        if not _slots:
-            threads = int(app.conf.worker_concurrency or 1)
-            _slots.append(threading.BoundedSemaphore(max(1, min(INFLIGHT_MAX, threads // 4))))
-        return _slots[0]
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+class Unreachable(Exception):
+    """The endpoint did not answer: leave its other events for later."""
 
 
 def signature(secret: bytes, event_id: str, timestamp: int, body: bytes) -> str:
@@ -59,65 +40,126 @@ def signature(secret: bytes, event_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
 
 
-def post(endpoint: Endpoint, record: dict[str, Any], cfg: Config) -> str | None:
-    """None when the endpoint accepted the event, else why not."""
+class Connections:
+    """One kept-alive connection per endpoint for the length of a batch."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._open: dict[str, http.client.HTTPConnection] = {}
+
+    def get(self, endpoint: Endpoint) -> http.client.HTTPConnection:
+        conn = self._open.get(endpoint.name)
+        if conn is None:
+            parts = urlsplit(endpoint.url)
+            host = parts.hostname or ""
+            if parts.scheme == "https":
+                context = ssl.create_default_context(cafile=self.cfg.tls_outbound.ca or None)
+                conn = http.client.HTTPSConnection(host, parts.port, timeout=endpoint.timeout,
+                                                   context=context)
+            else:
+                conn = http.client.HTTPConnection(host, parts.port, timeout=endpoint.timeout)
+            self._open[endpoint.name] = conn
+        return conn
+
+    def drop(self, endpoint: Endpoint) -> None:
+        conn = self._open.pop(endpoint.name, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self._open.values():
+            conn.close()
+        self._open.clear()
+
+
+def post(endpoint: Endpoint, record: dict[str, Any], conns: Connections) -> str | None:
+    """None when the endpoint accepted the event, else the status it answered; Unreachable
+    when it did not answer."""
     body = json.dumps(record["body"], separators=(",", ":")).encode()
     timestamp = int(time.time())
     headers = {"Content-Type": "application/json", "User-Agent": "mailflow",
                "webhook-id": record["id"], "webhook-timestamp": str(timestamp)}
     if endpoint.secret is not None:
         headers["webhook-signature"] = signature(endpoint.secret, record["id"], timestamp, body)
-    ca = cfg.tls_outbound.ca or None
-    opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca)), _NoRedirect())
-    request = urllib.request.Request(endpoint.url, data=body, headers=headers, method="POST")
-    try:
-        with opener.open(request, timeout=endpoint.timeout) as response:
+    parts = urlsplit(endpoint.url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    for fresh in (False, True):  # a kept-alive connection the receiver closed: once more, anew
+        conn = conns.get(endpoint)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
             status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (urllib.error.URLError, OSError) as exc:
-        return str(getattr(exc, "reason", exc))
+            if response.will_close:
+                conns.drop(endpoint)
+            break
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            conns.drop(endpoint)
+            if fresh:
+                raise Unreachable(str(exc)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            conns.drop(endpoint)
+            raise Unreachable(str(exc)) from None
     return None if 200 <= status < 300 else f"HTTP {status}"
 
 
-def deliver(cfg: Config, name: str, publish: events.Publish | None = None) -> str:
-    """POST the event file ``name``; what became of it, for the task's result."""
+def deliver(cfg: Config, batch: str) -> dict[str, int]:
+    """POST every event of the claimed batch; how many were accepted, retried, left."""
     root = cfg.queue_path()
-    publish = publish or events.publisher(root)
-    claimed = events.claim(root, name)
-    if claimed is None:
-        raise NothingToDo(f"webhook event {name} is gone (accepted, or taken by another task)")
-    record = _read(claimed)
-    if record is None:
-        return "unreadable"
-    endpoint = next((e for e in cfg.webhooks if e.name == record.get("endpoint")), None)
-    if endpoint is None:
-        log.warning("webhook event %s: endpoint [%s] is no longer in webhooks.ini; dropped", name,
-                    record.get("endpoint"))
-        claimed.unlink(missing_ok=True)
-        return "dropped"
-    gate = slots()
-    if not gate.acquire(blocking=False):
-        events.reschedule(root, claimed, record, BUSY_WAIT, publish)
-        return "busy"
+    where = events.batch_dir(root, batch)
     try:
-        why = post(endpoint, record, cfg)
+        paths = sorted(where.iterdir())
+    except FileNotFoundError:
+        raise NothingToDo(f"webhook batch {batch} is gone (done, or taken back)") from None
+    counts = {"accepted": 0, "retry": 0, "waiting": 0, "dropped": 0}
+    endpoints = {e.name: e for e in cfg.webhooks}
+    down: dict[str, str] = {}
+    conns = Connections(cfg)
+    try:
+        for path in paths:
+            counts[_one(root, path, endpoints, down, conns)] += 1
     finally:
-        gate.release()
+        conns.close()
+        try:
+            where.rmdir()
+        except OSError:
+            pass
+    return {k: v for k, v in counts.items() if v}
+
+
+def _one(root: Path, path: Path, endpoints: dict[str, Endpoint], down: dict[str, str],
+         conns: Connections) -> str:
+    record = _read(path)
+    if record is None:
+        return "dropped"
+    endpoint = endpoints.get(str(record.get("endpoint")))
+    if endpoint is None:
+        log.warning("webhook event %s: endpoint [%s] is no longer in webhooks.ini; dropped",
+                    record.get("id"), record.get("endpoint"))
+        path.unlink(missing_ok=True)
+        return "dropped"
+    attempt = int(record.get("attempt", 0))
+    if endpoint.name in down:  # not tried: the same wait, no attempt counted
+        events.put_back(root, path, record, events.SCHEDULE[max(0, attempt - 1)])
+        return "waiting"
+    try:
+        why = post(endpoint, record, conns)
+    except Unreachable as exc:
+        down[endpoint.name] = str(exc)
+        why = str(exc)
     if why is None:
-        claimed.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         return "accepted"
-    attempt = int(record.get("attempt", 0)) + 1
+    attempt += 1
     if attempt > len(events.SCHEDULE):
         log.error("webhook event %s to [%s] given up after %d attempts: %s", record["id"],
                   endpoint.name, attempt, why)
-        claimed.unlink(missing_ok=True)
-        return "given up"
+        path.unlink(missing_ok=True)
+        return "dropped"
     wait = events.SCHEDULE[attempt - 1]
     log.info("webhook event %s to [%s] not accepted (%s); attempt %d in %d s", record["id"],
              endpoint.name, why, attempt + 1, wait)
-    events.reschedule(root, claimed, {**record, "attempt": attempt}, wait, publish)
+    events.put_back(root, path, {**record, "attempt": attempt}, wait)
     return "retry"
 
 
@@ -126,6 +168,6 @@ def _read(path: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         log.error("webhook event %s unreadable (%s): set aside", path.name, exc)
-        path.rename(path.with_name(f"error.{path.name}"))
+        path.rename(events.directory(path.parents[2]) / f"error.{path.name}")
         return None
     return record if isinstance(record, dict) else None

@@ -23,18 +23,21 @@ def test_the_schedule_retries_within_10_s_and_keeps_on_for_a_day():
     assert list(events.SCHEDULE) == sorted(events.SCHEDULE)
 
 
-def test_a_lost_publish_or_a_stale_claim_comes_back_through_the_sweep(tmp_path):
+def test_due_events_go_out_in_bounded_batches_and_a_lost_batch_comes_back(tmp_path):
     where = events.directory(tmp_path)
-    (where / events.INFLIGHT).mkdir(parents=True)
-    record = json.dumps({"id": "msg_1", "endpoint": "app", "attempt": 0, "body": {}})
-    (where / "1000_msg_1.json").write_text(record)  # due long ago, never published
-    (where / "999999999999999_msg_2.json").write_text(record)  # due far ahead
-    (where / events.INFLIGHT / "2000_msg_3.json").write_text(record)  # claimed, never finished
-    stale = (where / events.INFLIGHT / "2000_msg_3.json")
-    os.utime(stale, (0, 0))
-    published: list[tuple[str, float]] = []
-    assert events.sweep(tmp_path, lambda name, countdown: published.append((name, countdown))) == 2
-    assert sorted(published) == [("1000_msg_1.json", 0), ("2000_msg_3.json", 0)]
-    assert events.backlog(tmp_path) == 3
-    assert events.claim(tmp_path, "1000_msg_1.json") is not None
-    assert events.claim(tmp_path, "1000_msg_1.json") is None  # one POST at a time
+    where.mkdir()
+    record = {"endpoint": "app", "attempt": 0, "body": {}}
+    for n in range(events.BATCH_MAX * 3):  # due
+        (where / f"{1000 + n}_msg_{n}.json").write_text(json.dumps({**record, "id": f"msg_{n}"}))
+    (where / "999999999999999_msg_later.json").write_text(json.dumps({**record, "id": "msg_later"}))
+    published: list[str] = []
+    sent = events.dispatch(tmp_path, published.append, now_ms=10**12)
+    assert sent == events.BATCH_MAX * events.BATCHES_MAX and len(published) == events.BATCHES_MAX
+    assert events.dispatch(tmp_path, published.append, now_ms=10**12) == 0  # no room: 2 batches out
+    assert events.backlog(tmp_path) == events.BATCH_MAX * 3 + 1  # claimed ones still count
+    lost = events.batch_dir(tmp_path, published[0])
+    os.utime(lost, (0, 0))  # its task never ran
+    again = events.dispatch(tmp_path, published.append, now_ms=10**12)
+    assert again == events.BATCH_MAX and len(published) == 3  # back, and out again (one is still out)
+    assert not lost.exists()
+    assert (where / "999999999999999_msg_later.json").exists()  # not due: not sent
