@@ -29,6 +29,7 @@ from mailflow.queue.manager import QueueManager
 from mailflow.queue.spool import Spool
 from mailflow.relay.shaping import shaper_for
 from mailflow.reports import tls as tls_reports
+from mailflow.sampler import host_counts
 from mailflow.smtpd import server as smtpd_server
 from mailflow.smtpd.nodes import Nodes, die_with_parent
 from mailflow.suppress import command as suppress_command
@@ -277,6 +278,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         suspended = shaping_state(cfg)
         if suspended:  # destinations a reply suspended: seconds left
             numbers.update({f"suspended:{rule}": left for rule, left in suspended.items()})
+        if cfg.shaping:  # deliveries each rule held back, on this host, since its workers started
+            numbers.update(host_counts("throttled:"))
         print(json.dumps(numbers) if args.json else
               " ".join(f"{k}={v}" for k, v in numbers.items()))
         return 0

@@ -16,12 +16,10 @@ is the library's.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -31,13 +29,12 @@ from prometheus_client.utils import floatToGoString
 
 from mailflow import config
 from mailflow.config.loader import Config
-from mailflow.config.state import state_dir
 from mailflow.queue import counters, events
 from mailflow.queue import tools as queuetools
 from mailflow.queue.spool import Spool
 from mailflow.relay.pool import POOL
 from mailflow.relay.shaping import shaper_for
-from mailflow.sampler import BUCKETS, SAMPLER, tls_counter
+from mailflow.sampler import BUCKETS, SAMPLER, samples, tls_counter
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +54,6 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-
-
-def samples(directory: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        paths = [p for p in directory.iterdir() if p.suffix == ".json" and not p.name.startswith(".")]
-    except FileNotFoundError:
-        return []
-    for path in paths:
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 class HostCollector(Collector):
@@ -113,7 +96,7 @@ class HostCollector(Collector):
         yield suspended
 
     def _sampled(self) -> Iterator[Any]:
-        found = samples(state_dir() / "metrics")
+        found = samples()
         buckets = [0] * len(BUCKETS)
         count, total = 0, 0.0
         open_now = idle_now = 0
@@ -146,6 +129,10 @@ class HostCollector(Collector):
         for rule, n in sorted(throttled.items()):
             family.add_metric([rule], n)
         yield family
+        yield CounterMetricFamily("mailflow_shaping_redis_fallbacks",
+                                  "Shaping decisions made on this host alone while Redis did not answer",
+                                  value=sum(int((s.get("counts") or {}).get("shaping_fallback", 0))
+                                            for s in found))
 
 
 def registry(cfg: Config) -> CollectorRegistry:

@@ -15,6 +15,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from mailflow.config.state import state_dir
 
@@ -94,3 +96,29 @@ def observe_delivery(seconds: float) -> None:
     SAMPLER.observe(seconds)
 
 
+
+
+def samples(directory: Path | None = None) -> list[dict[str, Any]]:
+    """Every process's last written figures on this host (the live and the ended)."""
+    directory = directory or state_dir() / "metrics"
+    out = []
+    try:
+        paths = [p for p in directory.iterdir() if p.suffix == ".json" and not p.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+    for path in paths:
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def host_counts(prefix: str = "") -> dict[str, int]:
+    """The named counts of every process of the host, added up (those starting with ``prefix``)."""
+    total: dict[str, int] = {}
+    for sample in samples():
+        for name, n in (sample.get("counts") or {}).items():
+            if name.startswith(prefix):
+                total[name] = total.get(name, 0) + int(n)
+    return total

@@ -37,6 +37,7 @@ import redis
 
 from mailflow.config.shaping import Rule
 from mailflow.config.state import state_dir
+from mailflow.sampler import SAMPLER
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,7 @@ class Shaper:
                 return getattr(self.redis, method)(*args)
             except redis.RedisError as exc:
                 self.fallbacks += 1
+                SAMPLER.add("shaping_fallback")
                 if time.monotonic() - self._complained > 60:
                     self._complained = time.monotonic()
                     log.warning("shaping: Redis not answering (%s); limits hold for this host only "

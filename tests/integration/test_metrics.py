@@ -78,6 +78,7 @@ def test_after_a_mixed_run_the_metrics_say_what_the_mx_and_queue_stats_saw(env, 
     assert value(values, "mailflow_queue_oldest_age_seconds") > 0
     assert value(values, "mailflow_deliveries_total", tls_level="none") == 12
     assert value(values, "mailflow_webhook_backlog") == 0
+    assert value(values, "mailflow_shaping_redis_fallbacks_total") == 0
     assert value(values, "mailflow_delivery_seconds_bucket", le="+Inf") == 12
     assert value(values, "mailflow_delivery_seconds_bucket", le="60.0") == 12
     assert value(values, "mailflow_connections", state="open") >= value(values, "mailflow_connections",

@@ -90,6 +90,11 @@ def test_two_nodes_share_the_connection_cap_and_the_rate_and_lose_nothing(nodes,
     assert "deferred id=" not in logs and "fails=1" not in logs  # nothing counted as failed
     assert "shaping: " in logs  # held back, and said so
 
+    def throttled() -> int:  # each process writes its counts every few seconds
+        return sum(json.loads(i.mailflow("queue", "stats", "--json").stdout).get(
+            "throttled:domain:dest.test", 0) for i in (first, second))
+    env.wait(lambda: throttled() >= 1, timeout=20)
+
 
 def test_a_421_4_7_28_suspends_the_destination_then_it_resumes(tmp_path, mx):
     env, inst = make_env(tmp_path / "one", None)
