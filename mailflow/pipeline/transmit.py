@@ -215,6 +215,7 @@ class Courier:
             if self.shaping.rules and not self._shaped(lane, item):
                 return
             took = time.monotonic()
+            lane.last = None
             try:
                 lane.send_one(item)
             except Exception as exc:  # the session's state is unknown: never reuse it
