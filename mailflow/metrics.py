@@ -34,7 +34,7 @@ from mailflow.queue import tools as queuetools
 from mailflow.queue.spool import Spool
 from mailflow.relay.pool import POOL
 from mailflow.relay.shaping import shaper_for
-from mailflow.sampler import BUCKETS, SAMPLER, samples, tls_counter
+from mailflow.sampler import ATTEMPT_BUCKETS, BUCKETS, SAMPLER, samples, tls_counter
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,22 @@ class HostCollector(Collector):
         for rule, n in sorted(throttled.items()):
             family.add_metric([rule], n)
         yield family
+        attempts: dict[str, list[float]] = {}
+        for sample in found:
+            for destination, row in (sample.get("attempts") or {}).items():
+                if len(row) != len(ATTEMPT_BUCKETS) + 2:
+                    continue
+                total_row = attempts.setdefault(destination, [0.0] * len(row))
+                for i, v in enumerate(row):
+                    total_row[i] += float(v)
+        family_a = HistogramMetricFamily("mailflow_attempt_seconds",
+                                         "One delivery attempt, by destination (shaping rule or other)",
+                                         labels=["destination"])
+        for destination, row in sorted(attempts.items()):
+            family_a.add_metric([destination], [(floatToGoString(b), row[i]) for i, b in
+                                                enumerate(ATTEMPT_BUCKETS)] + [("+Inf", row[-2])],
+                                sum_value=row[-1])
+        yield family_a
         yield CounterMetricFamily("mailflow_shaping_redis_fallbacks",
                                   "Shaping decisions made on this host alone while Redis did not answer",
                                   value=sum(int((s.get("counts") or {}).get("shaping_fallback", 0))

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: Upper bounds (s) of the delivery-time buckets: queue to delivered, retries included.
 BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+#: Upper bounds (s) of one attempt's buckets: MAIL FROM to the reply after the data.
+ATTEMPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 WRITE_EVERY = 5.0
 
 
@@ -40,6 +42,8 @@ class Sampler:
         self.count = 0
         self.sum = 0.0
         self.counts: dict[str, int] = {}  #: named counts (``throttled:<rule>``)
+        #: attempts by destination (a shaping rule, or ``other``): [buckets..., count, sum]
+        self.attempts: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self._dirty = True
         self._started = False
@@ -54,6 +58,17 @@ class Sampler:
                     self.buckets[i] += 1
             self.count += 1
             self.sum += seconds
+            self._dirty = True
+        self.start()
+
+    def attempt(self, destination: str, seconds: float) -> None:
+        with self._lock:
+            row = self.attempts.setdefault(destination, [0.0] * (len(ATTEMPT_BUCKETS) + 2))
+            for i, bound in enumerate(ATTEMPT_BUCKETS):
+                if seconds <= bound:
+                    row[i] += 1
+            row[-2] += 1
+            row[-1] += seconds
             self._dirty = True
         self.start()
 
@@ -81,6 +96,7 @@ class Sampler:
         with self._lock:
             data = {"pid": os.getpid(), "buckets": list(self.buckets), "count": self.count,
                     "sum": self.sum, "at": time.time(), "counts": dict(self.counts),
+                    "attempts": {k: list(v) for k, v in self.attempts.items()},
                     **{name: gauge() for name, gauge in self.gauges.items()}}
         where = state_dir() / "metrics"
         where.mkdir(exist_ok=True)

@@ -35,6 +35,12 @@ class RouteShaping:
     def matched(self, mx_host: str, source: str | None) -> list[Rule]:
         return rules_for(self.rules, self.domain, mx_host, source) if self.rules else []
 
+    def destination(self, mx_host: str, source: str | None) -> str:
+        """The label of an attempt in the metrics: its first shaping rule, or ``other`` (a
+        bounded set, whatever the number of domains)."""
+        rules = self.matched(mx_host, source)
+        return rules[0].name if rules else "other"
+
     def lease(self, mx_host: str, source: str | None) -> Lease | None:
         """A place for one more connection, or Throttled."""
         rules = self.matched(mx_host, source)

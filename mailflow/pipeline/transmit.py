@@ -23,6 +23,7 @@ from mailflow.queue.outcomes import crashed, fail_all, fail_each, record
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.client import EndOfDataTimeout, NextAddress, Session
 from mailflow.relay.pool import POOL, NoSlot
+from mailflow.sampler import SAMPLER
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,9 @@ class Courier:
                 outcome = outcome_of(lane.session) if lane.session is not None else None
                 lane.discard()
                 self.ledger.crashed(item, exc, outcome)
+            if lane.last is not None:
+                SAMPLER.attempt(self.shaping.destination(lane.last.host, lane.last_source),
+                                time.monotonic() - took)
             if self.shaping.rules and lane.session is not None and lane.last is not None:
                 pause = self.shaping.after(lane.session, lane.last)
                 if pause > 0:
@@ -323,6 +327,7 @@ class Lane:
         self.extra = extra
         self.why: BaseException | None = None  #: why :meth:`ready` found no session
         self.last: Outcome | None = None  #: the outcome of the message it sent last
+        self.last_source: str | None = None  #: the source address it was sent from
 
     def let_go(self) -> None:
         if self.session is not None:
@@ -381,6 +386,6 @@ class Lane:
                     return
                 continue
             outcome.results = {r.address: r.reply for r in results}
-            self.last = outcome
+            self.last, self.last_source = outcome, session.key.bind
             c.ledger.record(item, outcome)
             return

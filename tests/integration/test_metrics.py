@@ -63,7 +63,9 @@ def test_after_a_mixed_run_the_metrics_say_what_the_mx_and_queue_stats_saw(env, 
 
     def settled():
         page, values = scrape(env)
-        return (page, values) if value(values, "mailflow_delivery_seconds_count") == 12 else None
+        attempts = values.get(("mailflow_attempt_seconds_count", (("destination", "other"),)), 0)
+        return (page, values) if value(values, "mailflow_delivery_seconds_count") == 12 and \
+            attempts == 17 else None  # 15 sent and 2 bounces, one attempt each
 
     page, values = env.wait(settled, timeout=30)  # each process writes its figures every 5 s
     stats = json.loads(env.inst.mailflow("queue", "stats", "--json").stdout)
