@@ -22,6 +22,7 @@ from mailflow.config import environ, startup
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
 from mailflow.dkim import command as dkim_command
+from mailflow.pipeline import shaping as route_shaping
 from mailflow.queue import events
 from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
@@ -204,7 +205,7 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
     supervisor = loop.create_task(nodes.supervise())
     if on_listening is not None:
         on_listening()
-    manager = QueueManager(cfg).start()
+    manager = QueueManager(cfg, held=route_shaping.held).start()
     proctitle.start("smtpd", cfg)
     for line in on_started or []:
         _announce(line)

@@ -35,6 +35,7 @@ from mailflow.application import app
 from mailflow.config import environ, startup
 from mailflow.config.settings import Tls
 from mailflow.descriptors import raise_descriptor_limit
+from mailflow.pipeline import shaping as route_shaping
 from mailflow.queue import events, lending
 from mailflow.queue import manager as qmgr
 from mailflow.queue import tools as queuetools
@@ -181,7 +182,7 @@ def _start_queue_manager(sender: Any = None, **_kwargs: Any) -> None:
     threading.Thread(target=metrics.serve_forever, daemon=True, name="mailflow-metrics-http").start()
     _start_renewing(getattr(sender, "hostname", None))
     if _local_spool() is not None:
-        _qmgr.append(qmgr.QueueManager(config.current()).start())
+        _qmgr.append(qmgr.QueueManager(config.current(), held=route_shaping.held).start())
         return
     node = getattr(sender, "hostname", None)
     threading.Thread(target=_wait_for_a_queue, args=(node,), daemon=True,
@@ -197,7 +198,7 @@ def _wait_for_a_queue(node: str | None) -> None:
                  spool.identity)
         app.control.add_consumer(owner_queue(spool.identity), reply=False,
                                  destination=[node] if node else None)
-        _qmgr.append(qmgr.QueueManager(config.current()).start())
+        _qmgr.append(qmgr.QueueManager(config.current(), held=route_shaping.held).start())
         return
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from mailflow import tally
+from mailflow import config, tally
 from mailflow.config.loader import Config
 from mailflow.config.shaping import Rule
 from mailflow.errors import Throttled
@@ -85,3 +85,15 @@ def throttled(rules: list[Rule], why: str) -> None:
     for rule in rules:
         SAMPLER.add(f"throttled:{rule.name}")
     log.debug("shaping: %s (%s)", ", ".join(r.name for r in rules), why)
+
+
+def held(domain: str) -> float:
+    """For the queue manager: how long a domain's mail must wait before it is even claimed --
+    the longest suspension of its ``[domain:…]`` rules (the only ones known before the MX
+    lookup).  A shared store that does not answer holds nothing back."""
+    cfg = config.current()
+    rules = [r for r in cfg.shaping if r.kind == "domain" and r.suspend_on and r.matches(domain, "", None)]
+    if not rules:
+        return 0.0
+    shaper = shaper_for(cfg.shared_redis())
+    return max(shaper.suspended(rule) for rule in rules)

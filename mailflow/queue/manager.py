@@ -88,10 +88,20 @@ class Unpublished(Exception):
     """The broker did not take a batch: it was given back, and this scan stops."""
 
 
+#: Seconds a domain's mail must wait before it is claimed (a suspended shaping rule); 0: now.
+Held = Callable[[str], float]
+
+
+def _never_held(domain: str) -> float:
+    return 0.0
+
+
 class QueueManager:
-    def __init__(self, cfg: configmod.Config, publish: Publisher = _publish):
+    def __init__(self, cfg: configmod.Config, publish: Publisher = _publish, held: Held = _never_held):
         self.cfg = cfg
         self.publish = publish
+        #: asked before a domain's due entries are claimed (mailflow/pipeline/shaping.py)
+        self.held = held
         self.spool = Spool(cfg.queue_path()).ensure()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -243,6 +253,10 @@ class QueueManager:
                     self._dispatch(BOUNCE, Batch(self.spool.identity, claim, tuple(got)), FAILED)
             bytes_room = self.bytes_room()
             for domain, names in self.due().items():
+                wait = self.held(domain)
+                if wait > 0:  # not claimed at all: due again when the rule allows
+                    self._reschedule(names, now + int(wait * 1000))
+                    continue
                 for start in range(0, len(names), BATCH_MAX):
                     if room <= 0 or bytes_room <= 0:
                         return claimed
@@ -261,6 +275,14 @@ class QueueManager:
         except Unpublished:
             pass
         return claimed
+
+    def _reschedule(self, names: list[EntryName], due_ms: int) -> None:
+        """Due entries of a held domain wait in pending/ until ``due_ms``, not counted as failures."""
+        for name in names:
+            try:
+                os.rename(self.spool.path(name), self.spool.path(name.rescheduled(due_ms)))
+            except FileNotFoundError:
+                continue
 
     def _dispatch(self, task: str, batch: Batch, source: str) -> None:
         """Publish one batch; if the broker will not take it, its entries go back at once.

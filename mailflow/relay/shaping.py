@@ -161,13 +161,14 @@ class _State:
 class LocalBackend:
     """The same decisions for this host alone: one locked JSON file per rule."""
 
-    def __init__(self, directory: Path):
-        self.directory = directory
+    def __init__(self, directory: Path | None = None):
+        self.directory = directory  #: None: the state directory's, as it is when asked
 
     @contextmanager
     def _states(self, rules: list[Rule]) -> Iterator[list[_State]]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        paths = [self.directory / hashlib.sha256(r.name.encode()).hexdigest()[:32] for r in rules]
+        directory = self.directory or state_dir() / "shaping"
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = [directory / hashlib.sha256(r.name.encode()).hexdigest()[:32] for r in rules]
         fds = []
         try:
             for path in sorted(paths):  # one order for every process: no deadlock
@@ -250,7 +251,7 @@ class Shaper:
 
     def __init__(self, redis_url: str | None):
         self.redis = RedisBackend(redis_url) if redis_url else None
-        self.local = LocalBackend(state_dir() / "shaping")
+        self.local = LocalBackend()
         self._complained = 0.0
         self.fallbacks = 0
 

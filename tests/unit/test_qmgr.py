@@ -6,7 +6,9 @@ import time
 from mailflow import config as configmod
 from mailflow import outbound
 from mailflow.address import parse_address
+from mailflow.pipeline import shaping
 from mailflow.queue import manager as qmgr
+from mailflow.relay.shaping import Shaper
 
 
 def load_cfg(tmp_path):
@@ -173,3 +175,24 @@ def test_bytes_in_flight_are_bounded_as_well_as_entries(tmp_path, monkeypatch):
         spool.finish(batch.claim)
     manager._listed_mtime_ns = None
     assert manager.scan() == 1  # larger than the window, and nothing in flight
+
+
+def test_a_held_domain_is_not_claimed_but_waits_in_pending_with_a_later_due_time(tmp_path, monkeypatch):
+    """A suspended [domain:…] shaping rule: its mail is never claimed (so never counted as a
+    failure) and waits in pending/ until the rule allows; other domains go on."""
+    cfg = load_cfg(tmp_path)
+    (tmp_path / "shaping.ini").write_text("[domain:held.example]\nsuspend_on = 4.7.28\nsuspend_for = 10m\n")
+    cfg = configmod.load(tmp_path)
+    monkeypatch.setenv("MAILFLOW_STATE_DIR", str(tmp_path / "state"))
+    [rule] = cfg.shaping
+    Shaper(None).suspend(rule)
+    sender = parse_address("a@sender.example")
+    for domain in ("held.example", "free.example"):
+        outbound.queue_message(sender, [parse_address(f"r@{domain}")], b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish, held=shaping.held)
+    manager.scan()
+    assert [b.domain for b in publish.batches] == ["free.example"]
+    [waiting] = [n for n in manager.spool.names(qmgr.PENDING) if n.domain == "held.example"]
+    assert waiting.num_failures == 0
+    assert waiting.next_attempt_ms > time.time() * 1000 + 590_000  # about suspend_for from now
