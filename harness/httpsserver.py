@@ -67,13 +67,17 @@ class HTTPSServer:
                 if answer.delay:
                     time.sleep(answer.delay)
                 data = answer.body.encode() if isinstance(answer.body, str) else answer.body
-                self.send_response(answer.status)
-                self.send_header("Content-Type", answer.content_type)
-                self.send_header("Content-Length", str(len(data)))
-                if answer.location:
-                    self.send_header("Location", answer.location)
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", answer.content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    if answer.location:
+                        self.send_header("Location", answer.location)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+                    self.close_connection = True
+                    return
                 request.status = answer.status
 
             do_GET = _serve
