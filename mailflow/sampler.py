@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mailflow.atomic import replace_text
 from mailflow.config.state import state_dir
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,7 @@ class Sampler:
                     "sum": self.sum, "at": time.time(), "counts": dict(self.counts),
                     "attempts": {k: list(v) for k, v in self.attempts.items()},
                     **{name: gauge() for name, gauge in self.gauges.items()}}
-        where = state_dir() / "metrics"
-        where.mkdir(exist_ok=True)
-        tmp = where / f".{self._name}"
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, where / self._name)
+        replace_text(state_dir() / "metrics" / self._name, json.dumps(data))
 
 
 SAMPLER = Sampler()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mailflow.config.files import ConfigError, Value, parse_list, read_ini
 from mailflow.config.schedule import parse_duration
+from mailflow.config.settings import positive_int
 
 KINDS = ("domain", "mx", "source")
 LIMITS = ("max_connections", "max_messages_per_connection", "messages_per_minute", "messages_per_hour")
@@ -53,12 +54,9 @@ class Rule:
 
 def _positive(path: Path, key: str, raw: Value) -> int:
     try:
-        value = int(raw.text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigError(path, raw.line, f"{key} must be a positive integer")
-    return value
+        return positive_int(raw.text)
+    except ValueError as exc:
+        raise ConfigError(path, raw.line, f"{key} {exc}") from None
 
 
 def _rule(path: Path, name: str, keys: dict[str, Value], line: int | None) -> Rule:

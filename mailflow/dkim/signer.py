@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Stamp = tuple[tuple[int, int] | None, ...]
 
 ALWAYS_IF_PRESENT = ("tls-report-domain", "tls-report-submitter")
+NO_FILES: Stamp = (None,) * sum(len(names) for names in FILES.values())
 
 
 class Signer:
@@ -56,6 +57,9 @@ class Signer:
         return found
 
     def _stamp(self, domain: str) -> Stamp:
+        """(mtime, size) of each key file; a domain without a directory costs one stat."""
+        if not os.path.isdir(self.keys_dir / domain):
+            return NO_FILES
         out: list[tuple[int, int] | None] = []
         for names in FILES.values():
             for name in names:

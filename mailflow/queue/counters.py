@@ -20,8 +20,11 @@ def _path(queue_root: Path, name: str) -> Path:
 
 def add(queue_root: Path, name: str, n: int = 1) -> None:
     path = _path(queue_root, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    except FileNotFoundError:  # the first count of a new queue: not a mkdir per message
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         os.write(fd, b"." * n)
     finally:

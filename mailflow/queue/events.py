@@ -15,12 +15,10 @@ delivery: a problem is logged and the mail goes on.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mailflow.application import app
+from mailflow.atomic import one_at_a_time, replace_text
 from mailflow.config.loader import Config
 from mailflow.payloads import WEBHOOK
 from mailflow.queue.identity import identity, owner_queue
@@ -62,9 +61,7 @@ def due_ms(name: str) -> int:
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(record, separators=(",", ":")))
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(record, separators=(",", ":")))
 
 
 def publisher(queue_root: Path) -> Publish:
@@ -104,7 +101,6 @@ def emit(cfg: Config, event: str, data: dict[str, Any]) -> None:
     for endpoint in endpoints:
         event_id = f"msg_{uuid.uuid4().hex}"
         try:
-            where.mkdir(exist_ok=True)
             _write(where / f"{now}_{event_id}.json",
                    {"id": event_id, "endpoint": endpoint.name, "attempt": 0, "body": body})
         except OSError as exc:
@@ -128,16 +124,11 @@ def dispatch(queue_root: Path, publish: Publish | None = None, now_ms: int | Non
     where = directory(queue_root)
     if not where.is_dir():
         return 0
-    fd = os.open(where / ".dispatch", os.O_WRONLY | os.O_CREAT, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with one_at_a_time(where / ".dispatch") as mine:
+        if not mine:
             return 0
         return _dispatch(queue_root, publish or publisher(queue_root),
                          int(time.time() * 1000) if now_ms is None else now_ms)
-    finally:
-        os.close(fd)
 
 
 def _dispatch(queue_root: Path, publish: Publish, now_ms: int) -> int:

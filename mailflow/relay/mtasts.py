@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import dns.exception
 import dns.resolver
 
+from mailflow.atomic import replace_text
 from mailflow.config.settings import Outbound, Tls
 from mailflow.relay import https
 from mailflow.relay.mx import resolver
@@ -161,11 +161,7 @@ class Cache:
         return policy
 
     def put(self, policy: Policy) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{policy.domain}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(asdict(policy)))
-        os.replace(tmp, path)
+        replace_text(self.directory / f"{policy.domain}.json", json.dumps(asdict(policy)))
         with self._lock:
             self._memory[policy.domain] = policy
 

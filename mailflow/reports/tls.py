@@ -13,11 +13,9 @@ day is closed with a log line.
 from __future__ import annotations
 
 import calendar
-import fcntl
 import gzip
 import json
 import logging
-import os
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -30,6 +28,7 @@ import dns.exception
 import dns.resolver
 
 from mailflow import outbound
+from mailflow.atomic import one_at_a_time, replace_text
 from mailflow.codes import OK
 from mailflow.config.loader import Config
 from mailflow.relay import https
@@ -161,28 +160,17 @@ def _state(path: Path) -> dict[str, Any]:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f".state.{os.getpid()}")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path.with_suffix(".state"))
+    replace_text(path.with_suffix(".state"), json.dumps(state))
 
 
 def send_due_locked(cfg: Config) -> int:
     """``send_due`` by one process of the host at a time (every worker runs the daily timer)."""
-    lock = directory() / ".sending"
     try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o640)
+        with one_at_a_time(directory() / ".sending") as mine:
+            return send_due(cfg) if mine else 0
     except OSError as exc:
         log.warning("TLS reports not sent: %s", exc)
         return 0
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return 0
-        return send_due(cfg)
-    finally:
-        os.close(fd)
 
 
 def send_due(cfg: Config, now: float | None = None) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import Protocol
 
 import redis
 
+from mailflow.atomic import replace_text
 from mailflow.config.loader import Config
 from mailflow.config.state import state_dir
 from mailflow.errors import Reply
@@ -110,11 +110,7 @@ class DirectoryStore:
             return None
 
     def add(self, entry: Entry) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(entry.address)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(entry.to_json()))
-        os.replace(tmp, path)
+        replace_text(self._path(entry.address), json.dumps(entry.to_json()))
 
     def remove(self, address: str) -> bool:
         try:
