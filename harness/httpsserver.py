@@ -50,6 +50,10 @@ class HTTPSServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real receivers offer
+            # The answer in one segment, sent at once, as real servers do: unbuffered
+            # writes under Nagle wait 40 ms for the client's delayed ACK on every request
+            wbufsize = 65536
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -1,27 +1,40 @@
 """Delivery events for webhooks, kept in the queue directory before anyone is told (PRODUCT §8).
 
-An event for an endpoint is one file in ``<queue>/.webhooks/``, named by when it is
-next due: ``<due ms>_<event id>.json``, written (temp file, rename) in the same step
-that gives the entry its outcome.  Nothing is published per event: Celery costs a
-millisecond of CPU per task, as much as a delivery.  Instead, once a second, one
-worker of the owner's host (:func:`dispatch`) claims the due events into a batch
-directory, ``inflight/<batch>/``, and publishes one ``mailflow.webhook`` task for the
-batch (mailflow/webhooks/sender.py POSTs them one after another).  An event that is
-not accepted goes back, due later; a batch whose task was lost comes back after
-``INFLIGHT_STALE``.  At most ``BATCHES_MAX`` batches are out at once, so a receiver
-that hangs holds at most that many worker threads.  Writing an event never fails a
-delivery: a problem is logged and the mail goes on.
+An event is one JSON line appended, in the same step that gives the entry its outcome,
+to this process's *journal* segment ``<queue>/.webhooks/journal/<pid>-<token>.jsonl``:
+one ``write`` of a few hundred bytes, where a file per event (create, rename, then
+read and unlink) kept the filesystem journal busy that every delivery's own rename and
+unlink waits on.  Nothing is published per event either: Celery costs a millisecond of
+CPU per task, as much as a delivery.
+
+Once a second, one worker of the owner's host (:func:`dispatch`):
+
+1. *drains* the journal: each segment's lines become *waiting* files of at most
+   ``BATCH_MAX`` events, ``<due ms>_<count>_<token>.jsonl``, and the segment is unlinked.
+   The segment's lock (``flock``) makes the hand-over exact: a writer appends only
+   while holding it, and finding its segment unlinked starts another;
+2. *claims* the due waiting files into batch directories, ``inflight/<batch>/``, at
+   most ``BATCHES_MAX`` out at once (so a receiver that hangs holds at most that many
+   worker threads), and publishes one ``mailflow.webhook`` task per batch.
+
+The sender (mailflow/webhooks/sender.py) gives back what was not accepted as a new
+waiting file, due later; a batch whose task was lost comes back after
+``INFLIGHT_STALE`` without a sign of life.  Every step can be repeated after a crash: at
+worst an event is POSTed twice with the same id, which receivers drop.  Writing an event
+never fails a delivery: a problem is logged and the mail goes on.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,21 +49,31 @@ from mailflow.queue.todo import ToDo
 log = logging.getLogger(__name__)
 
 DIRECTORY = ".webhooks"
+JOURNAL = "journal"
 INFLIGHT = "inflight"
+SUFFIX = ".jsonl"
 #: The waits after the 1st, 2nd, … failed POST: the first within 10 s, about 31 h in all.
 SCHEDULE = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 57600)
 #: Events in one batch (one task), and batches out at once per host.
 BATCH_MAX = 200
 BATCHES_MAX = 2
-#: A batch claimed longer ago than this by a task that never finished is due again.
+#: A batch whose task showed no sign of life this long (its directory's mtime) is due again.
 INFLIGHT_STALE = 300.0
+#: An empty journal segment left this long by its process is removed (the writer, if alive,
+#: starts another at its next event).
+EMPTY_STALE = 60.0
 
 #: Publish ``mailflow.webhook`` for a claimed batch.
 Publish = Callable[[str], None]
+Record = dict[str, Any]
 
 
 def directory(queue_root: Path) -> Path:
     return queue_root / DIRECTORY
+
+
+def batch_dir(queue_root: Path, batch: str) -> Path:
+    return directory(queue_root) / INFLIGHT / batch
 
 
 def due_ms(name: str) -> int:
@@ -60,8 +83,94 @@ def due_ms(name: str) -> int:
         return 0
 
 
-def _write(path: Path, record: dict[str, Any]) -> None:
-    replace_text(path, json.dumps(record, separators=(",", ":")))
+def count_of(name: str) -> int:
+    """The number of events a waiting file holds, from its name (no need to read it)."""
+    try:
+        return int(name.split("_", 2)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _waiting(name: str) -> bool:
+    return name.endswith(SUFFIX) and not name.startswith(".") and name.count("_") >= 2
+
+
+def line(record: Record) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def parse(data: bytes, where: str) -> list[Record]:
+    """The records of a journal segment or waiting file; a broken line is logged and skipped."""
+    out = []
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and "id" in record and "endpoint" in record:
+            out.append(record)
+        else:
+            log.error("webhook event in %s unreadable, skipped: %.200r", where, raw)
+    return out
+
+
+def put_waiting(queue_root: Path, records: list[Record], due: int) -> None:
+    """Records due at ``due`` (ms), as waiting files of at most ``BATCH_MAX`` each."""
+    _put_lines(queue_root, [line(r) for r in records], due)
+
+
+def _put_lines(queue_root: Path, lines: list[bytes], due: int) -> None:
+    for start in range(0, len(lines), BATCH_MAX):
+        chunk = lines[start:start + BATCH_MAX]
+        name = f"{due}_{len(chunk)}_{uuid.uuid4().hex}{SUFFIX}"
+        replace_text(directory(queue_root) / name, b"".join(chunk).decode())
+
+
+class Journal:
+    """This process's segment: appended by its threads, taken whole by the dispatcher."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+        self._where: Path | None = None
+
+    def append(self, queue_root: Path, data: bytes) -> None:
+        where = directory(queue_root) / JOURNAL
+        with self._lock:
+            if self._pid != os.getpid() or self._where != where:  # forked, or another queue
+                self._close()
+            while True:
+                fd = self._fd if self._fd is not None else self._open(where)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    if os.fstat(fd).st_nlink:  # still ours: the dispatcher has not taken it
+                        os.write(fd, data)
+                        return
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                self._close()
+
+    def _open(self, where: Path) -> int:
+        path = where / f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o640)
+        except FileNotFoundError:
+            where.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, flags, 0o640)
+        self._fd, self._pid, self._where = fd, os.getpid(), where
+        return fd
+
+    def _close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+JOURNAL_OF_THIS_PROCESS = Journal()
 
 
 def publisher(queue_root: Path) -> Publish:
@@ -96,42 +205,79 @@ def emit(cfg: Config, event: str, data: dict[str, Any]) -> None:
     body = {"type": f"message.{event}",
             "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "data": data}
-    where = directory(cfg.queue_path())
-    now = int(time.time() * 1000)
-    for endpoint in endpoints:
-        event_id = f"msg_{uuid.uuid4().hex}"
-        try:
-            _write(where / f"{now}_{event_id}.json",
-                   {"id": event_id, "endpoint": endpoint.name, "attempt": 0, "body": body})
-        except OSError as exc:
-            log.error("webhook event %s for %s not kept: %s", event, endpoint.name, exc)
+    lines = b"".join(line({"id": f"msg_{uuid.uuid4().hex}", "endpoint": e.name, "attempt": 0,
+                           "body": body}) for e in endpoints)
+    try:
+        JOURNAL_OF_THIS_PROCESS.append(cfg.queue_path(), lines)
+    except OSError as exc:
+        log.error("webhook event %s for %s not kept: %s", event,
+                  ", ".join(e.name for e in endpoints), exc)
 
 
-def put_back(queue_root: Path, claimed: Path, record: dict[str, Any], wait: float) -> None:
-    """An event of a batch back among the waiting ones, due in ``wait`` seconds."""
-    due = int((time.time() + wait) * 1000)
-    _write(directory(queue_root) / f"{due}_{record['id']}.json", record)
-    claimed.unlink(missing_ok=True)
-
-
-def batch_dir(queue_root: Path, batch: str) -> Path:
-    return directory(queue_root) / INFLIGHT / batch
-
-
-def dispatch(queue_root: Path, publish: Publish | None = None, now_ms: int | None = None) -> int:
-    """Claim due events into batches and publish a task for each, by one process of the host
-    at a time; the number of events sent on their way."""
+def dispatch(queue_root: Path, publish: Publish | None = None, now_ms: int | None = None,
+             batches: int = BATCHES_MAX) -> int:
+    """Drain the journal, claim due events into (at most ``batches``) batches and publish a
+    task for each, by one process of the host at a time; the number of events sent on
+    their way."""
     where = directory(queue_root)
     if not where.is_dir():
         return 0
     with one_at_a_time(where / ".dispatch") as mine:
         if not mine:
             return 0
-        return _dispatch(queue_root, publish or publisher(queue_root),
-                         int(time.time() * 1000) if now_ms is None else now_ms)
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        drain(queue_root, now)
+        return _claim(queue_root, publish or publisher(queue_root), now, batches)
 
 
-def _dispatch(queue_root: Path, publish: Publish, now_ms: int) -> int:
+def claim_next(queue_root: Path) -> str | None:
+    """A batch of due events for a sender that has just finished one, to go on with in the
+    same task (no task per batch while a backlog lasts); None when nothing is due."""
+    claimed: list[str] = []
+    dispatch(queue_root, claimed.append, batches=1)
+    return claimed[0] if claimed else None
+
+
+def _segments(queue_root: Path) -> Iterator[Path]:
+    try:
+        names = os.listdir(directory(queue_root) / JOURNAL)
+    except FileNotFoundError:
+        return
+    for name in sorted(names):
+        if name.endswith(SUFFIX) and not name.startswith("."):
+            yield directory(queue_root) / JOURNAL / name
+
+
+def drain(queue_root: Path, now_ms: int) -> int:
+    """Every journal segment's events become waiting files due now; the number of events."""
+    moved = 0
+    for path in _segments(queue_root):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a writer holds it for one write at most
+            info = os.fstat(fd)
+            if not info.st_nlink:
+                continue
+            if not info.st_size:
+                if info.st_mtime < now_ms / 1000 - EMPTY_STALE:
+                    path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(os.dup(fd), "rb") as f:
+                lines = f.read().splitlines(keepends=True)
+            if lines and not lines[-1].endswith(b"\n"):  # a write cut short (a full disk)
+                log.error("webhook event in %s cut short, skipped: %.200r", path.name, lines.pop())
+            _put_lines(queue_root, lines, now_ms)  # read when sent, not here
+            path.unlink()  # under the lock: the writer sees it gone and starts another
+            moved += len(lines)
+        finally:
+            os.close(fd)
+    return moved
+
+
+def _claim(queue_root: Path, publish: Publish, now_ms: int, most: int) -> int:
     where = directory(queue_root)
     inflight = where / INFLIGHT
     inflight.mkdir(exist_ok=True)
@@ -143,20 +289,21 @@ def _dispatch(queue_root: Path, publish: Publish, now_ms: int) -> int:
             shutil.rmtree(batch, ignore_errors=True)
         else:
             batches.append(batch)
-    room = BATCHES_MAX - len(batches)
-    due = sorted(n for n in os.listdir(where) if n.endswith(".json") and not n.startswith(".")
-                 and due_ms(n) <= now_ms)
+    room = min(most, BATCHES_MAX - len(batches))
+    due = sorted(n for n in os.listdir(where) if _waiting(n) and due_ms(n) <= now_ms)
     sent = 0
     while due and room > 0:
-        chunk, due = due[:BATCH_MAX], due[BATCH_MAX:]
         name = uuid.uuid4().hex
         batch = inflight / name
         batch.mkdir()
-        for event in chunk:
+        taken = 0
+        while due and (taken == 0 or taken + count_of(due[0]) <= BATCH_MAX):
+            waiting = due.pop(0)
             try:
-                os.rename(where / event, batch / event)
+                os.rename(where / waiting, batch / waiting)
             except FileNotFoundError:
                 continue
+            taken += count_of(waiting)
         try:
             publish(name)
         except Exception as exc:  # given back: the next dispatch tries again
@@ -165,13 +312,13 @@ def _dispatch(queue_root: Path, publish: Publish, now_ms: int) -> int:
                 os.rename(path, where / path.name)
             batch.rmdir()
             return sent
-        sent += len(chunk)
+        sent += taken
         room -= 1
     return sent
 
 
 def backlog(queue_root: Path) -> int:
-    """Events not yet accepted by their endpoint (waiting, or in a batch being POSTed)."""
+    """Events not yet accepted by their endpoint: in the journal, waiting, or in a batch."""
     where = directory(queue_root)
     count = 0
     folders = [where]
@@ -181,7 +328,12 @@ def backlog(queue_root: Path) -> int:
         pass
     for folder in folders:
         try:
-            count += sum(1 for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+            count += sum(count_of(n) for n in os.listdir(folder) if _waiting(n))
+        except FileNotFoundError:
+            pass
+    for path in _segments(queue_root):
+        try:
+            count += path.read_bytes().count(b"\n")
         except FileNotFoundError:
             pass
     return count

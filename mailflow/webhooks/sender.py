@@ -12,13 +12,17 @@ tried again in this batch: its other events wait for the next attempt unchanged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import http.client
 import json
 import logging
+import os
+import shutil
 import ssl
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +33,10 @@ from mailflow.errors import NothingToDo
 from mailflow.queue import events
 
 log = logging.getLogger(__name__)
+
+
+#: A sender task goes on with the next due batch for this long (s) before it ends.
+GO_ON_FOR = 10.0
 
 
 class Unreachable(Exception):
@@ -104,70 +112,87 @@ def post(endpoint: Endpoint, record: dict[str, Any], conns: Connections) -> str 
 
 
 def deliver(cfg: Config, batch: str) -> dict[str, int]:
-    """POST every event of the claimed batch; how many were accepted, retried, left."""
+    """POST every event of the claimed batch, then of the next due ones for up to
+    ``GO_ON_FOR`` seconds (a task per batch would cost a millisecond of CPU per few
+    events while a backlog lasts); how many were accepted, retried, left."""
     root = cfg.queue_path()
+    if not events.batch_dir(root, batch).is_dir():
+        raise NothingToDo(f"webhook batch {batch} is gone (done, or taken back)")
+    counts: Counter[str] = Counter()
+    started = time.monotonic()
+    conns = Connections(cfg)
+    try:
+        current: str | None = batch
+        while current is not None:
+            down = _batch(cfg, root, current, conns, counts)
+            if down or time.monotonic() - started > GO_ON_FOR:
+                break
+            current = events.claim_next(root)
+    finally:
+        conns.close()
+    return {k: v for k, v in counts.items() if v}
+
+
+def _batch(cfg: Config, root: Path, batch: str, conns: Connections, counts: Counter[str]) -> bool:
+    """One claimed batch: POSTed, what was not accepted written back as waiting files
+    (one per wait) before the batch is removed -- a crash in between sends some events
+    twice, never none.  Whether an endpoint did not answer."""
     where = events.batch_dir(root, batch)
     try:
         paths = sorted(where.iterdir())
     except FileNotFoundError:
-        raise NothingToDo(f"webhook batch {batch} is gone (done, or taken back)") from None
-    counts = {"accepted": 0, "retry": 0, "waiting": 0, "dropped": 0}
+        return False
     endpoints = {e.name: e for e in cfg.webhooks}
     down: dict[str, str] = {}
-    conns = Connections(cfg)
-    try:
-        for path in paths:
-            counts[_one(root, path, endpoints, down, conns)] += 1
-    finally:
-        conns.close()
-        try:
-            where.rmdir()
-        except OSError:
-            pass
-    return {k: v for k, v in counts.items() if v}
+    later: dict[int, list[dict[str, Any]]] = {}
+    for path in paths:
+        for record in _read(root, path):
+            outcome, wait, record = _one(record, endpoints, down, conns)
+            counts[outcome] += 1
+            if wait is not None:
+                later.setdefault(wait, []).append(record)
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(where)  # alive: not taken back as a lost batch
+    now = time.time()
+    for wait, records in sorted(later.items()):
+        events.put_waiting(root, records, int((now + wait) * 1000))
+    shutil.rmtree(where, ignore_errors=True)
+    return bool(down)
 
 
-def _one(root: Path, path: Path, endpoints: dict[str, Endpoint], down: dict[str, str],
-         conns: Connections) -> str:
-    record = _read(path)
-    if record is None:
-        return "dropped"
+def _one(record: dict[str, Any], endpoints: dict[str, Endpoint], down: dict[str, str],
+         conns: Connections) -> tuple[str, int | None, dict[str, Any]]:
+    """What became of one event, and the wait before its next attempt (None: none)."""
     endpoint = endpoints.get(str(record.get("endpoint")))
     if endpoint is None:
         log.warning("webhook event %s: endpoint [%s] is no longer in webhooks.ini; dropped",
                     record.get("id"), record.get("endpoint"))
-        path.unlink(missing_ok=True)
-        return "dropped"
+        return "dropped", None, record
     attempt = int(record.get("attempt", 0))
     if endpoint.name in down:  # not tried: the same wait, no attempt counted
-        events.put_back(root, path, record, events.SCHEDULE[max(0, attempt - 1)])
-        return "waiting"
+        return "waiting", events.SCHEDULE[max(0, attempt - 1)], record
     try:
         why = post(endpoint, record, conns)
     except Unreachable as exc:
         down[endpoint.name] = str(exc)
         why = str(exc)
     if why is None:
-        path.unlink(missing_ok=True)
-        return "accepted"
+        return "accepted", None, record
     attempt += 1
     if attempt > len(events.SCHEDULE):
         log.error("webhook event %s to [%s] given up after %d attempts: %s", record["id"],
                   endpoint.name, attempt, why)
-        path.unlink(missing_ok=True)
-        return "dropped"
+        return "dropped", None, record
     wait = events.SCHEDULE[attempt - 1]
     log.info("webhook event %s to [%s] not accepted (%s); attempt %d in %d s", record["id"],
              endpoint.name, why, attempt + 1, wait)
-    events.put_back(root, path, {**record, "attempt": attempt}, wait)
-    return "retry"
+    return "retry", wait, {**record, "attempt": attempt}
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read(root: Path, path: Path) -> list[dict[str, Any]]:
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.error("webhook event %s unreadable (%s): set aside", path.name, exc)
-        path.rename(events.directory(path.parents[2]) / f"error.{path.name}")
-        return None
-    return record if isinstance(record, dict) else None
+        return events.parse(path.read_bytes(), path.name)
+    except OSError as exc:
+        log.error("webhook events %s unreadable (%s): set aside", path.name, exc)
+        path.rename(events.directory(root) / f"error.{path.name}")
+        return []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 
 from mailflow.queue import events
@@ -23,13 +22,13 @@ def test_the_schedule_retries_within_10_s_and_keeps_on_for_a_day():
     assert list(events.SCHEDULE) == sorted(events.SCHEDULE)
 
 
+def _record(n: int | str) -> dict:
+    return {"id": f"msg_{n}", "endpoint": "app", "attempt": 0, "body": {"n": n}}
+
+
 def test_due_events_go_out_in_bounded_batches_and_a_lost_batch_comes_back(tmp_path):
-    where = events.directory(tmp_path)
-    where.mkdir()
-    record = {"endpoint": "app", "attempt": 0, "body": {}}
-    for n in range(events.BATCH_MAX * 3):  # due
-        (where / f"{1000 + n}_msg_{n}.json").write_text(json.dumps({**record, "id": f"msg_{n}"}))
-    (where / "999999999999999_msg_later.json").write_text(json.dumps({**record, "id": "msg_later"}))
+    events.put_waiting(tmp_path, [_record(n) for n in range(events.BATCH_MAX * 3)], 1000)
+    events.put_waiting(tmp_path, [_record("later")], 999999999999999)
     published: list[str] = []
     sent = events.dispatch(tmp_path, published.append, now_ms=10**12)
     assert sent == events.BATCH_MAX * events.BATCHES_MAX and len(published) == events.BATCHES_MAX
@@ -40,4 +39,58 @@ def test_due_events_go_out_in_bounded_batches_and_a_lost_batch_comes_back(tmp_pa
     again = events.dispatch(tmp_path, published.append, now_ms=10**12)
     assert again == events.BATCH_MAX and len(published) == 3  # back, and out again (one is still out)
     assert not lost.exists()
-    assert (where / "999999999999999_msg_later.json").exists()  # not due: not sent
+    later = [n for n in os.listdir(events.directory(tmp_path)) if n.startswith("999999999999999_")]
+    assert len(later) == 1  # not due: not sent
+
+
+def _ids(tmp_path) -> list[str]:
+    """Every event id that went out in a batch."""
+    found = []
+    for batch in (events.directory(tmp_path) / events.INFLIGHT).iterdir():
+        for path in batch.iterdir():
+            found += [r["id"] for r in events.parse(path.read_bytes(), path.name)]
+    return found
+
+
+def test_the_journal_hands_every_event_over_once_while_processes_write(tmp_path):
+    """Writers in several processes append while the dispatcher drains: no event is lost
+    (one taken with its segment, one written after) and none is handed over twice."""
+    writers, each = 4, 500
+    pids = []
+    for w in range(writers):
+        pid = os.fork()
+        if pid == 0:  # a writer process, as smtpd and worker processes are
+            code = 0
+            try:
+                for n in range(each):
+                    events.JOURNAL_OF_THIS_PROCESS.append(tmp_path, events.line(_record(f"{w}-{n}")))
+            except BaseException:
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    running, drains = set(pids), 0
+    while running:  # drained over and over while they write
+        drains += events.drain(tmp_path, 1) > 0
+        for pid in list(running):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert status == 0
+                running.discard(pid)
+    events.drain(tmp_path, 1)
+    assert drains > 1  # the hand-over happened while they wrote, not only at the end
+
+    def done(batch: str) -> None:  # the batch's task ran: set it aside
+        (events.directory(tmp_path) / events.INFLIGHT / batch).rename(tmp_path / f"done-{batch}")
+    while events.dispatch(tmp_path, done, now_ms=10**12):
+        pass
+    assert events.backlog(tmp_path) == 0
+    found = [r["id"] for batch in tmp_path.glob("done-*") for path in batch.iterdir()
+             for r in events.parse(path.read_bytes(), path.name)]
+    assert sorted(found) == sorted(f"msg_{w}-{n}" for w in range(writers) for n in range(each))
+    assert max(events.count_of(p.name) for p in tmp_path.glob("done-*/*")) <= events.BATCH_MAX
+
+
+def test_a_broken_line_is_skipped_and_the_rest_kept(tmp_path, caplog):
+    data = events.line(_record(1)) + b'{"id": "msg_2", "endp' + b"\n" + events.line(_record(3))
+    assert [r["id"] for r in events.parse(data, "seg")] == ["msg_1", "msg_3"]
+    assert "unreadable" in caplog.text
