@@ -1,8 +1,9 @@
 """Where the delivery steps meet shaping.ini's rules (mailflow/relay/shaping.py decides).
 
 Before a connection: a lease under every matching rule's ``max_connections`` (or
-:class:`~mailflow.errors.Throttled`).  Before each message: the rates, and a fresh
-connection after ``max_messages_per_connection``.  After each message: a reply named
+:class:`~mailflow.errors.Throttled`).  Before each message: the rates -- places for the
+batch's next messages taken at once, up to ``TAKE_MAX``, and used within CREDIT_TTL --
+and a fresh connection after ``max_messages_per_connection``.  After each message: a reply named
 in ``suspend_on`` suspends its rule.  A wait is never spent in a thread: the entries
 go back to pending/ due when the rule allows, not counted as failures.
 """
@@ -10,6 +11,8 @@ go back to pending/ due when the rule allows, not counted as failures.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from mailflow import config, tally
 from mailflow.config.loader import Config
@@ -17,7 +20,7 @@ from mailflow.config.shaping import Rule
 from mailflow.errors import Throttled
 from mailflow.payloads import Outcome
 from mailflow.relay.client import Session
-from mailflow.relay.shaping import Lease, Shaper, rules_for, shaper_for
+from mailflow.relay.shaping import CREDIT_TTL, Lease, Shaper, rules_for, shaper_for
 from mailflow.sampler import SAMPLER
 
 log = logging.getLogger(__name__)
@@ -26,11 +29,21 @@ log = logging.getLogger(__name__)
 NEW_CONNECTION = -1.0
 
 
+#: Rate places taken at once for a batch, at most (mailflow/relay/shaping.py CREDIT_TTL).
+TAKE_MAX = 50
+
+
 class RouteShaping:
+    """One batch's shaping: the rules, and the rate places it has taken but not yet used."""
+
     def __init__(self, cfg: Config, domain: str):
         self.rules = cfg.shaping
         self.domain = domain
         self.shaper: Shaper | None = shaper_for(cfg.shared_redis()) if self.rules else None
+        #: places taken for the batch's next messages, by the rules they were taken under:
+        #: (how many, until when on the monotonic clock)
+        self._credit: dict[tuple[str, ...], tuple[int, float]] = {}
+        self._lock = threading.Lock()
 
     def matched(self, mx_host: str, source: str | None) -> list[Rule]:
         return rules_for(self.rules, self.domain, mx_host, source) if self.rules else []
@@ -53,8 +66,9 @@ class RouteShaping:
                             f"(connections or suspended); due again in {got:.0f} s")
         return got
 
-    def before(self, session: Session) -> float:
-        """0 to send the next message now, NEW_CONNECTION, or seconds to wait."""
+    def before(self, session: Session, wanted: int = 1) -> float:
+        """0 to send the next message now, NEW_CONNECTION, or seconds to wait.  ``wanted``:
+        the messages the batch still has, for which places are taken at once."""
         rules = self.matched(session.host, session.key.bind)
         if not rules or self.shaper is None:
             return 0.0
@@ -63,10 +77,24 @@ class RouteShaping:
         per_connection = [r.max_messages_per_connection for r in rules if r.max_messages_per_connection]
         if per_connection and session.messages >= min(per_connection):
             return NEW_CONNECTION
-        wait = self.shaper.take(rules)
-        if wait > 0:
-            throttled(rules, "rate")
-        return wait
+        return self._place(rules, max(1, min(wanted, TAKE_MAX)))
+
+    def _place(self, rules: list[Rule], wanted: int) -> float:
+        """A rate place for one message: one the batch already holds, or a take of several."""
+        assert self.shaper is not None
+        key = tuple(r.name for r in rules)
+        with self._lock:
+            count, until = self._credit.get(key, (0, 0.0))
+            if count > 0 and time.monotonic() < until:
+                self._credit[key] = (count - 1, until)
+                return 0.0
+            until = time.monotonic() + CREDIT_TTL
+            granted, wait = self.shaper.take(rules, wanted)
+            if granted <= 0:
+                throttled(rules, "rate")
+                return wait
+            self._credit[key] = (granted - 1, until)
+            return 0.0
 
     def after(self, session: Session, outcome: Outcome) -> float:
         """Seconds the route must now wait: a reply in a rule's ``suspend_on`` suspends it."""
@@ -89,11 +117,14 @@ def throttled(rules: list[Rule], why: str) -> None:
 
 def held(domain: str) -> float:
     """For the queue manager: how long a domain's mail must wait before it is even claimed --
-    the longest suspension of its ``[domain:…]`` rules (the only ones known before the MX
-    lookup).  A shared store that does not answer holds nothing back."""
+    one of its ``[domain:…]`` rules (the only ones known before the MX lookup) suspended,
+    or its window full.  A look only: no place is taken.  A shared store that does not
+    answer holds nothing back."""
     cfg = config.current()
-    rules = [r for r in cfg.shaping if r.kind == "domain" and r.suspend_on and r.matches(domain, "", None)]
+    rules = [r for r in cfg.shaping if r.kind == "domain" and r.matches(domain, "", None)]
     if not rules:
         return 0.0
-    shaper = shaper_for(cfg.shared_redis())
-    return max(shaper.suspended(rule) for rule in rules)
+    wait = shaper_for(cfg.shared_redis()).take(rules, 0)[1]
+    if wait > 0:
+        throttled(rules, "held before the claim")
+    return wait

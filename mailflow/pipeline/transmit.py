@@ -237,12 +237,12 @@ class Courier:
     def _shaped(self, lane: Lane, item: Any) -> bool:
         """Whether ``item`` may go now under shaping.ini; if not, it and the rest wait."""
         assert lane.session is not None
-        wait = self.shaping.before(lane.session)
+        wait = self.shaping.before(lane.session, self._left() + 1)
         if wait == NEW_CONNECTION:  # max_messages_per_connection: QUIT, and a fresh one in its slot
             try:
                 lane.session = POOL.reopen(lane.session, settings=self.settings,
                                            tls=self.cfg.tls_outbound, domain=self.route.domain)
-                wait = self.shaping.before(lane.session)
+                wait = self.shaping.before(lane.session, self._left() + 1)
             except NextAddress:
                 lane.session = None
                 with self._lock:
@@ -256,6 +256,10 @@ class Courier:
     def _hold(self, items: list[Any], wait: float, why: str) -> None:
         back = self.ledger.give_back(items, now_ms() + int(wait * 1000))
         log.info("shaping: %d entries for %s %s, due again in %.0f s", back, self.route.domain, why, wait)
+
+    def _left(self) -> int:
+        with self._lock:
+            return len(self._todo)
 
     def _take(self) -> Any | None:
         with self._lock:

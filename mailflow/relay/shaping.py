@@ -9,8 +9,8 @@ for the processes of this host only.  Falling back is logged at most once a minu
   sorted set scored by its expiry, renewed with each message sent and dropped when
   the connection closes; a host that dies stops renewing, and its leases lapse
   (``LEASE_TTL``).
-* A *take* is one message under ``messages_per_minute``/``_per_hour``: never more in
-  any sliding 60 s / 3600 s window, all matching rules decided together.
+* A *take* is places for some messages under ``messages_per_minute``/``_per_hour``:
+  never more in any sliding 60 s / 3600 s window, all matching rules decided together.
 * A *suspension* (a reply named in ``suspend_on``) stops a rule for ``suspend_for``.
 
 Each returns how long to wait (0: go on); waiting is the caller's job, by handing the
@@ -45,6 +45,11 @@ LEASE_TTL = 60.0
 KEY = "mailflow:shaping:"
 #: when the connection limit is reached, look again after this long
 FULL_WAIT = 5.0
+#: Places in a rate window are taken for several messages at once (a round trip per
+#: message costs as much as a tenth of a delivery), to be used within this many seconds.
+#: Each counts in the window from when it is taken until CREDIT_TTL + the window after,
+#: so messages sent any time in between can never make more than the limit in any window.
+CREDIT_TTL = 1.0
 
 # KEYS: per rule 4 keys (conns, minute, hour, suspended); ARGV: now ms, lease id, ttl ms,
 # then per rule max_conns, per_minute, per_hour (0 = none). Returns wait in ms (0 = granted).
@@ -73,9 +78,12 @@ end
 return 0
 """
 
+# ARGV: now ms, id, credit ms, then per rule max_conns, per_minute, per_hour; last: places
+# wanted.  Returns {granted, wait ms}: some places (each a window member scored now +
+# credit), or none and the wait.
 _TAKE = """
-local now, id = tonumber(ARGV[1]), ARGV[2]
-local wait = 0
+local now, id, credit, wanted = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[#ARGV])
+local wait, granted = 0, wanted
 for i = 0, #KEYS / 4 - 1 do
   local minute, hour, susp = KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
   local until_ = tonumber(redis.call('GET', susp) or '0')
@@ -85,24 +93,27 @@ for i = 0, #KEYS / 4 - 1 do
     local key, span, max = spec[1], spec[2], spec[3]
     if max > 0 then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now - span)
-      if redis.call('ZCARD', key) >= max then
+      local room = max - redis.call('ZCARD', key)
+      if room <= 0 then
         local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
         wait = math.max(wait, tonumber(oldest[2]) + span - now + 1)
+      else
+        granted = math.min(granted, room)
       end
     end
   end
 end
-if wait > 0 then return wait end
+if wait > 0 then return {0, wait} end
 for i = 0, #KEYS / 4 - 1 do
   for j, spec in ipairs({{KEYS[i * 4 + 2], 60000, tonumber(ARGV[4 + i * 3 + 1])},
                          {KEYS[i * 4 + 3], 3600000, tonumber(ARGV[4 + i * 3 + 2])}}) do
     if spec[3] > 0 then
-      redis.call('ZADD', spec[1], now, id)
-      redis.call('PEXPIRE', spec[1], spec[2] * 2)
+      for n = 1, granted do redis.call('ZADD', spec[1], now + credit, id .. ':' .. n) end
+      redis.call('PEXPIRE', spec[1], spec[2] * 2 + credit)
     end
   end
 end
-return 0
+return {granted, 0}
 """
 
 
@@ -136,9 +147,11 @@ class RedisBackend:
         for key in _keys(rules)[0::4]:
             self.client.zrem(key, lease_id)
 
-    def take(self, rules: list[Rule], now_ms: int) -> float:
-        args: list[str | int] = [now_ms, uuid.uuid4().hex, 0, *_limits(rules)]
-        return float(self._take(keys=_keys(rules), args=args)) / 1000
+    def take(self, rules: list[Rule], now_ms: int, wanted: int = 1) -> tuple[int, float]:
+        args: list[str | int] = [now_ms, uuid.uuid4().hex, int(CREDIT_TTL * 1000), *_limits(rules),
+                                 wanted]
+        granted, wait = self._take(keys=_keys(rules), args=args)
+        return int(granted), float(wait) / 1000
 
     def suspend(self, rule: Rule, until_ms: int) -> None:
         ttl = max(1, until_ms - _now_ms())
@@ -218,9 +231,9 @@ class LocalBackend:
             for st in states:
                 st.conns.pop(lease_id, None)
 
-    def take(self, rules: list[Rule], now_ms: int) -> float:
+    def take(self, rules: list[Rule], now_ms: int, wanted: int = 1) -> tuple[int, float]:
         with self._states(rules) as states:
-            wait = 0.0
+            wait, granted = 0.0, wanted
             for rule, st in zip(rules, states, strict=True):
                 st.minute = [t for t in st.minute if t > now_ms - 60_000]
                 st.hour = [t for t in st.hour if t > now_ms - 3_600_000]
@@ -229,13 +242,17 @@ class LocalBackend:
                                             (st.hour, 3_600_000, rule.messages_per_hour)):
                     if limit and len(window) >= limit:
                         wait = max(wait, (min(window) + span - now_ms + 1) / 1000)
-            if wait <= 0:
-                for rule, st in zip(rules, states, strict=True):
-                    if rule.messages_per_minute:
-                        st.minute.append(now_ms)
-                    if rule.messages_per_hour:
-                        st.hour.append(now_ms)
-            return max(0.0, wait)
+                    elif limit:
+                        granted = min(granted, limit - len(window))
+            if wait > 0:
+                return 0, wait
+            at = now_ms + int(CREDIT_TTL * 1000)
+            for rule, st in zip(rules, states, strict=True):
+                if rule.messages_per_minute:
+                    st.minute += [at] * granted
+                if rule.messages_per_hour:
+                    st.hour += [at] * granted
+            return granted, 0.0
 
     def suspend(self, rule: Rule, until_ms: int) -> None:
         with self._states([rule]) as [st]:
@@ -268,17 +285,22 @@ class Shaper:
                                 "meanwhile", exc)
         return getattr(self.local, method)(*args)
 
-    def lease(self, rules: list[Rule]) -> Lease | float:
-        """A lease on a connection under every rule, or how long to wait for one."""
+    def lease(self, rules: list[Rule]) -> Lease | float | None:
+        """A lease on a connection under every rule, or how long to wait for one; None when
+        no rule counts connections (a suspension is still looked at): such a connection
+        holds no place, and may wait idle in the pool like any other."""
         rules = [r for r in rules if r.max_connections or r.suspend_on]
         lease_id = uuid.uuid4().hex
         wait = self._call("lease", rules, lease_id, _now_ms()) if rules else 0.0
-        return Lease(self, rules, lease_id) if wait <= 0 else wait
+        if wait > 0:
+            return float(wait)
+        return Lease(self, rules, lease_id) if any(r.max_connections for r in rules) else None
 
-    def take(self, rules: list[Rule]) -> float:
-        """0 when one more message may go now under every rule (counted), else the wait."""
+    def take(self, rules: list[Rule], wanted: int = 1) -> tuple[int, float]:
+        """Places for up to ``wanted`` messages under every rule, to be sent within
+        CREDIT_TTL (counted); or none, and the wait."""
         rules = [r for r in rules if r.messages_per_minute or r.messages_per_hour or r.suspend_on]
-        return self._call("take", rules, _now_ms()) if rules else 0.0
+        return self._call("take", rules, _now_ms(), wanted) if rules else (wanted, 0.0)
 
     def suspend(self, rule: Rule) -> None:
         log.warning("shaping: %s suspended for %d s", rule.name, rule.suspend_for)

@@ -3,6 +3,8 @@
 import threading
 import time
 
+import pytest
+
 from mailflow import config as configmod
 from mailflow import outbound
 from mailflow.address import parse_address
@@ -177,15 +179,23 @@ def test_bytes_in_flight_are_bounded_as_well_as_entries(tmp_path, monkeypatch):
     assert manager.scan() == 1  # larger than the window, and nothing in flight
 
 
-def test_a_held_domain_is_not_claimed_but_waits_in_pending_with_a_later_due_time(tmp_path, monkeypatch):
-    """A suspended [domain:…] shaping rule: its mail is never claimed (so never counted as a
-    failure) and waits in pending/ until the rule allows; other domains go on."""
+@pytest.mark.parametrize("rule_text,held_for", [
+    ("suspend_on = 4.7.28\nsuspend_for = 10m\n", 590),  # suspended: about suspend_for from now
+    ("messages_per_hour = 2\n", 3590),  # its hour's places all taken
+])
+def test_a_held_domain_is_not_claimed_but_waits_in_pending_with_a_later_due_time(
+        tmp_path, monkeypatch, rule_text, held_for):
+    """A suspended or full [domain:…] shaping rule: its mail is never claimed (so never
+    counted as a failure) and waits in pending/ until the rule allows; other domains go on."""
     cfg = load_cfg(tmp_path)
-    (tmp_path / "shaping.ini").write_text("[domain:held.example]\nsuspend_on = 4.7.28\nsuspend_for = 10m\n")
+    (tmp_path / "shaping.ini").write_text(f"[domain:held.example]\n{rule_text}")
     cfg = configmod.load(tmp_path)
     monkeypatch.setenv("MAILFLOW_STATE_DIR", str(tmp_path / "state"))
     [rule] = cfg.shaping
-    Shaper(None).suspend(rule)
+    if rule.suspend_on:
+        Shaper(None).suspend(rule)
+    else:
+        assert Shaper(None).take([rule], 2) == (2, 0)
     sender = parse_address("a@sender.example")
     for domain in ("held.example", "free.example"):
         outbound.queue_message(sender, [parse_address(f"r@{domain}")], b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
@@ -195,4 +205,4 @@ def test_a_held_domain_is_not_claimed_but_waits_in_pending_with_a_later_due_time
     assert [b.domain for b in publish.batches] == ["free.example"]
     [waiting] = [n for n in manager.spool.names(qmgr.PENDING) if n.domain == "held.example"]
     assert waiting.num_failures == 0
-    assert waiting.next_attempt_ms > time.time() * 1000 + 590_000  # about suspend_for from now
+    assert waiting.next_attempt_ms > time.time() * 1000 + held_for * 1000

@@ -68,13 +68,29 @@ def test_a_sliding_minute_and_a_suspension(tmp_path, backend):
     [rule] = rules(tmp_path, "[domain:a.test]\nmessages_per_minute = 3\nsuspend_on = 4.7.28\n"
                              "suspend_for = 30s\n")
     start = 5_000_000
-    assert [backend.take([rule], start + i) for i in range(3)] == [0, 0, 0]
-    wait = backend.take([rule], start + 10_000)
-    assert 49.9 < wait <= 50.001  # the first of the three leaves the window 60 s after it went
-    assert backend.take([rule], start + 60_001) == 0
+    credit = int(shaping.CREDIT_TTL * 1000)
+    assert [backend.take([rule], start + i) for i in range(3)] == [(1, 0), (1, 0), (1, 0)]
+    granted, wait = backend.take([rule], start + 10_000)
+    # the first of the three leaves the window 60 s after it could last have been used
+    assert granted == 0 and wait == pytest.approx(50.001 + shaping.CREDIT_TTL)
+    assert backend.take([rule], start + 60_000 + credit + 1) == (1, 0)
     backend.suspend(rule, start + 100_000)
-    assert backend.take([rule], start + 90_000) == pytest.approx(10.0)
+    assert backend.take([rule], start + 90_000) == (0, pytest.approx(10.0))
     assert backend.suspended(rule, start + 90_000) == pytest.approx(10.0)
+
+
+def test_places_are_taken_for_several_messages_but_never_beyond_the_limit(tmp_path, backend):
+    [rule] = rules(tmp_path, "[domain:a.test]\nmessages_per_minute = 10\nmessages_per_hour = 12\n")
+    start = 7_000_000
+    assert backend.take([rule], start, 4) == (4, 0)
+    assert backend.take([rule], start + 1, 50) == (6, 0)  # what is left of the minute
+    granted, wait = backend.take([rule], start + 2, 50)
+    assert granted == 0 and wait > 59
+    after = start + 60_000 + int(shaping.CREDIT_TTL * 1000) + 2
+    assert backend.take([rule], after, 0) == (0, 0)  # a look (the queue manager's): room, none taken
+    assert backend.take([rule], after, 50) == (2, 0)  # the minute is free; the hour has 2 left
+    granted, wait = backend.take([rule], after, 0)
+    assert granted == 0 and wait > 3500  # a look at a full hour: the wait
 
 
 def test_reply_matching_for_suspend_on(tmp_path):
