@@ -65,7 +65,7 @@ class HostCollector(Collector):
     def collect(self) -> Iterator[Any]:
         spool = Spool(self.cfg.queue_path())
         root = spool.root
-        stats = queuetools.stats(spool) if spool.exists() else {}
+        stats, oldest = queuetools.census(spool) if spool.exists() else ({}, None)
         totals = CounterMetricFamily("mailflow_messages", "Queue entries by what became of them",
                                      labels=["outcome"])
         for outcome in OUTCOMES:
@@ -77,7 +77,7 @@ class HostCollector(Collector):
             entries.add_metric([state], stats.get(state, 0))
         yield entries
         yield GaugeMetricFamily("mailflow_queue_oldest_age_seconds", "Age of the oldest entry",
-                                value=queuetools.oldest_age(spool) if spool.exists() else 0.0)
+                                value=queuetools.age_of(oldest))
         tls = CounterMetricFamily("mailflow_deliveries", "Delivered entries by TLS level",
                                   labels=["tls_level"])
         for level in TLS_LEVELS:

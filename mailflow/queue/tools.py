@@ -7,6 +7,7 @@ entry's header for its envelope and last error, never its message.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,32 @@ from mailflow.queue import entry as qfile
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
 
+#: Where the entries of an expired claim are, on their way back: due now (queued).
+EXPIRED = "expired"
+
+
+def _located(spool: Spool) -> Iterator[tuple[str, Path, EntryName]]:
+    """Every entry: where it is, the directory holding it, its name -- no path built per
+    entry (the metrics page counts the whole queue at every scrape)."""
+    for place in (PENDING, FAILED):
+        directory = spool.dir(place)
+        for name in spool.names(place):
+            yield place, directory, name
+    for claim in spool.claims():
+        for name in _names(spool.active / claim):
+            yield ACTIVE, spool.active / claim, name
+    for directory in spool.expired_dirs():
+        for name in _names(directory):
+            yield EXPIRED, directory, name
+
 
 def _entries(spool: Spool) -> list[tuple[str, Path, EntryName]]:
-    out = [(PENDING, spool.path(n), n) for n in spool.names(PENDING)]
-    out += [(FAILED, spool.path(n, FAILED), n) for n in spool.names(FAILED)]
-    for claim in spool.claims():
-        out += [(ACTIVE, spool.claimed_path(claim, str(n)), n)
-                for n in _names(spool.active / claim)]
-    # entries of an expired claim on their way back: due now (queued)
-    for directory in spool.expired_dirs():
-        out += [(PENDING, directory / str(n), n.rescheduled(0)) for n in _names(directory)]
+    out = []
+    for where, directory, name in _located(spool):
+        if where == EXPIRED:
+            out.append((PENDING, directory / str(name), name.rescheduled(0)))
+        else:
+            out.append((where, directory / str(name), name))
     return out
 
 
@@ -49,20 +66,28 @@ def state_of(where: str, name: EntryName, now: int) -> str:
 STAT_KEYS = ("queued", "in_progress", "waiting", *counters.NAMES)
 
 
-def stats(spool: Spool) -> dict[str, int]:
+def census(spool: Spool) -> tuple[dict[str, int], int | None]:
+    """The entries by state and the oldest one's arrival (ms), in one listing."""
     now = now_ms()
-    out = {"queued": 0, "in_progress": 0, "waiting": 0}
-    for where, _, name in _entries(spool):
-        out[state_of(where, name, now)] += 1
+    counts = {"queued": 0, "in_progress": 0, "waiting": 0}
+    oldest: int | None = None
+    for where, _, name in _located(spool):
+        counts["queued" if where == EXPIRED else state_of(where, name, now)] += 1
+        if oldest is None or name.arrival_ms < oldest:
+            oldest = name.arrival_ms
+    return counts, oldest
+
+
+def stats(spool: Spool) -> dict[str, int]:
+    out = census(spool)[0]
     for counter in counters.NAMES:
         out[counter] = counters.read(spool.root, counter)
     return out
 
 
-def oldest_age(spool: Spool) -> float:
-    """Seconds since the oldest entry in the queue arrived (0 when it is empty)."""
-    arrivals = [name.arrival_ms for _, _, name in _entries(spool)]
-    return max(0.0, (now_ms() - min(arrivals)) / 1000) if arrivals else 0.0
+def age_of(oldest_ms: int | None) -> float:
+    """Seconds since the oldest entry arrived (``census``'s second answer; 0: none)."""
+    return max(0.0, (now_ms() - oldest_ms) / 1000) if oldest_ms is not None else 0.0
 
 
 def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
