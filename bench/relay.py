@@ -14,7 +14,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,14 +109,17 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
 def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
                postfix: bool | None = None, workers: int = 1, nodes: str = "cpus",
                outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
-               domains: int = 0, files: dict[str, str] | None = None) -> dict[str, object]:
-    """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop."""
+               domains: int = 0, files: dict[str, str] | None = None,
+               settled: Callable[[], bool] | None = None) -> dict[str, object]:
+    """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop; with
+    ``settled``, the run ends only when it also holds (every webhook event accepted)."""
     postfix = tools.have_postfix_tools() if postfix is None else postfix
     with relay(broker, postfix_sink=postfix, workers=workers, nodes=nodes, outbound=outbound,
                sink_wait=sink_wait, sink_delay=sink_delay, domains=domains, files=files) as r:
         time.sleep(0.5)
         figures = measure(r.pids(), r.smtp_port, r.sink, messages=messages, size=size,
-                          sessions=sessions, postfix=postfix and not domains, domains=domains)
+                          sessions=sessions, postfix=postfix and not domains, domains=domains,
+                          settled=settled)
         # smtp-sink counts a session when it ends: stopping mailflow closes its pooled ones
         r.instance.stop_all()
         time.sleep(0.5)
@@ -126,18 +129,26 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
 
 
 def measure(pids: list[int], port: int, sink: tools.Sink, *, messages: int, size: int,
-            sessions: int, postfix: bool, domains: int = 0) -> dict[str, Any]:
-    """Inject N messages into the relay listening on ``port`` and wait for them at the sink:
-    rates, and the relay's peak PSS and CPU per message (its process trees ``pids``)."""
+            sessions: int, postfix: bool, domains: int = 0,
+            settled: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Inject N messages into the relay listening on ``port`` and wait for them at the sink
+    (and for ``settled``): rates, and the relay's peak PSS and CPU per message (its
+    process trees ``pids``)."""
     cpu_before = memory.cpu_seconds(pids)
     with memory.PeakSampler(pids) as pss:
         run = tools.inject(port, messages=messages, size=size, sessions=sessions, postfix=postfix,
                            domains=domains)
         run.wait(timeout=max(300, messages / 2))
         delivered = sink.wait_for(messages, timeout=max(120, messages / 5))
+        settled_at = 0.0
+        if settled is not None:
+            deadline = time.time() + 120
+            while not settled() and time.time() < deadline:
+                time.sleep(0.01)
+            settled_at = time.time() if settled() else float("inf")
     cpu = memory.cpu_seconds(pids) - cpu_before
     got = len(sink.arrivals)
-    last = sink.arrivals[-1] if got else run.ended
+    last = max(sink.arrivals[-1] if got else run.ended, settled_at)
     return {
         "messages": messages, "size": size, "tools": "postfix" if postfix else "own",
         "inject_per_s": messages / max(run.ended - run.started, 1e-9),
