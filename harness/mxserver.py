@@ -22,13 +22,16 @@ import threading
 import time
 from base64 import b64decode, b64encode
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, auth_mechanism
 
 from harness.dnsserver import free_port
+
+if TYPE_CHECKING:
+    import trustme
 
 
 @dataclass
@@ -52,6 +55,15 @@ class SessionRecord:
     quit: bool = False
     closed: bool = False
     started: float = field(default_factory=time.time)
+
+
+def tls_context(ca: trustme.CA) -> ssl.SSLContext:
+    """Server context for test MX hosts, certified by ``ca`` for mx*.test names and loopback."""
+    cert = ca.issue_cert("mx.test", "mx1.test", "mx2.test", "localhost", "127.0.0.1",
+                         "127.0.0.2", "127.0.0.3")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    return ctx
 
 
 class _Script:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trustme
 
-from harness import brokers
+from harness import brokers, mxserver
 from harness.dnsserver import DNSServer, free_port
 from harness.instance import Instance
 
@@ -32,12 +32,7 @@ def tls_ca() -> trustme.CA:
 
 @pytest.fixture(scope="session")
 def mx_tls_context(tls_ca: trustme.CA) -> ssl.SSLContext:
-    """Server context for test MX hosts, certified for mx*.test names and loopback."""
-    cert = tls_ca.issue_cert("mx.test", "mx1.test", "mx2.test", "localhost", "127.0.0.1",
-                             "127.0.0.2", "127.0.0.3")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(ctx)
-    return ctx
+    return mxserver.tls_context(tls_ca)
 
 
 @pytest.fixture
