@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench services install clean
+.PHONY: run test lint bench dashboard services install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: $(STAMP) services lint
 bench: $(STAMP) services
 	@bash bench/postfix-tools.sh
 	$(PY) -m bench $(BENCH_ARGS)
+
+# docs/dashboard.png: deploy/grafana/mailflow.json drawn from a four-minute mixed run
+dashboard: $(STAMP) services
+	$(PY) -m bench.dashboard
 
 clean:
 	rm -rf $(VENV) .mailflow build *.egg-info .pytest_cache .mypy_cache .ruff_cache

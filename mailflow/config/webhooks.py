@@ -2,7 +2,8 @@
 
 One section per endpoint, any name: ``url``, ``events`` (a comma list of
 ``queued delivered deferred bounced dropped``), ``secret`` (``whsec_<base64>``, the
-Standard Webhooks form; the request is signed with it) and ``timeout`` (s).
+Standard Webhooks form; the request is signed with it), ``timeout`` (s) and ``batch``
+(events per POST, default 1).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mailflow.config.files import ConfigError, Value, parse_list, read_ini
+from mailflow.config.settings import positive_int
 
 EVENTS = ("queued", "delivered", "deferred", "bounced", "dropped")
-KEYS = ("url", "events", "secret", "timeout")
+KEYS = ("url", "events", "secret", "timeout", "batch")
+#: The most events one POST may carry with ``batch``.
+BATCH_MOST = 1000
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,9 @@ class Endpoint:
     events: tuple[str, ...]
     secret: bytes | None  #: the HMAC key: the base64 after ``whsec_``
     timeout: float = 10.0
+    #: events per POST: 1 is one event per request (Standard Webhooks); more sends a JSON
+    #: array of up to that many, for receivers that take a high volume
+    batch: int = 1
 
 
 def _url(path: Path, raw: Value) -> str:
@@ -68,6 +75,16 @@ def _timeout(path: Path, raw: Value) -> float:
     return value
 
 
+def _batch(path: Path, raw: Value) -> int:
+    try:
+        value = positive_int(raw.text)
+    except ValueError:
+        value = 0
+    if not 0 < value <= BATCH_MOST:
+        raise ConfigError(path, raw.line, f"batch must be a whole number from 1 to {BATCH_MOST}")
+    return value
+
+
 def load(path: Path) -> tuple[Endpoint, ...]:
     ini = read_ini(path)
     out = []
@@ -82,5 +99,6 @@ def load(path: Path) -> tuple[Endpoint, ...]:
             raise ConfigError(path, first, f"[{name}] needs url and events")
         out.append(Endpoint(name=name, url=_url(path, keys["url"]), events=_events(path, keys["events"]),
                             secret=_secret(path, keys["secret"]) if "secret" in keys else None,
-                            timeout=_timeout(path, keys["timeout"]) if "timeout" in keys else 10.0))
+                            timeout=_timeout(path, keys["timeout"]) if "timeout" in keys else 10.0,
+                            batch=_batch(path, keys["batch"]) if "batch" in keys else 1))
     return tuple(out)

@@ -7,6 +7,11 @@ status puts it back on mailflow/queue/events.py's schedule.  No redirect is foll
 The events of a batch go one after another over one kept-alive connection per
 endpoint; an endpoint that does not answer (a timeout, a refused connection) is not
 tried again in this batch: its other events wait for the next attempt unchanged.
+
+An endpoint with ``batch = N`` (N > 1) takes up to N events per POST, a JSON array of
+them, each with its own ``id``: the webhook-id is made of theirs, and a receiver drops
+duplicates by each event's id (a retried event may come back in another array).  For a
+high volume this costs one request per N events instead of one per event.
 """
 
 from __future__ import annotations
@@ -80,15 +85,25 @@ class Connections:
         self._open.clear()
 
 
-def post(endpoint: Endpoint, record: dict[str, Any], conns: Connections) -> str | None:
-    """None when the endpoint accepted the event, else the status it answered; Unreachable
+def payload(group: list[dict[str, Any]], batched: bool) -> tuple[str, bytes]:
+    """The webhook-id and body of one POST: the event itself, or (``batch`` > 1) a JSON
+    array of the events, each with its own ``id``, under an id made of theirs."""
+    if not batched:
+        return group[0]["id"], json.dumps(group[0]["body"], separators=(",", ":")).encode()
+    ids = [r["id"] for r in group]
+    batch_id = "batch_" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:32]
+    return batch_id, json.dumps([{"id": r["id"], **r["body"]} for r in group],
+                                separators=(",", ":")).encode()
+
+
+def post(endpoint: Endpoint, event_id: str, body: bytes, conns: Connections) -> str | None:
+    """None when the endpoint accepted the POST, else the status it answered; Unreachable
     when it did not answer."""
-    body = json.dumps(record["body"], separators=(",", ":")).encode()
     timestamp = int(time.time())
     headers = {"Content-Type": "application/json", "User-Agent": "mailflow",
-               "webhook-id": record["id"], "webhook-timestamp": str(timestamp)}
+               "webhook-id": event_id, "webhook-timestamp": str(timestamp)}
     if endpoint.secret is not None:
-        headers["webhook-signature"] = signature(endpoint.secret, record["id"], timestamp, body)
+        headers["webhook-signature"] = signature(endpoint.secret, event_id, timestamp, body)
     parts = urlsplit(endpoint.url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     for fresh in (False, True):  # a kept-alive connection the receiver closed: once more, anew
@@ -145,12 +160,21 @@ def _batch(cfg: Config, root: Path, batch: str, conns: Connections, counts: Coun
     endpoints = {e.name: e for e in cfg.webhooks}
     down: dict[str, str] = {}
     later: dict[int, list[dict[str, Any]]] = {}
+    by_endpoint: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
         for record in _read(root, path):
-            outcome, wait, record = _one(record, endpoints, down, conns)
-            counts[outcome] += 1
-            if wait is not None:
-                later.setdefault(wait, []).append(record)
+            by_endpoint.setdefault(str(record.get("endpoint")), []).append(record)
+    for name, records in by_endpoint.items():
+        endpoint = endpoints.get(name)
+        if endpoint is None:
+            log.warning("webhook events for [%s], no longer in webhooks.ini: %d dropped", name, len(records))
+            counts["dropped"] += len(records)
+            continue
+        for start in range(0, len(records), endpoint.batch):
+            for outcome, wait, record in _group(records[start:start + endpoint.batch], endpoint, down, conns):
+                counts[outcome] += 1
+                if wait is not None:
+                    later.setdefault(wait, []).append(record)
             with contextlib.suppress(FileNotFoundError):
                 os.utime(where)  # alive: not taken back as a lost batch
     now = time.time()
@@ -160,33 +184,32 @@ def _batch(cfg: Config, root: Path, batch: str, conns: Connections, counts: Coun
     return bool(down)
 
 
-def _one(record: dict[str, Any], endpoints: dict[str, Endpoint], down: dict[str, str],
-         conns: Connections) -> tuple[str, int | None, dict[str, Any]]:
-    """What became of one event, and the wait before its next attempt (None: none)."""
-    endpoint = endpoints.get(str(record.get("endpoint")))
-    if endpoint is None:
-        log.warning("webhook event %s: endpoint [%s] is no longer in webhooks.ini; dropped",
-                    record.get("id"), record.get("endpoint"))
-        return "dropped", None, record
-    attempt = int(record.get("attempt", 0))
+def _group(group: list[dict[str, Any]], endpoint: Endpoint, down: dict[str, str],
+           conns: Connections) -> list[tuple[str, int | None, dict[str, Any]]]:
+    """What became of the events of one POST, each with the wait before its next attempt
+    (None: none)."""
     if endpoint.name in down:  # not tried: the same wait, no attempt counted
-        return "waiting", events.SCHEDULE[max(0, attempt - 1)], record
+        return [("waiting", events.SCHEDULE[max(0, int(r.get("attempt", 0)) - 1)], r) for r in group]
+    event_id, body = payload(group, endpoint.batch > 1)
     try:
-        why = post(endpoint, record, conns)
+        why = post(endpoint, event_id, body, conns)
     except Unreachable as exc:
         down[endpoint.name] = str(exc)
         why = str(exc)
     if why is None:
-        return "accepted", None, record
-    attempt += 1
-    if attempt > len(events.SCHEDULE):
-        log.error("webhook event %s to [%s] given up after %d attempts: %s", record["id"],
-                  endpoint.name, attempt, why)
-        return "dropped", None, record
-    wait = events.SCHEDULE[attempt - 1]
-    log.info("webhook event %s to [%s] not accepted (%s); attempt %d in %d s", record["id"],
-             endpoint.name, why, attempt + 1, wait)
-    return "retry", wait, {**record, "attempt": attempt}
+        return [("accepted", None, r) for r in group]
+    out: list[tuple[str, int | None, dict[str, Any]]] = []
+    for record in group:
+        attempt = int(record.get("attempt", 0)) + 1
+        if attempt > len(events.SCHEDULE):
+            log.error("webhook event %s to [%s] given up after %d attempts: %s", record["id"],
+                      endpoint.name, attempt, why)
+            out.append(("dropped", None, record))
+            continue
+        out.append(("retry", events.SCHEDULE[attempt - 1], {**record, "attempt": attempt}))
+    log.info("webhook %s to [%s] not accepted (%s); %d event(s) due again", event_id, endpoint.name,
+             why, len(group))
+    return out
 
 
 def _read(root: Path, path: Path) -> list[dict[str, Any]]:

@@ -34,12 +34,13 @@ def receiver(env: Env):
     """An HTTP receiver on 127.0.0.6 and the webhooks.ini naming it; both gone after."""
     made: list[HTTPSServer] = []
 
-    def make(events: str, answers: list[Answer], name: str = "app", ip: str = "127.0.0.6") -> HTTPSServer:
+    def make(events: str, answers: list[Answer], name: str = "app", ip: str = "127.0.0.6",
+             extra: str = "") -> HTTPSServer:
         server = HTTPSServer(ip, free_port(ip)).start()
         server.routes[ip] = answers
         made.append(server)
         env.inst.write_config("webhooks.ini", f"[{name}]\nurl = http://{ip}:{server.port}/hook\n"
-                              f"events = {events}\nsecret = whsec_{SECRET}\ntimeout = 10\n")
+                              f"events = {events}\nsecret = whsec_{SECRET}\ntimeout = 10\n{extra}")
         restart(env)
         return server
 
@@ -109,6 +110,30 @@ def test_a_receiver_failing_three_times_gets_each_event_once_as_accepted(env, mx
     env.wait(lambda: events.backlog(env.inst.queue_dir) == 0)
 
 
+def test_batched_posts_carry_arrays_of_events_each_accepted_once(env, mx, receiver):
+    """``batch = 10``: fewer POSTs than events, each a signed JSON array of at most 10 events
+    with their own ids; a refused array comes back, its events each accepted once."""
+    mx()
+    server = receiver("delivered", [Answer("no", status=500), Answer("ok")], extra="batch = 10\n")
+    tag = uuidlib.uuid4().hex[:8]
+    sent = {send(env, f"b{n}-{tag}@dest.test") for n in range(25)}
+
+    def accepted_ids() -> list[str]:
+        return [e["data"]["id"].rsplit(".", 1)[0] for r in server.requests if r.status == 200
+                for e in verified(r)]
+    env.wait(lambda: set(accepted_ids()) >= sent, timeout=60)
+    arrays = [verified(r) for r in server.requests]
+    assert all(isinstance(a, list) and 1 <= len(a) <= 10 for a in arrays)
+    assert all(e["type"] == "message.delivered" and e["id"].startswith("msg_") for a in arrays for e in a)
+    mine = [e["id"] for r in server.requests if r.status == 200 for e in verified(r)
+            if e["data"]["id"].rsplit(".", 1)[0] in sent]
+    assert len(mine) == len(set(mine)) == 25  # each event accepted exactly once
+    assert len([r for r in server.requests if r.status == 200]) < 25  # batched
+    [refused] = [r for r in server.requests if r.status == 500]
+    assert {e["id"] for e in verified(refused)} <= set(mine)  # retried, with the same event ids
+    assert event_id(refused).startswith("batch_")
+
+
 def test_a_hung_receiver_never_slows_delivery(env, mx, receiver):
     server = mx()
     hung = receiver("delivered", [Answer("late", delay=120)])
@@ -126,6 +151,7 @@ def test_a_hung_receiver_never_slows_delivery(env, mx, receiver):
     ("[a]\nurl = http://x/\nevents = delivered, opened\n", "webhooks.ini:3: events must be from"),
     ("[a]\nurl = http://x/\nevents = delivered\nsecret = abc\n", "webhooks.ini:4: secret must be whsec_"),
     ("[a]\nurl = http://x/\n", "webhooks.ini:2: [a] needs url and events"),
+    ("[a]\nurl = http://x/\nevents = delivered\nbatch = 0\n", "webhooks.ini:4: batch must be a whole number"),
 ])
 def test_a_malformed_webhooks_ini_is_file_line_and_exit_non_zero(make_instance, text, fragment):
     inst = make_instance()
