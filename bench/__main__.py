@@ -193,16 +193,19 @@ FEATURE_FILES = {
 FEATURES = ("shaping", "webhooks", "metrics")
 
 
-def run_features(rounds: int, quick: bool, which: tuple[str, ...] = FEATURES) -> tuple[float, float] | None:
+def run_features(rounds: int, quick: bool, which: tuple[str, ...] = FEATURES,
+                 webhook_batch: int = 1) -> tuple[float, float] | None:
     """Relay throughput on Redis with shaping, webhooks and metrics (or some of them), against
     without, interleaved.  The webhook receiver is a process of its own (bench/receiver.py),
     and a round with webhooks on ends only when the receiver has taken all its events."""
-    print(f"\n## 9. {', '.join(which)} on (Redis, 4 KiB; interleaved with them off)\n")
+    print(f"\n## 9. {', '.join(which)} on (Redis, 4 KiB; interleaved with them off"
+          + (f"; webhooks.ini batch = {webhook_batch}" if "webhooks" in which else "") + ")\n")
     messages = 500 if quick else 3000
     hook_port, metrics_port = free_port(), free_port()
     files = {**FEATURE_FILES,
              "webhooks.ini": f"[app]\nurl = http://127.0.0.1:{hook_port}/hook\n"
-                             f"events = delivered\nsecret = whsec_{base64.b64encode(b'x' * 24).decode()}\n",
+                             f"events = delivered\nsecret = whsec_{base64.b64encode(b'x' * 24).decode()}\n"
+                             f"batch = {webhook_batch}\n",
              "metrics.ini": f"listen = 127.0.0.1:{metrics_port}\n"}
     files = {name: text for name, text in files.items() if name.split(".")[0] in which}
     hooks = "webhooks.ini" in files
@@ -323,6 +326,8 @@ def main() -> int:
     parser.add_argument("--features", default=",".join(FEATURES),
                         help="what the features scenario turns on (default: all of "
                              + ", ".join(FEATURES) + ")")
+    parser.add_argument("--webhook-batch", type=int, default=1,
+                        help="webhooks.ini batch (events per POST) in the features scenario (default 1)")
     parser.add_argument("--quick", action="store_true",
                         help="small runs (500 and 100 messages, 10 s latency, 10,000 backlog) "
                              "to check the harness, not to quote")
@@ -339,7 +344,7 @@ def main() -> int:
     costs, checks = run_scaleout(quick) if "scaleout" in only else ([], [])
     versus = run_peers(args.rounds, quick) if "peers" in only else {}
     held = run_connections(quick) if "connections" in only else None
-    featured = (run_features(args.rounds, quick, tuple(args.features.split(",")))
+    featured = (run_features(args.rounds, quick, tuple(args.features.split(",")), args.webhook_batch)
                 if "features" in only else None)
     print("\n## Goals\n")
     rows = goals(relays, lat, back, checks, costs, versus, held)

@@ -154,8 +154,9 @@ def chart(series: list[Series], unit: str, start: float, end: float, width: int,
     for i in range(6):
         t = start + (end - start) * i / 5
         label = datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+        anchor = "end" if i == 5 else "middle"  # the last one inside the panel, not cut off
         parts.append(f'<text x="{x(t):.1f}" y="{height - 6}" fill="#9fa7b3" font-size="11" '
-                     f'text-anchor="middle">{label}</text>')
+                     f'text-anchor="{anchor}">{label}</text>')
     for n, s in enumerate(series):
         if not s.points:
             continue
