@@ -26,6 +26,7 @@ never fails a delivery: a problem is logged and the mail goes on.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -146,8 +147,11 @@ class Journal:
                 fd = self._fd if self._fd is not None else self._open(where)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    if os.fstat(fd).st_nlink:  # still ours: the dispatcher has not taken it
-                        os.write(fd, data)
+                    info = os.fstat(fd)
+                    if info.st_nlink:  # still ours: the dispatcher has not taken it
+                        if os.write(fd, data) != len(data):  # a full disk: no half line left
+                            os.ftruncate(fd, info.st_size)
+                            raise OSError(errno.ENOSPC, "short write to the webhook journal")
                         return
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -265,13 +269,19 @@ def drain(queue_root: Path, now_ms: int) -> int:
                 if info.st_mtime < now_ms / 1000 - EMPTY_STALE:
                     path.unlink(missing_ok=True)
                 continue
+            chunk: list[bytes] = []
             with os.fdopen(os.dup(fd), "rb") as f:
-                lines = f.read().splitlines(keepends=True)
-            if lines and not lines[-1].endswith(b"\n"):  # a write cut short (a full disk)
-                log.error("webhook event in %s cut short, skipped: %.200r", path.name, lines.pop())
-            _put_lines(queue_root, lines, now_ms)  # read when sent, not here
+                for raw in f:  # a line at a time: a segment left for long may be large
+                    if not raw.endswith(b"\n"):  # a write cut short by a crash
+                        log.error("webhook event in %s cut short, skipped: %.200r", path.name, raw)
+                        continue
+                    chunk.append(raw)
+                    if len(chunk) == BATCH_MAX:
+                        _put_lines(queue_root, chunk, now_ms)  # parsed when sent, not here
+                        moved, chunk = moved + len(chunk), []
+            _put_lines(queue_root, chunk, now_ms)
+            moved += len(chunk)
             path.unlink()  # under the lock: the writer sees it gone and starts another
-            moved += len(lines)
         finally:
             os.close(fd)
     return moved

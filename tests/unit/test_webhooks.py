@@ -94,3 +94,18 @@ def test_a_broken_line_is_skipped_and_the_rest_kept(tmp_path, caplog):
     data = events.line(_record(1)) + b'{"id": "msg_2", "endp' + b"\n" + events.line(_record(3))
     assert [r["id"] for r in events.parse(data, "seg")] == ["msg_1", "msg_3"]
     assert "unreadable" in caplog.text
+
+
+def test_a_large_segment_is_drained_in_batches_and_a_line_cut_short_is_skipped(tmp_path, caplog):
+    journal = events.Journal()
+    for n in range(450):
+        journal.append(tmp_path, events.line(_record(n)))
+    [segment] = (events.directory(tmp_path) / events.JOURNAL).iterdir()
+    with segment.open("ab") as f:  # a writer killed in the middle of its write
+        f.write(b'{"id":"msg_cut","endpoint":"ap')
+    assert events.drain(tmp_path, 1) == 450
+    counts = sorted(events.count_of(p.name) for p in events.directory(tmp_path).glob("*.jsonl"))
+    assert counts == [50, 200, 200] and events.backlog(tmp_path) == 450
+    assert "cut short" in caplog.text and not segment.exists()
+    journal.append(tmp_path, events.line(_record("after")))  # the writer starts another segment
+    assert events.backlog(tmp_path) == 451
