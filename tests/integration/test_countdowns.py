@@ -66,7 +66,11 @@ def armed(env: Env) -> list[Path]:
 
 def test_451_451_250_comes_back_by_countdown_three_attempts_in_all(env, mx):
     server = mx(script={"DOT": ["451 4.3.0 later", "451 4.3.0 later"]})
-    env.configure(temp_fail_intervals="5s, 5s")
+    # Each wait must outlast the checks made during it (`celery inspect scheduled` and
+    # `mailflow queue list`, two processes of a few seconds each on a loaded CI machine):
+    # with 5 s, the countdown fired first once in a fresh-clone run and the entry, claimed,
+    # was no longer listed as waiting.
+    env.configure(temp_fail_intervals="15s, 15s")
     uuid = env.send("u@countdown.test", notes={"mx": f"127.0.0.2:{PORT}"})
     for attempt in (1, 2):  # during each wait the retry is scheduled, with the entry's id
         env.wait(lambda n=attempt: len(deferred_log(env, uuid)) == n, 30)
@@ -80,7 +84,7 @@ def test_451_451_250_comes_back_by_countdown_three_attempts_in_all(env, mx):
     assert len(deferred_log(env, uuid)) == 2 and len(server.deliveries) == 1  # three attempts
     env.wait(lambda: not armed(env), 10)
     out = "".join(p.output() for p in env.inst.procs)
-    assert "retry: Retry in 5s: Deferred('1 deferred for 5 s: 451 4.3.0 later" in out
+    assert "retry: Retry in 15s: Deferred('1 deferred for 15 s: 451 4.3.0 later" in out
 
 
 def test_flush_during_a_countdown_delivers_now_and_once(env, mx):

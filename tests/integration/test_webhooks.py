@@ -134,6 +134,30 @@ def test_batched_posts_carry_arrays_of_events_each_accepted_once(env, mx, receiv
     assert event_id(refused).startswith("batch_")
 
 
+def test_the_batch_of_a_worker_killed_mid_post_is_sent_again(env, mx, receiver):
+    """kill -9 while a batch is being POSTed: the batch stays claimed on disk, and once it
+    shows no sign of life a new worker sends it again -- every event accepted, the one in
+    flight with the same webhook-id."""
+    server = mx()
+    hooks = receiver("delivered", [Answer("late", delay=8), Answer("ok")])
+    tag = uuidlib.uuid4().hex[:8]
+    sent = {send(env, f"k{n}-{tag}@dest.test") for n in range(5)}
+    server.wait_for(5, timeout=30)
+    env.wait(lambda: hooks.requests, timeout=30)  # the first POST, held by the receiver
+    [worker] = [p for p in env.inst.procs if p.name.startswith("worker")]
+    worker.kill9()
+    env.inst.procs.remove(worker)
+    # the batch being POSTed stays claimed on disk (another may have gone meanwhile)
+    assert events.backlog(env.inst.queue_dir) >= 1
+    env.inst.start_worker("deliver", concurrency=16, env={"MAILFLOW_WEBHOOK_STALE_SECONDS": "3"})
+
+    def accepted() -> list[Request]:
+        return [r for r in hooks.requests if r.status == 200]
+    env.wait(lambda: {verified(r)["data"]["id"].rsplit(".", 1)[0] for r in accepted()} >= sent, timeout=60)
+    assert event_id(hooks.requests[0]) in {event_id(r) for r in accepted()}  # the same id again
+    env.wait(lambda: events.backlog(env.inst.queue_dir) == 0)
+
+
 def test_a_hung_receiver_never_slows_delivery(env, mx, receiver):
     server = mx()
     hung = receiver("delivered", [Answer("late", delay=120)])
