@@ -35,6 +35,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -301,7 +302,7 @@ def _claim(queue_root: Path, publish: Publish, now_ms: int, most: int) -> int:
         else:
             batches.append(batch)
     room = min(most, BATCHES_MAX - len(batches))
-    due = sorted(n for n in os.listdir(where) if _waiting(n) and due_ms(n) <= now_ms)
+    due = deque(sorted(n for n in os.listdir(where) if _waiting(n) and due_ms(n) <= now_ms))
     sent = 0
     while due and room > 0:
         name = uuid.uuid4().hex
@@ -309,7 +310,7 @@ def _claim(queue_root: Path, publish: Publish, now_ms: int, most: int) -> int:
         batch.mkdir()
         taken = 0
         while due and (taken == 0 or taken + count_of(due[0]) <= BATCH_MAX):
-            waiting = due.pop(0)
+            waiting = due.popleft()
             try:
                 os.rename(where / waiting, batch / waiting)
             except FileNotFoundError:

@@ -161,6 +161,7 @@ def _batch(cfg: Config, root: Path, batch: str, conns: Connections, counts: Coun
     down: dict[str, str] = {}
     later: dict[int, list[dict[str, Any]]] = {}
     by_endpoint: dict[str, list[dict[str, Any]]] = {}
+    touched = time.monotonic()  # the claim set the batch directory's mtime
     for path in paths:
         for record in _read(root, path):
             by_endpoint.setdefault(str(record.get("endpoint")), []).append(record)
@@ -175,8 +176,10 @@ def _batch(cfg: Config, root: Path, batch: str, conns: Connections, counts: Coun
                 counts[outcome] += 1
                 if wait is not None:
                     later.setdefault(wait, []).append(record)
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(where)  # alive: not taken back as a lost batch
+            if time.monotonic() - touched >= 1.0:  # alive: not taken back as a lost batch
+                touched = time.monotonic()
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(where)
     now = time.time()
     for wait, records in sorted(later.items()):
         events.put_waiting(root, records, int((now + wait) * 1000))
@@ -215,6 +218,8 @@ def _group(group: list[dict[str, Any]], endpoint: Endpoint, down: dict[str, str]
 def _read(root: Path, path: Path) -> list[dict[str, Any]]:
     try:
         return events.parse(path.read_bytes(), path.name)
+    except FileNotFoundError:  # taken back meanwhile as a lost batch: it will be sent again
+        return []
     except OSError as exc:
         log.error("webhook events %s unreadable (%s): set aside", path.name, exc)
         path.rename(events.directory(root) / f"error.{path.name}")
