@@ -131,3 +131,12 @@ def test_queue_stats_shows_a_suspended_destination(make_instance, monkeypatch):
     Shaper(None).suspend(rule)  # as a 421 4.7.28 would: for suspend_for, 10 min by default
     stats = json.loads(inst.mailflow("queue", "stats", "--json").stdout)
     assert 590 <= stats["suspended:mx:x.test"] <= 600
+
+
+def test_a_malformed_shaping_ini_is_file_line_and_exit_non_zero(make_instance):
+    inst = make_instance()
+    inst.write_config("shaping.ini", "[domain:a.test]\nmax_connections = 2\n[gmail]\nmax_connections = 2\n")
+    done = inst.mailflow("queue", "stats")
+    assert done.returncode != 0
+    wanted = "shaping.ini:3: [gmail]: a rule is [domain:NAME], [mx:SUFFIX] or [source:IP]"
+    assert wanted in done.stderr.decode()

@@ -98,3 +98,16 @@ def test_reply_matching_for_suspend_on(tmp_path):
     assert rule.suspends_on("421 4.7.28 [192.0.2.7] Our system has detected an unusual rate")
     assert rule.suspends_on("421 Too Many Connections from your IP")
     assert not rule.suspends_on("450 4.2.1 mailbox busy")
+
+
+def test_redis_not_answering_falls_back_to_this_host_logs_once_and_counts(tmp_path, monkeypatch, caplog):
+    """Limits still hold (on this host's files) while the shared Redis is down; the fallback
+    is logged once a minute at most and counted for the metrics."""
+    monkeypatch.setenv("MAILFLOW_STATE_DIR", str(tmp_path / "state"))
+    [rule] = rules(tmp_path, "[domain:a.test]\nmessages_per_minute = 2\n")
+    shaper = shaping.Shaper("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    assert shaper.take([rule], 5) == (2, 0)  # decided on this host: only the minute's 2
+    granted, wait = shaper.take([rule], 1)
+    assert granted == 0 and wait > 59
+    assert shaper.fallbacks == 2
+    assert caplog.text.count("Redis not answering") == 1
