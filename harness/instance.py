@@ -19,8 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from cryptography.fernet import Fernet
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+#: The ``broker.key`` of this test run's installations: hosts sharing a broker share it.
+BROKER_KEY = Fernet.generate_key() + b"\n"
 
 
 class Proc:
@@ -81,6 +85,9 @@ class Instance:
             self.config_dir.mkdir(parents=True, exist_ok=True)
         for name, text in (config or {}).items():
             self.write_config(name, text)
+        # made at install time, as the README says (workers may start first), and the same
+        # on every host that shares a broker: one key for every instance of a test run
+        self.make_broker_key()
         self.broker_url = broker_url
         self.procs: list[Proc] = []
         self._serial = 0
@@ -88,6 +95,12 @@ class Instance:
     @property
     def queue_dir(self) -> Path:
         return self.root / "queue"
+
+    def make_broker_key(self) -> None:
+        key = self.config_dir / "broker.key"
+        if not key.exists():
+            key.write_bytes(BROKER_KEY)
+            key.chmod(0o600)
 
     def write_config(self, name: str, text: str) -> None:
         (self.config_dir / name).write_text(text)

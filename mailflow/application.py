@@ -12,6 +12,7 @@ import os
 from celery import Celery
 
 from mailflow.embedded import register as register_embedded_broker
+from mailflow.runtime.authentic import AuthenticTask
 
 if os.environ.get("MAILFLOW_BROKER_URL"):
     # Celery lets CELERY_BROKER_URL override any config, so ours must be the one it sees.
@@ -19,5 +20,7 @@ if os.environ.get("MAILFLOW_BROKER_URL"):
 
 register_embedded_broker()
 
-app = Celery("mailflow")
+# Every task, Celery's built-in ones too, checks its message's MAC before it runs
+# (mailflow/runtime/authentic.py, which also signs what this process publishes).
+app = Celery("mailflow", task_cls=AuthenticTask)
 app.config_from_object("celeryconfig")

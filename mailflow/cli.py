@@ -30,7 +30,9 @@ from mailflow.queue.manager import QueueManager
 from mailflow.queue.spool import Spool
 from mailflow.relay.shaping import shaper_for
 from mailflow.reports import tls as tls_reports
+from mailflow.runtime import authentic
 from mailflow.sampler import host_counts
+from mailflow.seal import mac_key
 from mailflow.smtpd import server as smtpd_server
 from mailflow.smtpd.nodes import Nodes, die_with_parent
 from mailflow.suppress import command as suppress_command
@@ -159,6 +161,7 @@ def _prepare(args: argparse.Namespace) -> Config:
     cfg = startup.load_or_exit(getattr(args, "config", None))
     os.environ["MAILFLOW_CONFIG"] = str(cfg.directory.absolute())
     spool = Spool(cfg.queue_path()).ensure()
+    mac_key(cfg.directory)  # broker.key, made now if new: before any worker of this host starts
     removed, aside = spool.recover()
     if removed or aside:
         log.info("queue recovery: %d temp files removed, %d entries moved aside", removed, aside)
@@ -281,6 +284,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
             numbers.update({f"suspended:{rule}": left for rule, left in suspended.items()})
         if cfg.shaping:  # deliveries each rule held back, on this host, since its workers started
             numbers.update(host_counts("throttled:"))
+        if not args.json:  # broker messages refused for want of mailflow's MAC, on this host
+            numbers["refused_tasks"] = authentic.refused()
         print(json.dumps(numbers) if args.json else
               " ".join(f"{k}={v}" for k, v in numbers.items()))
         return 0

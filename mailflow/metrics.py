@@ -34,6 +34,7 @@ from mailflow.queue import tools as queuetools
 from mailflow.queue.spool import Spool
 from mailflow.relay.pool import POOL
 from mailflow.relay.shaping import shaper_for
+from mailflow.runtime import authentic
 from mailflow.sampler import ATTEMPT_BUCKETS, BUCKETS, SAMPLER, samples, tls_counter
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class HostCollector(Collector):
         yield tls
         yield GaugeMetricFamily("mailflow_webhook_backlog", "Webhook events not yet accepted",
                                 value=events.backlog(root))
+        yield CounterMetricFamily("mailflow_refused_tasks", "Broker messages refused: no valid MAC",
+                                  value=authentic.refused())
         yield from self._sampled()
         suspended = GaugeMetricFamily("mailflow_shaping_suspended_seconds",
                                       "Seconds left of a shaping rule's suspension", labels=["rule"])

@@ -16,12 +16,15 @@ share the key: copy it into the config directory of each.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mailflow.config.files import ConfigError
 from mailflow.config.state import state_dir
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = "broker.key"
 
-_keys: dict[Path, Fernet] = {}
+_keys: dict[Path, bytes] = {}
 _lock = threading.Lock()
 
 
@@ -38,8 +41,8 @@ class SealError(ValueError):
     """A sealed value this host cannot open (another host's key, or tampered with)."""
 
 
-def load_key(path: Path) -> Fernet | None:
-    """The key in ``path``, None when there is none yet; ConfigError when it is unusable."""
+def _read(path: Path) -> bytes | None:
+    """The key's text in ``path``, None when there is none yet; ConfigError when unusable."""
     try:
         text = path.read_bytes().strip()
     except FileNotFoundError:
@@ -47,11 +50,18 @@ def load_key(path: Path) -> Fernet | None:
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
     try:
-        return Fernet(text)
+        Fernet(text)
     except ValueError:
         raise ConfigError(path, 1, "not a key (32 url-safe base64 bytes, as "
                           "`python -c 'from cryptography.fernet import Fernet; "
                           "print(Fernet.generate_key().decode())'` prints)") from None
+    return text
+
+
+def load_key(path: Path) -> Fernet | None:
+    """The key in ``path``, None when there is none yet; ConfigError when it is unusable."""
+    text = _read(path)
+    return Fernet(text) if text is not None else None
 
 
 def _create(path: Path) -> None:
@@ -67,36 +77,55 @@ def _create(path: Path) -> None:
         os.close(fd)
 
 
-def key_for(config_dir: Path) -> Fernet:
+def _key_text(config_dir: Path) -> bytes:
     """This config directory's key (or the state directory's), created when there is none."""
     path = Path(config_dir) / KEY_FILE
     with _lock:
-        fernet = _keys.get(path)
-        if fernet is None:
-            fernet = load_key(path) or _made(path)
-            _keys[path] = fernet
-        return fernet
+        text = _keys.get(path)
+        if text is None:
+            text = _read(path) or _made(path)
+            _keys[path] = text
+        return text
 
 
-def _made(path: Path) -> Fernet:
+def key_for(config_dir: Path) -> Fernet:
+    """The Fernet key that seals credentials on the broker."""
+    return Fernet(_key_text(config_dir))
+
+
+def mac_key(config_dir: Path) -> bytes:
+    """The key every published message is authenticated with (mailflow/wire/signing.py):
+    derived from ``broker.key`` by HKDF, so that the sealing and authenticating keys are
+    never the same bytes and one file is all a host needs."""
+    raw = base64.urlsafe_b64decode(_key_text(config_dir))
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"mailflow broker message authentication").derive(raw)
+
+
+def key_exists(config_dir: Path) -> bool:
+    """Whether this config directory (or, failing that, the state directory) has the key."""
+    return (Path(config_dir) / KEY_FILE).exists() or (state_dir() / KEY_FILE).exists()
+
+
+def _made(path: Path) -> bytes:
     try:
         _create(path)
     except OSError as exc:
         fallback = state_dir() / KEY_FILE
         log.warning("cannot create %s (%s): using %s; hosts that share the broker need the same "
                     "key in their config directory", path, exc.strerror or exc, fallback)
-        fernet = load_key(fallback)
-        if fernet is not None:
-            return fernet
+        text = _read(fallback)
+        if text is not None:
+            return text
         try:
             _create(fallback)
         except OSError as again:
-            raise ConfigError(path, None, f"cannot create the key that seals get_mx "
-                              f"credentials: {again.strerror or again}") from None
+            raise ConfigError(path, None, f"cannot create the key that authenticates broker "
+                              f"messages: {again.strerror or again}") from None
         path = fallback
-    fernet = load_key(path)
-    assert fernet is not None
-    return fernet
+    text = _read(path)
+    assert text is not None
+    return text
 
 
 def seal(config_dir: Path, secret: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -33,6 +34,7 @@ from celery.worker.control import control_command, inspect_command
 from mailflow import compat, config, logs, metrics, proctitle
 from mailflow.application import app
 from mailflow.config import environ, startup
+from mailflow.config.loader import Config
 from mailflow.config.settings import Tls
 from mailflow.descriptors import raise_descriptor_limit
 from mailflow.pipeline import shaping as route_shaping
@@ -45,6 +47,8 @@ from mailflow.queue.spool import Spool
 from mailflow.relay import dane
 from mailflow.relay.fence import HOLDINGS
 from mailflow.reports import tls as tls_reports
+from mailflow.runtime import authentic
+from mailflow.seal import KEY_FILE, key_exists, mac_key
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,20 @@ def _load_config(**_kwargs: Any) -> None:
     # only), so a broken config stops the worker with a non-zero status.
     environ.check_or_exit()
     compat.check_or_exit()
-    startup.load_or_exit(os.environ.get("MAILFLOW_CONFIG"))
+    cfg = startup.load_or_exit(os.environ.get("MAILFLOW_CONFIG"))
+    _key_or_exit(cfg)
+
+
+def _key_or_exit(cfg: Config) -> None:
+    """A worker host must have its owners' ``broker.key``: with a key of its own making it
+    would refuse every message they publish, and they every report it sends.  An owner's
+    worker makes the key when there is none (the first process of a new install)."""
+    if _local_spool() is None and not key_exists(cfg.directory):
+        print(f"mailflow: {cfg.directory / KEY_FILE} is missing: a worker host needs the broker.key "
+              "of the queue owners that share its broker (copy it from one of them)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    mac_key(cfg.directory)  # made now by an owner, not by its first publish
 
 
 #: How often (s) a worker looks for a finished day's TLS reports to send.
@@ -212,7 +229,8 @@ def _start_renewing(node: str | None) -> None:
         return {"node": node, "worker_host": _local_spool() is None}
 
     def broadcast(arguments: dict[str, Any]) -> None:
-        app.control.broadcast("mailflow_renew", arguments=arguments, reply=False)
+        app.control.broadcast("mailflow_renew", arguments=authentic.signed("mailflow_renew", arguments),
+                              reply=False)
 
     HOLDINGS.start(broadcast, describe)
 
@@ -220,9 +238,14 @@ def _start_renewing(node: str | None) -> None:
 @control_command(args=[("node", str), ("worker_host", bool), ("claims", dict)],
                  signature="node worker_host claims")
 def mailflow_renew(state: Any, node: str = "", worker_host: bool = False,
-                   claims: dict[str, list[str]] | None = None) -> dict[str, Any]:
+                   claims: dict[str, list[str]] | None = None, **signed: Any) -> dict[str, Any]:
     """A worker's periodic broadcast: renew the claims it holds of this host's queue; note a
-    worker host; and, when it is this worker's own, that this host hears the broker."""
+    worker host; and, when it is this worker's own, that this host hears the broker.
+    Only a fresh one with mailflow's MAC: a forged or replayed renewal could keep a dead
+    holder's claims from ever coming back."""
+    if not authentic.broadcast_accepted("mailflow_renew", {
+            "node": node, "worker_host": worker_host, "claims": claims, **signed}):
+        return {"error": "refused"}
     if worker_host and node:
         HOLDINGS.seen(node)
     spool = _local_spool()
@@ -236,8 +259,12 @@ def mailflow_renew(state: Any, node: str = "", worker_host: bool = False,
 
 
 @control_command(args=[("domain", str), ("owner", str)], signature="[domain] [owner]")
-def mailflow_flush(state: Any, domain: str | None = None, owner: str | None = None) -> dict[str, Any]:
-    """Flush this host's queue (or nothing, if it has none or is not ``owner``)."""
+def mailflow_flush(state: Any, domain: str | None = None, owner: str | None = None,
+                   **signed: Any) -> dict[str, Any]:
+    """Flush this host's queue (or nothing, if it has none or is not ``owner``); only when
+    the broadcast carries mailflow's MAC (``mailflow.flush_queue`` signs it)."""
+    if not authentic.broadcast_accepted("mailflow_flush", {"domain": domain, "owner": owner, **signed}):
+        return {"error": "refused"}
     spool = _local_spool()
     if spool is None or (owner and owner != spool.identity):
         return {"ok": {}}

@@ -8,7 +8,6 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import Task
 from celery.exceptions import Ignore, Retry
 from celery.utils import uuid
 
@@ -21,11 +20,12 @@ from mailflow.queue.claims import BROKER_RETRY_MS, give_back, load
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import IDENTITY, owner_queue
 from mailflow.queue.spool import Spool, now_ms
+from mailflow.runtime.authentic import AuthenticTask
 
 log = logging.getLogger(__name__)
 
 
-class PipelineTask(Task):
+class PipelineTask(AuthenticTask):
     """Base of the ``mailflow.*`` pipeline tasks (Celery reads these class attributes).
 
     A step returns what it did to the mail, counted (mailflow/tally.py): Celery sends the

@@ -13,6 +13,7 @@ import logging
 from mailflow.application import app
 from mailflow.errors import NothingToDo
 from mailflow.payloads import FLUSH_QUEUE
+from mailflow.runtime import authentic
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,8 @@ def flush_queue(domain: str | None = None, owner: str | None = None) -> dict[str
     """Every deferred entry (or one domain's) of every owner (or one) is attempted now, once."""
     if not all(v is None or isinstance(v, str) for v in (domain, owner)):
         raise NothingToDo(f"domain and owner are text: {domain!r}, {owner!r}")
-    replies = app.control.broadcast("mailflow_flush", arguments={"domain": domain, "owner": owner},
-                                    reply=True, timeout=REPLY_TIMEOUT)
+    arguments = authentic.signed("mailflow_flush", {"domain": domain, "owner": owner})
+    replies = app.control.broadcast("mailflow_flush", arguments=arguments, reply=True, timeout=REPLY_TIMEOUT)
     flushed: dict[str, int] = {}
     for reply in replies or []:
         for answer in reply.values():

@@ -1,0 +1,1 @@
+"""What both sides put on the wire and must agree on, with no queue or network code in it."""
