@@ -24,6 +24,7 @@ class Answer:
     content_type: str = "text/plain"
     delay: float = 0.0  #: seconds before anything is sent (a slow or hung server)
     location: str | None = None
+    trickle: float = 0.0  #: the body sent a byte at a time, this many seconds apart
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Request:
     body: bytes
     at: float = field(default_factory=time.time)
     status: int = 0  #: what was answered (0 while the answer is being held back)
+    peer: int = 0  #: the client's port: requests with the same one came over one connection
 
 
 class HTTPSServer:
@@ -43,6 +45,7 @@ class HTTPSServer:
         self.routes: dict[str, Answer | list[Answer]] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> HTTPSServer:
@@ -62,7 +65,8 @@ class HTTPSServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 host = (self.headers.get("Host") or "").split(":")[0].lower()
-                request = Request(self.command, host, self.path, dict(self.headers.items()), body)
+                request = Request(self.command, host, self.path, dict(self.headers.items()), body,
+                                  peer=self.client_address[1])
                 with outer._lock:
                     outer.requests.append(request)
                     route = outer.routes.get(host, Answer(b"no such host", 404))
@@ -78,7 +82,15 @@ class HTTPSServer:
                     if answer.location:
                         self.send_header("Location", answer.location)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if answer.trickle:
+                        self.wfile.flush()
+                        for n in range(len(data)):
+                            if outer._stopping.wait(answer.trickle):
+                                return
+                            self.wfile.write(data[n:n + 1])
+                            self.wfile.flush()
+                    else:
+                        self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting
                     self.close_connection = True
                     return
@@ -96,6 +108,7 @@ class HTTPSServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -16,6 +16,6 @@ def webhook(batch: str) -> dict[str, int]:
     """The event files are the record: a lost or repeated task costs at most one more POST
     of an event, with the same webhook-id, which receivers drop."""
     try:
-        return deliver(config.current(), str(batch))
+        return deliver(config.current(), batch)
     except NothingToDo:
         raise Ignore() from None

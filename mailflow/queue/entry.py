@@ -16,16 +16,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import struct
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from mailflow.queue.todo import ToDo
+from mailflow.wire.names import (  # noqa: F401  (the queue's names, where they always were)
+    CLAIM_ID,
+    ERROR_PREFIX,
+    TMP_PREFIX,
+    BadName,
+    EntryName,
+    check_claim,
+    check_name,
+)
 
-TMP_PREFIX = "__tmp__."
-ERROR_PREFIX = "error."
 _LEN = struct.Struct(">I")
 #: The todo JSON is small; anything this large is a corrupt length field.
 MAX_TODO_BYTES = 64 * 1024 * 1024
@@ -33,70 +38,6 @@ MAX_TODO_BYTES = 64 * 1024 * 1024
 
 class CorruptEntry(Exception):
     """A queue file whose header cannot be read."""
-
-
-class BadName(ValueError):
-    """A claim id or entry name that is not one of the queue's own (e.g. from a forged task)."""
-
-
-#: A claim directory's name: ``uuid4().hex``, with ``b-`` in front for bounce claims.
-CLAIM_ID = re.compile(r"(?:b-)?[0-9a-f]{32}\Z")
-
-
-def check_claim(claim: object) -> str:
-    if not isinstance(claim, str) or not CLAIM_ID.match(claim):
-        raise BadName(f"not a claim id: {claim!r}")
-    return claim
-
-
-def check_name(name: object) -> str:
-    if not isinstance(name, str) or EntryName.parse(name) is None:
-        raise BadName(f"not a queue entry name: {name!r}")
-    return name
-
-
-@dataclass(frozen=True, order=True)
-class EntryName:
-    next_attempt_ms: int
-    num_failures: int
-    arrival_ms: int
-    id: str
-    domain: str
-
-    def __str__(self) -> str:
-        return (f"{self.next_attempt_ms:013d}_{self.num_failures}_{self.arrival_ms:013d}_"
-                f"{self.id}_{self.domain}")
-
-    @classmethod
-    def parse(cls, name: str) -> EntryName | None:
-        """The parts of a queue file name, or None for anything else (temp, error, stray).
-
-        Only the canonical form counts (``str(parse(name)) == name``) and never a name
-        with a path separator: names also arrive in task payloads, and whoever can publish
-        to the broker must not be able to point a worker outside the queue directory.
-        """
-        if name.startswith((TMP_PREFIX, ERROR_PREFIX, ".")) or "/" in name or "\0" in name:
-            return None
-        parts = name.split("_", 4)
-        if len(parts) != 5:
-            return None
-        nxt, fails, arrival, ident, domain = parts
-        if not all(n.isascii() and n.isdigit() for n in (nxt, fails, arrival)) or not ident or not domain:
-            return None
-        parsed = cls(int(nxt), int(fails), int(arrival), ident, domain)
-        return parsed if str(parsed) == name else None
-
-    def matches(self, ident: str) -> bool:
-        """This entry is ``ident``: its own id, or the message id its entries share
-        (``<uuid>`` names every ``<uuid>.<n>`` entry of one message)."""
-        return self.id == ident or self.id.startswith(ident + ".")
-
-    def rescheduled(self, next_attempt_ms: int, num_failures: int | None = None) -> EntryName:
-        return replace(
-            self,
-            next_attempt_ms=next_attempt_ms,
-            num_failures=self.num_failures if num_failures is None else num_failures,
-        )
 
 
 def encode_header(todo: ToDo) -> bytes:

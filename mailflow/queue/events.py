@@ -47,6 +47,7 @@ from mailflow.config.loader import Config
 from mailflow.payloads import WEBHOOK
 from mailflow.queue.identity import identity, owner_queue
 from mailflow.queue.todo import ToDo
+from mailflow.wire.names import check_webhook_batch
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def directory(queue_root: Path) -> Path:
 
 
 def batch_dir(queue_root: Path, batch: str) -> Path:
-    return directory(queue_root) / INFLIGHT / batch
+    """A claimed batch's directory; BadName for anything but a batch name (from a task)."""
+    return directory(queue_root) / INFLIGHT / check_webhook_batch(batch)
 
 
 def due_ms(name: str) -> int:

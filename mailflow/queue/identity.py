@@ -16,10 +16,10 @@ import socket
 import uuid
 from pathlib import Path
 
+from mailflow.wire.names import IDENTITY
+
 IDENTITY_FILE = ".identity"
 OWNER_PREFIX = "mailflow.owner."
-#: What an identity looks like (it goes into queue names and log lines).
-IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 _known: dict[Path, str] = {}
 

@@ -26,7 +26,7 @@ import dns.resolver
 
 from mailflow.atomic import replace_text
 from mailflow.config.settings import Outbound, Tls
-from mailflow.relay import https
+from mailflow.relay import http
 from mailflow.relay.mx import resolver
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,8 @@ def fetch(domain: str, settings: Outbound, tls: Tls) -> str:
     200 only (no redirect followed), ``text/plain``, at most 64 KiB within 10 s."""
     url = f"https://mta-sts.{domain}/.well-known/mta-sts.txt"
     try:
-        response = https.request(url, settings, tls, timeout=FETCH_TIMEOUT, max_size=MAX_POLICY)
-    except https.HttpsError as exc:
+        response = http.request(url, settings, tls, timeout=FETCH_TIMEOUT, max_size=MAX_POLICY)
+    except http.HttpError as exc:
         raise PolicyError("sts-webpki-invalid" if exc.untrusted else "sts-policy-fetch-error",
                           str(exc)) from None
     if response.status != 200:

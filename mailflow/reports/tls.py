@@ -31,7 +31,7 @@ from mailflow import outbound
 from mailflow.atomic import one_at_a_time, replace_text
 from mailflow.codes import OK
 from mailflow.config.loader import Config
-from mailflow.relay import https
+from mailflow.relay import http
 from mailflow.relay.mx import resolver
 from mailflow.relay.tlsrpt import SUCCESS, TLS_REPORT_NOTE, day, directory
 
@@ -146,7 +146,7 @@ def send(uri: str, domain: str, data: dict[str, Any], cfg: Config) -> None:
         if code is not OK:
             raise OSError(f"report mail to {to} not queued: {text}")
         return
-    response = https.request(uri, cfg.outbound, cfg.tls_outbound, method="POST", body=gz,
+    response = http.request(uri, cfg.outbound, cfg.tls_outbound, method="POST", body=gz,
                              headers={"Content-Type": MEDIA_TYPE})
     if not 200 <= response.status < 300:
         raise OSError(f"POST {uri} answered HTTP {response.status}")
@@ -185,7 +185,7 @@ def send_due(cfg: Config, now: float | None = None) -> int:
             for uri in uris:
                 try:
                     send(uri, domain, data, cfg)
-                except (OSError, https.HttpsError) as exc:
+                except (OSError, http.HttpError) as exc:
                     log.warning("TLS report for %s (%s) to %s not sent: %s", domain, path.stem, uri, exc)
                     left += 1
                     continue

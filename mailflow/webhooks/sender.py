@@ -5,8 +5,10 @@ Headers ``webhook-id`` (the same on every retry: a receiver drops duplicates by 
 "id.timestamp.body">`` keyed with the secret's bytes.  A 2xx accepts an event; another
 status puts it back on mailflow/queue/events.py's schedule.  No redirect is followed.
 The events of a batch go one after another over one kept-alive connection per
-endpoint; an endpoint that does not answer (a timeout, a refused connection) is not
-tried again in this batch: its other events wait for the next attempt unchanged.
+endpoint (mailflow/relay/http.py: the host resolved through the configured nameservers,
+``timeout`` a deadline for the whole exchange, the answer bounded); an endpoint that
+does not answer (a timeout, a refused connection) is not tried again in this batch: its
+other events wait for the next attempt unchanged.
 
 An endpoint with ``batch = N`` (N > 1) takes up to N events per POST, a JSON array of
 them, each with its own ``id``: the webhook-id is made of theirs, and a receiver drops
@@ -20,28 +22,29 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import http.client
 import json
 import logging
 import os
 import shutil
-import ssl
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from mailflow.config.loader import Config
 from mailflow.config.webhooks import Endpoint
 from mailflow.errors import NothingToDo
 from mailflow.queue import events
+from mailflow.relay import http
+from mailflow.wire.names import BadName
 
 log = logging.getLogger(__name__)
 
 
 #: A sender task goes on with the next due batch for this long (s) before it ends.
 GO_ON_FOR = 10.0
+#: Most bytes of a receiver's answer read (it is not used: only its status counts).
+ANSWER_MAX = 64 * 1024
 
 
 class Unreachable(Exception):
@@ -51,38 +54,6 @@ class Unreachable(Exception):
 def signature(secret: bytes, event_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{event_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
-
-
-class Connections:
-    """One kept-alive connection per endpoint for the length of a batch."""
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self._open: dict[str, http.client.HTTPConnection] = {}
-
-    def get(self, endpoint: Endpoint) -> http.client.HTTPConnection:
-        conn = self._open.get(endpoint.name)
-        if conn is None:
-            parts = urlsplit(endpoint.url)
-            host = parts.hostname or ""
-            if parts.scheme == "https":
-                context = ssl.create_default_context(cafile=self.cfg.tls_outbound.ca or None)
-                conn = http.client.HTTPSConnection(host, parts.port, timeout=endpoint.timeout,
-                                                   context=context)
-            else:
-                conn = http.client.HTTPConnection(host, parts.port, timeout=endpoint.timeout)
-            self._open[endpoint.name] = conn
-        return conn
-
-    def drop(self, endpoint: Endpoint) -> None:
-        conn = self._open.pop(endpoint.name, None)
-        if conn is not None:
-            conn.close()
-
-    def close(self) -> None:
-        for conn in self._open.values():
-            conn.close()
-        self._open.clear()
 
 
 def payload(group: list[dict[str, Any]], batched: bool) -> tuple[str, bytes]:
@@ -96,34 +67,20 @@ def payload(group: list[dict[str, Any]], batched: bool) -> tuple[str, bytes]:
                                 separators=(",", ":")).encode()
 
 
-def post(endpoint: Endpoint, event_id: str, body: bytes, conns: Connections) -> str | None:
+def post(endpoint: Endpoint, event_id: str, body: bytes, client: http.Client) -> str | None:
     """None when the endpoint accepted the POST, else the status it answered; Unreachable
-    when it did not answer."""
+    when it did not answer within its ``timeout`` (a deadline for the whole exchange)."""
     timestamp = int(time.time())
-    headers = {"Content-Type": "application/json", "User-Agent": "mailflow",
-               "webhook-id": event_id, "webhook-timestamp": str(timestamp)}
+    headers = {"Content-Type": "application/json", "webhook-id": event_id,
+               "webhook-timestamp": str(timestamp)}
     if endpoint.secret is not None:
         headers["webhook-signature"] = signature(endpoint.secret, event_id, timestamp, body)
-    parts = urlsplit(endpoint.url)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    for fresh in (False, True):  # a kept-alive connection the receiver closed: once more, anew
-        conn = conns.get(endpoint)
-        try:
-            conn.request("POST", path, body=body, headers=headers)
-            response = conn.getresponse()
-            response.read()
-            status = response.status
-            if response.will_close:
-                conns.drop(endpoint)
-            break
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-            conns.drop(endpoint)
-            if fresh:
-                raise Unreachable(str(exc)) from None
-        except (OSError, http.client.HTTPException) as exc:
-            conns.drop(endpoint)
-            raise Unreachable(str(exc)) from None
-    return None if 200 <= status < 300 else f"HTTP {status}"
+    try:
+        response = client.request(endpoint.url, method="POST", body=body, headers=headers,
+                                  timeout=endpoint.timeout, max_size=ANSWER_MAX)
+    except http.HttpError as exc:
+        raise Unreachable(str(exc)) from None
+    return None if 200 <= response.status < 300 else f"HTTP {response.status}"
 
 
 def deliver(cfg: Config, batch: str) -> dict[str, int]:
@@ -131,11 +88,16 @@ def deliver(cfg: Config, batch: str) -> dict[str, int]:
     ``GO_ON_FOR`` seconds (a task per batch would cost a millisecond of CPU per few
     events while a backlog lasts); how many were accepted, retried, left."""
     root = cfg.queue_path()
-    if not events.batch_dir(root, batch).is_dir():
+    try:
+        where = events.batch_dir(root, batch)
+    except BadName as exc:
+        log.error("mailflow.webhook refused a payload that is not a webhook batch's name: %s", exc)
+        raise NothingToDo(f"refused: {exc}") from None
+    if not where.is_dir():
         raise NothingToDo(f"webhook batch {batch} is gone (done, or taken back)")
     counts: Counter[str] = Counter()
     started = time.monotonic()
-    conns = Connections(cfg)
+    conns = http.Client(cfg.outbound, cfg.tls_outbound, https_only=False)
     try:
         current: str | None = batch
         while current is not None:
@@ -148,7 +110,7 @@ def deliver(cfg: Config, batch: str) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def _batch(cfg: Config, root: Path, batch: str, conns: Connections, counts: Counter[str]) -> bool:
+def _batch(cfg: Config, root: Path, batch: str, conns: http.Client, counts: Counter[str]) -> bool:
     """One claimed batch: POSTed, what was not accepted written back as waiting files
     (one per wait) before the batch is removed -- a crash in between sends some events
     twice, never none.  Whether an endpoint did not answer."""
@@ -188,7 +150,7 @@ def _batch(cfg: Config, root: Path, batch: str, conns: Connections, counts: Coun
 
 
 def _group(group: list[dict[str, Any]], endpoint: Endpoint, down: dict[str, str],
-           conns: Connections) -> list[tuple[str, int | None, dict[str, Any]]]:
+           conns: http.Client) -> list[tuple[str, int | None, dict[str, Any]]]:
     """What became of the events of one POST, each with the wait before its next attempt
     (None: none)."""
     if endpoint.name in down:  # not tried: the same wait, no attempt counted

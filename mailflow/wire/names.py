@@ -1,0 +1,105 @@
+"""The one validator for every name that arrives in a payload, before it touches a path.
+
+Whoever can publish to the broker is not meant to own the file system, and a MAC
+(mailflow/wire/signing.py) says who published a message, not that its publisher made no
+mistake: so every name a task, report, parcel or broadcast carries is checked here, in
+its canonical form, before anything joins it to a path.  Nothing else in mailflow joins
+a string from a payload to a path.
+
+- claim ids: ``uuid4().hex``, with ``b-`` in front for bounce claims;
+- queue entry names: ``<next_attempt_ms>_<num_failures>_<arrival_ms>_<id>_<domain>``,
+  canonical (formatting the parsed name gives it back), one path component;
+- queue identities (owners): ``[A-Za-z0-9][A-Za-z0-9._-]{0,99}``;
+- webhook batch names: ``uuid4().hex``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+TMP_PREFIX = "__tmp__."
+ERROR_PREFIX = "error."
+
+
+class BadName(ValueError):
+    """A claim id or entry name that is not one of the queue's own (e.g. from a forged task)."""
+
+
+#: A claim directory's name: ``uuid4().hex``, with ``b-`` in front for bounce claims.
+CLAIM_ID = re.compile(r"(?:b-)?[0-9a-f]{32}\Z")
+
+
+def check_claim(claim: object) -> str:
+    if not isinstance(claim, str) or not CLAIM_ID.match(claim):
+        raise BadName(f"not a claim id: {claim!r}")
+    return claim
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or EntryName.parse(name) is None:
+        raise BadName(f"not a queue entry name: {name!r}")
+    return name
+
+
+@dataclass(frozen=True, order=True)
+class EntryName:
+    next_attempt_ms: int
+    num_failures: int
+    arrival_ms: int
+    id: str
+    domain: str
+
+    def __str__(self) -> str:
+        return (f"{self.next_attempt_ms:013d}_{self.num_failures}_{self.arrival_ms:013d}_"
+                f"{self.id}_{self.domain}")
+
+    @classmethod
+    def parse(cls, name: str) -> EntryName | None:
+        """The parts of a queue file name, or None for anything else (temp, error, stray).
+
+        Only the canonical form counts (``str(parse(name)) == name``) and never a name
+        with a path separator: names also arrive in task payloads, and whoever can publish
+        to the broker must not be able to point a worker outside the queue directory.
+        """
+        if name.startswith((TMP_PREFIX, ERROR_PREFIX, ".")) or "/" in name or "\0" in name:
+            return None
+        parts = name.split("_", 4)
+        if len(parts) != 5:
+            return None
+        nxt, fails, arrival, ident, domain = parts
+        if not all(n.isascii() and n.isdigit() for n in (nxt, fails, arrival)) or not ident or not domain:
+            return None
+        parsed = cls(int(nxt), int(fails), int(arrival), ident, domain)
+        return parsed if str(parsed) == name else None
+
+    def matches(self, ident: str) -> bool:
+        """This entry is ``ident``: its own id, or the message id its entries share
+        (``<uuid>`` names every ``<uuid>.<n>`` entry of one message)."""
+        return self.id == ident or self.id.startswith(ident + ".")
+
+    def rescheduled(self, next_attempt_ms: int, num_failures: int | None = None) -> EntryName:
+        return replace(
+            self,
+            next_attempt_ms=next_attempt_ms,
+            num_failures=self.num_failures if num_failures is None else num_failures,
+        )
+
+
+#: A queue directory's identity, which names its owner's Celery queue.
+IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+
+#: A webhook batch's directory name under ``.webhooks/inflight/``.
+WEBHOOK_BATCH = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def check_identity(owner: object) -> str:
+    if not isinstance(owner, str) or not IDENTITY.match(owner):
+        raise BadName(f"not a queue identity: {owner!r}")
+    return owner
+
+
+def check_webhook_batch(batch: object) -> str:
+    if not isinstance(batch, str) or not WEBHOOK_BATCH.match(batch):
+        raise BadName(f"not a webhook batch name: {batch!r}")
+    return batch

@@ -1,0 +1,83 @@
+"""One validator for every name from a payload (mailflow/wire/names.py, issue 23 item 2):
+nothing a forged or mistaken payload names becomes a path outside the queue directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mailflow import config
+from mailflow.errors import NothingToDo
+from mailflow.webhooks.sender import deliver
+from mailflow.wire.names import (
+    BadName,
+    EntryName,
+    check_claim,
+    check_identity,
+    check_name,
+    check_webhook_batch,
+)
+
+HOSTILE = ["/etc", "/tmp/x", "..", "../x", "../../victim", "a/b", "x\0y", "", " ", "\n",
+           "0" * 31, "0" * 33, "g" * 32, "A" * 32, 7, None, ["0" * 32], {"x": 1}, "b-" + "0" * 31]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_values_are_no_claim_and_no_batch(value):
+    with pytest.raises(BadName):
+        check_claim(value)
+    with pytest.raises(BadName):
+        check_webhook_batch(value)
+
+
+@pytest.mark.parametrize("value", ["/etc", "..", ".hidden", "-x", "a/b", "x\0", "", 5, None, "a" * 101])
+def test_hostile_values_are_no_identity(value):
+    with pytest.raises(BadName):
+        check_identity(value)
+
+
+@pytest.mark.parametrize("value", [
+    "0000000000001_0_0000000000001_id_example.com/../../x",
+    "/0000000000001_0_0000000000001_id_example.com",
+    "1_0_1_id_example.com",  # not zero-padded: not canonical
+    "0000000000001_00_0000000000001_id_example.com",
+    "__tmp__.1.0000000000001_0_0000000000001_id_example.com",
+    "error.0000000000001_0_0000000000001_id_example.com",
+    "0000000000001_0_0000000000001__example.com",
+    "0000000000001_0_0000000000001_id_x\0y",
+    "..", 3, None,
+])
+def test_hostile_values_are_no_entry_name(value):
+    with pytest.raises(BadName):
+        check_name(value)
+
+
+def test_the_queues_own_names_pass():
+    assert check_claim("0123456789abcdef" * 2) and check_claim("b-" + "f" * 32)
+    assert check_webhook_batch("a" * 32)
+    assert check_identity("vm-1a2b.example_x")
+    name = str(EntryName(1, 2, 3, "abc.1", "example.com"))
+    assert check_name(name) == name
+
+
+def test_the_webhook_sender_takes_a_batch_name_never_a_path(tmp_path: Path):
+    """A payload naming a directory (absolute, or ``../``) is refused before any path is built:
+    at 7ff0849 the sender listed the directory's files, moved its subdirectories into the
+    queue and removed it."""
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "f").write_text("keep")
+    cfgdir = tmp_path / "config"
+    cfgdir.mkdir()
+    (cfgdir / "outbound.ini").write_text(f"queue_dir = {tmp_path / 'queue'}\n")
+    (cfgdir / "webhooks.ini").write_text("[app]\nurl = http://127.0.0.1:9/hook\nevents = delivered\n")
+    cfg = config.load(cfgdir)
+    before = sorted(os.walk(victim))
+    for batch in (str(victim), "../../victim", "../" * 8 + str(victim)[1:]):
+        with pytest.raises(NothingToDo):
+            deliver(cfg, batch)
+    assert sorted(os.walk(victim)) == before
+    assert (victim / "sub" / "f").read_text() == "keep"
+    assert not (tmp_path / "queue").exists()
