@@ -18,9 +18,11 @@ RENEW_EVERY = min(10.0, LEASE_SECONDS / 4)
 #: under way, and for the owner to hear the renewal.
 FENCE_SECONDS = LEASE_SECONDS / 2
 #: How long a parcel (a claim lent to any worker) may wait in the broker for a holder:
-#: the owner keeps its claim that long before the lease starts to count, so a backlog
-#: in the broker is not handed back and claimed again in circles.
-PARCEL_WAIT_SECONDS = float(os.environ.get("MAILFLOW_PARCEL_WAIT_SECONDS") or LEASE_SECONDS)
+#: the owner keeps a claim nobody has renewed yet that long before the lease starts to
+#: count.  A minute at most: a claim whose holder died before its first renewal is back
+#: within a lease and a minute; one whose holder renewed it, a lease after the last
+#: renewal.  A parcel taken later than ``wait + lease/2`` is handed back unsent.
+PARCEL_WAIT_SECONDS = float(os.environ.get("MAILFLOW_PARCEL_WAIT_SECONDS") or min(60.0, LEASE_SECONDS))
 
 
 def clock() -> float:

@@ -61,7 +61,7 @@ def _deliveries(spool: Spool, route: Route, lend_out: bool) -> list[Route | Parc
         return [route]
     parcels, local = lending.pack(spool, route)
     if parcels:
-        lending.lend(spool, route.batch.claim)
+        lending.lend(spool, route.batch.claim, [n for p in parcels for n in p.batch.names])
     return [*parcels, *([local] if local else [])]
 
 

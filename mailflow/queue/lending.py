@@ -28,9 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailflow.lease import LEASE_SECONDS, PARCEL_WAIT_SECONDS, RENEW_EVERY
+from mailflow.message import dot_unstuff
 from mailflow.payloads import Letter, Parcel, Route
 from mailflow.queue.claims import load
-from mailflow.queue.entry import check_claim
+from mailflow.queue.entry import BadName, check_claim, check_name
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import Spool, now_ms
 
@@ -41,6 +42,13 @@ log = logging.getLogger(__name__)
 #: (128 MiB by default) and pages large ones: a few MiB keeps both fast.
 PAYLOAD_MAX = int(os.environ.get("MAILFLOW_PAYLOAD_MAX") or 4 * 1024 * 1024)
 LENT = "lent"
+#: ``lent/<claim>.taken``: a holder has renewed the claim (its parcel left the broker).
+TAKEN = ".taken"
+#: ``lent/returned/<claim>``: a claim that ended, kept for the outcomes that come late.
+RETURNED = "returned"
+#: How long an ended claim's record is kept (Redis redelivers after its visibility timeout,
+#: an hour by default; a thawed host reports when it is back).
+RETURNED_KEEP = 2 * 86400.0
 HEARD = ".heard"
 #: A gap longer than this between two broadcasts heard means we were not hearing.
 HEARD_GAP_S = 2 * RENEW_EVERY
@@ -96,24 +104,43 @@ def _file_size(hmail: HMail) -> int:
 
 
 def _letter(hmail: HMail) -> Letter:
+    """The entry for a holder elsewhere: the message itself, not its stored (dot-stuffed)
+    form -- the holder puts it in wire form when it sends it, and trusts no stuffing."""
     return Letter(name=hmail.filename, mail_from=hmail.todo.mail_from.address,
-                  rcpt_to=tuple(r.address for r in hmail.todo.rcpt_to), message=hmail.message())
+                  rcpt_to=tuple(r.address for r in hmail.todo.rcpt_to), message=dot_unstuff(hmail.message()))
 
 
 def _lent_dir(spool: Spool) -> Path:
     return Path(spool.root) / LENT
 
 
-def lend(spool: Spool, claim: str) -> None:
-    """Mark the claim as held elsewhere, after its parcels were made (issued) and before they
-    are published: the mark's mtime is when the claim was lent (see :func:`spare`)."""
+def lend(spool: Spool, claim: str, names: list[str] | tuple[str, ...]) -> None:
+    """Mark the claim as held elsewhere, with the entries that go out in its parcels, after
+    they were made (issued) and before they are published: the mark's mtime is when the
+    claim was lent (see :func:`spare`), its lines the only entries a report may name."""
     directory = _lent_dir(spool)
     directory.mkdir(exist_ok=True)
-    (directory / check_claim(claim)).touch()
+    text = "".join(check_name(n) + "\n" for n in names).encode()
+    fd = os.open(directory / check_claim(claim), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, text)  # one write: routes of one claim lent by threads never interleave
+    finally:
+        os.close(fd)
 
 
 def is_lent(spool: Spool, claim: str) -> bool:
     return (_lent_dir(spool) / claim).exists()
+
+
+def lent_names(spool: Spool, claim: str) -> set[str] | None:
+    """The entries this queue lent under ``claim`` -- while it is lent, and for
+    ``RETURNED_KEEP`` after (late outcomes); None when it lent no such claim."""
+    for path in (_lent_dir(spool) / check_claim(claim), _lent_dir(spool) / RETURNED / claim):
+        try:
+            return set(path.read_text().split())
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def lent_at(spool: Spool, claim: str) -> float | None:
@@ -124,10 +151,24 @@ def lent_at(spool: Spool, claim: str) -> float | None:
         return None
 
 
+def taken(spool: Spool, claim: str) -> bool:
+    """Whether a holder has renewed the lent claim: its parcel left the broker."""
+    return (_lent_dir(spool) / f"{claim}{TAKEN}").exists()
+
+
 def returned(spool: Spool, claim: str) -> None:
-    """The claim is done with: no longer lent once its directory is gone."""
-    if not spool.claim_dir(claim).exists():
-        (_lent_dir(spool) / claim).unlink(missing_ok=True)
+    """The claim is done with: once its directory is gone it is no longer lent, and its
+    record is kept aside for the outcomes that come late."""
+    if spool.claim_dir(claim).exists():
+        return
+    directory = _lent_dir(spool)
+    (directory / f"{claim}{TAKEN}").unlink(missing_ok=True)
+    try:
+        os.rename(directory / claim, directory / RETURNED / claim)
+    except FileNotFoundError:
+        (directory / RETURNED).mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # another thread returned it first
+            os.rename(directory / claim, directory / RETURNED / claim)
 
 
 def renew(spool: Spool, claims: list[str]) -> int:
@@ -137,6 +178,9 @@ def renew(spool: Spool, claims: list[str]) -> int:
         try:
             if is_lent(spool, check_claim(claim)) and spool.renew(claim):
                 renewed += 1
+                mark = _lent_dir(spool) / f"{claim}{TAKEN}"
+                if not mark.exists():
+                    mark.touch()
         except ValueError:
             log.warning("a renewal named %r, which is not a claim id", claim)
     return renewed
@@ -191,7 +235,9 @@ def spare(spool: Spool, lease_seconds: float) -> Callable[[str], bool]:
         since = lent_at(spool, claim)
         if since is None:
             return False
-        if now < since + PARCEL_WAIT_SECONDS + lease_seconds:
+        # a parcel not yet taken may wait in the broker; once a holder renewed the claim it
+        # is out of the broker, and a lease after its last renewal is all it gets
+        if not taken(spool, claim) and now < since + PARCEL_WAIT_SECONDS + lease_seconds:
             return True
         if deaf:
             if claim not in _kept:
@@ -208,9 +254,15 @@ def spare(spool: Spool, lease_seconds: float) -> Callable[[str], bool]:
 def _sweep_marks(spool: Spool) -> None:
     directory = _lent_dir(spool)
     try:
-        marks = [e.name for e in os.scandir(directory)]
+        marks = [e.name for e in os.scandir(directory) if e.is_file()]
     except FileNotFoundError:
         return
-    for claim in marks:
-        with contextlib.suppress(ValueError):
-            returned(spool, claim)
+    for mark in marks:
+        with contextlib.suppress(BadName):
+            returned(spool, check_claim(mark.removesuffix(TAKEN)))
+    old = time.time() - RETURNED_KEEP
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory / RETURNED):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_ctime < old:
+                    os.unlink(entry.path)

@@ -37,8 +37,10 @@ def _classify(reply: Reply) -> str:
     return "failed" if reply.is_permanent else "deferred"
 
 
-def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound) -> None:
-    """Apply one outcome's per-recipient results to the entry."""
+def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
+           via: str | None = None) -> None:
+    """Apply one outcome's per-recipient results to the entry; ``via``: the worker node of
+    another host that made the attempt (its report), named in the attempt line."""
     groups: dict[str, list[str]] = {"delivered": [], "deferred": [], "failed": []}
     for rcpt in hmail.todo.rcpt_to:
         reply = outcome.results.get(rcpt.address)
@@ -55,7 +57,7 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound) -> 
                tls="Y" if outcome.secured else "N", tlslevel=outcome.tls_level,
                auth="Y" if outcome.authenticated else "N",
                response=str(first) if first else "-", delay=delay, fails=hmail.num_failures,
-               rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}")
+               rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}", **({"via": via} if via else {}))
     if ok:
         response = str(outcome.results[ok[0]])
         events.message_event(config.current(), "delivered", hmail.todo, ok,
@@ -116,10 +118,9 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     err = str(next(iter(deferred.values())))
     intervals = settings.temp_fail_intervals
     if fails > len(intervals):
-        too_many = {a: Reply(r.code + 100 if r.code // 100 == 4 else r.code,
-                             "5" + r.text[1:] if r.text[:2] == "4." else r.text, r.command)
-                    for a, r in deferred.items()}
-        fail(spool, hmail, too_many, remote_mta, reason=f"Too many failures ({err})")
+        # The last reply as it was received: the DSN says Action: failed with its own 4.x.x
+        # status and diagnostic (RFC 3464 2.3.6), never a 5xx reply no server sent.
+        fail(spool, hmail, dict(deferred), remote_mta, reason=f"Too many failures ({err})")
         hmail.path.unlink(missing_ok=True)
         return
     hmail.num_failures = fails

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from mailflow.config.settings import Outbound
+from mailflow.errors import NothingToDo
 from mailflow.payloads import Batch, Outcome, Report
 from mailflow.queue import lending
 from mailflow.queue.claims import give_back, load
@@ -25,21 +26,40 @@ log = logging.getLogger(__name__)
 
 
 def apply(spool: Spool, report: Report, settings: Outbound) -> None:
-    """Record each outcome, give back what was not attempted, and end the claim once empty."""
+    """Record each outcome, give back what was not attempted, and end the claim once empty.
+
+    Only a claim this queue lent, and only entries it lent under that claim, whether the
+    claim is still out or came back (late outcomes): the MAC says who published the
+    report, this says that it is about mail we gave them (NothingToDo otherwise)."""
     batch = report.batch
+    refusal = _refusal(spool, report)
+    if refusal is not None:
+        log.warning("refused a report from %s for claim %s: %s; nothing was done", report.holder,
+                    batch.claim, refusal)
+        raise NothingToDo(f"refused: {refusal}")
     for name, outcome in report.results.items():
         found = load(spool, batch, [name])
         if not found:
             _late(spool, report, name, outcome, settings)
             continue
         with guarded(spool, found[0], settings, outcome):
-            record(spool, found[0], outcome, settings)
+            record(spool, found[0], outcome, settings, via=report.holder)
     if report.back:
         give_back(spool, load(spool, batch, report.back), max(now_ms(), report.back_due_ms))
     # reports of one claim may be applied in any order (several worker threads):
     # whichever leaves it empty ends it
     spool.finish(batch.claim)
     lending.returned(spool, batch.claim)
+
+
+def _refusal(spool: Spool, report: Report) -> str | None:
+    lent = lending.lent_names(spool, report.batch.claim)
+    if lent is None:
+        return "this queue lent no such claim"
+    named = set(report.batch.names) | set(report.results) | set(report.back)
+    if not named <= lent:
+        return f"it names {len(named - lent)} entries that were not lent under it"
+    return None
 
 
 def _late(spool: Spool, report: Report, name: str, outcome: Outcome, settings: Outbound) -> None:
@@ -51,7 +71,7 @@ def _late(spool: Spool, report: Report, name: str, outcome: Outcome, settings: O
         claim, got = spool.claim(waiting[:1])
         for hmail in load(spool, Batch(spool.identity, claim, tuple(got))):
             with guarded(spool, hmail, settings, outcome):
-                record(spool, hmail, outcome, settings)
+                record(spool, hmail, outcome, settings, via=report.holder)
         spool.finish(claim)
         if got:
             log.warning("outcome of %s from %s came after its claim %s expired; it had not been "

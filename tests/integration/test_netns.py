@@ -223,11 +223,15 @@ def test_kill_9_of_a_worker_host_mid_run_loses_nothing(lab):
         submit(lab, "owner", rcpts)
         until(lambda: by_host(lab, mx)["w1"] >= 20, 120, "for w1 to be delivering")
         assert lab.hosts["w1"].kill_all() >= 1
-        until(lambda: set(delivered(mx)) == set(rcpts), 180, "for every message, after w1 died")
+        # its claims come back a lease after their last renewal (those it had not renewed
+        # yet: the parcel wait and a lease); w2 then sends them
+        until(lambda: set(delivered(mx)) == set(rcpts), LEASE + 60 + 60, "for every message, after w1 died")
         until(lambda: not owner.all_files(), 60, "for the owner's queue to empty")
         twice = sum(n - 1 for n in delivered(mx).values())
         # what w1 held when it died: at most one batch per worker thread
         assert twice <= 4 * BATCH, twice
+        # the owner's attempt lines name the host that sent
+        assert "via=w1-" in procs[1].output() and "via=w2-" in procs[1].output()
     finally:
         mx.stop(no_assert=True)
 

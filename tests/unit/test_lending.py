@@ -13,13 +13,13 @@ import pytest
 from harness.mxserver import MXServer
 from mailflow import config, lease
 from mailflow.config.settings import Outbound
-from mailflow.errors import Reply
+from mailflow.errors import NothingToDo, Reply
 from mailflow.payloads import Batch, Outcome, Parcel, Report, Route
 from mailflow.pipeline.parcels import RemoteLedger
 from mailflow.pipeline.transmit import Courier
 from mailflow.queue import counters, lending, reports
 from mailflow.queue.entry import BadName
-from mailflow.queue.spool import Spool, now_ms
+from mailflow.queue.spool import FAILED, Spool, now_ms
 from mailflow.relay import fence
 from mailflow.relay.fence import Holdings
 from mailflow.relay.mx import MX
@@ -68,7 +68,7 @@ def test_a_parcel_or_report_that_names_other_entries_is_refused(tmp_path):
 def test_a_lent_claim_outlives_its_lease_while_the_owner_cannot_hear_the_broker(tmp_path, monkeypatch):
     monkeypatch.setattr(lending, "PARCEL_WAIT_SECONDS", 0.0)
     spool, route = claimed(tmp_path, {"E.1": b"m\r\n"})
-    lending.lend(spool, route.batch.claim)
+    lending.lend(spool, route.batch.claim, route.batch.names)
     old = time.time() - 100
     os.utime(spool.claim_dir(route.batch.claim), (old, old))
     os.utime(tmp_path / "queue" / lending.LENT / route.batch.claim, (old, old))
@@ -94,7 +94,7 @@ def test_a_lent_claim_outlives_its_lease_while_the_owner_cannot_hear_the_broker(
 def test_a_parcel_may_wait_in_the_broker_before_its_lease_counts(tmp_path, monkeypatch):
     monkeypatch.setattr(lending, "PARCEL_WAIT_SECONDS", 30.0)
     spool, route = claimed(tmp_path, {"W.1": b"m\r\n"})
-    lending.lend(spool, route.batch.claim)
+    lending.lend(spool, route.batch.claim, route.batch.names)
     old = time.time() - 100
     os.utime(spool.claim_dir(route.batch.claim), (old, old))
     now = now_ms()
@@ -111,14 +111,14 @@ def test_only_lent_claims_are_renewed_from_another_host(tmp_path):
     old = time.time() - 100
     os.utime(spool.claim_dir(route.batch.claim), (old, old))
     assert lending.renew(spool, [route.batch.claim, "../x"]) == 0
-    lending.lend(spool, route.batch.claim)
+    lending.lend(spool, route.batch.claim, route.batch.names)
     assert lending.renew(spool, [route.batch.claim]) == 1
     assert os.stat(spool.claim_dir(route.batch.claim)).st_mtime > old + 50
 
 
 def test_a_report_records_outcomes_gives_back_the_rest_and_ends_the_claim(tmp_path):
     spool, route = claimed(tmp_path, {"A.1": b"m\r\n", "A.2": b"m\r\n", "A.3": b"m\r\n"})
-    lending.lend(spool, route.batch.claim)
+    lending.lend(spool, route.batch.claim, route.batch.names)
     one, two, three = route.batch.names
     reports.apply(spool, Report(route.batch, "w@b", results={
         one: Outcome(host="mx", results={"x@example.com": OK}),
@@ -134,6 +134,7 @@ def test_a_report_records_outcomes_gives_back_the_rest_and_ends_the_claim(tmp_pa
 
 def test_a_late_outcome_is_applied_only_while_the_entry_waits_untouched(tmp_path, caplog):
     spool, route = claimed(tmp_path, {"T.1": b"m\r\n", "T.2": b"m\r\n"})
+    lending.lend(spool, route.batch.claim, route.batch.names)
     first, second = route.batch.names
     old = time.time() - 100
     os.utime(spool.claim_dir(route.batch.claim), (old, old))
@@ -147,6 +148,74 @@ def test_a_late_outcome_is_applied_only_while_the_entry_waits_untouched(tmp_path
     assert "it had not been attempted again, so it was applied" in caplog.text
     assert "possible duplicate: T.2 was delivered by w@b" in caplog.text
     assert [p.name.split("_")[3] for p in spool.claim_dir(again).iterdir()] == ["T.2"]  # untouched
+
+
+# ── issue 23 item 3: a report proves its claim ─────────────────────────────────────────
+
+
+def test_a_report_for_a_claim_never_lent_is_refused_and_changes_nothing(tmp_path, caplog):
+    """At 7ff0849 a report naming any claimed entry with 250 removed it (with 550: bounced
+    it and suppressed the recipient), lent or not."""
+    spool, route = claimed(tmp_path, {"F.1": b"m\r\n"})
+    [name] = route.batch.names
+    for code in (OK, Reply(550, "5.1.1 no such user", "RCPT")):
+        with pytest.raises(NothingToDo):
+            reports.apply(spool, Report(route.batch, "evil", results={
+                name: Outcome(host="mx", results={"x@example.com": code})}), SETTINGS)
+    assert [p.name for p in spool.claim_dir(route.batch.claim).iterdir()] == [name]
+    assert counters.read(spool.root, "delivered") == 0 and not list(spool.names(FAILED))
+    assert "refused a report from evil" in caplog.text
+
+
+def test_a_report_may_name_only_the_entries_lent_under_its_claim(tmp_path):
+    spool, route = claimed(tmp_path, {"G.1": b"m\r\n", "G.2": b"m\r\n"})
+    lent, kept = route.batch.names
+    lending.lend(spool, route.batch.claim, [lent])  # G.2 stayed with the owner (too large)
+    with pytest.raises(NothingToDo):
+        reports.apply(spool, Report(route.batch.part([kept]), "w@b", results={
+            kept: Outcome(host="mx", results={"x@example.com": OK})}), SETTINGS)
+    assert sorted(p.name for p in spool.claim_dir(route.batch.claim).iterdir()) == sorted([lent, kept])
+    reports.apply(spool, Report(route.batch.part([lent]), "w@b", results={
+        lent: Outcome(host="mx", results={"x@example.com": OK})}), SETTINGS)
+    assert [p.name for p in spool.claim_dir(route.batch.claim).iterdir()] == [kept]
+
+
+def test_a_late_report_is_checked_against_the_record_of_a_returned_claim(tmp_path, caplog):
+    spool, route = claimed(tmp_path, {"L.1": b"m\r\n"})
+    [name] = route.batch.names
+    lending.lend(spool, route.batch.claim, [name])
+    old = time.time() - 100
+    os.utime(spool.claim_dir(route.batch.claim), (old, old))
+    spool.expire(10)
+    lending.spare(spool, 10)  # the claim is gone: its record is kept aside
+    assert not lending.is_lent(spool, route.batch.claim)
+    assert lending.lent_names(spool, route.batch.claim) == {name}
+    with caplog.at_level(logging.INFO):
+        reports.apply(spool, Report(route.batch, "w@b", results={
+            name: Outcome(host="mx", results={"x@example.com": OK})}), SETTINGS)
+    assert list(spool.names()) == [] and counters.read(spool.root, "delivered") == 1
+    assert "via=w@b" in caplog.text  # the attempt line names the host that sent
+
+
+def test_a_taken_claim_comes_back_a_lease_after_its_last_renewal(tmp_path, monkeypatch):
+    """At 7ff0849 a lent claim was kept ``lent + parcel wait + lease`` whatever its holder had
+    done: a killed worker host's batches came back after two leases (issue 23 item 11)."""
+    monkeypatch.setattr(lending, "PARCEL_WAIT_SECONDS", 300.0)
+    spool, route = claimed(tmp_path, {"K.1": b"m\r\n"})
+    lending.lend(spool, route.batch.claim, route.batch.names)
+    now = now_ms()
+    for at in range(now - 12_000, now + 1, 500):
+        lending.heard(spool, "w@a", at)
+    assert lending.renew(spool, [route.batch.claim]) == 1 and lending.taken(spool, route.batch.claim)
+    old = time.time() - 11  # renewed 11 s ago, lease 10 s; lent just now, parcel wait 300 s
+    os.utime(spool.claim_dir(route.batch.claim), (old, old))
+    assert spool.expire(10, spare=lending.spare(spool, 10)) == 1
+    lending.spare(spool, 10)
+    assert not lending.taken(spool, route.batch.claim)
+
+
+def test_the_default_parcel_wait_brings_an_untaken_claim_back_within_a_lease_and_a_minute():
+    assert lease.PARCEL_WAIT_SECONDS <= 60
 
 
 def parcel(issued_ms: int, names=("1_0_1_P.1_example.com",)) -> Parcel:
@@ -199,6 +268,7 @@ class Reports:
 def test_a_holder_that_cannot_report_starts_nothing_more_and_hands_back_the_rest(tmp_path):
     spool, route = claimed(tmp_path, {"H.1": b"m\r\n", "H.2": b"m\r\n"})
     [p], _ = lending.pack(spool, route)
+    lending.lend(spool, route.batch.claim, p.batch.names)
     broken = Reports(fail=True)
     ledger = RemoteLedger(p, Holdings().take(p, hop=False), broken, "w@b")
     first, second = p.letters
@@ -217,6 +287,7 @@ def test_no_entry_is_in_two_reports_of_one_parcel(tmp_path):
     also be handed back by a later report (it would be sent again)."""
     spool, route = claimed(tmp_path, {"D.1": b"m\r\n", "D.2": b"m\r\n", "D.3": b"m\r\n"})
     [p], _ = lending.pack(spool, route)
+    lending.lend(spool, route.batch.claim, p.batch.names)
     sent = Reports()
     ledger = RemoteLedger(p, Holdings().take(p, hop=False), sent, "w@b")
     first, second, third = p.letters
@@ -238,6 +309,7 @@ def test_no_entry_is_in_two_reports_of_one_parcel(tmp_path):
 def test_the_letters_cross_the_broker_once_and_wait_on_the_worker_for_transmit(tmp_path):
     spool, route = claimed(tmp_path, {"B.1": b"m\r\n"})
     [p], _ = lending.pack(spool, route)
+    lending.lend(spool, route.batch.claim, p.batch.names)
     holdings = Holdings()
     holdings.take(p, hop=True)  # acquire_connection, which came with the letters
     light = p.to_json(tmp_path, letters=False)
@@ -264,6 +336,7 @@ def test_a_worker_host_shares_a_slow_receivers_parcel_over_lanes_and_reports_eac
         route = Route(Batch(spool.identity, claim, tuple(names), "example.com"),
                       mx=(MX("127.0.0.2", port=mx.port, from_dns=False),))
         [p], _ = lending.pack(spool, route)
+        lending.lend(spool, route.batch.claim, p.batch.names)
         sent = Reports()
         ledger = RemoteLedger(p, Holdings().take(p, hop=False), sent, "w@b")
         courier = Courier(cfg, p.route, None, ledger)

@@ -55,7 +55,7 @@ def test_the_schedule_used_up_fails_with_too_many_failures(tmp_path):
     [failed] = [HMail.load(spool.path(n, FAILED)) for n in spool.names(FAILED)]
     assert failed.todo.record["reason"] == "Too many failures (451 4.4.1 down)"
     [status] = failed.todo.record["rcpt_status"].values()
-    assert (status["code"], status["status"]) == (551, "5.4.1")
+    assert (status["code"], status["status"], status["text"]) == (451, "4.4.1", "4.4.1 down")
 
 
 def test_the_deferred_hook_may_change_the_wait(tmp_path):
