@@ -8,9 +8,13 @@ downstream server can read it as end of data.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from email.utils import formatdate
+from pathlib import Path
 from typing import IO
 
 _EOL = re.compile(rb"\r\n|\r|\n")
@@ -159,3 +163,53 @@ class Body:
 
     def close(self) -> None:
         self.file.close()
+
+
+#: The size of the blocks a message is read and sent in.
+BLOCK = 64 * 1024
+
+
+def wire_blocks(chunks: Iterable[bytes], *, stuffed: bool) -> Iterator[bytes]:
+    """A message's wire form (CRLF line endings, dot-stuffed, ending in CRLF; no final
+    dot) from chunks of it cut anywhere, a block at a time: a large message is never held
+    whole.  ``stuffed``: the chunks are the stored form, whose stuffing is undone first --
+    the stuffing is made here, from what the message is, and never trusted as it comes (a
+    lone ``.`` line would end DATA early and the rest be read as commands)."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk if carry else chunk
+        # a line ends after each LF, and after a CR that is not the very last byte (it may
+        # be the first half of a CRLF cut by the chunking)
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+        complete, carry = data[:cut], data[cut:]
+        if complete:
+            yield _wire(complete, stuffed)
+    if carry:
+        yield _wire(carry, stuffed)
+
+
+def _wire(lines: bytes, stuffed: bool) -> bytes:
+    lines = normalise_eol(lines)
+    return dot_stuff(dot_unstuff(lines) if stuffed else lines)
+
+
+@dataclass(frozen=True)
+class FileMessage:
+    """A message kept in a file from ``offset`` on, in its stored form (CRLF, dot-stuffed):
+    read in blocks as it is sent (:func:`wire_blocks`), never whole."""
+
+    path: Path
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return os.stat(self.path).st_size - self.offset
+
+    def blocks(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            while block := f.read(BLOCK):
+                yield block
+
+    def eight_bit(self) -> bool:
+        return not all(block.isascii() for block in self.blocks())

@@ -13,6 +13,7 @@ from mailflow import config, tally
 from mailflow.config.loader import Config
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
+from mailflow.message import FileMessage
 from mailflow.payloads import Outcome, Route
 from mailflow.pipeline.acquire import session_for
 from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping
@@ -80,7 +81,7 @@ class Ledger(Protocol):
     domain: str
 
     def items(self) -> list[Any]: ...
-    def envelope(self, item: Any) -> tuple[str, list[str], bytes]: ...
+    def envelope(self, item: Any) -> tuple[str, list[str], bytes | FileMessage]: ...
     def still_here(self, item: Any) -> bool: ...
     def may_start(self) -> bool: ...
     def record(self, item: Any, outcome: Outcome) -> None: ...
@@ -100,8 +101,11 @@ class LocalLedger:
     def items(self) -> list[HMail]:
         return load(self.spool, self.route.batch)
 
-    def envelope(self, item: HMail) -> tuple[str, list[str], bytes]:
-        return item.todo.mail_from.address, [r.address for r in item.todo.rcpt_to], item.message()
+    def envelope(self, item: HMail) -> tuple[str, list[str], FileMessage]:
+        # the queue file's message, read in blocks as it is sent and put in wire form then
+        # (relay/client.py): a 20 MB message is never held whole
+        rcpts = [r.address for r in item.todo.rcpt_to]
+        return item.todo.mail_from.address, rcpts, item.message_file()
 
     def still_here(self, item: HMail) -> bool:
         return item.path.exists()  # not handled meanwhile (e.g. deleted by an operator)

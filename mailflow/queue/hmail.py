@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailflow.message import FileMessage
 from mailflow.queue import entry as qfile
 from mailflow.queue.todo import ToDo
 
@@ -41,3 +42,9 @@ class HMail:
 
     def message(self) -> bytes:
         return qfile.read_message(self.path)
+
+    def message_file(self) -> FileMessage:
+        """The message where it is kept, to be read in blocks (a large one is not held whole)."""
+        with open(self.path, "rb") as fh:
+            _, offset = qfile.read_header(fh)
+        return FileMessage(self.path, offset)

@@ -7,7 +7,8 @@ caller tries the next MX address.  ``Session.send`` runs one transaction and
 classifies every recipient; there is no retry logic here.
 
 Timeouts follow RFC 5321 §4.5.3.2, one per stage (``timeout_*`` in
-outbound.ini).  The message is sent as stored (already dot-stuffed, CRLF).
+outbound.ini).  A message is put in wire form (CRLF, dot-stuffed) as it is sent, and
+every envelope address is checked again first (relay/envelope.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 from mailflow.config.settings import Outbound, Tls
 from mailflow.errors import Reply, TemporaryError, local_reply
-from mailflow.relay import dane, tlsrpt
+from mailflow.message import FileMessage, wire_blocks
+from mailflow.relay import dane, envelope, tlsrpt
 from mailflow.relay.dane import Dane
 from mailflow.relay.mx import Target
 from mailflow.relay.tlspolicy import client_context, forced, no_tls
@@ -202,27 +204,42 @@ class Session:
         code, text = self.smtp.getreply()
         return Reply(code, text.decode("utf-8", "replace").replace("\n", " "), command)
 
-    def send(self, mail_from: str, rcpts: list[str], message: bytes, settings: Outbound) -> list[RcptResult]:
+    def send(self, mail_from: str, rcpts: list[str], message: bytes | FileMessage,
+             settings: Outbound) -> list[RcptResult]:
         """One transaction; every recipient gets its reply. Raises EndOfDataTimeout, or
-        smtplib/OS errors when the connection broke before DATA was answered."""
+        smtplib/OS errors when the connection broke before DATA was answered.
+
+        ``message`` is the message itself (bytes, not dot-stuffed) or a queue file's, read
+        in blocks as it goes: either way it is put in its wire form here, from what it is,
+        whatever host or disk it came from -- a message carried pre-stuffed could end DATA
+        early and have the rest read as commands."""
+        refused = _refused_envelope(mail_from, rcpts)
+        if refused is not None:
+            return refused
+        if isinstance(message, bytes):
+            size, eight_bit = len(message), not message.isascii()
+            blocks = wire_blocks([message], stuffed=False)
+        else:
+            size, eight_bit = message.size, message.eight_bit()
+            blocks = wire_blocks(message.blocks(), stuffed=True)
         s = self.smtp
         self.messages += 1
         options = []
         if s.has_extn("size"):
-            options.append(f"SIZE={len(message)}")
+            options.append(f"SIZE={size}")
         needs_utf8 = not all(a.isascii() for a in [mail_from, *rcpts])
         if needs_utf8:
             if not s.has_extn("smtputf8"):
                 reply = local_reply("5.6.7", "the remote server does not offer SMTPUTF8")
                 return [RcptResult(r, Reply(550, reply.text)) for r in rcpts]
             options.append("SMTPUTF8")
-        if s.has_extn("8bitmime") and not message.isascii():
+        if s.has_extn("8bitmime") and eight_bit:
             options.append("BODY=8BITMIME")
         mail_cmd = f"MAIL FROM:<{mail_from}>" + "".join(" " + o for o in options)
         rcpt_cmds = [f"RCPT TO:<{r}>" for r in rcpts]
         if s.has_extn("pipelining"):
             self._timeout(settings.timeout_mail)
-            s.send((mail_cmd + "\r\n" + "".join(c + "\r\n" for c in rcpt_cmds)).encode("utf-8"))
+            s.send(b"".join(envelope.command_line(c) for c in [mail_cmd, *rcpt_cmds]))
             mail_reply = self._reply("MAIL")
             self._timeout(settings.timeout_rcpt)
             rcpt_replies = [self._reply("RCPT") for _ in rcpts]
@@ -253,7 +270,9 @@ class Session:
             self._rset(settings)
             return results
         self._timeout(settings.timeout_data_block)
-        s.send(message + b".\r\n")
+        for block in blocks:
+            s.send(block)
+        s.send(b".\r\n")
         self._timeout(settings.timeout_end_of_data)
         try:
             if isinstance(s, smtplib.LMTP):
@@ -273,6 +292,25 @@ class Session:
         self._timeout(settings.timeout_command)
         self.smtp.putcmd("RSET")
         self._reply("RSET")
+
+
+def _refused_envelope(mail_from: str, rcpts: list[str]) -> list[RcptResult] | None:
+    """Every recipient's refusal when the sender may not be sent, each bad recipient's when
+    one may not; None when the whole envelope may go (then nothing is refused here)."""
+    why = envelope.problem(mail_from)
+    if why is not None:
+        reply = local_reply("5.1.7", f"the sender address may not be sent: {why}")
+        return [RcptResult(r, Reply(553, reply.text)) for r in rcpts]
+    bad = {r: envelope.problem(r) for r in rcpts}
+    if not any(bad.values()):
+        return None
+    results = []
+    for rcpt, problem in bad.items():
+        text = local_reply("5.1.3", f"the recipient address may not be sent: {problem}").text
+        results.append(RcptResult(rcpt, Reply(553, text) if problem else
+                                  Reply(451, local_reply("4.3.0", "sent apart from a bad "
+                                                         "recipient of its entry").text)))
+    return results
 
 
 def _auth_mechanisms(smtp: smtplib.SMTP) -> list[str]:

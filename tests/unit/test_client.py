@@ -14,7 +14,8 @@ from mailflow.relay.mx import MX, Target
 
 SETTINGS = Outbound(timeout_end_of_data=1, enable_tls=True)
 NO_POLICY = Tls()
-MESSAGE = b"Subject: t\r\n\r\n..dotted\r\n"
+#: the message itself: the session dot-stuffs it for the wire
+MESSAGE = b"Subject: t\r\n\r\n.dotted\r\n"
 
 
 @pytest.fixture
@@ -128,3 +129,41 @@ def test_opportunistic_starttls_refused_goes_on_in_plaintext(server, ca):
     [r] = s.send("a@sender.test", ["ok@x.test"], MESSAGE, SETTINGS)
     assert r.status == "delivered"
     s.close()
+
+
+# ── issue 23 item 4: the sending host trusts neither the stuffing nor the envelope ──────
+
+SMUGGLED = (b"Subject: t\r\n\r\nfirst\r\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@x.test>\r\n"
+            b"DATA\r\nSubject: smuggled\r\n\r\nhidden\r\n.\r\n")
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_message_that_hides_a_terminator_arrives_whole(pipelining):
+    """At 7ff0849 a parcel's message went out as it came: a bare ``.`` line in it ended
+    DATA, and what followed was a second transaction."""
+    with MXServer("127.0.0.2", 0, pipelining=pipelining) as server:
+        s = session(server)
+        [r] = s.send("a@sender.test", ["ok@x.test"], SMUGGLED, SETTINGS)
+        assert r.status == "delivered"
+        [d] = server.wait_for(1)
+        assert d.data == SMUGGLED and d.rcpt_to == ["ok@x.test"]
+        s.close()
+        assert len(server.deliveries) == 1
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("bad", ["a@x.test>\r\nRCPT TO:<victim@x.test", "a@x.test\nDATA", "a\0@x.test",
+                                 "l" * 65 + "@x.test", "a@" + "d" * 256])
+def test_an_envelope_that_would_be_two_commands_or_too_long_is_refused_unsent(bad, pipelining):
+    with MXServer("127.0.0.2", 0, pipelining=pipelining) as server:
+        s = session(server)
+        [r] = s.send(bad, ["ok@x.test"], MESSAGE, SETTINGS)
+        assert (r.reply.code, r.status) == (553, "failed") and "5.1.7" in r.reply.text
+        results = s.send("a@sender.test", [bad, "ok@x.test"], MESSAGE, SETTINGS)
+        assert [x.reply.code for x in results] == [553, 451]
+        assert "5.1.3" in results[0].reply.text
+        [r] = s.send("a@sender.test", ["ok@x.test"], MESSAGE, SETTINGS)  # the session is sound
+        assert r.status == "delivered"
+        [d] = server.wait_for(1)
+        assert d.mail_from == "a@sender.test" and d.rcpt_to == ["ok@x.test"]
+        s.close()

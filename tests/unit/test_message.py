@@ -3,6 +3,7 @@ import re
 import pytest
 
 from mailflow import message as m
+from mailflow.message import BLOCK, FileMessage, dot_stuff, normalise_eol, wire_blocks
 
 
 def test_every_line_ending_becomes_crlf():
@@ -59,3 +60,45 @@ def test_the_fast_paths_give_what_the_regular_expressions_give(data):
 def _normalised(data: bytes) -> bytes:
     data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
     return data + b"\r\n" if data and not data.endswith(b"\r\n") else data
+
+
+# ── the wire form, made as a message is sent (issue 23 items 4 and 12) ──────────────────
+
+WIRE_CORPUS = [
+    b"Subject: a\r\n\r\nplain\r\n",
+    b"Subject: b\r\n\r\n.lead\r\n..two\r\n.\r\nafter\r\n",
+    b"bare\nlf\n.\nand\rcr\r.\r\r\nmixed\r\n",
+    b".first line dotted\r\nno final newline",
+    b"ends in cr\r",
+    b"",
+]
+
+
+def _expected(raw: bytes) -> bytes:
+    return dot_stuff(normalise_eol(raw)) if raw else b""
+
+
+@pytest.mark.parametrize("raw", WIRE_CORPUS)
+def test_the_wire_form_is_the_same_however_the_message_is_cut(raw):
+    stored = dot_stuff(normalise_eol(raw)) if raw else b""
+    for size in range(1, 19):
+        raw_chunks = [raw[i:i + size] for i in range(0, len(raw), size)]
+        stored_chunks = [stored[i:i + size] for i in range(0, len(stored), size)]
+        assert b"".join(wire_blocks(raw_chunks, stuffed=False)) == _expected(raw)
+        assert b"".join(wire_blocks(stored_chunks, stuffed=True)) == _expected(raw)
+
+
+def test_a_stored_message_with_a_lone_dot_never_ends_data_early():
+    """A queue file edited by hand, or a corrupt one: its lone ``.`` line stays in the body."""
+    wire = b"".join(wire_blocks([b"a\r\n.\r\nMAIL FROM:<x@y>\r\n"], stuffed=True))
+    assert b"\r\n.\r\n" not in b"\r\n" + wire
+
+
+def test_a_file_message_is_read_in_blocks(tmp_path):
+    path = tmp_path / "m"
+    body = (b"x" * 100 + b"\r\n") * 2000
+    path.write_bytes(b"HEAD" + body)
+    message = FileMessage(path, 4)
+    assert message.size == len(body) and not message.eight_bit()
+    assert max(len(b) for b in message.blocks()) <= BLOCK
+    assert b"".join(wire_blocks(message.blocks(), stuffed=True)) == body
