@@ -46,6 +46,11 @@ RELIED: tuple[Relied, ...] = (
     Relied("kombu", "kombu.transport.filesystem", "Channel._put", ("self", "queue", "payload", "kwargs")),
     Relied("kombu", "kombu.transport.filesystem", "Channel.data_folder_out"),
     Relied("celery", "celery.apps.worker", "Worker.on_before_init", source_has="self.quiet = quiet"),
+    Relied("celery", "celery.utils.dispatch.signal", "Signal._live_receivers", ("self", "sender")),
+    Relied("celery", "celery.worker.request", "Request.revoked", ("self",)),
+    Relied("celery", "celery.worker.request", "Request._already_revoked"),
+    Relied("celery", "celery.worker.request", "Request.__init__", source_has="self._message = message"),
+    Relied("celery", "celery.worker.request", "create_request_cls", source_has="if self.revoked():"),
 )
 
 

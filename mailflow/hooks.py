@@ -51,14 +51,20 @@ delivered = Signal(
 
 
 class Answer:
-    """The deciding answer of a hook: a code and an optional value."""
+    """The deciding answer of a hook: a code and an optional value.
 
-    __slots__ = ("code", "value", "receiver")
+    ``failed`` is set when the receiver raised (or answered nonsense): the code is then
+    the hook's ``raised`` one, and a caller may say "plugin error" rather than quote it.
+    """
 
-    def __init__(self, code: Code, value: Any = None, receiver: Callable[..., Any] | None = None):
+    __slots__ = ("code", "value", "receiver", "failed")
+
+    def __init__(self, code: Code, value: Any = None, receiver: Callable[..., Any] | None = None,
+                 failed: bool = False):
         self.code = code
         self.value = value
         self.receiver = receiver
+        self.failed = failed
 
     def __repr__(self) -> str:
         return f"Answer({self.code.name}, {self.value!r})"
@@ -82,23 +88,46 @@ def decide(signal: Signal, *, raised: Code = DENYSOFT, **kwargs: Any) -> Answer:
     (Haraka stops at the first answer; a mailflow receiver must not rely on
     running or not running after another one has decided.)
 
-    ``send`` already logs a receiver's exception with its traceback; such a
-    receiver counts as ``raised`` (DENYSOFT by default, CONT for hooks where
-    a refusal has no meaning).  A receiver answering something that is not a
-    code counts the same way, with a log line.
+    A receiver that raises anything -- ``SystemExit``, ``KeyboardInterrupt`` and
+    ``GeneratorExit`` included, which Celery's ``send`` lets through and which would
+    stop a worker thread or the listener -- is a plugin error: logged once, with its
+    module and traceback, and counted as ``raised`` (DENYSOFT by default, CONT for hooks
+    where a refusal has no meaning).  A receiver answering something that is not a code
+    counts the same way, with a log line.
     """
-    for receiver, response in signal.send(sender=signal.name, **kwargs):
-        if isinstance(response, BaseException):
-            code, value = raised, f"hook {signal.name} failed: {response!r}"
+    for receiver, response in _send(signal, **kwargs):
+        failed = isinstance(response, BaseException)
+        if failed:
+            code, value = raised, f"plugin error in {signal.name} ({_named(receiver)}): {response!r}"
         else:
             try:
                 code, value = _normalise(response)
             except TypeError as exc:
-                log.error("hook %s receiver %r: %s", signal.name, receiver, exc)
-                code, value = raised, str(exc)
+                log.error("hook %s receiver %s: %s", signal.name, _named(receiver), exc)
+                code, value, failed = raised, str(exc), True
         if code is not CONT:
-            return Answer(code, value, receiver)
+            return Answer(code, value, receiver, failed)
     return Answer(CONT)
+
+
+def _named(receiver: Callable[..., Any]) -> str:
+    """A receiver as a plugin's author knows it: ``module.function``."""
+    return f"{getattr(receiver, '__module__', '?')}.{getattr(receiver, '__qualname__', receiver)}"
+
+
+def _send(signal: Signal, **kwargs: Any) -> list[tuple[Callable[..., Any], Any]]:
+    """Celery's ``Signal.send``, but nothing a receiver raises goes further than here."""
+    responses: list[tuple[Callable[..., Any], Any]] = []
+    if not signal.receivers:
+        return responses
+    for receiver in signal._live_receivers(signal.name):
+        try:
+            responses.append((receiver, receiver(signal=signal, sender=signal.name, **kwargs)))
+        except BaseException as exc:  # noqa: BLE001 -- a plugin's exit is a plugin error
+            log.error("hook %s: the receiver %s raised %r", signal.name, _named(receiver), exc,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+            responses.append((receiver, exc))
+    return responses
 
 
 async def decide_off_loop(signal: Signal, **kwargs: Any) -> Answer:

@@ -164,6 +164,14 @@ def nodes(value: str) -> int:
         raise ValueError("must be a positive integer or 'cpus'") from None
 
 
+def failures_window(value: str) -> tuple[int, float]:
+    """``N/DURATION`` (``10/600s``, ``10/10m``; also ``N per DURATION``)."""
+    count, sep, window = value.replace(" per ", "/").partition("/")
+    if not sep:
+        raise ValueError("must be N/DURATION, e.g. 10/10m")
+    return positive_int(count.strip()), float(duration(window.strip()))
+
+
 def optional_bool(value: str) -> bool | None:
     return None if value.strip() == "" else parse_bool(value)
 
@@ -242,6 +250,10 @@ class Smtp:
         "connection's failures so far (Postfix's smtpd_error_sleep_time)")
     auth_max_failures: int = setting(
         3, positive_int, "failed AUTH attempts after which a connection is closed (421 4.7.0)")
+    auth_max_failures_window: tuple[int, float] = setting(
+        (10, 600.0), failures_window, "failed AUTH attempts per client address, and per user name, "
+        "within a window (N/DURATION, e.g. 10/10m), across connections and processes (and hosts, "
+        "with Redis); past it AUTH is answered 454 4.7.0 unchecked until the window passes")
 
 
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")

@@ -106,7 +106,13 @@ def _route(spool: Spool, hmail: HMail, dns: _Dns, settings: Outbound
     if answer.code is DELAY:
         delay_entry(spool, hmail, _seconds(answer.value))
         return None
+    if answer.failed:  # a plugin's error: deferred on the schedule, like any temporary failure
+        fail_all(spool, hmail, local_reply("4.3.0", str(answer.value)), Outcome(), settings)
+        return None
     answer = hooks.decide(hooks.get_mx, hmail=hmail, domain=dns.domain)
+    if answer.failed:
+        fail_all(spool, hmail, local_reply("4.3.0", str(answer.value)), Outcome(), settings)
+        return None
     if answer.code is DENY:
         fail_all(spool, hmail, Reply(550, f"5.1.2 {answer.value or 'get_mx refused delivery'}"),
                  Outcome(), settings)

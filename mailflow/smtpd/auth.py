@@ -10,13 +10,15 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailflow.config.loader import Auth
+from mailflow.smtpd.guessing import LOCKED_OUT, Guesses
 
 
 class FlatFileAuthenticator:
     """aiosmtpd ``authenticator``: checks PLAIN/LOGIN passwords in constant time."""
 
-    def __init__(self, auth: Auth):
+    def __init__(self, auth: Auth, guesses: Guesses | None = None):
         self.users = auth.users
+        self.guesses = guesses
 
     def check(self, login: str, password: str) -> bool:
         expected = self.users.get(login)
@@ -31,7 +33,15 @@ class FlatFileAuthenticator:
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace")
         password = auth_data.password.decode("utf-8", "replace")
+        client = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        token = ""
+        if self.guesses is not None:
+            token, locked = self.guesses.attempt(client, login)
+            if locked is not None:
+                return AuthResult(success=False, handled=False, message=LOCKED_OUT)  # not checked
         ok = self.check(login, password)
+        if ok and self.guesses is not None:
+            self.guesses.forgive(token, client, login)
         if not ok:
             session.mf_auth_tried = login  # for the failure's log line (the server logs it)
         return AuthResult(success=ok, handled=False, auth_data=login if ok else None)

@@ -34,6 +34,8 @@ class Data:
     body: Body = field(default_factory=Body)
     too_much: bool = False
     too_long: bool = False
+    #: what went wrong keeping the body (a full disk): the rest was read and dropped
+    failed: Exception | None = None
 
     @property
     def content(self) -> bytes:
@@ -75,7 +77,12 @@ class _Lines:
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
                     body: Body | None = None) -> Data:
-    """Read up to and including the terminator; the stream is at a line start (after the 354)."""
+    """Read up to and including the terminator; the stream is at a line start (after the 354).
+
+    Nothing that goes wrong keeping the body stops the reading: an exception raised
+    mid-body would reach aiosmtpd's generic error reply, after which the rest of the
+    body would be read as commands -- a transaction hidden in a message would be run.
+    """
     data = Data(body=body or Body())
     lines = _Lines()
     received = 0
@@ -93,8 +100,11 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
         received += len(block)
         if size_limit and received > size_limit:
             data.too_much = True  # keep reading to the terminator, but hold nothing
-        if not data.too_much:
-            data.body.write(lines.feed(block))
+        if not data.too_much and data.failed is None:
+            try:
+                data.body.write(lines.feed(block))
+            except Exception as exc:  # ENOSPC spilling to disk: read on to the dot, answer then
+                data.failed = exc
         if ended:
             break
         tail = (tail + block)[-2:]

@@ -24,23 +24,43 @@ log = logging.getLogger(__name__)
 ACCEPT_ERROR_LOG_EVERY = 60.0
 
 
+#: The share of ``max_connections`` kept for ``relay_acl_allow`` clients: a crowd of
+#: strangers (guessers, a flood) must not lock the host's own applications out.
+TRUSTED_SHARE = 0.1
+#: A client refused again and again is logged at most this often (s).
+REFUSAL_LOG_EVERY = 60.0
+
+
 class Connections:
     """Open connections of this process, in all and per client address."""
 
     def __init__(self, total: int, per_client: int):
         self.total, self.per_client = total, per_client
+        self.reserved = max(1, int(total * TRUSTED_SHARE)) if total > 1 else 0
         self.open = 0
         self.by_client: Counter[str] = Counter()
+        self._logged: dict[str, float] = {}
 
-    def admit(self, client: str) -> str | None:
-        """Count a new connection, or say why it is refused (then nothing is counted)."""
-        if self.open >= self.total:
+    def admit(self, client: str, trusted: bool = False) -> str | None:
+        """Count a new connection, or say why it is refused (then nothing is counted).
+        An untrusted client may not take the last ``reserved`` places."""
+        if self.open >= self.total or (not trusted and self.open >= self.total - self.reserved):
             return SMTPStatus.TOO_MANY_CONNECTIONS
         if self.by_client[client] >= self.per_client:
             return SMTPStatus.TOO_MANY_FROM_CLIENT
         self.open += 1
         self.by_client[client] += 1
         return None
+
+    def worth_logging(self, client: str) -> bool:
+        """Whether a refusal of ``client`` is logged now: once a minute per client at most."""
+        now = time.monotonic()
+        if now - self._logged.get(client, -REFUSAL_LOG_EVERY) < REFUSAL_LOG_EVERY:
+            return False
+        if len(self._logged) > 10_000:  # a flood from many addresses: forget the old ones
+            self._logged = {c: t for c, t in self._logged.items() if now - t < REFUSAL_LOG_EVERY}
+        self._logged[client] = now
+        return True
 
     def leave(self, client: str) -> None:
         self.open -= 1

@@ -7,6 +7,8 @@ maps those fixed texts to the RFC 3463 forms operators grep for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import ssl
@@ -18,14 +20,16 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, auth_mechanism, syntax
 
 from mailflow import hooks, tls
-from mailflow.codes import DENY
+from mailflow.codes import DENY, DENYSOFT
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
+from mailflow.config.state import state_dir
 from mailflow.descriptors import raise_descriptor_limit
 from mailflow.message import Body
 from mailflow.smtpd.acl import is_loopback
 from mailflow.smtpd.auth import FlatFileAuthenticator, cram_challenge, cram_user, cram_verify
 from mailflow.smtpd.data import read_data
+from mailflow.smtpd.guessing import LOCKED_OUT, Guesses
 from mailflow.smtpd.handler import SubmissionHandler, connection_for, logs_safe
 from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay
 from mailflow.smtpd.statuscodes import AIOSMTPD_REPLIES, SMTPStatus
@@ -45,9 +49,10 @@ class MailflowSMTP(ListedOnce, SMTP):
     line_length_limit = 64 * 1024
 
     def __init__(self, handler: SubmissionHandler, *, cfg: Config, connections: Connections,
-                 **kwargs: Any):
+                 guesses: Guesses, **kwargs: Any):
         self.mf_cfg = cfg
         self.mf_connections = connections
+        self.mf_guesses = guesses
         self.mf_client: str | None = None  # counted in connections while set
         self.mf_auth_failures = 0
         self.mf_in_auth = False
@@ -84,18 +89,22 @@ class MailflowSMTP(ListedOnce, SMTP):
     async def _handle_client(self) -> None:
         assert self.session is not None
         conn = connection_for(self.session, self.transport, self.mf_cfg)
-        refusal = self.mf_connections.admit(conn.remote_ip)
+        refusal = self.mf_connections.admit(conn.remote_ip, trusted=conn.relaying)
         if refusal is not None:
-            log.warning("connection refused client=%s: %s", conn.remote_ip, refusal[10:])
+            if self.mf_connections.worth_logging(conn.remote_ip):
+                log.warning("connection refused client=%s: %s (logged once a minute per client)",
+                            conn.remote_ip, refusal[10:])
             await self._refuse(refusal)
             return
         self.mf_client = conn.remote_ip
         self.session.mf_connection = conn  # type: ignore[attr-defined]
         answer = await hooks.decide_off_loop(hooks.connect, connection=conn)
         if answer.code is DENY:
-            await self.push(f"554 {answer.value or '5.7.1 Connection refused'}")
-            if self.transport is not None:
-                self.transport.close()
+            await self._refuse(f"554 {answer.value or '5.7.1 Connection refused'}")
+            return
+        if answer.code is DENYSOFT:  # a receiver's own DENYSOFT, or its error: this client only
+            await self._refuse("421 4.3.0 Service not available, try again later" if answer.failed
+                               else f"421 {answer.value or '4.3.0 Try again later'}")
             return
         await super()._handle_client()
 
@@ -108,7 +117,13 @@ class MailflowSMTP(ListedOnce, SMTP):
                 self.transport.close()
 
     async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's naming
-        """aiosmtpd's AUTH, with failures delayed, logged, and limited per connection."""
+        """aiosmtpd's AUTH, with failures delayed, logged, and limited per connection; a
+        client address locked out for guessing (smtpd/guessing.py) is answered 454 at once."""
+        if self.mf_client is not None and arg and not (self.session and self.session.authenticated):
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(None, self.mf_guesses.locked_out, self.mf_client):
+                await self.push(LOCKED_OUT)
+                return
         self.mf_in_auth = True
         try:
             await super().smtp_AUTH(arg)
@@ -153,10 +168,18 @@ class MailflowSMTP(ListedOnce, SMTP):
                 await self.push("552 Error: Too much mail data" if data.too_much
                                 else "500 Line too long (see RFC5321 4.5.3.1.6)")
                 return
+            if data.failed is not None:
+                self._set_post_data_state()
+                await self.push(spool_failure(data.failed, "keeping the message"))
+                return
             self.envelope.mf_body = body  # type: ignore[attr-defined]
-            status = await self._call_handler_hook("DATA")
+            try:
+                status = await self._call_handler_hook("DATA")
+            except Exception as exc:  # never aiosmtpd's generic "500 Error: (...)"
+                status = spool_failure(exc, "queueing the message")
         finally:
-            body.close()
+            with contextlib.suppress(OSError):
+                body.close()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
@@ -167,10 +190,26 @@ class MailflowSMTP(ListedOnce, SMTP):
         if response is MISSING:
             return AuthResult(success=False, handled=True)
         assert isinstance(response, bytes)
+        token, locked = self.mf_guesses.attempt(str(self.mf_client), cram_user(response))
+        if locked is not None:
+            return AuthResult(success=False, handled=False, message=LOCKED_OUT)
         user = cram_verify(self.mf_cfg.auth.users, challenge, response)
+        if user is not None:
+            self.mf_guesses.forgive(token, str(self.mf_client), cram_user(response))
         if user is None:
             self.session.mf_auth_tried = cram_user(response)  # type: ignore[union-attr]
         return AuthResult(success=user is not None, handled=False, auth_data=user)
+
+
+def spool_failure(exc: BaseException, doing: str) -> str:
+    """The reply for a message that could not be kept: ``452 4.3.1`` when the disk (or a
+    quota) is full, ``451 4.3.0`` for anything else; logged, with the traceback for the
+    unexpected."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.error("no space %s: %s", doing, exc)
+        return "452 4.3.1 Insufficient system storage"
+    log.error("error %s", doing, exc_info=(type(exc), exc, exc.__traceback__))
+    return "451 4.3.0 Error queueing the message, try again later"
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -193,14 +232,16 @@ def protocol_factory(cfg: Config, listen_host: str, context: ssl.SSLContext | No
                      connections: Connections | None = None) -> Callable[[], MailflowSMTP]:
     handler = SubmissionHandler(cfg)
     shared = connections or Connections(cfg.smtp.max_connections, cfg.smtp.max_connections_per_client)
-    authenticator = FlatFileAuthenticator(cfg.auth)
+    limit, window = cfg.smtp.auth_max_failures_window
+    guesses = Guesses(limit, window, state_dir() / "auth-failures.json", cfg.shared_redis())
+    authenticator = FlatFileAuthenticator(cfg.auth, guesses)
     excluded = [m for m in ("PLAIN", "LOGIN", "CRAM-MD5")
                 if m not in cfg.auth.methods or not cfg.auth.users]
     require_tls = auth_require_tls(cfg, listen_host)
 
     def factory() -> MailflowSMTP:
         return MailflowSMTP(
-            handler, cfg=cfg, connections=shared, hostname=cfg.me, ident="mailflow ESMTP",
+            handler, cfg=cfg, connections=shared, guesses=guesses, hostname=cfg.me, ident="mailflow ESMTP",
             data_size_limit=cfg.smtp.max_message_size, decode_data=False,
             enable_SMTPUTF8=True, tls_context=context, require_starttls=False,
             auth_require_tls=require_tls, authenticator=authenticator,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from harness.mxserver import MX_PORT, MXServer
+from tests.support.disk import small_disk  # noqa: F401  (a fixture for the modules here)
 
 
 @pytest.fixture

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import subprocess
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.mxserver import MXServer
+from tests.support.disk import fill
 from tests.support.pipeline import PLUGIN, PORT, Env, make_env
 
 ODD = PLUGIN + '''
@@ -164,33 +162,6 @@ def test_many_batches_for_one_slot_never_stall_the_worker(tmp_path, monkeypatch,
 
 
 # ── item 13: a full disk while recording an outcome leaks no connection slot ──────────
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 2 MiB tmpfs of the test's own; skipped (failed under CI) where mounting is not allowed."""
-    where = tmp_path / "small"
-    where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
-                          capture_output=True)
-    if done.returncode != 0:
-        why = f"cannot mount a tmpfs here: {done.stderr.decode().strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {why}")
-        pytest.skip(why)
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
 
 
 def test_full_disk_while_recording_an_outcome_frees_the_connection_slot(tmp_path, small_disk):

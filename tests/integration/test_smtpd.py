@@ -504,13 +504,18 @@ def test_connections_are_capped_per_client_and_in_all(tmp_path, own):
     assert banner.decode().rstrip() == SMTPStatus.TOO_MANY_FROM_CLIENT
     assert sock.recv(1) == b""  # and closed
     sock.close()
-    for _ in range(2):
-        sock, banner = _banner(port, "127.0.0.8")
-        assert banner.startswith(b"220 ")
-        held.append(sock)
-    sock, banner = _banner(port, "127.0.0.9")
+    sock, banner = _banner(port, "127.0.0.8")
+    assert banner.startswith(b"220 ")
+    held.append(sock)
+    sock, banner = _banner(port, "127.0.0.9")  # the fifth place is kept for relay_acl_allow
     assert banner.decode().rstrip() == SMTPStatus.TOO_MANY_CONNECTIONS
     sock.close()
+    trusted, banner = _banner(port, "127.0.0.3")  # ...which 127.0.0.3 is
+    assert banner.startswith(b"220 ")
+    sock, banner = _banner(port, "127.0.0.3")  # and then there is none
+    assert banner.decode().rstrip() == SMTPStatus.TOO_MANY_CONNECTIONS
+    sock.close()
+    trusted.close()
     held.pop(0).close()  # one of 127.0.0.7's goes: it may connect again
     deadline = time.monotonic() + 10
     while True:

@@ -134,3 +134,43 @@ def test_off_loop_receivers_run_in_a_thread_not_on_the_event_loop():
         undo()
     assert answer.code is DENY and answer.value == "go away"
     assert seen and seen[0] is not threading.main_thread()
+
+
+def exits(**kwargs):
+    calls.append("exits")
+    raise SystemExit(3)
+
+
+def interrupts(**kwargs):
+    calls.append("interrupts")
+    raise KeyboardInterrupt
+
+
+def generator_exit(**kwargs):
+    raise GeneratorExit
+
+
+def test_a_receiver_that_exits_is_a_plugin_error_and_the_rest_still_run(caplog):
+    """SystemExit, KeyboardInterrupt, GeneratorExit: Celery's send lets them through, which
+    stopped a worker's thread (its entries were left in their claim) or the listener
+    (issue 23 item 6)."""
+    for receiver in (exits, interrupts, generator_exit):
+        calls.clear()
+        undo = _with(hooks.get_mx, receiver, cont)
+        try:
+            answer = hooks.decide(hooks.get_mx, hmail=None, domain="x")
+        finally:
+            undo()
+        assert answer.code is DENYSOFT and answer.failed
+        assert "plugin error in get_mx" in answer.value and receiver.__name__ in answer.value
+        assert calls[-1] == "cont"
+    logged = [r for r in caplog.records if "raised" in r.getMessage()]
+    assert len(logged) == 3 and all("test_hooks" in r.getMessage() for r in logged)
+
+
+def test_a_plain_denysoft_is_not_a_failure():
+    undo = _with(hooks.get_mx, deny)
+    try:
+        assert not hooks.decide(hooks.get_mx, hmail=None, domain="x").failed
+    finally:
+        undo()

@@ -10,7 +10,7 @@ from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay
 
 
 def test_connections_are_counted_per_client_and_in_all():
-    c = Connections(total=3, per_client=2)
+    c = Connections(total=4, per_client=2)  # the last place is kept for trusted clients
     assert c.admit("a") is None and c.admit("a") is None
     assert "from your address" in (c.admit("a") or "")
     assert c.admit("b") is None
@@ -18,6 +18,21 @@ def test_connections_are_counted_per_client_and_in_all():
     c.leave("a")
     assert c.admit("c") is None
     assert c.open == 3 and dict(c.by_client) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_relay_acl_clients_keep_a_share_of_the_places():
+    """A crowd of strangers (AUTH guessers) must not lock the host's own applications out."""
+    c = Connections(total=20, per_client=20)
+    while c.admit("stranger") is None:
+        pass
+    assert c.open == 18 and c.reserved == 2
+    assert c.admit("app", trusted=True) is None and c.admit("app", trusted=True) is None
+    assert (c.admit("app", trusted=True) or "").startswith("421")
+
+
+def test_a_refused_client_is_logged_once_a_minute():
+    c = Connections(total=2, per_client=2)
+    assert c.worth_logging("x") and not c.worth_logging("x") and c.worth_logging("y")
 
 
 def test_auth_delay_grows_with_each_failure():

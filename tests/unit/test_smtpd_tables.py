@@ -12,6 +12,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from mailflow import config
+from mailflow.smtpd.guessing import Guesses
 from mailflow.smtpd.handler import SubmissionHandler
 from mailflow.smtpd.limits import Connections
 from mailflow.smtpd.server import MailflowSMTP, protocol_factory
@@ -60,7 +61,8 @@ def _server() -> MailflowSMTP:
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
-        return MailflowSMTP(SubmissionHandler(_config()), cfg=_config(), connections=Connections(10, 10))
+        return MailflowSMTP(SubmissionHandler(_config()), cfg=_config(), connections=Connections(10, 10),
+                            guesses=Guesses(10, 600, Path(tempfile.gettempdir()) / "auth-failures.json"))
     finally:
         asyncio.set_event_loop(None)
         loop.close()
