@@ -1,12 +1,15 @@
 """Readers for Haraka-style config files, keeping line numbers for errors.
 
-Every error is a :class:`ConfigError` whose text is ``FILE:LINE: what is wrong``
-(PRODUCT §1), so that an operator can go straight to the line.
+Every error is a :class:`ConfigError` whose text is ``FILE:LINE: what is wrong``,
+so that an operator can go straight to the line.  An unknown key or section is an
+error too, with the closest known one: a typo must not quietly leave a default on.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,9 +41,30 @@ class IniFile:
 
     path: Path
     sections: dict[str, dict[str, Value]]
+    #: the line of each section's header (``main``: none, or its explicit ``[main]``)
+    section_lines: dict[str, int] = field(default_factory=dict)
 
     def section(self, name: str) -> dict[str, Value]:
         return self.sections.get(name, {})
+
+    def only_sections(self, *known: str) -> None:
+        """ConfigError at the first section that is none of ``known`` (``main`` always is)."""
+        for name in self.sections:
+            if name != "main" and name not in known:
+                raise ConfigError(self.path, self.section_lines.get(name),
+                                  unknown("section", name, ("main", *known)))
+
+
+def unknown(what: str, name: str, known: Iterable[str]) -> str:
+    """``unknown key 'x' (did you mean 'y'?)``: a typo must stop the start, and say where."""
+    choices = list(known)
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    shown = f"[{name}]" if what == "section" else repr(name)
+    if close:
+        near = lowered[close[0]]
+        return f"unknown {what} {shown} (did you mean {f'[{near}]' if what == 'section' else repr(near)}?)"
+    return f"unknown {what} {shown}"
 
 
 _SECTION = re.compile(r"^\[\s*([^\]]+?)\s*\]$")
@@ -57,6 +81,7 @@ def _strip_comment(line: str) -> str:
 def read_ini(path: Path) -> IniFile:
     """Parse ``path``; a missing file is an empty one (every key takes its default)."""
     sections: dict[str, dict[str, Value]] = {"main": {}}
+    lines: dict[str, int] = {}
     if not path.exists():
         return IniFile(path, sections)
     current = "main"
@@ -72,6 +97,7 @@ def read_ini(path: Path) -> IniFile:
         if m:
             current = m.group(1)
             sections.setdefault(current, {})
+            lines.setdefault(current, lineno)
             continue
         if line.startswith("["):
             raise ConfigError(path, lineno, f"malformed section header {line!r}")
@@ -89,7 +115,7 @@ def read_ini(path: Path) -> IniFile:
             entry.text = ",".join(entry.items)
             continue
         target[key] = Value(value, lineno)
-    return IniFile(path, sections)
+    return IniFile(path, sections, lines)
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:

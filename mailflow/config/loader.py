@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from mailflow import tls
 from mailflow.config import environ, shaping, webhooks
-from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines
+from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines, unknown
 from mailflow.config.settings import Dkim, Metrics, Outbound, Shared, Smtp, Tls, parsers_of
 from mailflow.dkim.keys import KeyProblem, domain_keys, domains
 from mailflow.dkim.signer import Signer
@@ -55,23 +55,27 @@ be delivered to one or more recipients.
 """
 
 
-def build_section(cls: type[T], ini: IniFile, section: str, *, base: dict[str, Any] | None = None,
-                  strict: bool = False) -> T:
-    """Make a settings dataclass from one ini section, naming file and line on error."""
+def build_section(cls: type[T], ini: IniFile, section: str, *, base: dict[str, Any] | None = None) -> T:
+    """Make a settings dataclass from one ini section, naming file and line on error (an
+    unknown key too: ``rejectUnauthorised = true`` must not leave verification off)."""
     parsers = parsers_of(cls)
     values: dict[str, Any] = dict(base or {})
     for key, raw in ini.section(section).items():
         parse = parsers.get(key)
         if parse is None:
-            if strict:
-                raise ConfigError(ini.path, raw.line, f"unknown key {key!r}")
-            log.warning("%s:%d: unknown key %r ignored", ini.path, raw.line, key)
-            continue
+            raise ConfigError(ini.path, raw.line, unknown("key", key, parsers))
         try:
             values[key] = parse(raw.text)
         except ValueError as exc:
             raise ConfigError(ini.path, raw.line, f"{key} {exc}") from None
     return cls(**values)
+
+
+def _ini(path: Path, *sections: str) -> IniFile:
+    """``path`` read, with no section but ``main`` and ``sections``."""
+    ini = read_ini(path)
+    ini.only_sections(*sections)
+    return ini
 
 
 def _tls_section(ini: IniFile, section: str, base: Tls, config_dir: Path) -> Tls:
@@ -119,9 +123,13 @@ class Auth:
 
 
 def _load_auth(path: Path) -> Auth:
-    ini = read_ini(path)
+    ini = _ini(path, "core", "users")
     methods: tuple[str, ...] = AUTH_METHODS
     core = ini.section("core")
+    for section, known in (("main", ()), ("core", ("methods",))):
+        for key, raw in ini.section(section).items():
+            if key not in known:
+                raise ConfigError(path, raw.line, unknown("key", key, known))
     if "methods" in core:
         raw = core["methods"]
         methods = tuple(m.upper() for m in parse_list(raw.text))
@@ -187,7 +195,7 @@ def _load_bounce_template(path: Path) -> str:
 
 def _load_dkim(config_dir: Path) -> Signer:
     """``dkim.ini`` and every key under ``dkim/``, checked now: a broken key stops the start."""
-    settings = build_section(Dkim, read_ini(config_dir / "dkim.ini"), "main", strict=True)
+    settings = build_section(Dkim, _ini(config_dir / "dkim.ini"), "main")
     keys_dir = config_dir / "dkim"
     for domain in domains(keys_dir):
         try:
@@ -204,7 +212,7 @@ class Config:
         self.directory = Path(directory)
         d = self.directory
         self.me = _load_me(d / "me")
-        self.smtp: Smtp = build_section(Smtp, read_ini(d / "smtp.ini"), "main")
+        self.smtp: Smtp = build_section(Smtp, _ini(d / "smtp.ini"), "main")
         self.tls_main, self._tls_outbound = self._load_tls()
         self.auth = _load_auth(d / "auth_flat_file.ini")
         self.relay_acl = _load_acl(d / "relay_acl_allow")
@@ -214,16 +222,16 @@ class Config:
         self.shared: Shared = build_section(Shared, read_ini(d / "shaping.ini"), "main")
         self.shaping = shaping.load(d / "shaping.ini")
         self.webhooks = webhooks.load(d / "webhooks.ini")
-        self.metrics: Metrics = build_section(Metrics, read_ini(d / "metrics.ini"), "main", strict=True)
+        self.metrics: Metrics = build_section(Metrics, _ini(d / "metrics.ini"), "main")
         self._outbound_path = d / "outbound.ini"
         self._stamps = self._stamp()
-        self._outbound: Outbound = build_section(Outbound, read_ini(self._outbound_path), "main")
+        self._outbound: Outbound = build_section(Outbound, _ini(self._outbound_path), "main")
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
     def _load_tls(self) -> tuple[Tls, Tls]:
         d = self.directory
-        tls_ini = read_ini(d / "tls.ini")
+        tls_ini = _ini(d / "tls.ini", "outbound")
         defaults = Tls(key=str(d / "tls_key.pem"), cert=str(d / "tls_cert.pem"))
         main = _tls_section(tls_ini, "main", defaults, d)
         outbound = _tls_section(tls_ini, "outbound", main, d)
@@ -253,7 +261,7 @@ class Config:
                 return
             self._stamps = stamps
             try:
-                outbound = build_section(Outbound, read_ini(self._outbound_path), "main")
+                outbound = build_section(Outbound, _ini(self._outbound_path), "main")
                 _, tls_outbound = self._load_tls()
             except ConfigError as exc:
                 log.error("%s (keeping the previous outbound settings)", exc)

@@ -29,9 +29,7 @@ def load(cfg: Config) -> list[str]:
     for name in cfg.plugins:
         try:
             importlib.import_module(name)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # SystemExit too: a plugin must not end the process quietly
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: one line, never a traceback
             raise ConfigError(Path(path), lines.get(name),
                               f"cannot import plugin {name!r}: {type(exc).__name__}: {exc}") from exc
         loaded.append(name)

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailflow.config.files import ConfigError, Value, parse_list, read_ini
+from mailflow.config.files import ConfigError, Value, parse_list, read_ini, unknown
 from mailflow.config.schedule import parse_duration
 from mailflow.config.settings import positive_int
 
@@ -74,7 +74,7 @@ def _rule(path: Path, name: str, keys: dict[str, Value], line: int | None) -> Ru
     values: dict[str, object] = {}
     for key, raw in keys.items():
         if key not in KEYS:
-            raise ConfigError(path, raw.line, f"unknown key {key!r} (one of {', '.join(KEYS)})")
+            raise ConfigError(path, raw.line, unknown("key", key, KEYS))
         if key in LIMITS:
             values[key] = _positive(path, key, raw)
         elif key == "suspend_on":

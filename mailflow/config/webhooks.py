@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mailflow.config.files import ConfigError, Value, parse_list, read_ini
+from mailflow.config.files import ConfigError, Value, parse_list, read_ini, unknown
 from mailflow.config.settings import positive_int
 
 EVENTS = ("queued", "delivered", "deferred", "bounced", "dropped")
@@ -93,7 +93,7 @@ def load(path: Path) -> tuple[Endpoint, ...]:
             continue
         for key, raw in keys.items():
             if key not in KEYS:
-                raise ConfigError(path, raw.line, f"unknown key {key!r} (one of {', '.join(KEYS)})")
+                raise ConfigError(path, raw.line, unknown("key", key, KEYS))
         if "url" not in keys or "events" not in keys:
             first = min((v.line for v in keys.values()), default=None)
             raise ConfigError(path, first, f"[{name}] needs url and events")

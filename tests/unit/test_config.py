@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailflow import config as configmod
+from mailflow.config import startup
 from mailflow.config.files import ConfigError, read_ini
 from mailflow.config.settings import Dkim, Metrics, Outbound, Shared, Smtp, defaults_of, parsers_of
 
@@ -135,7 +136,41 @@ def test_broken_reload_keeps_the_last_good_settings(tmp_path, monkeypatch, caplo
     assert "concurrency_max must be a positive integer" in caplog.text
 
 
-def test_unknown_keys_are_warned_about_not_fatal(tmp_path, caplog):
-    (tmp_path / "outbound.ini").write_text("maxTempFailures = 13\n")
-    configmod.Config(tmp_path)
-    assert "unknown key 'maxTempFailures'" in caplog.text
+@pytest.mark.parametrize("name,text,error", [
+    # at 7ff0849 this one only warned, and outbound TLS verification stayed off (issue 23 item 9)
+    ("tls.ini", "[outbound]\nrejectUnauthorised = true\n",
+     "tls.ini:2: unknown key 'rejectUnauthorised' (did you mean 'rejectUnauthorized'?)"),
+    ("outbound.ini", "enable_tls = true\nmaxTempFailures = 13\n",
+     "outbound.ini:2: unknown key 'maxTempFailures'"),
+    ("outbound.ini", "concurency_max = 5\n", "outbound.ini:1: unknown key 'concurency_max' (did you mean "
+                                              "'concurrency_max'?)"),
+    ("tls.ini", "[main]\n[outbund]\nca = x\n",
+     "tls.ini:2: unknown section [outbund] (did you mean [outbound]?)"),
+    ("smtp.ini", "[smtp]\nlisten = 127.0.0.1:25\n", "smtp.ini:1: unknown section [smtp]"),
+    ("auth_flat_file.ini", "[core]\nmethod = PLAIN\n", "auth_flat_file.ini:2: unknown key 'method' (did you "
+                                                        "mean 'methods'?)"),
+    ("metrics.ini", "lisen = 127.0.0.1:9\n", "metrics.ini:1: unknown key 'lisen' (did you mean 'listen'?)"),
+])
+def test_an_unknown_key_or_section_stops_the_start_and_says_where(tmp_path, name, text, error):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        configmod.Config(tmp_path)
+    assert str(exc.value).endswith(error)
+
+
+def test_the_shipped_config_has_no_unknown_key():
+    configmod.Config(Path(__file__).resolve().parents[2] / "config")
+
+
+@pytest.mark.parametrize("raises", ["KeyboardInterrupt", "SystemExit(0)", "GeneratorExit"])
+def test_a_plugin_that_raises_anything_at_import_is_one_line_and_exit_2(tmp_path, capsys, raises):
+    """At 7ff0849 a KeyboardInterrupt from a plugin's import went out as a traceback."""
+    module = f"interrupting_{raises.split('(')[0].lower()}"
+    (tmp_path / f"{module}.py").write_text(f"raise {raises}\n")
+    (tmp_path / "plugins").write_text(f"# one plugin\n{module}\n")
+    with pytest.raises(SystemExit) as exc:
+        startup.load_or_exit(tmp_path)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mailflow: ")
+    assert f"plugins:2: cannot import plugin {module!r}" in err[0]
