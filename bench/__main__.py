@@ -18,6 +18,7 @@ import platform
 import statistics
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from functools import partial
@@ -27,7 +28,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import backlog, concurrency, haraka, peers, postfix, receiver, relay, scaleout, tools  # noqa: E402
+from bench import (  # noqa: E402
+    backlog,
+    concurrency,
+    haraka,
+    memory,
+    peers,
+    postfix,
+    receiver,
+    relay,
+    scaleout,
+    signing,
+    tools,
+)
 from harness.brokers import BROKERS  # noqa: E402
 from harness.dnsserver import free_port  # noqa: E402
 
@@ -255,6 +268,73 @@ def run_features(rounds: int, quick: bool, which: tuple[str, ...] = FEATURES,
     return off, on_
 
 
+#: The last commit before broker messages were authenticated (issue 23): the auth scenario's peer.
+BEFORE_AUTH = "7ff0849"
+
+
+def run_auth(rounds: int, quick: bool, before: str = BEFORE_AUTH) -> tuple[float, float] | None:
+    """What authenticating every broker message costs: the MAC against Celery's X.509
+    serializer per message, then relay throughput (Redis, 4 KiB) of this tree against a
+    checkout of ``before``, interleaved round by round in the same run."""
+    print(f"\n## 10. Authenticated broker messages (Redis, 4 KiB; interleaved with {before})\n")
+    signing.main()
+    checkout = tools.checkout(before)
+    if checkout is None:
+        print(f"no checkout of {before} (not a git clone?): throughput not compared")
+        return None
+    messages = 500 if quick else 3000
+    now: list[float] = []
+    then: list[float] = []
+    try:
+        for n in range(rounds):
+            order = (True, False) if n % 2 else (False, True)
+            for ours in order:
+                with tools.python_path(REPO if ours else checkout):
+                    r = attempt(f"auth {'now' if ours else before} round {n + 1}", partial(
+                        relay.throughput, "redis", messages=messages, size=4 * KIB))
+                if r is None:
+                    return None
+                (now if ours else then).append(r["e2e_per_s"])
+                print(f"round {n + 1} {'now   ' if ours else before} {fmt(r['e2e_per_s'])} msgs/s, relay CPU "
+                      f"{r['cpu_ms']:.2f} ms/msg", flush=True)
+    finally:
+        tools.remove_checkout(checkout)
+    paired = statistics.median(b / a for a, b in zip(then, now, strict=True))
+    print(f"median {before} {fmt(statistics.median(then))}, now {fmt(statistics.median(now))} msgs/s; "
+          f"median of each round's now/{before} {paired:.3f}")
+    return statistics.median(then), statistics.median(now)
+
+
+def run_large(quick: bool, before: str = BEFORE_AUTH) -> tuple[float, float] | None:
+    """A worker sending twelve 20 MB messages at once: its peak PSS above its idle PSS, for
+    this tree and for ``before`` (which read each message whole, then copied it to stuff it)."""
+    print(f"\n## 11. Twelve 20 MB messages at once (Redis): the worker's memory, now and {before}\n")
+    count, size = (4, 5 * 1024 * KIB) if quick else (12, 20 * 1024 * KIB)
+    checkout = tools.checkout(before)
+    grown: dict[str, float] = {}
+    try:
+        for label, tree in (("now", REPO), (before, checkout)):
+            if tree is None:
+                continue
+            with tools.python_path(tree), relay.relay("redis", postfix_sink=False) as r:
+                workers = [p.pid for p in r.instance.procs if p.name.startswith("worker")]
+                time.sleep(1.0)
+                idle = memory.total_pss_kib(workers) / 1024
+                with memory.PeakSampler(workers, interval=0.05) as pss:
+                    run = tools.inject(r.smtp_port, messages=count, size=size, sessions=count, postfix=False)
+                    run.wait(timeout=600)
+                    got = r.sink.wait_for(count, timeout=600)
+                grown[label] = pss.peak_kib / 1024 - idle
+                missing = "" if got else " (not all)"
+                print(f"{label:>8}: {len(r.sink.arrivals)}/{count} delivered{missing}; worker "
+                      f"PSS idle {idle:.0f} MB, peak {pss.peak_kib / 1024:.0f} MB: +{grown[label]:.0f} MB "
+                      f"({grown[label] / count:.1f} MB per {size // (1024 * KIB)} MB message)", flush=True)
+    finally:
+        if checkout is not None:
+            tools.remove_checkout(checkout)
+    return (grown.get(before, 0.0), grown["now"]) if "now" in grown else None
+
+
 def pick(results: list[Result], broker: str, size: int) -> Result | None:
     return next((r for r in results if r["broker"] == broker and r["size"] == size), None)
 
@@ -314,9 +394,10 @@ def goals(relays: list[Result], lat: Result | None, back: Result | None,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="relay,latency,backlog,scaleout,peers,connections,features",
+    parser.add_argument("--only",
+                        default="relay,latency,backlog,scaleout,peers,connections,features,auth,large",
                         help="comma list of scenarios: relay, latency, backlog, scaleout, peers, "
-                             "connections, features")
+                             "connections, features, auth, large")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the peers scenario, mailflow and Postfix interleaved (default 3)")
     parser.add_argument("--broker", action="append", choices=BROKERS,
@@ -346,8 +427,17 @@ def main() -> int:
     held = run_connections(quick) if "connections" in only else None
     featured = (run_features(args.rounds, quick, tuple(args.features.split(",")), args.webhook_batch)
                 if "features" in only else None)
+    authed = run_auth(args.rounds, quick) if "auth" in only else None
+    large = run_large(quick) if "large" in only else None
     print("\n## Goals\n")
     rows = goals(relays, lat, back, checks, costs, versus, held)
+    if authed is not None:
+        then, now = authed
+        rows.append((f"authenticated tasks: within 3 % of {BEFORE_AUTH} (now/then)", f"{now / then:.3f}",
+                     now >= 0.97 * then))
+    if large is not None:
+        rows.append(("12 x 20 MB at once: worker grows < 20 MB per message", f"+{large[1]:.0f} MB",
+                     large[1] < 12 * 20))
     if featured is not None:
         off, on_ = featured
         rows.append((f"{args.features.replace(',', ', ')} on: within 10 % (on/off)", f"{on_ / off:.2f}",

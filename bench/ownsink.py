@@ -40,6 +40,17 @@ def emit(line: str) -> None:
 DELAY = 0.0
 
 
+async def _skip_body(reader: asyncio.StreamReader) -> None:
+    """Read the body up to its final dot and throw it away, however large it is (a body
+    over the stream's limit is passed in pieces; what is kept back may start the dot)."""
+    while True:
+        try:
+            await reader.readuntil(b"\r\n.\r\n")
+            return
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)
+
+
 async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     emit(f"S {time.time():.6f}")
     writer.write(b"220 sink ESMTP\r\n")
@@ -57,7 +68,7 @@ async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             elif verb == b"DATA":
                 writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                 await writer.drain()
-                await reader.readuntil(b"\r\n.\r\n")  # the body, thrown away
+                await _skip_body(reader)
                 emit(f"M {time.time():.6f} {rcpt}")
                 if DELAY:
                     await asyncio.sleep(DELAY)

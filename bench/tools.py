@@ -9,13 +9,16 @@ match each message's 250 with its arrival at the sink.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,3 +159,36 @@ def _wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise RuntimeError(f"sink not listening on {host}:{port}")
+
+
+def checkout(commit: str) -> Path | None:
+    """A work tree of ``commit`` beside the repository's (``git worktree``), for a peer run of
+    mailflow as it was; None when this is not a git clone or the commit is unknown."""
+    repo = Path(__file__).resolve().parents[1]
+    where = Path(tempfile.mkdtemp(prefix=f"mailflow-{commit}-"))
+    done = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(where), commit],
+                          capture_output=True)
+    if done.returncode != 0:
+        shutil.rmtree(where, ignore_errors=True)
+        return None
+    return where
+
+
+def remove_checkout(where: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(where)], capture_output=True)
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def python_path(tree: Path) -> Iterator[None]:
+    """Processes started meanwhile (mailflow smtpd, celery workers) import mailflow from ``tree``."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old

@@ -205,6 +205,14 @@ class FileMessage:
     def size(self) -> int:
         return os.stat(self.path).st_size - self.offset
 
+    def small(self, most: int = BLOCK * 4) -> bytes | None:
+        """The stored message in one piece when it is at most ``most`` bytes (one read);
+        None for a larger one, which is read in blocks as it is sent."""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(most + 1)
+        return data if len(data) <= most else None
+
     def blocks(self) -> Iterator[bytes]:
         with open(self.path, "rb") as f:
             f.seek(self.offset)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "broker.key"
 
 _keys: dict[Path, bytes] = {}
+_mac_keys: dict[bytes, bytes] = {}
 _lock = threading.Lock()
 
 
@@ -97,9 +98,13 @@ def mac_key(config_dir: Path) -> bytes:
     """The key every published message is authenticated with (mailflow/wire/signing.py):
     derived from ``broker.key`` by HKDF, so that the sealing and authenticating keys are
     never the same bytes and one file is all a host needs."""
-    raw = base64.urlsafe_b64decode(_key_text(config_dir))
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=b"mailflow broker message authentication").derive(raw)
+    text = _key_text(config_dir)
+    key = _mac_keys.get(text)
+    if key is None:  # derived once per key: every publish and every task asks
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=b"mailflow broker message authentication").derive(base64.urlsafe_b64decode(text))
+        _mac_keys[text] = key
+    return key
 
 
 def key_exists(config_dir: Path) -> bool:

@@ -219,6 +219,9 @@ class Session:
         if isinstance(message, bytes):
             size, eight_bit = len(message), not message.isascii()
             blocks = wire_blocks([message], stuffed=False)
+        elif (whole := message.small()) is not None:  # most mail: read once, in one piece
+            size, eight_bit = len(whole), not whole.isascii()
+            blocks = wire_blocks([whole], stuffed=True)
         else:
             size, eight_bit = message.size, message.eight_bit()
             blocks = wire_blocks(message.blocks(), stuffed=True)
@@ -270,9 +273,12 @@ class Session:
             self._rset(settings)
             return results
         self._timeout(settings.timeout_data_block)
-        for block in blocks:
-            s.send(block)
-        s.send(b".\r\n")
+        last = b""
+        for block in blocks:  # the final dot goes with the last block: a write of its own would
+            if last:          # wait for the ACK of the one before (Nagle), 40 ms a message
+                s.send(last)
+            last = block
+        s.send(last + b".\r\n")
         self._timeout(settings.timeout_end_of_data)
         try:
             if isinstance(s, smtplib.LMTP):
