@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 REDIS_KEY = "mailflow:suppressed"
 #: the SMTP commands whose refusal speaks for one recipient's mailbox
 RECIPIENT_COMMANDS = ("RCPT", "DATA", "MAIL")
-#: mailflow's own permanent statuses that mean the address cannot exist
-LOCAL_STATUSES = ("5.1.2", "5.1.10")
 
 
 @dataclass(frozen=True)
@@ -63,10 +61,10 @@ def normal(address: str) -> str:
 def suppresses(reply: Reply) -> bool:
     """Whether a permanent failure with this reply puts the recipient on the list."""
     status = reply.enhanced
-    if not status.startswith("5.1."):
+    if not status.startswith("5.1.") or reply.code == 0:
+        # mailflow's own conclusions (NXDOMAIN, null MX) bounce but never suppress: a broken
+        # resolver, a sandbox or a DNS outage must not make every recipient permanent damage
         return False
-    if reply.code == 0:
-        return status in LOCAL_STATUSES
     return reply.code // 100 == 5 and reply.command in RECIPIENT_COMMANDS
 
 
