@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailflow import tls
-from mailflow.config import environ, shaping, webhooks
+from mailflow.config import environ, routes, shaping, webhooks
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines, unknown
 from mailflow.config.settings import Dkim, Metrics, Outbound, Shared, Smtp, Tls, parsers_of
 from mailflow.dkim.keys import KeyProblem, domain_keys, domains
@@ -225,7 +225,10 @@ class Config:
         self.metrics: Metrics = build_section(Metrics, _ini(d / "metrics.ini"), "main")
         self._outbound_path = d / "outbound.ini"
         self._stamps = self._stamp()
-        self._outbound: Outbound = build_section(Outbound, _ini(self._outbound_path), "main")
+        outbound_ini = _ini(self._outbound_path)
+        self._outbound: Outbound = build_section(Outbound, outbound_ini, "main")
+        self._routes = routes.load(d)
+        self._relay = routes.relay_host(d, outbound_ini)
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -240,9 +243,9 @@ class Config:
         return main, outbound
 
     def _stamp(self) -> tuple[tuple[int, int] | None, ...]:
-        """(mtime, size) of the files read live: outbound.ini and tls.ini."""
+        """(mtime, size) of the files read live: outbound.ini, tls.ini and routes.ini."""
         out: list[tuple[int, int] | None] = []
-        for path in (self.directory / "outbound.ini", self.directory / "tls.ini"):
+        for path in (self.directory / name for name in ("outbound.ini", "tls.ini", "routes.ini")):
             try:
                 st = os.stat(path)
                 out.append((st.st_mtime_ns, st.st_size))
@@ -261,13 +264,17 @@ class Config:
                 return
             self._stamps = stamps
             try:
-                outbound = build_section(Outbound, _ini(self._outbound_path), "main")
+                outbound_ini = _ini(self._outbound_path)
+                outbound = build_section(Outbound, outbound_ini, "main")
                 _, tls_outbound = self._load_tls()
+                found = routes.load(self.directory)
+                relay = routes.relay_host(self.directory, outbound_ini)
             except ConfigError as exc:
                 log.error("%s (keeping the previous outbound settings)", exc)
                 return
             self._outbound, self._tls_outbound = outbound, tls_outbound
-            log.info("reloaded outbound.ini and tls.ini from %s", self.directory)
+            self._routes, self._relay = found, relay
+            log.info("reloaded outbound.ini, tls.ini and routes.ini from %s", self.directory)
 
     @property
     def outbound(self) -> Outbound:
@@ -280,6 +287,11 @@ class Config:
         """The current ``tls.ini`` [outbound] policy, re-read like outbound.ini."""
         self._reload_if_changed()
         return self._tls_outbound
+
+    def route_for(self, domain: str) -> routes.Route | None:
+        """routes.ini's most specific route for ``domain``, else relay_host's; None: DNS."""
+        self._reload_if_changed()
+        return routes.find(self._routes, domain, self._relay)
 
     def shared_redis(self) -> str | None:
         """The Redis every host shares (shaping_redis, else a Redis broker), or None."""

@@ -222,6 +222,13 @@ class Outbound:
         False, boolean, "allow MX hosts resolving to loopback, private or own addresses")
     queue_dir: str = setting("queue", text, "the queue directory (relative to the working dir)")
     mx_port: int = setting(25, positive_int, "port for MX hosts found in DNS")
+    relay_host: str = setting(
+        "", text, "host[:port] or [ip]:port: every domain without a routes.ini route or a get_mx "
+        "answer goes through this smarthost, no MX lookup (Postfix's relayhost)")
+    relay_auth_user: str = setting("", text, "the user name for AUTH to relay_host")
+    relay_auth_pass_file: str = setting(
+        "", text, "a file whose first line is relay_auth_user's password (relative to the config "
+        "directory)")
     nameservers: tuple[tuple[str, int], ...] = setting(
         (), nameserver_list, "comma list of ip or ip:port for every DNS query (default: system)")
     max_bounce_body: int = setting(
@@ -257,6 +264,8 @@ class Smtp:
 
 
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+#: What a route may ask of TLS to its next hop (routes.ini ``tls``).
+TLS_MODES = ("none", "opportunistic", "required", "verify")
 
 
 def tls_version(value: str) -> str:

@@ -122,7 +122,13 @@ def _route(spool: Spool, hmail: HMail, dns: _Dns, settings: Outbound
                  Outcome(), settings)
         return None
     try:
-        mxs = mx_from_hook(answer.value, settings.mx_port) if answer.code is OK else dns.mx(settings)
+        if answer.code is OK:
+            mxs = mx_from_hook(answer.value, settings.mx_port)
+        elif (route := config.current().route_for(dns.domain)) is not None:  # routes.ini, relay_host
+            mxs = mx_from_hook([{**mx, "port": mx["port"] or settings.mx_port} for mx in route.answer()],
+                               settings.mx_port)
+        else:
+            mxs = dns.mx(settings)
     except DeliveryError as exc:
         fail_all(spool, hmail, exc.reply, Outcome(), settings)
         return None

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from mailflow.config.files import parse_bool
-from mailflow.config.settings import parse_hostport
+from mailflow.config.settings import TLS_MODES, parse_hostport
 from mailflow.relay.mx import MX, MX_KEYS, is_ip
 
 
@@ -59,11 +59,14 @@ def mx_from_fields(data: Any, *, from_dns: bool) -> MX:
     helo = _optional_text(data, "bind_helo")
     if helo is not None and not _HOST_TEXT.match(helo):
         raise ValueError(f"bind_helo {helo!r} is not a host name")
+    tls = _optional_text(data, "tls")
+    if tls is not None and tls not in TLS_MODES:
+        raise ValueError(f"tls {tls!r} is not one of {', '.join(TLS_MODES)}")
     return MX(exchange=_exchange(data.get("exchange")), priority=_priority(data.get("priority")),
               port=_port(data.get("port")), bind=bind, bind_helo=helo,
               using_lmtp=_flag(data.get("using_lmtp"), "using_lmtp"),
               auth_user=_optional_text(data, "auth_user"), auth_pass=_optional_text(data, "auth_pass"),
-              auth_type=auth_type, from_dns=from_dns)
+              auth_type=auth_type, from_dns=from_dns, tls=tls)
 
 
 #: A host name, an IPv4 or IPv6 address: printable, no spaces, no brackets left.

@@ -122,6 +122,10 @@ class TlsNeed:
 def tls_need(target: Target, domain: str, policy: Tls, settings: Outbound) -> TlsNeed:
     """tls.ini's own requirement for a target (MTA-STS and DANE are mailflow/relay/security.py)."""
     mx = target.mx
+    if mx.tls is not None:  # a route's own choice for its next hop wins over tls.ini
+        must, verify = mx.tls in ("required", "verify"), mx.tls == "verify"
+        return TlsNeed(want=mx.tls != "none", must=must, verify=verify, name=mx.exchange,
+                       level="verified" if verify else "opportunistic" if must else "none")
     must = forced(policy, target.ip, mx.exchange, domain)
     want = (settings.enable_tls or must) and not no_tls(policy, target.ip, mx.exchange, domain)
     verify = must or policy.rejectUnauthorized

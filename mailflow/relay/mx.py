@@ -38,6 +38,8 @@ class MX:
     auth_pass: str | None = field(default=None, repr=False)
     auth_type: str | None = None
     from_dns: bool = True  #: only DNS answers are subject to the local_mx_ok check
+    #: a route's own TLS (routes.ini ``tls``): none, opportunistic, required, verify; None: tls.ini's
+    tls: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Target:
 
 
 MX_KEYS = ("priority", "exchange", "port", "bind", "bind_helo", "using_lmtp", "auth_user",
-            "auth_pass", "auth_type")
+            "auth_pass", "auth_type", "tls")
 
 _resolvers: dict[tuple[tuple[str, int], ...], dns.resolver.Resolver] = {}
 _resolvers_lock = threading.Lock()
