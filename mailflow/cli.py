@@ -34,6 +34,7 @@ from mailflow.runtime import authentic
 from mailflow.sampler import host_counts
 from mailflow.seal import mac_key
 from mailflow.smtpd import server as smtpd_server
+from mailflow.smtpd import sink
 from mailflow.smtpd.nodes import Nodes, die_with_parent
 from mailflow.suppress import command as suppress_command
 
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every owner's queue on the broker, by remote control, and their sum")
     dkim_command.add_parser(sub, _common)
     suppress_command.add_parser(sub, _common)
+    sink.add_parser(sub, _common)
     p = sub.add_parser("tlsrpt", help="send the finished days' TLS reports (RFC 8460) now",
                        description="Send every finished UTC day's TLS reports not sent yet (the "
                        "workers do so once an hour).")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_or_exit(getattr(args, "log_format", None))
     handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,
                "flush": cmd_flush, "queue": cmd_queue, "dkim": cmd_dkim,
-               "tlsrpt": cmd_tlsrpt, "suppress": cmd_suppress}[args.command]
+               "tlsrpt": cmd_tlsrpt, "suppress": cmd_suppress, "sink": sink.run}[args.command]
     return handler(args)
 
 
