@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+
 from mailflow import compat, logs, outbound, proctitle, sendmail
 from mailflow.application import app
 from mailflow.codes import DENYSOFT, OK
@@ -330,7 +333,13 @@ def shaping_state(cfg: Config) -> dict[str, int]:
 def _cluster_stats(as_json: bool) -> int:
     """Every owner's statistics, from its workers by remote control (one answer per owner)."""
     owners: dict[str, dict[str, int]] = {}
-    for reply in app.control.broadcast("mailflow_stats", reply=True, timeout=3.0) or []:
+    try:
+        replies = app.control.broadcast("mailflow_stats", reply=True, timeout=3.0) or []
+    except (OperationalError, OSError) as exc:  # one line, not kombu's traceback
+        print(f"mailflow: cannot reach the broker {maybe_sanitize_url(app.conf.broker_url)}: {exc}",
+              file=sys.stderr, flush=True)
+        return 1
+    for reply in replies:
         for answer in reply.values():
             if answer.get("owner"):
                 owners[answer["owner"]] = answer["stats"]

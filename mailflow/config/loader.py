@@ -301,7 +301,10 @@ class Config:
         return broker if broker.startswith(("redis://", "rediss://")) else None
 
     def queue_path(self) -> Path:
-        return Path(self.outbound.queue_dir).absolute()
+        """``queue_dir``; a relative one is relative to the config directory's parent, as the
+        state directory is (mailflow/config/state.py), not to the working directory."""
+        path = Path(self.outbound.queue_dir)
+        return path if path.is_absolute() else self.directory.absolute().parent / path
 
 
 def default_directory() -> Path:

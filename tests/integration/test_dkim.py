@@ -209,7 +209,10 @@ def test_dkim_check_compares_the_published_record_with_the_key(env):
 
 
 def keygen_elsewhere(env: Env) -> str:
-    done = env.inst.mailflow("--config", str(env.inst.root / "other"), "dkim", "keygen", SIGNED,
+    other = env.inst.root / "other"  # another installation's config directory
+    other.mkdir(exist_ok=True)
+    (other / "me").write_text("other.test\n")
+    done = env.inst.mailflow("--config", str(other), "dkim", "keygen", SIGNED,
                              "--selector", "s1", "--bits", "1024")
     assert done.returncode == 0, done.stderr
     [rdata] = records(done.stdout.decode()).values()

@@ -168,8 +168,8 @@ def test_forty_connections_at_once_get_ten_password_checks(tmp_path):
         smtpd = inst.start_smtpd()
         with ThreadPoolExecutor(40) as pool:
             answers = [c for codes in pool.map(lambda _: _guess(port, 5), range(40)) for c in codes]
-        assert answers.count("535") == 10, answers
-        assert set(answers) == {"535", "454"}
+        assert answers.count("535") == 10, answers  # exactly the window's worth were checked
+        assert "454" in answers and set(answers) <= {"535", "454", "421"}  # 421: a connection's own cap
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:  # now even the right one
             client.ehlo("app.test")
             code, text = client.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice\0right").decode())

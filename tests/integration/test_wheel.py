@@ -29,8 +29,9 @@ def test_worker_starts_from_an_installed_wheel(tmp_path):
     installed = run([str(py), "-m", "pip", "install", "-q", str(wheel)])
     assert installed.returncode == 0, installed.stderr
 
-    work = tmp_path / "elsewhere"  # no source tree, no config dir: every default applies
-    work.mkdir()
+    work = tmp_path / "elsewhere"  # no source tree; a config dir of one file: the rest defaults
+    (work / "config").mkdir(parents=True)
+    (work / "config" / "me").write_text("wheel.test\n")
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "MAILFLOW_BROKER_URL", "CELERY_BROKER_URL", "MAILFLOW_CONFIG")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
