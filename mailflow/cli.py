@@ -18,7 +18,7 @@ from typing import Any
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
-from mailflow import compat, logs, outbound, proctitle, sendmail
+from mailflow import compat, flower, logs, outbound, proctitle, sendmail
 from mailflow.application import app
 from mailflow.codes import DENYSOFT, OK
 from mailflow.config import environ, startup
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     dkim_command.add_parser(sub, _common)
     suppress_command.add_parser(sub, _common)
     sink.add_parser(sub, _common)
+    flower.add_parser(sub, _common)
     p = sub.add_parser("tlsrpt", help="send the finished days' TLS reports (RFC 8460) now",
                        description="Send every finished UTC day's TLS reports not sent yet (the "
                        "workers do so once an hour).")
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_or_exit(getattr(args, "log_format", None))
     handler = {"run": cmd_run, "smtpd": cmd_smtpd, "send": cmd_send,
                "flush": cmd_flush, "queue": cmd_queue, "dkim": cmd_dkim,
-               "tlsrpt": cmd_tlsrpt, "suppress": cmd_suppress, "sink": sink.run}[args.command]
+               "tlsrpt": cmd_tlsrpt, "suppress": cmd_suppress, "sink": sink.run,
+               "flower": cmd_flower}[args.command]
     return handler(args)
 
 
@@ -351,6 +353,11 @@ def _cluster_stats(as_json: bool) -> int:
         print(owner + " " + " ".join(f"{k}={v}" for k, v in numbers.items()))
     print("total " + " ".join(f"{k}={v}" for k, v in total.items()))
     return 0
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    startup.load_or_exit(getattr(args, "config", None))  # its state directory and broker follow it
+    return flower.run(args)
 
 
 def cmd_dkim(args: argparse.Namespace) -> int:

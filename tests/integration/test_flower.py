@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from harness.dnsserver import free_port
+from harness.instance import Instance
 from harness.mxserver import MXServer
 from tests.support.pipeline import PORT, make_env
 
@@ -118,3 +120,31 @@ def test_tasks_page_lists_a_delivered_task(flower, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert "mailflow.transmit" in out.stdout, out.stderr[-2000:]
     assert "SUCCESS" in out.stdout
+
+
+# ── mailflow flower: safe by default (issue 24 item 6) ──────────────────────────────────
+
+
+def test_mailflow_flower_refuses_to_start_unprotected(tmp_path):
+    inst = Instance(tmp_path / "mf")
+    env = {k: v for k, v in inst.env().items() if k != "FLOWER_BASIC_AUTH"}
+    for extra in ([], ["--unauthenticated", "--address", "0.0.0.0"]):
+        done = subprocess.run([sys.executable, "-m", "mailflow", "flower", *extra], env=env, cwd=inst.root,
+                              capture_output=True, timeout=60)
+        err = done.stderr.decode().strip().splitlines()
+        assert done.returncode == 2 and len(err) == 1 and err[0].startswith("mailflow flower: "), done.stderr
+
+
+def test_mailflow_flower_binds_loopback_and_asks_for_the_password(tmp_path):
+    inst = Instance(tmp_path / "mf")
+    port = free_port()
+    proc = inst.spawn("flower", [sys.executable, "-m", "mailflow", "flower", "--port", str(port)],
+                      env=inst.env(FLOWER_BASIC_AUTH=AUTH))
+    try:
+        proc.wait_for_output(f"Visit me at http://127.0.0.1:{port}", timeout=60)
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers", timeout=10)
+        assert exc.value.code == 401
+        assert isinstance(api(port, "/api/workers"), dict)
+    finally:
+        inst.stop_all()
