@@ -4,19 +4,11 @@ a route wins over relay_host and DNS."""
 
 from __future__ import annotations
 
-import pytest
-
 from harness.dnsserver import free_port
 from harness.mxserver import MXServer
-from tests.support.pipeline import PORT, make_env
+from tests.support.pipeline import PORT, module_env
 
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("routes"), None)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("routes")
 
 
 def write_routes(env, text: str) -> None:

@@ -11,15 +11,9 @@ import sys
 import pytest
 
 from harness.dnsserver import free_port
-from tests.support.pipeline import make_env
+from tests.support.pipeline import module_env
 
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("sink"), None)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("sink")
 
 
 @pytest.fixture(scope="module")

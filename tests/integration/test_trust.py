@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kombu import Connection
 
 from harness import brokers
@@ -25,15 +24,9 @@ from harness.instance import Instance
 from harness.mxserver import MXServer
 from mailflow.payloads import LOOKUP_MX, REPORT, TRANSMIT, WEBHOOK
 from mailflow.queue.identity import owner_queue
-from tests.support.pipeline import PORT, Env, make_env
+from tests.support.pipeline import PORT, Env, module_env
 
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("trust"), None)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("trust")
 
 
 def attacker(env: Env) -> dict[str, str]:

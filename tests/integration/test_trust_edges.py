@@ -15,7 +15,7 @@ import pytest
 from harness.dnsserver import free_port
 from harness.instance import Instance
 from tests.support.disk import fill
-from tests.support.pipeline import PLUGIN, make_env
+from tests.support.pipeline import PLUGIN, module_env
 
 HIDDEN = (b"RSET\r\nMAIL FROM:<evil@sender.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\n"
           b"Subject: smuggled\r\n\r\nsmuggled\r\n")
@@ -101,12 +101,7 @@ def exits_in_get_mx(hmail, domain, **kwargs):
 '''
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("exiting"), None, plugin=EXITING)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("exiting", plugin=EXITING)
 
 
 @pytest.mark.parametrize("domain", ["exit.test", "interrupt.test"])

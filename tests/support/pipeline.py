@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from harness.dnsserver import SERVFAIL, DNSServer
 from harness.instance import Instance
@@ -138,6 +140,20 @@ def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str
     env = Env(inst, dns, base)
     inst.start_worker(worker_name, **worker)
     return env, inst
+
+
+def module_env(name: str, broker: str | None = None, plugin: str = PLUGIN) -> Any:
+    """A module's ``env`` fixture: one worker, the test DNS and an instance for the module,
+    stopped after it (``env = module_env("routes")`` at the top of a test module)."""
+
+    @pytest.fixture(scope="module")
+    def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+        made, inst = make_env(tmp_path_factory.mktemp(name), broker, plugin=plugin)
+        yield made
+        inst.stop_all()
+        made.dns.stop()
+
+    return env
 
 
 def write_due(pending: Path, count: int, domain: str, notes: dict[str, Any], *, after_ms: int = 0) -> None:
