@@ -302,7 +302,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=1))
             return 0
         for r in rows:
-            nxt = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["next_attempt"])) \
+            nxt = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["next_attempt"])) \
                 if r["next_attempt"] else "-"
             print(queuetools.printable(
                 f"{r['id']} {r['state']} age={r['age']}s size={r['size']} from=<{r['mail_from']}> "

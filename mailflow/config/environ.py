@@ -22,7 +22,7 @@ class EnvError(ValueError):
 
 def broker_url() -> str:
     return (os.environ.get("MAILFLOW_BROKER_URL") or os.environ.get("CELERY_BROKER_URL")
-            or "filesystem://")
+            or "filesystem://localhost//")  # a host named: kombu warns of a missing one
 
 
 def transport_options() -> dict[str, Any]:

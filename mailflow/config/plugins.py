@@ -33,5 +33,5 @@ def load(cfg: Config) -> list[str]:
             raise ConfigError(Path(path), lines.get(name),
                               f"cannot import plugin {name!r}: {type(exc).__name__}: {exc}") from exc
         loaded.append(name)
-        log.info("loaded plugin %s", name)
+        log.debug("loaded plugin %s", name)  # every CLI call loads them: not worth a line each
     return loaded

@@ -133,14 +133,14 @@ def show(path: Path) -> str:
     todo, _ = qfile.load(path)
     message = dot_unstuff(qfile.read_message(path))
     lines = [f"id: {todo.uuid}", f"domain: {todo.domain}",
-             f"queued: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(todo.queue_time / 1000))}",
+             f"queued: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(todo.queue_time / 1000))}",
              f"from: {todo.mail_from}", "to: " + ", ".join(str(r) for r in todo.rcpt_to),
              f"file: {path}"]
     for address, status in todo.record.get("rcpt_status", {}).items():
         lines.append(f"last attempt for {address}: {status.get('code') or ''} {status.get('text', '')} "
                      f"({status.get('remote_mta', '-')})")
     for attempt in todo.record.get("history", []):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(attempt["at"] / 1000))
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(attempt["at"] / 1000))
         lines.append(f"attempt {when} via {attempt.get('host', '-')}: {attempt.get('error', '')}")
     if todo.record.get("last_error"):
         lines.append(f"last error: {todo.record['last_error']}")

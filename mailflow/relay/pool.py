@@ -158,7 +158,7 @@ class Pool:
         self._start_reaper()
         last: NextAddress | None = None
         full: list[str] = []
-        for target in targets:
+        for n, target in enumerate(targets):
             need = need_for(target) if need_for else tls_need(target, domain, tls, settings)
             try:
                 with self._cond:
@@ -172,8 +172,8 @@ class Pool:
             try:
                 return open_session(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
             except NextAddress as exc:
-                log.info("next address after %s[%s]:%d: %s", target.mx.exchange, target.ip,
-                         target.port, exc.reply)
+                log.info("%s[%s]:%d: %s; %s", target.mx.exchange, target.ip, target.port, exc.reply,
+                         "trying the next address" if n + 1 < len(targets) else "no address left")
                 last = exc
             except BaseException:
                 with self._cond:

@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace, store: Store) -> int:
                                **({"expires": int(e.expires)} if e.expires else {})} for e in entries]))
         else:
             for e in entries:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.since))
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.since))
                 print(f"{e.address} since={when} reason={e.reason!r}")
             print(f"-- {len(entries)} addresses")
         return 0
