@@ -96,6 +96,10 @@ def _never_held(domain: str) -> float:
     return 0.0
 
 
+#: How often, at most, an unreachable broker is said again (s).
+BROKER_SAY_EVERY = 60.0
+
+
 class QueueManager:
     def __init__(self, cfg: configmod.Config, publish: Publisher = _publish, held: Held = _never_held):
         self.cfg = cfg
@@ -115,6 +119,22 @@ class QueueManager:
         self._claimed_bytes: dict[str, int] = {}
         #: entries whose countdown retry is armed: left to it until due + grace
         self._armed = countdowns.Armed(self.spool)
+        #: since when the broker refuses what we publish, and when that was last said
+        self._broker_down_since: float | None = None
+        self._broker_said_at = 0.0
+
+    def _broker_unreachable(self, exc: Exception) -> None:
+        """One WARNING when the broker stops taking batches, then one a minute while it lasts:
+        mail is still accepted meanwhile (the queue is the record) and tried every few seconds."""
+        now = time.monotonic()
+        if self._broker_down_since is None:
+            self._broker_down_since = now
+        elif now - self._broker_said_at < BROKER_SAY_EVERY:
+            return
+        self._broker_said_at = now
+        log.warning("the broker does not take batches (%s: %s) for %.0f s now: mail is still accepted and "
+                    "kept in the queue, tried again every %d s (said once a minute while it lasts)",
+                    type(exc).__name__, exc, now - self._broker_down_since, BROKER_RETRY_MS // 1000)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -291,6 +311,10 @@ class QueueManager:
         """
         try:
             self.publish(task, batch)
+            if self._broker_down_since is not None:
+                log.warning("the broker takes batches again after %.0f s",
+                            time.monotonic() - self._broker_down_since)
+                self._broker_down_since = None
         except Exception as exc:
             due = now_ms() + BROKER_RETRY_MS
             directory = self.spool.claim_dir(batch.claim)
@@ -303,6 +327,5 @@ class QueueManager:
                 except FileNotFoundError:
                     continue
             self.spool.finish(batch.claim)
-            log.error("could not publish a batch (%s: %s): %d entries due again in %d s",
-                      type(exc).__name__, exc, len(batch.names), BROKER_RETRY_MS // 1000)
+            self._broker_unreachable(exc)
             raise Unpublished from exc

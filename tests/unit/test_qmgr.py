@@ -206,3 +206,38 @@ def test_a_held_domain_is_not_claimed_but_waits_in_pending_with_a_later_due_time
     [waiting] = [n for n in manager.spool.names(qmgr.PENDING) if n.domain == "held.example"]
     assert waiting.num_failures == 0
     assert waiting.next_attempt_ms > time.time() * 1000 + held_for * 1000
+
+
+def test_an_unreachable_broker_is_said_once_a_minute_and_its_return_once(tmp_path, monkeypatch, caplog):
+    """Issue 24 item 5: mail is still accepted and kept while the broker is away; the log says
+    so once, then once a minute, not once per batch every five seconds."""
+    monkeypatch.setattr(qmgr, "MTIME_SETTLE_NS", 0)
+    cfg = load_cfg(tmp_path)
+    up = Recorder()
+    down = {"yes": True}
+
+    def publish(task, batch):
+        if down["yes"]:
+            raise ConnectionError("broker away")
+        up(task, batch)
+
+    manager = qmgr.QueueManager(cfg, publish=publish)
+    sender = parse_address("a@sender.example")
+    clock = [1000.0]
+    monkeypatch.setattr(qmgr.time, "monotonic", lambda: clock[0])
+    for n in range(3):  # three batches refused within the minute: one line
+        outbound.queue_message(sender, [parse_address(f"b@d{n}.example")], b"Subject: s\r\n\r\nx\r\n",
+                               cfg=cfg)
+        monkeypatch.setattr(qmgr, "now_ms", lambda n=n: int(time.time() * 1000) + 60_000 * (n + 1))
+        manager.scan()
+    said = [r for r in caplog.records if "does not take batches" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    clock[0] += 61  # a minute later it is said again
+    outbound.queue_message(sender, [parse_address("b@late.example")], b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
+    monkeypatch.setattr(qmgr, "now_ms", lambda: int(time.time() * 1000) + 600_000)
+    manager.scan()
+    assert len([r for r in caplog.records if "does not take batches" in r.getMessage()]) == 2
+    down["yes"] = False
+    monkeypatch.setattr(qmgr, "now_ms", lambda: int(time.time() * 1000) + 900_000)
+    manager.scan()
+    assert up.batches and any("takes batches again" in r.getMessage() for r in caplog.records)
