@@ -46,9 +46,10 @@ class DeliveryError(Exception):
 
     temporary = True
 
-    def __init__(self, reply: Reply | str, *, host: str | None = None, ip: str | None = None):
+    def __init__(self, reply: Reply | str, *, host: str | None = None, ip: str | None = None,
+                 port: int = 0):
         self.reply = reply if isinstance(reply, Reply) else Reply(0, reply)
-        self.host, self.ip = host, ip
+        self.host, self.ip, self.port = host, ip, port  #: the last address tried, if any
         super().__init__(str(self.reply))
 
 

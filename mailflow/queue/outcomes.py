@@ -169,7 +169,7 @@ def delay_entry(spool: Spool, hmail: HMail, seconds: float) -> None:
 
 def fail_each(spool: Spool, hmails: list[HMail], exc: DeliveryError, settings: Outbound) -> None:
     """The same failure for every entry (no MX address took a session, say)."""
-    outcome = Outcome(host=exc.host or "-", ip=exc.ip or "-")
+    outcome = Outcome(host=exc.host or "-", ip=exc.ip or "-", port=exc.port)
     for hmail in hmails:
         with guarded(spool, hmail, settings):
             fail_all(spool, hmail, exc.reply, replace(outcome), settings)

@@ -157,6 +157,7 @@ class Pool:
         self._pool_timeout, self._out = settings.pool_timeout, settings
         self._start_reaper()
         last: NextAddress | None = None
+        last_target: Target | None = None
         full: list[str] = []
         for n, target in enumerate(targets):
             need = need_for(target) if need_for else tls_need(target, domain, tls, settings)
@@ -174,7 +175,7 @@ class Pool:
             except NextAddress as exc:
                 log.info("%s[%s]:%d: %s; %s", target.mx.exchange, target.ip, target.port, exc.reply,
                          "trying the next address" if n + 1 < len(targets) else "no address left")
-                last = exc
+                last, last_target = exc, target
             except BaseException:
                 with self._cond:
                     self._unreserve(target.ip)
@@ -183,8 +184,10 @@ class Pool:
                 self._unreserve(target.ip)
         if full and last is None:
             raise NoSlot(full)
-        reply = last.reply if last else local_reply("4.4.4", "no MX address to try")
-        raise TemporaryError(reply)
+        if last is None:
+            raise TemporaryError(local_reply("4.4.4", "no MX address to try"))
+        tried = targets[-1] if last_target is None else last_target  # named in the attempt line
+        raise TemporaryError(last.reply, host=tried.mx.exchange, ip=tried.ip, port=tried.port)
 
     def reopen(self, session: Session, *, settings: Outbound, tls: Tls, domain: str) -> Session:
         """QUIT ``session`` and connect afresh to the same address in the same slot.

@@ -52,6 +52,9 @@ def test_commands_from_another_directory_reach_the_instance_of_their_config(tmp_
         while not waiting():  # nothing listens at 127.0.0.3 yet: deferred for an hour
             assert time.monotonic() < deadline, inst.dump_logs()
             time.sleep(0.2)
+        # the attempt line names the address tried, though nothing answered there (it said
+        # host=- ip=- port=0 at 7ff0849; issue 24 item 8)
+        assert f"host=127.0.0.3 ip=127.0.0.3 port={port}" in inst.procs[0].output()
         server = MXServer("127.0.0.3", port).start()
         try:
             called = run("-m", "celery", "-A", "mailflow", "call", "mailflow.flush_queue")
