@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = qsub.add_parser("show", help="envelope, headers and last attempts of one entry")
     _common(p)
     p.add_argument("ident", metavar="ID")
+    p.add_argument("--body", action="store_true", help="the whole message, not only its headers")
     p = qsub.add_parser("delete", help="remove entries (like postsuper -d)")
     _common(p)
     group = p.add_mutually_exclusive_group(required=True)
@@ -316,7 +317,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if not paths:
             print(f"mailflow: no queue entry {args.ident}", file=sys.stderr)
             return 1
-        print("\n\n".join(queuetools.show(p) for p in paths))
+        print("\n\n".join(queuetools.show(p, body=args.body) for p in paths))
         return 0
     removed = queuetools.delete(spool, ident=args.ident, domain=args.domain,
                                 all_deferred=args.all_deferred)

@@ -129,7 +129,9 @@ def printable(text: str, keep: str = "\n\t") -> str:
                    (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
-def show(path: Path) -> str:
+def show(path: Path, body: bool = False) -> str:
+    """One entry as ``queue show`` prints it: envelope, attempts, headers (the whole message
+    with ``body``, as postcat -b does), control characters made visible."""
     todo, _ = qfile.load(path)
     message = dot_unstuff(qfile.read_message(path))
     lines = [f"id: {todo.uuid}", f"domain: {todo.domain}",
@@ -144,7 +146,8 @@ def show(path: Path) -> str:
         lines.append(f"attempt {when} via {attempt.get('host', '-')}: {attempt.get('error', '')}")
     if todo.record.get("last_error"):
         lines.append(f"last error: {todo.record['last_error']}")
-    lines += ["", header_block(message).decode("utf-8", "replace").replace("\r\n", "\n").rstrip()]
+    shown = message if body else header_block(message)
+    lines += ["", shown.decode("utf-8", "replace").replace("\r\n", "\n").rstrip()]
     return printable("\n".join(lines))
 
 

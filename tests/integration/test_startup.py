@@ -287,6 +287,9 @@ def test_queue_show_and_list_never_send_terminal_escapes(make_instance):
         assert done.returncode == 0, done.stderr
         assert b"\x1b" not in done.stdout and b"\x07" not in done.stdout
     assert b"Subject: \\x1b[2J\\x1b]0;owned\\x07 hello" in shown.stdout
+    assert b"body" not in shown.stdout.split(b"hello", 1)[1]  # headers only, as postcat -h
+    whole = inst.mailflow("queue", "show", "--body", ident)  # the message too, as postcat -b
+    assert whole.returncode == 0 and whole.stdout.rstrip().endswith(b"body")
 
 
 def test_a_worker_has_a_thread_for_each_delivery_concurrency_max_allows(make_instance):
