@@ -128,7 +128,8 @@ class HostCollector(Collector):
         connections.add_metric(["idle"], idle_now)
         yield connections
         family = CounterMetricFamily("mailflow_shaping_throttled",
-                                     "Deliveries held back by a shaping rule", labels=["rule"])
+                                     "Times a shaping rule held mail back (a batch, a connection or a "
+                                     "message)", labels=["rule"])
         for rule, n in sorted(throttled.items()):
             family.add_metric([rule], n)
         yield family
