@@ -24,6 +24,7 @@ from kombu.serialization import dumps
 
 from mailflow import config
 from mailflow.config.state import state_dir
+from mailflow.errors import Deferred
 from mailflow.queue import counters
 from mailflow.seal import mac_key
 from mailflow.wire import signing
@@ -112,6 +113,21 @@ class VerifiedRequest(Request):
             self._refuse()
             return True
         return bool(super().revoked())
+
+    def on_retry(self, exc_info: Any) -> None:
+        """A deferral's RETRY, as Flower shows it: the reason as it reads -- the reply and the
+        next attempt -- not the repr of an exception inside a Retry, with a traceback."""
+        reason = exc_info.exception  # the pool's wrapper, the Retry inside it, its reason
+        for _ in range(3):
+            if isinstance(reason, Deferred):
+                break
+            reason = getattr(reason, "exc", None)
+        if not isinstance(reason, Deferred):
+            super().on_retry(exc_info)
+            return
+        if self.task.acks_late:
+            self.acknowledge()
+        self.send_event("task-retried", exception=str(reason), traceback="")
 
     def _refuse(self) -> None:
         routing_key = (self._message.delivery_info or {}).get("routing_key")

@@ -132,6 +132,8 @@ def test_flower_shows_the_deferring_task_in_retry_with_the_reply(env, mx, reques
     assert task["name"] == "mailflow.transmit"
     assert "451 4.2.2 mailbox full" in (task.get("exception") or "")
     assert "next attempt 20" in task["exception"]  # and when (UTC)
+    # as it reads: no exception's repr around it, no traceback (issue 24 item 6)
+    assert task["exception"].startswith("1 deferred for") and not task.get("traceback")
     # Stays RETRY once the worker has taken the countdown (its task-received comes later)
     env.wait(lambda: uuid in scheduled(env), 10)
     assert [t["uuid"] for t in retried()] == [task["uuid"]]
