@@ -1,4 +1,4 @@
-"""The ``mailflow`` command: run, smtpd, send (PRODUCT §1, §5)."""
+"""The ``mailflow`` command: run, smtpd, send."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The outbound hooks, declared as Celery signals (PRODUCT §3).
+"""The outbound hooks, declared as Celery signals.
 
 This module only declares; receivers live in plugins (``config/plugins``).
 Receivers are held by weak reference unless connected with ``weak=False``:

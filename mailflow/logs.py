@@ -1,4 +1,4 @@
-"""Log lines operators and log shippers read (PRODUCT §4 "Log lines").
+"""Log lines operators and log shippers read.
 
 :func:`event` writes ``<kind> key=value ...`` in text mode; with
 ``--log-format json`` (or ``MAILFLOW_LOG_FORMAT=json``) the same fields come

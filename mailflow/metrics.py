@@ -1,4 +1,4 @@
-"""Prometheus metrics, one endpoint per host, right across all of its processes (PRODUCT §8).
+"""Prometheus metrics, one endpoint per host, right across all of its processes.
 
 Most figures are read at scrape time from what every process already shares on the
 host: the queue directory (entries by state, the oldest one's age, the webhook backlog)

@@ -2,7 +2,7 @@
 
 A plugin written against 0.1 may import ``mailflow.hmail`` or ``mailflow.mx`` (for
 type hints, or to build a get_mx answer); those names keep working, with a
-DeprecationWarning naming the new path.  The public API of PRODUCT.md
+DeprecationWarning naming the new path.  The public API
 (``mailflow.hooks``, ``mailflow.codes``, ``mailflow.outbound``) never moved.
 """
 

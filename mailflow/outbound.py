@@ -1,4 +1,4 @@
-"""The Python API for queueing mail: Haraka's ``outbound.send_email`` (PRODUCT §3).
+"""The Python API for queueing mail: Haraka's ``outbound.send_email``.
 
 ``from mailflow import outbound`` is how plugins and applications queue mail;
 the work is done by :mod:`mailflow.queue.submission`, whose names are here too.

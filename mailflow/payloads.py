@@ -190,7 +190,7 @@ class Outcome:
     secured: bool = False
     authenticated: bool = False
     results: dict[str, Reply] = field(default_factory=dict)  #: address -> reply
-    tls_level: str = "none"  #: none, opportunistic, verified, mta-sts or dane (PRODUCT §8)
+    tls_level: str = "none"  #: none, opportunistic, verified, mta-sts or dane
 
     def keyword(self) -> str:
         """What became of the entry, as its log line says: delivered to anyone, else
@@ -248,7 +248,7 @@ class Letter:
 
 @dataclass(frozen=True)
 class Parcel:
-    """A route with its letters, for a holder on any host (PRODUCT §7, docs/architecture.md).
+    """A route with its letters, for a holder on any host (docs/architecture.md).
 
     ``issued_ms`` is the owner's clock when it published the parcel: the owner keeps its
     claim for ``wait_ms`` and a lease more, so a holder that has not renewed the lease

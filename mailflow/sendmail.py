@@ -1,4 +1,4 @@
-"""``mailflow sendmail``: the sendmail command line applications expect (PRODUCT §5).
+"""``mailflow sendmail``: the sendmail command line applications expect.
 
 Flags: ``-t`` (recipients from To/Cc/Bcc, Bcc removed), ``-i``/``-oi`` (a lone
 dot does not end the message), ``-f``/``-r`` (envelope sender), ``-F`` (full

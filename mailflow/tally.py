@@ -1,4 +1,4 @@
-"""What one task did to the mail, counted while it runs: its result in Flower (PRODUCT §4).
+"""What one task did to the mail, counted while it runs: its result in Flower.
 
 A pipeline task runs inside :func:`tallied`; the code that gives an entry its
 outcome calls :func:`count` (delivered, deferred, failed, bounced…), and the task

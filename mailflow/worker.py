@@ -5,7 +5,7 @@ Celery's own ``--config`` option already means something else.
 
 A worker whose host has the queue directory (``queue_dir``) is its owner's worker: it
 consumes the owner's Celery queue (mailflow/queue/identity.py) and offers to run the
-queue manager.  A worker without one is a *worker host* (PRODUCT §7): it says so, takes
+queue manager.  A worker without one is a *worker host*: it says so, takes
 no owner's work, and starts serving as soon as a queue directory appears on its host
 (an smtpd started after it, or the first ``send_email``).  On the embedded broker there
 is one host only: its worker makes the queue directory, as every process there does.

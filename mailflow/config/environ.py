@@ -1,4 +1,4 @@
-"""What mailflow reads from the environment, checked like a config file (PRODUCT §1).
+"""What mailflow reads from the environment, checked like a config file.
 
 A malformed variable stops a process with one line naming it -- never a
 traceback, and never a process that starts half-configured.  Every command

@@ -1,4 +1,4 @@
-"""The whole config directory, parsed and validated (PRODUCT §2).
+"""The whole config directory, parsed and validated.
 
 ``load(dir)`` reads every file and raises :class:`ConfigError` at the first
 problem, so a process never starts half-configured.  ``outbound.ini`` is the
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: How often (s) ``outbound.ini`` is stat()ed for changes; PRODUCT asks for <= 5 s.
+#: How often (s) ``outbound.ini`` is stat()ed for changes; changes take effect within 5 s.
 RELOAD_CHECK_INTERVAL = 1.0
 
 AUTH_METHODS = ("PLAIN", "LOGIN", "CRAM-MD5")

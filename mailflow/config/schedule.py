@@ -1,4 +1,4 @@
-"""The retry schedule: ``temp_fail_intervals`` (Haraka's syntax, PRODUCT §2).
+"""The retry schedule: ``temp_fail_intervals`` (Haraka's syntax).
 
 ``1m, 5m*2, 1h*3`` -> ``[60, 300, 300, 3600, 3600, 3600]``; ``none`` -> ``[]``
 (bounce at the first temporary failure).  Unlike Haraka, a syntax error is

@@ -178,7 +178,7 @@ def optional_bool(value: str) -> bool | None:
 
 @dataclass(frozen=True)
 class Outbound:
-    """``outbound.ini``: delivery settings (PRODUCT §2)."""
+    """``outbound.ini``: delivery settings."""
 
     disabled: bool = setting(
         False, boolean, "pause delivery while still accepting and queueing (read live, <= 5 s)")
@@ -357,7 +357,7 @@ def domain_name(value: str) -> str:
 
 @dataclass(frozen=True)
 class Dkim:
-    """``dkim.ini`` [main]: how mail is signed; the keys are in ``dkim/<domain>/`` (PRODUCT §8)."""
+    """``dkim.ini`` [main]: how mail is signed; the keys are in ``dkim/<domain>/``."""
 
     headers_to_sign: tuple[str, ...] = setting(
         DKIM_HEADERS, header_names, "header fields signed, those present in the message")
@@ -389,7 +389,7 @@ def optional_hostport(value: str) -> tuple[str, int] | None:
 
 @dataclass(frozen=True)
 class Metrics:
-    """``metrics.ini`` [main]: the Prometheus endpoint, one per host (PRODUCT §8)."""
+    """``metrics.ini`` [main]: the Prometheus endpoint, one per host."""
 
     listen: tuple[str, int] | None = setting(
         None, optional_hostport, "host:port of the /metrics endpoint (off when unset)")

@@ -1,4 +1,4 @@
-"""``shaping.ini``: traffic shaping rules per destination (PRODUCT §8).
+"""``shaping.ini``: traffic shaping rules per destination.
 
 One section per rule: ``[domain:example.com]`` (the recipient domain),
 ``[mx:.mail.example.net]`` (an MX host suffix: every domain hosted there shares the

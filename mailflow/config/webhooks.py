@@ -1,4 +1,4 @@
-"""``webhooks.ini``: where delivery events are POSTed (PRODUCT §8).
+"""``webhooks.ini``: where delivery events are POSTed.
 
 One section per endpoint, any name: ``url``, ``events`` (a comma list of
 ``queued delivered deferred bounced dropped``), ``secret`` (``whsec_<base64>``, the

@@ -1,1 +1,1 @@
-"""DKIM signing (PRODUCT §8): keys in Haraka's layout, signed once when mail is queued."""
+"""DKIM signing: keys in Haraka's layout, signed once when mail is queued."""

@@ -1,4 +1,4 @@
-"""Signing a message once, when it is queued, with dkimpy (PRODUCT §8).
+"""Signing a message once, when it is queued, with dkimpy.
 
 The signing domain is the From header's domain (DMARC alignment), else
 ``fallback_domain``.  Every way in -- SMTP, ``send_email``, ``mailflow send`` and

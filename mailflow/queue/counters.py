@@ -1,4 +1,4 @@
-"""Totals since the queue directory was created: delivered, bounced, dropped (PRODUCT §4).
+"""Totals since the queue directory was created: delivered, bounced, dropped.
 
 Each counter is a file in ``<queue>/.counters/`` that grows by one byte per
 event, written with O_APPEND: every process on the host (smtpd, workers, the

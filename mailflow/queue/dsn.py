@@ -1,4 +1,4 @@
-"""Bounce messages: RFC 3464 delivery status notifications (PRODUCT §4 "Bounce").
+"""Bounce messages: RFC 3464 delivery status notifications.
 
 The layout is ``multipart/report; report-type=delivery-status``: the text of
 ``outbound.bounce_message`` (its headers become the bounce's headers), a

@@ -1,4 +1,4 @@
-"""Delivery events for webhooks, kept in the queue directory before anyone is told (PRODUCT §8).
+"""Delivery events for webhooks, kept in the queue directory before anyone is told.
 
 An event is one JSON line appended, in the same step that gives the entry its outcome,
 to this process's *journal* segment ``<queue>/.webhooks/journal/<pid>-<token>.jsonl``:
@@ -193,7 +193,7 @@ def publisher(queue_root: Path) -> Publish:
 def message_event(cfg: Config, event: str, todo: ToDo, rcpts: list[str], *, status: str = "",
                   response: str = "", host: str = "-", ip: str = "-", tls_level: str = "none",
                   num_failures: int = 0) -> None:
-    """One entry's event (PRODUCT §8 fields); nothing at all when no endpoint wants it, and
+    """One entry's event; nothing at all when no endpoint wants it, and
     never an exception into the delivery that caused it."""
     if not any(event in e.events for e in cfg.webhooks):
         return

@@ -1,4 +1,4 @@
-"""HMail: one queue entry as the hooks see it (PRODUCT §3)."""
+"""HMail: one queue entry as the hooks see it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A queue directory's persistent identity, and the Celery queue of its owner (PRODUCT §7).
+"""A queue directory's persistent identity, and the Celery queue of its owner.
 
 Work that touches a queue directory must run on the host that has it.  Each
 queue directory has an identity, written into it once; the workers of its host

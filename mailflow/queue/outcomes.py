@@ -1,4 +1,4 @@
-"""What happens to an entry after an attempt: delivered, deferred, failed (PRODUCT §4).
+"""What happens to an entry after an attempt: delivered, deferred, failed.
 
 Accepted recipients fire ``delivered``; temporarily refused ones stay in the
 entry, rescheduled by ``temp_fail_intervals`` through the ``deferred`` hook

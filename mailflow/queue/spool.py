@@ -1,6 +1,6 @@
 """The queue directory: the durable record of every accepted mail.
 
-Layout (a per-host directory, PRODUCT §7):
+Layout (a per-host directory):
 
 ``pending/``
     entries not being worked on.  The name says when each is next due

@@ -1,4 +1,4 @@
-"""Queueing: the one path by which mail enters the queue (PRODUCT §4 Queueing).
+"""Queueing: the one path by which mail enters the queue.
 
 ``outbound.send_email`` (the Python API), ``mailflow smtpd``, ``mailflow send``,
 ``mailflow sendmail`` and bounces all end in :func:`queue_message`.  Nothing is

@@ -1,4 +1,4 @@
-"""What ``mailflow queue list|show|delete|stats`` read and do (PRODUCT §5).
+"""What ``mailflow queue list|show|delete|stats`` read and do.
 
 Counting needs no file opened (names carry the schedule); listing opens each
 entry's header for its envelope and last error, never its message.
@@ -62,7 +62,7 @@ def state_of(where: str, name: EntryName, now: int) -> str:
     return "queued"  # due, or failed recipients waiting for their bounce
 
 
-#: The keys of ``stats`` (PRODUCT §4), in order.
+#: The keys of ``stats``, in order.
 STAT_KEYS = ("queued", "in_progress", "waiting", *counters.NAMES)
 
 

@@ -1,4 +1,4 @@
-"""What a ``get_mx`` answer means: every form of PRODUCT §3, checked field by field.
+"""What a ``get_mx`` answer means: every form a plugin may give, checked field by field.
 
 A plugin's answer is untrusted input, as is an MX list that came through the
 broker: anything that is not one of those forms, or has a field of the wrong
@@ -18,7 +18,7 @@ from mailflow.relay.mx import MX, MX_KEYS, is_ip
 
 
 def mx_from_hook(value: Any, default_port: int) -> list[MX]:
-    """A ``get_mx`` answer in any form of PRODUCT §3, as a list of MX (never DNS-checked).
+    """A ``get_mx`` answer in any form a plugin may give, as a list of MX (never DNS-checked).
 
     A plugin's answer is untrusted input: anything that is not one of those forms,
     or has a field of the wrong type or out of range, is a ValueError naming it

@@ -74,7 +74,7 @@ class _LMTP(_Timed, smtplib.LMTP):
 
 @dataclass(frozen=True)
 class SessionKey:
-    """What makes two connections interchangeable (PRODUCT §4 "Pooling"), TLS aside."""
+    """What makes two connections interchangeable, TLS aside."""
 
     ip: str
     port: int
@@ -84,7 +84,7 @@ class SessionKey:
     lmtp: bool
 
 
-#: TLS levels of a delivery, weakest first (PRODUCT §8): ``verified`` is a certificate
+#: TLS levels of a delivery, weakest first: ``verified`` is a certificate
 #: checked against ``ca`` for the MX name (force_tls_hosts, rejectUnauthorized); ``mta-sts``
 #: the same under a recipient domain's enforced policy; ``dane`` matched to TLSA records.
 LEVELS = ("none", "opportunistic", "verified", "mta-sts", "dane")

@@ -1,4 +1,4 @@
-"""Where to deliver: MX lookup with dnspython, and the addresses to try (PRODUCT §4).
+"""Where to deliver: MX lookup with dnspython, and the addresses to try.
 
 RFC 5321 §5.1: MX records in preference order, equal preferences shuffled;
 no MX record means the domain itself is the MX (implicit MX); a single MX of

@@ -2,7 +2,7 @@
 
 Decided once per route, before a session is chosen (:func:`for_route`), and then
 per address (:meth:`RouteSecurity.need`).  DANE wins over MTA-STS for the same
-MX host (PRODUCT §8); both apply only to MX hosts found in DNS, never to a
+MX host; both apply only to MX hosts found in DNS, never to a
 ``get_mx`` answer (a smarthost is the operator's choice, as in Postfix, where a
 relayhost ignores the recipient domain's policy).
 """

@@ -1,4 +1,4 @@
-"""Outbound TLS policy from ``tls.ini`` [outbound] (PRODUCT §2).
+"""Outbound TLS policy from ``tls.ini`` [outbound].
 
 ``no_tls_hosts``: never STARTTLS with these IPs, CIDRs or domains.
 ``force_tls_hosts``: these IPs, MX names or domains must have TLS verified

@@ -1,4 +1,4 @@
-"""Who may relay: SMTP AUTH, ``relay_acl_allow``, or a ``connect`` receiver (PRODUCT §6).
+"""Who may relay: SMTP AUTH, ``relay_acl_allow``, or a ``connect`` receiver.
 
 mailflow is outbound only: every recipient domain is remote, so a client
 that is not relaying may queue nothing at all.

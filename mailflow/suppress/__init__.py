@@ -1,1 +1,1 @@
-"""The suppression list (PRODUCT §8): addresses not to be mailed again."""
+"""The suppression list: addresses not to be mailed again."""

@@ -1,4 +1,4 @@
-"""The suppression list: addresses that will not be mailed again (PRODUCT §8).
+"""The suppression list: addresses that will not be mailed again.
 
 A permanent failure that says the mailbox or its domain does not exist (enhanced
 status 5.1.x: the remote server's reply, or mailflow's own for NXDOMAIN and a null

@@ -1,1 +1,1 @@
-"""Delivery webhooks (PRODUCT §8): kept events POSTed to the application, signed, retried."""
+"""Delivery webhooks: kept events POSTed to the application, signed, retried."""
