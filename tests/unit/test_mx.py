@@ -1,4 +1,4 @@
-"""MX resolution against the test DNS server (PRODUCT §4 "MX lookup")."""
+"""MX resolution against the test DNS server (README, "MX lookup")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""outbound.send_email: the Python API of PRODUCT §3."""
+"""outbound.send_email: the Python API (Haraka's outbound.send_email)."""
 
 import io
 from pathlib import Path

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["mailflow", "tasks", "config", "deploy", "docs", "README.md", "celeryconfig.py", "Makefile",
-           "pyproject.toml"]
+#: the name of the contract kept outside the repository, spelt so this file does not cite it
+CITED = "PROD" + "UCT"
+SHIPPED = ["mailflow", "tasks", "config", "deploy", "docs", "tests", "harness", "bench", "README.md",
+           "celeryconfig.py", "Makefile", "pyproject.toml"]
 
 
 def test_no_shipped_file_cites_the_product_contract():
@@ -21,7 +23,7 @@ def test_no_shipped_file_cites_the_product_contract():
                 continue
             text = path.read_text(errors="replace")
             cited += [f"{path.relative_to(REPO)}:{n}" for n, line in enumerate(text.splitlines(), 1)
-                      if "PRODUCT" in line]
+                      if CITED in line]
     assert cited == []
 
 
@@ -29,4 +31,4 @@ def test_no_help_text_cites_it_either():
     for argv in (["--help"], ["sendmail", "--help"], ["sink", "--help"], ["flower", "--help"]):
         done = subprocess.run([sys.executable, "-m", "mailflow", *argv], capture_output=True, timeout=60,
                               cwd=REPO)
-        assert b"PRODUCT" not in done.stdout + done.stderr, argv
+        assert CITED.encode() not in done.stdout + done.stderr, argv
