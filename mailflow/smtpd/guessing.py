@@ -27,6 +27,8 @@ from typing import Any
 
 import redis
 
+from mailflow import atomic
+
 log = logging.getLogger(__name__)
 
 LOCKED_OUT = "454 4.7.0 Too many failed authentication attempts, try again later"
@@ -139,30 +141,29 @@ class Guesses:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, list[list[Any]]]]:
-        """The table (key -> [[time, token], ...]) under the host's lock, pruned; written back."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """The table (key -> [[time, token], ...]) under the host's lock, pruned; written back
+        whole (mailflow/atomic.py), so a crash never leaves half of it."""
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            with os.fdopen(os.dup(fd), "r+", encoding="utf-8") as f:
-                try:
-                    table = json.loads(f.read() or "{}")
-                except ValueError:
-                    table = {}
-                if not isinstance(table, dict):
-                    table = {}
-                since = time.time() - self.window
-                for name in list(table):
-                    kept = [e for e in table[name] if isinstance(e, list) and len(e) == 2
-                            and isinstance(e[0], (int, float)) and e[0] > since]
-                    if kept:
-                        table[name] = kept
-                    else:
-                        del table[name]
-                yield table
-                f.seek(0)
-                f.truncate()
-                f.write(json.dumps(table))
+            try:
+                table = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+            except (FileNotFoundError, ValueError):
+                table = {}
+            if not isinstance(table, dict):
+                table = {}
+            since = time.time() - self.window
+            for name in list(table):
+                kept = [e for e in table[name] if isinstance(e, list) and len(e) == 2
+                        and isinstance(e[0], (int, float)) and e[0] > since]
+                if kept:
+                    table[name] = kept
+                else:
+                    del table[name]
+            yield table
+            atomic.replace_text(self.path, json.dumps(table))
         finally:
             os.close(fd)
 

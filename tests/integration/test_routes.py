@@ -63,3 +63,33 @@ def test_a_smarthost_with_auth_and_the_order_of_precedence(env, tmp_path):
         write_routes(env, "")
         smarthost.stop()
         direct.stop()
+
+
+def test_a_route_that_requires_tls_never_sends_in_plaintext_and_verify_checks_the_certificate(
+        env, mx_tls_context, tls_ca):
+    """routes.ini tls = required / verify, on their strict side: no STARTTLS, or a certificate
+    from a CA tls.ini does not trust, and the mail waits (4.7.x) instead of going."""
+    plain = MXServer("127.0.0.2", PORT).start()  # offers no STARTTLS
+    try:
+        write_routes(env, "[plain.routed.test]\nvia = 127.0.0.2\ntls = required\n")
+        uuid = env.send("a@plain.routed.test")
+        assert env.deferral(uuid)["status"].startswith("4.7")
+        assert plain.deliveries == []
+    finally:
+        plain.stop()
+    signed = MXServer("127.0.0.2", PORT, tls_context=mx_tls_context).start()  # the test CA's
+    try:
+        write_routes(env, "[signed.routed.test]\nvia = 127.0.0.2\ntls = verify\n")
+        uuid = env.send("b@signed.routed.test")  # tls.ini trusts the system's CAs, not the test CA
+        assert env.deferral(uuid)["status"].startswith("4.7")
+        assert signed.deliveries == []
+        tls_ca.cert_pem.write_to_path(str(env.inst.config_dir / "ca.pem"))  # now tls.ini trusts it
+        env.inst.write_config("tls.ini", "[outbound]\nca = ca.pem\n")
+        write_routes(env, "[signed.routed.test]\nvia = 127.0.0.2\ntls = verify\n")
+        env.send("c@signed.routed.test")
+        [delivery] = signed.wait_for(1)
+        assert delivery.rcpt_to == ["c@signed.routed.test"] and signed.sessions[-1].tls
+    finally:
+        env.inst.write_config("tls.ini", "")
+        write_routes(env, "")
+        signed.stop()
