@@ -66,7 +66,8 @@ def _deliveries(spool: Spool, route: Route, lend_out: bool) -> list[Route | Parc
 
 
 class _Dns:
-    """The batch's DNS answer, asked at most once and only if some entry needs it."""
+    """The batch's answer where no get_mx receiver gives one -- its routes.ini route or
+    relay_host, else DNS -- asked at most once and only if some entry needs it."""
 
     def __init__(self, domain: str):
         self.domain = domain
@@ -74,8 +75,11 @@ class _Dns:
 
     def mx(self, settings: Outbound) -> list[MX]:
         if self.answer is None:
+            route = config.current().route_for(self.domain)
             try:
-                self.answer = query_mx(self.domain, settings)
+                self.answer = query_mx(self.domain, settings) if route is None else mx_from_hook(
+                    [{**mx, "port": mx["port"] or settings.mx_port} for mx in route.answer()],
+                    settings.mx_port)
             except DeliveryError as exc:
                 self.answer = exc
         if isinstance(self.answer, DeliveryError):
@@ -122,13 +126,7 @@ def _route(spool: Spool, hmail: HMail, dns: _Dns, settings: Outbound
                  Outcome(), settings)
         return None
     try:
-        if answer.code is OK:
-            mxs = mx_from_hook(answer.value, settings.mx_port)
-        elif (route := config.current().route_for(dns.domain)) is not None:  # routes.ini, relay_host
-            mxs = mx_from_hook([{**mx, "port": mx["port"] or settings.mx_port} for mx in route.answer()],
-                               settings.mx_port)
-        else:
-            mxs = dns.mx(settings)
+        mxs = mx_from_hook(answer.value, settings.mx_port) if answer.code is OK else dns.mx(settings)
     except DeliveryError as exc:
         fail_all(spool, hmail, exc.reply, Outcome(), settings)
         return None
