@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench dashboard services install clean
+.PHONY: run test lint docs bench dashboard services install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ TEST_PROCS ?= 4
 
 test: $(STAMP) services lint
 	$(PY) -m pytest -n $(TEST_PROCS) --dist loadfile
+
+# docs/reference/: written from the code's registries (a test fails when they are stale)
+docs: $(STAMP)
+	$(PY) -m mailflow.reference docs/reference
 
 # Postfix's smtp-source/smtp-sink are installed when possible (never starting Postfix).
 bench: $(STAMP) services

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("-f", "--from", dest="sender", required=True, metavar="FROM",
                    help="envelope sender ('' for the null sender)")
-    p.add_argument("recipients", nargs="+", metavar="RCPT")
+    p.add_argument("recipients", nargs="+", metavar="RCPT", help="envelope recipients")
 
     sub.add_parser("sendmail", help="the sendmail command line (-t -i -f -F …); see its --help",
                    add_help=False)
@@ -106,17 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=("queued", "in_progress", "waiting"), help="only this state")
     p = qsub.add_parser("show", help="envelope, headers and last attempts of one entry")
     _common(p)
-    p.add_argument("ident", metavar="ID")
+    p.add_argument("ident", metavar="ID", help="the entry's id, as queue list shows it")
     p.add_argument("--body", action="store_true", help="the whole message, not only its headers")
     p = qsub.add_parser("delete", help="remove entries (like postsuper -d)")
     _common(p)
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("ident", nargs="?", metavar="ID")
+    group.add_argument("ident", nargs="?", metavar="ID", help="this entry")
     group.add_argument("--domain", help="every entry for this domain")
     group.add_argument("--all-deferred", action="store_true", help="every deferred entry")
     p = qsub.add_parser("stats", help="queued, in progress, waiting, and totals")
     _common(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--cluster", action="store_true",
                    help="every owner's queue on the broker, by remote control, and their sum")
     dkim_command.add_parser(sub, _common)

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from mailflow.config import environ
@@ -20,6 +21,63 @@ log = logging.getLogger("mailflow.events")
 
 #: Fields whose values are always quoted in text mode (they are free text).
 _QUOTED = {"response", "reason", "error"}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One kind of line: its keyword, when it is written, and its fields in order."""
+
+    kind: str
+    doc: str
+    fields: tuple[tuple[str, str], ...]
+
+
+_ATTEMPT = (
+    ("id", "the queue entry's id (one per destination domain of a message)"),
+    ("domain", "the recipient domain"),
+    ("host", "the next hop's name (- when none was reached)"),
+    ("ip", "its address"),
+    ("port", "its port (the last one tried, when none answered)"),
+    ("mode", "SMTP or LMTP"),
+    ("tls", "Y when the session was encrypted"),
+    ("tlslevel", "none, opportunistic, verified, mta-sts or dane"),
+    ("auth", "Y when mailflow authenticated to the next hop"),
+    ("response", "the first reply of the attempt, quoted"),
+    ("delay", "seconds since the message was queued"),
+    ("fails", "temporary failures before this attempt"),
+    ("rcpts", "recipients delivered/deferred/failed"),
+    ("via", "the worker node of another host that made the attempt, when one did"),
+)
+
+#: Every line :func:`event` writes (a test holds each call to its kind's fields).
+EVENTS = {e.kind: e for e in (
+    Event("queued", "a message was accepted and is on disk, fsync'd (written before the 250)", (
+        ("id", "the transaction's id"),
+        ("from", "the envelope sender"),
+        ("rcpts", "the envelope recipients, comma separated"),
+        ("size", "bytes"),
+        ("client", "the client's address, or local for the Python API"),
+        ("auth", "the AUTH user name, - when none"))),
+    Event("delivered", "an attempt after which at least one recipient was delivered", _ATTEMPT),
+    Event("deferred", "an attempt that failed temporarily for its recipients: retried later",
+          _ATTEMPT),
+    Event("failed", "an attempt that failed permanently for its recipients: a bounce follows",
+          _ATTEMPT),
+    Event("bounced", "a bounce (DSN) was queued to the sender", (
+        ("id", "the queue entry that failed"),
+        ("to", "the bounce's recipient, the original sender"),
+        ("status", "the enhanced status code"),
+        ("reason", "why, quoted"),
+        ("bounce_id", "the bounce's own queue id"))),
+    Event("dropped", "a queue entry was removed without delivery or bounce", (
+        ("id", "the queue entry"),
+        ("reason", "a null sender, a hook's answer, the operator, or no bounce could be made"),)),
+    Event("refused", "a recipient was refused at the door", (
+        ("rcpt", "the recipient (escaped)"),
+        ("client", "the client's address, or local"),
+        ("reason", "suppressed"),
+        ("since", "when the address was suppressed (Unix time)"))),
+)}
 
 
 def _text_value(key: str, value: Any) -> str:

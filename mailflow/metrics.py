@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -45,6 +46,52 @@ OUTCOMES = ("queued", "delivered", "deferred", "bounced", "dropped")
 #: counter files for the outcomes that the queue tools' own counters do not hold
 OUTCOME_COUNTERS = {"queued": "queued_total", "deferred": "deferred_total"}
 BIND_RETRY = 30.0
+QUEUE_STATES = ("queued", "in_progress", "waiting")
+CONNECTION_STATES = ("open", "idle")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One family the endpoint serves: the registry the collector and the reference share."""
+
+    name: str
+    family: type  #: prometheus_client's Counter-, Gauge- or HistogramMetricFamily
+    help: str
+    labels: tuple[str, ...] = ()
+    #: what the label takes, in words (the reference lists it)
+    label_values: str = ""
+
+    def new(self, **kwargs: Any) -> Any:
+        """An empty family of this metric; ``kwargs``: value= for one without labels."""
+        return self.family(self.name, self.help, labels=list(self.labels) or None, **kwargs)
+
+
+METRICS = {m.name: m for m in (
+    Metric("mailflow_messages", CounterMetricFamily, "Queue entries by what became of them",
+           ("outcome",), ", ".join(OUTCOMES)),
+    Metric("mailflow_queue_entries", GaugeMetricFamily, "Entries in the queue now, by state",
+           ("state",), ", ".join(QUEUE_STATES)),
+    Metric("mailflow_queue_oldest_age_seconds", GaugeMetricFamily, "Age of the oldest entry"),
+    Metric("mailflow_deliveries", CounterMetricFamily, "Delivered entries by TLS level",
+           ("tls_level",), ", ".join(TLS_LEVELS)),
+    Metric("mailflow_webhook_backlog", GaugeMetricFamily, "Webhook events not yet accepted"),
+    Metric("mailflow_refused_tasks", CounterMetricFamily, "Broker messages refused: no valid MAC"),
+    Metric("mailflow_delivery_seconds", HistogramMetricFamily,
+           "Time from queueing to delivery (retries included)"),
+    Metric("mailflow_connections", GaugeMetricFamily, "Outbound SMTP connections",
+           ("state",), ", ".join(CONNECTION_STATES)),
+    Metric("mailflow_shaping_throttled", CounterMetricFamily,
+           "Times a shaping rule held mail back (a batch, a connection or a message)",
+           ("rule",), "the rule's section name, domain:example.com"),
+    Metric("mailflow_attempt_seconds", HistogramMetricFamily,
+           "One delivery attempt, by destination (shaping rule or other)",
+           ("destination",), "the shaping rule the destination falls under, or other"),
+    Metric("mailflow_shaping_redis_fallbacks", CounterMetricFamily,
+           "Shaping decisions made on this host alone while Redis did not answer"),
+    Metric("mailflow_shaping_suspended_seconds", GaugeMetricFamily,
+           "Seconds left of a shaping rule's suspension", ("rule",),
+           "the rule's section name, for rules with suspend_on"),
+)}
 
 
 def _alive(pid: int) -> bool:
@@ -67,30 +114,23 @@ class HostCollector(Collector):
         spool = Spool(self.cfg.queue_path())
         root = spool.root
         stats, oldest = queuetools.census(spool) if spool.exists() else ({}, None)
-        totals = CounterMetricFamily("mailflow_messages", "Queue entries by what became of them",
-                                     labels=["outcome"])
+        totals = METRICS["mailflow_messages"].new()
         for outcome in OUTCOMES:
             totals.add_metric([outcome], counters.read(root, OUTCOME_COUNTERS.get(outcome, outcome)))
         yield totals
-        entries = GaugeMetricFamily("mailflow_queue_entries", "Entries in the queue now, by state",
-                                    labels=["state"])
-        for state in ("queued", "in_progress", "waiting"):
+        entries = METRICS["mailflow_queue_entries"].new()
+        for state in QUEUE_STATES:
             entries.add_metric([state], stats.get(state, 0))
         yield entries
-        yield GaugeMetricFamily("mailflow_queue_oldest_age_seconds", "Age of the oldest entry",
-                                value=queuetools.age_of(oldest))
-        tls = CounterMetricFamily("mailflow_deliveries", "Delivered entries by TLS level",
-                                  labels=["tls_level"])
+        yield METRICS["mailflow_queue_oldest_age_seconds"].new(value=queuetools.age_of(oldest))
+        tls = METRICS["mailflow_deliveries"].new()
         for level in TLS_LEVELS:
             tls.add_metric([level], counters.read(root, tls_counter(level)))
         yield tls
-        yield GaugeMetricFamily("mailflow_webhook_backlog", "Webhook events not yet accepted",
-                                value=events.backlog(root))
-        yield CounterMetricFamily("mailflow_refused_tasks", "Broker messages refused: no valid MAC",
-                                  value=authentic.refused())
+        yield METRICS["mailflow_webhook_backlog"].new(value=events.backlog(root))
+        yield METRICS["mailflow_refused_tasks"].new(value=authentic.refused())
         yield from self._sampled()
-        suspended = GaugeMetricFamily("mailflow_shaping_suspended_seconds",
-                                      "Seconds left of a shaping rule's suspension", labels=["rule"])
+        suspended = METRICS["mailflow_shaping_suspended_seconds"].new()
         if self.cfg.shaping:
             shaper = shaper_for(self.cfg.shared_redis())
             for rule in self.cfg.shaping:
@@ -116,20 +156,16 @@ class HostCollector(Collector):
             if _alive(int(sample.get("pid", 0))):
                 open_now += int(sample.get("open", 0))
                 idle_now += int(sample.get("idle", 0))
-        histogram = HistogramMetricFamily(
-            "mailflow_delivery_seconds", "Time from queueing to delivery",
+        histogram = METRICS["mailflow_delivery_seconds"].new(
             buckets=[(floatToGoString(b), n) for b, n in zip(BUCKETS, buckets, strict=True)]
             + [("+Inf", count)],
             sum_value=total)
         yield histogram
-        connections = GaugeMetricFamily("mailflow_connections", "Outbound SMTP connections",
-                                        labels=["state"])
+        connections = METRICS["mailflow_connections"].new()
         connections.add_metric(["open"], open_now)
         connections.add_metric(["idle"], idle_now)
         yield connections
-        family = CounterMetricFamily("mailflow_shaping_throttled",
-                                     "Times a shaping rule held mail back (a batch, a connection or a "
-                                     "message)", labels=["rule"])
+        family = METRICS["mailflow_shaping_throttled"].new()
         for rule, n in sorted(throttled.items()):
             family.add_metric([rule], n)
         yield family
@@ -141,18 +177,14 @@ class HostCollector(Collector):
                 total_row = attempts.setdefault(destination, [0.0] * len(row))
                 for i, v in enumerate(row):
                     total_row[i] += float(v)
-        family_a = HistogramMetricFamily("mailflow_attempt_seconds",
-                                         "One delivery attempt, by destination (shaping rule or other)",
-                                         labels=["destination"])
+        family_a = METRICS["mailflow_attempt_seconds"].new()
         for destination, row in sorted(attempts.items()):
             family_a.add_metric([destination], [(floatToGoString(b), row[i]) for i, b in
                                                 enumerate(ATTEMPT_BUCKETS)] + [("+Inf", row[-2])],
                                 sum_value=row[-1])
         yield family_a
-        yield CounterMetricFamily("mailflow_shaping_redis_fallbacks",
-                                  "Shaping decisions made on this host alone while Redis did not answer",
-                                  value=sum(int((s.get("counts") or {}).get("shaping_fallback", 0))
-                                            for s in found))
+        fallbacks = sum(int((s.get("counts") or {}).get("shaping_fallback", 0)) for s in found)
+        yield METRICS["mailflow_shaping_redis_fallbacks"].new(value=fallbacks)
 
 
 def registry(cfg: Config) -> CollectorRegistry:

@@ -24,7 +24,8 @@ EX_USAGE, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 64, 65, 67, 75
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mailflow sendmail", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mailflow sendmail", description="Queue the message on standard "
+                                "input, as the sendmail command line applications call does.")
     p.add_argument("-t", action="store_true", help="read recipients from To:, Cc: and Bcc:")
     p.add_argument("-i", action="store_true", help="a line with a single dot does not end input")
     p.add_argument("-f", "-r", dest="sender", metavar="FROM", help="envelope sender")
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sendmail option (-oi as -i; others ignored)")
     p.add_argument("-b", dest="mode", default="m", metavar="MODE", help="only -bm is supported")
     p.add_argument("--config", metavar="DIR", default=None)
-    p.add_argument("recipients", nargs="*", metavar="RCPT")
+    p.add_argument("recipients", nargs="*", metavar="RCPT",
+                   help="envelope recipients (with -t: added to those of the headers)")
     return p
 
 

@@ -25,7 +25,17 @@ from typing import Any, TypeVar
 from mailflow import tls
 from mailflow.config import environ, routes, shaping, webhooks
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines, unknown
-from mailflow.config.settings import Dkim, Metrics, Outbound, Shared, Smtp, Tls, parsers_of
+from mailflow.config.settings import (
+    FILES,
+    LIVE_FILES,
+    Dkim,
+    Metrics,
+    Outbound,
+    Shared,
+    Smtp,
+    Tls,
+    parsers_of,
+)
 from mailflow.dkim.keys import KeyProblem, domain_keys, domains
 from mailflow.dkim.signer import Signer
 
@@ -33,8 +43,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: How often (s) ``outbound.ini`` is stat()ed for changes; changes take effect within 5 s.
+#: How often (s) the config files are stat()ed for changes; changes take effect within 5 s.
 RELOAD_CHECK_INTERVAL = 1.0
+CONFIG_NAMES = tuple(f.name for f in FILES)
 
 AUTH_METHODS = ("PLAIN", "LOGIN", "CRAM-MD5")
 
@@ -242,16 +253,25 @@ class Config:
             _check_tls_files(policy)
         return main, outbound
 
-    def _stamp(self) -> tuple[tuple[int, int] | None, ...]:
-        """(mtime, size) of the files read live: outbound.ini, tls.ini and routes.ini."""
-        out: list[tuple[int, int] | None] = []
-        for path in (self.directory / name for name in ("outbound.ini", "tls.ini", "routes.ini")):
+    def _stamp(self) -> dict[str, tuple[int, int] | None]:
+        """(mtime, size) of every file of the directory, by name."""
+        out: dict[str, tuple[int, int] | None] = {}
+        for name in CONFIG_NAMES:
             try:
-                st = os.stat(path)
-                out.append((st.st_mtime_ns, st.st_size))
-            except FileNotFoundError:
-                out.append(None)
-        return tuple(out)
+                st = os.stat(self.directory / name)
+                out[name] = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                out[name] = None
+        return out
+
+    def _say_restart(self, changed: list[str]) -> None:
+        """A file read only at start changed: say so, once per change, rather than let an
+        operator believe an edit to smtp.ini or webhooks.ini is in force."""
+        for name in changed:
+            if name not in LIVE_FILES:
+                log.warning("%s changed: it is read when mailflow starts; restart mailflow "
+                            "(and every worker host) for the change to take effect",
+                            self.directory / name)
 
     def _reload_if_changed(self) -> None:
         now = time.monotonic()
@@ -262,7 +282,11 @@ class Config:
             stamps = self._stamp()
             if stamps == self._stamps:
                 return
+            changed = [name for name in stamps if stamps[name] != self._stamps.get(name)]
             self._stamps = stamps
+            self._say_restart(changed)
+            if not any(name in LIVE_FILES for name in changed):
+                return
             try:
                 outbound_ini = _ini(self._outbound_path)
                 outbound = build_section(Outbound, outbound_ini, "main")
@@ -274,7 +298,8 @@ class Config:
                 return
             self._outbound, self._tls_outbound = outbound, tls_outbound
             self._routes, self._relay = found, relay
-            log.info("reloaded outbound.ini, tls.ini and routes.ini from %s", self.directory)
+            log.info("reloaded %s from %s", ", ".join(n for n in changed if n in LIVE_FILES),
+                     self.directory)
 
     @property
     def outbound(self) -> Outbound:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from mailflow.config.files import ConfigError, IniFile, Value, read_ini, unknown
-from mailflow.config.settings import TLS_MODES, boolean, parse_hostport
+from mailflow.config.settings import ROUTE_KEYS, TLS_MODES, boolean, parse_hostport
 
-KEYS = ("via", "lmtp", "auth_user", "auth_pass_file", "tls", "bind", "bind_helo")
+KEYS = tuple(k.name for k in ROUTE_KEYS)
 
 
 @dataclass(frozen=True)

@@ -395,6 +395,180 @@ class Metrics:
         None, optional_hostport, "host:port of the /metrics endpoint (off when unset)")
 
 
+@dataclass(frozen=True)
+class Key:
+    """A key of a section the user names -- a route, a webhook endpoint, a shaping rule --
+    whose value its own module reads (the kind and default are said in words here)."""
+
+    name: str
+    kind: str
+    default: str
+    doc: str
+
+
+ROUTE_KEYS = (
+    Key("via", "list of host[:port]", "", "where the mail goes, tried in order: host[:port], "
+        "[ip]:port; no MX lookup"),
+    Key("lmtp", "boolean", "false", "speak LMTP (a mailbox server's LMTP port)"),
+    Key("auth_user", "text", "", "AUTH to the next hop as this user"),
+    Key("auth_pass_file", "path", "", "a file whose first line is auth_user's password "
+        "(relative to the config directory)"),
+    Key("tls", "none, opportunistic, required or verify", "",
+        "what TLS the next hop must offer; verify checks its certificate against tls.ini's ca "
+        "(default: tls.ini's [outbound] policy)"),
+    Key("bind", "IP address", "", "the source address to connect from"),
+    Key("bind_helo", "host name", "", "the name to greet the next hop with (default: me)"),
+)
+
+WEBHOOK_KEYS = (
+    Key("url", "http:// or https:// URL", "", "where events are POSTed (required)"),
+    Key("events", "list of queued, delivered, deferred, bounced, dropped", "",
+        "the events this endpoint receives (required)"),
+    Key("secret", "whsec_<base64>", "", "signs each request the Standard Webhooks way "
+        "(webhook-id, webhook-timestamp, webhook-signature headers)"),
+    Key("timeout", "seconds", "10", "how long one POST may take before it is retried"),
+    Key("batch", "integer 1-1000", "1", "events per POST: more than 1 sends a JSON array"),
+)
+
+SHAPING_RULE_KEYS = (
+    Key("max_connections", "integer >= 1", "", "open connections at once, all hosts together"),
+    Key("max_messages_per_connection", "integer >= 1", "",
+        "messages over one connection, then QUIT and open a fresh one"),
+    Key("messages_per_minute", "integer >= 1", "", "never more in any sliding 60 s, all hosts"),
+    Key("messages_per_hour", "integer >= 1", "", "never more in any sliding hour, all hosts"),
+    Key("suspend_on", "list of enhanced codes or reply text", "",
+        "replies that stop this rule's mail for suspend_for"),
+    Key("suspend_for", "duration", "10m", "how long a suspension lasts"),
+)
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """One file of a config directory: what it holds, and when a change to it takes effect."""
+
+    name: str
+    doc: str
+    #: re-read within seconds of a change; otherwise read when a process starts
+    live: bool = False
+    #: ``(section, keys)``: a dataclass above, or the keys of sections the user names
+    #: (the section is then a pattern: ``[DOMAIN]``)
+    sections: tuple[tuple[str, type | tuple[Key, ...]], ...] = ()
+    note: str = ""
+
+
+#: Every file of a config directory, in the order the reference lists them.
+FILES = (
+    ConfigFile("me", "this host's name, one line: the EHLO name, the Received: header and "
+               "{me} in bounces (default: the machine's FQDN)"),
+    ConfigFile("outbound.ini", "how mail is delivered", live=True, sections=(("main", Outbound),)),
+    ConfigFile("routes.ini", "where mail goes without a line of code (Postfix's transport_maps): "
+               "one section per recipient domain, .suffix or *; the most specific wins; a "
+               "get_mx plugin's answer wins over a route, a route over relay_host and DNS",
+               live=True, sections=(("[example.com] [.example.org] [*]", ROUTE_KEYS),)),
+    ConfigFile("tls.ini", "certificates for the listener's STARTTLS ([main]) and the policy of "
+               "outbound STARTTLS ([outbound], which inherits every key of [main]); paths are "
+               "relative to the config directory", live=True,
+               sections=(("main", Tls), ("outbound", Tls)),
+               note="[outbound] is read again within seconds of a change; the listener reads "
+               "[main] at start"),
+    ConfigFile("smtp.ini", "the submission listener", sections=(("main", Smtp),)),
+    ConfigFile("auth_flat_file.ini", "who may relay by SMTP AUTH: [core] methods = PLAIN,LOGIN,"
+               "CRAM-MD5 and one name = password line per user under [users]"),
+    ConfigFile("relay_acl_allow", "clients that may relay without AUTH: one IP address or CIDR "
+               "per line"),
+    ConfigFile("plugins", "one importable Python module per line, imported at start by every "
+               "process; each connects its hook receivers"),
+    ConfigFile("outbound.bounce_message", "the bounce template: headers, a blank line, the body; "
+               "{me}, {from}, {to}, {reason}, {date}, {msgid}, {pid} are filled in"),
+    ConfigFile("dkim.ini", "how mail is DKIM-signed when it is queued; the keys are in "
+               "dkim/<domain>/ (selector, private, optional ed25519.selector and ed25519.private)",
+               sections=(("main", Dkim),)),
+    ConfigFile("shaping.ini", "traffic shaping per destination, holding across every host: "
+               "[domain:NAME], [mx:SUFFIX] or [source:IP] rules, and where their counts live",
+               sections=(("main", Shared), ("[domain:NAME] [mx:SUFFIX] [source:IP]", SHAPING_RULE_KEYS))),
+    ConfigFile("webhooks.ini", "delivery events POSTed to your application, one section per "
+               "endpoint (any name)", sections=(("[NAME]", WEBHOOK_KEYS),)),
+    ConfigFile("metrics.ini", "the Prometheus endpoint, one per host", sections=(("main", Metrics),)),
+    ConfigFile("broker.key", "the secret every host of one installation shares: every broker "
+               "message is signed with a key drawn from it (made at the first start; copy it to "
+               "each worker host, never to the broker)"),
+)
+
+#: The files read again while mailflow runs.
+LIVE_FILES = tuple(f.name for f in FILES if f.live)
+
+
+#: How each value is read, in words, and how a default is written back in that syntax.
+KINDS: dict[Parser, tuple[str, Callable[[Any], str]]] = {}
+
+
+def _duration_text(value: float) -> str:
+    n = int(value)
+    for unit, size_ in (("d", 86400), ("h", 3600), ("m", 60)):
+        if n and n % size_ == 0 and n == value:
+            return f"{n // size_}{unit}"
+    return f"{value:g}s"
+
+
+def _size_text(value: int) -> str:
+    for unit, size_ in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if value % size_ == 0:
+            return f"{value // size_}{unit}"
+    return str(value)
+
+
+def _hostports(value: tuple[tuple[str, int], ...]) -> str:
+    return ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value)
+
+
+def _kinds() -> None:
+    def optional(show: Callable[[Any], str]) -> Callable[[Any], str]:
+        return lambda v: "" if v is None else show(v)
+
+    def flag(v: bool) -> str:
+        return "true" if v else "false"
+
+    KINDS.update({
+        positive_int: ("integer >= 1", str),
+        non_negative_int: ("integer >= 0", str),
+        seconds: ("seconds", lambda v: f"{v:g}"),
+        positive_seconds: ("seconds above 0", lambda v: f"{v:g}"),
+        boolean: ("boolean", flag),
+        optional_bool: ("boolean, or empty", optional(flag)),
+        text: ("text", str),
+        intervals: ("list of durations (1m, 5m*2, 1h*3) or none",
+                    lambda v: ", ".join(_duration_text(s) for s in v) if v else "none"),
+        duration: ("duration (90, 90s, 15m, 1h, 2d)", _duration_text),
+        auto_duration: ("duration, or auto", lambda v: "auto" if v is None else _duration_text(v)),
+        listen_list: ("list of host:port", _hostports),
+        nameserver_list: ("list of ip[:port]", _hostports),
+        resolver_address: ("ip[:port], or empty", optional(lambda v: _hostports((v,)))),
+        optional_hostport: ("host:port, or empty", optional(lambda v: _hostports((v,)))),
+        size: ("size in bytes (k, m, g suffixes)", _size_text),
+        nodes: ("integer >= 1, or cpus", str),
+        failures_window: ("N/DURATION", lambda v: f"{v[0]}/{_duration_text(v[1])}"),
+        tls_version: ("TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3, or empty", str),
+        host_patterns: ("list of IPs, CIDRs or names", ", ".join),
+        header_names: ("list of header field names", ", ".join),
+        canonicalization: ("simple or relaxed, header/body", "/".join),
+        domain_name: ("domain name, or empty", str),
+        redis_url: ("redis:// or rediss:// URL, or empty", str),
+    })
+
+
+_kinds()
+
+
+def kind_of(cls: type, name: str) -> str:
+    """The key's type in words."""
+    return KINDS[parsers_of(cls)[name]][0]
+
+
+def default_text(cls: type, name: str) -> str:
+    """The key's default as it would be written in its file (empty: unset)."""
+    parse = parsers_of(cls)[name]
+    return KINDS[parse][1](defaults_of(cls)[name])
+
+
 def defaults_of(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in fields(cls)}
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from mailflow.config.files import ConfigError, Value, parse_list, read_ini, unknown
 from mailflow.config.schedule import parse_duration
-from mailflow.config.settings import positive_int
+from mailflow.config.settings import SHAPING_RULE_KEYS, positive_int
 
 KINDS = ("domain", "mx", "source")
 LIMITS = ("max_connections", "max_messages_per_connection", "messages_per_minute", "messages_per_hour")
-KEYS = (*LIMITS, "suspend_on", "suspend_for")
+KEYS = tuple(k.name for k in SHAPING_RULE_KEYS)
 _NAME = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 

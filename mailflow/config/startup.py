@@ -10,14 +10,13 @@ from pathlib import Path
 from mailflow import config as configmod
 from mailflow.config import plugins
 from mailflow.config.files import ConfigError
+from mailflow.config.settings import FILES
 
 log = logging.getLogger(__name__)
 
 
 #: The files of a config directory: one of them at least says this is one.
-CONFIG_FILES = ("me", "outbound.ini", "smtp.ini", "tls.ini", "routes.ini", "plugins", "relay_acl_allow",
-                "auth_flat_file.ini", "outbound.bounce_message", "dkim.ini", "shaping.ini",
-                "webhooks.ini", "metrics.ini")
+CONFIG_FILES = tuple(f.name for f in FILES)
 
 
 def _a_config_directory(directory: Path) -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mailflow.config.files import ConfigError, Value, parse_list, read_ini, unknown
-from mailflow.config.settings import positive_int
+from mailflow.config.settings import WEBHOOK_KEYS, positive_int
 
 EVENTS = ("queued", "delivered", "deferred", "bounced", "dropped")
-KEYS = ("url", "events", "secret", "timeout", "batch")
+KEYS = tuple(k.name for k in WEBHOOK_KEYS)
 #: The most events one POST may carry with ``batch``.
 BATCH_MOST = 1000
 

@@ -31,14 +31,14 @@ def add_parser(sub: argparse._SubParsersAction,
     dsub = d.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
     p = dsub.add_parser("keygen", help="write a new key for DOMAIN and print its TXT record")
     common(p)
-    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("domain", metavar="DOMAIN", help="the signing domain (the From: domain)")
     p.add_argument("--selector", default=None,
                    help="the selector (default: the month, as mail2026-12)")
     p.add_argument("--bits", type=int, default=DEFAULT_RSA_BITS, help="RSA key size (default 2048)")
     p.add_argument("--ed25519", action="store_true", help="also an Ed25519 key (signed beside RSA)")
     p = dsub.add_parser("check", help="look DOMAIN's records up and compare them with its keys")
     common(p)
-    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("domain", metavar="DOMAIN", help="a domain with a key under dkim/")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

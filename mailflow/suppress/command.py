@@ -30,17 +30,17 @@ def add_parser(sub: argparse._SubParsersAction,
     p.add_argument("--json", action="store_true", help="a JSON list of {address, reason, since}")
     p = ssub.add_parser("add", help="suppress an address")
     common(p)
-    p.add_argument("address")
-    p.add_argument("--reason", default="added by hand")
+    p.add_argument("address", help="the address")
+    p.add_argument("--reason", default="added by hand", help="kept with it (default: added by hand)")
     p.add_argument("--for", dest="duration", metavar="DURATION",
                    help="only for this long (e.g. 30d; default: until removed)")
     p = ssub.add_parser("remove", help="mail to an address again")
     common(p)
-    p.add_argument("address")
+    p.add_argument("address", help="the address")
     p = ssub.add_parser("import", help="suppress every address of FILE (one per line, "
                         "optionally ',reason')")
     common(p)
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="one address per line")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

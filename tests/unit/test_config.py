@@ -174,3 +174,27 @@ def test_a_plugin_that_raises_anything_at_import_is_one_line_and_exit_2(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mailflow: ")
     assert f"plugins:2: cannot import plugin {module!r}" in err[0]
+
+
+def test_a_file_read_only_at_start_says_a_restart_is_needed_when_it_changes(tmp_path, monkeypatch,
+                                                                          caplog):
+    monkeypatch.setattr("mailflow.config.loader.RELOAD_CHECK_INTERVAL", 0.0)
+    (tmp_path / "smtp.ini").write_text("max_recipients = 10\n")
+    (tmp_path / "outbound.ini").write_text("concurrency_max = 9\n")
+    cfg = configmod.Config(tmp_path)
+    later = (time.time_ns() + 10**9,) * 2
+    (tmp_path / "smtp.ini").write_text("max_recipients = 20\n")
+    os.utime(tmp_path / "smtp.ini", ns=later)
+    with caplog.at_level("INFO", logger="mailflow.config.loader"):
+        assert cfg.outbound.concurrency_max == 9
+        assert cfg.outbound.concurrency_max == 9  # said once per change, not per look
+    warned = [r for r in caplog.records if "restart mailflow" in r.getMessage()]
+    assert len(warned) == 1 and "smtp.ini" in warned[0].getMessage()
+    assert cfg.smtp.max_recipients == 10  # the running process keeps what it started with
+    assert not any("reloaded" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    (tmp_path / "outbound.ini").write_text("concurrency_max = 7\n")
+    os.utime(tmp_path / "outbound.ini", ns=(later[0] + 10**9,) * 2)
+    with caplog.at_level("INFO", logger="mailflow.config.loader"):
+        assert cfg.outbound.concurrency_max == 7
+    assert [r.getMessage() for r in caplog.records] == [f"reloaded outbound.ini from {tmp_path}"]
