@@ -305,11 +305,12 @@ def cmd_queue(args: argparse.Namespace) -> int:
         for r in rows:
             nxt = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["next_attempt"])) \
                 if r["next_attempt"] else "-"
+            why = (f"held={r['held']} until {nxt} " if r["held"] else "") + \
+                f"error={r['last_error'] or '-'}"
             print(queuetools.printable(
                 f"{r['id']} {r['state']} age={r['age']}s size={r['size']} from=<{r['mail_from']}> "
                 f"to={','.join(r['rcpt_to'])} fails={r['num_failures']} next={nxt}"
-                f"{' (countdown)' if r['countdown'] else ''} "
-                f"error={r['last_error'] or '-'}", keep=""))
+                f"{' (countdown)' if r['countdown'] else ''} {why}", keep=""))
         print(f"-- {len(rows)} entries")
         return 0
     if action == "show":

@@ -65,8 +65,9 @@ class Throttled(TemporaryError):
     """A traffic shaping rule says not now: the entries wait ``wait`` seconds, handed back
     without counting a failure (mailflow/relay/shaping.py)."""
 
-    def __init__(self, wait: float, why: str):
+    def __init__(self, wait: float, why: str, held_by: str = ""):
         self.wait = wait
+        self.held_by = held_by  #: the rules, as ``queue list`` names them: ``shaping:domain:x``
         super().__init__(local_reply("4.7.0", why))
 
 

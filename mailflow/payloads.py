@@ -303,6 +303,10 @@ def is_parcel(data: Any) -> bool:
     return isinstance(data, dict) and "letters" in data
 
 
+#: The longest hold reason a report may carry (it is shown by ``queue list``, never a path).
+HOLD_WHY_MAX = 512
+
+
 @dataclass(frozen=True)
 class Report:
     """Outcomes a holder on another host sends its owner (``mailflow.report``).
@@ -316,11 +320,12 @@ class Report:
     results: dict[str, Outcome] = field(default_factory=dict)
     back: tuple[str, ...] = ()
     back_due_ms: int = 0  #: when the entries given back are due (0: now; later for a shaping wait)
+    back_why: str = ""  #: the shaping rule that held them back (``shaping:domain:x``)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.batch.to_json(), "holder": self.holder,
                 "results": {n: o.to_json() for n, o in self.results.items()},
-                "back": list(self.back), "back_due_ms": self.back_due_ms}
+                "back": list(self.back), "back_due_ms": self.back_due_ms, "back_why": self.back_why}
 
     @classmethod
     def from_json(cls, data: Any) -> Report:
@@ -335,10 +340,11 @@ class Report:
             outcomes = {str(n): Outcome.from_json(o) for n, o in results.items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadName(f"a report's outcome is malformed: {exc!r}") from None
-        due = data.get("back_due_ms", 0)
+        due, why = data.get("back_due_ms", 0), data.get("back_why", "")
         return cls(batch=batch, holder=str(data.get("holder", "?")), results=outcomes,
                    back=tuple(str(n) for n in back),
-                   back_due_ms=due if isinstance(due, int) and not isinstance(due, bool) else 0)
+                   back_due_ms=due if isinstance(due, int) and not isinstance(due, bool) else 0,
+                   back_why=why[:HOLD_WHY_MAX] if isinstance(why, str) and why.isprintable() else "")
 
 
 def accepted(parse: Any, data: Any, task: str, *args: Any) -> Any:

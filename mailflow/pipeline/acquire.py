@@ -132,7 +132,7 @@ def _session(spool: Spool, route: Route, hmails: list[HMail], cfg: Config,
     try:
         return session_for(route, cfg, wait=0.0 if again else SLOT_WAIT)
     except Throttled as exc:  # not a failure: due again when the rule allows
-        back = give_back(spool, hmails, now_ms() + int(exc.wait * 1000))
+        back = give_back(spool, hmails, now_ms() + int(exc.wait * 1000), exc.held_by)
         log.info("%s: %d entries for %s due again in %.0f s", exc.reply.text, back, route.domain, exc.wait)
     except NoSlot as exc:
         if again is not None:

@@ -68,6 +68,7 @@ class RemoteLedger:
         self.results: dict[str, Outcome] = {}
         self.back: list[str] = []
         self.back_due_ms = 0  #: when what is handed back is due (0: now), a shaping rule's wait
+        self.back_why = ""  #: the rule that held it back (``shaping:domain:x``)
         self.reported: set[str] = set()  #: names already in a report the broker took
         self.cut_off = False
         self._last_report = clock()
@@ -108,11 +109,13 @@ class RemoteLedger:
         self.fail_all(item, local_reply("4.3.0", f"internal error: {type(exc).__name__}: {exc}"),
                       outcome or Outcome())
 
-    def give_back(self, items: list[Letter], due_ms: int | None = None) -> int:
+    def give_back(self, items: list[Letter], due_ms: int | None = None, why: str = "") -> int:
         names = [x.name for x in items if self._open(x.name)]
         self.back += names
         if due_ms:
             self.back_due_ms = max(self.back_due_ms, due_ms)
+        if why:
+            self.back_why = why
         tally.count("handed_back", len(names))
         return len(names)
 
@@ -123,7 +126,8 @@ class RemoteLedger:
         if not (self.results or self.back or final):
             return
         report = Report(batch=self.parcel.batch, holder=self.holder, results=dict(self.results),
-                        back=tuple(self.back), back_due_ms=self.back_due_ms)
+                        back=tuple(self.back), back_due_ms=self.back_due_ms,
+                        back_why=self.back_why)
         try:
             self.report(report)
         except Exception as exc:
@@ -138,6 +142,7 @@ class RemoteLedger:
         self.results.clear()
         self.back.clear()
         self.back_due_ms = 0
+        self.back_why = ""
 
 
 def acquire_parcel(parcel: Parcel, cfg: Config, hand_on: HandOn, again: Again | None,
@@ -152,7 +157,7 @@ def acquire_parcel(parcel: Parcel, cfg: Config, hand_on: HandOn, again: Again | 
     try:
         session = session_for(parcel.route, cfg, wait=0.0 if again else SLOT_WAIT)
     except Throttled as exc:  # back to the owner, due when the rule allows
-        ledger.give_back(letters, now_ms() + int(exc.wait * 1000))
+        ledger.give_back(letters, now_ms() + int(exc.wait * 1000), exc.held_by)
         _done(parcel, ledger)
         return
     except NoSlot as exc:

@@ -63,7 +63,8 @@ class RouteShaping:
         if isinstance(got, float):
             throttled(rules, "connections")
             raise Throttled(got, f"shaping: {', '.join(r.name for r in rules)} at its limit "
-                            f"(connections or suspended); due again in {got:.0f} s")
+                            f"(connections or suspended); due again in {got:.0f} s",
+                            held_by=hold_reason(rules))
         return got
 
     def before(self, session: Session, wanted: int = 1) -> float:
@@ -115,7 +116,12 @@ def throttled(rules: list[Rule], why: str) -> None:
     log.debug("shaping: %s (%s)", ", ".join(r.name for r in rules), why)
 
 
-def held(domain: str) -> float:
+def hold_reason(rules: list[Rule]) -> str:
+    """What ``queue list`` says held an entry back: ``shaping:domain:x`` (rules comma separated)."""
+    return "shaping:" + ",".join(r.name for r in rules)
+
+
+def held(domain: str) -> tuple[float, str]:
     """For the queue manager: how long a domain's mail must wait before it is even claimed --
     one of its ``[domain:…]`` rules (the only ones known before the MX lookup) suspended,
     or its window full.  A look only: no place is taken.  A shared store that does not
@@ -123,8 +129,8 @@ def held(domain: str) -> float:
     cfg = config.current()
     rules = [r for r in cfg.shaping if r.kind == "domain" and r.matches(domain, "", None)]
     if not rules:
-        return 0.0
+        return 0.0, ""
     wait = shaper_for(cfg.shared_redis()).take(rules, 0)[1]
     if wait > 0:
         throttled(rules, "held before the claim")
-    return wait
+    return wait, hold_reason(rules)

@@ -16,7 +16,7 @@ from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
 from mailflow.message import FileMessage
 from mailflow.payloads import Outcome, Route
 from mailflow.pipeline.acquire import session_for
-from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping
+from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping, hold_reason
 from mailflow.queue import countdowns
 from mailflow.queue.claims import give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
@@ -88,7 +88,7 @@ class Ledger(Protocol):
     def fail_all(self, item: Any, reply: Reply, outcome: Outcome) -> None: ...
     def fail_each(self, items: list[Any], exc: DeliveryError) -> None: ...
     def crashed(self, item: Any, exc: BaseException, outcome: Outcome | None = None) -> None: ...
-    def give_back(self, items: list[Any], due_ms: int | None = None) -> int: ...
+    def give_back(self, items: list[Any], due_ms: int | None = None, why: str = "") -> int: ...
 
 
 class LocalLedger:
@@ -125,8 +125,8 @@ class LocalLedger:
     def crashed(self, item: HMail, exc: BaseException, outcome: Outcome | None = None) -> None:
         crashed(self.spool, item, exc, self.settings, outcome)
 
-    def give_back(self, items: list[HMail], due_ms: int | None = None) -> int:
-        return give_back(self.spool, items, due_ms or now_ms())
+    def give_back(self, items: list[HMail], due_ms: int | None = None, why: str = "") -> int:
+        return give_back(self.spool, items, due_ms or now_ms(), why)
 
 
 class LockedLedger:
@@ -233,7 +233,7 @@ class Courier:
             if self.shaping.rules and lane.session is not None and lane.last is not None:
                 pause = self.shaping.after(lane.session, lane.last)
                 if pause > 0:
-                    self._hold([*self._take_all()], pause, "suspended")
+                    self._hold([*self._take_all()], pause, "suspended", self._rules(lane.session))
                     return
             if primary and not self._lanes and time.monotonic() - took >= SLOW_MESSAGE:
                 self._spread()
@@ -253,12 +253,16 @@ class Courier:
                     self._todo.appendleft(item)
                 return False
         if wait > 0:
-            self._hold([item, *self._take_all()], wait, "throttled")
+            self._hold([item, *self._take_all()], wait, "throttled", self._rules(lane.session))
             return False
         return True
 
-    def _hold(self, items: list[Any], wait: float, why: str) -> None:
-        back = self.ledger.give_back(items, now_ms() + int(wait * 1000))
+    def _rules(self, session: Session) -> str:
+        """The rules over ``session``'s destination, as a hold names them."""
+        return hold_reason(self.shaping.matched(session.host, session.key.bind))
+
+    def _hold(self, items: list[Any], wait: float, why: str, held_by: str) -> None:
+        back = self.ledger.give_back(items, now_ms() + int(wait * 1000), held_by)
         log.info("shaping: %d entries for %s %s, due again in %.0f s", back, self.route.domain, why, wait)
 
     def _left(self) -> int:
@@ -277,7 +281,7 @@ class Courier:
     def _none_for(self, rest: list[Any], why: BaseException | None) -> None:
         """The first lane has no session: the rest of the batch gets its outcome now."""
         if isinstance(why, Throttled):  # not a failure: due when the rule allows
-            self._hold(rest, why.wait, "throttled")
+            self._hold(rest, why.wait, "throttled", why.held_by)
         elif isinstance(why, NoSlot):  # never wait for a slot in a worker thread
             back = self.ledger.give_back(rest)
             log.info("no free connection slot for %s: %d entries due again", self.route.domain, back)

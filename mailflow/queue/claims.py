@@ -23,7 +23,8 @@ from mailflow import tally
 from mailflow.errors import NothingToDo
 from mailflow.lease import LEASE_SECONDS, RENEW_EVERY  # noqa: F401  (LEASE_SECONDS: its old home)
 from mailflow.payloads import Batch
-from mailflow.queue.entry import CorruptEntry
+from mailflow.queue import holds
+from mailflow.queue.entry import CorruptEntry, EntryName
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import Spool
 
@@ -132,14 +133,18 @@ def load(spool: Spool, batch: Batch, names: tuple[str, ...] | list[str] | None =
     return out
 
 
-def give_back(spool: Spool, hmails: list[HMail], due_ms: int) -> int:
-    """Put claimed entries back in pending/, due at ``due_ms``, not counted as a failure."""
-    back = 0
+def give_back(spool: Spool, hmails: list[HMail], due_ms: int, why: str = "") -> int:
+    """Put claimed entries back in pending/, due at ``due_ms``, not counted as a failure;
+    ``why`` (a shaping rule's hold: ``shaping:domain:x``) is recorded for ``queue list``."""
+    back: list[EntryName] = []
     for hmail in hmails:
+        name = hmail.name.rescheduled(due_ms)
         try:
-            spool.release(hmail.path, hmail.name.rescheduled(due_ms))
+            spool.release(hmail.path, name)
         except FileNotFoundError:  # handled meanwhile
             continue
-        back += 1
-    tally.count("handed_back", back)
-    return back
+        back.append(name)
+    if why:
+        holds.record(spool.root, back, due_ms, why)
+    tally.count("handed_back", len(back))
+    return len(back)

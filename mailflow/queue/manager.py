@@ -37,7 +37,7 @@ from mailflow import config as configmod
 from mailflow.application import app
 from mailflow.lease import LEASE_SECONDS
 from mailflow.payloads import BOUNCE, LOOKUP_MX, Batch
-from mailflow.queue import countdowns, lending, submission
+from mailflow.queue import countdowns, holds, lending, submission
 from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
@@ -88,12 +88,13 @@ class Unpublished(Exception):
     """The broker did not take a batch: it was given back, and this scan stops."""
 
 
-#: Seconds a domain's mail must wait before it is claimed (a suspended shaping rule); 0: now.
-Held = Callable[[str], float]
+#: Seconds a domain's mail must wait before it is claimed (a suspended shaping rule; 0: now),
+#: and why (``shaping:domain:x``).
+Held = Callable[[str], tuple[float, str]]
 
 
-def _never_held(domain: str) -> float:
-    return 0.0
+def _never_held(domain: str) -> tuple[float, str]:
+    return 0.0, ""
 
 
 #: How often, at most, an unreachable broker is said again (s).
@@ -273,9 +274,9 @@ class QueueManager:
                     self._dispatch(BOUNCE, Batch(self.spool.identity, claim, tuple(got)), FAILED)
             bytes_room = self.bytes_room()
             for domain, names in self.due().items():
-                wait = self.held(domain)
+                wait, why = self.held(domain)
                 if wait > 0:  # not claimed at all: due again when the rule allows
-                    self._reschedule(names, now + int(wait * 1000))
+                    self._reschedule(names, now + int(wait * 1000), why)
                     continue
                 for start in range(0, len(names), BATCH_MAX):
                     if room <= 0 or bytes_room <= 0:
@@ -296,13 +297,16 @@ class QueueManager:
             pass
         return claimed
 
-    def _reschedule(self, names: list[EntryName], due_ms: int) -> None:
+    def _reschedule(self, names: list[EntryName], due_ms: int, why: str) -> None:
         """Due entries of a held domain wait in pending/ until ``due_ms``, not counted as failures."""
+        moved = []
         for name in names:
             try:
                 os.rename(self.spool.path(name), self.spool.path(name.rescheduled(due_ms)))
             except FileNotFoundError:
                 continue
+            moved.append(name.rescheduled(due_ms))
+        holds.record(self.spool.root, moved, due_ms, why)
 
     def _dispatch(self, task: str, batch: Batch, source: str) -> None:
         """Publish one batch; if the broker will not take it, its entries go back at once.

@@ -45,7 +45,8 @@ def apply(spool: Spool, report: Report, settings: Outbound) -> None:
         with guarded(spool, found[0], settings, outcome):
             record(spool, found[0], outcome, settings, via=report.holder)
     if report.back:
-        give_back(spool, load(spool, batch, report.back), max(now_ms(), report.back_due_ms))
+        give_back(spool, load(spool, batch, report.back), max(now_ms(), report.back_due_ms),
+                  report.back_why)
     # reports of one claim may be applied in any order (several worker threads):
     # whichever leaves it empty ends it
     spool.finish(batch.claim)

@@ -13,7 +13,7 @@ from typing import Any
 
 from mailflow import logs
 from mailflow.message import dot_unstuff, header_block
-from mailflow.queue import countdowns, counters
+from mailflow.queue import countdowns, counters, holds
 from mailflow.queue import entry as qfile
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
@@ -94,6 +94,7 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -
     now = now_ms()
     out = []
     armed = countdowns.armed_names(spool)
+    held = holds.current(spool.root)
     for where, path, name in sorted(_entries(spool), key=lambda e: e[2].arrival_ms):
         st = state_of(where, name, now)
         if (domain and name.domain != domain.lower()) or (state and st != state):
@@ -111,6 +112,8 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -
             "next_attempt": name.next_attempt_ms // 1000 if st == "waiting" else None,
             "countdown": str(name) in armed,  # a countdown retry is armed for it
             "last_error": todo.record.get("last_error") or todo.record.get("reason"),
+            #: a shaping rule holds it back (not a failure): which, as shaping:domain:x
+            "held": hold.why if (hold := holds.of(held, name)) and st == "waiting" else None,
         })
     return out
 

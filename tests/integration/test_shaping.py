@@ -4,9 +4,11 @@ nothing and count nothing as failed; a 421 4.7.28 suspends the destination, then
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import shutil
+import time
 import uuid as uuidlib
 from datetime import datetime
 
@@ -140,3 +142,38 @@ def test_a_malformed_shaping_ini_is_file_line_and_exit_non_zero(make_instance):
     assert done.returncode != 0
     wanted = "shaping.ini:3: [gmail]: a rule is [domain:NAME], [mx:SUFFIX] or [source:IP]"
     assert wanted in done.stderr.decode()
+
+
+@pytest.mark.parametrize("rule", ["domain:dest.test", "mx:dest.test"])
+def test_queue_list_says_which_rule_holds_an_entry_and_until_when(tmp_path, monkeypatch, rule):
+    """A held entry is not a failure and says so: ``held=shaping:RULE until …Z``, fails=0.
+    A [domain:] rule holds the entries before they are claimed (the queue manager); an [mx:]
+    rule once the MX is known, when the batch asks for a connection."""
+    env, inst = make_env(tmp_path / "one", None)
+    try:
+        inst.write_config("shaping.ini", f"[{rule}]\nsuspend_on = 4.7.28\nsuspend_for = 10m\n")
+        worker = inst.procs[0]
+        worker.stop()
+        inst.procs.remove(worker)
+        monkeypatch.setenv("MAILFLOW_STATE_DIR", str(inst.root / ".mailflow"))  # the instance's store
+        [loaded] = load_rules(inst.config_dir / "shaping.ini")
+        Shaper(None).suspend(loaded)
+        inst.start_worker("deliver")
+        ident = env.send("held@dest.test")
+
+        def listed() -> str | None:
+            out = inst.mailflow("queue", "list").stdout.decode()
+            return next((line for line in out.splitlines() if ident in line and " waiting " in line
+                         and "held=" in line), None)
+        line = env.wait(listed, timeout=30)
+        assert f"held=shaping:{rule} until " in line and "fails=0" in line, line
+        nxt = re.search(r" next=(\S+)", line).group(1)  # type: ignore[union-attr]
+        assert line.split(" until ")[1].split()[0] == nxt
+        due = calendar.timegm(time.strptime(nxt, "%Y-%m-%dT%H:%M:%SZ"))
+        assert 500 < due - time.time() <= 601  # the suspension's end, not a retry schedule's
+        [row] = [r for r in json.loads(inst.mailflow("queue", "list", "--json").stdout)
+                 if r["id"].startswith(ident)]
+        assert row["held"] == f"shaping:{rule}" and row["num_failures"] == 0
+    finally:
+        inst.stop_all()
+        env.dns.stop()

@@ -349,3 +349,24 @@ def test_a_worker_host_shares_a_slow_receivers_parcel_over_lanes_and_reports_eac
     reported = [name for report in sent.sent for name in report.results]
     assert sorted(reported) == sorted(x.name for x in p.letters)  # each once
     assert all(report.back == () for report in sent.sent)
+
+
+def test_entries_a_holder_gives_back_for_a_shaping_rule_are_listed_as_held_on_the_owner(tmp_path):
+    """A worker on another host held the parcel back under a rule: its report carries the
+    rule, through the broker's JSON, and the owner's ``queue list`` says it."""
+    from mailflow.queue import holds
+    from mailflow.queue import tools as queuetools
+
+    spool, route = claimed(tmp_path, {"A.1": b"m\r\n", "A.2": b"m\r\n"})
+    lending.lend(spool, route.batch.claim, route.batch.names)
+    due = now_ms() + 600_000
+    sent = Report(route.batch, "w@b", back=route.batch.names, back_due_ms=due,
+                  back_why="shaping:mx:.example.com")
+    received = Report.from_json(json.loads(json.dumps(sent.to_json())))
+    assert received == sent
+    reports.apply(spool, received, SETTINGS)
+    rows = queuetools.rows(spool)
+    assert [(r["id"], r["held"], r["num_failures"]) for r in rows] == [
+        ("A.1", "shaping:mx:.example.com", 0), ("A.2", "shaping:mx:.example.com", 0)]
+    bad = Report.from_json({**sent.to_json(), "back_why": "x\n" * 10})  # shown, so printable only
+    assert bad.back_why == "" and holds.current(spool.root)

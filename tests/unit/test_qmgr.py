@@ -206,6 +206,10 @@ def test_a_held_domain_is_not_claimed_but_waits_in_pending_with_a_later_due_time
     [waiting] = [n for n in manager.spool.names(qmgr.PENDING) if n.domain == "held.example"]
     assert waiting.num_failures == 0
     assert waiting.next_attempt_ms > time.time() * 1000 + held_for * 1000
+    from mailflow.queue import tools as queuetools
+    rows = {r["domain"]: r for r in queuetools.rows(manager.spool)}
+    assert rows["held.example"]["held"] == "shaping:domain:held.example"  # why it waits
+    assert rows["free.example"]["held"] is None
 
 
 def test_an_unreachable_broker_is_said_once_a_minute_and_its_return_once(tmp_path, monkeypatch, caplog):
@@ -241,3 +245,22 @@ def test_an_unreachable_broker_is_said_once_a_minute_and_its_return_once(tmp_pat
     monkeypatch.setattr(qmgr, "now_ms", lambda: int(time.time() * 1000) + 900_000)
     manager.scan()
     assert up.batches and any("takes batches again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hold_record_describes_an_entry_only_while_it_is_due_at_the_hold_s_time(tmp_path):
+    """A stale record (the entry claimed again, or rescheduled by a failure) never makes
+    ``queue list`` say an entry is held; past records are removed by the next hold."""
+    from mailflow.queue import holds
+    from mailflow.queue.entry import EntryName
+
+    now = int(time.time() * 1000)
+    name = EntryName(now + 60_000, 0, now, "abc.1", "x.test")
+    holds.record(tmp_path, [name], name.next_attempt_ms, "shaping:domain:x.test")
+    found = holds.current(tmp_path)
+    assert holds.of(found, name) == holds.Hold("shaping:domain:x.test", now + 60_000)
+    assert holds.of(found, name.rescheduled(now + 90_000)) is None  # deferred meanwhile
+    old = EntryName(now - 10 * holds.KEEP_MS, 0, now, "old.1", "x.test")
+    holds.record(tmp_path, [old], old.next_attempt_ms, "shaping:domain:x.test")
+    holds.record(tmp_path, [name], now + 70_000, "shaping:mx:.x.test")  # prunes the old one
+    assert "old.1" not in holds.current(tmp_path)
+    assert len(list((tmp_path / holds.DIRECTORY).iterdir())) == 2
