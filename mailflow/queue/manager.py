@@ -33,6 +33,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from kombu.utils.url import maybe_sanitize_url
+
 from mailflow import config as configmod
 from mailflow.application import app
 from mailflow.lease import LEASE_SECONDS
@@ -84,6 +86,12 @@ def _publish(task: str, batch: Batch) -> None:
                   queue=owner_queue(batch.owner))
 
 
+def _probe() -> None:
+    """Connect to the broker once; an exception says it cannot be reached."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=PROBE_TIMEOUT)
+
+
 class Unpublished(Exception):
     """The broker did not take a batch: it was given back, and this scan stops."""
 
@@ -99,12 +107,18 @@ def _never_held(domain: str) -> tuple[float, str]:
 
 #: How often, at most, an unreachable broker is said again (s).
 BROKER_SAY_EVERY = 60.0
+#: How long the look at the broker at start may take (s).
+PROBE_TIMEOUT = 10.0
 
 
 class QueueManager:
-    def __init__(self, cfg: configmod.Config, publish: Publisher = _publish, held: Held = _never_held):
+    def __init__(self, cfg: configmod.Config, publish: Publisher = _publish, held: Held = _never_held,
+                 probe: Callable[[], None] | None = None):
         self.cfg = cfg
         self.publish = publish
+        #: a look at the broker: at start, and once a minute while it is away (by default, the
+        #: real broker's when batches go to it)
+        self.probe = probe if probe is not None else _probe if publish is _publish else None
         #: asked before a domain's due entries are claimed (mailflow/pipeline/shaping.py)
         self.held = held
         self.spool = Spool(cfg.queue_path()).ensure()
@@ -125,17 +139,36 @@ class QueueManager:
         self._broker_said_at = 0.0
 
     def _broker_unreachable(self, exc: Exception) -> None:
-        """One WARNING when the broker stops taking batches, then one a minute while it lasts:
-        mail is still accepted meanwhile (the queue is the record) and tried every few seconds."""
+        """One WARNING when the broker cannot be reached or stops taking batches, then one a
+        minute while it lasts: mail is still accepted meanwhile (the queue is the record)."""
         now = time.monotonic()
         if self._broker_down_since is None:
             self._broker_down_since = now
         elif now - self._broker_said_at < BROKER_SAY_EVERY:
             return
         self._broker_said_at = now
-        log.warning("the broker does not take batches (%s: %s) for %.0f s now: mail is still accepted and "
-                    "kept in the queue, tried again every %d s (said once a minute while it lasts)",
-                    type(exc).__name__, exc, now - self._broker_down_since, BROKER_RETRY_MS // 1000)
+        log.warning("the broker %s cannot be reached (%s: %s) for %.0f s now: mail is still accepted "
+                    "and kept in the queue, tried again every %d s (said once a minute while it "
+                    "lasts)", maybe_sanitize_url(app.conf.broker_url), type(exc).__name__, exc,
+                    now - self._broker_down_since, BROKER_RETRY_MS // 1000)
+
+    def _broker_back(self) -> None:
+        if self._broker_down_since is not None:
+            log.warning("the broker can be reached again after %.0f s",
+                        time.monotonic() - self._broker_down_since)
+            self._broker_down_since = None
+
+    def _look_at_broker(self) -> None:
+        """At start, and once a minute while it is away: an empty queue publishes nothing, so
+        without a look of its own an unreachable broker would go unsaid until mail arrives."""
+        if self.probe is None:
+            return
+        try:
+            self.probe()
+        except Exception as exc:
+            self._broker_unreachable(exc)
+        else:
+            self._broker_back()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -181,7 +214,12 @@ class QueueManager:
 
     def _run(self) -> None:
         last_scan = 0.0
+        looked: float | None = None
         while not self._stop.is_set():
+            if self._has_lock() and (looked is None or (self._broker_down_since is not None and
+                                                        time.monotonic() - looked >= BROKER_SAY_EVERY)):
+                looked = time.monotonic()
+                self._look_at_broker()
             woke = self._wake.wait(POLL_INTERVAL)
             if not (woke or self._pending_moved() or time.monotonic() - last_scan >= SCAN_INTERVAL):
                 continue
@@ -315,10 +353,7 @@ class QueueManager:
         """
         try:
             self.publish(task, batch)
-            if self._broker_down_since is not None:
-                log.warning("the broker takes batches again after %.0f s",
-                            time.monotonic() - self._broker_down_since)
-                self._broker_down_since = None
+            self._broker_back()
         except Exception as exc:
             due = now_ms() + BROKER_RETRY_MS
             directory = self.spool.claim_dir(batch.claim)

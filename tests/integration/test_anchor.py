@@ -93,3 +93,24 @@ def test_a_command_that_needs_an_unreachable_broker_fails_in_one_line(tmp_path):
     err = done.stderr.decode().strip().splitlines()
     assert done.returncode == 1 and len(err) == 1, done.stderr
     assert err[0].startswith("mailflow: cannot reach the broker redis://127.0.0.1:1/0")
+
+
+def test_the_listener_says_once_that_the_broker_cannot_be_reached_and_still_takes_mail(tmp_path):
+    """Issue 24 item 5: ``mailflow smtpd`` with an unreachable broker says so in one WARNING at
+    start (an empty queue publishes nothing, so nothing else would), and a message is still
+    answered 250 and kept in the queue."""
+    import smtplib
+
+    port = free_port()
+    inst = Instance(tmp_path / "mf", broker_url="redis://127.0.0.1:1/0",
+                    config={"smtp.ini": f"listen = 127.0.0.1:{port}\n"})
+    try:
+        proc = inst.start_smtpd()
+        line = proc.wait_for_output("cannot be reached", timeout=60)
+        assert "WARNING" in line and "redis://127.0.0.1:1/0" in line and "still accepted" in line
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("a@sender.test", ["b@dest.test"], b"Subject: kept\r\n\r\nx\r\n")
+        assert any(b"Subject: kept" in p.read_bytes() for p in inst.entries())
+        assert proc.output().count("cannot be reached") == 1  # not once per scan
+    finally:
+        inst.stop_all()
