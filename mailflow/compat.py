@@ -32,6 +32,7 @@ class Relied:
 
 RELIED: tuple[Relied, ...] = (
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._handle_client", ("self",)),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._create_session", ("self",)),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._call_handler_hook", ("self", "command", "args")),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._set_post_data_state", ("self",)),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.check_helo_needed", ("self", "helo")),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -66,16 +67,24 @@ def load_key(path: Path) -> Fernet | None:
 
 
 def _create(path: Path) -> None:
+    """A new key at ``path``, whole, unless another process made one first: written under a
+    name of its own and linked into place, so a reader never finds the file empty (several
+    processes of a new install start at once: a compose file's, a node's workers)."""
     key = Fernet.generate_key() + b"\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: theirs is the key
+            pass
     finally:
-        os.close(fd)
+        os.unlink(tmp)
 
 
 def _key_text(config_dir: Path) -> bytes:

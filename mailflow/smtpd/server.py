@@ -17,7 +17,7 @@ from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, auth_mechanism, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, auth_mechanism, syntax
 
 from mailflow import hooks, tls
 from mailflow.codes import DENY, DENYSOFT
@@ -107,6 +107,16 @@ class MailflowSMTP(ListedOnce, SMTP):
                                else f"421 {answer.value or '4.3.0 Try again later'}")
             return
         await super()._handle_client()
+
+    def _create_session(self) -> Session:
+        """aiosmtpd starts a new session after STARTTLS (RFC 3207 4.2: the client's state is
+        forgotten); what mailflow knows of the connection -- its address, whether it may
+        relay -- is the same connection's, so it goes on with the new session."""
+        session = super()._create_session()
+        conn = getattr(self.session, "mf_connection", None) if self.session is not None else None
+        if conn is not None:
+            session.mf_connection = conn  # type: ignore[attr-defined]
+        return session
 
     async def _refuse(self, reply: str) -> None:
         """Say why, then close: the client gets a reason, not a reset."""
@@ -279,4 +289,20 @@ async def start(cfg: Config, announce: Callable[[str], None] = print, *,
         for sock in server.sockets:
             addr = sock.getsockname()
             announce(f"listening on {format_listen(addr[0], addr[1])}")
+        _say_if_nobody_can_authenticate(cfg, host, port, context)
     return servers
+
+
+def _say_if_nobody_can_authenticate(cfg: Config, host: str, port: int,
+                                    context: ssl.SSLContext | None) -> None:
+    """AUTH required over TLS on a listener without a certificate, or no user at all: only the
+    relay_acl_allow addresses can send through it -- say so once, rather than let every
+    client find out by a refusal."""
+    where = format_listen(host, port)
+    if cfg.auth.users and context is None and auth_require_tls(cfg, host):
+        log.warning("%s: AUTH is allowed only after STARTTLS (smtp.ini auth_require_tls) and there "
+                    "is no TLS certificate (tls.ini cert %s): no client can authenticate, only "
+                    "relay_acl_allow's addresses can send", where, cfg.tls_main.cert)
+    elif not cfg.auth.users and not is_loopback(host):
+        log.warning("%s: auth_flat_file.ini has no users: only relay_acl_allow's addresses can "
+                    "send", where)

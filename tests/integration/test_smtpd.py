@@ -298,6 +298,11 @@ def test_auth_before_starttls_is_refused_when_tls_is_required(tmp_path, tls_ca, 
         s.ehlo("client.test")
         assert s.has_extn("auth")
         assert s.login("alice", "s3cret")[0] == 235
+        # the session after STARTTLS is a new one: it still knows its connection (until this
+        # was tested, RCPT answered 500 AttributeError here)
+        s.sendmail("a@sender.test", ["b@dest.test"], b"Subject: after starttls\r\n\r\nx\r\n")
+    [entry] = [p for p in inst.entries() if b"after starttls" in p.read_bytes()]
+    assert b"with ESMTPSA" in entry.read_bytes()  # TLS and AUTH, as RFC 3848 names them
 
 
 def test_auth_require_tls_default_depends_on_listener():
