@@ -146,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _setup_or_exit(log_format: str | None, level: int = logging.INFO) -> None:
-    """Logging, then every environment variable checked: one line and exit 2 if one is bad."""
+    """Every environment variable checked (one line each that is bad, and exit 2), then logging."""
+    environ.check_or_exit()
     try:
         logs.setup(log_format, level=level)
-        environ.check()
     except environ.EnvError as exc:
         print(f"mailflow: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -6,11 +6,12 @@ mailflow/relay/fence.py) must agree on these, so they are said once, here.
 
 from __future__ import annotations
 
-import os
 import time
 
+from mailflow.config import environ
+
 #: A claim not renewed for this long is given back to pending/ by the queue manager.
-LEASE_SECONDS = float(os.environ.get("MAILFLOW_LEASE_SECONDS") or 300)
+LEASE_SECONDS: float = environ.value("MAILFLOW_LEASE_SECONDS")
 #: How often a holder renews its claims (and an owner's worker checks it hears the broker).
 RENEW_EVERY = min(10.0, LEASE_SECONDS / 4)
 #: A holder on another host starts no message once this much of a lease has passed
@@ -22,7 +23,7 @@ FENCE_SECONDS = LEASE_SECONDS / 2
 #: count.  A minute at most: a claim whose holder died before its first renewal is back
 #: within a lease and a minute; one whose holder renewed it, a lease after the last
 #: renewal.  A parcel taken later than ``wait + lease/2`` is handed back unsent.
-PARCEL_WAIT_SECONDS = float(os.environ.get("MAILFLOW_PARCEL_WAIT_SECONDS") or min(60.0, LEASE_SECONDS))
+PARCEL_WAIT_SECONDS: float = environ.value("MAILFLOW_PARCEL_WAIT_SECONDS") or min(60.0, LEASE_SECONDS)
 
 
 def clock() -> float:

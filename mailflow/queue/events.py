@@ -43,6 +43,7 @@ from typing import Any
 
 from mailflow.application import app
 from mailflow.atomic import one_at_a_time, replace_text
+from mailflow.config import environ
 from mailflow.config.loader import Config
 from mailflow.payloads import WEBHOOK
 from mailflow.queue.identity import identity, owner_queue
@@ -62,7 +63,7 @@ BATCH_MAX = 200
 BATCHES_MAX = 2
 #: A batch whose task showed no sign of life this long (its directory's mtime) is due again
 #: (``MAILFLOW_WEBHOOK_STALE_SECONDS``: the tests' kill -9 does not wait five minutes).
-INFLIGHT_STALE = float(os.environ.get("MAILFLOW_WEBHOOK_STALE_SECONDS") or 300)
+INFLIGHT_STALE: float = environ.value("MAILFLOW_WEBHOOK_STALE_SECONDS")
 #: An empty journal segment left this long by its process is removed (the writer, if alive,
 #: starts another at its next event).
 EMPTY_STALE = 60.0

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mailflow.config import environ
 from mailflow.lease import LEASE_SECONDS, PARCEL_WAIT_SECONDS, RENEW_EVERY
 from mailflow.message import dot_unstuff
 from mailflow.payloads import Letter, Parcel, Route
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 #: Payload bytes one task may carry.  Redis holds each message whole in memory and
 #: blocks while it copies it; RabbitMQ refuses messages over ``max_message_size``
 #: (128 MiB by default) and pages large ones: a few MiB keeps both fast.
-PAYLOAD_MAX = int(os.environ.get("MAILFLOW_PAYLOAD_MAX") or 4 * 1024 * 1024)
+PAYLOAD_MAX: int = environ.value("MAILFLOW_PAYLOAD_MAX")
 LENT = "lent"
 #: ``lent/<claim>.taken``: a holder has renewed the claim (its parcel left the broker).
 TAKEN = ".taken"

@@ -37,6 +37,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from mailflow import config as configmod
 from mailflow.application import app
+from mailflow.config import environ
 from mailflow.lease import LEASE_SECONDS
 from mailflow.payloads import BOUNCE, LOOKUP_MX, Batch
 from mailflow.queue import countdowns, holds, lending, submission
@@ -56,7 +57,7 @@ POLL_INTERVAL = 0.05
 SCAN_COALESCE = 0.1
 #: Entries per batch: one MX lookup and one connection carry this many messages
 #: (like Postfix's per-delivery recipient limit; $MAILFLOW_BATCH_MAX tunes it).
-BATCH_MAX = int(os.environ.get("MAILFLOW_BATCH_MAX") or 50)
+BATCH_MAX: int = environ.value("MAILFLOW_BATCH_MAX")
 #: A directory mtime younger than this is not trusted to be final (timestamps are coarse:
 #: a rename in the same clock tick as the last listing would not change it).
 MTIME_SETTLE_NS = 2_000_000_000
@@ -66,7 +67,7 @@ FULL_SCAN_MS = 60_000
 ACTIVE_MAX = 5000
 #: At most this many bytes of entries in flight: with worker hosts about, each claimed
 #: message is also in the broker and in some worker's memory (mailflow/queue/lending.py).
-ACTIVE_BYTES_MAX = int(os.environ.get("MAILFLOW_ACTIVE_BYTES_MAX") or 256 * 1024 * 1024)
+ACTIVE_BYTES_MAX: int = environ.value("MAILFLOW_ACTIVE_BYTES_MAX")
 
 #: Publish a batch to a task, by the task's name.
 Publisher = Callable[[str, Batch], None]

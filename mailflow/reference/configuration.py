@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
 
+from mailflow.config.environ import VARIABLES
 from mailflow.config.settings import FILES, ConfigFile, Key, default_text, docs_of, kind_of
 from mailflow.reference.markdown import GENERATED, code, table
 
@@ -54,11 +55,27 @@ def _file(f: ConfigFile) -> str:
     return "\n".join(out)
 
 
+ENVIRONMENT = """\
+## Environment
+
+Read by every command and worker, and checked when each starts: a malformed value stops it
+with one line naming the variable (every malformed one, a line each), never a default in
+its place.
+
+"""
+
+
+def _environment() -> str:
+    rows = [(code(v.name), v.kind, code(v.shown) if v.default is not None else v.shown, v.doc)
+            for v in VARIABLES.values()]
+    return ENVIRONMENT + table(("Variable", "Type", "Default", "Meaning"), rows)
+
+
 def page() -> str:
     listing = table(("File", "Holds", "Read"), [(f"[{f.name}](#{_anchor(f.name)})", f.doc, _when(f))
                                                 for f in FILES])
     return (GENERATED + INTRO + listing + "\n"
-            + "\n".join(_file(f) for f in FILES))
+            + "\n".join(_file(f) for f in FILES) + "\n" + _environment())
 
 
 def _anchor(name: str) -> str:

@@ -177,6 +177,25 @@ def test_malformed_transport_options_is_one_line_and_a_nonzero_exit(make_instanc
     one_clear_line(out, "MAILFLOW_BROKER_TRANSPORT_OPTIONS")
 
 
+@pytest.mark.parametrize("command", ["queue", "worker"])
+def test_every_malformed_variable_is_one_line_each_and_a_nonzero_exit(make_instance, command):
+    """At 7ff0849 ``MAILFLOW_LEASE_SECONDS=5m`` was a traceback while Celery loaded the app,
+    and ``=0`` a renewal loop that never slept (issue 25 item 4)."""
+    inst: Instance = make_instance()
+    env = {"MAILFLOW_LEASE_SECONDS": "5m", "MAILFLOW_BATCH_MAX": "0", "MAILFLOW_PAYLOAD_MAX": "lots",
+           "MAILFLOW_WEBHOOK_STALE_SECONDS": "-1", "FLOWER_PORT": "http"}
+    if command == "worker":
+        out = inst.run([sys.executable, "-m", "celery", "-A", "mailflow", "worker", "--pool", "solo"],
+                       timeout=60, **env)
+    else:
+        out = inst.run(inst.mailflow_argv("queue", "stats"), timeout=60, **env)
+    assert out.returncode == 2, out.stderr
+    for name in env:
+        one_clear_line(out, f"{name}=")
+    lease = inst.run(inst.mailflow_argv("queue", "stats"), timeout=60, MAILFLOW_LEASE_SECONDS="0")
+    one_clear_line(lease, "MAILFLOW_LEASE_SECONDS='0': must be")
+
+
 @pytest.mark.parametrize("command", ["smtpd", "run"])
 def test_a_taken_listen_address_is_one_line_and_a_nonzero_exit(make_instance, command):
     with socket.socket() as taken:

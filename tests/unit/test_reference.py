@@ -105,3 +105,19 @@ def test_every_log_line_written_is_in_the_registry_with_its_fields():
             assert names == [n for n in declared if n in names], f"{where}: fields out of order"
         written.update(candidates)
     assert written == set(EVENTS)
+
+
+def test_every_environment_variable_the_product_reads_is_in_the_registry():
+    """No ``os.environ.get("MAILFLOW_…")`` outside the registry: a variable read with a bare
+    int() at import was a traceback for a typo, and no page said it existed."""
+    from mailflow.config.environ import VARIABLES
+
+    read = set()
+    for path in [*(REPO / "mailflow").rglob("*.py"), *(REPO / "tasks").rglob("*.py"),
+                 REPO / "celeryconfig.py", REPO / "deploy" / "flower" / "flowerconfig.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    node.value.startswith(("MAILFLOW_", "FLOWER_")) and node.value.isupper():
+                read.add(node.value)
+    # Flower's own switch, which mailflow flower sets for --unauthenticated, is Flower's
+    assert read - set(VARIABLES) <= {"FLOWER_UNAUTHENTICATED_API"}, read - set(VARIABLES)
