@@ -35,11 +35,11 @@ from mailflow.relay.shaping import shaper_for
 from mailflow.reports import tls as tls_reports
 from mailflow.runtime import authentic
 from mailflow.sampler import host_counts
-from mailflow.seal import mac_key
 from mailflow.smtpd import server as smtpd_server
 from mailflow.smtpd import sink
 from mailflow.smtpd.nodes import Nodes, die_with_parent
 from mailflow.suppress import command as suppress_command
+from mailflow.wire.seal import mac_key
 
 log = logging.getLogger("mailflow")
 
@@ -217,13 +217,14 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
     if on_listening is not None:
         on_listening()
     manager = QueueManager(cfg, held=route_shaping.held).start()
-    proctitle.start("smtpd", cfg)
+    title = proctitle.start("smtpd", cfg)
     for line in on_started or []:
         _announce(line)
     await stop.wait()
     supervisor.cancel()
     await loop.run_in_executor(None, nodes.stop)
     manager.stop()
+    title.stop()
     for server in servers:
         server.close()
     for server in servers:

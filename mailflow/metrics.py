@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from mailflow.queue.spool import Spool
 from mailflow.relay.pool import POOL
 from mailflow.relay.shaping import shaper_for
 from mailflow.runtime import authentic
+from mailflow.runtime.services import Ticker
 from mailflow.sampler import ATTEMPT_BUCKETS, BUCKETS, SAMPLER, samples, tls_counter
 
 log = logging.getLogger(__name__)
@@ -193,24 +193,43 @@ def registry(cfg: Config) -> CollectorRegistry:
     return reg
 
 
-def serve_forever() -> None:
-    """Bind the host's endpoint, or keep trying while another process holds it."""
-    SAMPLER.gauges["open"] = lambda: POOL.open_connections
-    SAMPLER.gauges["idle"] = lambda: POOL.idle_connections
-    SAMPLER.start()
-    announced = False
-    while True:
+class Endpoint:
+    """The host's ``/metrics``: bound by this process, or tried again every half minute while
+    another process of the host holds it; the sampler's file written meanwhile."""
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self._announced = False
+        self._binder = Ticker("metrics-bind", self._bind, BIND_RETRY)
+
+    def start(self) -> Endpoint:
+        SAMPLER.gauges["open"] = lambda: POOL.open_connections
+        SAMPLER.gauges["idle"] = lambda: POOL.idle_connections
+        SAMPLER.start()
+        self._binder.start()
+        return self
+
+    def _bind(self) -> bool:
+        """False once there is nothing more to try: bound, or no endpoint configured."""
         cfg = config.current()
         listen = cfg.metrics.listen
         if listen is None:
-            return
+            return False
         try:
-            start_http_server(listen[1], addr=listen[0], registry=registry(cfg))
-            log.info("metrics on http://%s:%d/metrics", *listen)
-            return
+            self._server, _ = start_http_server(listen[1], addr=listen[0], registry=registry(cfg))
         except OSError as exc:
-            if not announced:
+            if not self._announced:
                 log.info("metrics: %s:%d is served by another process (%s); standing by", *listen,
                          exc.strerror or exc)
-                announced = True
-        time.sleep(BIND_RETRY)
+                self._announced = True
+            return True
+        log.info("metrics on http://%s:%d/metrics", *listen)
+        return False
+
+    def stop(self) -> None:
+        self._binder.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        SAMPLER.stop()

@@ -17,6 +17,9 @@ import types
 import warnings
 from collections.abc import Sequence
 
+#: The release in which the old paths stop working.
+GONE_IN = "0.3"
+
 #: old module -> where it lives now
 MOVED = {
     "mailflow.batch": "mailflow.queue.claims",
@@ -28,13 +31,16 @@ MOVED = {
     "mailflow.environ": "mailflow.config.environ",
     "mailflow.flush": "mailflow.queue.flush",
     "mailflow.hmail": "mailflow.queue.hmail",
+    "mailflow.lease": "mailflow.wire.lease",
     "mailflow.mx": "mailflow.relay.mx",
+    "mailflow.payloads": "mailflow.wire.payloads",
     "mailflow.plugins": "mailflow.config.plugins",
     "mailflow.pool": "mailflow.relay.pool",
     "mailflow.qfile": "mailflow.queue.entry",
     "mailflow.qmgr": "mailflow.queue.manager",
     "mailflow.queuetools": "mailflow.queue.tools",
     "mailflow.schedule": "mailflow.config.schedule",
+    "mailflow.seal": "mailflow.wire.seal",
     "mailflow.settings": "mailflow.config.settings",
     "mailflow.spool": "mailflow.queue.spool",
     "mailflow.startup": "mailflow.config.startup",
@@ -53,7 +59,8 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         new = MOVED[module.__name__]
-        warnings.warn(f"{module.__name__} is now {new}", DeprecationWarning, stacklevel=2)
+        warnings.warn(f"{module.__name__} is now {new} (the old path goes in mailflow {GONE_IN})",
+                      DeprecationWarning, stacklevel=2)
         module.__dict__.update({k: v for k, v in vars(importlib.import_module(new)).items()
                                 if not k.startswith("__")})
 

@@ -7,7 +7,6 @@ every process on the host shows the same, host-wide numbers.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import setproctitle
@@ -15,6 +14,7 @@ import setproctitle
 from mailflow.config.loader import Config
 from mailflow.queue.spool import Spool
 from mailflow.queue.tools import stats
+from mailflow.runtime.services import Ticker
 
 INTERVAL = 5.0
 #: The counts list the whole queue directory; with a large backlog (100,000 entries: ~0.4 s)
@@ -33,28 +33,33 @@ def title(role: str, numbers: dict[str, int], rates: dict[str, float]) -> str:
             f"dps={rates.get('delivered', 0.0):.1f} bps={rates.get('bounced', 0.0):.1f}")
 
 
-def start(role: str, cfg: Config) -> threading.Thread:
-    """Keep this process's title current in a daemon thread."""
+class Title:
+    """This process's title, refreshed by a ticker of its own."""
 
-    def loop() -> None:
-        spool = Spool(cfg.queue_path())
-        last: dict[str, int] | None = None
-        last_at = time.monotonic()
-        while True:
-            started = time.monotonic()
-            try:
-                numbers = stats(spool)
-            except OSError:
-                numbers = None
-            cost = time.monotonic() - started
-            if numbers is not None:
-                now = time.monotonic()
-                rates = {} if last is None else {
-                    k: (numbers[k] - last[k]) / max(now - last_at, 1e-6) for k in ("delivered", "bounced")}
-                setproctitle.setproctitle(title(role, numbers, rates))
-                last, last_at = numbers, now
-            time.sleep(pause_after(cost))
+    def __init__(self, role: str, cfg: Config):
+        self.role = role
+        self.spool = Spool(cfg.queue_path())
+        self.last: dict[str, int] | None = None
+        self.last_at = time.monotonic()
+        self.pause = INTERVAL
 
-    thread = threading.Thread(target=loop, daemon=True, name="mailflow-proctitle")
-    thread.start()
-    return thread
+    def refresh(self) -> None:
+        started = time.monotonic()
+        try:
+            numbers = stats(self.spool)
+        except OSError:
+            numbers = None
+        self.pause = pause_after(time.monotonic() - started)
+        if numbers is None:
+            return
+        now = time.monotonic()
+        rates = {} if self.last is None else {
+            k: (numbers[k] - self.last[k]) / max(now - self.last_at, 1e-6) for k in ("delivered", "bounced")}
+        setproctitle.setproctitle(title(self.role, numbers, rates))
+        self.last, self.last_at = numbers, now
+
+
+def start(role: str, cfg: Config) -> Ticker:
+    """Keep this process's title current; ``stop()`` the answer to end it."""
+    current = Title(role, cfg)
+    return Ticker("proctitle", current.refresh, lambda: current.pause).start()

@@ -20,6 +20,7 @@ from typing import Any
 
 from mailflow.atomic import replace_text
 from mailflow.config.state import state_dir
+from mailflow.runtime.services import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Sampler:
         self.attempts: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self._dirty = True
-        self._started = False
+        self._ticker = Ticker("metrics-sampler", self._write_quietly, WRITE_EVERY)
         self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         #: figures read when the file is written (the pool's open and idle connections)
         self.gauges: dict[str, Callable[[], int]] = {}
@@ -80,18 +81,19 @@ class Sampler:
         self.start()
 
     def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        threading.Thread(target=self._loop, daemon=True, name="mailflow-metrics").start()
+        if not self._ticker.running():
+            self._ticker.start()
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.write()
-            except OSError as exc:
-                log.debug("metrics sample not written: %s", exc)
-            time.sleep(WRITE_EVERY)
+    def stop(self) -> None:
+        """The last figures written, and the thread ended."""
+        self._ticker.stop()
+        self._write_quietly()
+
+    def _write_quietly(self) -> None:
+        try:
+            self.write()
+        except OSError as exc:
+            log.debug("metrics sample not written: %s", exc)
 
     def write(self) -> None:
         with self._lock:

@@ -14,13 +14,13 @@ from celery.utils import uuid
 from mailflow import config, tally
 from mailflow.application import app
 from mailflow.errors import Deferred, NothingToDo
-from mailflow.payloads import LOOKUP_MX
 from mailflow.queue import countdowns
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, load
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import IDENTITY, owner_queue
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.runtime.authentic import AuthenticTask
+from mailflow.wire.payloads import LOOKUP_MX
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from mailflow import config
 from mailflow.application import app
-from mailflow.payloads import BOUNCE, Batch, accepted
 from mailflow.queue.bounces import bounce_each
 from mailflow.queue.spool import Spool
+from mailflow.wire.payloads import BOUNCE, Batch, accepted
 from tasks.base import PipelineTask
 
 

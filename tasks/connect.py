@@ -19,11 +19,11 @@ from celery.utils import worker_direct
 
 from mailflow import config
 from mailflow.application import app
-from mailflow.payloads import ACQUIRE_CONNECTION, REPORT, TRANSMIT, Parcel, Report, Route, is_parcel
 from mailflow.pipeline.acquire import acquire, route_from
 from mailflow.pipeline.parcels import acquire_parcel, owner_here, parcel_from
 from mailflow.pipeline.transmit import transmit
 from mailflow.queue.identity import owner_queue
+from mailflow.wire.payloads import ACQUIRE_CONNECTION, REPORT, TRANSMIT, Parcel, Report, Route, is_parcel
 from tasks.base import PipelineTask
 
 

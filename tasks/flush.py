@@ -12,8 +12,8 @@ import logging
 
 from mailflow.application import app
 from mailflow.errors import NothingToDo
-from mailflow.payloads import FLUSH_QUEUE
 from mailflow.runtime import authentic
+from mailflow.wire.payloads import FLUSH_QUEUE
 
 log = logging.getLogger(__name__)
 

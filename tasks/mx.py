@@ -11,10 +11,10 @@ from typing import Any
 
 from mailflow import config
 from mailflow.application import app
-from mailflow.payloads import ACQUIRE_CONNECTION, LOOKUP_MX, Batch, Parcel, Route, accepted
 from mailflow.pipeline.lookup import lookup
 from mailflow.queue.identity import owner_queue
 from mailflow.relay.fence import HOLDINGS
+from mailflow.wire.payloads import ACQUIRE_CONNECTION, LOOKUP_MX, Batch, Parcel, Route, accepted
 from tasks.base import PipelineTask
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from mailflow import config
 from mailflow.application import app
-from mailflow.payloads import REPORT, Report, accepted
 from mailflow.queue.claims import here
 from mailflow.queue.reports import apply
 from mailflow.queue.spool import Spool
+from mailflow.wire.payloads import REPORT, Report, accepted
 from tasks.base import PipelineTask
 
 

@@ -7,8 +7,8 @@ from celery.exceptions import Ignore
 from mailflow import config
 from mailflow.application import app
 from mailflow.errors import NothingToDo
-from mailflow.payloads import WEBHOOK
 from mailflow.webhooks.sender import deliver
+from mailflow.wire.payloads import WEBHOOK
 
 
 @app.task(name=WEBHOOK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

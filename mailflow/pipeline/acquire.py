@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from mailflow import config, tally
 from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, NothingToDo, Throttled
-from mailflow.payloads import Batch, Route, accepted
 from mailflow.pipeline.shaping import RouteShaping
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.entry import BadName
@@ -30,7 +29,8 @@ from mailflow.relay.client import Session
 from mailflow.relay.mx import Target, targets
 from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
 from mailflow.relay.security import for_route
-from mailflow.seal import SealError
+from mailflow.wire.payloads import Batch, Route, accepted
+from mailflow.wire.seal import SealError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from mailflow.codes import DELAY, DENY, DENYSOFT, OK
 from mailflow.config.files import ConfigError
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
-from mailflow.payloads import Batch, Outcome, Parcel, Route
 from mailflow.queue import lending
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
@@ -28,6 +27,7 @@ from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.answers import mx_from_hook
 from mailflow.relay.mx import MX, query_mx
 from mailflow.relay.tlsrpt import TLS_REPORT_NOTE
+from mailflow.wire.payloads import Batch, Outcome, Parcel, Route
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ from typing import Any
 from mailflow import tally
 from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
-from mailflow.lease import clock
-from mailflow.payloads import Batch, Letter, Outcome, Parcel, Report
 from mailflow.pipeline.acquire import payload_from, session_for, still_waiting
 from mailflow.pipeline.transmit import Courier
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.fence import HOLDINGS, Holding
 from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
-from mailflow.seal import SealError
+from mailflow.wire.lease import clock
+from mailflow.wire.payloads import Batch, Letter, Outcome, Parcel, Report
+from mailflow.wire.seal import SealError
 
 log = logging.getLogger(__name__)
 

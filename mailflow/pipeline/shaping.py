@@ -18,10 +18,10 @@ from mailflow import config, tally
 from mailflow.config.loader import Config
 from mailflow.config.shaping import Rule
 from mailflow.errors import Throttled
-from mailflow.payloads import Outcome
 from mailflow.relay.client import Session
 from mailflow.relay.shaping import CREDIT_TTL, Lease, Shaper, rules_for, shaper_for
 from mailflow.sampler import SAMPLER
+from mailflow.wire.payloads import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from mailflow.config.loader import Config
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
 from mailflow.message import FileMessage
-from mailflow.payloads import Outcome, Route
 from mailflow.pipeline.acquire import session_for
 from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping, hold_reason
 from mailflow.queue import countdowns
@@ -25,6 +24,7 @@ from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.client import EndOfDataTimeout, NextAddress, Session
 from mailflow.relay.pool import POOL, NoSlot
 from mailflow.sampler import SAMPLER
+from mailflow.wire.payloads import Outcome, Route
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from mailflow import config, hooks, logs, tally
 from mailflow.address import Address
 from mailflow.codes import CONT
 from mailflow.message import dot_unstuff
-from mailflow.payloads import Batch
 from mailflow.queue import counters, events, submission
 from mailflow.queue.claims import gone, here, holding, load
 from mailflow.queue.dsn import build
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, Spool, now_ms
+from mailflow.wire.payloads import Batch
 
 log = logging.getLogger(__name__)
 

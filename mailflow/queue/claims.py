@@ -21,12 +21,13 @@ from contextlib import contextmanager
 
 from mailflow import tally
 from mailflow.errors import NothingToDo
-from mailflow.lease import LEASE_SECONDS, RENEW_EVERY  # noqa: F401  (LEASE_SECONDS: its old home)
-from mailflow.payloads import Batch
 from mailflow.queue import holds
 from mailflow.queue.entry import CorruptEntry, EntryName
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import Spool
+from mailflow.runtime.services import Ticker
+from mailflow.wire.lease import LEASE_SECONDS, RENEW_EVERY  # noqa: F401  (LEASE_SECONDS: its old home)
+from mailflow.wire.payloads import Batch
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,17 @@ BROKER_RETRY_MS = 5000
 
 _held: dict[tuple[str, str], int] = {}
 _held_lock = threading.Lock()
-_renewer: threading.Thread | None = None
 
 
-def _renew_forever() -> None:
-    while True:
-        threading.Event().wait(RENEW_EVERY)
-        with _held_lock:
-            claims = list(_held)
-        for root, claim in claims:
-            Spool(root).renew(claim)
+def _renew_held() -> None:
+    with _held_lock:
+        claims = list(_held)
+    for root, claim in claims:
+        Spool(root).renew(claim)
+
+
+#: Renews the lease of every claim this process holds, while it holds one or more.
+RENEWER = Ticker("lease", _renew_held, RENEW_EVERY, first=False)
 
 
 #: How long a second execution of the same batch waits for the first to let go.
@@ -76,7 +78,6 @@ def _lock_claim(spool: Spool, claim: str) -> int | None:
 @contextmanager
 def holding(spool: Spool, batch: Batch) -> Iterator[bool]:
     """Hold the batch's claim, alone, while the block runs; yields False when the claim is gone."""
-    global _renewer
     claim = batch.claim
     fd = _lock_claim(spool, claim)
     if fd is None:
@@ -89,9 +90,7 @@ def holding(spool: Spool, batch: Batch) -> Iterator[bool]:
     key = (str(spool.root), claim)
     with _held_lock:
         _held[key] = _held.get(key, 0) + 1
-        if _renewer is None or not _renewer.is_alive():
-            _renewer = threading.Thread(target=_renew_forever, daemon=True, name="mailflow-lease")
-            _renewer.start()
+    RENEWER.start()
     try:
         yield True
     finally:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from mailflow.config import environ
 from mailflow.config.settings import Outbound
-from mailflow.payloads import Batch
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import Spool, now_ms
+from mailflow.wire.payloads import Batch
 
 log = logging.getLogger(__name__)
 

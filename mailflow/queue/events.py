@@ -45,10 +45,10 @@ from mailflow.application import app
 from mailflow.atomic import one_at_a_time, replace_text
 from mailflow.config import environ
 from mailflow.config.loader import Config
-from mailflow.payloads import WEBHOOK
 from mailflow.queue.identity import identity, owner_queue
 from mailflow.queue.todo import ToDo
 from mailflow.wire.names import check_webhook_batch
+from mailflow.wire.payloads import WEBHOOK
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Claims lent to holders on other hosts: parcels out, renewals in, and when such a lease may end.
 
 A route whose entries may be delivered by any worker goes out as parcels
-(:class:`~mailflow.payloads.Parcel`): each entry's envelope and message, no
+(:class:`~mailflow.wire.payloads.Parcel`): each entry's envelope and message, no
 parcel over ``PAYLOAD_MAX`` bytes of payload.  An entry too large for any
 parcel stays with the owner: it goes on as a plain route, on the owner's own
 queue, and its bytes never enter the broker.
@@ -28,13 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailflow.config import environ
-from mailflow.lease import LEASE_SECONDS, PARCEL_WAIT_SECONDS, RENEW_EVERY
 from mailflow.message import dot_unstuff
-from mailflow.payloads import Letter, Parcel, Route
 from mailflow.queue.claims import load
 from mailflow.queue.entry import BadName, check_claim, check_name
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import Spool, now_ms
+from mailflow.wire.lease import LEASE_SECONDS, PARCEL_WAIT_SECONDS, RENEW_EVERY
+from mailflow.wire.payloads import Letter, Parcel, Route
 
 log = logging.getLogger(__name__)
 

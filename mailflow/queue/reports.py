@@ -15,12 +15,12 @@ import logging
 
 from mailflow.config.settings import Outbound
 from mailflow.errors import NothingToDo
-from mailflow.payloads import Batch, Outcome, Report
 from mailflow.queue import lending
 from mailflow.queue.claims import give_back, load
 from mailflow.queue.entry import EntryName
 from mailflow.queue.outcomes import guarded, record
 from mailflow.queue.spool import PENDING, Spool, now_ms
+from mailflow.wire.payloads import Batch, Outcome, Report
 
 log = logging.getLogger(__name__)
 

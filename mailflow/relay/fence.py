@@ -1,6 +1,6 @@
 """Leases held for an owner on another host: renewed through the broker, and the fence.
 
-A worker that delivers a parcel (mailflow/payloads.py) holds its claim on the
+A worker that delivers a parcel (mailflow/wire/payloads.py) holds its claim on the
 owner's behalf.  Every ``RENEW_EVERY`` seconds each worker broadcasts, by
 Celery's remote control, ``mailflow_renew``: the claims it holds, by owner.
 The owner touches them (mailflow/queue/lending.py).  The same broadcast says
@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mailflow.lease import FENCE_SECONDS, RENEW_EVERY, clock
-from mailflow.payloads import Letter, Parcel
+from mailflow.wire.lease import FENCE_SECONDS, RENEW_EVERY, clock
+from mailflow.wire.payloads import Letter, Parcel
 
 log = logging.getLogger(__name__)
 

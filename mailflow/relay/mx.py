@@ -14,7 +14,7 @@ import ipaddress
 import random
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.exception
 import dns.name
@@ -22,24 +22,7 @@ import dns.resolver
 
 from mailflow.config.settings import Outbound
 from mailflow.errors import PermanentError, TemporaryError, local_reply
-
-
-@dataclass(frozen=True)
-class MX:
-    """One mail exchanger and how to talk to it."""
-
-    exchange: str
-    priority: int = 0
-    port: int | None = None
-    bind: str | None = None
-    bind_helo: str | None = None
-    using_lmtp: bool = False
-    auth_user: str | None = None
-    auth_pass: str | None = field(default=None, repr=False)
-    auth_type: str | None = None
-    from_dns: bool = True  #: only DNS answers are subject to the local_mx_ok check
-    #: a route's own TLS (routes.ini ``tls``): none, opportunistic, required, verify; None: tls.ini's
-    tls: str | None = None
+from mailflow.wire.mx import MX, MX_KEYS, is_ip  # noqa: F401  (where they were)
 
 
 @dataclass(frozen=True)
@@ -50,9 +33,6 @@ class Target:
     ip: str
     port: int
 
-
-MX_KEYS = ("priority", "exchange", "port", "bind", "bind_helo", "using_lmtp", "auth_user",
-            "auth_pass", "auth_type", "tls")
 
 _resolvers: dict[tuple[tuple[str, int], ...], dns.resolver.Resolver] = {}
 _resolvers_lock = threading.Lock()
@@ -102,14 +82,6 @@ def query_mx(domain: str, settings: Outbound) -> list[MX]:
     random.shuffle(records)  # equal preferences stay shuffled by the stable sort below
     records.sort(key=lambda r: r[0])
     return [MX(exchange=exchange.lower(), priority=pref) for pref, exchange in records]
-
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
 
 
 def resolve_host(host: str, settings: Outbound) -> tuple[list[str], bool]:

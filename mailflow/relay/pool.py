@@ -78,6 +78,7 @@ class Pool:
         self._out = Outbound()  #: the limits last asked for (waiters are judged by them)
         self._reaper: threading.Thread | None = None
         self._kick = threading.Event()
+        self._stopping = threading.Event()
         self._waiters: list[Waiter] = []
         self._woken: list[Waiter] = []
 
@@ -330,17 +331,34 @@ class Pool:
 
     def _start_reaper(self) -> None:
         with self._cond:
-            if self._reaper is None or not self._reaper.is_alive():
+            if not self._stopping.is_set() and (self._reaper is None or not self._reaper.is_alive()):
                 self._reaper = threading.Thread(target=self._reap_forever, daemon=True,
                                                 name="mailflow-pool")
                 self._reaper.start()
 
     def _reap_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             self._kick.wait(0.5)
             self._kick.clear()
+            if self._stopping.is_set():
+                return
             self._run_woken()
             self.reap()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the pool's thread (the process is stopping); idle sessions are QUIT first."""
+        self._stopping.set()
+        self._kick.set()
+        reaper = self._reaper
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join(timeout)
+        with self._cond:
+            idle = [s for sessions in self._idle.values() for s in sessions]
+            self._idle.clear()
+        for session in idle:
+            session.close(quit=True)
+            with self._cond:
+                self._unreserve(session.key.ip)
 
     def reap(self) -> None:
         """QUIT idle sessions past pool_timeout, and parked ones nobody collected."""

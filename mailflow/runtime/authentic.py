@@ -26,8 +26,8 @@ from mailflow import config
 from mailflow.config.state import state_dir
 from mailflow.errors import Deferred
 from mailflow.queue import counters
-from mailflow.seal import mac_key
 from mailflow.wire import signing
+from mailflow.wire.seal import mac_key
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from kombu import Connection
 from harness import brokers
 from harness.instance import Instance
 from harness.mxserver import MXServer
-from mailflow.payloads import LOOKUP_MX, REPORT, TRANSMIT, WEBHOOK
 from mailflow.queue.identity import owner_queue
+from mailflow.wire.payloads import LOOKUP_MX, REPORT, TRANSMIT, WEBHOOK
 from tests.support.pipeline import PORT, Env, module_env
 
 env = module_env("trust")

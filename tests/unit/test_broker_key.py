@@ -6,7 +6,7 @@ import multiprocessing
 import os
 from pathlib import Path
 
-from mailflow import seal
+from mailflow.wire import seal
 
 
 def _make(directory: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue) -> None:

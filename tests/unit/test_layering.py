@@ -10,12 +10,14 @@ one an import statement made.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from mailflow.application import app
-from mailflow.payloads import TASK_NAMES
+from mailflow.wire.payloads import TASK_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = ("mailflow", "tasks")
@@ -36,6 +38,10 @@ def imports_of(name: str, path: Path, known: set[str]) -> list[tuple[str, ast.AS
     """(imported module, node) for every import statement of the module."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    # a package's __getattr__ (PEP 562) imports when its attribute is first used, not when
+    # the package is: ``mailflow.app``
+    tree.body = [n for n in tree.body if not (path.name == "__init__.py" and
+                                              isinstance(n, ast.FunctionDef) and n.name == "__getattr__")]
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -101,35 +107,101 @@ def test_the_library_never_imports_a_task_module():
 
 
 def test_no_import_inside_a_function():
+    """But a package's ``__getattr__`` (PEP 562): ``mailflow.app`` is made on first use, so
+    that importing ``mailflow.hooks`` does not load the product."""
     mods = modules()
     found = []
     for name, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__" and \
+                    path.name == "__init__.py":
+                continue
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 found += [f"{name}:{sub.lineno}" for sub in ast.walk(node)
                           if isinstance(sub, ast.Import | ast.ImportFrom)]
     assert found == []
 
 
-@pytest.mark.parametrize("side,forbidden", [("mailflow.relay", ("mailflow.queue", "mailflow.pipeline",
-                                                                "mailflow.smtpd")),
-                                           ("mailflow.queue", ("mailflow.relay", "mailflow.pipeline",
-                                                               "mailflow.smtpd"))])
-def test_the_two_sides_do_not_reach_into_each_other(side, forbidden):
-    """The network side never touches a queue directory; the owner side never the network."""
-    offenders = [f"{name} imports {target}" for name, targets in graph().items()
-                 if name.startswith(side) for target in targets if target.startswith(forbidden)]
-    assert offenders == []
+def loaded_with(start: str, edges: dict[str, set[str]]) -> dict[str, str]:
+    """Every module importing ``start`` runs, each with the module that brought it in: its
+    imports, theirs, and the packages above each (Python runs a package's ``__init__``
+    before anything inside it)."""
+    mods = set(edges)
+    came_from = {start: ""}
+    todo = [start]
+    while todo:
+        here = todo.pop()
+        parts = here.split(".")
+        above = {".".join(parts[:i]) for i in range(1, len(parts))} & mods
+        for nxt in sorted(edges.get(here, set()) | above):
+            if nxt not in came_from:
+                came_from[nxt] = here
+                todo.append(nxt)
+    return came_from
+
+
+def path_to(target: str, came_from: dict[str, str]) -> str:
+    chain = [target]
+    while came_from.get(chain[-1]):
+        chain.append(came_from[chain[-1]])
+    return " <- ".join(chain)
+
+
+SIDES = ("mailflow.queue", "mailflow.relay", "mailflow.pipeline", "mailflow.smtpd", "mailflow.worker",
+         "tasks")
+
+
+@pytest.mark.parametrize("side,forbidden", [
+    ("mailflow.wire", SIDES),
+    ("mailflow.relay", ("mailflow.queue", "mailflow.pipeline", "mailflow.smtpd", "mailflow.worker",
+                        "tasks")),
+    ("mailflow.queue", ("mailflow.relay", "mailflow.pipeline", "mailflow.smtpd", "mailflow.worker",
+                        "tasks")),
+    ("mailflow.hooks", SIDES),
+])
+def test_the_sides_do_not_reach_into_each_other_even_through_another_module(side, forbidden):
+    """The network side never touches a queue directory, the owner side never the network,
+    and what both exchange (``mailflow.wire``) and a plugin's ``mailflow.hooks`` load
+    neither -- directly or through any chain of imports (at 7ff0849 ``relay.fence`` reached
+    ``queue.entry`` through ``payloads``)."""
+    edges = graph()
+    offenders = []
+    for name in sorted(edges):
+        if name == side or name.startswith(side + "."):
+            came_from = loaded_with(name, edges)
+            offenders += [path_to(t, came_from) for t in came_from
+                          if t == forbidden or t.startswith(tuple(f + "." for f in forbidden))
+                          or t in forbidden]
+    assert offenders == [], "\n".join(offenders[:10])
+
+
+def test_the_reachability_finder_follows_chains_and_packages():
+    edges = {"a": set(), "a.x": {"b.y"}, "b": {"c"}, "b.y": set(), "c": set()}
+    assert set(loaded_with("a.x", edges)) == {"a.x", "a", "b.y", "b", "c"}
+    assert path_to("c", loaded_with("a.x", edges)) == "c <- b <- b.y <- a.x"
+
+
+def test_a_plugin_importing_hooks_loads_neither_side():
+    """Measured in a fresh interpreter: ``from mailflow import hooks`` (what a plugin does)
+    brings in no queue, network, pipeline or worker module, and connects no worker signal."""
+    code = ("import sys; from mailflow import hooks, codes; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith(('mailflow', 'tasks')))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = out.stdout.split()
+    assert "mailflow.hooks" in loaded
+    assert [m for m in loaded if m.startswith(SIDES)] == []
 
 
 def published_names() -> list[str]:
     """Every task name the library and the tasks publish to.
 
-    A ``send_task`` call names its task with a constant of ``mailflow.payloads`` (or a
+    A ``send_task`` call names its task with a constant of ``mailflow.wire.payloads`` (or a
     string), or forwards a parameter of its function (the queue manager's publisher);
     every use of those constants counts as a name published.
     """
-    import mailflow.payloads as payloads
+    import mailflow.wire.payloads as payloads
 
     constants = {n for n in dir(payloads) if getattr(payloads, n) in TASK_NAMES}
     names = []

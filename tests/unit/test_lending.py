@@ -11,10 +11,9 @@ import time
 import pytest
 
 from harness.mxserver import MXServer
-from mailflow import config, lease
+from mailflow import config
 from mailflow.config.settings import Outbound
 from mailflow.errors import NothingToDo, Reply
-from mailflow.payloads import Batch, Outcome, Parcel, Report, Route
 from mailflow.pipeline.parcels import RemoteLedger
 from mailflow.pipeline.transmit import Courier
 from mailflow.queue import counters, lending, reports
@@ -23,6 +22,8 @@ from mailflow.queue.spool import FAILED, Spool, now_ms
 from mailflow.relay import fence
 from mailflow.relay.fence import Holdings
 from mailflow.relay.mx import MX
+from mailflow.wire import lease
+from mailflow.wire.payloads import Batch, Outcome, Parcel, Report, Route
 from tests.support.entries import make_entry
 
 SETTINGS = Outbound(temp_fail_intervals=(60, 120))

@@ -7,12 +7,12 @@ from mailflow.address import parse_address
 from mailflow.codes import DENYSOFT
 from mailflow.config.settings import Outbound
 from mailflow.errors import Reply, TemporaryError, local_reply
-from mailflow.payloads import Batch, Outcome
 from mailflow.queue import counters
 from mailflow.queue.claims import load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, defer_by_rename, fail_each, record
 from mailflow.queue.spool import FAILED, Spool, now_ms
+from mailflow.wire.payloads import Batch, Outcome
 from tests.support.entries import make_entry
 
 SETTINGS = Outbound(temp_fail_intervals=(60, 120))

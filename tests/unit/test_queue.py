@@ -144,8 +144,8 @@ def test_only_canonical_entry_names_are_names(name):
 
 @pytest.mark.parametrize("claim", ["../pending", "/tmp", "..", "b-../x", "0" * 31, "0" * 32 + "/x", 7])
 def test_claim_ids_are_never_paths(tmp_path, claim):
-    from mailflow.payloads import Batch
     from mailflow.queue.entry import BadName
+    from mailflow.wire.payloads import Batch
 
     spool = Spool(tmp_path).ensure()
     with pytest.raises(BadName):
@@ -157,8 +157,8 @@ def test_claim_ids_are_never_paths(tmp_path, claim):
 
 
 def test_a_batch_names_only_entries_of_its_domain():
-    from mailflow.payloads import Batch
     from mailflow.queue.entry import BadName
+    from mailflow.wire.payloads import Batch
 
     good = str(EntryName(1, 0, 1, "U.1", "a.example"))
     assert Batch.from_json({"owner": "h-1", "claim": "a" * 32, "names": [good], "domain": "a.example"})

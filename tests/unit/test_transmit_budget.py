@@ -1,10 +1,10 @@
 """A route out of time hands its unsent entries back to pending/, due now (pipeline/transmit.py)."""
 
 from mailflow import config
-from mailflow.payloads import Batch, Route
 from mailflow.pipeline import transmit
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.mx import MX
+from mailflow.wire.payloads import Batch, Route
 from tests.support.entries import make_entry
 
 

@@ -16,7 +16,7 @@ One definition each, with its JSON form:
 A payload comes from the broker, and whoever can publish there is not meant to
 own the file system: ``from_json`` accepts only the queue's own claim ids and
 entry names, and every MX field is checked (:class:`BadName` otherwise).  A
-``get_mx`` password travels sealed (:mod:`mailflow.seal`).
+``get_mx`` password travels sealed (:mod:`mailflow.wire.seal`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from mailflow.errors import NothingToDo, Reply
-from mailflow.queue.entry import BadName, EntryName, check_claim
-from mailflow.queue.identity import IDENTITY
-from mailflow.relay.answers import mx_from_fields
-from mailflow.relay.mx import MX
-from mailflow.seal import seal, unseal
+from mailflow.wire.mx import MX, mx_from_fields
+from mailflow.wire.names import IDENTITY, BadName, EntryName, check_claim
+from mailflow.wire.seal import seal, unseal
 
 log = logging.getLogger(__name__)
 
