@@ -64,7 +64,7 @@ task_send_sent_event = True
 # transmit all live in that one process. worker_direct gives each node its own queue,
 # to which transmit is routed (docs/architecture.md). The number of threads follows
 # outbound.ini's concurrency_max, a thread per delivery it allows plus a few
-# (mailflow/worker.py); `--concurrency N` sets it instead.
+# (mailflow/runtime/worker.py); `--concurrency N` sets it instead.
 worker_pool = "threads"
 worker_direct = True
 

@@ -20,7 +20,7 @@ __all__ = ["app", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from mailflow import worker  # noqa: F401  (connects the worker's start-up signals)
-        from mailflow.application import app
+        from mailflow.runtime import worker  # noqa: F401  (connects the worker's start-up signals)
+        from mailflow.runtime.application import app
         return app
     raise AttributeError(f"module 'mailflow' has no attribute {name!r}")

@@ -11,14 +11,15 @@ from typing import Any
 from celery.exceptions import Ignore, Retry
 from celery.utils import uuid
 
-from mailflow import config, tally
-from mailflow.application import app
+from mailflow import config
 from mailflow.errors import Deferred, NothingToDo
+from mailflow.observation import tally
 from mailflow.queue import countdowns
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, load
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import IDENTITY, owner_queue
 from mailflow.queue.spool import Spool, now_ms
+from mailflow.runtime.application import app
 from mailflow.runtime.authentic import AuthenticTask
 from mailflow.wire.payloads import LOOKUP_MX
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 class PipelineTask(AuthenticTask):
     """Base of the ``mailflow.*`` pipeline tasks (Celery reads these class attributes).
 
-    A step returns what it did to the mail, counted (mailflow/tally.py): Celery sends the
+    A step returns what it did to the mail, counted (mailflow/observation/tally.py): Celery sends the
     return value in the ``task-succeeded`` event, and Flower shows it as the task's result.
 
     A step that finds nothing to do -- its claim gone, its payload not this queue's --

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from mailflow import config
-from mailflow.application import app
 from mailflow.queue.bounces import bounce_each
 from mailflow.queue.spool import Spool
+from mailflow.runtime.application import app
 from mailflow.wire.payloads import BOUNCE, Batch, accepted
 from tasks.base import PipelineTask
 

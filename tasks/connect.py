@@ -18,11 +18,11 @@ from typing import Any
 from celery.utils import worker_direct
 
 from mailflow import config
-from mailflow.application import app
 from mailflow.pipeline.acquire import acquire, route_from
 from mailflow.pipeline.parcels import acquire_parcel, owner_here, parcel_from
 from mailflow.pipeline.transmit import transmit
 from mailflow.queue.identity import owner_queue
+from mailflow.runtime.application import app
 from mailflow.wire.payloads import ACQUIRE_CONNECTION, REPORT, TRANSMIT, Parcel, Report, Route, is_parcel
 from tasks.base import PipelineTask
 

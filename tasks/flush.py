@@ -2,7 +2,7 @@
 
 Any worker may get the call, and the queues are on their owners' hosts: it is
 passed on to every worker by remote control, and each owner's worker flushes
-its own queue (``mailflow_flush`` in mailflow/worker.py).  A second argument
+its own queue (``mailflow_flush`` in mailflow/runtime/worker.py).  A second argument
 names one owner (its queue identity).
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from mailflow.application import app
 from mailflow.errors import NothingToDo
 from mailflow.runtime import authentic
+from mailflow.runtime.application import app
 from mailflow.wire.payloads import FLUSH_QUEUE
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from mailflow import config
-from mailflow.application import app
 from mailflow.pipeline.lookup import lookup
 from mailflow.queue.identity import owner_queue
 from mailflow.relay.fence import HOLDINGS
+from mailflow.runtime.application import app
 from mailflow.wire.payloads import ACQUIRE_CONNECTION, LOOKUP_MX, Batch, Parcel, Route, accepted
 from tasks.base import PipelineTask
 

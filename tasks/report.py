@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from mailflow import config
-from mailflow.application import app
 from mailflow.queue.claims import here
 from mailflow.queue.reports import apply
 from mailflow.queue.spool import Spool
+from mailflow.runtime.application import app
 from mailflow.wire.payloads import REPORT, Report, accepted
 from tasks.base import PipelineTask
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from mailflow import config
-from mailflow.application import app
 from mailflow.errors import NothingToDo
 from mailflow.pipeline.acquire import route_from
 from mailflow.pipeline.parcels import owner_here, parcel_from, transmit_parcel
 from mailflow.pipeline.transmit import drop_ticket
 from mailflow.pipeline.transmit import transmit as transmit_route
+from mailflow.runtime.application import app
 from mailflow.wire.payloads import TRANSMIT, is_parcel
 from tasks.base import PipelineTask
 from tasks.connect import report_to_owner

@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery.exceptions import Ignore
 
 from mailflow import config
-from mailflow.application import app
 from mailflow.errors import NothingToDo
+from mailflow.runtime.application import app
 from mailflow.webhooks.sender import deliver
 from mailflow.wire.payloads import WEBHOOK
 

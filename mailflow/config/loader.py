@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailflow import tls
 from mailflow.config import environ, routes, shaping, webhooks
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines, unknown
 from mailflow.config.settings import (
@@ -38,6 +37,7 @@ from mailflow.config.settings import (
 )
 from mailflow.dkim.keys import KeyProblem, domain_keys, domains
 from mailflow.dkim.signer import Signer
+from mailflow.util import tls
 
 log = logging.getLogger(__name__)
 

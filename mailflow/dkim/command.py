@@ -18,6 +18,7 @@ import dns.exception
 import dns.resolver
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from mailflow.cli.commands import command
 from mailflow.config.loader import Config
 from mailflow.dkim.keys import DEFAULT_RSA_BITS, Key, KeyProblem, domain_keys, generate
 from mailflow.relay.mx import resolver
@@ -41,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction,
     p.add_argument("domain", metavar="DOMAIN", help="a domain with a key under dkim/")
 
 
+@command("dkim", add_parser)
 def run(args: argparse.Namespace, cfg: Config) -> int:
     keys_dir = cfg.directory / "dkim"
     domain = args.domain.strip().lower().rstrip(".")

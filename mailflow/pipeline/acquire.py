@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailflow import config, tally
+from mailflow import config
 from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, NothingToDo, Throttled
+from mailflow.observation import tally
 from mailflow.pipeline.shaping import RouteShaping
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.entry import BadName

@@ -14,11 +14,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mailflow import config, hooks, tally
+from mailflow import config, hooks
 from mailflow.codes import DELAY, DENY, DENYSOFT, OK
 from mailflow.config.files import ConfigError
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
+from mailflow.observation import tally
 from mailflow.queue import lending
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail

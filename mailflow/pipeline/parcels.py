@@ -18,9 +18,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mailflow import tally
 from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
+from mailflow.observation import tally
 from mailflow.pipeline.acquire import payload_from, session_for, still_waiting
 from mailflow.pipeline.transmit import Courier
 from mailflow.queue.spool import Spool, now_ms

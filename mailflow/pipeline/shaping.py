@@ -14,13 +14,14 @@ import logging
 import threading
 import time
 
-from mailflow import config, tally
+from mailflow import config
 from mailflow.config.loader import Config
 from mailflow.config.shaping import Rule
 from mailflow.errors import Throttled
+from mailflow.observation import tally
+from mailflow.observation.sampler import SAMPLER
 from mailflow.relay.client import Session
 from mailflow.relay.shaping import CREDIT_TTL, Lease, Shaper, rules_for, shaper_for
-from mailflow.sampler import SAMPLER
 from mailflow.wire.payloads import Outcome
 
 log = logging.getLogger(__name__)

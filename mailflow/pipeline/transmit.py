@@ -9,11 +9,13 @@ import time
 from collections import Counter, deque
 from typing import Any, Protocol
 
-from mailflow import config, tally
+from mailflow import config
 from mailflow.config.loader import Config
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
 from mailflow.message import FileMessage
+from mailflow.observation import tally
+from mailflow.observation.sampler import SAMPLER
 from mailflow.pipeline.acquire import session_for
 from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping, hold_reason
 from mailflow.queue import countdowns
@@ -23,7 +25,6 @@ from mailflow.queue.outcomes import crashed, fail_all, fail_each, record
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.client import EndOfDataTimeout, NextAddress, Session
 from mailflow.relay.pool import POOL, NoSlot
-from mailflow.sampler import SAMPLER
 from mailflow.wire.payloads import Outcome, Route
 
 log = logging.getLogger(__name__)

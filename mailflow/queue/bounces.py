@@ -12,10 +12,11 @@ import logging
 import os
 from typing import Any
 
-from mailflow import config, hooks, logs, tally
+from mailflow import config, hooks, logs
 from mailflow.address import Address
 from mailflow.codes import CONT
 from mailflow.message import dot_unstuff
+from mailflow.observation import tally
 from mailflow.queue import counters, events, submission
 from mailflow.queue.claims import gone, here, holding, load
 from mailflow.queue.dsn import build

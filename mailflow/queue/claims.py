@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mailflow import tally
 from mailflow.errors import NothingToDo
+from mailflow.observation import tally
 from mailflow.queue import holds
 from mailflow.queue.entry import CorruptEntry, EntryName
 from mailflow.queue.hmail import HMail

@@ -41,12 +41,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mailflow.application import app
-from mailflow.atomic import one_at_a_time, replace_text
 from mailflow.config import environ
 from mailflow.config.loader import Config
 from mailflow.queue.identity import identity, owner_queue
 from mailflow.queue.todo import ToDo
+from mailflow.runtime.application import app
+from mailflow.util.atomic import one_at_a_time, replace_text
 from mailflow.wire.names import check_webhook_batch
 from mailflow.wire.payloads import WEBHOOK
 

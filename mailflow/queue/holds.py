@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailflow import atomic
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import now_ms
+from mailflow.util import atomic
 
 log = logging.getLogger(__name__)
 

@@ -36,13 +36,13 @@ from pathlib import Path
 from kombu.utils.url import maybe_sanitize_url
 
 from mailflow import config as configmod
-from mailflow.application import app
 from mailflow.config import environ
 from mailflow.queue import countdowns, holds, lending, submission
 from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
 from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
+from mailflow.runtime.application import app
 from mailflow.wire.lease import LEASE_SECONDS
 from mailflow.wire.payloads import BOUNCE, LOOKUP_MX, Batch
 

@@ -17,14 +17,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from mailflow import config, hooks, logs, tally
+from mailflow import config, hooks, logs
 from mailflow.codes import CONT, DENYSOFT, OK
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
+from mailflow.observation import tally
+from mailflow.observation.sampler import observe_delivery, tls_counter
 from mailflow.queue import countdowns, counters, events
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
-from mailflow.sampler import observe_delivery, tls_counter
 from mailflow.suppress import store as suppression
 from mailflow.wire.payloads import Outcome
 

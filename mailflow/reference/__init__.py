@@ -1,7 +1,7 @@
 """``docs/reference/``: the reference pages, written from the code that defines what they list.
 
 Each page is drawn from the one registry its subject has -- the config keys from
-``mailflow/config/settings.py``, the metrics from ``mailflow/metrics.py``'s ``METRICS``, the
+``mailflow/config/settings.py``, the metrics from ``mailflow/observation/metrics.py``'s ``METRICS``, the
 log lines from ``mailflow/logs.py``'s ``EVENTS``, the commands from the argument parsers --
 so the pages cannot say what the code does not do.  ``make docs`` writes them; a test
 fails when the committed pages differ from what the code would write.

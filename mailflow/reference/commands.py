@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from mailflow import cli, sendmail
+from mailflow import cli
+from mailflow.cli import sendmail
 from mailflow.reference.markdown import GENERATED, code, table
 
 INTRO = """\

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from mailflow.metrics import METRICS
+from mailflow.observation.metrics import METRICS
 from mailflow.reference.markdown import GENERATED, code, table
 
 INTRO = """\

@@ -24,10 +24,10 @@ from pathlib import Path
 import dns.exception
 import dns.resolver
 
-from mailflow.atomic import replace_text
 from mailflow.config.settings import Outbound, Tls
 from mailflow.relay import http
 from mailflow.relay.mx import resolver
+from mailflow.util.atomic import replace_text
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import redis
 
 from mailflow.config.shaping import Rule
 from mailflow.config.state import state_dir
-from mailflow.sampler import SAMPLER
+from mailflow.observation.sampler import SAMPLER
 
 log = logging.getLogger(__name__)
 

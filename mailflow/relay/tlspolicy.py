@@ -13,8 +13,8 @@ import ipaddress
 import ssl
 from functools import lru_cache
 
-from mailflow import tls
 from mailflow.config.settings import Tls
+from mailflow.util import tls
 
 
 def _matches(patterns: tuple[str, ...], ip: str, names: tuple[str, ...]) -> bool:

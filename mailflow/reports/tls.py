@@ -28,12 +28,12 @@ import dns.exception
 import dns.resolver
 
 from mailflow import outbound
-from mailflow.atomic import one_at_a_time, replace_text
 from mailflow.codes import OK
 from mailflow.config.loader import Config
 from mailflow.relay import http
 from mailflow.relay.mx import resolver
 from mailflow.relay.tlsrpt import SUCCESS, TLS_REPORT_NOTE, day, directory
+from mailflow.util.atomic import one_at_a_time, replace_text
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from celery import bootsteps
 
-from mailflow import config, metrics, proctitle
-from mailflow.application import app
+from mailflow import config
 from mailflow.config import environ
 from mailflow.config.settings import Tls
+from mailflow.observation import metrics, proctitle
 from mailflow.pipeline import shaping as route_shaping
 from mailflow.queue import claims, events
 from mailflow.queue import manager as qmgr
@@ -38,6 +38,7 @@ from mailflow.relay.fence import HOLDINGS
 from mailflow.relay.pool import POOL
 from mailflow.reports import tls as tls_reports
 from mailflow.runtime import authentic
+from mailflow.runtime.application import app
 from mailflow.runtime.services import Ticker
 
 log = logging.getLogger(__name__)

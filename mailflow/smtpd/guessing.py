@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from mailflow import atomic
+from mailflow.util import atomic
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Guesses:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, list[list[Any]]]]:
         """The table (key -> [[time, token], ...]) under the host's lock, pruned; written back
-        whole (mailflow/atomic.py), so a crash never leaves half of it."""
+        whole (mailflow/util/atomic.py), so a crash never leaves half of it."""
         lock = self.path.with_name(f".{self.path.name}.lock")
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -19,12 +19,11 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, auth_mechanism, syntax
 
-from mailflow import hooks, tls
+from mailflow import hooks
 from mailflow.codes import DENY, DENYSOFT
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
 from mailflow.config.state import state_dir
-from mailflow.descriptors import raise_descriptor_limit
 from mailflow.message import Body
 from mailflow.smtpd.acl import is_loopback
 from mailflow.smtpd.auth import FlatFileAuthenticator, cram_challenge, cram_user, cram_verify
@@ -34,6 +33,8 @@ from mailflow.smtpd.handler import SubmissionHandler, connection_for, logs_safe
 from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay
 from mailflow.smtpd.statuscodes import AIOSMTPD_REPLIES, SMTPStatus
 from mailflow.smtpd.tables import ListedOnce
+from mailflow.util import tls
+from mailflow.util.descriptors import raise_descriptor_limit
 
 log = logging.getLogger(__name__)
 

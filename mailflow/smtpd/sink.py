@@ -24,6 +24,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from mailflow.cli.commands import command
 from mailflow.config.settings import parse_hostport
 from mailflow.config.state import state_dir
 from mailflow.message import single_line
@@ -105,6 +106,7 @@ async def serve(host: str, port: int, handler: SinkHandler) -> None:
     await server.wait_closed()
 
 
+@command("sink", add_parser, needs_config=False)
 def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_hostport(args.listen)

@@ -12,6 +12,7 @@ from pathlib import Path
 import redis
 
 from mailflow.address import AddressError, parse_address
+from mailflow.cli.commands import command
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
 from mailflow.config.schedule import parse_duration
@@ -43,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction,
     p.add_argument("file", type=Path, help="one address per line")
 
 
+@command("suppress", add_parser)
 def run(args: argparse.Namespace, cfg: Config) -> int:
     store = for_config(cfg)
     try:

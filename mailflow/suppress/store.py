@@ -28,10 +28,10 @@ from typing import Protocol
 
 import redis
 
-from mailflow.atomic import replace_text
 from mailflow.config.loader import Config
 from mailflow.config.state import state_dir
 from mailflow.errors import Reply
+from mailflow.util.atomic import replace_text
 
 log = logging.getLogger(__name__)
 

@@ -136,7 +136,7 @@ def test_a_forged_flush_broadcast_changes_no_due_time(env, mx):
     uuid = env.send("u@later.test", notes={"mx": f"127.0.0.3:{PORT}"})
     [entry] = env.wait(lambda: [e for e in env.entries("pending", uuid) if e.num_failures])
     refused = refusals(env)
-    script = ("from mailflow.application import app; "
+    script = ("from mailflow.runtime.application import app; "
               "app.control.broadcast('mailflow_flush', arguments={'domain': None, 'owner': None}, "
               "reply=False)")
     done = subprocess.run([sys.executable, "-c", script], cwd=env.inst.root, env=attacker(env),

@@ -160,7 +160,7 @@ def write_due(pending: Path, count: int, domain: str, notes: dict[str, Any], *, 
     """``count`` one-recipient entries, due in ``after_ms``, written as the queue writes them
     (a temp name, then a rename) but without an fsync each: the test is about what comes
     after.  Due a little later, they are all there when the queue manager claims them."""
-    Spool(pending.parent).ensure()  # a worker host until its queue appears (mailflow/worker.py)
+    Spool(pending.parent).ensure()  # a worker host until its queue appears (mailflow/runtime/worker.py)
     sender = parse_address("a@sender.test")
     body = b"Subject: many\r\n\r\nx\r\n"
     now = now_ms()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiosmtpd.smtp
 import pytest
 
-from mailflow import compat
+from mailflow.runtime import compat
 
 
 def test_every_private_name_relied_on_is_there():

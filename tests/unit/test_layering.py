@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mailflow.application import app
+from mailflow.runtime.application import app
 from mailflow.wire.payloads import TASK_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,15 +147,15 @@ def path_to(target: str, came_from: dict[str, str]) -> str:
     return " <- ".join(chain)
 
 
-SIDES = ("mailflow.queue", "mailflow.relay", "mailflow.pipeline", "mailflow.smtpd", "mailflow.worker",
+SIDES = ("mailflow.queue", "mailflow.relay", "mailflow.pipeline", "mailflow.smtpd", "mailflow.runtime.worker",
          "tasks")
 
 
 @pytest.mark.parametrize("side,forbidden", [
     ("mailflow.wire", SIDES),
-    ("mailflow.relay", ("mailflow.queue", "mailflow.pipeline", "mailflow.smtpd", "mailflow.worker",
+    ("mailflow.relay", ("mailflow.queue", "mailflow.pipeline", "mailflow.smtpd", "mailflow.runtime.worker",
                         "tasks")),
-    ("mailflow.queue", ("mailflow.relay", "mailflow.pipeline", "mailflow.smtpd", "mailflow.worker",
+    ("mailflow.queue", ("mailflow.relay", "mailflow.pipeline", "mailflow.smtpd", "mailflow.runtime.worker",
                         "tasks")),
     ("mailflow.hooks", SIDES),
 ])

@@ -1,6 +1,6 @@
 """The process title's queue counts list the queue: a large backlog refreshes them less often."""
 
-from mailflow import proctitle
+from mailflow.observation import proctitle
 
 
 def test_refresh_pause_is_the_interval_while_counting_is_cheap():

@@ -13,7 +13,7 @@ from mailflow import config as configmod
 from mailflow import reference
 from mailflow.config import settings
 from mailflow.logs import EVENTS
-from mailflow.metrics import METRICS, HostCollector
+from mailflow.observation.metrics import METRICS, HostCollector
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,13 +27,13 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from mailflow import compat, config, logs
+from mailflow import config, logs
 from mailflow.config import environ, startup
 from mailflow.config.loader import Config
-from mailflow.descriptors import raise_descriptor_limit
 from mailflow.queue.identity import owner_queue
-from mailflow.runtime import control, services, steps  # noqa: F401  (control: registers the commands)
+from mailflow.runtime import compat, control, services, steps  # noqa: F401  (control: registers the commands)
 from mailflow.runtime.steps import local_spool
+from mailflow.util.descriptors import raise_descriptor_limit
 from mailflow.wire.seal import KEY_FILE, key_exists, mac_key
 
 log = logging.getLogger(__name__)

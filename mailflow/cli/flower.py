@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Any
 
+from mailflow.cli.commands import command
+from mailflow.config.loader import Config
 from mailflow.config.state import state_dir
 
 
@@ -58,7 +60,9 @@ def refusal(args: argparse.Namespace, environ: dict[str, str]) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
+@command("flower", add_parser)
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    """Flower, on the config's state directory and broker (loaded first)."""
     why = refusal(args, dict(os.environ))
     if why is not None:
         print(f"mailflow flower: {why}", file=sys.stderr, flush=True)

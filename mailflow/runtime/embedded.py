@@ -40,4 +40,4 @@ class Transport(filesystem.Transport):
 
 def register() -> None:
     """Make ``filesystem://`` mean this transport in every process that imports mailflow."""
-    TRANSPORT_ALIASES["filesystem"] = "mailflow.embedded:Transport"
+    TRANSPORT_ALIASES["filesystem"] = "mailflow.runtime.embedded:Transport"

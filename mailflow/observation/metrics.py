@@ -29,6 +29,7 @@ from prometheus_client.utils import floatToGoString
 
 from mailflow import config
 from mailflow.config.loader import Config
+from mailflow.observation.sampler import ATTEMPT_BUCKETS, BUCKETS, SAMPLER, samples, tls_counter
 from mailflow.queue import counters, events
 from mailflow.queue import tools as queuetools
 from mailflow.queue.spool import Spool
@@ -36,7 +37,6 @@ from mailflow.relay.pool import POOL
 from mailflow.relay.shaping import shaper_for
 from mailflow.runtime import authentic
 from mailflow.runtime.services import Ticker
-from mailflow.sampler import ATTEMPT_BUCKETS, BUCKETS, SAMPLER, samples, tls_counter
 
 log = logging.getLogger(__name__)
 

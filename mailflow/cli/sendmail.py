@@ -12,11 +12,14 @@ import argparse
 import getpass
 import re
 import sys
+from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from email.utils import formataddr, getaddresses
+from typing import Any
 
 from mailflow import message as msg
 from mailflow import outbound
+from mailflow.cli.commands import command
 from mailflow.codes import DENYSOFT, OK
 from mailflow.config import startup
 
@@ -74,3 +77,16 @@ def main(argv: list[str]) -> int:
         return 0
     print(f"mailflow sendmail: {text}", file=sys.stderr)
     return EX_TEMPFAIL if code is DENYSOFT else EX_NOUSER
+
+
+def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Listed in ``mailflow --help`` only: its arguments are sendmail's own, read by
+    :func:`build_parser` (``mailflow sendmail -oi -t`` never reaches mailflow's parser)."""
+    sub.add_parser("sendmail", help="the sendmail command line (-t -i -f -F …); see its --help",
+                   add_help=False)
+
+
+@command("sendmail", add_parser, needs_config=False)
+def run(args: argparse.Namespace) -> int:
+    """Not reached through mailflow's parser (see :func:`add_parser`)."""
+    return main([])

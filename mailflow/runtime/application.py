@@ -11,8 +11,8 @@ import os
 
 from celery import Celery
 
-from mailflow.embedded import register as register_embedded_broker
 from mailflow.runtime.authentic import AuthenticTask
+from mailflow.runtime.embedded import register as register_embedded_broker
 
 if os.environ.get("MAILFLOW_BROKER_URL"):
     # Celery lets CELERY_BROKER_URL override any config, so ours must be the one it sees.

@@ -1,4 +1,4 @@
-"""This process's own figures for the host's metrics endpoint (mailflow/metrics.py).
+"""This process's own figures for the host's metrics endpoint (mailflow/observation/metrics.py).
 
 The delivery-time histogram is counted where outcomes are recorded, in whichever
 process that is; every few seconds the process writes its figures to its own file
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailflow.atomic import replace_text
 from mailflow.config.state import state_dir
 from mailflow.runtime.services import Ticker
+from mailflow.util.atomic import replace_text
 
 log = logging.getLogger(__name__)
 

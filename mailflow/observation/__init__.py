@@ -1,0 +1,2 @@
+"""What a running mailflow tells about itself: counters, samples, the metrics endpoint,
+process titles."""

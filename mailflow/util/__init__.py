@@ -1,0 +1,1 @@
+"""Small helpers several parts use: whole-file writes, descriptor limits, TLS contexts."""
