@@ -3,7 +3,7 @@ for a parcel from another host's queue (mailflow/pipeline/parcels.py).
 
 ``mailflow.transmit`` goes to this worker node's own queue, where the session is
 parked; so does this step again when it waits for a connection slot.  Outcomes
-of a parcel go to its owner's queue (``mailflow.report``).
+of a parcel go to its owner's queue (``mailflow.record_outcomes``).
 
 A started step is never given back to the broker (``acks_late`` off): a second
 run of it elsewhere could send what this one is sending; the claim's lease is
@@ -23,7 +23,15 @@ from mailflow.pipeline.parcels import acquire_parcel, owner_here, parcel_from
 from mailflow.pipeline.transmit import transmit
 from mailflow.queue.identity import owner_queue
 from mailflow.runtime.application import app
-from mailflow.wire.payloads import ACQUIRE_CONNECTION, REPORT, TRANSMIT, Parcel, Report, Route, is_parcel
+from mailflow.wire.payloads import (
+    ACQUIRE_CONNECTION,
+    RECORD_OUTCOMES,
+    TRANSMIT,
+    Parcel,
+    RemoteOutcomes,
+    Route,
+    is_parcel,
+)
 from tasks.base import PipelineTask
 
 
@@ -44,8 +52,8 @@ def acquire_connection(self: Any, route: dict[str, Any]) -> None:
         acquire(parsed, transmit, None)
 
 
-def report_to_owner(report: Report) -> None:
-    app.send_task(REPORT, args=[report.to_json()], queue=owner_queue(report.batch.owner),
+def report_to_owner(report: RemoteOutcomes) -> None:
+    app.send_task(RECORD_OUTCOMES, args=[report.to_json()], queue=owner_queue(report.batch.owner),
                   argsrepr=report.batch.shown())
 
 

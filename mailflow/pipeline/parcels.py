@@ -2,8 +2,8 @@
 
 This host has no copy of the owner's queue: the parcel carries the envelopes
 and messages, and what becomes of each entry goes back to the owner as
-``mailflow.report`` tasks (:class:`RemoteLedger`), recorded there
-(mailflow/queue/reports.py).  The claim is held through the broker
+``mailflow.record_outcomes`` tasks (:class:`RemoteLedger`), recorded there
+(mailflow/queue/remote_outcomes.py).  The claim is held through the broker
 (mailflow/relay/fence.py): no message starts past the fence; what was not
 attempted is handed back.
 
@@ -27,7 +27,7 @@ from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.fence import HOLDINGS, Holding
 from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
 from mailflow.wire.lease import clock
-from mailflow.wire.payloads import Batch, Letter, Outcome, Parcel, Report
+from mailflow.wire.payloads import Batch, Letter, Outcome, Parcel, RemoteOutcomes
 from mailflow.wire.seal import SealError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: what a host that dies had done but not reported is at most this much work.
 REPORT_EVERY = 1.0
 
-Reporter = Callable[[Report], None]
+Reporter = Callable[[RemoteOutcomes], None]
 HandOn = Callable[[Parcel, str], None]
 Again = Callable[[Parcel], None]
 
@@ -53,7 +53,7 @@ def parcel_from(data: dict[str, Any], cfg: Config, task: str, report: Reporter, 
     def defer_all(batch: Batch, exc: SealError) -> None:
         letters = [Letter.from_json(x) for x in data.get("letters") or []]
         reply = local_reply("4.3.0", f"internal error: SealError: {exc}")
-        report(Report(batch=batch, holder=holder,
+        report(RemoteOutcomes(batch=batch, holder=holder,
                       results={x.name: Outcome(results=dict.fromkeys(x.rcpt_to, reply)) for x in letters}))
     return payload_from(Parcel.from_json, data, cfg, task, defer_all)
 
@@ -120,12 +120,12 @@ class RemoteLedger:
         return len(names)
 
     def send(self, final: bool) -> None:
-        """Report what is not yet reported; on the final report, hand back the rest."""
+        """RemoteOutcomes what is not yet reported; on the final report, hand back the rest."""
         if final:
             self.give_back(list(self.parcel.letters))
         if not (self.results or self.back or final):
             return
-        report = Report(batch=self.parcel.batch, holder=self.holder, results=dict(self.results),
+        report = RemoteOutcomes(batch=self.parcel.batch, holder=self.holder, results=dict(self.results),
                         back=tuple(self.back), back_due_ms=self.back_due_ms,
                         back_why=self.back_why)
         try:
@@ -230,7 +230,7 @@ def _too_late(parcel: Parcel, report: Reporter, holder: str,
     log.warning("parcel of claim %s for %s: %s; %d entries handed back unsent",
                 parcel.batch.claim, parcel.route.domain, why, len(parcel.batch.names))
     try:
-        report(Report(batch=parcel.batch, holder=holder, back=parcel.batch.names))
+        report(RemoteOutcomes(batch=parcel.batch, holder=holder, back=parcel.batch.names))
     except Exception as exc:
         log.error("could not hand back claim %s (%s): it returns when its lease expires",
                   parcel.batch.claim, exc)

@@ -4,7 +4,7 @@ Each TLS session to an MX host that a policy (MTA-STS or DANE) covers counts as 
 success or a failure of a result type (8460 4.3).  The network side notes them
 here, one line appended per session to ``<state>/tlsrpt/<UTC day>.jsonl`` (an
 ``O_APPEND`` write of one short line: every process of the host adds without a
-lock, and nothing is kept in memory to lose).  mailflow/queue/tlsreports.py
+lock, and nothing is kept in memory to lose).  mailflow/reports/tls.py
 turns a finished day into reports.
 """
 

@@ -11,7 +11,7 @@ One definition each, with its JSON form:
   every recipient's reply;
 - :class:`Parcel` -- a route that may be delivered on any host: it carries each
   entry's envelope and message (:class:`Letter`) and when its lease was issued;
-- :class:`Report` -- what a holder on another host found, back to the owner.
+- :class:`RemoteOutcomes` -- what a holder on another host found, back to the owner.
 
 A payload comes from the broker, and whoever can publish there is not meant to
 own the file system: ``from_json`` accepts only the queue's own claim ids and
@@ -42,9 +42,9 @@ ACQUIRE_CONNECTION = "mailflow.acquire_connection"
 TRANSMIT = "mailflow.transmit"
 BOUNCE = "mailflow.bounce"
 FLUSH_QUEUE = "mailflow.flush_queue"
-REPORT = "mailflow.report"
+RECORD_OUTCOMES = "mailflow.record_outcomes"
 WEBHOOK = "mailflow.webhook"
-TASK_NAMES = (LOOKUP_MX, ACQUIRE_CONNECTION, TRANSMIT, BOUNCE, FLUSH_QUEUE, REPORT, WEBHOOK)
+TASK_NAMES = (LOOKUP_MX, ACQUIRE_CONNECTION, TRANSMIT, BOUNCE, FLUSH_QUEUE, RECORD_OUTCOMES, WEBHOOK)
 
 
 @dataclass(frozen=True)
@@ -301,13 +301,13 @@ def is_parcel(data: Any) -> bool:
     return isinstance(data, dict) and "letters" in data
 
 
-#: The longest hold reason a report may carry (it is shown by ``queue list``, never a path).
+#: The longest hold reason remote outcomes may carry (it is shown by ``queue list``, never a path).
 HOLD_WHY_MAX = 512
 
 
 @dataclass(frozen=True)
-class Report:
-    """Outcomes a holder on another host sends its owner (``mailflow.report``).
+class RemoteOutcomes:
+    """Outcomes a holder on another host sends its owner (``mailflow.record_outcomes``).
 
     ``results`` are attempts made; ``back`` entries it did not attempt (given back,
     due now).  Reports of one parcel may be applied in any order: no entry is in two.
@@ -326,18 +326,18 @@ class Report:
                 "back": list(self.back), "back_due_ms": self.back_due_ms, "back_why": self.back_why}
 
     @classmethod
-    def from_json(cls, data: Any) -> Report:
+    def from_json(cls, data: Any) -> RemoteOutcomes:
         batch = Batch.from_json(data)
         results, back = data.get("results"), data.get("back")
         if not isinstance(results, dict) or not isinstance(back, list):
-            raise BadName("a report has results and back")
+            raise BadName("remote outcomes have results and back")
         named = set(batch.names)
         if not set(results) | set(back) <= named:
-            raise BadName("a report names entries that are not its batch's")
+            raise BadName("remote outcomes name entries that are not their batch's")
         try:
             outcomes = {str(n): Outcome.from_json(o) for n, o in results.items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BadName(f"a report's outcome is malformed: {exc!r}") from None
+            raise BadName(f"a remote outcome is malformed: {exc!r}") from None
         due, why = data.get("back_due_ms", 0), data.get("back_why", "")
         return cls(batch=batch, holder=str(data.get("holder", "?")), results=outcomes,
                    back=tuple(str(n) for n in back),

@@ -203,7 +203,7 @@ def test_two_worker_hosts_deliver_2000_messages_each_exactly_once(lab):
                    if t.get("worker") == node and t.get("state") == "SUCCESS"}
             assert ran == {"mailflow.acquire_connection", "mailflow.transmit"}, (node, ran)
         owners = {t["name"] for t in tasks.values() if t.get("worker") == procs[1].node}
-        assert {"mailflow.lookup_mx", "mailflow.report"} <= owners
+        assert {"mailflow.lookup_mx", "mailflow.record_outcomes"} <= owners
     finally:
         mx.stop(no_assert=True)
 

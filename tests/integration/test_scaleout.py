@@ -69,7 +69,7 @@ def test_a_worker_host_delivers_the_owners_mail_and_each_message_goes_once(clust
     assert by == {"owner.test", "workerhost.test"}, by  # both hosts delivered some
     # the owner's queue-touching steps never went to the worker host
     assert "Task mailflow.lookup_mx[" not in remote.output()
-    assert "Task mailflow.report[" not in remote.output()
+    assert "Task mailflow.record_outcomes[" not in remote.output()
     stats = owner.mailflow("queue", "stats", "--json")
     assert json.loads(stats.stdout)["delivered"] == 200
 

@@ -23,7 +23,7 @@ from harness import brokers
 from harness.instance import Instance
 from harness.mxserver import MXServer
 from mailflow.queue.identity import owner_queue
-from mailflow.wire.payloads import LOOKUP_MX, REPORT, TRANSMIT, WEBHOOK
+from mailflow.wire.payloads import LOOKUP_MX, RECORD_OUTCOMES, TRANSMIT, WEBHOOK
 from tests.support.pipeline import PORT, Env, module_env
 
 env = module_env("trust")
@@ -90,13 +90,13 @@ def test_a_forged_report_neither_removes_nor_bounces_queued_mail(env, mx):
     for code in (250, 550):
         outcome = {"host": "mx", "ip": "127.0.0.2", "port": 25, "mode": "SMTP", "tls": False,
                    "auth": False, "rcpts": {"u@held.test": [code, "forged"]}}
-        forge(env, REPORT, [{"owner": queue_identity(env), "claim": claim, "names": [name],
+        forge(env, RECORD_OUTCOMES, [{"owner": queue_identity(env), "claim": claim, "names": [name],
                              "domain": "held.test", "holder": "evil", "results": {name: outcome},
                              "back": []}], queue=owner_queue(queue_identity(env)))
     env.wait(lambda: refusals(env) >= refused + 2)
     assert [p.name for p in env.inst.entries("pending") if uuid in p.name] == [name]
     assert not env.inst.entries("failed")
-    assert env.logged("refused task mailflow.report")
+    assert env.logged("refused task mailflow.record_outcomes")
 
 
 def test_a_forged_parcel_never_reaches_the_mx(env, mx):

@@ -16,14 +16,14 @@ from mailflow.config.settings import Outbound
 from mailflow.errors import NothingToDo, Reply
 from mailflow.pipeline.parcels import RemoteLedger
 from mailflow.pipeline.transmit import Courier
-from mailflow.queue import counters, lending, reports
+from mailflow.queue import counters, lending, remote_outcomes
 from mailflow.queue.entry import BadName
 from mailflow.queue.spool import FAILED, Spool, now_ms
 from mailflow.relay import fence
 from mailflow.relay.fence import Holdings
 from mailflow.relay.mx import MX
 from mailflow.wire import lease
-from mailflow.wire.payloads import Batch, Outcome, Parcel, Report, Route
+from mailflow.wire.payloads import Batch, Outcome, Parcel, RemoteOutcomes, Route
 from tests.support.entries import make_entry
 
 SETTINGS = Outbound(temp_fail_intervals=(60, 120))
@@ -59,11 +59,12 @@ def test_a_parcel_or_report_that_names_other_entries_is_refused(tmp_path):
     data["letters"][0]["name"] = "x"
     with pytest.raises(BadName):
         Parcel.from_json(data, tmp_path)
-    report = Report(route.batch, "h", results={route.batch.names[0]: Outcome(results={"x@example.com": OK})})
+    report = RemoteOutcomes(route.batch, "h",
+                            results={route.batch.names[0]: Outcome(results={"x@example.com": OK})})
     data = report.to_json()
     data["results"] = {"1_0_1_Z.9_example.com": data["results"].popitem()[1]}
     with pytest.raises(BadName):
-        Report.from_json(data)
+        RemoteOutcomes.from_json(data)
 
 
 def test_a_lent_claim_outlives_its_lease_while_the_owner_cannot_hear_the_broker(tmp_path, monkeypatch):
@@ -121,7 +122,7 @@ def test_a_report_records_outcomes_gives_back_the_rest_and_ends_the_claim(tmp_pa
     spool, route = claimed(tmp_path, {"A.1": b"m\r\n", "A.2": b"m\r\n", "A.3": b"m\r\n"})
     lending.lend(spool, route.batch.claim, route.batch.names)
     one, two, three = route.batch.names
-    reports.apply(spool, Report(route.batch, "w@b", results={
+    remote_outcomes.apply(spool, RemoteOutcomes(route.batch, "w@b", results={
         one: Outcome(host="mx", results={"x@example.com": OK}),
         two: Outcome(host="mx", results={"x@example.com": Reply(451, "4.2.1 later", "RCPT")})},
         back=(three,)), SETTINGS)
@@ -143,8 +144,9 @@ def test_a_late_outcome_is_applied_only_while_the_entry_waits_untouched(tmp_path
     again, _ = spool.claim([n for n in spool.names() if n.id == "T.2"])  # T.2 attempted again
     delivered = Outcome(host="mx", results={"x@example.com": OK})
     with caplog.at_level(logging.INFO):
-        reports.apply(spool, Report(route.batch, "w@b", results={first: delivered, second: delivered}),
-                      SETTINGS)
+        remote_outcomes.apply(spool, RemoteOutcomes(route.batch, "w@b",
+                                                     results={first: delivered, second: delivered}),
+                              SETTINGS)
     assert [n.id for n in spool.names()] == []  # T.1 was waiting: its delivery is recorded
     assert "it had not been attempted again, so it was applied" in caplog.text
     assert "possible duplicate: T.2 was delivered by w@b" in caplog.text
@@ -161,7 +163,7 @@ def test_a_report_for_a_claim_never_lent_is_refused_and_changes_nothing(tmp_path
     [name] = route.batch.names
     for code in (OK, Reply(550, "5.1.1 no such user", "RCPT")):
         with pytest.raises(NothingToDo):
-            reports.apply(spool, Report(route.batch, "evil", results={
+            remote_outcomes.apply(spool, RemoteOutcomes(route.batch, "evil", results={
                 name: Outcome(host="mx", results={"x@example.com": code})}), SETTINGS)
     assert [p.name for p in spool.claim_dir(route.batch.claim).iterdir()] == [name]
     assert counters.read(spool.root, "delivered") == 0 and not list(spool.names(FAILED))
@@ -173,10 +175,10 @@ def test_a_report_may_name_only_the_entries_lent_under_its_claim(tmp_path):
     lent, kept = route.batch.names
     lending.lend(spool, route.batch.claim, [lent])  # G.2 stayed with the owner (too large)
     with pytest.raises(NothingToDo):
-        reports.apply(spool, Report(route.batch.part([kept]), "w@b", results={
+        remote_outcomes.apply(spool, RemoteOutcomes(route.batch.part([kept]), "w@b", results={
             kept: Outcome(host="mx", results={"x@example.com": OK})}), SETTINGS)
     assert sorted(p.name for p in spool.claim_dir(route.batch.claim).iterdir()) == sorted([lent, kept])
-    reports.apply(spool, Report(route.batch.part([lent]), "w@b", results={
+    remote_outcomes.apply(spool, RemoteOutcomes(route.batch.part([lent]), "w@b", results={
         lent: Outcome(host="mx", results={"x@example.com": OK})}), SETTINGS)
     assert [p.name for p in spool.claim_dir(route.batch.claim).iterdir()] == [kept]
 
@@ -192,7 +194,7 @@ def test_a_late_report_is_checked_against_the_record_of_a_returned_claim(tmp_pat
     assert not lending.is_lent(spool, route.batch.claim)
     assert lending.lent_names(spool, route.batch.claim) == {name}
     with caplog.at_level(logging.INFO):
-        reports.apply(spool, Report(route.batch, "w@b", results={
+        remote_outcomes.apply(spool, RemoteOutcomes(route.batch, "w@b", results={
             name: Outcome(host="mx", results={"x@example.com": OK})}), SETTINGS)
     assert list(spool.names()) == [] and counters.read(spool.root, "delivered") == 1
     assert "via=w@b" in caplog.text  # the attempt line names the host that sent
@@ -257,10 +259,10 @@ def test_a_parcel_whose_next_step_never_comes_is_no_longer_renewed(monkeypatch):
 
 class Reports:
     def __init__(self, fail: bool = False):
-        self.sent: list[Report] = []
+        self.sent: list[RemoteOutcomes] = []
         self.fail = fail
 
-    def __call__(self, report: Report) -> None:
+    def __call__(self, report: RemoteOutcomes) -> None:
         if self.fail:
             raise ConnectionError("broker away")
         self.sent.append(report)
@@ -300,8 +302,8 @@ def test_no_entry_is_in_two_reports_of_one_parcel(tmp_path):
     early, last = sent.sent
     assert list(early.results) == [first.name] and early.back == ()
     assert last.results == {} and last.back == (second.name, third.name)
-    reports.apply(spool, last, SETTINGS)  # the final report first
-    reports.apply(spool, early, SETTINGS)
+    remote_outcomes.apply(spool, last, SETTINGS)  # the final report first
+    remote_outcomes.apply(spool, early, SETTINGS)
     assert sorted(n.id for n in spool.names()) == ["D.2", "D.3"]
     assert counters.read(spool.root, "delivered") == 1
     assert not spool.claim_dir(route.batch.claim).exists()
@@ -361,13 +363,13 @@ def test_entries_a_holder_gives_back_for_a_shaping_rule_are_listed_as_held_on_th
     spool, route = claimed(tmp_path, {"A.1": b"m\r\n", "A.2": b"m\r\n"})
     lending.lend(spool, route.batch.claim, route.batch.names)
     due = now_ms() + 600_000
-    sent = Report(route.batch, "w@b", back=route.batch.names, back_due_ms=due,
+    sent = RemoteOutcomes(route.batch, "w@b", back=route.batch.names, back_due_ms=due,
                   back_why="shaping:mx:.example.com")
-    received = Report.from_json(json.loads(json.dumps(sent.to_json())))
+    received = RemoteOutcomes.from_json(json.loads(json.dumps(sent.to_json())))
     assert received == sent
-    reports.apply(spool, received, SETTINGS)
+    remote_outcomes.apply(spool, received, SETTINGS)
     rows = queuetools.rows(spool)
     assert [(r["id"], r["held"], r["num_failures"]) for r in rows] == [
         ("A.1", "shaping:mx:.example.com", 0), ("A.2", "shaping:mx:.example.com", 0)]
-    bad = Report.from_json({**sent.to_json(), "back_why": "x\n" * 10})  # shown, so printable only
+    bad = RemoteOutcomes.from_json({**sent.to_json(), "back_why": "x\n" * 10})  # shown, so printable only
     assert bad.back_why == "" and holds.current(spool.root)

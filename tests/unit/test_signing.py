@@ -8,7 +8,7 @@ from mailflow.runtime.authentic import body_bytes
 from mailflow.wire import signing
 
 KEY = b"k" * 32
-HEADERS = {"task": "mailflow.report", "id": "1", "eta": None, "expires": None, "retries": 0,
+HEADERS = {"task": "mailflow.record_outcomes", "id": "1", "eta": None, "expires": None, "retries": 0,
            "argsrepr": "[...]", "kwargsrepr": "{}", "shadow": None}
 BODY = body_bytes([[{"claim": "0" * 32}], {}, {"callbacks": None}], "json")
 

@@ -1,4 +1,4 @@
-"""Outcomes reported by a holder on another host, applied on the owner (``mailflow.report``).
+"""Outcomes reported by a holder on another host, applied on the owner (``mailflow.record_outcomes``).
 
 An outcome whose entry is still in its claim is recorded as if the attempt had
 been made here: the hooks (``delivered``, ``deferred``…) run on the owner.  One
@@ -20,12 +20,12 @@ from mailflow.queue.claims import give_back, load
 from mailflow.queue.entry import EntryName
 from mailflow.queue.outcomes import guarded, record
 from mailflow.queue.spool import PENDING, Spool, now_ms
-from mailflow.wire.payloads import Batch, Outcome, Report
+from mailflow.wire.payloads import Batch, Outcome, RemoteOutcomes
 
 log = logging.getLogger(__name__)
 
 
-def apply(spool: Spool, report: Report, settings: Outbound) -> None:
+def apply(spool: Spool, report: RemoteOutcomes, settings: Outbound) -> None:
     """Record each outcome, give back what was not attempted, and end the claim once empty.
 
     Only a claim this queue lent, and only entries it lent under that claim, whether the
@@ -53,7 +53,7 @@ def apply(spool: Spool, report: Report, settings: Outbound) -> None:
     lending.returned(spool, batch.claim)
 
 
-def _refusal(spool: Spool, report: Report) -> str | None:
+def _refusal(spool: Spool, report: RemoteOutcomes) -> str | None:
     lent = lending.lent_names(spool, report.batch.claim)
     if lent is None:
         return "this queue lent no such claim"
@@ -63,10 +63,10 @@ def _refusal(spool: Spool, report: Report) -> str | None:
     return None
 
 
-def _late(spool: Spool, report: Report, name: str, outcome: Outcome, settings: Outbound) -> None:
+def _late(spool: Spool, report: RemoteOutcomes, name: str, outcome: Outcome, settings: Outbound) -> None:
     """The claim no longer has the entry: apply the outcome if it waits untouched in pending/."""
     parsed = EntryName.parse(name)
-    assert parsed is not None  # Report.from_json checked every name
+    assert parsed is not None  # RemoteOutcomes.from_json checked every name
     waiting = [n for n in spool.names(PENDING) if n.id == parsed.id]
     if waiting:
         claim, got = spool.claim(waiting[:1])
