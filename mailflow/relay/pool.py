@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 
 from mailflow.config.settings import Outbound, Tls
 from mailflow.errors import TemporaryError, local_reply
-from mailflow.relay.client import NextAddress, Session, TlsNeed, open_session, tls_need
+from mailflow.relay.client import NextAddress, Session, open_session
 from mailflow.relay.mx import Target
+from mailflow.relay.tlsneed import TlsNeed, tls_need
 
 log = logging.getLogger(__name__)
 

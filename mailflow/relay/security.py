@@ -18,9 +18,9 @@ from mailflow.config.settings import Outbound, Tls
 from mailflow.config.state import state_dir
 from mailflow.errors import TemporaryError, local_reply
 from mailflow.relay import dane, mtasts, tlsrpt
-from mailflow.relay.client import TlsNeed, tls_need
 from mailflow.relay.dane import Dane
 from mailflow.relay.mx import MX, Target
+from mailflow.relay.tlsneed import TlsNeed, tls_need
 from mailflow.relay.tlsrpt import PolicyRef
 
 log = logging.getLogger(__name__)

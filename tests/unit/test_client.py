@@ -9,8 +9,9 @@ import trustme
 
 from harness.mxserver import MXServer
 from mailflow.config.settings import Outbound, Tls
-from mailflow.relay.client import EndOfDataTimeout, NextAddress, open_session, tls_need
+from mailflow.relay.client import EndOfDataTimeout, NextAddress, open_session
 from mailflow.relay.mx import MX, Target
+from mailflow.relay.tlsneed import tls_need
 
 SETTINGS = Outbound(timeout_end_of_data=1, enable_tls=True)
 NO_POLICY = Tls()

@@ -11,9 +11,9 @@ import pytest
 
 from harness.mxserver import MXServer
 from mailflow.config.settings import Outbound, Tls
-from mailflow.relay.client import TlsNeed
 from mailflow.relay.mx import MX, Target
 from mailflow.relay.pool import NoSlot, Pool
+from mailflow.relay.tlsneed import TlsNeed
 
 OUT = Outbound(pool_concurrency_max=1, pool_timeout=50)
 NO_TLS = Tls()

@@ -12,11 +12,11 @@ import trustme
 from harness.mxserver import MXServer
 from mailflow.config.settings import Outbound, Tls
 from mailflow.relay import mtasts, tlsrpt
-from mailflow.relay.client import TlsNeed
 from mailflow.relay.dane import Dane, Tlsa
 from mailflow.relay.mx import MX, Target
 from mailflow.relay.pool import Pool
 from mailflow.relay.security import RouteSecurity
+from mailflow.relay.tlsneed import TlsNeed
 from mailflow.reports import tls as tls_reports
 
 POLICY = "version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmax_age: 86400\n"

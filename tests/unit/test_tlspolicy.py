@@ -7,8 +7,8 @@ import ssl
 import pytest
 
 from mailflow.config.settings import Outbound, Tls
-from mailflow.relay.client import tls_need
 from mailflow.relay.mx import MX, Target
+from mailflow.relay.tlsneed import tls_need
 from mailflow.relay.tlspolicy import client_context, forced, no_tls
 
 
