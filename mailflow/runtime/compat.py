@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,15 @@ RELIED: tuple[Relied, ...] = (
            source_has="self._reader = reader"),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.connection_lost", ("self", "error")),
     Relied("aiosmtpd", "aiosmtpd.smtp", "MISSING"),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._getaddr", ("self", "arg")),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._cb_client_connected",
+           source_has="self._writer = writer"),
+    Relied("kombu", "kombu.transport", "TRANSPORT_ALIASES"),
+    # the standard library's: checked the same way, against the running Python
+    Relied("python", "smtplib", "SMTP._get_socket", ("self", "host", "port", "timeout")),
+    Relied("python", "smtplib", "SMTP.starttls", source_has="server_hostname=self._host"),
+    Relied("python", "argparse", "_SubParsersAction.__init__", source_has="self._choices_actions = []"),
+    Relied("python", "argparse", "_ActionsContainer.__init__", source_has="self._actions = []"),
     Relied("kombu", "kombu.transport.filesystem", "Channel._put", ("self", "queue", "payload", "kwargs")),
     Relied("kombu", "kombu.transport.filesystem", "Channel.data_folder_out"),
     Relied("celery", "celery.apps.worker", "Worker.on_before_init", source_has="self.quiet = quiet"),
@@ -94,7 +104,7 @@ def problems(relied: tuple[Relied, ...] = RELIED) -> list[str]:
         problem = _problem(item)
         if problem is not None:
             try:
-                installed = version(item.package)
+                installed = platform.python_version() if item.package == "python" else version(item.package)
             except PackageNotFoundError:
                 installed = "not installed"
             out.append(f"{item.package} {installed}: {problem} (mailflow relies on it; "

@@ -6,8 +6,9 @@ server's CPU.  This reader asks the stream for everything up to the next
 ``.<CR><LF>`` -- usually the terminator itself -- and keeps aiosmtpd's rules:
 only ``<CR><LF>.<CR><LF>`` ends the data (bare LF or CR never do, so nothing
 can be smuggled), a line is at most 1001 bytes with its CRLF, the size limit
-counts the bytes as received, and what the client pipelined after the
-terminator stays in the stream for the next command.
+counts the bytes as received, the first of the two refusals to happen is the one
+answered, and what the client pipelined after the terminator stays in the stream for
+the next command (tests/unit/test_data_differential.py holds it to stock aiosmtpd).
 
 The lines are unstuffed and measured as the blocks arrive (a block may end
 anywhere, even inside a CRLF) and written to a :class:`Body`: memory up to
@@ -47,32 +48,59 @@ def has_long_line(body: bytes, limit: int = LINE_LIMIT) -> bool:
     return max(map(len, body.split(b"\r\n")), default=0) + 2 > limit
 
 
-class _Lines:
-    """Whole lines out of blocks cut anywhere: unstuffed, and measured against LINE_LIMIT.
+#: aiosmtpd's stream limit: a line whose text (before its CRLF) is longer overruns its reader
+#: before the line is counted; a shorter one over LINE_LIMIT is refused after it is counted.
+STREAM_LIMIT = 1001
 
-    What follows the last CRLF of a block waits for the next one, so neither a
-    leading dot nor a CRLF split between two blocks is missed.
+
+class _Lines:
+    """Whole lines out of blocks cut anywhere: unstuffed, counted against the size limit and
+    measured against the line limit, in aiosmtpd's order.
+
+    What follows the last CRLF of a block waits for the next one, so neither a leading dot
+    nor a CRLF split between two blocks is missed.  The first of "too long" and "too much"
+    to happen in the stream is the answer, as aiosmtpd's own reader decides it; after it,
+    nothing more is kept.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, size_limit: int | None) -> None:
         self.carry = b""
-        self.too_long = False
+        self.size_limit = size_limit
+        self.counted = 0  #: bytes of the complete lines so far, as received (stuffed)
+        self.refused: str | None = None  #: "too_long" or "too_much", whichever came first
 
     def feed(self, block: bytes) -> bytes:
+        if self.refused:
+            return b""
         data = self.carry + block if self.carry else block
         end = data.rfind(b"\r\n")
-        if end < 0:
-            self.carry = data
-            complete = b""
-        else:
-            complete, self.carry = data[:end + 2], data[end + 2:]
-            if not self.too_long and has_long_line(complete[:-2]):
-                self.too_long = True
-        # a line already too long, whatever follows (a final CR may be half of its CRLF)
-        if len(self.carry) - self.carry.endswith(b"\r") + 2 > LINE_LIMIT:
-            self.too_long = True
-            self.carry = b""
-        return dot_unstuff(complete) if complete and not self.too_long else b""
+        complete, carry = (b"", data) if end < 0 else (data[:end + 2], data[end + 2:])
+        if complete:
+            counted = self.counted + len(complete)
+            if (self.size_limit and counted > self.size_limit) or has_long_line(complete[:-2]):
+                self._first_refusal(complete)  # something is wrong in these lines: which first
+            self.counted = counted
+        # a line not yet ended that already overruns aiosmtpd's reader
+        if not self.refused and len(carry) - 1 > STREAM_LIMIT:
+            self.refused = "too_long"
+        self.carry = carry if not self.refused else b""
+        return dot_unstuff(complete) if complete and not self.refused else b""
+
+    def _first_refusal(self, complete: bytes) -> None:
+        """Walk the lines as aiosmtpd does: an overlong text overruns before it is counted;
+        then the count; then a line just over the limit."""
+        counted = self.counted
+        for line in complete.split(b"\r\n")[:-1]:
+            if len(line) > STREAM_LIMIT:
+                self.refused = "too_long"
+                return
+            counted += len(line) + 2
+            if self.size_limit and counted > self.size_limit:
+                self.refused = "too_much"
+                return
+            if len(line) + 2 > LINE_LIMIT:
+                self.refused = "too_long"
+                return
 
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
@@ -84,8 +112,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
     body would be read as commands -- a transaction hidden in a message would be run.
     """
     data = Data(body=body or Body())
-    lines = _Lines()
-    received = 0
+    lines = _Lines(size_limit)
     tail = b"\r\n"  # the last two bytes before the current block: the 354 reply ends a line
     while True:
         try:
@@ -97,16 +124,15 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
         ended = (tail + block).endswith(TERMINATOR)
         if ended:
             block = block[:-3]  # the ".\r\n"; the CRLF before it ends the last line
-        received += len(block)
-        if size_limit and received > size_limit:
-            data.too_much = True  # keep reading to the terminator, but hold nothing
-        if not data.too_much and data.failed is None:
+        kept = lines.feed(block)  # read on to the terminator whatever is refused
+        if data.failed is None and kept:
             try:
-                data.body.write(lines.feed(block))
+                data.body.write(kept)
             except Exception as exc:  # ENOSPC spilling to disk: read on to the dot, answer then
                 data.failed = exc
         if ended:
             break
         tail = (tail + block)[-2:]
-    data.too_long = lines.too_long and not data.too_much
+    data.too_long = lines.refused == "too_long"
+    data.too_much = lines.refused == "too_much"
     return data

@@ -5,25 +5,33 @@ import random
 
 import pytest
 
-from mailflow.smtpd.data import LINE_LIMIT, read_data
+from mailflow.smtpd.data import LINE_LIMIT, STREAM_LIMIT, read_data
 
 
 def reference(stream: bytes, size_limit: int | None):
-    """aiosmtpd's rules, line by line: (content or None, refused, rest of the stream)."""
-    lines, pos, received, too_long = [], 0, 0, False
+    """aiosmtpd's rules, line by line, in its order (a text over its stream limit overruns
+    before it is counted; then the size; then a line just over the limit): (content or
+    None, refused, rest of the stream).  tests/unit/test_data_differential.py holds these
+    to stock aiosmtpd itself."""
+    lines, pos, received, refused = [], 0, 0, None
     while True:
         end = stream.index(b"\r\n", pos) + 2
         line = stream[pos:end]
         pos = end
         if line == b".\r\n":
             break
-        received += len(line)
-        too_long = too_long or len(line) > LINE_LIMIT
+        if refused is None:
+            if len(line) - 2 > STREAM_LIMIT:
+                refused = "too_long"
+            else:
+                received += len(line)
+                if size_limit and received > size_limit:
+                    refused = "too_much"
+                elif len(line) > LINE_LIMIT:
+                    refused = "too_long"
         lines.append(line[1:] if line.startswith(b".") else line)
-    if size_limit and received > size_limit:
-        return None, "too_much", stream[pos:]
-    if too_long:
-        return None, "too_long", stream[pos:]
+    if refused:
+        return None, refused, stream[pos:]
     return b"".join(lines), None, stream[pos:]
 
 
