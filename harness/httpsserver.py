@@ -9,6 +9,8 @@ carried.  Without a TLS context it serves plain HTTP.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import threading
 import time
@@ -46,6 +48,7 @@ class HTTPSServer:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._connections: set[Any] = set()  #: sockets of the connections open now
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> HTTPSServer:
@@ -61,6 +64,16 @@ class HTTPSServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with outer._lock:
+                    outer._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with outer._lock:
+                    outer._connections.discard(self.connection)
+                super().finish()
+
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -72,8 +85,8 @@ class HTTPSServer:
                     route = outer.routes.get(host, Answer(b"no such host", 404))
                     answer = (route.pop(0) if len(route) > 1 else route[0]) if isinstance(route, list) \
                         else route
-                if answer.delay:
-                    time.sleep(answer.delay)
+                if answer.delay and outer._stopping.wait(answer.delay):
+                    return  # the server is stopping: a hung answer ends with it
                 data = answer.body.encode() if isinstance(answer.body, str) else answer.body
                 try:
                     self.send_response(answer.status)
@@ -108,10 +121,17 @@ class HTTPSServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving, and end every connection still open (a client's keep-alive one
+        holds a handler thread waiting for its next request)."""
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        with self._lock:
+            open_now = list(self._connections)
+        for conn in open_now:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def requested(self, host: str, method: str = "GET") -> list[Request]:
         with self._lock:

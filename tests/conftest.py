@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,31 @@ from harness.dnsserver import DNSServer, free_port
 from harness.instance import Instance
 
 LOOPBACK = "127.0.0.1"
+
+#: How long a thread a test started may take to end after the test (it was told to stop).
+THREAD_GRACE = 10.0
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a thread running: one it started (directly, or through a
+    server, a pool or a ticker of mailflow's) and did not stop.  Threads of fixtures wider
+    than the test (a module's worker and DNS server) were there before it began."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_GRACE
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()
+                and not t.name.startswith(SHARED_THREADS)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"threads left running by the test: {sorted(t.name for t in left)}"
+
+
+#: Threads a process keeps for good once something has used them: the default asyncio
+#: executor's workers of a loop still open, and nothing else.
+SHARED_THREADS = ("asyncio_",)
 
 
 @pytest.fixture

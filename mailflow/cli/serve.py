@@ -24,7 +24,7 @@ from mailflow.pipeline import shaping as route_shaping
 from mailflow.queue.flush import flush
 from mailflow.queue.manager import QueueManager
 from mailflow.queue.spool import Spool
-from mailflow.runtime import compat
+from mailflow.runtime import compat, steps
 from mailflow.smtpd import server as smtpd_server
 from mailflow.smtpd.nodes import Nodes, die_with_parent
 from mailflow.wire.seal import mac_key
@@ -156,6 +156,7 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
         on_listening()
     manager = QueueManager(cfg, held=route_shaping.held).start()
     title = proctitle.start("smtpd", cfg)
+    watch = steps.watch_config().start() if node == 0 else None
     for line in on_started or []:
         _announce(line)
     await stop.wait()
@@ -163,6 +164,8 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
     await loop.run_in_executor(None, nodes.stop)
     manager.stop()
     title.stop()
+    if watch is not None:
+        watch.stop()
     for server in servers:
         server.close()
     for server in servers:

@@ -273,6 +273,10 @@ class Config:
                             "(and every worker host) for the change to take effect",
                             self.directory / name)
 
+    def reload_if_changed(self) -> None:
+        """Read the live files again if one changed (at most once a reload interval)."""
+        self._reload_if_changed()
+
     def _reload_if_changed(self) -> None:
         now = time.monotonic()
         if now - self._checked < RELOAD_CHECK_INTERVAL:

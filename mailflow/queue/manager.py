@@ -137,6 +137,9 @@ class QueueManager:
         self._armed = countdowns.Armed(self.spool)
         #: since when the broker refuses what we publish, and when that was last said
         self._broker_down_since: float | None = None
+        self._said_paused = False
+        #: loops of the manager's thread so far (a test waits for one to have passed)
+        self.scans = 0
         self._broker_said_at = 0.0
 
     def _broker_unreachable(self, exc: Exception) -> None:
@@ -152,6 +155,17 @@ class QueueManager:
                     "and kept in the queue, tried again every %d s (said once a minute while it "
                     "lasts)", maybe_sanitize_url(app.conf.broker_url), type(exc).__name__, exc,
                     now - self._broker_down_since, BROKER_RETRY_MS // 1000)
+
+    def _paused(self, disabled: bool) -> bool:
+        """outbound.ini's ``disabled``: said once when delivery stops, once when it resumes."""
+        if disabled != self._said_paused:
+            self._said_paused = disabled
+            if disabled:
+                log.warning("delivery paused (outbound.ini disabled = true): mail is accepted and "
+                            "kept in %s until it is set back", self.spool.root)
+            else:
+                log.info("delivery resumed (outbound.ini disabled = false)")
+        return disabled
 
     def _broker_back(self) -> None:
         if self._broker_down_since is not None:
@@ -233,10 +247,11 @@ class QueueManager:
             try:
                 if self._has_lock():
                     self.spool.expire(LEASE_SECONDS, spare=lending.spare(self.spool, LEASE_SECONDS))
-                    if not self.cfg.outbound.disabled:
+                    if not self._paused(self.cfg.outbound.disabled):
                         self.scan()
             except Exception:
                 log.exception("queue scan failed")
+            self.scans += 1
 
     # -- the work ----------------------------------------------------------------------
 

@@ -338,6 +338,9 @@ class Pool:
                 self._reaper.start()
 
     def _reap_forever(self) -> None:
+        """Wake waiters and reap idle sessions while there is anything to look after; a pool
+        with no connection, no waiter and nothing parked needs no thread (the next acquire
+        starts one again)."""
         while not self._stopping.is_set():
             self._kick.wait(0.5)
             self._kick.clear()
@@ -345,6 +348,10 @@ class Pool:
                 return
             self._run_woken()
             self.reap()
+            with self._cond:
+                if not (self._open or self._waiters or self._woken or self._parked):
+                    self._reaper = None
+                    return
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the pool's thread (the process is stopping); idle sessions are QUIT first."""
@@ -360,6 +367,7 @@ class Pool:
             session.close(quit=True)
             with self._cond:
                 self._unreserve(session.key.ip)
+        self._stopping.clear()  # usable again: the next acquire starts a thread anew
 
     def reap(self) -> None:
         """QUIT idle sessions past pool_timeout, and parked ones nobody collected."""

@@ -12,6 +12,8 @@ so the stop takes a second, not an hour (mailflow/runtime/services.py).
 ``Webhooks``              the due webhook events of this host's queue, every second
 ``TlsReports``            the finished days' TLS reports, every hour
 ``Observation``           the metrics endpoint and sampler, the process title, the DANE check
+``ConfigWatch``           the live config files (outbound.ini, tls.ini, routes.ini) looked at
+                          every second, so a change is taken up and logged without traffic
 ``ProcessParts``          what any delivery leaves running: the lease renewer, the pool's
                           reaper and its idle sessions -- stopped last
 ========================  =====================================================================
@@ -25,7 +27,7 @@ from typing import Any
 from celery import bootsteps
 
 from mailflow import config
-from mailflow.config import environ
+from mailflow.config import RELOAD_CHECK_INTERVAL, environ
 from mailflow.config.settings import Tls
 from mailflow.observation import metrics, proctitle
 from mailflow.pipeline import shaping as route_shaping
@@ -206,6 +208,27 @@ class Observation(Part):
             self.title.stop()
 
 
+def watch_config() -> Ticker:
+    """A look at the live config files once a reload interval: a change is taken up -- and
+    logged -- within seconds even when no mail comes to ask for the settings."""
+    return Ticker("config-watch", lambda: config.current().reload_if_changed(), RELOAD_CHECK_INTERVAL,
+                  first=False)
+
+
+class ConfigWatch(Part):
+    label = "mailflow config watch"
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.ticker = watch_config()
+
+    def start(self, parent: Any) -> None:
+        self.ticker.start()
+
+    def stop(self, parent: Any) -> None:
+        self.ticker.stop()
+
+
 class ProcessParts(Part):
     """What deliveries leave running in this process: stopped after every other part."""
 
@@ -220,7 +243,7 @@ class ProcessParts(Part):
 
 
 #: In start order (each after the one before it); they stop in the reverse order.
-STEPS = (ProcessParts, Observation, TlsReports, Webhooks, Renewal, QueueSteps)
+STEPS = (ProcessParts, ConfigWatch, Observation, TlsReports, Webhooks, Renewal, QueueSteps)
 
 
 def install() -> None:

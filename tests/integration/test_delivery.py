@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from harness.mxserver import MXServer
-from tests.support.pipeline import PORT, make_env
+from tests.support.pipeline import PORT, make_env, module_env
 
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    os.environ["MAILFLOW_BATCH_MAX"] = "5"
-    try:
-        e, inst = make_env(tmp_path_factory.mktemp("delivery"), None, concurrency=16)
-    finally:
-        os.environ.pop("MAILFLOW_BATCH_MAX", None)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("delivery", environ={"MAILFLOW_BATCH_MAX": "5"}, concurrency=16)
 
 
 # ── MX selection ─────────────────────────────────────────────────────────────────────

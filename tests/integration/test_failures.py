@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from harness.dnsserver import free_port
 from harness.mxserver import MXServer
 from tests.support.pipeline import (
@@ -18,6 +16,8 @@ from tests.support.pipeline import (
     PORT,
     Env,
     make_env,
+    module_env,
+    scheduled,
 )
 
 HOOKS = PLUGIN + '''
@@ -43,12 +43,7 @@ def on_bounce(hmail, error, **kwargs):
 '''
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("failures"), None, plugin=HOOKS)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("failures", plugin=HOOKS)
 
 
 def deferred_log(env: Env, uuid: str) -> list[dict[str, Any]]:
@@ -119,10 +114,12 @@ def test_exhausted_schedule_bounces_to_the_sender(env, mx):
 
 def test_permanent_failure_bounces_once(env, mx):
     server = mx(rcpt={"gone@perm.test": "550 5.1.1 no such user"})
-    env.send(["gone@perm.test", "ok@perm.test"], notes={"mx": f"127.0.0.2:{PORT}"},
-             sender="bob@sender.test")
+    uuid = env.send(["gone@perm.test", "ok@perm.test"], notes={"mx": f"127.0.0.2:{PORT}"},
+                    sender="bob@sender.test")
     [bounce] = env.wait(lambda: bounces(server))
-    time.sleep(1.5)
+    # settled: the failed entry and the bounce's own are gone -- nothing left to bounce again
+    bounce_id = env.bounce_id(uuid)
+    env.wait(lambda: env.gone(uuid) and env.gone(bounce_id))
     assert len(bounces(server)) == 1, [(d.rcpt_to, d.data[-600:]) for d in server.deliveries
                                        if d.mail_from in ("", "<>")]
     [block] = [b for b in bounce.get_payload()[1].get_payload() if b["Final-Recipient"]]
@@ -134,17 +131,16 @@ def test_bounce_hook_ok_means_no_bounce(env, mx):
     uuid = env.send("gone@nobounce.test", notes={"mx": f"127.0.0.2:{PORT}", "no_bounce": True},
                     sender="carol@sender.test")
     env.wait(lambda: f"dropped id={uuid}.1.f0" in env.inst.procs[0].output())
-    time.sleep(1)
-    assert bounces(server) == []
-    assert not env.entries("failed", uuid)
+    env.wait(lambda: env.gone(uuid))  # the bounce step is over: no bounce can come after
+    assert bounces(server) == [] and f"bounced id={uuid}" not in env.logs()
 
 
 def test_null_sender_is_never_bounced(env, mx):
     server = mx(rcpt={"gone@null.test": "550 5.1.1 no such user"})
     uuid = env.send("gone@null.test", notes={"mx": f"127.0.0.2:{PORT}"}, sender="<>")
     env.wait(lambda: f"dropped id={uuid}.1.f0" in env.inst.procs[0].output())
-    time.sleep(1)
-    assert bounces(server) == [] and not env.entries("failed", uuid)
+    env.wait(lambda: env.gone(uuid))  # the bounce step is over: no bounce can come after
+    assert bounces(server) == [] and f"bounced id={uuid}" not in env.logs()
 
 
 def test_flush_attempts_each_deferred_entry_once(env, mx):
@@ -152,11 +148,12 @@ def test_flush_attempts_each_deferred_entry_once(env, mx):
     env.configure(temp_fail_intervals="20s")
     uuids = [env.send(f"u{n}@flush.test", notes={"mx": f"127.0.0.2:{PORT}"}) for n in range(50)]
     env.wait(lambda: len([p for p in env.inst.entries("pending") if "_1_" in p.name]) >= 50)
-    deferred_at = time.time()
     flushed = env.inst.celery("call", "mailflow.flush_queue")
     assert flushed.returncode == 0, flushed.stderr
     server.wait_for(50, timeout=10)
-    time.sleep(max(0.0, deferred_at + 23 - time.time()))  # past the original 20 s wait
+    # settled: every entry delivered and gone, and every countdown the first deferrals armed
+    # (due 20 s after them) has fired and found nothing to do
+    env.wait(lambda: all(env.gone(u) for u in uuids) and "flush.test" not in scheduled(env.inst), 60)
     got = [d.rcpt_to[0] for d in server.deliveries]
     assert sorted(got) == sorted(f"u{n}@flush.test" for n in range(50))  # each exactly once
     assert all(not env.entries("pending", u) for u in uuids)
@@ -164,23 +161,26 @@ def test_flush_attempts_each_deferred_entry_once(env, mx):
 
 def test_flush_one_domain_from_the_command_line(env, mx):
     server = mx(script={"DOT": ["451 4.3.0 later"] * 2})
-    env.send("a@one.test", notes={"mx": f"127.0.0.2:{PORT}"})
+    first = env.send("a@one.test", notes={"mx": f"127.0.0.2:{PORT}"})
     env.send("b@two.test", notes={"mx": f"127.0.0.2:{PORT}"})
     env.wait(lambda: len([p for p in env.inst.entries("pending") if "_1_" in p.name]) >= 2)
     out = env.inst.mailflow("flush", "one.test")
     assert out.returncode == 0 and out.stdout.startswith(b"1 entries due now")
     [d] = server.wait_for(1, timeout=10)
     assert d.rcpt_to == ["a@one.test"]
-    time.sleep(2)
+    env.wait(lambda: env.gone(first))  # settled; two.test's entry waits for its hour
     assert len(server.deliveries) == 1
 
 
 def test_disabled_pauses_delivery_not_queueing(env, mx):
+    paused_before = env.logs().count("delivery paused (outbound.ini disabled = true)")
     server = mx()
     env.configure(disabled="true")
+    # the queue manager has seen it: from now on it claims nothing
+    env.wait(lambda: env.logs().count("delivery paused (outbound.ini disabled = true)")
+             > paused_before)
     for n in range(5):
         env.send(f"u{n}@paused.test", notes={"mx": f"127.0.0.2:{PORT}"})
-    time.sleep(5)
     assert server.deliveries == []
     assert len([p for p in env.inst.entries("pending") if p.name.endswith("paused.test")]) == 5
     env.configure(disabled="false")
@@ -318,7 +318,7 @@ def test_queue_stats_list_delete_and_flush_one(tmp_path):
         env.wait(lambda: [d for d in server.deliveries if d.rcpt_to == ["later1@qt.test"]])
         assert inst.mailflow("flush").stdout.startswith(b"2 entries due now")
         server.wait_for(26, timeout=30)
-        time.sleep(2)
+        env.wait(lambda: not inst.all_files())  # settled: every entry delivered or deleted
         got = [r for d in server.deliveries for r in d.rcpt_to]
         assert "later0@qt.test" not in got and got.count("later1@qt.test") == 1
         stats = json.loads(inst.mailflow("queue", "stats", "--json").stdout)

@@ -6,17 +6,9 @@ are written due a moment later so that the queue manager claims them as one batc
 
 from __future__ import annotations
 
-import pytest
+from tests.support.pipeline import PORT, module_env, write_due
 
-from tests.support.pipeline import PORT, make_env, write_due
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("lanes"), None)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("lanes")
 
 
 def lookups(env) -> int:

@@ -16,22 +16,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.dnsserver import free_port
 from harness.instance import REPO
-from tests.support.pipeline import Env, make_env
+from tests.support.pipeline import Env, module_env
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("metrics"), None)
+def _serve_metrics(e: Env) -> None:
+    """metrics.ini is read at start: the worker is started again with it."""
     port = free_port()
-    inst.write_config("metrics.ini", f"listen = 127.0.0.1:{port}\n")
-    worker = inst.procs[0]  # metrics.ini is read at start
+    e.inst.write_config("metrics.ini", f"listen = 127.0.0.1:{port}\n")
+    worker = e.inst.procs[0]
     worker.stop()
-    inst.procs.remove(worker)
-    inst.start_worker("deliver")
+    e.inst.procs.remove(worker)
+    e.inst.start_worker("deliver")
     e.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+
+
+env = module_env("metrics", setup=_serve_metrics)
 
 
 def scrape(env: Env) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:

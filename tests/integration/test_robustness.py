@@ -13,7 +13,7 @@ import pytest
 
 from harness.mxserver import MXServer
 from tests.support.disk import fill
-from tests.support.pipeline import PLUGIN, PORT, Env, make_env
+from tests.support.pipeline import PLUGIN, PORT, Env, make_env, module_env
 
 ODD = PLUGIN + '''
 
@@ -33,12 +33,7 @@ def odd_delivered(hmail, **kwargs):
 '''
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("robust"), None, plugin=ODD)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("robust", plugin=ODD)
 
 
 def deferred_once(env: Env, uuid: str) -> Any:

@@ -16,17 +16,12 @@ import pytest
 from harness.dnsserver import free_port
 from harness.httpsserver import Answer, HTTPSServer, Request
 from mailflow.queue import events
-from tests.support.pipeline import Env, make_env
+from tests.support.pipeline import Env, module_env
 
 SECRET = base64.b64encode(os.urandom(24)).decode()
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("webhooks"), None, concurrency=16)
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("webhooks", concurrency=16)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness import brokers
 from harness.dnsserver import SERVFAIL, DNSServer
 from harness.instance import Instance
 from harness.mxserver import MX_PORT
@@ -73,6 +75,15 @@ def seen(hmail, **kw):
 '''
 
 
+def scheduled(inst: Instance) -> str:
+    """What ``celery inspect scheduled`` lists, as text (its ETA tasks with their args)."""
+    return inst.celery("inspect", "scheduled", "--json", timeout=60).stdout.decode()
+
+
+#: What a process logs when it has taken up a changed outbound.ini.
+RELOADED = "reloaded outbound.ini"
+
+
 class Env:
     """A worker on a broker, the test DNS server, and a way to queue and watch mail."""
 
@@ -84,14 +95,19 @@ class Env:
         self.configure()
 
     def configure(self, **keys: Any) -> None:
-        """Rewrite outbound.ini; the worker picks it up within its reload interval."""
+        """Rewrite outbound.ini, and wait until every running process of the instance has
+        said it reloaded it (each looks once a second: mailflow/runtime/steps.py)."""
         values = {**self.base, **{k: str(v) for k, v in keys.items()}}
         path = self.inst.config_dir / "outbound.ini"
+        running = [p for p in self.inst.procs if p.popen.poll() is None
+                   and p.name.startswith(("worker", "smtpd", "run"))]
+        seen = {id(p): p.output().count(RELOADED) for p in running}
         path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
         later = time.time_ns() + 2 * 10**9
         os.utime(path, ns=(later, later))  # a new mtime even within the same tick
         configmod.load(self.inst.config_dir)
-        time.sleep(1.2)
+        self.wait(lambda: all(p.output().count(RELOADED) > seen[id(p)] for p in running
+                              if p.popen.poll() is None), timeout=30)
 
     def send(self, to: list[str] | str, *, notes: dict[str, Any] | None = None,
              body: str = "Subject: test\n\nhello\n", sender: str = "a@sender.test") -> str:
@@ -121,8 +137,23 @@ class Env:
     def logged(self, text: str) -> bool:
         return any(text in p.output() for p in self.inst.procs)
 
+    def logs(self) -> str:
+        """Everything the instance's processes wrote (dump_logs keeps only their ends)."""
+        return "".join(p.output() for p in self.inst.procs)
+
     def entries(self, state: str, uuid: str) -> list[HMail]:
         return [HMail.load(p) for p in self.inst.entries(state) if f"_{uuid}." in p.name]
+
+    def gone(self, uuid: str) -> bool:
+        """No entry of this message is left anywhere in the queue: delivered, bounced or dropped,
+        and no step of it still working (a claim holds its entries until it is done)."""
+        return not [p for p in self.inst.all_files() if f"_{uuid}." in p.name]
+
+    def bounce_id(self, uuid: str) -> str:
+        """The queue id of the bounce made for this message, from its ``bounced`` line."""
+        found = re.search(rf"bounced id={re.escape(uuid)}\S* .*?bounce_id=(\S+)", self.logs())
+        assert found, f"no bounce was made for {uuid}"
+        return found.group(1)
 
     def settled(self, uuid: str) -> bool:
         """Nothing of this message is waiting for a worker or in flight."""
@@ -142,16 +173,39 @@ def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str
     return env, inst
 
 
-def module_env(name: str, broker: str | None = None, plugin: str = PLUGIN) -> Any:
+def module_env(name: str, broker: str | None = None, plugin: str = PLUGIN, *,
+               brokers_: list[str] | None = None, setup: Callable[[Env], None] | None = None,
+               environ: dict[str, str] | None = None, **worker: Any) -> Any:
     """A module's ``env`` fixture: one worker, the test DNS and an instance for the module,
-    stopped after it (``env = module_env("routes")`` at the top of a test module)."""
+    stopped after it (``env = module_env("routes")`` at the top of a test module).
 
-    @pytest.fixture(scope="module")
-    def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-        made, inst = make_env(tmp_path_factory.mktemp(name), broker, plugin=plugin)
-        yield made
-        inst.stop_all()
-        made.dns.stop()
+    ``brokers_``: one instance per broker name (``env.broker`` says which); ``setup(env)``:
+    what the module adds before its tests (a listener, a key, a restarted worker);
+    ``environ``: variables the worker starts with; ``worker``: its start options."""
+
+    @pytest.fixture(scope="module", params=brokers_)
+    def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Env]:
+        which = getattr(request, "param", None)
+        url = brokers.url_for(which) if which else broker
+        saved = {k: os.environ.get(k) for k in environ or {}}
+        os.environ.update(environ or {})
+        try:
+            made, inst = make_env(tmp_path_factory.mktemp(f"{name}-{which}" if which else name), url,
+                                  plugin=plugin, **worker)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        made.broker = which  # type: ignore[attr-defined]
+        try:
+            if setup is not None:
+                setup(made)
+            yield made
+        finally:
+            inst.stop_all()
+            made.dns.stop()
 
     return env
 

@@ -72,6 +72,7 @@ def test_auth_with_smtplib_one_mechanism(server, forced, used):
     assert s.authenticated
     s.send("a@sender.test", ["ok@x.test"], MESSAGE, SETTINGS)
     server.wait_for(1)
+    s.close()
     assert (server.sessions[-1].auth_user, server.sessions[-1].mechanism) == ("u", used)
 
 

@@ -93,6 +93,8 @@ def test_plaintext_session_is_reused_only_where_plaintext_may_go(server, mx_tls_
     with pool._cond:
         taken = pool._take_idle_locked(target(server), "test.example", None, need)
     assert (taken is plain) is reusable
+    pool.stop()  # QUITs what is idle
+    plain.close()
 
 
 def test_a_lane_uses_spare_room_only_where_a_batch_may_close_an_idle_session(server):

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from harness.waiting import until
 from mailflow import config as configmod
 from mailflow import outbound
 from mailflow.address import parse_address
@@ -66,7 +67,7 @@ def test_a_single_message_is_dispatched_without_waiting_for_the_periodic_scan(tm
     publish = Recorder()
     manager = qmgr.QueueManager(cfg, publish=publish).start()
     try:
-        time.sleep(0.3)  # the first scan (of an empty queue) is over
+        until(lambda: manager.scans >= 1, 10, "for the first scan (of an empty queue)")
         outbound.queue_message(parse_address("a@sender.example"), [parse_address("b@dest.example")],
                                b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
         deadline = time.monotonic() + 5
@@ -133,7 +134,8 @@ def test_mail_queued_by_another_process_is_seen_by_the_directory_change(tmp_path
     publish = Recorder()
     manager = qmgr.QueueManager(cfg, publish=publish).start()
     try:
-        time.sleep(0.5)  # the first scan is done; the next periodic one is a minute away
+        # the first scan is done; the next periodic one is a minute away
+        until(lambda: manager.scans >= 1, 10, "for the first scan")
         now = qmgr.now_ms()
         todo = ToDo(uuid="other.1", queue_time=now, domain="dest.example",
                     mail_from=parse_address("a@sender.example"), rcpt_to=[parse_address("b@dest.example")])

@@ -35,6 +35,17 @@ def reference(stream: bytes, size_limit: int | None):
     return b"".join(lines), None, stream[pos:]
 
 
+#: the bodies the tests read, closed after each test (a Body is a temporary file)
+OPENED: list = []
+
+
+@pytest.fixture(autouse=True)
+def _close_bodies():
+    yield
+    while OPENED:
+        OPENED.pop().file.close()
+
+
 def run(stream: bytes, *, size_limit=None, limit=64 * 1024, chunks=None):
     async def go():
         reader = asyncio.StreamReader(limit=limit)
@@ -42,6 +53,7 @@ def run(stream: bytes, *, size_limit=None, limit=64 * 1024, chunks=None):
             reader.feed_data(chunk)
         reader.feed_eof()
         data = await read_data(reader, size_limit)
+        OPENED.append(data.body)
         return data, await reader.read()
     return asyncio.run(go())
 

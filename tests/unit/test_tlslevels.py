@@ -126,6 +126,7 @@ def test_the_pool_never_lends_a_session_opened_at_a_weaker_level(tmp_path, ca, t
     pool.discard(two)
     if two is not one:
         pool.discard(one)
+    pool.stop()
 
 
 def test_a_days_notes_become_one_report_per_policy_domain(tmp_path, monkeypatch):
