@@ -96,8 +96,8 @@ def test_mx_banner_and_ehlo_refusals():
     busy = MXServer("127.0.0.3", free_port("127.0.0.3"), script={"banner": "421 4.3.2 busy"})
     with busy as mx, pytest.raises(smtplib.SMTPConnectError):
         smtplib.SMTP(mx.host, mx.port, timeout=5)
-    with MXServer("127.0.0.3", free_port("127.0.0.3"), script={"EHLO": "550 5.7.1 no EHLO"}) as mx:
-        s = smtplib.SMTP(mx.host, mx.port, timeout=5)
+    with MXServer("127.0.0.3", free_port("127.0.0.3"), script={"EHLO": "550 5.7.1 no EHLO"}) as mx, \
+            smtplib.SMTP(mx.host, mx.port, timeout=5) as s:
         assert s.ehlo("c.test")[0] == 550
         assert s.helo("c.test")[0] == 250
 
@@ -135,6 +135,7 @@ def test_mx_lmtp_gives_one_reply_per_recipient():
         assert s.getreply() == (452, b"4.2.2 mailbox full")
         [delivery] = mx.wait_for(1)
         assert delivery.rcpt_to == ["a@d.test"]
+        s.close()
 
 
 def test_mx_counts_concurrent_connections():

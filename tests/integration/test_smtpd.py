@@ -361,6 +361,7 @@ def test_kill_9_right_after_250_leaves_a_complete_entry(tmp_path, own):
     s.rcpt("b@dest.example")
     code, reply = s.data(body)
     proc.kill9()
+    s.close()
     assert code == 250
     [entry] = entries_for(inst, uuid_of(reply))
     assert dot_unstuff(entry.message()).endswith(body)
@@ -536,16 +537,15 @@ def test_connections_are_capped_per_client_and_in_all(tmp_path, own):
 def _raw(port: int, *lines: bytes) -> list[bytes]:
     """Send each line and read one reply to each (the EHLO reply whole)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.3", 0))
-    f = sock.makefile("rb")
-    f.readline()
-    replies = []
-    for line in lines:
-        sock.sendall(line + b"\r\n")
-        reply = f.readline()
-        while reply[3:4] == b"-":
+    with sock, sock.makefile("rb") as f:
+        f.readline()
+        replies = []
+        for line in lines:
+            sock.sendall(line + b"\r\n")
             reply = f.readline()
-        replies.append(reply)
-    sock.close()
+            while reply[3:4] == b"-":
+                reply = f.readline()
+            replies.append(reply)
     return replies
 
 
