@@ -12,10 +12,10 @@ import dkim
 import dns.resolver
 import pytest
 
-from harness.dnsserver import DNSServer, free_port
+from harness.dnsserver import DNSServer
 from harness.mxserver import MXServer
 from mailflow.queue import counters
-from tests.support.pipeline import ZONES, Env, make_env
+from tests.support.pipeline import ZONES, Env, module_env, with_listener
 
 SIGNED = "sender.test"  # RSA and Ed25519
 BOUNCER = "mailflow.test"  # `me`: bounces come From MAILER-DAEMON@mailflow.test; RSA only
@@ -37,20 +37,16 @@ def keygen(env: Env, domain: str, *extra: str) -> dict[str, str]:
     return records(done.stdout.decode())
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp("dkim"), None)
-    smtp_port = free_port()
-    inst.write_config("smtp.ini", f"listen = 127.0.0.1:{smtp_port}\n")
-    inst.write_config("relay_acl_allow", "127.0.0.1\n")
+def _keys_and_listener(e: Env) -> None:
+    """Keys for both domains, their records in the test DNS, then the listener (which reads
+    the keys when it starts)."""
     e.txt = {**keygen(e, SIGNED, "--selector", "s1", "--ed25519"),  # type: ignore[attr-defined]
              **keygen(e, BOUNCER, "--selector", "b1", "--bits", "1024")}
     publish(e)
-    inst.start_smtpd()
-    e.smtp_port = smtp_port  # type: ignore[attr-defined]
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+    with_listener(e)
+
+
+env = module_env("dkim", setup=_keys_and_listener)
 
 
 def publish(env: Env, **override: Any) -> None:

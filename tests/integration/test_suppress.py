@@ -8,28 +8,13 @@ import json
 import smtplib
 import uuid as uuidlib
 
-import pytest
-
 from harness import brokers
-from harness.dnsserver import free_port
-from tests.support.pipeline import Env, make_env
+from tests.support.pipeline import Env, module_env, with_listener
 
 BROKER_NAMES = ["embedded", "redis"]
 
 
-@pytest.fixture(scope="module", params=BROKER_NAMES)
-def env(request, tmp_path_factory):
-    e, inst = make_env(tmp_path_factory.mktemp(f"suppress-{request.param}"),
-                       brokers.url_for(request.param))
-    port = free_port()
-    inst.write_config("smtp.ini", f"listen = 127.0.0.1:{port}\n")
-    inst.write_config("relay_acl_allow", "127.0.0.1\n")
-    inst.start_smtpd()
-    e.smtp_port = port  # type: ignore[attr-defined]
-    e.broker = request.param  # type: ignore[attr-defined]
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+env = module_env("suppress", brokers_=BROKER_NAMES, setup=with_listener)
 
 
 def rcpt(env: Env, address: str) -> tuple[int, str]:

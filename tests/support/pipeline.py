@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness import brokers
-from harness.dnsserver import SERVFAIL, DNSServer
+from harness.dnsserver import SERVFAIL, DNSServer, free_port
 from harness.instance import Instance
 from harness.mxserver import MX_PORT
 from harness.waiting import until
@@ -171,6 +171,16 @@ def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str
     env = Env(inst, dns, base)
     inst.start_worker(worker_name, **worker)
     return env, inst
+
+
+def with_listener(env: Env) -> None:
+    """A submission listener for the instance on a free loopback port, through which this
+    host (127.0.0.1) may relay: ``env.smtp_port``."""
+    port = free_port()
+    env.inst.write_config("smtp.ini", f"listen = 127.0.0.1:{port}\n")
+    env.inst.write_config("relay_acl_allow", "127.0.0.1\n")
+    env.inst.start_smtpd()
+    env.smtp_port = port  # type: ignore[attr-defined]
 
 
 def module_env(name: str, broker: str | None = None, plugin: str = PLUGIN, *,
