@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mailflow.config.settings import positive_int, positive_seconds, size, text
+from mailflow.config.settings import boolean, positive_int, positive_seconds, size, text
 
 TRANSPORT_OPTIONS = "MAILFLOW_BROKER_TRANSPORT_OPTIONS"
 LOG_FORMAT = "MAILFLOW_LOG_FORMAT"
@@ -54,13 +54,6 @@ def _at_least(minimum: float, parse: Callable[[str], float]) -> Callable[[str], 
             raise ValueError(f"must be at least {minimum:g}")
         return found
     return read
-
-
-def _flag(value: str) -> bool:
-    word = value.strip().lower()
-    if word not in ("1", "0", "true", "false", "yes", "no"):
-        raise ValueError("must be true or false")
-    return word in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -110,7 +103,7 @@ VARIABLES = {v.name: v for v in (
     Variable("FLOWER_MAX_TASKS", "integer >= 1", 10000, "10000", "tasks Flower keeps in memory",
              positive_int),
     Variable("FLOWER_PERSISTENT", "boolean", False, "false",
-             "keep Flower's task history across restarts", _flag),
+             "keep Flower's task history across restarts", boolean),
     Variable("FLOWER_DB", "path", None, "flower.db in the state directory",
              "where a persistent Flower keeps its history"),
 )}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mailflow.config.files import parse_bool, parse_list
-from mailflow.config.schedule import DEFAULT_INTERVALS, parse_duration, parse_intervals
+from mailflow.config.schedule import DEFAULT_INTERVALS, format_intervals, parse_duration, parse_intervals
 
 Parser = Callable[[str], Any]
 
@@ -110,6 +110,11 @@ def parse_hostport(item: str, default_port: int | None = None) -> tuple[str, int
     if not 0 < port < 65536:
         raise ValueError(f"{item!r}: port out of range")
     return host, port
+
+
+def format_hostport(host: str, port: int) -> str:
+    """``host:port``, ``[v6]:port``: what :func:`parse_hostport` reads."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listen_list(value: str) -> tuple[tuple[str, int], ...]:
@@ -517,7 +522,7 @@ def _size_text(value: int) -> str:
 
 
 def _hostports(value: tuple[tuple[str, int], ...]) -> str:
-    return ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value)
+    return ", ".join(format_hostport(h, p) for h, p in value)
 
 
 def _kinds() -> None:
@@ -535,8 +540,7 @@ def _kinds() -> None:
         boolean: ("boolean", flag),
         optional_bool: ("boolean, or empty", optional(flag)),
         text: ("text", str),
-        intervals: ("list of durations (1m, 5m*2, 1h*3) or none",
-                    lambda v: ", ".join(_duration_text(s) for s in v) if v else "none"),
+        intervals: ("list of durations (1m, 5m*2, 1h*3) or none", format_intervals),
         duration: ("duration (90, 90s, 15m, 1h, 2d)", _duration_text),
         auto_duration: ("duration, or auto", lambda v: "auto" if v is None else _duration_text(v)),
         listen_list: ("list of host:port", _hostports),

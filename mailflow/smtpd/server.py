@@ -23,6 +23,7 @@ from mailflow import hooks
 from mailflow.codes import DENY, DENYSOFT
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
+from mailflow.config.settings import format_hostport
 from mailflow.config.state import state_dir
 from mailflow.message import Body
 from mailflow.smtpd.acl import is_loopback
@@ -261,10 +262,6 @@ def protocol_factory(cfg: Config, listen_host: str, context: ssl.SSLContext | No
     return factory
 
 
-def format_listen(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def start(cfg: Config, announce: Callable[[str], None] = print, *,
                 reuse_port: bool = False) -> list[asyncio.Server]:
     """Open every ``smtp.ini`` listener and announce ``listening on HOST:PORT`` for each."""
@@ -285,11 +282,11 @@ async def start(cfg: Config, announce: Callable[[str], None] = print, *,
                 opened.close()
             why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio rewords strerror
             raise ConfigError(cfg.directory / "smtp.ini", None, f"cannot listen on "
-                              f"{format_listen(host, port)}: {why}") from None
+                              f"{format_hostport(host, port)}: {why}") from None
         servers.append(server)
         for sock in server.sockets:
             addr = sock.getsockname()
-            announce(f"listening on {format_listen(addr[0], addr[1])}")
+            announce(f"listening on {format_hostport(addr[0], addr[1])}")
         _say_if_nobody_can_authenticate(cfg, host, port, context)
     return servers
 
@@ -299,7 +296,7 @@ def _say_if_nobody_can_authenticate(cfg: Config, host: str, port: int,
     """AUTH required over TLS on a listener without a certificate, or no user at all: only the
     relay_acl_allow addresses can send through it -- say so once, rather than let every
     client find out by a refusal."""
-    where = format_listen(host, port)
+    where = format_hostport(host, port)
     if cfg.auth.users and context is None and auth_require_tls(cfg, host):
         log.warning("%s: AUTH is allowed only after STARTTLS (smtp.ini auth_require_tls) and there "
                     "is no TLS certificate (tls.ini cert %s): no client can authenticate, only "
