@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -67,7 +68,9 @@ def prometheus(target: str, port: int, interval: str = "1s") -> Iterator[str]:
                 try:
                     with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
                         break
-                except OSError:
+                except OSError as exc:
+                    if isinstance(exc, urllib.error.HTTPError):
+                        exc.close()  # it holds the answer (503 while starting) open
                     if proc.poll() is not None or time.monotonic() > deadline:
                         err = proc.stderr.read().decode() if proc.stderr else ""
                         raise RuntimeError(f"prometheus did not start: {err[-2000:]}") from None
@@ -76,6 +79,8 @@ def prometheus(target: str, port: int, interval: str = "1s") -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            if proc.stderr:
+                proc.stderr.close()
 
 
 @dataclass

@@ -71,6 +71,17 @@ def reset(name: str) -> None:
                         pass
 
 
+def redis_idle() -> bool:
+    """Nothing of this test process's Redis broker can still reach a worker: no message is
+    waiting in a queue and none is handed out unacknowledged (kombu keeps those in the
+    ``unacked`` hash and gives them out again after the visibility timeout)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    queues = [key for key in client.scan_iter(count=1000) if client.type(key) == b"list"]
+    return client.hlen("unacked") == 0 and all(client.llen(key) == 0 for key in queues)
+
+
 def _rabbit_queues() -> list[str]:
     return ["celery", "mailflow", f"mailflow.{socket.gethostname()}"]
 

@@ -10,11 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from harness.dnsserver import free_port
 from harness.instance import Instance
 from harness.mxserver import MXServer
+from harness.waiting import until
 
 
 def elsewhere_env(inst: Instance) -> dict[str, str]:
@@ -48,10 +48,7 @@ def test_commands_from_another_directory_reach_the_instance_of_their_config(tmp_
             assert listed.returncode == 0, listed.stderr
             return [r for r in json.loads(listed.stdout) if r["state"] == "waiting" and r["num_failures"]]
 
-        deadline = time.monotonic() + 60
-        while not waiting():  # nothing listens at 127.0.0.3 yet: deferred for an hour
-            assert time.monotonic() < deadline, inst.dump_logs()
-            time.sleep(0.2)
+        until(waiting, 60, inst.dump_logs)  # nothing listens at 127.0.0.3 yet: deferred for an hour
         # the attempt line names the address tried, though nothing answered there (it said
         # host=- ip=- port=0 at 7ff0849; issue 24 item 8)
         assert f"host=127.0.0.3 ip=127.0.0.3 port={port}" in inst.procs[0].output()

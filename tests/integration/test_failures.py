@@ -203,7 +203,9 @@ def test_deferral_longer_than_redis_visibility_timeout_runs_once(tmp_path, monke
         env.configure(temp_fail_intervals="6s")
         uuid = env.send("u@vt.test", notes={"mx": f"127.0.0.2:{PORT}"})
         server.wait_for(1, timeout=40)
-        time.sleep(12)  # several more visibility timeouts and restore sweeps
+        # settled: every entry of the message is gone (no attempt can start without one) and
+        # Redis holds no copy of any task, waiting or handed out, that could come back
+        env.wait(lambda: env.gone(uuid) and brokers.redis_idle(), 60)
         assert len(server.deliveries) == 1
         assert len(deferred_log(env, uuid)) == 1  # one failed attempt, one successful one
         assert len([s for s in server.sessions if s.deliveries or s.quit]) <= 2

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from harness.dnsserver import free_port
 from harness.instance import Instance
 from harness.mxserver import MXServer
+from harness.waiting import until
 from tests.support.pipeline import PORT, make_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,14 +56,11 @@ def api(port: int, path: str) -> Any:
 
 def test_api_shows_the_pipeline_tasks_succeeded_without_secrets(flower):
     port, env = flower
-    deadline = time.monotonic() + 30
-    while True:
-        tasks = api(port, "/api/tasks")
-        done = {t["name"] for t in tasks.values() if t.get("state") == "SUCCESS"}
-        if done >= PIPELINE or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert done >= PIPELINE, done
+    def succeeded() -> set[str]:
+        return {t["name"] for t in api(port, "/api/tasks").values() if t.get("state") == "SUCCESS"}
+
+    until(lambda: succeeded() >= PIPELINE, 30, lambda: str(succeeded()))
+    tasks = api(port, "/api/tasks")
     text = json.dumps(tasks)
     assert "mx-password-1" not in text and "secret body" not in text
     transmits = [t for t in tasks.values() if t["name"] == "mailflow.transmit"]
@@ -71,6 +68,7 @@ def test_api_shows_the_pipeline_tasks_succeeded_without_secrets(flower):
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=10)
     assert denied.value.code == 401
+    denied.value.close()  # an HTTPError holds the answer open
 
 
 def test_each_step_shows_what_became_of_the_mail_in_its_result(flower):
@@ -145,6 +143,7 @@ def test_mailflow_flower_binds_loopback_and_asks_for_the_password(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers", timeout=10)
         assert exc.value.code == 401
+        exc.value.close()  # an HTTPError holds the answer open
         assert isinstance(api(port, "/api/workers"), dict)
     finally:
         inst.stop_all()

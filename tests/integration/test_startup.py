@@ -16,6 +16,7 @@ import pytest
 from harness.dnsserver import DNSServer, free_port
 from harness.instance import Instance, Proc
 from harness.mxserver import MX_PORT, MXServer
+from harness.waiting import until
 
 
 @pytest.mark.parametrize("command", ["smtpd", "run", "send"])
@@ -239,10 +240,8 @@ def deliver_one_and_wait_for_its_log_line(inst: Instance, proc: Proc, server: MX
     out = inst.mailflow("send", "-f", "a@sender.test", "u@json.test", input=b"Subject: j\n\nx\n")
     assert out.returncode == 0, out.stderr
     server.wait_for(1)
-    deadline = time.monotonic() + 30
-    while not any(e.get("event") == "delivered" for e in json_lines(proc.output())):
-        assert time.monotonic() < deadline, proc.output()[-3000:]
-        time.sleep(0.1)
+    until(lambda: any(e.get("event") == "delivered" for e in json_lines(proc.output())), 30,
+          lambda: proc.output()[-3000:])
 
 
 def test_run_with_json_logs_gives_json_for_every_process(make_instance, dns_server):

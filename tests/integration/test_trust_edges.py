@@ -28,6 +28,12 @@ class Client:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.buf = b""
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
     def reply(self) -> str:
         """One whole reply (the lines up to one with a space after the code)."""
         lines = []
@@ -66,19 +72,19 @@ def test_a_full_disk_during_data_is_452_and_the_body_is_never_read_as_commands(t
     try:
         inst.start_smtpd()
         fill(small_disk)  # the body spills to the queue's disk past 1 MiB: ENOSPC there
-        client = Client(port)
-        assert client.reply().startswith("220")
-        assert client.command(b"EHLO client.test").startswith("250")
-        assert client.command(b"MAIL FROM:<a@sender.test>").startswith("250")
-        assert client.command(b"RCPT TO:<b@dest.test>").startswith("250")
-        assert client.command(b"DATA").startswith("354")
-        filler = (b"x" * 998 + b"\r\n") * 1600  # 1.6 MB: past the spill into memory's limit
-        client.sock.sendall(b"Subject: big\r\n\r\n" + filler + HIDDEN + b".\r\n")
-        answer = client.reply()
-        assert answer.startswith("452 4.3.1"), answer
-        assert client.pending() == b""  # one reply for the whole body: no line was a command
-        assert client.command(b"NOOP").startswith("250")  # and the session goes on
-        assert client.command(b"QUIT").startswith("221")
+        with Client(port) as client:
+            assert client.reply().startswith("220")
+            assert client.command(b"EHLO client.test").startswith("250")
+            assert client.command(b"MAIL FROM:<a@sender.test>").startswith("250")
+            assert client.command(b"RCPT TO:<b@dest.test>").startswith("250")
+            assert client.command(b"DATA").startswith("354")
+            filler = (b"x" * 998 + b"\r\n") * 1600  # 1.6 MB: past the spill into memory's limit
+            client.sock.sendall(b"Subject: big\r\n\r\n" + filler + HIDDEN + b".\r\n")
+            answer = client.reply()
+            assert answer.startswith("452 4.3.1"), answer
+            assert client.pending() == b""  # one reply for the whole body: no line was a command
+            assert client.command(b"NOOP").startswith("250")  # and the session goes on
+            assert client.command(b"QUIT").startswith("221")
     finally:
         inst.stop_all()
     assert not list((small_disk / "queue" / "pending").iterdir())
@@ -126,9 +132,9 @@ def test_a_connect_receiver_that_exits_refuses_that_client_and_the_listener_goes
                                       source_address=("127.0.0.9", 0)) as sock:
             refused = sock.recv(1024)
         assert refused.startswith(b"421 "), refused
-        client = Client(port)
-        assert client.reply().startswith("220")  # the listener still serves everyone else
-        assert client.command(b"QUIT").startswith("221")
+        with Client(port) as client:
+            assert client.reply().startswith("220")  # the listener still serves everyone else
+            assert client.command(b"QUIT").startswith("221")
         assert smtpd.popen.poll() is None
         assert smtpd.output().count("exits_on_connect") >= 1
     finally:

@@ -168,8 +168,13 @@ def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str
     dns = DNSServer(ZONES).start()
     inst = Instance(tmp, broker_url=broker, config={"me": "mailflow.test\n", "plugins": "delivery_plugin\n"})
     (inst.config_dir / "delivery_plugin.py").write_text(plugin)
-    env = Env(inst, dns, base)
-    inst.start_worker(worker_name, **worker)
+    try:
+        env = Env(inst, dns, base)
+        inst.start_worker(worker_name, **worker)
+    except BaseException:  # a worker that did not start leaves neither it nor the DNS running
+        inst.stop_all()
+        dns.stop()
+        raise
     return env, inst
 
 
