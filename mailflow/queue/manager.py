@@ -3,10 +3,10 @@
 One thread per queue directory -- whichever mailflow process on the host
 holds ``<queue>/.qmgr.lock`` (smtpd, ``mailflow run`` or a worker) -- scans
 ``pending/`` by name only, claims the due entries of each domain in batches
-(a ``rename`` into ``active/``) and starts one ``mailflow.lookup_mx`` chain per
-batch.  It scans every second, at once when mail is queued in its process, and
-within ``POLL_INTERVAL`` when ``pending/`` changes (mail queued by another
-process);
+(a ``rename`` into ``active/``), one batch per domain in turn, and starts one
+``mailflow.lookup_mx`` chain per batch.  It scans every second, at once when mail
+is queued in its process, and within ``POLL_INTERVAL`` when ``pending/`` changes
+(mail queued by another process);
 wake-ups that come while a scan has just run are coalesced for up to
 ``SCAN_COALESCE`` seconds, so that a busy submission stream makes batches of
 many entries (one task chain each) rather than one chain per message; an
@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +68,8 @@ ACTIVE_MAX = 5000
 #: At most this many bytes of entries in flight: with worker hosts about, each claimed
 #: message is also in the broker and in some worker's memory (mailflow/queue/lending.py).
 ACTIVE_BYTES_MAX: int = environ.value("MAILFLOW_ACTIVE_BYTES_MAX")
+#: The share of either window one destination may hold: the rest stays for the others.
+DESTINATION_SHARE = 0.8
 
 #: Publish a batch to a task, by the task's name.
 Publisher = Callable[[str, Batch], None]
@@ -131,8 +133,8 @@ class QueueManager:
         self._next_due_ms = 0
         self._listed_at_ms = 0
         self._thread: threading.Thread | None = None
-        #: bytes of the entries of each live claim, when claimed (see bytes_room())
-        self._claimed_bytes: dict[str, int] = {}
+        #: the destination and bytes of the entries of each live claim, when claimed
+        self._claimed_bytes: dict[str, tuple[str, int]] = {}
         #: entries whose countdown retry is armed: left to it until due + grace
         self._armed = countdowns.Armed(self.spool)
         #: since when the broker refuses what we publish, and when that was last said
@@ -292,22 +294,27 @@ class QueueManager:
         self._listed_mtime_ns, self._next_due_ms, self._listed_at_ms = mtime, next_due, now
         return by_domain
 
-    def bytes_room(self) -> int:
-        """Bytes that may still be claimed: claims count whole until their directory is gone."""
+    def bytes_held(self) -> Counter[str]:
+        """Bytes of the live claims, by destination: a claim counts whole until its directory
+        is gone (see ``_within_bytes``)."""
         for claim in [c for c in self._claimed_bytes if not self.spool.claim_dir(c).exists()]:
             del self._claimed_bytes[claim]
-        return ACTIVE_BYTES_MAX - sum(self._claimed_bytes.values())
+        held: Counter[str] = Counter()
+        for domain, size in self._claimed_bytes.values():
+            held[domain] += size
+        return held
 
-    def _within_bytes(self, names: list[EntryName], room: int) -> dict[EntryName, int]:
+    def _within_bytes(self, names: list[EntryName], room: int, alone: bool) -> dict[EntryName, int]:
         """The first of ``names`` that fit in ``room`` bytes, with their sizes (one at least
-        when nothing is in flight: a message larger than the window must still go)."""
+        when ``alone``, nothing of its kind in flight: a message larger than the window must
+        still go)."""
         out: dict[EntryName, int] = {}
         for name in names:
             try:
                 size = os.stat(self.spool.path(name)).st_size
             except FileNotFoundError:
                 continue
-            if size > room and (out or self._claimed_bytes):
+            if size > room and (out or not alone):
                 break
             out[name] = size
             room -= size
@@ -315,7 +322,8 @@ class QueueManager:
 
     def scan(self) -> int:
         """Claim and dispatch what is due; return how many entries were claimed."""
-        room = ACTIVE_MAX - sum(1 for _ in self.spool.names(ACTIVE))
+        active = Counter(n.domain for n in self.spool.names(ACTIVE))
+        room = ACTIVE_MAX - sum(active.values())
         claimed = 0
         now = now_ms()
         failed = sorted(n for n in self.spool.names(FAILED) if n.next_attempt_ms <= now)
@@ -326,29 +334,51 @@ class QueueManager:
                     room -= len(got)
                     claimed += len(got)
                     self._dispatch(BOUNCE, Batch(self.spool.identity, claim, tuple(got)), FAILED)
-            bytes_room = self.bytes_room()
+            due: dict[str, list[EntryName]] = {}
             for domain, names in self.due().items():
                 wait, why = self.held(domain)
                 if wait > 0:  # not claimed at all: due again when the rule allows
                     self._reschedule(names, now + int(wait * 1000), why)
-                    continue
-                for start in range(0, len(names), BATCH_MAX):
-                    if room <= 0 or bytes_room <= 0:
-                        return claimed
-                    fitting = self._within_bytes(names[start:start + BATCH_MAX][:room], bytes_room)
-                    if not fitting:
-                        return claimed
-                    claim, got = self.spool.claim(list(fitting))
-                    sizes = {str(n): size for n, size in fitting.items()}
-                    self._claimed_bytes[claim] = sum(sizes.get(n, 0) for n in got)
-                    bytes_room -= self._claimed_bytes[claim]
-                    if got:
-                        room -= len(got)
-                        claimed += len(got)
-                        self._dispatch(LOOKUP_MX, Batch(self.spool.identity, claim, tuple(got), domain),
-                                       PENDING)
+                else:
+                    due[domain] = names
+            claimed += self._claim_in_turn(due, active, room)
         except Unpublished:
             pass
+        return claimed
+
+    def _claim_in_turn(self, due: dict[str, list[EntryName]], active: Counter[str], room: int) -> int:
+        """Claim one batch of each due destination in turn, the longest-waiting first, round and
+        round until the window is full (Postfix's qmgr serves destinations round robin): one
+        domain's backlog never keeps a one-message domain waiting behind it.  No destination
+        takes more than its share of the window, so that fresh mail for a quiet domain finds
+        room at the next scan however slowly a large backlog drains."""
+        held = self.bytes_held()
+        bytes_room = ACTIVE_BYTES_MAX - sum(held.values())
+        share, bytes_share = int(ACTIVE_MAX * DESTINATION_SHARE), int(ACTIVE_BYTES_MAX * DESTINATION_SHARE)
+        turns = deque(sorted(due, key=lambda domain: due[domain][0]))
+        claimed = 0
+        while turns and room > 0 and bytes_room > 0:
+            domain = turns.popleft()
+            names = due[domain]
+            count = min(BATCH_MAX, room, share - active[domain])
+            fitting = self._within_bytes(names[:count], min(bytes_room, bytes_share - held[domain]),
+                                         alone=not held) if count > 0 else {}
+            if not fitting:  # this destination has its share of the window: the others go on
+                continue
+            del names[:len(fitting)]
+            claim, got = self.spool.claim(list(fitting))
+            sizes = {str(n): size for n, size in fitting.items()}
+            size = sum(sizes.get(n, 0) for n in got)
+            self._claimed_bytes[claim] = (domain, size)
+            held[domain] += size
+            bytes_room -= size
+            if got:
+                room -= len(got)
+                active[domain] += len(got)
+                claimed += len(got)
+                self._dispatch(LOOKUP_MX, Batch(self.spool.identity, claim, tuple(got), domain), PENDING)
+            if names:
+                turns.append(domain)
         return claimed
 
     def _reschedule(self, names: list[EntryName], due_ms: int, why: str) -> None:

@@ -1,0 +1,42 @@
+"""Fair claiming: one destination's backlog never keeps another's mail waiting (issue 26).
+
+A real worker on the embedded broker, an instance of its own per test (the backlogs it
+leaves are not drained). No timing: what the receivers were sent, and in which order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.pipeline import PORT, Env, make_env, write_due
+
+
+@pytest.fixture
+def env(tmp_path) -> Iterator[Env]:
+    e, inst = make_env(tmp_path / "fair", None)
+    yield e
+    inst.stop_all()
+    e.dns.stop()
+
+
+def test_a_fresh_message_goes_out_behind_a_5000_message_backlog_that_cannot_move(env, mx):
+    """The backlog's receiver holds its first reply: nothing of it can finish, so the window
+    frees no room. The backlog still does not have all of it: a message for another domain,
+    queued after, is claimed and delivered while the backlog has delivered nothing."""
+    stuck = mx("127.0.0.2")
+    reached, release = stuck.hold("DOT")
+    quiet = mx("127.0.0.3")
+    env.configure(pool_concurrency_max=1)  # one connection to each receiver: the first is held
+    try:
+        write_due(env.inst.queue_dir / "pending", 5000, "backlog.test", {"mx": f"127.0.0.2:{PORT}"})
+        assert reached.wait(60), env.inst.dump_logs()[-4000:]  # the backlog is being delivered
+        env.send("fresh@quiet.test", notes={"mx": f"127.0.0.3:{PORT}"})
+        [delivery] = env.wait(lambda: quiet.deliveries, 30)
+        assert delivery.rcpt_to == ["fresh@quiet.test"]
+        assert stuck.deliveries == []  # the backlog's first message still waits for its reply
+        in_flight = [p for p in env.inst.entries("active") if p.name.endswith("_backlog.test")]
+        assert 0 < len(in_flight) <= 4000  # its share of the window: four fifths of 5,000
+    finally:
+        release.set()
