@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 #: A receiver on the same network answers in a few milliseconds; one across the
 #: internet that holds each reply (greylisting tarpits, content scanning) takes longer.
 SLOW_MESSAGE = 0.2
+#: How long a destination found slow stays known as slow in this worker: its next batches
+#: start their extra lanes with the first message, not after it.
+KNOWN_SLOW_FOR = 300.0
+#: Once a batch has spread, the lanes started at each later look for room (room frees a
+#: connection or a batch at a time; a look that finds none costs a thread each).
+LANES_PER_LOOK = 4
+
+#: Destinations found slow in this worker, and until when (monotonic seconds).
+_KNOWN_SLOW: dict[str, float] = {}
 
 #: A route stops taking new messages after this long and hands the rest back, due now.
 #: It keeps every task far below Redis's visibility timeout and RabbitMQ's
@@ -158,8 +167,11 @@ class Courier:
     one connection while the limits allow many: after such a message the rest of the
     batch is shared with extra lanes, each a thread with a session of its own from the
     pool (no waiting for a slot, and no closing another destination's idle session: a
-    lane that gets none ends at once), taking the next message as it is free.  The batch
-    still costs one MX lookup and one claim.
+    lane that gets none ends at once), taking the next message as it is free.  Room
+    frees as other batches end and their connections close, so the batch looks again
+    after each message it sends and takes what is free then.  A destination found slow
+    is remembered for a while (``KNOWN_SLOW_FOR``): its next batches spread from their
+    first message.  The batch still costs one MX lookup and one claim.
 
     Whatever happens -- a broken connection, a full disk while recording an outcome,
     an exception nobody planned for -- every session goes back to the pool or is
@@ -175,6 +187,8 @@ class Courier:
         self._lanes: list[threading.Thread] = []
         self._counted: list[tuple[Counter[str], list[countdowns.Deferral]]] = []
         self._started = 0.0
+        #: the receiver takes SLOW_MESSAGE or more per message: lanes are looked for
+        self._slow = False
         self.shaping = RouteShaping(cfg, route.domain)
 
     @property
@@ -187,6 +201,8 @@ class Courier:
     def run(self) -> None:
         self._todo = deque(self.ledger.items())
         self._started = time.monotonic()
+        if _KNOWN_SLOW.get(self.route.domain, 0.0) > self._started and len(self._todo) > 1:
+            self._found_slow()  # the first message's lane is not the only one for long
         try:
             while True:
                 self._drive(self.first)
@@ -236,8 +252,10 @@ class Courier:
                 if pause > 0:
                     self._hold([*self._take_all()], pause, "suspended", self._rules(lane.session))
                     return
-            if primary and not self._lanes and time.monotonic() - took >= SLOW_MESSAGE:
-                self._spread()
+            if primary and not self._slow and time.monotonic() - took >= SLOW_MESSAGE:
+                self._found_slow()
+            elif primary and self._slow:
+                self._spread(LANES_PER_LOOK)  # room another batch or connection left
 
     def _shaped(self, lane: Lane, item: Any) -> bool:
         """Whether ``item`` may go now under shaping.ini; if not, it and the rest wait."""
@@ -294,18 +312,29 @@ class Courier:
 
     # -- lanes for a slow receiver --------------------------------------------------------
 
-    def _spread(self) -> None:
-        """Start a lane for each message still waiting (the pool's limits stop the excess)."""
-        with self._lock:
-            wanted = len(self._todo)
-        for n in range(wanted):
-            thread = threading.Thread(target=self._extra_lane, name=f"lane-{self.route.domain}-{n}",
-                                      daemon=True)
-            self._lanes.append(thread)
-            thread.start()
+    def _found_slow(self) -> None:
+        """A slow receiver: share the rest of the batch, and remember it for the next."""
+        self._slow = True
+        _KNOWN_SLOW[self.route.domain] = time.monotonic() + KNOWN_SLOW_FOR
+        wanted = self._spread()
         if wanted:
             log.info("slow receiver for %s: %d more messages shared over up to as many more "
                      "connections", self.route.domain, wanted)
+
+    def _spread(self, most: int | None = None) -> int:
+        """Start a lane for each message waiting beyond those the running lanes will take,
+        ``most`` at a time (the pool's limits stop the excess); return how many started.
+        Only the first lane calls this: ``_lanes`` is its own."""
+        self._lanes = [t for t in self._lanes if t.is_alive()]  # what they counted is kept
+        with self._lock:
+            wanted = len(self._todo) - len(self._lanes)
+        wanted = min(wanted, most) if most is not None else wanted
+        for _ in range(wanted):
+            thread = threading.Thread(target=self._extra_lane,
+                                      name=f"lane-{self.route.domain}-{len(self._lanes)}", daemon=True)
+            self._lanes.append(thread)
+            thread.start()
+        return max(wanted, 0)
 
     def _extra_lane(self) -> None:
         with tally.tallied() as counts, countdowns.collecting() as deferrals:

@@ -64,3 +64,45 @@ def test_lanes_stop_at_the_limit_and_a_deferral_still_comes_back_by_countdown(en
     armed = [p for p in (env.inst.queue_dir / "armed").iterdir() if not p.name.startswith(".")]
     assert len([a for a in armed if "twolanes.test" in a.read_text()]) == 1
     assert env.inst.mailflow("queue", "delete", "--domain", "twolanes.test").returncode == 0
+
+
+def _sessions_with(server, domain: str) -> int:
+    return len([s for s in server.sessions if any(d.rcpt_to[0].endswith(f"@{domain}") for d in s.deliveries)])
+
+
+def test_a_slow_batch_takes_room_as_it_frees_not_only_at_its_start(env, mx):
+    """Two connections allowed; another destination's message holds one. The batch starts on
+    the other and finds no room for a lane; once the held message ends, the batch takes the
+    freed connection for the rest of its messages."""
+    server = mx(delay={"DOT": 0.3})
+    env.configure(pool_timeout=30, pool_concurrency_max=2)
+    reached, release = server.hold("DOT")
+    try:
+        one_batch(env, "holder.test", count=1)
+        assert reached.wait(30), env.inst.dump_logs()[-4000:]
+        one_batch(env, "climb.test", count=20)
+        env.wait(lambda: env.logged("slow receiver for climb.test"), 30)  # and no room then
+    finally:
+        release.set()
+    got = server.wait_for(21, timeout=60)
+    assert sorted(r for d in got for r in d.rcpt_to if r.endswith("@climb.test")) == \
+        sorted(f"u{n}@climb.test" for n in range(20))
+    assert _sessions_with(server, "climb.test") == 2
+
+
+def test_a_destination_known_slow_spreads_its_next_batch_from_the_first_message(env, mx):
+    """While the next batch's first message waits for its reply, its others already go
+    over lanes of their own."""
+    server = mx(delay={"DOT": 0.3})
+    env.configure(pool_timeout=30, pool_concurrency_max=4)
+    one_batch(env, "known.test", count=5)
+    server.wait_for(5, timeout=60)
+    env.wait(lambda: not [p for p in env.inst.entries("active") if p.name.endswith("_known.test")], 30)
+    reached, release = server.hold("DOT")
+    try:
+        one_batch(env, "known.test", count=8)
+        assert reached.wait(30), env.inst.dump_logs()[-4000:]
+        server.wait_for(5 + 7, timeout=60)  # all but the held one, while it is held
+    finally:
+        release.set()
+    server.wait_for(5 + 8, timeout=60)
