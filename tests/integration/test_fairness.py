@@ -6,10 +6,13 @@ leaves are not drained). No timing: what the receivers were sent, and in which o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from harness import brokers
+from harness.mxserver import MXServer
 from tests.support.pipeline import PORT, Env, make_env, write_due
 
 
@@ -17,6 +20,28 @@ from tests.support.pipeline import PORT, Env, make_env, write_due
 def env(tmp_path) -> Iterator[Env]:
     e, inst = make_env(tmp_path / "fair", None)
     yield e
+    inst.stop_all()
+    e.dns.stop()
+
+
+def due(env: Env, uuid: str) -> list:
+    """The message's entries waiting in pending/ to be claimed now (by name: no file is read,
+    so one moved meanwhile is no error)."""
+    now_ms = time.time() * 1000
+    return [p for p in env.inst.entries("pending")
+            if f"_{uuid}." in p.name and int(p.name.split("_")[0]) <= now_ms]
+
+
+@pytest.fixture
+def mx_redis(tmp_path):
+    """An instance on Redis (shaping's shared store) whose fill.test allows one connection,
+    and the receiver, which holds each final reply a little (the connection is busy)."""
+    e, inst = make_env(tmp_path / "fill", brokers.url_for("redis"))
+    inst.write_config("shaping.ini", "[domain:fill.test]\nmax_connections = 1\n")
+    e.configure()
+    server = MXServer("127.0.0.2", PORT, delay={"DOT": 0.05}).start()
+    yield e, server
+    server.stop()
     inst.stop_all()
     e.dns.stop()
 
@@ -40,3 +65,14 @@ def test_a_fresh_message_goes_out_behind_a_5000_message_backlog_that_cannot_move
         assert 0 < len(in_flight) <= 4000  # its share of the window: four fifths of 5,000
     finally:
         release.set()
+
+
+def test_mail_arriving_one_by_one_for_a_busy_destination_fills_the_next_connection(tmp_path, mx_redis):
+    """max_connections = 1: while the one connection is busy, new mail for the destination
+    waits and then goes as one batch over the next connection, not a connection each."""
+    env, server = mx_redis
+    for n in range(100):  # each sent once the one before it was claimed: a batch of one each
+        uuid = env.send(f"u{n}@fill.test", notes={"mx": f"127.0.0.2:{PORT}"})
+        env.wait(lambda u=uuid: not due(env, u))
+    server.wait_for(100, timeout=120)
+    assert len(server.sessions) <= 10  # a few, not 100
