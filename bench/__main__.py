@@ -381,6 +381,14 @@ def goals(relays: list[Result], lat: Result | None, back: Result | None,
         found = versus.get(workload, {})
         at_least(f"vs Postfix, same run, {workload}: >= {bound}x (median of rounds)",
                  found.get("median"), bound, "x", ".2f")
+    mix = versus.get("mix", {})
+    at_least("vs Postfix, same run, mix: >= 1.0x (median of rounds)", mix.get("median"), 1.0, "x", ".2f")
+    pf_sessions = mix.get("postfix_sessions_per_1000")
+    mf_sessions = mix.get("mailflow_sessions_per_1000")
+    rows.append((f"mix: sessions per 1,000 messages <= Postfix's ({fmt(pf_sessions)})", fmt(mf_sessions),
+                 None if mf_sessions is None or pf_sessions is None else mf_sessions <= pf_sessions))
+    at_most("mix: one-message domains' p99 from 250 to delivery <= 5 s", mix.get("mailflow_lonely_p99_s"),
+            5, "s", ".2f")
     spread = versus.get("200 domains", {}).get("mailflow_per_s")
     at_least(f"200 domains: within 20 % of the bound ({peers.bound():.0f} msgs/s)",
              spread, 0.8 * peers.bound())

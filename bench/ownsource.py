@@ -1,11 +1,13 @@
 """A cheap SMTP injector, for machines without Postfix's ``smtp-source`` and for latency runs.
 
     python -m bench.ownsource HOST PORT --size BYTES (--messages N --sessions S | --rate R --duration D)
+    python -m bench.ownsource HOST PORT --plan FILE --sessions S
 
 Like ``smtp-source``, one connection per message.  ``--messages`` keeps S sessions
 busy until N messages are sent (closed loop, for throughput); ``--rate`` starts
 one message every 1/R seconds whatever the relay does (open loop, for latency).
-Message *n* goes to ``r<n>@sink.test``.  On stdout:
+Message *n* goes to ``r<n>@sink.test``; with ``--plan``, to the recipient of the
+file's line *n* (``<recipient> <size>``, bench/mix.py), of that size.  On stdout:
 
     F <time>        the first connection is being opened
     Q <n> <time>    message n was answered 250 (it is queued)
@@ -43,14 +45,32 @@ async def expect(reader: asyncio.StreamReader, code: bytes) -> None:
 
 
 DOMAINS = 0
+#: --plan: each message's recipient and size
+PLAN: list[tuple[str, int]] = []
 
 
 def recipient(n: int) -> str:
-    """``r<n>@sink.test``, or with ``--domains N`` ``r<n>@d<n % N>.sink.test``."""
+    """``r<n>@sink.test``, or with ``--domains N`` ``r<n>@d<n % N>.sink.test``, or the plan's."""
+    if PLAN:
+        return PLAN[n][0]
     return f"r{n}@d{n % DOMAINS}.sink.test" if DOMAINS else f"r{n}@sink.test"
 
 
+_BODIES: dict[int, bytes] = {}
+
+
+def body_for(n: int, body: bytes) -> bytes:
+    """The plan's size for message n, else ``body``."""
+    if not PLAN:
+        return body
+    size = PLAN[n][1]
+    if size not in _BODIES:
+        _BODIES[size] = payload(size)
+    return _BODIES[size]
+
+
 async def send_one(host: str, port: int, n: int, body: bytes) -> None:
+    body = body_for(n, body)
     try:
         reader, writer = await asyncio.open_connection(host, port)
         try:
@@ -101,9 +121,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--domains", type=int, default=0, help="spread recipients over N domains")
+    parser.add_argument("--plan", help="each message's recipient and size, a line each")
     args = parser.parse_args()
     global DOMAINS
     DOMAINS = args.domains
+    if args.plan:
+        with open(args.plan) as f:
+            PLAN.extend((rcpt, int(size)) for rcpt, size in (line.split() for line in f))
+        args.messages = len(PLAN)
     body = payload(args.size)
     emit(f"F {time.time():.6f}")
     if args.rate:

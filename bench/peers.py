@@ -18,6 +18,10 @@ Workloads:
   (127.0.1.n), whose receiver holds every reply 100 ms (``bench.ownsink``, injected by
   ``bench.ownsource``); 100 connections in all and 10 per destination on both sides.
   The bound those limits set: 100 connections / (4 replies x 0.1 s) = 250 msgs/s.
+* *mix*: traffic as a sending platform sees it (bench/mix.py): 20,000 messages of
+  4-64 KiB to 1,000 domains drawn by Zipf (s = 1.1) behind 30 sites, every reply held
+  50 ms, 100 connections in all and 20 per site on both sides; also the p50 and p99
+  wait from 250 to delivery of the one-message domains' mail.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from functools import partial
 from typing import Any
 
 from bench import haraka, postfix, relay, tools
+from bench.mix import Mix
 from harness.dnsserver import free_port
 
 KIB = 1024
@@ -41,21 +46,26 @@ DOMAINS, REPLY_DELAY, TOTAL, PER_DOMAIN = 200, 0.1, 100, 10
 #: Haraka runs nodes = cpus and its outbound limits hold per node: each gets its share.
 HARAKA_NODES = os.cpu_count() or 1
 SPREAD_LIMITS = f"concurrency_max = {TOTAL}\npool_concurrency_max = {PER_DOMAIN}\n"
+#: The mix (bench/mix.py): every reply held 50 ms; 100 connections in all and 20 per
+#: site on both sides (Postfix: a site is a nexthop; mailflow: an address).
+MIX_DELAY, MIX_PER_SITE = 0.05, 20
+MIX_LIMITS = f"concurrency_max = {TOTAL}\npool_concurrency_max = {MIX_PER_SITE}\n"
 
 
 def peer_throughput(name: str, start: Callable[[int, int], AbstractContextManager[int]], *,
                     messages: int, size: int, sessions: int = 20, sink_wait: float = 0.0,
-                    sink_delay: float = 0.0, domains: int = 0) -> dict[str, Any]:
+                    sink_delay: float = 0.0, domains: int = 0, mix: Mix | None = None) -> dict[str, Any]:
     """The relay scenario with a peer as the relay: ``start(port, sink_port)`` runs it
     and yields the pid its processes descend from."""
     sink_port, port = free_port("127.0.0.2"), free_port()
-    sink = tools.Sink(relay.sink_hosts(domains), sink_port, postfix=not domains, wait=sink_wait,
-                      delay=sink_delay)
+    own = bool(domains or mix)
+    sink = tools.Sink(mix.sink_hosts() if mix else relay.sink_hosts(domains), sink_port, postfix=not own,
+                      wait=sink_wait, delay=sink_delay)
     try:
         with start(port, sink_port) as master:
             time.sleep(0.5)
             figures = relay.measure([master], port, sink, messages=messages, size=size,
-                                    sessions=sessions, postfix=not domains, domains=domains)
+                                    sessions=sessions, postfix=not own, domains=domains, mix=mix)
         time.sleep(0.5)  # stopped: smtp-sink has counted its sessions
         figures["sessions_per_1000"] = sink.sessions * 1000 / max(figures["delivered"], 1)
         return {"scenario": "relay", "relay": name, "broker": "-", **figures}
@@ -64,13 +74,16 @@ def peer_throughput(name: str, start: Callable[[int, int], AbstractContextManage
 
 
 def postfix_throughput(*, concurrency: int = 20, processes: int = 100, domains: int = 0,
-                       **scenario: Any) -> dict[str, Any]:
-    """Postfix as the relay; each domain its own nexthop (``transport_maps``) with ``domains``."""
+                       mix: Mix | None = None, **scenario: Any) -> dict[str, Any]:
+    """Postfix as the relay; each domain its own nexthop (``transport_maps``) with ``domains``,
+    the mix's domains their site's."""
     def start(port: int, sink_port: int) -> AbstractContextManager[int]:
         routes = {f"d{n}.sink.test": f"[{relay.domain_address(n)}]:{sink_port}" for n in range(domains)}
+        if mix:
+            routes = mix.routes(sink_port)
         return postfix.relay(port, f"[127.0.0.2]:{sink_port}", concurrency=concurrency,
                              processes=processes, routes=routes, workdir=relay.workdir())
-    return peer_throughput("postfix", start, domains=domains, **scenario)
+    return peer_throughput("postfix", start, domains=domains, mix=mix, **scenario)
 
 
 def haraka_throughput(*, concurrency: int = 100, per_ip: int = 10, **scenario: Any) -> dict[str, Any]:
@@ -99,7 +112,17 @@ def workloads(quick: bool) -> list[dict[str, Any]]:
                      "domains": DOMAINS},
          "haraka": {"concurrency": TOTAL // HARAKA_NODES, "per_ip": max(1, PER_DOMAIN // HARAKA_NODES),
                     "sink_delay": REPLY_DELAY, "domains": DOMAINS}},
+        {"name": "mix", "messages": 0, "size": 0,
+         "mailflow": {"outbound": MIX_LIMITS, "sink_delay": MIX_DELAY, "mix": mix_for(quick)},
+         "postfix": {"concurrency": MIX_PER_SITE, "processes": TOTAL, "sink_delay": MIX_DELAY,
+                     "mix": mix_for(quick)},
+         "haraka": None},  # its route plugin knows the 200 domains only
     ]
+
+
+def mix_for(quick: bool) -> Mix:
+    """The mix workload's traffic: 20,000 messages (2,000 when quick), the same every run."""
+    return Mix(messages=2_000 if quick else 20_000)
 
 
 def bound(total: int = TOTAL, delay: float = REPLY_DELAY) -> float:
@@ -116,7 +139,7 @@ def run(rounds: int, quick: bool, with_haraka: bool, broker: str = "redis") -> l
             common = {"messages": w["messages"], "size": w["size"]}
             runs = [relay.throughput(broker, postfix=True, **common, **w["mailflow"]),
                     postfix_throughput(**common, **w["postfix"])]
-            if with_haraka:
+            if with_haraka and w["haraka"] is not None:
                 runs.append(_or_failed("haraka", partial(haraka_throughput, **common, **w["haraka"])))
             for r in runs:
                 rows.append({**r, "workload": w["name"], "round": n + 1})
@@ -138,12 +161,20 @@ def show(runs: list[dict[str, Any]]) -> None:
     mine, theirs, *others = runs
     line = (f"round {mine['round']} {mine['workload']:<13} "
             + " | ".join(f"{r['relay']} {fmt(r['e2e_per_s'])} msgs/s {fmt(r['cpu_ms'], '.2f')} ms/msg "
-                         f"{fmt(r['pss_mb'])} MB" for r in runs)
+                         f"{fmt(r['pss_mb'])} MB {fmt(r.get('sessions_per_1000'))} sess/1000{_waits(r)}"
+                         for r in runs)
             + f" | mailflow/postfix {fmt(ratio_of(mine, theirs), '.2f')}"
             + "".join(f", mailflow/{r['relay']} {fmt(ratio_of(mine, r), '.2f')}" for r in others)
             + "".join(f"  ({r['relay']} delivered {r['delivered']}/{r['messages']}; {r['errors']})"
                       for r in runs if r["delivered"] < r["messages"] or r["errors"]))
     print(line, flush=True)
+
+
+def _waits(r: dict[str, Any]) -> str:
+    """The mix's one-message domains' wait, where measured."""
+    if "lonely_p99_s" not in r:
+        return ""
+    return f" lonely p50/p99 {fmt(r['lonely_p50_s'], '.2f')}/{fmt(r['lonely_p99_s'], '.2f')} s"
 
 
 def ratio_of(mine: dict[str, Any], theirs: dict[str, Any]) -> float | None:
@@ -170,6 +201,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             found[f"{who}_per_s"] = _median([r["e2e_per_s"] for r in runs])
             found[f"{who}_cpu_ms"] = _median([r["cpu_ms"] for r in runs])
             found[f"{who}_pss_mb"] = max((r["pss_mb"] for r in runs if r["pss_mb"] is not None), default=None)
+            found[f"{who}_sessions_per_1000"] = _median([r.get("sessions_per_1000") for r in runs])
+            found[f"{who}_lonely_p99_s"] = _median([r.get("lonely_p99_s") for r in runs])
         out[name] = found
     return out
 

@@ -11,6 +11,7 @@ to one sink on 127.0.0.2.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import memory, tools
+from bench.mix import Mix, lonely_latency
 from harness import brokers
 from harness.dnsserver import free_port
 from harness.instance import Instance
@@ -35,13 +37,17 @@ def sink(hmail, domain, **kwargs):
     if {domains} and domain.endswith(".sink.test") and domain[:1] == "d":  # d<n>.sink.test
         n = int(domain[1:].split('.')[0])
         return OK, f"127.0.{{1 + n // 250}}.{{1 + n % 250}}:{port}"
+    if {sites} and domain.endswith(".sink.test") and domain[:1] == "m":  # m<n>.sink.test: bench/mix.py
+        site = int(domain[1:].split('.')[0]) % {sites}
+        return OK, f"127.0.{{3 + site // 250}}.{{1 + site % 250}}:{port}"
     return OK, '127.0.0.2:{port}'
 """
 
 
-def route_plugin(port: int, domains: int = 0) -> str:
-    """The ``get_mx`` receiver sending all mail to the sink (one address per domain with ``domains``)."""
-    return ROUTE_PLUGIN.format(port=port, domains=domains)
+def route_plugin(port: int, domains: int = 0, sites: int = 0) -> str:
+    """The ``get_mx`` receiver sending all mail to the sink (one address per domain with
+    ``domains``; the mix workload's domains to their site's address)."""
+    return ROUTE_PLUGIN.format(port=port, domains=domains, sites=sites)
 
 
 def domain_address(n: int) -> str:
@@ -77,7 +83,7 @@ class Relay:
 @contextmanager
 def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cpus",
           outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
-          domains: int = 0, files: dict[str, str] | None = None) -> Iterator[Relay]:
+          domains: int = 0, files: dict[str, str] | None = None, mix: Mix | None = None) -> Iterator[Relay]:
     """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink
     (smtp-sink holding each DATA reply ``sink_wait`` seconds, or ours holding every reply
     ``sink_delay``; one address per domain with ``domains``); ``outbound`` adds to
@@ -91,11 +97,11 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
             "outbound.ini": f"enable_tls = false\nqueue_dir = {tmp}/queue\n{outbound}",
             "plugins": "bench_route\n",
         })
-        inst.write_config("bench_route.py", route_plugin(sink_port, domains))
+        inst.write_config("bench_route.py", route_plugin(sink_port, domains, mix.sites if mix else 0))
         for name, text in (files or {}).items():  # more config files (shaping.ini, webhooks.ini…)
             inst.write_config(name, text)
-        sink = tools.Sink(sink_hosts(domains), sink_port, postfix=postfix_sink and not domains,
-                          wait=sink_wait, delay=sink_delay)
+        sink = tools.Sink(mix.sink_hosts() if mix else sink_hosts(domains), sink_port,
+                          postfix=postfix_sink and not domains and not mix, wait=sink_wait, delay=sink_delay)
         try:
             inst.start_smtpd()
             for n in range(workers):
@@ -110,16 +116,17 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
                postfix: bool | None = None, workers: int = 1, nodes: str = "cpus",
                outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
                domains: int = 0, files: dict[str, str] | None = None,
-               settled: Callable[[], bool] | None = None) -> dict[str, object]:
+               settled: Callable[[], bool] | None = None, mix: Mix | None = None) -> dict[str, object]:
     """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop; with
-    ``settled``, the run ends only when it also holds (every webhook event accepted)."""
+    ``settled``, the run ends only when it also holds (every webhook event accepted);
+    with ``mix``, its traffic (bench/mix.py) instead of ``messages`` of ``size``."""
     postfix = tools.have_postfix_tools() if postfix is None else postfix
     with relay(broker, postfix_sink=postfix, workers=workers, nodes=nodes, outbound=outbound,
-               sink_wait=sink_wait, sink_delay=sink_delay, domains=domains, files=files) as r:
+               sink_wait=sink_wait, sink_delay=sink_delay, domains=domains, files=files, mix=mix) as r:
         time.sleep(0.5)
         figures = measure(r.pids(), r.smtp_port, r.sink, messages=messages, size=size,
                           sessions=sessions, postfix=postfix and not domains, domains=domains,
-                          settled=settled)
+                          settled=settled, mix=mix)
         # smtp-sink counts a session when it ends: stopping mailflow closes its pooled ones
         r.instance.stop_all()
         time.sleep(0.5)
@@ -130,14 +137,17 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
 
 def measure(pids: list[int], port: int, sink: tools.Sink, *, messages: int, size: int,
             sessions: int, postfix: bool, domains: int = 0,
-            settled: Callable[[], bool] | None = None) -> dict[str, Any]:
+            settled: Callable[[], bool] | None = None, mix: Mix | None = None) -> dict[str, Any]:
     """Inject N messages into the relay listening on ``port`` and wait for them at the sink
     (and for ``settled``): rates, and the relay's peak PSS and CPU per message (its
-    process trees ``pids``)."""
+    process trees ``pids``); with ``mix``, its traffic, and the one-message domains' wait."""
+    plan = mix.write(Path(tempfile.mkdtemp(prefix="mailflow-mix-")) / "plan") if mix else None
+    if mix:
+        messages, size, postfix = mix.messages, 0, False
     cpu_before = memory.cpu_seconds(pids)
     with memory.PeakSampler(pids) as pss:
         run = tools.inject(port, messages=messages, size=size, sessions=sessions, postfix=postfix,
-                           domains=domains)
+                           domains=domains, plan=plan)
         run.wait(timeout=max(300, messages / 2))
         delivered = sink.wait_for(messages, timeout=max(120, messages / 5))
         settled_at = 0.0
@@ -149,7 +159,11 @@ def measure(pids: list[int], port: int, sink: tools.Sink, *, messages: int, size
     cpu = memory.cpu_seconds(pids) - cpu_before
     got = len(sink.arrivals)
     last = max(sink.arrivals[-1] if got else run.ended, settled_at)
+    if plan is not None:
+        shutil.rmtree(plan.parent, ignore_errors=True)
+    waited = lonely_latency(mix, run.queued, sink.by_rcpt) if mix else {}
     return {
+        **waited,
         "messages": messages, "size": size, "tools": "postfix" if postfix else "own",
         "inject_per_s": messages / max(run.ended - run.started, 1e-9),
         "e2e_per_s": (messages / (last - run.started)) if delivered else None,

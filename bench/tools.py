@@ -129,10 +129,14 @@ class Injection:
 
 
 def inject(port: int, *, messages: int, size: int, sessions: int, postfix: bool,
-           domains: int = 0) -> Injection:
+           domains: int = 0, plan: Path | None = None) -> Injection:
     """Closed loop: ``sessions`` parallel clients, one connection per message (to ``domains``
-    recipient domains, d0.sink.test...: our injector only)."""
-    if postfix:
+    recipient domains, d0.sink.test..., or as ``plan`` says (bench/mix.py): our injector
+    only)."""
+    if plan is not None:
+        argv = [sys.executable, "-m", "bench.ownsource", "127.0.0.1", str(port), "--plan", str(plan),
+                "--sessions", str(sessions)]
+    elif postfix:
         argv = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
                 "-M", "source.test", "-f", "bench@sender.test", "-t", "r@sink.test", f"127.0.0.1:{port}"]
     else:
