@@ -41,7 +41,8 @@ from mailflow.queue import countdowns, holds, lending, submission
 from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
-from mailflow.queue.spool import ACTIVE, FAILED, PENDING, Spool, now_ms
+from mailflow.queue.inflight import InFlight
+from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.runtime.application import app
 from mailflow.wire.lease import LEASE_SECONDS
 from mailflow.wire.payloads import BOUNCE, LOOKUP_MX, Batch
@@ -133,8 +134,8 @@ class QueueManager:
         self._next_due_ms = 0
         self._listed_at_ms = 0
         self._thread: threading.Thread | None = None
-        #: the destination and bytes of the entries of each live claim, when claimed
-        self._claimed_bytes: dict[str, tuple[str, int]] = {}
+        #: the entries and bytes of the live claims, by destination
+        self.in_flight = InFlight(self.spool)
         #: entries whose countdown retry is armed: left to it until due + grace
         self._armed = countdowns.Armed(self.spool)
         #: since when the broker refuses what we publish, and when that was last said
@@ -294,16 +295,6 @@ class QueueManager:
         self._listed_mtime_ns, self._next_due_ms, self._listed_at_ms = mtime, next_due, now
         return by_domain
 
-    def bytes_held(self) -> Counter[str]:
-        """Bytes of the live claims, by destination: a claim counts whole until its directory
-        is gone (see ``_within_bytes``)."""
-        for claim in [c for c in self._claimed_bytes if not self.spool.claim_dir(c).exists()]:
-            del self._claimed_bytes[claim]
-        held: Counter[str] = Counter()
-        for domain, size in self._claimed_bytes.values():
-            held[domain] += size
-        return held
-
     def _within_bytes(self, names: list[EntryName], room: int, alone: bool) -> dict[EntryName, int]:
         """The first of ``names`` that fit in ``room`` bytes, with their sizes (one at least
         when ``alone``, nothing of its kind in flight: a message larger than the window must
@@ -322,7 +313,8 @@ class QueueManager:
 
     def scan(self) -> int:
         """Claim and dispatch what is due; return how many entries were claimed."""
-        active = Counter(n.domain for n in self.spool.names(ACTIVE))
+        self.in_flight.refresh()
+        active = Counter(self.in_flight.entries)
         room = ACTIVE_MAX - sum(active.values())
         claimed = 0
         now = now_ms()
@@ -352,7 +344,7 @@ class QueueManager:
         domain's backlog never keeps a one-message domain waiting behind it.  No destination
         takes more than its share of the window, so that fresh mail for a quiet domain finds
         room at the next scan however slowly a large backlog drains."""
-        held = self.bytes_held()
+        held = Counter(self.in_flight.bytes)
         bytes_room = ACTIVE_BYTES_MAX - sum(held.values())
         share, bytes_share = int(ACTIVE_MAX * DESTINATION_SHARE), int(ACTIVE_BYTES_MAX * DESTINATION_SHARE)
         turns = deque(sorted(due, key=lambda domain: due[domain][0]))
@@ -369,7 +361,7 @@ class QueueManager:
             claim, got = self.spool.claim(list(fitting))
             sizes = {str(n): size for n, size in fitting.items()}
             size = sum(sizes.get(n, 0) for n in got)
-            self._claimed_bytes[claim] = (domain, size)
+            self.in_flight.add(claim, Counter({domain: len(got)}), Counter({domain: size}))
             held[domain] += size
             bytes_room -= size
             if got:

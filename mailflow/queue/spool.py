@@ -140,6 +140,10 @@ class Spool:
             return
         yield from _names_in(self.dir(place))
 
+    def claim_names(self, claim: str) -> Iterator[EntryName]:
+        """The entry names left in one claim (none once it is gone)."""
+        return _names_in(self.active / claim)
+
     def claims(self) -> list[str]:
         try:
             return [e.name for e in os.scandir(self.active)

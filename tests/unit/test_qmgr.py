@@ -305,3 +305,36 @@ def test_a_hold_record_describes_an_entry_only_while_it_is_due_at_the_hold_s_tim
     holds.record(tmp_path, [name], now + 70_000, "shaping:mx:.x.test")  # prunes the old one
     assert "old.1" not in holds.current(tmp_path)
     assert len(list((tmp_path / holds.DIRECTORY).iterdir())) == 2
+
+
+def test_the_window_is_counted_without_listing_every_claim_at_every_scan(tmp_path, monkeypatch):
+    """A claim counts whole, as claimed, until its directory is gone; a claim this process
+    did not make (an earlier process's) is listed once, when first seen."""
+    from collections import Counter
+
+    from mailflow.queue.inflight import InFlight
+
+    cfg = load_cfg(tmp_path)
+    _queue(cfg, [f"r{n}@a.example" for n in range(3)] + ["x@b.example"])
+    manager = qmgr.QueueManager(cfg, publish=Recorder())
+    spool = manager.spool
+    earlier, _ = spool.claim([n for n in spool.names() if n.domain == "a.example"])  # not this manager's
+    listed = []
+    names = spool.claim_names
+    monkeypatch.setattr(spool, "claim_names", lambda claim: listed.append(claim) or names(claim))
+    flight = InFlight(spool)
+    flight.refresh()
+    assert flight.entries == Counter({"a.example": 3}) and listed == [earlier]
+    flight.refresh()
+    assert listed == [earlier]  # known: not listed again
+    [one] = list(spool.claim_names(earlier))[:1]
+    (spool.claim_dir(earlier) / str(one)).unlink()  # delivered: the claim still counts whole
+    flight.refresh()
+    assert flight.entries == Counter({"a.example": 3})
+    for rest in list(spool.claim_names(earlier)):
+        (spool.claim_dir(earlier) / str(rest)).unlink()
+    spool.finish(earlier)
+    flight.refresh()
+    assert flight.entries == Counter() and flight.bytes == Counter()
+    assert manager.scan() == 1  # b.example's; its claim recorded with its bytes, not listed
+    assert manager.in_flight.entries == Counter({"b.example": 1}) and manager.in_flight.bytes["b.example"] > 0
