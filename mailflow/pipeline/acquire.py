@@ -155,7 +155,7 @@ def _wait_for_slot(spool: Spool, route: Route, hmails: list[HMail], exc: NoSlot,
     if waiting is None:
         fail_each(spool, hmails, exc, cfg.outbound)
         return
-    POOL.wait_for_slot(exc.ips, lambda: again(waiting), cfg.outbound)
+    POOL.wait_for_slot(exc.ips, lambda: again(waiting), cfg.outbound, domain=route.domain)
 
 
 def still_waiting(route: Route) -> Route | None:

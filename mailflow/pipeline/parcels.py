@@ -164,7 +164,7 @@ def acquire_parcel(parcel: Parcel, cfg: Config, hand_on: HandOn, again: Again | 
         waiting = still_waiting(parcel.route) if again is not None else None
         if again is not None and waiting is not None:
             later = dataclasses.replace(parcel, route=waiting)
-            POOL.wait_for_slot(exc.ips, lambda: again(later), cfg.outbound)
+            POOL.wait_for_slot(exc.ips, lambda: again(later), cfg.outbound, domain=parcel.route.domain)
             return
         ledger.fail_each(letters, exc)
         _done(parcel, ledger)

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,6 +66,8 @@ class Waiter:
     ips: frozenset[str]
     wake: Callable[[], None]
     since: float = field(default_factory=time.monotonic)
+    #: the recipient domain of its batch: slots go to the waiting domains in turn
+    domain: str = ""
 
 
 class Pool:
@@ -80,7 +82,8 @@ class Pool:
         self._reaper: threading.Thread | None = None
         self._kick = threading.Event()
         self._stopping = threading.Event()
-        self._waiters: list[Waiter] = []
+        #: the waiters by domain, the domains in turn order (a domain served goes last)
+        self._waiters: dict[str, deque[Waiter]] = {}
         self._woken: list[Waiter] = []
 
     # -- accounting ------------------------------------------------------------------
@@ -282,31 +285,40 @@ class Pool:
 
     # -- waiting for a slot ------------------------------------------------------------
 
-    def wait_for_slot(self, ips: frozenset[str], wake: Callable[[], None], settings: Outbound) -> None:
+    def wait_for_slot(self, ips: frozenset[str], wake: Callable[[], None], settings: Outbound,
+                      domain: str = "") -> None:
         """Call ``wake`` (from the pool's thread) once a slot at one of ``ips`` may be free."""
         self._out = settings
         self._start_reaper()
         with self._cond:
-            self._waiters.append(Waiter(ips, wake))
+            self._waiters.setdefault(domain, deque()).append(Waiter(ips, wake, domain=domain))
             self._wake_locked(next(iter(ips)))  # a slot may have freed meanwhile
 
     @property
     def waiting(self) -> int:
         with self._cond:
-            return len(self._waiters)
+            return sum(len(queue) for queue in self._waiters.values())
 
     def _wake_locked(self, ip: str, idle: bool = False) -> None:
-        """A slot (or an ``idle`` session) at ``ip`` came free: the oldest waiter that may use it goes.
+        """A slot (or an ``idle`` session) at ``ip`` came free: it goes to the waiting domains
+        in turn, and within a domain to its oldest waiter that may use it -- so that a
+        one-message domain waiting for its provider's connections is not served after every
+        batch of a large domain behind the same hosts (Postfix's qmgr serves destinations
+        round robin in the same way).
 
         Its callback publishes a task, which is no work to do under the lock: the
         pool's thread runs it.
         """
-        for waiter in self._waiters:
-            if self._may_go(waiter, ip, idle):
-                self._waiters.remove(waiter)
-                self._woken.append(waiter)
-                self._kick.set()
-                return
+        for domain, queue in self._waiters.items():
+            for waiter in queue:
+                if self._may_go(waiter, ip, idle):
+                    queue.remove(waiter)
+                    del self._waiters[domain]
+                    if queue:
+                        self._waiters[domain] = queue  # its next waiter's turn comes after the others'
+                    self._woken.append(waiter)
+                    self._kick.set()
+                    return
 
     def _may_go(self, waiter: Waiter, ip: str, idle: bool) -> bool:
         """A slot at one of its addresses, or an idle session it may reuse or close for room."""
@@ -318,9 +330,10 @@ class Pool:
     def _run_woken(self) -> None:
         now = time.monotonic()
         with self._cond:
-            stale = [w for w in self._waiters if now - w.since >= WAITER_RECHECK]
+            stale = [w for queue in self._waiters.values() for w in queue if now - w.since >= WAITER_RECHECK]
             for waiter in stale:
-                self._waiters.remove(waiter)
+                self._waiters[waiter.domain].remove(waiter)
+            self._waiters = {domain: queue for domain, queue in self._waiters.items() if queue}
             woken, self._woken = self._woken + stale, []
         for waiter in woken:
             try:

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from harness.mxserver import MXServer
+from harness.waiting import until
 from mailflow.config.settings import Outbound, Tls
 from mailflow.relay.mx import MX, Target
 from mailflow.relay.pool import NoSlot, Pool
@@ -114,3 +115,22 @@ def test_a_lane_uses_spare_room_only_where_a_batch_may_close_an_idle_session(ser
                            domain="other.test")
         assert got.target.ip == "127.0.0.3" and pool.open_connections == 1  # the idle one went
         pool.discard(got)
+
+
+def test_freed_slots_go_to_the_waiting_domains_in_turn(server):
+    """Three batches of a large domain wait, then one of a one-message domain behind the same
+    host: the second slot to free goes to the small domain, not to the large one's second."""
+    pool = Pool()
+    held = acquire(pool, server)
+    woken: list[str] = []
+    for name in ("big-1", "big-2", "big-3", "small-1"):
+        pool.wait_for_slot(frozenset({"127.0.0.2"}), lambda n=name: woken.append(n), OUT,
+                           domain=name.split("-")[0] + ".test")
+    assert pool.waiting == 4
+    for _ in range(4):  # the slot frees, its waiter is woken (and takes the slot again)
+        count = len(woken)
+        pool.discard(held)
+        until(lambda c=count: len(woken) > c, 5, "for a waiter to be woken")
+        held = acquire(pool, server)
+    pool.discard(held)
+    assert woken == ["big-1", "small-1", "big-2", "big-3"]
