@@ -23,7 +23,7 @@ from harness.dnsserver import free_port
 from harness.instance import Proc
 from harness.mxserver import MXServer
 from tests.integration.test_failures import HOOKS, deferred_log
-from tests.support.pipeline import PORT, Env, make_env, write_due
+from tests.support.pipeline import PORT, Env, make_env, module_env, write_due
 from tests.support.pipeline import scheduled as scheduled_on
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,10 +41,8 @@ def _env(tmp: Path, broker: str, name: str = "deliver") -> Iterator[Env]:
     e.dns.stop()
 
 
-@pytest.fixture(scope="module", params=BROKER_NAMES)
-def env(tmp_path_factory, request):
-    """One worker per broker for the module (the mx fixture resets outbound.ini after each test)."""
-    yield from _env(tmp_path_factory.mktemp(f"countdown-{request.param}"), request.param)
+#: One worker per broker for the module (the mx fixture resets outbound.ini after each test).
+env = module_env("countdown", plugin=HOOKS, brokers_=BROKER_NAMES, base={"countdown_grace": "5s"})
 
 
 @pytest.fixture(params=BROKER_NAMES)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.support.pipeline import PORT, ZONES, Env, make_env
+from tests.support.pipeline import PORT, ZONES, Env, module_env
 
 TLS_ZONES: dict[str, Any] = {
     **ZONES,
@@ -19,14 +19,13 @@ TLS_ZONES: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, tls_ca: trustme.CA):
-    e, inst = make_env(tmp_path_factory.mktemp("tls"), None)
-    e.dns.set_zones(TLS_ZONES)
-    tls_ca.cert_pem.write_to_path(str(inst.config_dir / "ca.pem"))
-    yield e
-    inst.stop_all()
-    e.dns.stop()
+def _with_ca(env: Env, tls_ca: trustme.CA) -> None:
+    """The test zones, and the test CA as ca.pem in the config directory."""
+    env.dns.set_zones(TLS_ZONES)
+    tls_ca.cert_pem.write_to_path(str(env.inst.config_dir / "ca.pem"))
+
+
+env = module_env("tls", setup=_with_ca, needs=("tls_ca",))
 
 
 @pytest.fixture
