@@ -138,8 +138,10 @@ def test_the_batch_of_a_worker_killed_mid_post_is_sent_again(env, mx, receiver):
     shows no sign of life a new worker sends it again -- every event accepted, the one in
     flight with the same webhook-id."""
     server = mx()
-    hooks = receiver("delivered", [Answer("late", delay=8), Answer("ok")])
     tag = uuidlib.uuid4().hex[:8]
+    # an endpoint of its own: an earlier test's events, still owed to its endpoint, would
+    # take the held answer, and the kill could come before this test's were written
+    hooks = receiver("delivered", [Answer("late", delay=8), Answer("ok")], name=f"killed{tag}")
     sent = {send(env, f"k{n}-{tag}@dest.test") for n in range(5)}
     server.wait_for(5, timeout=30)
     env.wait(lambda: hooks.requests, timeout=30)  # the first POST, held by the receiver
