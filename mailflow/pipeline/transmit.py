@@ -7,6 +7,7 @@ import smtplib
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from mailflow import config
@@ -43,6 +44,15 @@ LANES_PER_LOOK = 4
 
 #: Destinations found slow in this worker, and until when (monotonic seconds).
 _KNOWN_SLOW: dict[str, float] = {}
+#: Past this many, the expired ones are forgotten (a long tail of domains is no leak).
+KNOWN_SLOW_KEPT = 10_000
+
+
+def _remember_slow(domain: str, now: float) -> None:
+    if len(_KNOWN_SLOW) >= KNOWN_SLOW_KEPT:
+        for expired in [d for d, until in _KNOWN_SLOW.items() if until <= now]:
+            del _KNOWN_SLOW[expired]
+    _KNOWN_SLOW[domain] = now + KNOWN_SLOW_FOR
 
 #: A route stops taking new messages after this long and hands the rest back, due now.
 #: It keeps every task far below Redis's visibility timeout and RabbitMQ's
@@ -212,10 +222,11 @@ class Courier:
         finally:
             self._join_lanes()
 
-    def _drive(self, lane: Lane) -> None:
-        """Send messages over ``lane`` until none is left (or the batch must stop)."""
+    def _drive(self, lane: Lane, first: Any | None = None) -> None:
+        """Send messages over ``lane`` until none is left (or the batch must stop), ``first``
+        first when the lane took it before its session."""
         primary = lane is self.first
-        while (item := self._take()) is not None:
+        for item in self._items(first):
             if not self.ledger.still_here(item):
                 continue
             if time.monotonic() - self._started > BATCH_TIME_BUDGET:
@@ -288,6 +299,12 @@ class Courier:
         with self._lock:
             return len(self._todo)
 
+    def _items(self, first: Any | None) -> Iterator[Any]:
+        if first is not None:
+            yield first
+        while (item := self._take()) is not None:
+            yield item
+
     def _take(self) -> Any | None:
         with self._lock:
             return self._todo.popleft() if self._todo else None
@@ -315,7 +332,7 @@ class Courier:
     def _found_slow(self) -> None:
         """A slow receiver: share the rest of the batch, and remember it for the next."""
         self._slow = True
-        _KNOWN_SLOW[self.route.domain] = time.monotonic() + KNOWN_SLOW_FOR
+        _remember_slow(self.route.domain, time.monotonic())
         wanted = self._spread()
         if wanted:
             log.info("slow receiver for %s: %d more messages shared over up to as many more "
@@ -340,8 +357,14 @@ class Courier:
         with tally.tallied() as counts, countdowns.collecting() as deferrals:
             lane = Lane(self, None, extra=True)
             try:
-                if self._todo and lane.ready():
-                    self._drive(lane)
+                # a message first, then a session for it: a lane never opens a connection
+                # that the other lanes leave with nothing to send
+                item = self._take()
+                if item is not None and lane.ready():
+                    self._drive(lane, item)
+                elif item is not None:  # no room: the other lanes will send it
+                    with self._lock:
+                        self._todo.appendleft(item)
             except Exception:
                 log.exception("a lane of the batch for %s stopped", self.route.domain)
             finally:
