@@ -6,7 +6,6 @@ leaves are not drained). No timing: what the receivers were sent, and in which o
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,14 +21,6 @@ def env(tmp_path) -> Iterator[Env]:
     yield e
     inst.stop_all()
     e.dns.stop()
-
-
-def due(env: Env, uuid: str) -> list:
-    """The message's entries waiting in pending/ to be claimed now (by name: no file is read,
-    so one moved meanwhile is no error)."""
-    now_ms = time.time() * 1000
-    return [p for p in env.inst.entries("pending")
-            if f"_{uuid}." in p.name and int(p.name.split("_")[0]) <= now_ms]
 
 
 @pytest.fixture
@@ -73,6 +64,6 @@ def test_mail_arriving_one_by_one_for_a_busy_destination_fills_the_next_connecti
     env, server = mx_redis
     for n in range(100):  # each sent once the one before it was claimed: a batch of one each
         uuid = env.send(f"u{n}@fill.test", notes={"mx": f"127.0.0.2:{PORT}"})
-        env.wait(lambda u=uuid: not due(env, u))
+        env.wait(lambda u=uuid: not env.due(u))
     server.wait_for(100, timeout=120)
     assert len(server.sessions) <= 10  # a few, not 100

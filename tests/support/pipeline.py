@@ -155,12 +155,16 @@ class Env:
         assert found, f"no bounce was made for {uuid}"
         return found.group(1)
 
+    def due(self, uuid: str) -> list[Path]:
+        """The message's entries waiting in pending/ to be claimed now (by name: no file is
+        read, so one moved meanwhile is no error)."""
+        now = time.time() * 1000
+        return [p for p in self.inst.entries("pending")
+                if f"_{uuid}." in p.name and int(p.name.split("_")[0]) <= now]
+
     def settled(self, uuid: str) -> bool:
         """Nothing of this message is waiting for a worker or in flight."""
-        d = self.inst.queue_dir
-        due = [p for p in (d / "pending").iterdir() if f"_{uuid}." in p.name and
-               int(p.name.split("_")[0]) <= time.time() * 1000]
-        return not due and not [p for p in self.inst.entries("active") if f"_{uuid}." in p.name]
+        return not self.due(uuid) and not [p for p in self.inst.entries("active") if f"_{uuid}." in p.name]
 
 
 def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str, str] | None = None,
