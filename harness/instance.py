@@ -163,11 +163,15 @@ class Instance:
         return self.run([sys.executable, "-m", "celery", "-A", "mailflow", *args], timeout=timeout)
 
     def entries(self, state: str = "pending") -> list[Path]:
-        d = self.queue_dir / state
-        if not d.exists():
-            return []
-        files = d.glob("*/*") if state == "active" else d.iterdir()
-        return sorted(p for p in files if p.is_file() and not p.name.startswith(("__tmp__.", "error.")))
+        """The entries in one state's directory (active/'s claim directories included).
+
+        Read while workers run: a claim directory can go between being listed and being read,
+        which os.walk passes over (a glob raised FileNotFoundError)."""
+        found = []
+        for directory, _dirs, files in os.walk(self.queue_dir / state):
+            found += [Path(directory) / name for name in files
+                      if not name.startswith(("__tmp__.", "error."))]
+        return sorted(found)
 
     def all_files(self) -> list[Path]:
         """Every file where entries live (pending/, active/, failed/): entries, temp files and
