@@ -10,6 +10,7 @@ entry defers that entry alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from mailflow import config, hooks
 from mailflow.codes import DELAY, DENY, DENYSOFT, OK
 from mailflow.config.files import ConfigError
+from mailflow.config.loader import Config
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.observation import tally
@@ -24,9 +26,12 @@ from mailflow.queue import lending
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, delay_entry, fail_all, guarded
+from mailflow.queue.sites import Sites, site_key
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.answers import mx_from_hook
 from mailflow.relay.mx import MX, query_mx
+from mailflow.relay.security import for_route
+from mailflow.relay.tlspolicy import names_domain
 from mailflow.relay.tlsrpt import TLS_REPORT_NOTE
 from mailflow.wire.payloads import Batch, Outcome, Parcel, Route
 
@@ -89,20 +94,61 @@ class _Dns:
 
 
 def _routes(spool: Spool, batch: Batch) -> list[Route]:
-    """Every entry either in a route (by MX list and source) or given its outcome."""
-    settings = config.current().outbound
-    assert batch.domain is not None
-    dns = _Dns(batch.domain)
+    """Every entry either in a route (by MX list and source) or given its outcome.
+
+    A site batch (entries of several domains, mailflow/queue/sites.py) makes one route of
+    the domains that still share an MX set, unless a domain needs what the others may not
+    (a TLS policy, a shaping rule of its own): those go alone.  Each domain's site is
+    written down for the queue manager's next claims."""
+    cfg = config.current()
+    settings = cfg.outbound
+    sites = Sites(spool.root)
+    dns: dict[str, _Dns] = {}
     groups: dict[tuple[Any, ...], list[str]] = {}
+    answers: dict[tuple[Any, ...], tuple[list[MX], set[str]]] = {}
+    seen: dict[str, str | None] = {}
     for hmail in load(spool, batch):
+        domain = batch.domain or hmail.name.domain
         with guarded(spool, hmail, settings):
-            found = _route(spool, hmail, dns, settings)
-            if found is not None:
-                mxs, bind, helo = found
-                exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE))
-                groups.setdefault((tuple(mxs), bind, helo, exempt), []).append(hmail.filename)
-    return [Route(batch=batch.part(names), mx=mxs, bind=bind, helo=helo, tls_exempt=exempt)
-            for (mxs, bind, helo, exempt), names in groups.items()]
+            found = _route(spool, hmail, dns.setdefault(domain, _Dns(domain)), settings)
+            if found is None:
+                continue
+            mxs, bind, helo = found
+            exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE))
+            if domain not in seen and (batch.site is not None or not sites.fresh(domain)):
+                seen[domain] = _site_of(domain, mxs, exempt, cfg)
+            if batch.site is None:
+                key: tuple[Any, ...] = (tuple(mxs), bind, helo, exempt)
+            else:  # the same MX hosts in any order; a domain with needs of its own alone
+                key = (frozenset(mxs), bind, helo, exempt, seen[domain] or domain)
+            answers.setdefault(key, (mxs, set()))[1].add(domain)
+            groups.setdefault(key, []).append(hmail.filename)
+    for domain, site in seen.items():
+        sites.learn(domain, site)
+    routes = []
+    for key, names in groups.items():
+        mxs, domains = answers[key]
+        part = batch.part(names)
+        if len(domains) == 1:  # one domain's route, as from a batch of its own
+            part = dataclasses.replace(part, domain=next(iter(domains)), site=None)
+        routes.append(Route(batch=part, mx=tuple(mxs), bind=key[1], helo=key[2], tls_exempt=key[3]))
+    return routes
+
+
+def _site_of(domain: str, mxs: list[MX], exempt: bool, cfg: Config) -> str | None:
+    """The site ``domain``'s mail may share with other domains': its MX set, unless it needs
+    what they may not -- an MTA-STS or DANE policy, a tls.ini rule naming it, a shaping
+    rule of its own, a TLS report's exemption.  None: it travels alone."""
+    if exempt or domain.startswith("["):
+        return None
+    if any(rule.kind == "domain" and rule.matches(domain, "", None) for rule in cfg.shaping):
+        return None
+    if names_domain(cfg.tls_outbound, domain):
+        return None
+    security = for_route(domain, tuple(mxs), cfg.tls_outbound, cfg.outbound)
+    if security.sts is not None or security.dane or security.refused:
+        return None
+    return site_key(mxs)
 
 
 def _route(spool: Spool, hmail: HMail, dns: _Dns, settings: Outbound

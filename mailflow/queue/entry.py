@@ -22,12 +22,14 @@ from typing import IO, Any
 
 from mailflow.queue.todo import ToDo
 from mailflow.wire.names import (  # noqa: F401  (the queue's names, where they always were)
+    BOUNCE_CLAIM,
     CLAIM_ID,
     ERROR_PREFIX,
     TMP_PREFIX,
     BadName,
     EntryName,
     check_claim,
+    check_domain,
     check_name,
 )
 

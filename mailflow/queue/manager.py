@@ -42,6 +42,7 @@ from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
 from mailflow.queue.inflight import InFlight
+from mailflow.queue.sites import Sites
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.runtime.application import app
 from mailflow.wire.lease import LEASE_SECONDS
@@ -71,6 +72,11 @@ ACTIVE_MAX = 5000
 ACTIVE_BYTES_MAX: int = environ.value("MAILFLOW_ACTIVE_BYTES_MAX")
 #: The share of either window one destination may hold: the rest stays for the others.
 DESTINATION_SHARE = 0.8
+#: How often what the lookups learned of sites is cleared of what has expired (s).
+SITES_EXPIRE_EVERY = 300.0
+#: How a site's destination is told from a domain's (a domain has no colon outside the
+#: brackets of an address literal).
+SITE_PREFIX = "site:"
 
 #: Publish a batch to a task, by the task's name.
 Publisher = Callable[[str, Batch], None]
@@ -134,8 +140,11 @@ class QueueManager:
         self._next_due_ms = 0
         self._listed_at_ms = 0
         self._thread: threading.Thread | None = None
-        #: the entries and bytes of the live claims, by destination
+        #: the entries and bytes of the live claims, by domain
         self.in_flight = InFlight(self.spool)
+        #: the site each domain was last found to share with others (the lookups say)
+        self.sites = Sites(self.spool.root)
+        self._sites_expired_at = time.monotonic()
         #: entries whose countdown retry is armed: left to it until due + grace
         self._armed = countdowns.Armed(self.spool)
         #: since when the broker refuses what we publish, and when that was last said
@@ -314,6 +323,9 @@ class QueueManager:
     def scan(self) -> int:
         """Claim and dispatch what is due; return how many entries were claimed."""
         self.in_flight.refresh()
+        if time.monotonic() - self._sites_expired_at > SITES_EXPIRE_EVERY:
+            self._sites_expired_at = time.monotonic()
+            self.sites.expire()
         active = Counter(self.in_flight.entries)
         room = ACTIVE_MAX - sum(active.values())
         claimed = 0
@@ -343,35 +355,72 @@ class QueueManager:
         round until the window is full (Postfix's qmgr serves destinations round robin): one
         domain's backlog never keeps a one-message domain waiting behind it.  No destination
         takes more than its share of the window, so that fresh mail for a quiet domain finds
-        room at the next scan however slowly a large backlog drains."""
-        held = Counter(self.in_flight.bytes)
+        room at the next scan however slowly a large backlog drains.
+
+        A destination is a domain, or the *site* that domains were last found to share
+        (mailflow/queue/sites.py): a long tail of domains behind the same MX hosts is claimed
+        as one destination, in batches of several domains."""
+        due = self._by_site(due)
+        active = self._by_site_counts(active)
+        held = self._by_site_counts(Counter(self.in_flight.bytes))
         bytes_room = ACTIVE_BYTES_MAX - sum(held.values())
         share, bytes_share = int(ACTIVE_MAX * DESTINATION_SHARE), int(ACTIVE_BYTES_MAX * DESTINATION_SHARE)
-        turns = deque(sorted(due, key=lambda domain: due[domain][0]))
+        turns = deque(sorted(due, key=lambda destination: due[destination][0]))
         claimed = 0
         while turns and room > 0 and bytes_room > 0:
-            domain = turns.popleft()
-            names = due[domain]
-            count = min(BATCH_MAX, room, share - active[domain])
-            fitting = self._within_bytes(names[:count], min(bytes_room, bytes_share - held[domain]),
+            destination = turns.popleft()
+            names = due[destination]
+            count = min(BATCH_MAX, room, share - active[destination])
+            fitting = self._within_bytes(names[:count], min(bytes_room, bytes_share - held[destination]),
                                          alone=not held) if count > 0 else {}
             if not fitting:  # this destination has its share of the window: the others go on
                 continue
             del names[:len(fitting)]
             claim, got = self.spool.claim(list(fitting))
             sizes = {str(n): size for n, size in fitting.items()}
-            size = sum(sizes.get(n, 0) for n in got)
-            self.in_flight.add(claim, Counter({domain: len(got)}), Counter({domain: size}))
-            held[domain] += size
+            entries, by_size = Counter[str](), Counter[str]()
+            for name in fitting:
+                if str(name) in got:
+                    entries[name.domain] += 1
+                    by_size[name.domain] += sizes[str(name)]
+            self.in_flight.add(claim, entries, by_size)
+            size = sum(by_size.values())
+            held[destination] += size
             bytes_room -= size
             if got:
                 room -= len(got)
-                active[domain] += len(got)
+                active[destination] += len(got)
                 claimed += len(got)
-                self._dispatch(LOOKUP_MX, Batch(self.spool.identity, claim, tuple(got), domain), PENDING)
+                self._dispatch(LOOKUP_MX, self._batch(claim, tuple(got), destination, entries), PENDING)
             if names:
-                turns.append(domain)
+                turns.append(destination)
         return claimed
+
+    def _destination(self, domain: str) -> str:
+        site = self.sites.of(domain)
+        return SITE_PREFIX + site if site is not None else domain
+
+    def _by_site(self, due: dict[str, list[EntryName]]) -> dict[str, list[EntryName]]:
+        """Due entries by destination: the domains of one site together, oldest first."""
+        merged: dict[str, list[EntryName]] = defaultdict(list)
+        for domain, names in due.items():
+            merged[self._destination(domain)] += names
+        for destination, names in merged.items():
+            if destination.startswith(SITE_PREFIX):
+                names.sort()
+        return merged
+
+    def _by_site_counts(self, counts: Counter[str]) -> Counter[str]:
+        merged: Counter[str] = Counter()
+        for domain, n in counts.items():
+            merged[self._destination(domain)] += n
+        return merged
+
+    def _batch(self, claim: str, names: tuple[str, ...], destination: str, domains: Counter[str]) -> Batch:
+        """A domain's batch, or a site's when it holds entries of more than one domain."""
+        if len(domains) == 1:
+            return Batch(self.spool.identity, claim, names, next(iter(domains)))
+        return Batch(self.spool.identity, claim, names, site=destination.removeprefix(SITE_PREFIX))
 
     def _reschedule(self, names: list[EntryName], due_ms: int, why: str) -> None:
         """Due entries of a held domain wait in pending/ until ``due_ms``, not counted as failures."""

@@ -36,7 +36,7 @@ from typing import IO
 
 from mailflow.queue import entry as qfile
 from mailflow.queue.dirsync import sync_dir
-from mailflow.queue.entry import EntryName, check_claim, check_name
+from mailflow.queue.entry import BOUNCE_CLAIM, EntryName, check_claim, check_name
 from mailflow.queue.identity import identity as queue_identity
 from mailflow.queue.todo import ToDo
 
@@ -162,7 +162,7 @@ class Spool:
         Returns the claim id and the names claimed (the directory is removed when empty).
         Claims of failed/ entries (for bounces) are marked so that expiry returns them there.
         """
-        claim = ("b-" if source == FAILED else "") + uuid.uuid4().hex
+        claim = (BOUNCE_CLAIM if source == FAILED else "") + uuid.uuid4().hex
         directory = self.active / claim
         directory.mkdir(parents=True)
         got = []
@@ -239,7 +239,7 @@ class Spool:
         returned = 0
         for directory in self.expired_dirs():
             claim = directory.name[len(EXPIRED_PREFIX):]
-            back = self.failed if claim.startswith("b-") else self.pending
+            back = self.failed if claim.startswith(BOUNCE_CLAIM) else self.pending
             try:
                 items = list(os.scandir(directory))
             except FileNotFoundError:

@@ -17,12 +17,16 @@ from mailflow.config.settings import Tls
 from mailflow.util import tls
 
 
-def _matches(patterns: tuple[str, ...], ip: str, names: tuple[str, ...]) -> bool:
-    addr = ipaddress.ip_address(ip)
+def _matches(patterns: tuple[str, ...], ip: str | None, names: tuple[str, ...]) -> bool:
+    """Whether a pattern is a network holding ``ip`` (None: networks are passed over) or a
+    domain that is one of ``names`` or a parent of one."""
+    addr = ipaddress.ip_address(ip) if ip is not None else None
     for pattern in patterns:
         try:
-            if addr in ipaddress.ip_network(pattern, strict=False):
+            if addr is not None and addr in ipaddress.ip_network(pattern, strict=False):
                 return True
+            if addr is None:
+                ipaddress.ip_network(pattern, strict=False)
             continue
         except ValueError:
             pass
@@ -30,6 +34,12 @@ def _matches(patterns: tuple[str, ...], ip: str, names: tuple[str, ...]) -> bool
         if any(n == p or n.endswith("." + p) for n in names if n):
             return True
     return False
+
+
+def names_domain(policy: Tls, domain: str) -> bool:
+    """Whether ``no_tls_hosts`` or ``force_tls_hosts`` name the recipient domain itself: then
+    its mail needs what other domains on the same MX hosts may not (mailflow/pipeline/lookup.py)."""
+    return _matches((*policy.no_tls_hosts, *policy.force_tls_hosts), None, (domain.lower(),))
 
 
 def no_tls(policy: Tls, ip: str, mx_name: str, domain: str) -> bool:

@@ -10,6 +10,7 @@ a string from a payload to a path.
 - queue entry names: ``<next_attempt_ms>_<num_failures>_<arrival_ms>_<id>_<domain>``,
   canonical (formatting the parsed name gives it back), one path component;
 - queue identities (owners): ``[A-Za-z0-9][A-Za-z0-9._-]{0,99}``;
+- domains, as an entry name ends (a file under ``sites/``), and site keys (16 hex digits);
 - webhook batch names: ``uuid4().hex``.
 """
 
@@ -26,8 +27,12 @@ class BadName(ValueError):
     """A claim id or entry name that is not one of the queue's own (e.g. from a forged task)."""
 
 
+#: How a bounce claim's id begins.
+BOUNCE_CLAIM = "b-"
 #: A claim directory's name: ``uuid4().hex``, with ``b-`` in front for bounce claims.
 CLAIM_ID = re.compile(r"(?:b-)?[0-9a-f]{32}\Z")
+#: A site key: what the queue manager groups domains by (mailflow/queue/sites.py).
+SITE = re.compile(r"[0-9a-f]{16}\Z")
 
 
 def check_claim(claim: object) -> str:
@@ -40,6 +45,20 @@ def check_name(name: object) -> str:
     if not isinstance(name, str) or EntryName.parse(name) is None:
         raise BadName(f"not a queue entry name: {name!r}")
     return name
+
+
+def check_domain(domain: object) -> str:
+    """A domain as it ends a queue entry name: one path component, never hidden."""
+    if (not isinstance(domain, str) or not domain or domain.startswith(".") or "/" in domain
+            or "\0" in domain):
+        raise BadName(f"not a domain of a queue entry: {domain!r}")
+    return domain
+
+
+def check_site(site: object) -> str:
+    if not isinstance(site, str) or not SITE.match(site):
+        raise BadName(f"not a site key: {site!r}")
+    return site
 
 
 @dataclass(frozen=True, order=True)

@@ -3,7 +3,8 @@
 One definition each, with its JSON form:
 
 - :class:`Batch` -- due entries of one claim, from the queue manager to
-  ``mailflow.lookup_mx`` (or, for failed/ entries, ``mailflow.bounce``);
+  ``mailflow.lookup_mx`` (or, for failed/ entries, ``mailflow.bounce``): the
+  entries of one domain, or of several domains known to share one *site* (MX set);
 - :class:`Route` -- the entries of a batch that go the same way (one MX list,
   one source address and EHLO name), from ``lookup_mx`` to
   ``acquire_connection`` to ``transmit``;
@@ -31,7 +32,7 @@ from typing import Any
 
 from mailflow.errors import NothingToDo, Reply
 from mailflow.wire.mx import MX, mx_from_fields
-from mailflow.wire.names import IDENTITY, BadName, EntryName, check_claim
+from mailflow.wire.names import BOUNCE_CLAIM, IDENTITY, BadName, EntryName, check_claim, check_site
 from mailflow.wire.seal import seal, unseal
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,16 @@ TASK_NAMES = (LOOKUP_MX, ACQUIRE_CONNECTION, TRANSMIT, BOUNCE, FLUSH_QUEUE, RECO
 class Batch:
     """Entries of one claim in the queue ``owner`` (its identity).
 
-    ``domain`` is None for a bounce batch (failed/ entries).
+    ``domain``: the one domain of its entries; None for a bounce batch (failed/ entries)
+    and for a *site* batch, whose entries are for several domains last seen to share one
+    MX set (``site``, mailflow/queue/sites.py).
     """
 
     owner: str
     claim: str
     names: tuple[str, ...]
     domain: str | None = None
+    site: str | None = None
 
     def part(self, names: list[str] | tuple[str, ...]) -> Batch:
         """The same claim, fewer entries."""
@@ -71,6 +75,8 @@ class Batch:
         data: dict[str, Any] = {"owner": self.owner, "claim": self.claim, "names": list(self.names)}
         if self.domain is not None:
             data["domain"] = self.domain
+        if self.site is not None:
+            data["site"] = self.site
         return data
 
     @classmethod
@@ -88,13 +94,18 @@ class Batch:
         domain = data.get("domain")
         if domain is not None and not isinstance(domain, str):
             raise BadName(f"domain {domain!r} is not text")
+        site = data.get("site")
+        if site is not None:
+            check_site(site)
+            if domain is not None or claim.startswith(BOUNCE_CLAIM):
+                raise BadName("a site batch is a delivery batch of several domains")
         for name in names:
             parsed = EntryName.parse(name) if isinstance(name, str) else None
             if parsed is None:
                 raise BadName(f"not a queue entry name: {name!r}")
             if domain is not None and parsed.domain != domain:
                 raise BadName(f"{name!r} is not an entry for {domain!r}")
-        return cls(owner=owner, claim=claim, names=tuple(names), domain=domain)
+        return cls(owner=owner, claim=claim, names=tuple(names), domain=domain, site=site)
 
 
 @dataclass(frozen=True)
@@ -115,8 +126,13 @@ class Route:
 
     @property
     def domain(self) -> str:
-        assert self.batch.domain is not None, "a route is always for one domain"
-        return self.batch.domain
+        """The route's domain; for a site's route, its first entry's (the others share its
+        MX set and have no TLS policy or shaping rule of their own: mailflow/pipeline/lookup.py)."""
+        if self.batch.domain is not None:
+            return self.batch.domain
+        parsed = EntryName.parse(self.batch.names[0])
+        assert parsed is not None
+        return parsed.domain
 
     def waiting_since(self, since: float) -> Route:
         return dataclasses.replace(self, slot_wait_since=since)
@@ -137,8 +153,10 @@ class Route:
     @classmethod
     def from_json(cls, data: Any, config_dir: Path) -> Route:
         batch = Batch.from_json(data)
-        if batch.domain is None:
-            raise BadName("a route names its domain")
+        if batch.domain is None and batch.site is None:
+            raise BadName("a route names its domain or its site")
+        if not batch.names:
+            raise BadName("a route has entries")
         mxs = data.get("mx")
         if not isinstance(mxs, list) or not mxs:
             raise BadName("the route has no MX list")

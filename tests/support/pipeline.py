@@ -232,14 +232,16 @@ def module_env(name: str, broker: str | None = None, plugin: str = PLUGIN, *,
     return env
 
 
-def write_due(pending: Path, count: int, domain: str, notes: dict[str, Any], *, after_ms: int = 0) -> None:
-    """``count`` one-recipient entries, due in ``after_ms``, written as the queue writes them
-    (a temp name, then a rename) but without an fsync each: the test is about what comes
-    after.  Due a little later, they are all there when the queue manager claims them."""
+def write_due(pending: Path, count: int, domain: str, notes: dict[str, Any], *, after_ms: int = 0,
+              now: int | None = None) -> None:
+    """``count`` one-recipient entries, due ``after_ms`` after ``now`` (by default, the time
+    of the call), written as the queue writes them (a temp name, then a rename) but without
+    an fsync each: the test is about what comes after.  Due a little later, they are all
+    there when the queue manager claims them."""
     Spool(pending.parent).ensure()  # a worker host until its queue appears (mailflow/runtime/worker.py)
     sender = parse_address("a@sender.test")
     body = b"Subject: many\r\n\r\nx\r\n"
-    now = now_ms()
+    now = now_ms() if now is None else now
     for n in range(count):
         todo = ToDo(uuid=f"many{n:06d}.1", queue_time=now, domain=domain, mail_from=sender,
                     rcpt_to=[parse_address(f"u{n}@{domain}")], notes=notes)

@@ -15,10 +15,13 @@ from mailflow.wire.names import (
     BadName,
     EntryName,
     check_claim,
+    check_domain,
     check_identity,
     check_name,
+    check_site,
     check_webhook_batch,
 )
+from mailflow.wire.payloads import Batch, Route
 
 HOSTILE = ["/etc", "/tmp/x", "..", "../x", "../../victim", "a/b", "x\0y", "", " ", "\n",
            "0" * 31, "0" * 33, "g" * 32, "A" * 32, 7, None, ["0" * 32], {"x": 1}, "b-" + "0" * 31]
@@ -81,3 +84,43 @@ def test_the_webhook_sender_takes_a_batch_name_never_a_path(tmp_path: Path):
     assert sorted(os.walk(victim)) == before
     assert (victim / "sub" / "f").read_text() == "keep"
     assert not (tmp_path / "queue").exists()
+
+
+@pytest.mark.parametrize("value", HOSTILE + ["0123456789ABCDEF", "0123456789abcde", "0123456789abcdef0"])
+def test_hostile_values_are_no_site(value):
+    with pytest.raises(BadName):
+        check_site(value)
+
+
+@pytest.mark.parametrize("value", ["/etc", "..", "../x", ".hidden", "a/b", "x\0y", "", 7, None])
+def test_hostile_values_are_no_domain_to_name_a_file(value):
+    with pytest.raises(BadName):
+        check_domain(value)
+
+
+SITE_BATCH = {"owner": "q1", "claim": "0" * 32, "site": "0123456789abcdef",
+              "names": ["1700000000000_0_1700000000000_m1.1_a.example",
+                        "1700000000000_0_1700000000000_m2.1_b.example"]}
+
+
+def test_a_site_batch_names_entries_of_several_domains():
+    batch = Batch.from_json(SITE_BATCH)
+    assert (batch.site, batch.domain) == ("0123456789abcdef", None)
+    assert Batch.from_json(batch.to_json()) == batch
+    route = Route.from_json({**SITE_BATCH, "mx": [{"exchange": "mx.example"}]}, Path("/nonexistent"))
+    assert route.domain == "a.example"  # its first entry's: logs and the pool name it so
+
+
+@pytest.mark.parametrize("change", [
+    {"site": "../../etc"}, {"site": 5}, {"domain": "a.example"},  # a site batch has no one domain
+    {"claim": "b-" + "0" * 32},  # a bounce claim is never a site's
+])
+def test_a_site_batch_that_is_not_one_is_refused(change):
+    with pytest.raises(BadName):
+        Batch.from_json({**SITE_BATCH, **change})
+
+
+def test_a_route_names_its_domain_or_its_site():
+    data = {k: v for k, v in SITE_BATCH.items() if k != "site"}
+    with pytest.raises(BadName, match="domain or its site"):
+        Route.from_json({**data, "mx": [{"exchange": "mx.example"}]}, Path("/nonexistent"))

@@ -338,3 +338,32 @@ def test_the_window_is_counted_without_listing_every_claim_at_every_scan(tmp_pat
     assert flight.entries == Counter() and flight.bytes == Counter()
     assert manager.scan() == 1  # b.example's; its claim recorded with its bytes, not listed
     assert manager.in_flight.entries == Counter({"b.example": 1}) and manager.in_flight.bytes["b.example"] > 0
+
+
+def test_domains_known_to_share_a_site_are_claimed_as_one_destination(tmp_path, monkeypatch):
+    """The lookups wrote down that three domains share one MX set: their entries are claimed
+    together, oldest first, in batches of several domains (one lookup, one connection),
+    taking turns with the other destinations as one; a domain with no site goes alone."""
+    monkeypatch.setattr(qmgr, "BATCH_MAX", 4)
+    cfg = load_cfg(tmp_path)
+    _queue(cfg, ["a1@a.example", "b1@b.example", "x1@alone.example", "c1@c.example", "a2@a.example"])
+    manager = qmgr.QueueManager(cfg, publish=(publish := Recorder()))
+    for domain in ("a.example", "b.example", "c.example"):
+        manager.sites.learn(domain, "0123456789abcdef")
+    manager.sites.learn("alone.example", None)  # needs of its own
+    assert manager.scan() == 5
+    first, second = publish.batches
+    assert (first.site, first.domain) == ("0123456789abcdef", None)
+    assert [n.rsplit("_", 1)[1] for n in first.names] == ["a.example", "b.example", "c.example",
+                                                         "a.example"]
+    assert (second.site, second.domain, len(second.names)) == (None, "alone.example", 1)
+
+
+def test_a_site_batch_of_one_domain_is_that_domain_s_batch(tmp_path):
+    cfg = load_cfg(tmp_path)
+    _queue(cfg, ["a1@a.example", "a2@a.example"])
+    manager = qmgr.QueueManager(cfg, publish=(publish := Recorder()))
+    manager.sites.learn("a.example", "0123456789abcdef")
+    assert manager.scan() == 2
+    [batch] = publish.batches
+    assert (batch.domain, batch.site) == ("a.example", None)

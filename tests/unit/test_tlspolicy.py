@@ -9,7 +9,7 @@ import pytest
 from mailflow.config.settings import Outbound, Tls
 from mailflow.relay.mx import MX, Target
 from mailflow.relay.tlsneed import tls_need
-from mailflow.relay.tlspolicy import client_context, forced, no_tls
+from mailflow.relay.tlspolicy import client_context, forced, names_domain, no_tls
 
 
 @pytest.mark.parametrize("pattern,ip,mx,domain,hit", [
@@ -26,6 +26,18 @@ def test_host_patterns(pattern, ip, mx, domain, hit):
     policy = Tls(force_tls_hosts=(pattern,), no_tls_hosts=(pattern,))
     assert forced(policy, ip, mx, domain) is hit
     assert no_tls(policy, ip, mx, domain) is hit
+
+
+@pytest.mark.parametrize("patterns,domain,named", [
+    (("example.net",), "example.net", True),
+    (("net",), "example.net", True),  # a parent of the domain
+    (("192.0.2.0/24", "mx.example"), "example.net", False),  # addresses and MX names do not
+    ((), "example.net", False),
+])
+def test_a_domain_named_by_tls_ini_needs_what_others_on_its_mx_hosts_may_not(patterns, domain, named):
+    """Such a domain's mail never shares a route with other domains' (mailflow/pipeline/lookup.py)."""
+    assert names_domain(Tls(force_tls_hosts=patterns), domain) is named
+    assert names_domain(Tls(no_tls_hosts=patterns), domain) is named
 
 
 def target(exchange: str = "mx.example") -> Target:

@@ -1,0 +1,124 @@
+"""Sites: domains that share one MX set, so that their mail shares batches and connections.
+
+Google Workspace and Microsoft 365 host millions of domains behind the same MX
+hosts; a long tail of their domains, one or two messages each, would otherwise
+cost a batch each -- a claim, three tasks, an MX lookup and often a connection.
+KumoMTA calls grouping them "MX rollup"; here the queue manager claims the due
+entries of a site's domains together (mailflow/queue/manager.py), and the MX
+lookup step, which resolves every domain anyway, routes those that still share
+the MX set, and have no TLS policy or shaping rule of their own, together
+(mailflow/pipeline/lookup.py).
+
+The lookup step learns which site a domain belongs to and writes it down in
+``<queue>/sites/<domain>`` (the queue directory is the contract between the
+steps); the queue manager reads it back, for ``SITE_TTL`` after it was
+written.  A site is only a hint for claiming: the lookup decides the routes from
+each domain's own answer every time, so a stale site costs a batch split in
+two, never a message sent the wrong way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from mailflow.queue.entry import check_domain
+from mailflow.wire.mx import MX
+
+log = logging.getLogger(__name__)
+
+#: The directory under the queue root.
+SITES = "sites"
+#: How long a learned site holds (s): long enough for a steady tail of domains to keep
+#: its grouping, short enough that a domain that moved is soon claimed alone again.
+SITE_TTL = 600.0
+#: How long the reader takes a domain with no site for one (s): a lookup may write it.
+UNKNOWN_FOR = 5.0
+#: A site written less than this long ago is not written again (s): the next lookups of a
+#: busy domain cost a read, not a write.
+REWRITE_AFTER = SITE_TTL / 2
+
+
+def site_key(mxs: Iterable[MX]) -> str:
+    """What domains with the same MX hosts have in common, whatever the order DNS gave them
+    in (equal preferences are shuffled) -- 16 hex digits."""
+    hosts = sorted({(mx.exchange.lower(), mx.priority, mx.port or 0) for mx in mxs})
+    return hashlib.sha256(repr(hosts).encode()).hexdigest()[:16]
+
+
+class Sites:
+    """The site of each domain, as the lookups last found it, with a cache for the reader."""
+
+    def __init__(self, root: Path | str, ttl: float = SITE_TTL):
+        self.directory = Path(root) / SITES
+        self.ttl = ttl
+        #: domain -> (site or None, until when it holds, monotonic)
+        self._cache: dict[str, tuple[str | None, float]] = {}
+
+    def _path(self, domain: str) -> Path:
+        return self.directory / check_domain(domain)
+
+    def fresh(self, domain: str) -> bool:
+        """Whether ``domain``'s site was written lately (not to be worked out again yet)."""
+        try:
+            return time.time() - self._path(domain).stat().st_mtime < REWRITE_AFTER
+        except OSError:
+            return False
+
+    def learn(self, domain: str, site: str | None) -> None:
+        """Write ``domain``'s site (None: it travels alone) unless it was written lately.
+
+        Only a hint: a site that cannot be written (a full disk) is said and passed over,
+        never a reason for the batch that learned it to stop."""
+        path = self._path(domain)
+        try:
+            if time.time() - path.stat().st_mtime < REWRITE_AFTER and path.read_text() == (site or ""):
+                return
+        except (OSError, UnicodeDecodeError):
+            pass
+        # several lookups (threads of one process among them) may learn the same domain at once
+        tmp = self.directory / f".{uuid.uuid4().hex}"
+        try:
+            self.directory.mkdir(mode=0o750, exist_ok=True)
+            tmp.write_text(site or "")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not write down the site of %s (%s): its mail is claimed alone", domain, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def of(self, domain: str) -> str | None:
+        """The site ``domain`` was last found to share, if that was within the TTL."""
+        now = time.monotonic()
+        cached = self._cache.get(domain)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        site: str | None = None
+        until = now + min(self.ttl, UNKNOWN_FOR)  # unknown: looked at again soon
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+            path = self._path(domain)
+            age = time.time() - path.stat().st_mtime
+            if age < self.ttl:
+                site = path.read_text() or None
+                until = now + self.ttl - age
+        if len(self._cache) > 100_000:  # a long tail of domains is no leak
+            self._cache = {d: c for d, c in self._cache.items() if c[1] > now}
+        self._cache[domain] = (site, until)
+        return site
+
+    def expire(self) -> int:
+        """Remove what is past its TTL (the queue manager, now and then); how many went."""
+        gone = 0
+        with contextlib.suppress(OSError):
+            for item in os.scandir(self.directory):
+                with contextlib.suppress(OSError):
+                    if time.time() - item.stat().st_mtime >= self.ttl:
+                        os.unlink(item.path)
+                        gone += 1
+        return gone

@@ -1,0 +1,91 @@
+"""What the lookups learn of sites, and how the queue manager reads it back."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from mailflow.queue import sites as sitesmod
+from mailflow.queue.entry import BadName
+from mailflow.queue.sites import Sites, site_key
+from mailflow.wire.mx import MX
+
+
+def test_the_site_key_is_the_mx_set_whatever_the_order():
+    a, b = MX("a.mx.example", 10), MX("b.mx.example", 10)
+    assert site_key([a, b]) == site_key([b, a]) == site_key([MX("A.MX.example", 10), b])
+    assert site_key([a, b]) != site_key([a]) != site_key([MX("a.mx.example", 20)])
+    assert len(site_key([a])) == 16
+
+
+def test_learned_sites_are_read_back_until_they_expire(tmp_path):
+    writer, reader = Sites(tmp_path), Sites(tmp_path)
+    assert reader.of("a.example") is None
+    writer.learn("a.example", "0123456789abcdef")
+    writer.learn("alone.example", None)
+    assert Sites(tmp_path).of("a.example") == "0123456789abcdef"
+    assert Sites(tmp_path).of("alone.example") is None
+    assert writer.fresh("a.example") and not writer.fresh("b.example")
+    old = time.time() - sitesmod.SITE_TTL - 1
+    os.utime(tmp_path / "sites" / "a.example", (old, old))
+    assert Sites(tmp_path).of("a.example") is None  # past its TTL: claimed alone again
+    assert Sites(tmp_path).expire() == 1
+    assert not (tmp_path / "sites" / "a.example").exists()
+
+
+def test_an_unknown_domain_is_looked_at_again_after_a_while(tmp_path, monkeypatch):
+    reader = Sites(tmp_path)
+    assert reader.of("a.example") is None
+    Sites(tmp_path).learn("a.example", "0123456789abcdef")
+    assert reader.of("a.example") is None  # cached for UNKNOWN_FOR
+    clock = time.monotonic() + sitesmod.UNKNOWN_FOR + 1
+    monkeypatch.setattr(sitesmod.time, "monotonic", lambda: clock)
+    assert reader.of("a.example") == "0123456789abcdef"
+
+
+def test_a_site_written_lately_is_not_written_again(tmp_path):
+    sites = Sites(tmp_path)
+    sites.learn("a.example", "0123456789abcdef")
+    path = tmp_path / "sites" / "a.example"
+    os.utime(path, (1, time.time() - 10))
+    before = path.stat().st_mtime
+    sites.learn("a.example", "0123456789abcdef")
+    assert path.stat().st_mtime == before
+    sites.learn("a.example", None)  # changed: written at once
+    assert path.read_text() == ""
+
+
+@pytest.mark.parametrize("domain", ["../x", ".hidden", "", "a/b", "a\0b"])
+def test_a_domain_that_is_no_file_name_is_refused(tmp_path, domain):
+    with pytest.raises(BadName):
+        Sites(tmp_path).learn(domain, None)
+
+
+def test_many_threads_learning_one_domain_at_once_all_succeed(tmp_path):
+    """Lookups run in threads of one process: each writes a temp file of its own."""
+    errors = []
+
+    def learn():
+        try:
+            for _ in range(50):
+                Sites(tmp_path).learn("a.example", "0123456789abcdef")
+                Sites(tmp_path).learn("a.example", None)
+        except Exception as exc:  # pragma: no cover - what the test looks for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=learn) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [p.name for p in (tmp_path / "sites").iterdir()] == ["a.example"]
+
+
+def test_a_site_that_cannot_be_written_is_said_and_passed_over(tmp_path, caplog):
+    (tmp_path / "sites").write_text("not a directory")
+    Sites(tmp_path).learn("a.example", "0123456789abcdef")
+    assert "could not write down the site of a.example" in caplog.text
