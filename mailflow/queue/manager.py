@@ -42,7 +42,7 @@ from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
 from mailflow.queue.inflight import InFlight
-from mailflow.queue.sites import Sites
+from mailflow.queue.sites import Sites, hosts_key
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.runtime.application import app
 from mailflow.wire.lease import LEASE_SECONDS
@@ -397,8 +397,17 @@ class QueueManager:
         return claimed
 
     def _destination(self, domain: str) -> str:
-        site = self.sites.of(domain)
-        return SITE_PREFIX + site if site is not None else domain
+        site = self.sites.of(domain, self._routed)
+        return SITE_PREFIX + site if site else domain
+
+    def _routed(self, domain: str) -> str | None:
+        """The site of a domain that routes.ini or relay_host sends to fixed hosts: known
+        before any lookup (a smarthost's mail is one site from the first message)."""
+        route = self.cfg.route_for(domain)
+        if route is None:
+            return None
+        port = self.cfg.outbound.mx_port
+        return hosts_key((host, n, p or port) for n, (host, p) in enumerate(route.via))
 
     def _by_site(self, due: dict[str, list[EntryName]]) -> dict[str, list[EntryName]]:
         """Due entries by destination: the domains of one site together, oldest first."""

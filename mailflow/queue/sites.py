@@ -25,7 +25,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mailflow.queue.entry import check_domain
@@ -48,8 +48,22 @@ REWRITE_AFTER = SITE_TTL / 2
 def site_key(mxs: Iterable[MX]) -> str:
     """What domains with the same MX hosts have in common, whatever the order DNS gave them
     in (equal preferences are shuffled) -- 16 hex digits."""
-    hosts = sorted({(mx.exchange.lower(), mx.priority, mx.port or 0) for mx in mxs})
-    return hashlib.sha256(repr(hosts).encode()).hexdigest()[:16]
+    return hosts_key((mx.exchange, mx.priority, mx.port) for mx in mxs)
+
+
+def hosts_key(hosts: Iterable[tuple[str, int, int | None]]) -> str:
+    """The site key of (host, preference, port) triples."""
+    found = sorted({(host.lower(), priority, port or 0) for host, priority, port in hosts})
+    return hashlib.sha256(repr(found).encode()).hexdigest()[:16]
+
+
+#: Where a domain's site comes from when no lookup has written it down: routes.ini and
+#: relay_host name the next hop before any lookup (None: not known until one).
+Configured = Callable[[str], str | None]
+
+
+def _unknown(domain: str) -> str | None:
+    return None
 
 
 class Sites:
@@ -93,8 +107,9 @@ class Sites:
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
-    def of(self, domain: str) -> str | None:
-        """The site ``domain`` was last found to share, if that was within the TTL."""
+    def of(self, domain: str, configured: Configured = _unknown) -> str | None:
+        """The site ``domain`` was last found to share, if that was within the TTL: a site
+        key, or "" when it travels alone; else what ``configured`` says; else None."""
         now = time.monotonic()
         cached = self._cache.get(domain)
         if cached is not None and cached[1] > now:
@@ -105,8 +120,10 @@ class Sites:
             path = self._path(domain)
             age = time.time() - path.stat().st_mtime
             if age < self.ttl:
-                site = path.read_text() or None
+                site = path.read_text()
                 until = now + self.ttl - age
+        if site is None:
+            site = configured(domain)
         if len(self._cache) > 100_000:  # a long tail of domains is no leak
             self._cache = {d: c for d, c in self._cache.items() if c[1] > now}
         self._cache[domain] = (site, until)

@@ -367,3 +367,20 @@ def test_a_site_batch_of_one_domain_is_that_domain_s_batch(tmp_path):
     assert manager.scan() == 2
     [batch] = publish.batches
     assert (batch.domain, batch.site) == ("a.example", None)
+
+
+def test_domains_routes_ini_sends_to_one_host_are_one_site_from_their_first_message(tmp_path):
+    """No lookup has run yet: routes.ini (or relay_host) already says where they go.  What a
+    lookup wrote down wins: a domain it found needs to travel alone does."""
+    cfg = load_cfg(tmp_path)
+    (tmp_path / "routes.ini").write_text("[.hosted.example]\nvia = [192.0.2.1]:2525\n\n"
+                                         "[elsewhere.example]\nvia = [192.0.2.9]:2525\n")
+    cfg = configmod.load(tmp_path)
+    _queue(cfg, ["a@a.hosted.example", "b@b.hosted.example", "c@c.hosted.example",
+                 "d@elsewhere.example", "e@dns.example"])
+    manager = qmgr.QueueManager(cfg, publish=(publish := Recorder()))
+    manager.sites.learn("c.hosted.example", None)  # a lookup found it needs what others may not
+    assert manager.scan() == 5
+    shapes = sorted((b.site is not None, b.domain, len(b.names)) for b in publish.batches)
+    assert shapes == [(False, "c.hosted.example", 1), (False, "dns.example", 1),
+                      (False, "elsewhere.example", 1), (True, None, 2)]
