@@ -23,6 +23,7 @@ from mailflow.queue import countdowns
 from mailflow.queue.claims import give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_all, fail_each, record
+from mailflow.queue.sites import site_key
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.client import EndOfDataTimeout, NextAddress, Session
 from mailflow.relay.pool import POOL, NoSlot
@@ -42,7 +43,8 @@ KNOWN_SLOW_FOR = 300.0
 #: connection or a batch at a time; a look that finds none costs a thread each).
 LANES_PER_LOOK = 4
 
-#: Destinations found slow in this worker, and until when (monotonic seconds).
+#: Receivers (by their MX set: mailflow/queue/sites.py) found slow in this worker, and until
+#: when (monotonic seconds): every domain they host is as slow.
 _KNOWN_SLOW: dict[str, float] = {}
 #: Past this many, the expired ones are forgotten (a long tail of domains is no leak).
 KNOWN_SLOW_KEPT = 10_000
@@ -200,6 +202,8 @@ class Courier:
         #: the receiver takes SLOW_MESSAGE or more per message: lanes are looked for
         self._slow = False
         self.shaping = RouteShaping(cfg, route.domain)
+        #: the MX hosts' key, which slowness is remembered under
+        self.receiver = site_key(route.mx)
 
     @property
     def session(self) -> Session | None:
@@ -211,7 +215,7 @@ class Courier:
     def run(self) -> None:
         self._todo = deque(self.ledger.items())
         self._started = time.monotonic()
-        if _KNOWN_SLOW.get(self.route.domain, 0.0) > self._started and len(self._todo) > 1:
+        if _KNOWN_SLOW.get(self.receiver, 0.0) > self._started and len(self._todo) > 1:
             self._found_slow()  # the first message's lane is not the only one for long
         try:
             while True:
@@ -332,7 +336,7 @@ class Courier:
     def _found_slow(self) -> None:
         """A slow receiver: share the rest of the batch, and remember it for the next."""
         self._slow = True
-        _remember_slow(self.route.domain, time.monotonic())
+        _remember_slow(self.receiver, time.monotonic())
         wanted = self._spread()
         if wanted:
             log.info("slow receiver for %s: %d more messages shared over up to as many more "
