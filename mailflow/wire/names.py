@@ -35,10 +35,15 @@ CLAIM_ID = re.compile(r"(?:b-)?[0-9a-f]{32}\Z")
 SITE = re.compile(r"[0-9a-f]{16}\Z")
 
 
+def _checked(pattern: re.Pattern[str], value: object, what: str) -> str:
+    """``value`` when it is text that ``pattern`` matches; BadName naming ``what`` otherwise."""
+    if not isinstance(value, str) or not pattern.match(value):
+        raise BadName(f"not {what}: {value!r}")
+    return value
+
+
 def check_claim(claim: object) -> str:
-    if not isinstance(claim, str) or not CLAIM_ID.match(claim):
-        raise BadName(f"not a claim id: {claim!r}")
-    return claim
+    return _checked(CLAIM_ID, claim, "a claim id")
 
 
 def check_name(name: object) -> str:
@@ -56,9 +61,7 @@ def check_domain(domain: object) -> str:
 
 
 def check_site(site: object) -> str:
-    if not isinstance(site, str) or not SITE.match(site):
-        raise BadName(f"not a site key: {site!r}")
-    return site
+    return _checked(SITE, site, "a site key")
 
 
 @dataclass(frozen=True, order=True)
@@ -113,12 +116,8 @@ WEBHOOK_BATCH = re.compile(r"[0-9a-f]{32}\Z")
 
 
 def check_identity(owner: object) -> str:
-    if not isinstance(owner, str) or not IDENTITY.match(owner):
-        raise BadName(f"not a queue identity: {owner!r}")
-    return owner
+    return _checked(IDENTITY, owner, "a queue identity")
 
 
 def check_webhook_batch(batch: object) -> str:
-    if not isinstance(batch, str) or not WEBHOOK_BATCH.match(batch):
-        raise BadName(f"not a webhook batch name: {batch!r}")
-    return batch
+    return _checked(WEBHOOK_BATCH, batch, "a webhook batch name")
