@@ -89,3 +89,38 @@ def test_a_site_that_cannot_be_written_is_said_and_passed_over(tmp_path, caplog)
     (tmp_path / "sites").write_text("not a directory")
     Sites(tmp_path).learn("a.example", "0123456789abcdef")
     assert "could not write down the site of a.example" in caplog.text
+
+
+def _cfg(tmp_path):
+    from mailflow import config as configmod
+    (tmp_path / "outbound.ini").write_text(f"queue_dir = {tmp_path / 'queue'}\n")
+    (tmp_path / "me").write_text("mx.sender.example\n")
+    (tmp_path / "tls.ini").write_text("[outbound]\nforce_tls_hosts = forced.example\n")
+    return configmod.load(tmp_path)
+
+
+@pytest.mark.parametrize("policy", ["sts", "dane", "refused", "tls.ini", "tls report"])
+def test_a_domain_with_a_tls_policy_of_its_own_never_shares_a_site(tmp_path, monkeypatch, policy):
+    """Its mail must not ride a session opened for another domain's weaker need: MTA-STS
+    enforce, DANE, an MX host DANE refused, tls.ini naming it, a TLS report's exemption."""
+    from mailflow.pipeline import lookup
+    from mailflow.relay.security import RouteSecurity
+
+    cfg = _cfg(tmp_path)
+    mxs = [MX("a.mx.example", 10), MX("b.mx.example", 10)]
+
+    def security(domain, found, tls, settings, **kw):
+        made = RouteSecurity(domain=domain, tls=tls, settings=settings)
+        if policy == "sts":
+            made.sts = object()  # type: ignore[assignment]
+        elif policy == "dane":
+            made.dane["a.mx.example"] = object()  # type: ignore[assignment]
+        elif policy == "refused":
+            made.refused["a.mx.example"] = object()  # type: ignore[assignment]
+        return made
+
+    monkeypatch.setattr(lookup, "for_route", security)
+    domain = "forced.example" if policy == "tls.ini" else "hosted.example"
+    assert lookup._site_of(domain, mxs, policy == "tls report", cfg) is None
+    monkeypatch.setattr(lookup, "for_route", lambda d, f, t, s, **kw: RouteSecurity(d, t, s))
+    assert lookup._site_of("plain.example", mxs, False, cfg) == site_key(mxs)
