@@ -24,11 +24,11 @@ import hashlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mailflow.queue.entry import check_domain
+from mailflow.util.atomic import replace_text
 from mailflow.wire.mx import MX
 
 log = logging.getLogger(__name__)
@@ -96,16 +96,10 @@ class Sites:
                 return
         except (OSError, UnicodeDecodeError):
             pass
-        # several lookups (threads of one process among them) may learn the same domain at once
-        tmp = self.directory / f".{uuid.uuid4().hex}"
-        try:
-            self.directory.mkdir(mode=0o750, exist_ok=True)
-            tmp.write_text(site or "")
-            os.replace(tmp, path)
+        try:  # several lookups, threads of one process among them, may learn it at once
+            replace_text(path, site or "")
         except OSError as exc:
             log.warning("could not write down the site of %s (%s): its mail is claimed alone", domain, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def of(self, domain: str, configured: Configured = _unknown) -> str | None:
         """The site ``domain`` was last found to share, if that was within the TTL: a site
