@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 SLOT_WAIT = 120.0
 #: Parked sessions not collected within this long are closed (their transmit task was lost).
 TICKET_TTL = 600.0
+#: A session holding a shaping lease stays idle at most this long (s), its place kept, for
+#: the destination's next batch (Postfix's smtp_connection_cache_time_limit is 2 s too):
+#: mail that arrives while a rule's one connection is busy goes over it, not a new one.
+LEASED_IDLE = 2.0
 #: A waiter is woken at least this often, so that its task renews its claim's lease
 #: and gives up after SLOT_WAIT even when no slot frees.
 WAITER_RECHECK = 20.0
@@ -141,7 +145,7 @@ class Pool:
     def _drop_idle(self, session: Session) -> None:
         self._idle[self._idle_key(session)].remove(session)
         self._unreserve(session.key.ip)
-        threading.Thread(target=session.close, daemon=True).start()
+        threading.Thread(target=_let_go, args=(session,), kwargs={"quit": True}, daemon=True).start()
 
     @staticmethod
     def _idle_key(session: Session) -> tuple:
@@ -223,46 +227,64 @@ class Pool:
                     or password != target.mx.auth_pass:
                 continue
             for session in reversed(sessions):
-                if not session.meets(need):
+                if not session.meets(need) or session.lease is not None:  # see take_leased
                     continue
                 sessions.remove(session)
                 if session.alive():
                     session.target = target
                     return session
                 self._unreserve(session.key.ip)
-                session.close(quit=False)
+                _let_go(session, quit=False)
                 return self._take_idle_locked(target, helo, bind, need)
+        return None
+
+    def take_leased(self, targets: list[Target], *, helo: str, bind: str | None,
+                    need_for: Callable[[Target], TlsNeed], rules: list[str]) -> Session | None:
+        """An idle session that holds a shaping lease under exactly ``rules`` (names), for
+        the next batch of its destination: its place goes with it.  Only a route that would
+        lease under the same rules may have it, so no rule's count is ever skipped."""
+        with self._cond:
+            for target in targets:
+                need = need_for(target)
+                for (key, password), sessions in self._idle.items():
+                    if (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) != (
+                            target.ip, target.port, bind, helo, target.mx.auth_user,
+                            target.mx.using_lmtp) or password != target.mx.auth_pass:
+                        continue
+                    for session in reversed(sessions):
+                        lease = session.lease
+                        if lease is None or [r.name for r in lease.rules] != rules or not session.meets(need):
+                            continue
+                        sessions.remove(session)
+                        if session.alive():
+                            session.target = target
+                            return session
+                        self._unreserve(session.key.ip)
+                        _let_go(session, quit=False)
+                        return None
         return None
 
     def release(self, session: Session, settings: Outbound, *, reusable: bool = True) -> None:
         """Back to the pool, or QUIT when pooling is off or the session is not fit for reuse.
 
-        A session holding a shaping lease is never kept idle: an idle connection would hold
-        its rule's place from every other host (relay/shaping.py).
+        A session holding a shaping lease is kept idle with it for ``LEASED_IDLE`` at most:
+        longer, an idle connection would hold its rule's place from every other host
+        (relay/shaping.py).
         """
-        if session.lease is not None:
-            session.lease.release()
-            session.lease = None
-            reusable_idle = False
-        else:
-            reusable_idle = True
-        if reusable and reusable_idle and settings.pool_timeout > 0 and session.alive():
+        if reusable and settings.pool_timeout > 0 and session.alive():
             session.last_used = time.monotonic()
             with self._cond:
                 self._idle.setdefault(self._idle_key(session), []).append(session)
                 self._cond.notify_all()
                 self._wake_locked(session.key.ip, idle=True)
             return
-        session.close(quit=reusable)
+        _let_go(session, quit=reusable)
         with self._cond:
             self._unreserve(session.key.ip)
 
     def discard(self, session: Session) -> None:
         """A broken session, or one in an unknown state: close without QUIT and free its slot."""
-        if session.lease is not None:
-            session.lease.release()
-            session.lease = None
-        session.close(quit=False)
+        _let_go(session, quit=False)
         with self._cond:
             self._unreserve(session.key.ip)
 
@@ -377,7 +399,7 @@ class Pool:
             idle = [s for sessions in self._idle.values() for s in sessions]
             self._idle.clear()
         for session in idle:
-            session.close(quit=True)
+            _let_go(session, quit=True)
             with self._cond:
                 self._unreserve(session.key.ip)
         self._stopping.clear()  # usable again: the next acquire starts a thread anew
@@ -389,7 +411,8 @@ class Pool:
         with self._cond:
             for sessions in self._idle.values():
                 for s in list(sessions):
-                    if now - s.last_used >= self._pool_timeout or not s.alive():
+                    keep = min(self._pool_timeout, LEASED_IDLE) if s.lease is not None else self._pool_timeout
+                    if now - s.last_used >= keep or not s.alive():
                         sessions.remove(s)
                         expired.append(s)
             for ticket, (s, at) in list(self._parked.items()):
@@ -397,9 +420,17 @@ class Pool:
                     del self._parked[ticket]
                     expired.append(s)
         for s in expired:
-            s.close(quit=True)
+            _let_go(s, quit=True)
             with self._cond:
                 self._unreserve(s.key.ip)
+
+
+def _let_go(session: Session, *, quit: bool) -> None:
+    """Close ``session`` and give up its shaping place, if it holds one."""
+    if session.lease is not None:
+        session.lease.release()
+        session.lease = None
+    session.close(quit=quit)
 
 
 #: The pool of this process.

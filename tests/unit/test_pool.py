@@ -134,3 +134,51 @@ def test_freed_slots_go_to_the_waiting_domains_in_turn(server):
         held = acquire(pool, server)
     pool.discard(held)
     assert woken == ["big-1", "small-1", "big-2", "big-3"]
+
+
+class _Rule:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _Lease:
+    """A shaping place (mailflow/relay/shaping.py Lease) as the pool sees one."""
+
+    def __init__(self, *names: str):
+        self.rules = [_Rule(n) for n in names]
+        self.released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def test_a_leased_session_waits_idle_for_its_own_rules_only_and_briefly(server, monkeypatch):
+    """Mail for a destination under max_connections, arriving while its one connection is
+    busy, goes over that connection next, its place kept (LEASED_IDLE); a route under other
+    rules, or none, never gets it (that rule's count would be skipped); past LEASED_IDLE the
+    reaper closes it and gives the place up."""
+    from mailflow.relay import pool as poolmod
+    settings = replace(OUT, pool_concurrency_max=3)
+    pool = Pool()
+    first = acquire(pool, server, settings)
+    lease = _Lease("domain:fill.test")
+    first.lease = lease
+    pool.release(first, settings)
+    assert lease.released == 0  # kept idle, with its place
+
+    def leased(*names):
+        return pool.take_leased([target(server)], helo="test.example", bind=None,
+                                need_for=lambda t: TlsNeed(want=False, must=False, verify=False, name="x"),
+                                rules=list(names))
+
+    assert leased("domain:other.test") is None
+    other = acquire(pool, server, settings)  # a route without rules: a connection of its own
+    assert other is not first
+    pool.discard(other)
+    assert leased("domain:fill.test") is first
+    pool.release(first, settings)
+    monkeypatch.setattr(poolmod, "LEASED_IDLE", 0.0)
+    pool.reap()
+    assert lease.released == 1 and first.lease is None
+    assert leased("domain:fill.test") is None
+    pool.stop()
