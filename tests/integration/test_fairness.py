@@ -27,9 +27,8 @@ def env(tmp_path) -> Iterator[Env]:
 def mx_redis(tmp_path):
     """An instance on Redis (shaping's shared store) whose fill.test allows one connection,
     and the receiver, which holds each final reply a little (the connection is busy)."""
-    e, inst = make_env(tmp_path / "fill", brokers.url_for("redis"))
-    inst.write_config("shaping.ini", "[domain:fill.test]\nmax_connections = 1\n")
-    e.configure()
+    e, inst = make_env(tmp_path / "fill", brokers.url_for("redis"),
+                       files={"shaping.ini": "[domain:fill.test]\nmax_connections = 1\n"})
     server = MXServer("127.0.0.2", PORT, delay={"DOT": 0.05}).start()
     yield e, server
     server.stop()
@@ -67,3 +66,22 @@ def test_mail_arriving_one_by_one_for_a_busy_destination_fills_the_next_connecti
         env.wait(lambda u=uuid: not env.due(u))
     server.wait_for(100, timeout=120)
     assert len(server.sessions) <= 10  # a few, not 100
+
+
+def test_a_fresh_message_goes_out_while_a_5000_message_backlog_drains_at_a_throttled_rate(tmp_path, mx):
+    """The backlog's domain may send 60 messages a minute (shaping.ini, on Redis): it drains
+    slowly and stays due. A message for another domain, queued once the backlog is going
+    out, is delivered while nearly all of the backlog still waits."""
+    env, inst = make_env(tmp_path / "throttled", brokers.url_for("redis"),
+                         files={"shaping.ini": "[domain:backlog.test]\nmessages_per_minute = 60\n"})
+    try:
+        slow, quiet = mx("127.0.0.2"), mx("127.0.0.3")
+        write_due(inst.queue_dir / "pending", 5000, "backlog.test", {"mx": f"127.0.0.2:{PORT}"})
+        env.wait(lambda: slow.deliveries, 60)  # the backlog is draining
+        env.send("fresh@quiet.test", notes={"mx": f"127.0.0.3:{PORT}"})
+        [delivery] = env.wait(lambda: quiet.deliveries, 30)
+        assert delivery.rcpt_to == ["fresh@quiet.test"]
+        assert len(slow.deliveries) <= 120  # two minutes' places at most: the rest waits
+    finally:
+        inst.stop_all()
+        env.dns.stop()

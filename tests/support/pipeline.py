@@ -168,9 +168,12 @@ class Env:
 
 
 def make_env(tmp: Path, broker: str | None, plugin: str = PLUGIN, base: dict[str, str] | None = None,
-             worker_name: str = "deliver", **worker: Any) -> tuple[Env, Instance]:
+             worker_name: str = "deliver", files: dict[str, str] | None = None,
+             **worker: Any) -> tuple[Env, Instance]:
+    """``files``: config files the worker starts with (shaping.ini is read only at start)."""
     dns = DNSServer(ZONES).start()
-    inst = Instance(tmp, broker_url=broker, config={"me": "mailflow.test\n", "plugins": "delivery_plugin\n"})
+    inst = Instance(tmp, broker_url=broker, config={"me": "mailflow.test\n", "plugins": "delivery_plugin\n",
+                                                    **(files or {})})
     (inst.config_dir / "delivery_plugin.py").write_text(plugin)
     try:
         env = Env(inst, dns, base)
