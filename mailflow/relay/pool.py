@@ -219,15 +219,18 @@ class Pool:
         fresh.lease = session.lease  # the same slot, the same place under its shaping rules
         return fresh
 
-    def _take_idle_locked(self, target: Target, helo: str, bind: str | None,
-                          need: TlsNeed) -> Session | None:
+    def _take_idle_locked(self, target: Target, helo: str, bind: str | None, need: TlsNeed,
+                          rules: list[str] | None = None) -> Session | None:
+        """An idle session for ``target`` that meets ``need``: one without a shaping lease, or
+        with ``rules`` one leased under exactly those rules (see take_leased)."""
         for (key, password), sessions in self._idle.items():
             if (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) != (
                     target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp)\
                     or password != target.mx.auth_pass:
                 continue
             for session in reversed(sessions):
-                if not session.meets(need) or session.lease is not None:  # see take_leased
+                leased = None if session.lease is None else [r.name for r in session.lease.rules]
+                if not session.meets(need) or leased != rules:
                     continue
                 sessions.remove(session)
                 if session.alive():
@@ -235,7 +238,7 @@ class Pool:
                     return session
                 self._unreserve(session.key.ip)
                 _let_go(session, quit=False)
-                return self._take_idle_locked(target, helo, bind, need)
+                return self._take_idle_locked(target, helo, bind, need, rules)
         return None
 
     def take_leased(self, targets: list[Target], *, helo: str, bind: str | None,
@@ -245,23 +248,9 @@ class Pool:
         lease under the same rules may have it, so no rule's count is ever skipped."""
         with self._cond:
             for target in targets:
-                need = need_for(target)
-                for (key, password), sessions in self._idle.items():
-                    if (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) != (
-                            target.ip, target.port, bind, helo, target.mx.auth_user,
-                            target.mx.using_lmtp) or password != target.mx.auth_pass:
-                        continue
-                    for session in reversed(sessions):
-                        lease = session.lease
-                        if lease is None or [r.name for r in lease.rules] != rules or not session.meets(need):
-                            continue
-                        sessions.remove(session)
-                        if session.alive():
-                            session.target = target
-                            return session
-                        self._unreserve(session.key.ip)
-                        _let_go(session, quit=False)
-                        return None
+                found = self._take_idle_locked(target, helo, bind, need_for(target), rules)
+                if found is not None:
+                    return found
         return None
 
     def release(self, session: Session, settings: Outbound, *, reusable: bool = True) -> None:
