@@ -26,7 +26,7 @@ from mailflow.queue import lending
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, delay_entry, fail_all, guarded
-from mailflow.queue.sites import Sites, site_key
+from mailflow.queue.sites import Sites, site_key, suffix_key
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.answers import mx_from_hook
 from mailflow.relay.mx import MX, query_mx
@@ -138,7 +138,9 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
 def _site_of(domain: str, mxs: list[MX], exempt: bool, cfg: Config) -> str | None:
     """The site ``domain``'s mail may share with other domains': its MX set, unless it needs
     what they may not -- an MTA-STS or DANE policy, a tls.ini rule naming it, a shaping
-    rule of its own, a TLS report's exemption.  None: it travels alone."""
+    rule of its own, a TLS report's exemption.  None: it travels alone.  Where a shaping
+    ``[mx:SUFFIX]`` rule covers all its MX hosts, the rule's site: domains with other MX
+    sets under the same provider are claimed with it (and routed apart, by MX set)."""
     if exempt or domain.startswith("["):
         return None
     if any(rule.kind == "domain" and rule.matches(domain, "", None) for rule in cfg.shaping):
@@ -148,6 +150,9 @@ def _site_of(domain: str, mxs: list[MX], exempt: bool, cfg: Config) -> str | Non
     security = for_route(domain, tuple(mxs), cfg.tls_outbound, cfg.outbound)
     if security.sts is not None or security.dane or security.refused:
         return None
+    for rule in cfg.shaping:  # the operator's word that these hosts are one provider
+        if rule.kind == "mx" and mxs and all(rule.matches(domain, mx.exchange, None) for mx in mxs):
+            return suffix_key(rule.name)
     return site_key(mxs)
 
 

@@ -7,7 +7,9 @@ KumoMTA calls grouping them "MX rollup"; here the queue manager claims the due
 entries of a site's domains together (mailflow/queue/manager.py), and the MX
 lookup step, which resolves every domain anyway, routes those that still share
 the MX set, and have no TLS policy or shaping rule of their own, together
-(mailflow/pipeline/lookup.py).
+(mailflow/pipeline/lookup.py).  Domains whose MX hosts all lie under one shaping
+``[mx:SUFFIX]`` rule are one site whatever their MX sets: claimed together, and
+routed together where their MX sets agree.
 
 The lookup step learns which site a domain belongs to and writes it down in
 ``<queue>/sites/<domain>`` (the queue directory is the contract between the
@@ -55,6 +57,13 @@ def hosts_key(hosts: Iterable[tuple[str, int, int | None]]) -> str:
     """The site key of (host, preference, port) triples."""
     found = sorted({(host.lower(), priority, port or 0) for host, priority, port in hosts})
     return hashlib.sha256(repr(found).encode()).hexdigest()[:16]
+
+
+def suffix_key(rule_name: str) -> str:
+    """The site of every domain whose MX hosts all lie under one shaping ``[mx:SUFFIX]`` rule:
+    the operator has said they are one provider (Gmail's hosts serve domains with
+    different MX sets), so their mail is claimed together and counted against one limit."""
+    return hashlib.sha256(f"rule {rule_name.lower()}".encode()).hexdigest()[:16]
 
 
 #: Where a domain's site comes from when no lookup has written it down: routes.ini and

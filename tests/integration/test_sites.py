@@ -3,12 +3,13 @@
 The first mail to each domain teaches the queue which site it shares (the MX lookup
 writes it down); the next is claimed as one batch of several domains and goes out over
 one session.  A domain with needs of its own (here a tls.ini rule naming it) and a domain
-on other MX hosts go apart."""
+on other MX hosts go apart.  Domains under one shaping ``[mx:SUFFIX]`` rule are one site
+whatever their MX sets."""
 
 from __future__ import annotations
 
 from harness.waiting import until
-from mailflow.queue.sites import UNKNOWN_FOR
+from mailflow.queue.sites import UNKNOWN_FOR, suffix_key
 from mailflow.queue.spool import now_ms
 from tests.support.pipeline import ZONES, module_env, write_due
 
@@ -22,6 +23,16 @@ ZONES_HERE = {
     "other.test": {"MX": [(10, "mx.dest.test")]},
 }
 EVERY = [*SITE_DOMAINS, "alone.test", "other.test"]
+# one provider, two MX sets (as Gmail's domains have): the shaping rule makes them one site
+PROVIDER_A = [f"a{n}.provider.test" for n in range(6)]
+PROVIDER_B = [f"b{n}.provider.test" for n in range(6)]
+ZONES_HERE.update({
+    **{d: {"MX": [(1, "in1.prov.test")]} for d in PROVIDER_A},
+    **{d: {"MX": [(5, "in1.prov.test"), (10, "in2.prov.test")]} for d in PROVIDER_B},
+    "in1.prov.test": {"A": ["127.0.0.2"]},
+    "in2.prov.test": {"A": ["127.0.0.2"]},
+})
+SHAPING = "[mx:.prov.test]\nmax_connections = 50\n"
 
 
 def _setup(env):
@@ -29,18 +40,22 @@ def _setup(env):
     env.inst.write_config("tls.ini", "[outbound]\nno_tls_hosts = alone.test\n")
 
 
-env = module_env("sites", setup=_setup)
+env = module_env("sites", setup=_setup, files={"shaping.ini": SHAPING})
+
+
+def _received(env, task: str) -> int:
+    return sum(1 for line in env.logs().splitlines()
+               if f"Task mailflow.{task}[" in line and line.endswith("received"))
 
 
 def _transmits(env) -> int:
-    return sum(1 for line in env.logs().splitlines()
-               if "Task mailflow.transmit[" in line and line.endswith("received"))
+    return _received(env, "transmit")
 
 
-def _wave(env, after_ms: int) -> None:
-    """One message to every domain, all due at the same moment ``after_ms`` from now."""
+def _wave(env, after_ms: int, domains: list[str] = EVERY) -> None:
+    """One message to each domain, all due at the same moment ``after_ms`` from now."""
     now = now_ms()
-    for domain in EVERY:
+    for domain in domains:
         write_due(env.inst.queue_dir / "pending", 1, domain, {}, after_ms=after_ms, now=now)
 
 
@@ -71,3 +86,23 @@ def test_domains_behind_the_same_mx_hosts_share_one_batch_and_one_session(env, m
     assert len(carried) == 1, carried  # twenty domains, one connection
     # the site's batch, alone.test's and other.test's: three transmits, not twenty-two
     assert _transmits(env) - before == 3
+
+
+def test_domains_under_one_mx_rule_are_one_site_whatever_their_mx_sets(env, mx):
+    server = mx()
+    env.configure(pool_concurrency_max=1)
+    provider = [*PROVIDER_A, *PROVIDER_B]
+    _wave(env, after_ms=0, domains=provider)
+    env.wait(lambda: len(server.deliveries) >= len(provider) and _all_gone(env), timeout=60)
+    learned = env.inst.queue_dir / "sites"
+    until(lambda: all((learned / d).exists() for d in provider), 30)
+    assert {(learned / d).read_text() for d in provider} == {suffix_key("mx:.prov.test")}
+
+    before = {task: _received(env, task) for task in ("lookup_mx", "transmit")}
+    delivered = len(server.deliveries)
+    _wave(env, after_ms=int(UNKNOWN_FOR * 1000) + 1500, domains=provider)
+    env.wait(lambda: len(server.deliveries) >= delivered + len(provider) and _all_gone(env), timeout=60)
+    # one claim and one lookup for the twelve domains (two without the rule: one per MX set);
+    # each MX set still its own route, every message sent to its own domain's hosts
+    assert _received(env, "lookup_mx") - before["lookup_mx"] == 1
+    assert _received(env, "transmit") - before["transmit"] == 2

@@ -198,15 +198,16 @@ def with_listener(env: Env) -> None:
 def module_env(name: str, broker: str | None = None, plugin: str = PLUGIN, *,
                brokers_: list[str] | None = None, setup: Callable[..., None] | None = None,
                needs: tuple[str, ...] = (), base: dict[str, str] | None = None,
-               environ: dict[str, str] | None = None, **worker: Any) -> Any:
+               environ: dict[str, str] | None = None, files: dict[str, str] | None = None,
+               **worker: Any) -> Any:
     """A module's ``env`` fixture: one worker, the test DNS and an instance for the module,
     stopped after it (``env = module_env("routes")`` at the top of a test module).
 
     ``brokers_``: one instance per broker name (``env.broker`` says which); ``setup(env,
     *needs)``: what the module adds before its tests (a listener, a key, a restarted
     worker), given the fixtures named in ``needs``; ``base``: outbound.ini keys every test
-    starts from; ``environ``: variables the worker starts with; ``worker``: its start
-    options."""
+    starts from; ``environ``: variables the worker starts with; ``files``: config files it
+    starts with; ``worker``: its start options."""
 
     @pytest.fixture(scope="module", params=brokers_)
     def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Env]:
@@ -216,7 +217,7 @@ def module_env(name: str, broker: str | None = None, plugin: str = PLUGIN, *,
         os.environ.update(environ or {})
         try:
             made, inst = make_env(tmp_path_factory.mktemp(f"{name}-{which}" if which else name), url,
-                                  plugin=plugin, base=base, **worker)
+                                  plugin=plugin, base=base, files=files, **worker)
         finally:
             for key, value in saved.items():
                 if value is None:

@@ -124,3 +124,21 @@ def test_a_domain_with_a_tls_policy_of_its_own_never_shares_a_site(tmp_path, mon
     assert lookup._site_of(domain, mxs, policy == "tls report", cfg) is None
     monkeypatch.setattr(lookup, "for_route", lambda d, f, t, s, **kw: RouteSecurity(d, t, s))
     assert lookup._site_of("plain.example", mxs, False, cfg) == site_key(mxs)
+
+
+def test_an_mx_rule_makes_one_site_of_every_domain_wholly_under_it(tmp_path, monkeypatch):
+    from mailflow.pipeline import lookup
+    from mailflow.relay.security import RouteSecurity
+
+    (tmp_path / "shaping.ini").write_text("[mx:.prov.example]\nmax_connections = 5\n")
+    cfg = _cfg(tmp_path)
+    monkeypatch.setattr(lookup, "for_route", lambda d, f, t, s, **kw: RouteSecurity(d, t, s))
+    one = [MX("aspmx.prov.example", 1)]
+    two = [MX("alt1.prov.example", 5), MX("alt2.Prov.Example.", 10)]
+    outside = [MX("aspmx.prov.example", 1), MX("backup.elsewhere.example", 20)]
+    rule = sitesmod.suffix_key("mx:.prov.example")
+    assert lookup._site_of("a.example", one, False, cfg) == rule
+    assert lookup._site_of("b.example", two, False, cfg) == rule
+    # a host outside the provider: the operator's rule does not speak for that domain
+    assert lookup._site_of("c.example", outside, False, cfg) == site_key(outside)
+    assert rule != site_key(one)
