@@ -229,7 +229,9 @@ def test_too_many_recipients_is_452(served):
 
 @pytest.mark.parametrize("command", ["MAIL FROM:<a@b@c>", "MAIL FROM:<user@bad_domain.example>",
                                      "RCPT TO:<no-domain>", "RCPT TO:<u@-bad.example>",
-                                     "RCPT TO:<u@[999.1.1.1]>"])
+                                     "RCPT TO:<u@[999.1.1.1]>",
+                                     # the email package's parser crashes on these: a syntax error
+                                     "MAIL FROM:<-@", "RCPT TO:<  @[ ", "RCPT TO:<a@() [-)a."])
 def test_malformed_addresses(served, command):
     _, port = served
     with client(port, source="127.0.0.3") as s:

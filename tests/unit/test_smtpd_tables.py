@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import tempfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from mailflow import config
 from mailflow.smtpd.guessing import Guesses
 from mailflow.smtpd.handler import SubmissionHandler
 from mailflow.smtpd.limits import Connections
-from mailflow.smtpd.server import MailflowSMTP, protocol_factory
+from mailflow.smtpd.server import MailflowSMTP, plain_path, protocol_factory
 
 
 @functools.cache
@@ -51,10 +52,42 @@ def test_command_hook_and_auth_tables_are_those_a_full_dir_gives(tmp_path):
     "a@b.example SIZE=1", "<\"quoted local\"@b.example>", "<@route.example:a@b.example>",
     "<a@[127.0.0.1]>", "<a@b.example", "<<a@b.example>>", "a b@c", "<" + "x" * 65 + "@b.example>",
     "<" + "x" * 64 + "@b.example>", "  <a@b.example>", "<a@>", "<ü@b.example>",
+    # the plain form's edges: what follows the path, dots, hyphens, every atext character
+    "<a@b.example>x", "<a@b.example>(c) X=1", "<a@b.example> (c) X=1", "<a@b.example>\tSIZE=1",
+    "<a@b.example>  ", "<a..b@c.example>", "<.a@c.example>", "<a.@c.example>", "<a@b..example>",
+    "<a@-b.example>", "<a@b.example.>", "<A!#$%&'*+/=?^_`{|}~-@B-1.Example>", "<a@b.example> SIZE=1 ",
 ])
 def test_addresses_parse_as_aiosmtpd_parses_them(arg):
     server = _server()
     assert server._getaddr(arg) == SMTP._getaddr(server, arg)
+
+
+def test_the_plain_form_reads_as_the_full_parser_reads_it():
+    """Random MAIL/RCPT arguments from the characters that matter at the fast path's edges:
+    wherever it answers, aiosmtpd's own parsing gives the same answer; where aiosmtpd's
+    crashes (the email package's parser raises IndexError on ``<-@``, AttributeError and
+    UnboundLocalError on others), a syntax error."""
+    rng = random.Random(26)
+    atoms = ["a", "Z", "0", "-", "_", "+", "!", "~", ".", " ", "(", '"', "[", "é", "@", "<", ">", "\\"]
+    tails = ["", " SIZE=1", "  BODY=8BITMIME ", "\tX=1", "x", " (c)", "(c) X=1", ">", " "]
+
+    def part() -> str:
+        pool = atoms[:6] if rng.random() < 0.7 else atoms
+        return "".join(rng.choice(pool) for _ in range(rng.randint(0, 6)))
+
+    server, answered = _server(), 0
+    for _ in range(20_000):
+        arg = f"<{part()}@{part()}.{part()}>{rng.choice(tails)}"
+        if rng.random() < 0.2:  # and a cut anywhere
+            arg = arg[:rng.randint(1, len(arg))]
+        if plain_path(arg) is not None:
+            answered += 1
+        try:
+            expected = SMTP._getaddr(server, arg)
+        except (IndexError, AttributeError, UnboundLocalError):
+            expected = (None, None)
+        assert server._getaddr(arg) == expected, arg
+    assert answered > 100  # the fast path was taken often enough to mean something
 
 
 def _server() -> MailflowSMTP:
