@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mailflow.api import server as api_server
 from mailflow.cli.commands import command
 from mailflow.config import startup
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
 from mailflow.observation import proctitle
 from mailflow.pipeline import shaping as route_shaping
+from mailflow.queue import staging
 from mailflow.queue.flush import flush
 from mailflow.queue.manager import QueueManager
 from mailflow.queue.spool import Spool
@@ -70,6 +72,7 @@ def _prepare(args: argparse.Namespace) -> Config:
     removed, aside = spool.recover()
     if removed or aside:
         log.info("queue recovery: %d temp files removed, %d entries moved aside", removed, aside)
+    staging.recover(spool)  # HTTP requests a crash interrupted: finished if committed, else gone
     return cfg
 
 
@@ -145,10 +148,17 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
     # SIGHUP flushes the queue, as it does Haraka's (in a thread: it renames files)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(
         None, flush, Spool(cfg.queue_path())))
+    say = _announce if node == 0 else _quiet
     try:
-        servers = await smtpd_server.start(cfg, announce=_announce if node == 0 else _quiet,
-                                           reuse_port=cfg.smtp.nodes > 1)
+        servers = await smtpd_server.start(cfg, announce=say, reuse_port=cfg.smtp.nodes > 1)
     except BaseException:
+        nodes.stop()
+        raise
+    try:
+        api = await api_server.start(cfg, say, reuse_port=cfg.smtp.nodes > 1)
+    except BaseException:
+        for server in servers:
+            server.close()
         nodes.stop()
         raise
     supervisor = loop.create_task(nodes.supervise())
@@ -168,6 +178,8 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
         watch.stop()
     for server in servers:
         server.close()
+    if api is not None:
+        await api.cleanup()  # requests in flight are answered first
     for server in servers:
         await server.wait_closed()
     return 0

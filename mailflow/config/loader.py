@@ -28,6 +28,7 @@ from mailflow.config.settings import (
     FILES,
     LIVE_FILES,
     Dkim,
+    Http,
     Metrics,
     Outbound,
     Shared,
@@ -204,6 +205,30 @@ def _load_bounce_template(path: Path) -> str:
     return text
 
 
+def _load_http(config_dir: Path) -> Http:
+    """``http.ini``: a listener off loopback needs a certificate (an API key must never cross a
+    network in the clear), and a certificate must load now, not at the first request."""
+    path = config_dir / "http.ini"
+    http = build_section(Http, _ini(path), "main")
+    if bool(http.cert) != bool(http.key):
+        raise ConfigError(path, None, "cert and key go together (both or neither)")
+    if http.cert:
+        http = dataclasses.replace(http, cert=str(config_dir / http.cert), key=str(config_dir / http.key))
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(http.cert, http.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(path, None, f"cannot load the certificate {http.cert}: {exc}") from None
+    if http.listen is not None and not http.cert:
+        try:
+            loopback = ipaddress.ip_address(http.listen[0]).is_loopback
+        except ValueError:
+            loopback = http.listen[0] == "localhost"
+        if not loopback:
+            raise ConfigError(path, None, f"listen = {http.listen[0]} is not a loopback address: "
+                              "set cert and key (plain HTTP is served only on loopback)")
+    return http
+
+
 def _load_dkim(config_dir: Path) -> Signer:
     """``dkim.ini`` and every key under ``dkim/``, checked now: a broken key stops the start."""
     settings = build_section(Dkim, _ini(config_dir / "dkim.ini"), "main")
@@ -234,6 +259,7 @@ class Config:
         self.shaping = shaping.load(d / "shaping.ini")
         self.webhooks = webhooks.load(d / "webhooks.ini")
         self.metrics: Metrics = build_section(Metrics, _ini(d / "metrics.ini"), "main")
+        self.http = _load_http(d)
         self._outbound_path = d / "outbound.ini"
         self._stamps = self._stamp()
         outbound_ini = _ini(self._outbound_path)

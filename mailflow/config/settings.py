@@ -401,6 +401,20 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Http:
+    """``http.ini`` [main]: the HTTP injection API, served by the submission processes."""
+
+    listen: tuple[str, int] | None = setting(
+        None, optional_hostport, "host:port of the HTTP injection API (off when unset)")
+    cert: str = setting("", text, "TLS certificate (PEM; relative to the config directory); plain "
+                        "HTTP is served only on a loopback address")
+    key: str = setting("", text, "the certificate's private key (PEM)")
+    max_body: int = setting(25 * 1024 * 1024, size, "largest request body (bytes; larger: 413)")
+    auth_fail_delay: float = setting(
+        1.0, seconds, "wait before answering a request without a valid key (401)")
+
+
+@dataclass(frozen=True)
 class Key:
     """A key of a section the user names -- a route, a webhook endpoint, a shaping rule --
     whose value its own module reads (the kind and default are said in words here)."""
@@ -493,6 +507,11 @@ FILES = (
     ConfigFile("webhooks.ini", "delivery events POSTed to your application, one section per "
                "endpoint (any name)", sections=(("[NAME]", WEBHOOK_KEYS),)),
     ConfigFile("metrics.ini", "the Prometheus endpoint, one per host", sections=(("main", Metrics),)),
+    ConfigFile("http.ini", "the HTTP injection API (POST /api/inject/v1, /api/v1/send/raw), "
+               "served by the submission processes", sections=(("main", Http),)),
+    ConfigFile("apikeys", "who may use the HTTP API: one key per line, as `mailflow apikey add` "
+               "writes it (the name, a hash of the secret, the tenant, the rate); never the "
+               "secret itself", live=True, note="read again at the next request after a change"),
     ConfigFile("broker.key", "the secret every host of one installation shares: every broker "
                "message is signed with a key drawn from it (made at the first start; copy it to "
                "each worker host, never to the broker)"),

@@ -160,6 +160,25 @@ def prepare_file(source: IO[bytes], *, uuid: str, me: str, received: bytes | Non
     return out
 
 
+@dataclass
+class Prepared:
+    """One message made ready for the queue -- its bytes, signed, and an entry per
+    recipient group -- but not written yet."""
+
+    txn: str
+    mail_from: Address
+    rcpt_to: list[Address]
+    entries: list[NewEntry]
+    data: bytes | IO[bytes]
+    size: int
+    client: str
+    auth: str | None
+
+    def close(self) -> None:
+        if not isinstance(self.data, bytes):
+            self.data.close()
+
+
 def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | Body, *,
                   notes: dict[str, Any] | None = None, dot_stuffed: bool = False,
                   received_from: str | None = None, protocol: str | None = None,
@@ -174,6 +193,28 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | B
     (one past its memory threshold is prepared file to file).
     """
     cfg = cfg or configmod.current()
+    spool = Spool(cfg.queue_path())
+    ready = prepare_message(mail_from, rcpt_to, message, notes=notes, dot_stuffed=dot_stuffed,
+                            received_from=received_from, protocol=protocol, client=client,
+                            auth=auth, cfg=cfg, txn_uuid=txn_uuid)
+    try:
+        spool.ensure_once()
+        spool.write(ready.entries, ready.data)
+    except OSError as exc:
+        log.error("queue write failed id=%s: %s", ready.txn, exc)
+        raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
+    finally:
+        ready.close()
+    return announce(cfg, spool, ready)
+
+
+def prepare_message(mail_from: Address, rcpt_to: list[Address], message: bytes | Body, *,
+                    notes: dict[str, Any] | None = None, dot_stuffed: bool = False,
+                    received_from: str | None = None, protocol: str | None = None,
+                    client: str = "local", auth: str | None = None,
+                    cfg: configmod.Config, txn_uuid: str | None = None) -> Prepared:
+    """The message as it will be queued (Received header, missing headers, DKIM signature,
+    dot-stuffing) and its entries; :class:`QueueError` when a file of it cannot be made."""
     settings = cfg.outbound
     txn = txn_uuid or new_uuid()
     received = None
@@ -207,28 +248,26 @@ def queue_message(mail_from: Address, rcpt_to: list[Address], message: bytes | B
         todo = ToDo(uuid=f"{txn}.{n}", queue_time=arrival, domain=group[0].host,
                     mail_from=mail_from, rcpt_to=group, notes=dict(notes or {}))
         entries.append(NewEntry(EntryName(arrival, 0, arrival, todo.uuid, todo.domain), todo))
+    return Prepared(txn, mail_from, rcpt_to, entries, data, size, client, auth)
+
+
+def announce(cfg: configmod.Config, spool: Spool, ready: Prepared) -> Queued:
+    """What follows a message's arrival in ``pending/``: the ``queued`` log line, counters,
+    events, and the callbacks that start its delivery."""
+    logs.event("queued", id=ready.txn, **{"from": str(ready.mail_from)},
+               rcpts=",".join(str(r) for r in ready.rcpt_to), size=ready.size, client=ready.client,
+               auth=ready.auth or "-")
+    names = [e.name for e in ready.entries]
     try:
-        spool.ensure_once()
-        spool.write(entries, data)
-    except OSError as exc:
-        log.error("queue write failed id=%s: %s", txn, exc)
-        raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
-    finally:
-        if not isinstance(data, bytes):
-            data.close()
-    logs.event("queued", id=txn, **{"from": str(mail_from)},
-               rcpts=",".join(str(r) for r in rcpt_to), size=size, client=client, auth=auth or "-")
-    names = [e.name for e in entries]
-    try:
-        counters.add(spool.root, "queued_total", len(entries))
+        counters.add(spool.root, "queued_total", len(ready.entries))
     except OSError as exc:  # the mail is queued: a counter is not worth refusing it for
         log.warning("queued counter not added: %s", exc)
-    for entry in entries:
+    for entry in ready.entries:
         events.message_event(cfg, "queued", entry.todo, [r.address for r in entry.todo.rcpt_to],
-                             status="2.0.0", response=f"queued as {txn}")
+                             status="2.0.0", response=f"queued as {ready.txn}")
     for callback in after_queue:
         try:
             callback(spool, names)
         except Exception:  # the mail is safe on disk; the sweep will pick it up
-            log.exception("after-queue callback failed for id=%s", txn)
-    return Queued(uuid=txn, names=names, size=size)
+            log.exception("after-queue callback failed for id=%s", ready.txn)
+    return Queued(uuid=ready.txn, names=names, size=ready.size)
