@@ -335,6 +335,29 @@ def run_large(quick: bool, before: str = BEFORE_AUTH) -> tuple[float, float] | N
     return (grown.get(before, 0.0), grown["now"]) if "now" in grown else None
 
 
+def run_http(rounds: int, quick: bool) -> tuple[float, float] | None:
+    """HTTP injection (50 recipients a request, 10 clients) against SMTP injection (20
+    sessions, a connection per message) of the same messages into the same relay set-up,
+    interleaved round by round: delivered messages/s and the relay's CPU per message."""
+    print("\n## 12. HTTP injection against SMTP (Redis, 4 KiB; interleaved)\n")
+    messages = 500 if quick else 5000
+    rates: dict[str, list[float]] = {"smtp": [], "http": []}
+    for n in range(rounds):
+        for way in (("smtp", "http") if n % 2 == 0 else ("http", "smtp")):
+            r = attempt(f"{way} round {n + 1}", partial(
+                relay.throughput, "redis", messages=messages, size=4 * KIB,
+                http=(50, 10) if way == "http" else None))
+            if r is None:
+                return None
+            rates[way].append(r["e2e_per_s"] or 0.0)
+            print(f"round {n + 1} {way}: {fmt(r['e2e_per_s'])} msgs/s delivered, accepted at "
+                  f"{fmt(r['inject_per_s'])} msgs/s, relay CPU {r['cpu_ms']:.2f} ms/msg"
+                  + (f", errors {r['errors']}" if r["errors"] else ""), flush=True)
+    smtp, http = statistics.median(rates["smtp"]), statistics.median(rates["http"])
+    print(f"median SMTP {fmt(smtp)}, HTTP {fmt(http)} msgs/s: HTTP/SMTP {http / smtp:.2f}")
+    return smtp, http
+
+
 def pick(results: list[Result], broker: str, size: int) -> Result | None:
     return next((r for r in results if r["broker"] == broker and r["size"] == size), None)
 
@@ -403,9 +426,9 @@ def goals(relays: list[Result], lat: Result | None, back: Result | None,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only",
-                        default="relay,latency,backlog,scaleout,peers,connections,features,auth,large",
+                        default="relay,latency,backlog,scaleout,peers,connections,features,auth,large,http",
                         help="comma list of scenarios: relay, latency, backlog, scaleout, peers, "
-                             "connections, features, auth, large")
+                             "connections, features, auth, large, http")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the peers scenario, mailflow and Postfix interleaved (default 3)")
     parser.add_argument("--broker", action="append", choices=BROKERS,
@@ -437,6 +460,7 @@ def main() -> int:
                 if "features" in only else None)
     authed = run_auth(args.rounds, quick) if "auth" in only else None
     large = run_large(quick) if "large" in only else None
+    over_http = run_http(args.rounds, quick) if "http" in only else None
     print("\n## Goals\n")
     rows = goals(relays, lat, back, checks, costs, versus, held)
     if authed is not None:
@@ -446,6 +470,10 @@ def main() -> int:
     if large is not None:
         rows.append(("12 x 20 MB at once: worker grows < 20 MB per message", f"+{large[1]:.0f} MB",
                      large[1] < 12 * 20))
+    if over_http is not None:
+        smtp, http = over_http
+        rows.append(("HTTP injection >= 1.5 x SMTP injection (HTTP/SMTP)", f"{http / smtp:.2f}",
+                     http >= 1.5 * smtp))
     if featured is not None:
         off, on_ = featured
         rows.append((f"{args.features.replace(',', ', ')} on: within 10 % (on/off)", f"{on_ / off:.2f}",

@@ -75,6 +75,8 @@ class Relay:
     instance: Instance
     sink: tools.Sink
     smtp_port: int
+    #: the HTTP API's inject URL and a key for it, when the relay serves the API
+    api: tuple[str, str] | None = None
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.instance.procs if p.popen.poll() is None]
@@ -83,11 +85,12 @@ class Relay:
 @contextmanager
 def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cpus",
           outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
-          domains: int = 0, files: dict[str, str] | None = None, mix: Mix | None = None) -> Iterator[Relay]:
+          domains: int = 0, files: dict[str, str] | None = None, mix: Mix | None = None,
+          api: bool = False) -> Iterator[Relay]:
     """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink
     (smtp-sink holding each DATA reply ``sink_wait`` seconds, or ours holding every reply
     ``sink_delay``; one address per domain with ``domains``); ``outbound`` adds to
-    outbound.ini."""
+    outbound.ini; ``api``: the HTTP injection API listens too."""
     url = brokers.url_for(broker)
     sink_port = free_port("127.0.0.2")
     smtp_port = free_port()
@@ -103,10 +106,16 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
         sink = tools.Sink(mix.sink_hosts() if mix else sink_hosts(domains), sink_port,
                           postfix=postfix_sink and not domains and not mix, wait=sink_wait, delay=sink_delay)
         try:
+            served = None
+            if api:
+                http_port = free_port()
+                inst.write_config("http.ini", f"listen = 127.0.0.1:{http_port}\n")
+                key = inst.mailflow("apikey", "add", "bench").stdout.decode().strip()
+                served = (f"http://127.0.0.1:{http_port}/api/inject/v1", key)
             inst.start_smtpd()
             for n in range(workers):
                 inst.start_worker(f"bench{n}", concurrency=None, pool=None)
-            yield Relay(inst, sink, smtp_port)
+            yield Relay(inst, sink, smtp_port, served)
         finally:
             inst.stop_all()
             sink.stop()
@@ -116,17 +125,21 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
                postfix: bool | None = None, workers: int = 1, nodes: str = "cpus",
                outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
                domains: int = 0, files: dict[str, str] | None = None,
-               settled: Callable[[], bool] | None = None, mix: Mix | None = None) -> dict[str, object]:
+               settled: Callable[[], bool] | None = None, mix: Mix | None = None,
+               http: tuple[int, int] | None = None) -> dict[str, object]:
     """Scenario 1 (with 3 and 5 measured on the way): N messages, closed loop; with
     ``settled``, the run ends only when it also holds (every webhook event accepted);
-    with ``mix``, its traffic (bench/mix.py) instead of ``messages`` of ``size``."""
+    with ``mix``, its traffic (bench/mix.py) instead of ``messages`` of ``size``; with
+    ``http`` (recipients per request, clients), injected through the HTTP API instead."""
     postfix = tools.have_postfix_tools() if postfix is None else postfix
     with relay(broker, postfix_sink=postfix, workers=workers, nodes=nodes, outbound=outbound,
-               sink_wait=sink_wait, sink_delay=sink_delay, domains=domains, files=files, mix=mix) as r:
+               sink_wait=sink_wait, sink_delay=sink_delay, domains=domains, files=files, mix=mix,
+               api=http is not None) as r:
         time.sleep(0.5)
         figures = measure(r.pids(), r.smtp_port, r.sink, messages=messages, size=size,
                           sessions=sessions, postfix=postfix and not domains, domains=domains,
-                          settled=settled, mix=mix)
+                          settled=settled, mix=mix,
+                          http=(*r.api, *http) if r.api is not None and http is not None else None)
         # smtp-sink counts a session when it ends: stopping mailflow closes its pooled ones
         r.instance.stop_all()
         time.sleep(0.5)
@@ -137,7 +150,8 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
 
 def measure(pids: list[int], port: int, sink: tools.Sink, *, messages: int, size: int,
             sessions: int, postfix: bool, domains: int = 0,
-            settled: Callable[[], bool] | None = None, mix: Mix | None = None) -> dict[str, Any]:
+            settled: Callable[[], bool] | None = None, mix: Mix | None = None,
+            http: tuple[str, str, int, int] | None = None) -> dict[str, Any]:
     """Inject N messages into the relay listening on ``port`` and wait for them at the sink
     (and for ``settled``): rates, and the relay's peak PSS and CPU per message (its
     process trees ``pids``); with ``mix``, its traffic, and the one-message domains' wait."""
@@ -147,7 +161,7 @@ def measure(pids: list[int], port: int, sink: tools.Sink, *, messages: int, size
     cpu_before = memory.cpu_seconds(pids)
     with memory.PeakSampler(pids) as pss:
         run = tools.inject(port, messages=messages, size=size, sessions=sessions, postfix=postfix,
-                           domains=domains, plan=plan)
+                           domains=domains, plan=plan, http=http)
         run.wait(timeout=max(300, messages / 2))
         delivered = sink.wait_for(messages, timeout=max(120, messages / 5))
         settled_at = 0.0
@@ -164,7 +178,8 @@ def measure(pids: list[int], port: int, sink: tools.Sink, *, messages: int, size
     waited = lonely_latency(mix, run.queued, sink.by_rcpt) if mix else {}
     return {
         **waited,
-        "messages": messages, "size": size, "tools": "postfix" if postfix else "own",
+        "messages": messages, "size": size,
+        "tools": "http" if http else "postfix" if postfix else "own",
         "inject_per_s": messages / max(run.ended - run.started, 1e-9),
         "e2e_per_s": (messages / (last - run.started)) if delivered else None,
         "delivered": got, "errors": run.errors[:5],

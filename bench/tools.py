@@ -129,11 +129,16 @@ class Injection:
 
 
 def inject(port: int, *, messages: int, size: int, sessions: int, postfix: bool,
-           domains: int = 0, plan: Path | None = None) -> Injection:
+           domains: int = 0, plan: Path | None = None,
+           http: tuple[str, str, int, int] | None = None) -> Injection:
     """Closed loop: ``sessions`` parallel clients, one connection per message (to ``domains``
     recipient domains, d0.sink.test..., or as ``plan`` says (bench/mix.py): our injector
-    only)."""
-    if plan is not None:
+    only); ``http`` (URL, key, recipients per request, clients): through the HTTP API."""
+    if http is not None:
+        url, key, per_request, clients = http
+        argv = [sys.executable, "-m", "bench.httpsource", url, key, "--messages", str(messages),
+                "--size", str(size), "--per-request", str(per_request), "--clients", str(clients)]
+    elif plan is not None:
         argv = [sys.executable, "-m", "bench.ownsource", "127.0.0.1", str(port), "--plan", str(plan),
                 "--sessions", str(sessions)]
     elif postfix:
