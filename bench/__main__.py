@@ -342,6 +342,7 @@ def run_http(rounds: int, quick: bool) -> tuple[float, float] | None:
     print("\n## 12. HTTP injection against SMTP (Redis, 4 KiB; interleaved)\n")
     messages = 500 if quick else 5000
     rates: dict[str, list[float]] = {"smtp": [], "http": []}
+    accepted: dict[str, list[float]] = {"smtp": [], "http": []}
     for n in range(rounds):
         for way in (("smtp", "http") if n % 2 == 0 else ("http", "smtp")):
             r = attempt(f"{way} round {n + 1}", partial(
@@ -350,11 +351,16 @@ def run_http(rounds: int, quick: bool) -> tuple[float, float] | None:
             if r is None:
                 return None
             rates[way].append(r["e2e_per_s"] or 0.0)
+            accepted[way].append(r["inject_per_s"])
             print(f"round {n + 1} {way}: {fmt(r['e2e_per_s'])} msgs/s delivered, accepted at "
                   f"{fmt(r['inject_per_s'])} msgs/s, relay CPU {r['cpu_ms']:.2f} ms/msg"
                   + (f", errors {r['errors']}" if r["errors"] else ""), flush=True)
     smtp, http = statistics.median(rates["smtp"]), statistics.median(rates["http"])
-    print(f"median SMTP {fmt(smtp)}, HTTP {fmt(http)} msgs/s: HTTP/SMTP {http / smtp:.2f}")
+    print(f"delivered, median: SMTP {fmt(smtp)}, HTTP {fmt(http)} msgs/s: HTTP/SMTP {http / smtp:.2f}")
+    taken = [h / s for h, s in zip(accepted["http"], accepted["smtp"], strict=True)]
+    print(f"accepted, median: SMTP {fmt(statistics.median(accepted['smtp']))}, HTTP "
+          f"{fmt(statistics.median(accepted['http']))} msgs/s; median of each round's HTTP/SMTP "
+          f"{statistics.median(taken):.2f}")
     return smtp, http
 
 

@@ -147,7 +147,7 @@ def inject(port: int, *, messages: int, size: int, sessions: int, postfix: bool,
     else:
         argv = [sys.executable, "-m", "bench.ownsource", "127.0.0.1", str(port), "--size", str(size),
                 "--messages", str(messages), "--sessions", str(sessions), "--domains", str(domains)]
-    return Injection(argv, postfix=postfix)
+    return Injection(argv, postfix=postfix and http is None and plan is None)
 
 
 def inject_at_rate(port: int, *, rate: float, duration: float, size: int) -> Injection:

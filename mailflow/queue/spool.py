@@ -99,7 +99,7 @@ class Spool:
     # -- writing --------------------------------------------------------------
 
     def write(self, entries: list[NewEntry], message: bytes | IO[bytes],
-              place: str = PENDING) -> list[Path]:
+              place: str = PENDING, sync: bool = True) -> list[Path]:
         """Write every entry of one message durably into ``place``, or none of them.
 
         Each file is written under a temp name and fsync'd, then all are
@@ -107,7 +107,8 @@ class Spool:
         the renames, which concurrent writers share: dirsync.py).  On any error
         every file already written is removed and the error re-raised: the
         caller answers 451 and nothing is half-queued.  This is the only way a
-        queue file is written.
+        queue file is written.  ``sync`` False: the caller fsyncs ``place`` itself, once for
+        many messages (mailflow/queue/staging.py).
         """
         pid = os.getpid()
         tmps: list[Path] = []
@@ -122,7 +123,8 @@ class Spool:
                 final = directory / str(entry.name)
                 os.rename(tmp, final)
                 done.append(final)
-            sync_dir(directory)  # shared with concurrent writers (dirsync.py)
+            if sync:
+                sync_dir(directory)  # shared with concurrent writers (dirsync.py)
         except BaseException:
             for path in tmps + done:
                 with contextlib.suppress(OSError):

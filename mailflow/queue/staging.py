@@ -87,13 +87,14 @@ class Staged:
 
     def write(self, entries: list[NewEntry], data: bytes | IO[bytes]) -> None:
         """One message's entries, durable in the request's directory (not yet queued)."""
-        place = f"{INCOMING}/{self.name}"
-        self.files += [p.name for p in self.spool.write(entries, data, place=place)]
+        place = f"{INCOMING}/{self.name}"  # the directory is fsync'd once, at the commit
+        self.files += [p.name for p in self.spool.write(entries, data, place=place, sync=False)]
 
     def commit(self, record: dict[str, Any], keep: bool = True) -> None:
         """Write the record (from here on the request is queued, whatever crashes), then
         move every message into ``pending/``; ``keep``: the record stays (an idempotent
         request's first answer), else it goes once the messages are in place."""
+        fsync_dir(self.directory)  # every message's rename in it, durable before the record
         path = record_path(self.spool, self.name)
         path.parent.mkdir(mode=0o750, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
