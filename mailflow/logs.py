@@ -47,6 +47,8 @@ _ATTEMPT = (
     ("fails", "temporary failures before this attempt"),
     ("rcpts", "recipients delivered/deferred/failed"),
     ("via", "the worker node of another host that made the attempt, when one did"),
+    ("tenant", "the message's tenant, when it has one (tenants.ini, its API key, X-Tenant)"),
+    ("campaign", "its campaign, when it has one (X-Campaign, the API's campaign)"),
 )
 
 #: Every line :func:`event` writes (a test holds each call to its kind's fields).
@@ -57,7 +59,9 @@ EVENTS = {e.kind: e for e in (
         ("rcpts", "the envelope recipients, comma separated"),
         ("size", "bytes"),
         ("client", "the client's address, or local for the Python API"),
-        ("auth", "the AUTH user name, - when none"))),
+        ("auth", "the AUTH user name, - when none"),
+        ("tenant", "the message's tenant, when it has one"),
+        ("campaign", "its campaign, when it has one"))),
     Event("delivered", "an attempt after which at least one recipient was delivered", _ATTEMPT),
     Event("deferred", "an attempt that failed temporarily for its recipients: retried later",
           _ATTEMPT),

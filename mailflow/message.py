@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -84,6 +84,36 @@ def header_value(data: bytes, wanted: str) -> str | None:
     return b" ".join(part.strip() for part in current).decode("utf-8", "replace")
 
 
+def take_headers(data: bytes, names: Collection[str]) -> tuple[bytes, dict[str, str]]:
+    """``data`` (CRLF) without its header fields called ``names`` (lower case), and the
+    unfolded value of the first of each found: instructions to mailflow (X-Tenant,
+    X-Campaign) that must not travel on."""
+    block = header_block(data)
+    kept: list[bytes] = []
+    found: dict[str, str] = {}
+    dropping: str | None = None
+    for line in block.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if dropping is None:
+                kept.append(line)
+            elif dropping in found:
+                found[dropping] += " " + line.strip().decode("utf-8", "replace")
+            continue
+        name, sep, value = line.partition(b":")
+        key = name.strip().decode("ascii", "replace").lower()
+        if sep and key in names:
+            dropping = key if key not in found else ""
+            if dropping:
+                found[key] = value.strip().decode("utf-8", "replace")
+            continue
+        dropping = None
+        kept.append(line)
+    if not found and dropping is None and len(kept) == len(block.split(b"\r\n")[:-1]):
+        return data, {}
+    return b"".join(line + b"\r\n" for line in kept) + data[len(block):], {
+        k: single_line(v) for k, v in found.items()}
+
+
 def single_line(text: str) -> str:
     """Fold CR, LF and TAB runs to one space: no value may start a new header."""
     return _FOLD.sub(" ", text).strip()
@@ -129,6 +159,9 @@ def received_header(text: str) -> bytes:
     return f"Received: {single_line(text)}; {formatdate(localtime=True)}\r\n".encode()
 
 
+#: How much of a message's start is read for its header section.
+HEAD_READ = 256 * 1024
+
 #: A message body larger than this is kept in a temporary file, not in memory.
 SPILL_AT = 1024 * 1024
 
@@ -163,6 +196,29 @@ class Body:
 
     def close(self) -> None:
         self.file.close()
+
+
+def take_body_headers(body: Body, names: Collection[str], directory: str | None = None
+                      ) -> tuple[Body, dict[str, str]]:
+    """:func:`take_headers` for a body as DATA read it: the same body when none is there,
+    else a new one (the old is closed); a body on disk is copied only when one is found."""
+    body.file.seek(0)
+    raw = body.file.read(HEAD_READ)
+    cut = len(raw) if body.size <= len(raw) else line_cut(raw)  # whole lines only
+    head = normalise_eol(raw[:cut])
+    block = header_block(head)
+    if not block or (len(block) == len(head) and body.size > cut):
+        return body, {}  # no header section, or one longer than anything real: left alone
+    stripped, found = take_headers(head, names)
+    if not found:
+        return body, {}
+    taken = Body(directory=directory, spill_at=body.spill_at)
+    taken.write(stripped)
+    body.file.seek(cut)
+    while chunk := body.file.read(BLOCK):
+        taken.write(chunk)
+    body.close()
+    return taken, found
 
 
 #: The size of the blocks a message is read and sent in.

@@ -32,6 +32,7 @@ from mailflow.codes import DENY, DENYSOFT, OK
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
 from mailflow.config.settings import format_hostport
+from mailflow.config.tenants import CAMPAIGN_NOTE, TENANT_NOTE
 from mailflow.message import Body
 from mailflow.queue import staging
 from mailflow.queue.spool import Spool
@@ -44,8 +45,6 @@ log = logging.getLogger("mailflow.api")
 INJECT = "/api/inject/v1"
 SEND_RAW = "/api/v1/send/raw"
 OPENAPI = "/api/openapi.json"
-#: Notes a queued message carries from the API (tenants and campaigns travel in them).
-TENANT_NOTE, CAMPAIGN_NOTE = "tenant", "campaign"
 #: Commit records are swept at most this often (s).
 EXPIRE_EVERY = 600.0
 

@@ -51,6 +51,7 @@ def add_queue(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> No
     p.add_argument("--json", action="store_true", help="a JSON list of objects")
     p.add_argument("--domain", help="only this recipient domain")
     p.add_argument("--state", choices=("queued", "in_progress", "waiting"), help="only this state")
+    p.add_argument("--tenant", help="only this tenant's entries")
     p = qsub.add_parser("show", help="envelope, headers and last attempts of one entry")
     common(p)
     p.add_argument("ident", metavar="ID", help="the entry's id, as queue list shows it")
@@ -64,6 +65,7 @@ def add_queue(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> No
     p = qsub.add_parser("stats", help="queued, in progress, waiting, and totals")
     common(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--tenant", help="only what is queued now for this tenant, by state")
     p.add_argument("--cluster", action="store_true",
                    help="every owner's queue on the broker, by remote control, and their sum")
 
@@ -75,6 +77,10 @@ def cmd_queue(args: argparse.Namespace, cfg: Config) -> int:
     if action == "stats":
         if args.cluster:
             return _cluster_stats(args.json)
+        if args.tenant:
+            mine = queuetools.tenant_stats(spool, args.tenant)
+            print(json.dumps(mine) if args.json else " ".join(f"{k}={v}" for k, v in mine.items()))
+            return 0
         numbers: dict[str, int] = queuetools.stats(spool)
         if cfg.webhooks:  # events kept and not yet accepted by their endpoint
             numbers["webhook_backlog"] = events.backlog(spool.root)
@@ -89,7 +95,7 @@ def cmd_queue(args: argparse.Namespace, cfg: Config) -> int:
               " ".join(f"{k}={v}" for k, v in numbers.items()))
         return 0
     if action == "list":
-        rows = queuetools.rows(spool, domain=args.domain, state=args.state)
+        rows = queuetools.rows(spool, domain=args.domain, state=args.state, tenant=args.tenant)
         if args.json:
             print(json.dumps(rows, indent=1))
             return 0
@@ -101,7 +107,8 @@ def cmd_queue(args: argparse.Namespace, cfg: Config) -> int:
             print(queuetools.printable(
                 f"{r['id']} {r['state']} age={r['age']}s size={r['size']} from=<{r['mail_from']}> "
                 f"to={','.join(r['rcpt_to'])} fails={r['num_failures']} next={nxt}"
-                f"{' (countdown)' if r['countdown'] else ''} {why}", keep=""))
+                f"{' (countdown)' if r['countdown'] else ''} {why}"
+                + "".join(f" {k}={r[k]}" for k in ("tenant", "campaign") if r[k]), keep=""))
         print(f"-- {len(rows)} entries")
         return 0
     if action == "show":

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailflow.config import environ, routes, shaping, webhooks
+from mailflow.config import environ, routes, shaping, tenants, webhooks
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines, unknown
 from mailflow.config.settings import (
     FILES,
@@ -260,6 +260,7 @@ class Config:
         self.webhooks = webhooks.load(d / "webhooks.ini")
         self.metrics: Metrics = build_section(Metrics, _ini(d / "metrics.ini"), "main")
         self.http = _load_http(d)
+        self.tenants = tenants.load(d / "tenants.ini")
         self._outbound_path = d / "outbound.ini"
         self._stamps = self._stamp()
         outbound_ini = _ini(self._outbound_path)

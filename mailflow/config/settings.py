@@ -425,6 +425,21 @@ class Key:
     doc: str
 
 
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+
+def tenant_name(value: str) -> str:
+    """A tenant's or campaign's name: it goes into log lines, metrics and file names."""
+    if not _TENANT.match(value):
+        raise ValueError(f"a name is letters, digits, '.', '_' and '-', at most 64: {value!r}")
+    return value
+
+
+TENANT_KEYS = (
+    Key("users", "list", "", "SMTP AUTH users whose mail is this tenant's"),
+    Key("pool", "text", "", "the egress pool its mail leaves from (egress.ini)"),
+)
+
 ROUTE_KEYS = (
     Key("via", "list of host[:port]", "", "where the mail goes, tried in order: host[:port], "
         "[ip]:port; no MX lookup"),
@@ -509,6 +524,9 @@ FILES = (
     ConfigFile("metrics.ini", "the Prometheus endpoint, one per host", sections=(("main", Metrics),)),
     ConfigFile("http.ini", "the HTTP injection API (POST /api/inject/v1, /api/v1/send/raw), "
                "served by the submission processes", sections=(("main", Http),)),
+    ConfigFile("tenants.ini", "the customers or streams mailflow sends for: one [tenant:NAME] "
+               "section each; the tenants listed are those metrics count by name",
+               sections=(("[tenant:NAME]", TENANT_KEYS),)),
     ConfigFile("apikeys", "who may use the HTTP API: one key per line, as `mailflow apikey add` "
                "writes it (the name, a hash of the secret, the tenant, the rate); never the "
                "secret itself", live=True, note="read again at the next request after a change"),

@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -68,7 +69,8 @@ class Metric:
 
 METRICS = {m.name: m for m in (
     Metric("mailflow_messages", CounterMetricFamily, "Queue entries by what became of them",
-           ("outcome",), ", ".join(OUTCOMES)),
+           ("outcome", "tenant"), f"{', '.join(OUTCOMES)}; tenant: a tenant tenants.ini "
+           "lists, other (any other tenant), - (no tenant)"),
     Metric("mailflow_queue_entries", GaugeMetricFamily, "Entries in the queue now, by state",
            ("state",), ", ".join(QUEUE_STATES)),
     Metric("mailflow_queue_oldest_age_seconds", GaugeMetricFamily, "Age of the oldest entry"),
@@ -110,14 +112,26 @@ class HostCollector(Collector):
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
+    def _messages(self, root: Path) -> Any:
+        """Outcomes by tenant: those tenants.ini lists by name, the rest as ``other`` (a client
+        naming tenants cannot grow the series without bound), ``-`` for mail of none."""
+        totals = METRICS["mailflow_messages"].new()
+        counted = counters.tenants(root)
+        for outcome in OUTCOMES:
+            name = OUTCOME_COUNTERS.get(outcome, outcome)
+            by_label: dict[str, int] = {"-": 0, **dict.fromkeys(self.cfg.tenants.by_name, 0), "other": 0}
+            for tenant in counted:
+                label = counters.NO_TENANT if tenant == counters.NO_TENANT else self.cfg.tenants.label(tenant)
+                by_label[label] += counters.read_tenant(root, tenant, name)
+            for label, value in by_label.items():
+                totals.add_metric([outcome, label], value)
+        return totals
+
     def collect(self) -> Iterator[Any]:
         spool = Spool(self.cfg.queue_path())
         root = spool.root
         stats, oldest = queuetools.census(spool) if spool.exists() else ({}, None)
-        totals = METRICS["mailflow_messages"].new()
-        for outcome in OUTCOMES:
-            totals.add_metric([outcome], counters.read(root, OUTCOME_COUNTERS.get(outcome, outcome)))
-        yield totals
+        yield self._messages(root)
         entries = METRICS["mailflow_queue_entries"].new()
         for state in QUEUE_STATES:
             entries.add_metric([state], stats.get(state, 0))

@@ -15,6 +15,7 @@ from typing import Any
 from mailflow import config, hooks, logs
 from mailflow.address import Address
 from mailflow.codes import CONT
+from mailflow.config.tenants import labels
 from mailflow.message import dot_unstuff
 from mailflow.observation import tally
 from mailflow.queue import counters, events, submission
@@ -70,7 +71,7 @@ def not_now(spool: Spool, hmail: HMail, exc: Exception) -> None:
         events.message_event(cfg, "dropped", hmail.todo, [r.address for r in hmail.todo.rcpt_to],
                              response=f"no bounce could be made: {exc}", num_failures=fails)
         hmail.path.unlink(missing_ok=True)
-        counters.add(spool.root, "dropped")
+        counters.add_outcome(spool.root, "dropped", hmail.todo.notes)
         tally.count("dropped")
         return
     due = now_ms() + intervals[fails - 1] * 1000
@@ -92,7 +93,7 @@ def bounce_one(hmail: HMail) -> None:
         events.message_event(cfg, "dropped", todo, [r.address for r in todo.rcpt_to],
                              response=f"null sender, no bounce: {reason}")
         hmail.path.unlink(missing_ok=True)
-        counters.add(cfg.queue_path(), "dropped")
+        counters.add_outcome(cfg.queue_path(), "dropped", todo.notes)
         tally.count("dropped")
         return
     error = BounceError(reason, mx=first.get("remote_mta"),
@@ -101,16 +102,16 @@ def bounce_one(hmail: HMail) -> None:
     if answer.code is not CONT:
         logs.event("dropped", id=todo.uuid, reason=f"bounce hook: {answer.value or answer.code.name}")
         hmail.path.unlink(missing_ok=True)
-        counters.add(cfg.queue_path(), "dropped")
+        counters.add_outcome(cfg.queue_path(), "dropped", todo.notes)
         tally.count("dropped")
         return
     original = dot_unstuff(hmail.message())
     dsn = build(hmail, original, me=cfg.me, template=cfg.bounce_template,
                 max_body=cfg.outbound.max_bounce_body)
     queued = submission.queue_message(Address.null(), [todo.mail_from], dsn,
-                                    notes={"bounce_for": todo.uuid}, cfg=cfg)
+                                    notes={"bounce_for": todo.uuid, **labels(todo.notes)}, cfg=cfg)
     logs.event("bounced", id=todo.uuid, to=todo.mail_from.address, status=first.get("status", "5.0.0"),
                reason=reason, bounce_id=queued.uuid)
     hmail.path.unlink(missing_ok=True)
-    counters.add(cfg.queue_path(), "bounced")
+    counters.add_outcome(cfg.queue_path(), "bounced", todo.notes)
     tally.count("bounced")

@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 
 NAMES = ("delivered", "bounced", "dropped")
+#: Each outcome once more per tenant, ``by-tenant/<tenant>/<name>`` (``-``: no tenant), for
+#: the ``tenant`` label of the metrics.
+BY_TENANT = "by-tenant"
+NO_TENANT = "-"
 
 
 def _path(queue_root: Path, name: str) -> Path:
@@ -36,3 +40,22 @@ def read(queue_root: Path, name: str) -> int:
         return os.stat(_path(queue_root, name)).st_size
     except FileNotFoundError:
         return 0
+
+
+def add_outcome(queue_root: Path, name: str, notes: dict[str, object] | None, n: int = 1) -> None:
+    """An outcome's counter, and the same counter of the message's tenant."""
+    add(queue_root, name, n)
+    tenant = (notes or {}).get("tenant") or NO_TENANT
+    add(queue_root, f"{BY_TENANT}/{tenant}/{name}", n)
+
+
+def tenants(queue_root: Path) -> list[str]:
+    """Every tenant some outcome was counted for (``-`` among them)."""
+    try:
+        return sorted(os.listdir(queue_root / ".counters" / BY_TENANT))
+    except FileNotFoundError:
+        return []
+
+
+def read_tenant(queue_root: Path, tenant: str, name: str) -> int:
+    return read(queue_root, f"{BY_TENANT}/{tenant}/{name}")

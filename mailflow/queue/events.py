@@ -43,6 +43,7 @@ from typing import Any
 
 from mailflow.config import environ
 from mailflow.config.loader import Config
+from mailflow.config.tenants import labels
 from mailflow.queue.identity import identity, owner_queue
 from mailflow.queue.todo import ToDo
 from mailflow.runtime.application import app
@@ -201,7 +202,8 @@ def message_event(cfg: Config, event: str, todo: ToDo, rcpts: list[str], *, stat
     try:
         emit(cfg, event, {"id": todo.uuid, "domain": todo.domain, "mail_from": todo.mail_from.address,
                           "rcpt_to": rcpts, "status": status, "response": response, "host": host,
-                          "ip": ip, "tls_level": tls_level, "num_failures": num_failures})
+                          "ip": ip, "tls_level": tls_level, "num_failures": num_failures,
+                          **labels(todo.notes)})
     except Exception:
         log.exception("webhook event %s for %s not kept", event, todo.uuid)
 

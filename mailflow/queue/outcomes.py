@@ -20,6 +20,7 @@ from typing import Any
 from mailflow import config, hooks, logs
 from mailflow.codes import CONT, DENYSOFT, OK
 from mailflow.config.settings import Outbound
+from mailflow.config.tenants import labels
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.observation import tally
 from mailflow.observation.sampler import observe_delivery, tls_counter
@@ -58,7 +59,8 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
                tls="Y" if outcome.secured else "N", tlslevel=outcome.tls_level,
                auth="Y" if outcome.authenticated else "N",
                response=str(first) if first else "-", delay=delay, fails=hmail.num_failures,
-               rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}", **({"via": via} if via else {}))
+               rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}", **({"via": via} if via else {}),
+               **labels(hmail.todo.notes))
     if ok:
         response = str(outcome.results[ok[0]])
         events.message_event(config.current(), "delivered", hmail.todo, ok,
@@ -76,7 +78,7 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
     else:
         hmail.path.unlink(missing_ok=True)
         if ok:
-            counters.add(spool.root, "delivered")
+            counters.add_outcome(spool.root, "delivered", hmail.todo.notes)
     if ok:
         counters.add(spool.root, tls_counter(outcome.tls_level))
         observe_delivery(delay)
@@ -133,7 +135,7 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
                              [r.address for r in hmail.todo.rcpt_to], response=err, host=remote_mta,
                              num_failures=fails)
         hmail.path.unlink(missing_ok=True)
-        counters.add(spool.root, "dropped")
+        counters.add_outcome(spool.root, "dropped", hmail.todo.notes)
         tally.count("dropped")
         return
     if answer.code is DENYSOFT and isinstance(answer.value, int | float):
@@ -149,7 +151,7 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     else:
         spool.rewrite(hmail.path, name, todo, PENDING)
         hmail.path.unlink(missing_ok=True)
-    counters.add(spool.root, "deferred_total")
+    counters.add_outcome(spool.root, "deferred_total", hmail.todo.notes)
     first = next(iter(deferred.values()))
     events.message_event(config.current(), "deferred", todo, list(deferred), status=first.enhanced,
                          response=err, host=remote_mta, num_failures=fails)

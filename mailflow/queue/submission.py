@@ -21,6 +21,7 @@ from mailflow import config as configmod
 from mailflow import logs
 from mailflow import message as msg
 from mailflow.address import Address
+from mailflow.config.tenants import labels
 from mailflow.dkim.keys import KeyProblem
 from mailflow.message import Body
 from mailflow.queue import counters, events
@@ -256,10 +257,11 @@ def announce(cfg: configmod.Config, spool: Spool, ready: Prepared) -> Queued:
     events, and the callbacks that start its delivery."""
     logs.event("queued", id=ready.txn, **{"from": str(ready.mail_from)},
                rcpts=",".join(str(r) for r in ready.rcpt_to), size=ready.size, client=ready.client,
-               auth=ready.auth or "-")
+               auth=ready.auth or "-", **labels(ready.entries[0].todo.notes if ready.entries else {}))
     names = [e.name for e in ready.entries]
     try:
-        counters.add(spool.root, "queued_total", len(ready.entries))
+        counters.add_outcome(spool.root, "queued_total",
+                             ready.entries[0].todo.notes if ready.entries else None, len(ready.entries))
     except OSError as exc:  # the mail is queued: a counter is not worth refusing it for
         log.warning("queued counter not added: %s", exc)
     for entry in ready.entries:

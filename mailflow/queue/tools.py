@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mailflow import logs
+from mailflow.config.tenants import CAMPAIGN_NOTE, TENANT_NOTE
 from mailflow.message import dot_unstuff, header_block
 from mailflow.queue import countdowns, counters, holds
 from mailflow.queue import entry as qfile
@@ -85,12 +86,24 @@ def stats(spool: Spool) -> dict[str, int]:
     return out
 
 
+def tenant_stats(spool: Spool, tenant: str) -> dict[str, Any]:
+    """What is in the queue now for one tenant, by state (totals are kept for the queue as a
+    whole, not per tenant: delivered and bounced are in the log lines and metrics)."""
+    counts: dict[str, Any] = {"tenant": tenant, "queued": 0, "in_progress": 0, "waiting": 0}
+    for row in rows(spool, tenant=tenant):
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return counts
+
+
 def age_of(oldest_ms: int | None) -> float:
     """Seconds since the oldest entry arrived (``census``'s second answer; 0: none)."""
     return max(0.0, (now_ms() - oldest_ms) / 1000) if oldest_ms is not None else 0.0
 
 
-def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+def rows(spool: Spool, *, domain: str | None = None, state: str | None = None,
+         tenant: str | None = None) -> list[dict[str, Any]]:
+    """Every entry, oldest first, with what an operator asks of it; ``tenant`` reads each
+    entry's header (a tenant is not in the file name)."""
     now = now_ms()
     out = []
     armed = countdowns.armed_names(spool)
@@ -104,6 +117,8 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -
             size = path.stat().st_size - offset
         except (OSError, qfile.CorruptEntry):  # gone meanwhile, or not a readable entry
             continue
+        if tenant is not None and todo.notes.get(TENANT_NOTE) != tenant:
+            continue
         out.append({
             "id": name.id, "domain": name.domain, "state": st,
             "age": round((now - name.arrival_ms) / 1000),
@@ -114,6 +129,7 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None) -
             "last_error": todo.record.get("last_error") or todo.record.get("reason"),
             #: a shaping rule holds it back (not a failure): which, as shaping:domain:x
             "held": hold.why if (hold := holds.of(held, name)) and st == "waiting" else None,
+            "tenant": todo.notes.get(TENANT_NOTE), "campaign": todo.notes.get(CAMPAIGN_NOTE),
         })
     return out
 
@@ -168,10 +184,14 @@ def delete(spool: Spool, *, ident: str | None = None, domain: str | None = None,
                                  and name.next_attempt_ms > now):
             continue
         try:
+            notes = qfile.load(path)[0].notes
+        except (OSError, qfile.CorruptEntry):
+            notes = {}
+        try:
             path.unlink()
         except FileNotFoundError:
             continue
         removed += 1
-        counters.add(spool.root, "dropped")
+        counters.add_outcome(spool.root, "dropped", notes)
         logs.event("dropped", id=name.id, reason="deleted by the operator")
     return removed

@@ -18,7 +18,9 @@ from mailflow import hooks, logs
 from mailflow.address import AddressError, parse_address
 from mailflow.codes import DENY, DENYSOFT, OK
 from mailflow.config.loader import Config
-from mailflow.message import Body
+from mailflow.config.settings import tenant_name
+from mailflow.config.tenants import CAMPAIGN_NOTE, TENANT_NOTE
+from mailflow.message import Body, take_body_headers
 from mailflow.queue import submission
 from mailflow.smtpd.acl import ip_allowed
 from mailflow.smtpd.statuscodes import SMTPStatus
@@ -173,10 +175,20 @@ class SubmissionHandler(ListedOnce):
         conn = connection_of(session)
         conn.tls = session.ssl is not None
         conn.auth_user = session.auth_data if session.authenticated else None
-        body: Body = envelope.mf_body  # type: ignore[attr-defined]
+        received: Body = envelope.mf_body  # type: ignore[attr-defined]
+        body, taken = take_body_headers(received, TAKEN_HEADERS, str(self.cfg.queue_path()))
+        try:
+            return await self._queue(conn, session, envelope, body, taken)
+        finally:
+            if body is not received:
+                body.close()
+
+    async def _queue(self, conn: Connection, session: Session, envelope: Envelope, body: Body,
+                     taken: dict[str, str]) -> str:
         mail_from = parse_address(envelope.mail_from or "", allow_null=True)
         rcpts = [parse_address(r) for r in envelope.rcpt_tos]
-        txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, body=body)
+        txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, body=body,
+                          notes=tenancy(self.cfg, conn, taken))
         loop = asyncio.get_running_loop()
         answer = await hooks.decide_off_loop(hooks.queue_outbound, connection=conn, transaction=txn)
         if answer.code is OK:
@@ -195,6 +207,28 @@ class SubmissionHandler(ListedOnce):
         except submission.QueueError as exc:
             return SMTPStatus.NOT_QUEUED.format(exc)
         return SMTPStatus.QUEUED.format(queued.uuid)
+
+
+#: Headers that speak to mailflow, not to the recipient: read, then removed before sending.
+TAKEN_HEADERS = ("x-tenant", "x-campaign")
+
+
+def tenancy(cfg: Config, conn: Connection, taken: dict[str, str]) -> dict[str, str]:
+    """A message's tenant -- its AUTH user's in tenants.ini, else the X-Tenant header of a
+    client that may relay without AUTH (another client's is ignored) -- and its campaign
+    (X-Campaign), as notes; a name that is not one is logged and ignored."""
+    notes: dict[str, str] = {}
+    tenant = cfg.tenants.of_user(conn.auth_user)
+    if tenant is None and conn.auth_user is None and conn.relaying:
+        tenant = taken.get("x-tenant")
+    for note, value in ((TENANT_NOTE, tenant), (CAMPAIGN_NOTE, taken.get("x-campaign"))):
+        if not value:
+            continue
+        try:
+            notes[note] = tenant_name(value)
+        except ValueError as exc:
+            log.warning("%s of a message from %s ignored: %s", note, conn.remote_ip, exc)
+    return notes
 
 
 def connection_for(session: Session, transport: Any, cfg: Config) -> Connection:

@@ -198,3 +198,44 @@ def test_a_file_read_only_at_start_says_a_restart_is_needed_when_it_changes(tmp_
     with caplog.at_level("INFO", logger="mailflow.config.loader"):
         assert cfg.outbound.concurrency_max == 7
     assert [r.getMessage() for r in caplog.records] == [f"reloaded outbound.ini from {tmp_path}"]
+
+
+def test_tenants_ini_maps_users_and_bounds_the_metric_labels(tmp_path):
+    from mailflow.config import tenants
+    (tmp_path / "tenants.ini").write_text("[tenant:acme]\nusers = alice, carol\npool = marketing\n\n"
+                                          "[tenant:globex]\n")
+    found = tenants.load(tmp_path / "tenants.ini")
+    assert found.of_user("carol") == "acme" and found.of_user("dave") is None
+    assert found.by_name["acme"].pool == "marketing"
+    assert [found.label(t) for t in ("acme", "initech", None)] == ["acme", "other", "-"]
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[acme]\n", "a section is [tenant:NAME]"),
+    ("[tenant:a/b]\n", "letters, digits"),
+    ("[tenant:a]\ncolour = red\n", "unknown key"),
+    ("[tenant:a]\nusers = u\n[tenant:b]\nusers = u\n", "is in [tenant:a] and [tenant:b]"),
+])
+def test_a_broken_tenants_ini_is_one_line(tmp_path, text, says):
+    from mailflow.config import tenants
+    (tmp_path / "tenants.ini").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        tenants.load(tmp_path / "tenants.ini")
+
+
+def test_the_messages_metric_counts_listed_tenants_by_name_and_the_rest_as_other(tmp_path):
+    from mailflow import config as configmod
+    from mailflow.observation.metrics import HostCollector
+    from mailflow.queue import counters
+    (tmp_path / "me").write_text("mailflow.test\n")
+    (tmp_path / "outbound.ini").write_text(f"queue_dir = {tmp_path / 'queue'}\n")
+    (tmp_path / "tenants.ini").write_text("[tenant:acme]\n")
+    cfg = configmod.load(tmp_path)
+    root = cfg.queue_path()
+    for tenant, n in (("acme", 2), ("initech", 3), ("umbrella", 4), (None, 5)):
+        counters.add_outcome(root, "delivered", {"tenant": tenant} if tenant else {}, n)
+    family = HostCollector(cfg)._messages(root)
+    found = {tuple(s.labels[k] for k in ("outcome", "tenant")): s.value for s in family.samples
+             if s.name.endswith("_total")}
+    assert {k[1]: v for k, v in found.items() if k[0] == "delivered"} == {"-": 5, "acme": 2, "other": 7}
+    assert counters.read(root, "delivered") == 14  # the total is kept as before

@@ -102,3 +102,29 @@ def test_a_file_message_is_read_in_blocks(tmp_path):
     assert message.size == len(body) and not message.eight_bit()
     assert max(len(b) for b in message.blocks()) <= BLOCK
     assert b"".join(wire_blocks(message.blocks(), stuffed=True)) == body
+
+
+def test_taken_headers_are_removed_with_their_continuation_lines_and_nothing_else():
+    from mailflow.message import take_headers
+    data = (b"From: a@x\r\nX-Tenant: acme\r\nX-Campaign: spring\r\n  sale\r\nSubject: s\r\n"
+            b"X-Tenant: second\r\n\r\nX-Tenant: in the body\r\n")
+    out, found = take_headers(data, ("x-tenant", "x-campaign"))
+    assert out == b"From: a@x\r\nSubject: s\r\n\r\nX-Tenant: in the body\r\n"
+    assert found == {"x-tenant": "acme", "x-campaign": "spring sale"}
+    same = b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n"
+    assert take_headers(same, ("x-tenant",)) == (same, {})
+
+
+def test_a_body_on_disk_loses_the_header_and_keeps_every_other_byte():
+    from mailflow.message import Body, take_body_headers
+    body = Body(spill_at=1024)
+    rest = b"line\r\n" * 50_000
+    body.write(b"X-Tenant: acme\r\nSubject: big\r\n\r\n" + rest)
+    assert not body.in_memory
+    taken, found = take_body_headers(body, ("x-tenant",))
+    assert found == {"x-tenant": "acme"} and taken.read() == b"Subject: big\r\n\r\n" + rest
+    taken.close()
+    untouched = Body()
+    untouched.write(b"Subject: s\r\n\r\nx\r\n")
+    assert take_body_headers(untouched, ("x-tenant",)) == (untouched, {})
+    untouched.close()
