@@ -47,6 +47,7 @@ _ATTEMPT = (
     ("fails", "temporary failures before this attempt"),
     ("rcpts", "recipients delivered/deferred/failed"),
     ("via", "the worker node of another host that made the attempt, when one did"),
+    ("source", "the egress source (egress.ini) the connection left from, when one did"),
     ("tenant", "the message's tenant, when it has one (tenants.ini, its API key, X-Tenant)"),
     ("campaign", "its campaign, when it has one (X-Campaign, the API's campaign)"),
 )

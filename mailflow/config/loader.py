@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailflow.config import environ, routes, shaping, tenants, webhooks
+from mailflow.config import egress, environ, routes, shaping, tenants, webhooks
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines, unknown
 from mailflow.config.settings import (
     FILES,
@@ -261,14 +261,26 @@ class Config:
         self.metrics: Metrics = build_section(Metrics, _ini(d / "metrics.ini"), "main")
         self.http = _load_http(d)
         self.tenants = tenants.load(d / "tenants.ini")
+        self.egress = egress.load(d / "egress.ini")
+        for tenant in self.tenants.by_name.values():
+            if tenant.pool is not None and tenant.pool not in self.egress.pools:
+                raise ConfigError(d / "tenants.ini", None, f"[tenant:{tenant.name}] pool = {tenant.pool}: "
+                                  "egress.ini has no such pool")
         self._outbound_path = d / "outbound.ini"
         self._stamps = self._stamp()
         outbound_ini = _ini(self._outbound_path)
         self._outbound: Outbound = build_section(Outbound, outbound_ini, "main")
-        self._routes = routes.load(d)
+        self._routes = self._with_known_pools(routes.load(d))
         self._relay = routes.relay_host(d, outbound_ini)
         self._checked = time.monotonic()
         self._lock = threading.Lock()
+
+    def _with_known_pools(self, found: tuple[routes.Route, ...]) -> tuple[routes.Route, ...]:
+        for route in found:
+            if route.pool is not None and route.pool not in self.egress.pools:
+                raise ConfigError(self.directory / "routes.ini", None,
+                                  f"[{route.pattern}] pool = {route.pool}: egress.ini has no such pool")
+        return found
 
     def _load_tls(self) -> tuple[Tls, Tls]:
         d = self.directory
@@ -322,7 +334,7 @@ class Config:
                 outbound_ini = _ini(self._outbound_path)
                 outbound = build_section(Outbound, outbound_ini, "main")
                 _, tls_outbound = self._load_tls()
-                found = routes.load(self.directory)
+                found = self._with_known_pools(routes.load(self.directory))
                 relay = routes.relay_host(self.directory, outbound_ini)
             except ConfigError as exc:
                 log.error("%s (keeping the previous outbound settings)", exc)

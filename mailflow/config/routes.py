@@ -6,7 +6,8 @@ its subdomains, not example.org itself), or ``[*]`` (every other domain); the mo
 specific section wins.  Keys: ``via`` (``host[:port]``, ``[ip]:port``, or a comma list
 tried in order; no MX lookup), ``lmtp``, ``auth_user`` with ``auth_pass_file`` (a file
 holding the password on its first line, relative to the config directory), ``tls``
-(``none``, ``opportunistic``, ``required``, ``verify``), ``bind``, ``bind_helo``.
+(``none``, ``opportunistic``, ``required``, ``verify``), ``bind``, ``bind_helo``, ``pool``
+(an egress.ini pool).
 
 A route becomes the same MX list a ``get_mx`` answer would (so its password is sealed
 on the broker like one), and wins over ``relay_host`` and DNS; a ``get_mx`` answer wins
@@ -38,6 +39,7 @@ class Route:
     tls: str | None = None
     bind: str | None = None
     bind_helo: str | None = None
+    pool: str | None = None  #: the egress pool (egress.ini) its mail leaves from
 
     def matches(self, domain: str) -> bool:
         if self.pattern == "*":

@@ -440,6 +440,14 @@ TENANT_KEYS = (
     Key("pool", "text", "", "the egress pool its mail leaves from (egress.ini)"),
 )
 
+SOURCE_KEYS = (
+    Key("address", "IP address", "", "the address connections are bound to (one of this host's)"),
+    Key("ehlo", "host name", "", "the name connections from it greet with (its reverse DNS)"),
+)
+POOL_KEYS = (
+    Key("sources", "list of NAME[:weight]", "", "the sources new connections take in weighted turn"),
+)
+
 ROUTE_KEYS = (
     Key("via", "list of host[:port]", "", "where the mail goes, tried in order: host[:port], "
         "[ip]:port; no MX lookup"),
@@ -450,6 +458,7 @@ ROUTE_KEYS = (
     Key("tls", "none, opportunistic, required or verify", "",
         "what TLS the next hop must offer; verify checks its certificate against tls.ini's ca "
         "(default: tls.ini's [outbound] policy)"),
+    Key("pool", "text", "", "the egress pool (egress.ini) this destination's mail leaves from"),
     Key("bind", "IP address", "", "the source address to connect from"),
     Key("bind_helo", "host name", "", "the name to greet the next hop with (default: me)"),
 )
@@ -527,6 +536,9 @@ FILES = (
     ConfigFile("tenants.ini", "the customers or streams mailflow sends for: one [tenant:NAME] "
                "section each; the tenants listed are those metrics count by name",
                sections=(("[tenant:NAME]", TENANT_KEYS),)),
+    ConfigFile("egress.ini", "the source addresses mail leaves from ([source:NAME]) and weighted "
+               "pools of them ([pool:NAME]); [main] default_pool", sections=(
+                   ("[source:NAME]", SOURCE_KEYS), ("[pool:NAME]", POOL_KEYS))),
     ConfigFile("apikeys", "who may use the HTTP API: one key per line, as `mailflow apikey add` "
                "writes it (the name, a hash of the secret, the tenant, the rate); never the "
                "secret itself", live=True, note="read again at the next request after a change"),

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from mailflow import config
 from mailflow.config.loader import Config
-from mailflow.errors import DeliveryError, NothingToDo, Throttled
+from mailflow.errors import DeliveryError, NothingToDo, Throttled, local_reply
 from mailflow.observation import tally
 from mailflow.pipeline.shaping import RouteShaping
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
@@ -102,7 +102,7 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
     settings, tls = cfg.outbound, cfg.tls_outbound
     security = for_route(route.domain, route.mx, tls, settings, exempt=route.tls_exempt)
     found = security.allowed(targets(list(route.mx), settings))
-    bind, helo = source_for(found[0], route, cfg)
+    bind, helo, source = source_for(found[0], route, cfg)
     shaping = RouteShaping(cfg, route.domain)
     rules = [r.name for r in shaping.matched(found[0].mx.exchange, bind)]
     if rules:  # the destination's connection, idle a moment, its place under the rules kept
@@ -122,14 +122,30 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
             session.lease = lease
         else:
             lease.release()
+    session.source = source
     return session
 
 
-def source_for(target: Target, route: Route, cfg: Config) -> tuple[str | None, str]:
-    """Source address and EHLO name: get_mx's bind/bind_helo, else the notes, else defaults."""
+def next_source(target: Target, route: Route, cfg: Config) -> tuple[str, str, str] | None:
+    """The next source of the route's egress pool for a new connection to ``target`` (weights
+    apply per connection), or None when a bind is set or there is no pool."""
+    bind, helo, name = source_for(target, route, cfg)
+    return (bind, helo, name) if bind is not None and name is not None else None
+
+
+def source_for(target: Target, route: Route, cfg: Config) -> tuple[str | None, str, str | None]:
+    """Source address, EHLO name and egress source: get_mx's bind/bind_helo, else the
+    route's, else the next source of its egress pool (in weighted turn), else defaults."""
     bind = target.mx.bind or route.bind or None
+    if bind is None and route.pool is not None:
+        try:
+            chosen = cfg.egress.choose(route.pool)
+        except KeyError:
+            raise DeliveryError(local_reply("4.3.5", f"egress pool {route.pool} is not in this "
+                                            "host's egress.ini")) from None
+        return chosen.address, chosen.ehlo, chosen.name
     helo = target.mx.bind_helo or route.helo or cfg.me
-    return bind, helo
+    return bind, helo, None
 
 
 def _session(spool: Spool, route: Route, hmails: list[HMail], cfg: Config,

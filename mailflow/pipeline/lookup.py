@@ -20,6 +20,7 @@ from mailflow.codes import DELAY, DENY, DENYSOFT, OK
 from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
 from mailflow.config.settings import Outbound
+from mailflow.config.tenants import TENANT_NOTE
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.observation import tally
 from mailflow.queue import lending
@@ -98,7 +99,8 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
 
     A site batch (entries of several domains, mailflow/queue/sites.py) makes one route of
     the domains that still share an MX set, unless a domain needs what the others may not
-    (a TLS policy, a shaping rule of its own): those go alone.  Each domain's site is
+    (a TLS policy, a shaping rule of its own): those go alone.  Entries of different egress
+    pools (their tenants', their routes') are routes apart.  Each domain's site is
     written down for the queue manager's next claims."""
     cfg = config.current()
     settings = cfg.outbound
@@ -117,10 +119,11 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
             exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE))
             if domain not in seen and (batch.site is not None or not sites.fresh(domain)):
                 seen[domain] = _site_of(domain, mxs, exempt, cfg)
+            pool = None if bind or any(mx.bind for mx in mxs) else pool_for(hmail, domain, cfg)
             if batch.site is None:
-                key: tuple[Any, ...] = (tuple(mxs), bind, helo, exempt)
+                key: tuple[Any, ...] = (tuple(mxs), bind, helo, exempt, pool)
             else:  # the same MX hosts in any order; a domain with needs of its own alone
-                key = (frozenset(mxs), bind, helo, exempt, seen[domain] or domain)
+                key = (frozenset(mxs), bind, helo, exempt, pool, seen[domain] or domain)
             answers.setdefault(key, (mxs, set()))[1].add(domain)
             groups.setdefault(key, []).append(hmail.filename)
     for domain, site in seen.items():
@@ -131,8 +134,21 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
         part = batch.part(names)
         if len(domains) == 1:  # one domain's route, as from a batch of its own
             part = dataclasses.replace(part, domain=next(iter(domains)), site=None)
-        routes.append(Route(batch=part, mx=tuple(mxs), bind=key[1], helo=key[2], tls_exempt=key[3]))
+        routes.append(Route(batch=part, mx=tuple(mxs), bind=key[1], helo=key[2], tls_exempt=key[3],
+                            pool=key[4]))
     return routes
+
+
+def pool_for(hmail: HMail, domain: str, cfg: Config) -> str | None:
+    """The egress pool an entry leaves from: its tenant's, else its route's, else
+    egress.ini's default_pool (None: this host's own address and name)."""
+    tenant = cfg.tenants.by_name.get(str(hmail.todo.notes.get(TENANT_NOTE) or ""))
+    if tenant is not None and tenant.pool is not None:
+        return tenant.pool
+    route = cfg.route_for(domain)
+    if route is not None and route.pool is not None:
+        return route.pool
+    return cfg.egress.default_pool
 
 
 def _site_of(domain: str, mxs: list[MX], exempt: bool, cfg: Config) -> str | None:

@@ -17,7 +17,7 @@ from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
 from mailflow.message import FileMessage
 from mailflow.observation import tally
 from mailflow.observation.sampler import SAMPLER
-from mailflow.pipeline.acquire import session_for
+from mailflow.pipeline.acquire import next_source, session_for
 from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping, hold_reason
 from mailflow.queue import countdowns
 from mailflow.queue.claims import give_back, gone, here, holding, load
@@ -89,7 +89,8 @@ def drop_ticket(ticket: str | None) -> None:
 def outcome_of(session: Session) -> Outcome:
     return Outcome(host=session.host, ip=session.target.ip, port=session.target.port,
                    mode="LMTP" if session.key.lmtp else "SMTP", secured=session.secured,
-                   authenticated=session.authenticated, tls_level=session.level)
+                   authenticated=session.authenticated, tls_level=session.level,
+                   source=session.source)
 
 
 class Ledger(Protocol):
@@ -414,7 +415,8 @@ class Lane:
         if self.session is not None and c.settings.pool_timeout == 0 and self.session.messages:
             try:  # no pooling: a fresh connection per message, in the same slot
                 self.session = POOL.reopen(self.session, settings=c.settings, tls=c.cfg.tls_outbound,
-                                           domain=c.route.domain)
+                                           domain=c.route.domain,
+                                           source=next_source(self.session.target, c.route, c.cfg))
             except NextAddress:
                 self.session = None
         if self.session is not None:

@@ -60,12 +60,13 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
                auth="Y" if outcome.authenticated else "N",
                response=str(first) if first else "-", delay=delay, fails=hmail.num_failures,
                rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}", **({"via": via} if via else {}),
-               **labels(hmail.todo.notes))
+               **({"source": outcome.source} if outcome.source else {}), **labels(hmail.todo.notes))
     if ok:
         response = str(outcome.results[ok[0]])
         events.message_event(config.current(), "delivered", hmail.todo, ok,
                              status=outcome.results[ok[0]].enhanced, response=response, host=outcome.host,
-                             ip=outcome.ip, tls_level=outcome.tls_level, num_failures=hmail.num_failures)
+                             ip=outcome.ip, tls_level=outcome.tls_level, num_failures=hmail.num_failures,
+                             source=outcome.source)
         params = [outcome.host, outcome.ip, response, delay, outcome.port, outcome.mode, ok,
                   outcome.secured]
         hooks.decide(hooks.delivered, raised=CONT, hmail=hmail, host=outcome.host, ip=outcome.ip,

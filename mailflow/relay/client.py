@@ -108,6 +108,7 @@ class Session:
     level: str = "none"  #: the TLS level it was opened at (LEVELS)
     need: TlsNeed | None = None  #: what it was opened for (a reopened session needs the same)
     lease: Any = None  #: its place under a shaping rule's max_connections (relay/shaping.py)
+    source: str | None = None  #: the egress source (egress.ini) it was opened from, by name
 
     @property
     def host(self) -> str:

@@ -198,8 +198,10 @@ class Pool:
         tried = targets[-1] if last_target is None else last_target  # named in the attempt line
         raise TemporaryError(last.reply, host=tried.mx.exchange, ip=tried.ip, port=tried.port)
 
-    def reopen(self, session: Session, *, settings: Outbound, tls: Tls, domain: str) -> Session:
-        """QUIT ``session`` and connect afresh to the same address in the same slot.
+    def reopen(self, session: Session, *, settings: Outbound, tls: Tls, domain: str,
+               source: tuple[str, str, str] | None = None) -> Session:
+        """QUIT ``session`` and connect afresh to the same address in the same slot; from
+        ``source`` (address, EHLO name, its name: an egress pool's next turn) when given.
 
         ``pool_timeout = 0`` means one connection per message; keeping the slot
         between them means a batch never has to queue for a slot again mid-way.
@@ -207,9 +209,9 @@ class Pool:
         session.close(quit=True)
         target = session.target
         need = session.need or tls_need(target, domain, tls, settings)
+        bind, helo, name = source or (session.key.bind, session.key.helo, session.source)
         try:
-            fresh = open_session(target, helo=session.key.helo, bind=session.key.bind, settings=settings,
-                                 tls=tls, need=need)
+            fresh = open_session(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
         except BaseException:
             if session.lease is not None:
                 session.lease.release()
@@ -217,6 +219,7 @@ class Pool:
                 self._unreserve(target.ip)
             raise
         fresh.lease = session.lease  # the same slot, the same place under its shaping rules
+        fresh.source = name
         return fresh
 
     def _take_idle_locked(self, target: Target, helo: str, bind: str | None, need: TlsNeed,

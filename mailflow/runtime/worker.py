@@ -29,6 +29,7 @@ from celery.signals import (
 
 from mailflow import config, logs
 from mailflow.config import environ, startup
+from mailflow.config.files import ConfigError
 from mailflow.config.loader import Config
 from mailflow.queue.identity import owner_queue
 from mailflow.runtime import compat, control, services, steps  # noqa: F401  (control: registers the commands)
@@ -88,6 +89,11 @@ def _load_config(**_kwargs: Any) -> None:
     compat.check_or_exit()
     cfg = startup.load_or_exit(os.environ.get("MAILFLOW_CONFIG"))
     _key_or_exit(cfg)
+    try:  # connections bind these: an address this host does not have fails every one
+        cfg.egress.check_local(cfg.directory / "egress.ini")
+    except ConfigError as exc:
+        print(f"mailflow: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _key_or_exit(cfg: Config) -> None:

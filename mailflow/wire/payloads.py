@@ -26,6 +26,7 @@ import base64
 import binascii
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,10 @@ class Batch:
         return cls(owner=owner, claim=claim, names=tuple(names), domain=domain, site=site)
 
 
+#: An egress pool's or source's name (egress.ini), as it rides in a payload.
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+
 @dataclass(frozen=True)
 class Route:
     """Entries of one batch that go the same way: one MX list, one source and EHLO name.
@@ -123,6 +128,8 @@ class Route:
     slot_wait_since: float | None = None
     #: TLS reports (RFC 8460 5.3): delivered whatever the domain's MTA-STS or DANE policy says
     tls_exempt: bool = False
+    #: the egress pool (egress.ini) whose sources new connections take, when no bind is set
+    pool: str | None = None
 
     @property
     def domain(self) -> str:
@@ -148,6 +155,8 @@ class Route:
             data["slot_wait_since"] = self.slot_wait_since
         if self.tls_exempt:
             data["tls_exempt"] = True
+        if self.pool is not None:
+            data["pool"] = self.pool
         return data
 
     @classmethod
@@ -166,9 +175,12 @@ class Route:
                 raise BadName(f"{key} {value!r} is not text")
         if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
             raise BadName(f"slot_wait_since {since!r} is not a time")
+        pool = data.get("pool")
+        if pool is not None and (not isinstance(pool, str) or not POOL_NAME.match(pool)):
+            raise BadName(f"pool {pool!r} is not a pool's name")
         return cls(batch=batch, mx=tuple(_mx_from_json(m, config_dir) for m in mxs),
                    bind=bind, helo=helo, slot_wait_since=since,
-                   tls_exempt=data.get("tls_exempt") is True)
+                   tls_exempt=data.get("tls_exempt") is True, pool=pool)
 
 
 def _mx_to_json(mx: MX, config_dir: Path) -> dict[str, Any]:
@@ -207,6 +219,7 @@ class Outcome:
     authenticated: bool = False
     results: dict[str, Reply] = field(default_factory=dict)  #: address -> reply
     tls_level: str = "none"  #: none, opportunistic, verified, mta-sts or dane
+    source: str | None = None  #: the egress source (egress.ini) the connection left from
 
     def keyword(self) -> str:
         """What became of the entry, as its log line says: delivered to anyone, else
@@ -227,7 +240,13 @@ class Outcome:
                    mode=str(data["mode"]), secured=bool(data["secured"]),
                    authenticated=bool(data["authenticated"]), results=results,
                    tls_level=str(data.get("tls_level") or ("opportunistic" if data["secured"]
-                                                            else "none")))
+                                                            else "none")),
+                   source=_source_name(data.get("source")))
+
+
+def _source_name(value: Any) -> str | None:
+    """An outcome's source, as another host reported it: a name, or nothing."""
+    return value if isinstance(value, str) and POOL_NAME.match(value) else None
 
 
 @dataclass(frozen=True)

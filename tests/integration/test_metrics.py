@@ -68,7 +68,8 @@ def test_after_a_mixed_run_the_metrics_say_what_the_mx_and_queue_stats_saw(env, 
 
     page, values = env.wait(settled, timeout=30)  # each process writes its figures every 5 s
     stats = json.loads(env.inst.mailflow("queue", "stats", "--json").stdout)
-    assert value(values, "mailflow_messages_total", outcome="delivered", tenant="-") == stats["delivered"] == 12
+    delivered = value(values, "mailflow_messages_total", outcome="delivered", tenant="-")
+    assert delivered == stats["delivered"] == 12
     assert len(server.deliveries) == 12
     assert value(values, "mailflow_messages_total", outcome="bounced", tenant="-") == stats["bounced"] == 2
     assert value(values, "mailflow_messages_total", outcome="queued", tenant="-") == 17  # 15 sent, 2 bounces

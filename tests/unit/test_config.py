@@ -239,3 +239,55 @@ def test_the_messages_metric_counts_listed_tenants_by_name_and_the_rest_as_other
              if s.name.endswith("_total")}
     assert {k[1]: v for k, v in found.items() if k[0] == "delivered"} == {"-": 5, "acme": 2, "other": 7}
     assert counters.read(root, "delivered") == 14  # the total is kept as before
+
+
+EGRESS_OK = ("[main]\ndefault_pool = p\n[source:a]\naddress = 127.0.0.1\nehlo = a.example.com\n"
+             "[source:b]\naddress = ::1\nehlo = b.example.com\n[pool:p]\nsources = a:3, b\n")
+
+
+def test_egress_pools_take_their_sources_in_weighted_turn(tmp_path):
+    from mailflow.config import egress
+    (tmp_path / "egress.ini").write_text(EGRESS_OK)
+    found = egress.load(tmp_path / "egress.ini")
+    assert found.default_pool == "p" and found.sources["b"].address == "::1"
+    turns = [found.choose("p").name for _ in range(40)]
+    assert turns.count("a") == 30 and turns.count("b") == 10
+    assert "b" in turns[:4]  # spread through the run, not 30 then 10
+    found.check_local(tmp_path / "egress.ini")  # loopback addresses: this host's
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[source:a]\naddress = 127.0.0.1\n", "needs address and ehlo"),
+    ("[source:a]\naddress = not-an-ip\nehlo = a.example.com\n", "is not an IP address"),
+    ("[source:a]\naddress = 127.0.0.1\nehlo = bad name\n", "is not a host name"),
+    ("[pool:p]\nsources = ghost\n", "there is no [source:ghost]"),
+    (EGRESS_OK.replace("a:3", "a:0"), "must be a whole number, 1 or more"),
+    (EGRESS_OK.replace("default_pool = p", "default_pool = q"), "there is no [pool:q]"),
+    ("[relay:x]\n", "a section is [source:NAME] or [pool:NAME]"),
+    (EGRESS_OK + "colour = red\n", "unknown key"),
+])
+def test_a_broken_egress_ini_is_one_line(tmp_path, text, says):
+    from mailflow.config import egress
+    (tmp_path / "egress.ini").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        egress.load(tmp_path / "egress.ini")
+
+
+def test_a_pool_named_by_a_tenant_or_a_route_must_exist(tmp_path):
+    from mailflow import config as configmod
+    (tmp_path / "me").write_text("mailflow.test\n")
+    (tmp_path / "egress.ini").write_text(EGRESS_OK)
+    (tmp_path / "tenants.ini").write_text("[tenant:acme]\npool = nope\n")
+    with pytest.raises(ConfigError, match="egress.ini has no such pool"):
+        configmod.load(tmp_path)
+    (tmp_path / "tenants.ini").write_text("[tenant:acme]\npool = p\n")
+    (tmp_path / "routes.ini").write_text("[example.com]\nvia = 127.0.0.1:25\npool = nope\n")
+    with pytest.raises(ConfigError, match=re.escape("[example.com] pool = nope")):
+        configmod.load(tmp_path)
+
+
+def test_a_source_this_host_lacks_is_found_at_start(tmp_path):
+    from mailflow.config import egress
+    (tmp_path / "egress.ini").write_text("[source:far]\naddress = 192.0.2.10\nehlo = far.example.com\n")
+    with pytest.raises(ConfigError, match="192.0.2.10 is not an address of this host"):
+        egress.load(tmp_path / "egress.ini").check_local(tmp_path / "egress.ini")

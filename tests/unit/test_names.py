@@ -124,3 +124,12 @@ def test_a_route_names_its_domain_or_its_site():
     data = {k: v for k, v in SITE_BATCH.items() if k != "site"}
     with pytest.raises(BadName, match="domain or its site"):
         Route.from_json({**data, "mx": [{"exchange": "mx.example"}]}, Path("/nonexistent"))
+
+
+def test_a_routes_pool_on_the_wire_is_a_name_or_refused(tmp_path):
+    base = Route.from_json({**SITE_BATCH, "mx": [{"exchange": "mx.example"}]}, tmp_path)
+    assert base.pool is None
+    assert Route.from_json({**base.to_json(tmp_path), "pool": "bulk"}, tmp_path).pool == "bulk"
+    for bad in ("../x", "", 7, "a b"):
+        with pytest.raises(BadName):
+            Route.from_json({**base.to_json(tmp_path), "pool": bad}, tmp_path)

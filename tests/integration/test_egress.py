@@ -1,0 +1,71 @@
+"""Egress sources and pools: each connection binds its source's address and greets with its
+name, sources of a pool take connections in their weights' proportion, a tenant's pool wins
+over the default, and a source address this host does not have stops the worker's start."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from harness.instance import Instance
+from harness.waiting import until
+from tests.support.pipeline import Env, module_env, write_due
+
+EGRESS = """[main]
+default_pool = main
+
+[source:mta1]
+address = 127.0.0.4
+ehlo = mta1.sender.test
+
+[source:mta2]
+address = 127.0.0.5
+ehlo = mta2.sender.test
+
+[source:mta3]
+address = 127.0.0.6
+ehlo = mta3.sender.test
+
+[pool:main]
+sources = mta1:3, mta2:1
+
+[pool:bulk]
+sources = mta3
+"""
+TENANTS = "[tenant:bulkco]\npool = bulk\n"
+
+env = module_env("egress", files={"egress.ini": EGRESS, "tenants.ini": TENANTS})
+
+
+def _sessions_by_peer(server) -> list[tuple[str, str | None]]:
+    return [(s.peer[0], s.ehlo) for s in server.sessions if s.deliveries]
+
+
+def test_a_pools_sources_take_connections_by_weight_each_with_its_own_name(env: Env, mx):
+    server = mx()
+    env.configure(pool_timeout=0)  # a connection per message: sessions count the choices
+    write_due(env.inst.queue_dir / "pending", 80, "dest.test", {})
+    until(lambda: len(server.deliveries) >= 80 and not env.inst.all_files(), 90)
+    seen = _sessions_by_peer(server)
+    by_peer = Counter(peer for peer, _ in seen)
+    assert set(by_peer) == {"127.0.0.4", "127.0.0.5"}, by_peer
+    assert 0.65 <= by_peer["127.0.0.4"] / sum(by_peer.values()) <= 0.85  # 3:1, within 10 %
+    assert {(peer, ehlo) for peer, ehlo in seen} == {("127.0.0.4", "mta1.sender.test"),
+                                                     ("127.0.0.5", "mta2.sender.test")}
+    assert env.logged("source=mta1") and env.logged("source=mta2")
+
+
+def test_a_tenants_pool_wins_over_the_default(env: Env, mx):
+    server = mx()
+    write_due(env.inst.queue_dir / "pending", 3, "sender.test", {"tenant": "bulkco"})
+    until(lambda: len(server.deliveries) >= 3 and not env.inst.all_files(), 60)
+    assert {peer for peer, _ in _sessions_by_peer(server)} == {"127.0.0.6"}
+    assert env.logged("source=mta3") and env.logged("tenant=bulkco")
+
+
+def test_a_source_address_this_host_lacks_stops_the_worker_with_one_line(make_instance):
+    inst: Instance = make_instance()
+    inst.write_config("egress.ini", "[source:far]\naddress = 192.0.2.10\nehlo = far.sender.test\n")
+    done = inst.celery("worker", "--pool", "solo", timeout=60)
+    assert done.returncode != 0
+    said = done.stderr.decode()
+    assert "egress.ini" in said and "192.0.2.10 is not an address of this host" in said, said
