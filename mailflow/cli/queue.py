@@ -20,6 +20,7 @@ from mailflow.queue import events
 from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
 from mailflow.queue.spool import Spool
+from mailflow.relay import warmup
 from mailflow.relay.shaping import shaper_for
 from mailflow.runtime import authentic
 from mailflow.runtime.application import app
@@ -87,6 +88,11 @@ def cmd_queue(args: argparse.Namespace, cfg: Config) -> int:
         suspended = shaping_state(cfg)
         if suspended:  # destinations a reply suspended: seconds left
             numbers.update({f"suspended:{rule}": left for rule, left in suspended.items()})
+        for source in cfg.egress.sources.values():  # warm-up: its day of use, what is left today
+            if source.warmup:
+                allowed = warmup.allowance(source)
+                numbers[f"warmup:{source.name}:day"] = allowed.day
+                numbers[f"warmup:{source.name}:left"] = allowed.left  # type: ignore[assignment]
         if cfg.shaping:  # deliveries each rule held back, on this host, since its workers started
             numbers.update(host_counts("throttled:"))
         if not args.json:  # broker messages refused for want of mailflow's MAC, on this host

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,12 @@ class Source:
     name: str
     address: str
     ehlo: str
+    #: messages it may send on its 1st, 2nd, … UTC day of use (mailflow/relay/warmup.py)
+    warmup: tuple[int, ...] = ()
+
+
+class NoRoom(Exception):
+    """Every source of the pool has sent what its warm-up allows today."""
 
 
 @dataclass(frozen=True)
@@ -49,16 +56,20 @@ class Egress:
     pools: dict[str, Pool]
     default_pool: str | None = None
 
-    def choose(self, pool_name: str) -> Source:
-        """The pool's next source in weighted turn (KeyError for a pool that is not one)."""
+    def choose(self, pool_name: str, room: Callable[[Source], bool] = lambda source: True) -> Source:
+        """The pool's next source in weighted turn among those with ``room`` (KeyError for a
+        pool that is not one; NoRoom when no source has room)."""
         pool = self.pools[pool_name]
+        open_ = [n for n, (source, _) in enumerate(pool.sources) if room(source)]
+        if not open_:
+            raise NoRoom(pool_name)
         with _TURNS_LOCK:
             current = _TURNS.setdefault(pool, [0] * len(pool.sources))
             total = 0
-            for n, (_, weight) in enumerate(pool.sources):
-                current[n] += weight
-                total += weight
-            best = max(range(len(current)), key=lambda n: current[n])
+            for n in open_:
+                current[n] += pool.sources[n][1]
+                total += pool.sources[n][1]
+            best = max(open_, key=lambda n: current[n])
             current[best] -= total
             return pool.sources[best][0]
 
@@ -132,7 +143,16 @@ def _source(path: Path, name: str, keys: dict) -> Source:
         ehlo = _ehlo(keys["ehlo"].text)
     except ValueError as exc:
         raise ConfigError(path, keys["ehlo"].line, f"[source:{name}] {exc}") from None
-    return Source(name, address, ehlo)
+    warmup: tuple[int, ...] = ()
+    if "warmup" in keys:
+        try:
+            warmup = tuple(int(n) for n in parse_list(keys["warmup"].text))
+        except ValueError:
+            warmup = (0,)
+        if not warmup or min(warmup) < 1:
+            raise ConfigError(path, keys["warmup"].line, f"[source:{name}] warmup is a list of "
+                              "whole numbers, 1 or more: messages on its 1st, 2nd, … day")
+    return Source(name, address, ehlo, warmup)
 
 
 def _pool(path: Path, name: str, text: str, line: int | None, sources: dict[str, Source]) -> Pool:

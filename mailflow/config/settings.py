@@ -443,6 +443,8 @@ TENANT_KEYS = (
 SOURCE_KEYS = (
     Key("address", "IP address", "", "the address connections are bound to (one of this host's)"),
     Key("ehlo", "host name", "", "the name connections from it greet with (its reverse DNS)"),
+    Key("warmup", "list of numbers", "", "at most N1, N2, … messages on its 1st, 2nd, … UTC day "
+        "of use; past the list, no cap"),
 )
 POOL_KEYS = (
     Key("sources", "list of NAME[:weight]", "", "the sources new connections take in weighted turn"),

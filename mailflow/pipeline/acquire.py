@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailflow import config
+from mailflow.config.egress import NoRoom
 from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, NothingToDo, Throttled, local_reply
 from mailflow.observation import tally
@@ -26,6 +27,7 @@ from mailflow.queue.entry import BadName
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_each
 from mailflow.queue.spool import Spool, now_ms
+from mailflow.relay import warmup
 from mailflow.relay.client import Session
 from mailflow.relay.mx import Target, targets
 from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
@@ -126,6 +128,20 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
     return session
 
 
+def warm(session: Session, route: Route, cfg: Config) -> tuple[str, str, str] | None:
+    """Before each message over ``session``: count it against its source's warm-up
+    allowance; None when it may go, else the pool's next source with room (Throttled when
+    none has any)."""
+    source = cfg.egress.sources.get(session.source) if session.source else None
+    if source is None or warmup.take(source):
+        return None
+    chosen = next_source(session.target, route, cfg)
+    if chosen is None:
+        raise Throttled(warmup.seconds_to_tomorrow(), f"source {source.name} has sent its warm-up "
+                        "allowance for today", f"warmup:{source.name}")
+    return chosen
+
+
 def next_source(target: Target, route: Route, cfg: Config) -> tuple[str, str, str] | None:
     """The next source of the route's egress pool for a new connection to ``target`` (weights
     apply per connection), or None when a bind is set or there is no pool."""
@@ -139,10 +155,14 @@ def source_for(target: Target, route: Route, cfg: Config) -> tuple[str | None, s
     bind = target.mx.bind or route.bind or None
     if bind is None and route.pool is not None:
         try:
-            chosen = cfg.egress.choose(route.pool)
+            chosen = cfg.egress.choose(route.pool, warmup.has_room)
         except KeyError:
             raise DeliveryError(local_reply("4.3.5", f"egress pool {route.pool} is not in this "
                                             "host's egress.ini")) from None
+        except NoRoom:  # not a failure: due again when the next UTC day opens the caps
+            raise Throttled(warmup.seconds_to_tomorrow(), f"every source of egress pool {route.pool} "
+                            "has sent its warm-up allowance for today",
+                            f"warmup:{route.pool}") from None
         return chosen.address, chosen.ehlo, chosen.name
     helo = target.mx.bind_helo or route.helo or cfg.me
     return bind, helo, None

@@ -17,7 +17,7 @@ from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
 from mailflow.message import FileMessage
 from mailflow.observation import tally
 from mailflow.observation.sampler import SAMPLER
-from mailflow.pipeline.acquire import next_source, session_for
+from mailflow.pipeline.acquire import next_source, session_for, warm
 from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping, hold_reason
 from mailflow.queue import countdowns
 from mailflow.queue.claims import give_back, gone, here, holding, load
@@ -252,6 +252,8 @@ class Courier:
                 return
             if self.shaping.rules and not self._shaped(lane, item):
                 return
+            if lane.session is not None and lane.session.source and not self._warm(lane, item):
+                return
             took = time.monotonic()
             lane.last = None
             try:
@@ -291,6 +293,27 @@ class Courier:
             self._hold([item, *self._take_all()], wait, "throttled", self._rules(lane.session))
             return False
         return True
+
+    def _warm(self, lane: Lane, item: Any) -> bool:
+        """Whether ``item`` may go over the lane's source under its warm-up allowance; if
+        not, the lane moves to the pool's next source with room, or the rest wait until the
+        next UTC day (held, not failed)."""
+        assert lane.session is not None
+        try:
+            other = warm(lane.session, self.route, self.cfg)
+            if other is None:
+                return True
+            lane.session = POOL.reopen(lane.session, settings=self.settings, tls=self.cfg.tls_outbound,
+                                       domain=self.route.domain, source=other)
+        except Throttled as exc:
+            self._hold([item, *self._take_all()], exc.wait, "held", exc.held_by)
+            return False
+        except NextAddress:
+            lane.session = None
+            with self._lock:
+                self._todo.appendleft(item)
+            return False
+        return self._warm(lane, item)
 
     def _rules(self, session: Session) -> str:
         """The rules over ``session``'s destination, as a hold names them."""

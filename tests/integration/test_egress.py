@@ -4,6 +4,7 @@ over the default, and a source address this host does not have stops the worker'
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from harness.instance import Instance
@@ -25,13 +26,25 @@ ehlo = mta2.sender.test
 address = 127.0.0.6
 ehlo = mta3.sender.test
 
+[source:mta4]
+address = 127.0.0.7
+ehlo = mta4.sender.test
+warmup = 20, 40
+
+[source:mta5]
+address = 127.0.0.8
+ehlo = mta5.sender.test
+
 [pool:main]
 sources = mta1:3, mta2:1
+
+[pool:warm]
+sources = mta4:100, mta5:1
 
 [pool:bulk]
 sources = mta3
 """
-TENANTS = "[tenant:bulkco]\npool = bulk\n"
+TENANTS = "[tenant:bulkco]\npool = bulk\n\n[tenant:warmco]\npool = warm\n"
 
 env = module_env("egress", files={"egress.ini": EGRESS, "tenants.ini": TENANTS})
 
@@ -60,6 +73,17 @@ def test_a_tenants_pool_wins_over_the_default(env: Env, mx):
     until(lambda: len(server.deliveries) >= 3 and not env.inst.all_files(), 60)
     assert {peer for peer, _ in _sessions_by_peer(server)} == {"127.0.0.6"}
     assert env.logged("source=mta3") and env.logged("tenant=bulkco")
+
+
+def test_a_warm_up_cap_moves_the_next_message_to_the_pools_other_source(env: Env, mx):
+    server = mx()
+    env.configure(pool_timeout=0)
+    write_due(env.inst.queue_dir / "pending", 30, "dest.test", {"tenant": "warmco"})
+    until(lambda: len(server.deliveries) >= 30 and not env.inst.all_files(), 90)
+    by_peer = Counter(peer for peer, _ in _sessions_by_peer(server))
+    assert by_peer == {"127.0.0.7": 20, "127.0.0.8": 10}  # 100:1 by weight, but mta4 has 20 today
+    stats = json.loads(env.inst.mailflow("queue", "stats", "--json").stdout)
+    assert stats["warmup:mta4:day"] == 1 and stats["warmup:mta4:left"] == 0
 
 
 def test_a_source_address_this_host_lacks_stops_the_worker_with_one_line(make_instance):

@@ -291,3 +291,31 @@ def test_a_source_this_host_lacks_is_found_at_start(tmp_path):
     (tmp_path / "egress.ini").write_text("[source:far]\naddress = 192.0.2.10\nehlo = far.example.com\n")
     with pytest.raises(ConfigError, match="192.0.2.10 is not an address of this host"):
         egress.load(tmp_path / "egress.ini").check_local(tmp_path / "egress.ini")
+
+
+def test_warm_up_counts_per_utc_day_of_use_and_then_no_cap(tmp_path, monkeypatch):
+    import datetime
+
+    from mailflow.config.egress import Source
+    from mailflow.relay import warmup
+    monkeypatch.setenv("MAILFLOW_STATE_DIR", str(tmp_path))
+    source = Source("new", "127.0.0.1", "new.example.com", (2, 3))
+    day1 = datetime.date(2026, 12, 6)
+    assert warmup.allowance(source, day1) == warmup.Allowance(0, 2)  # never used
+    assert [warmup.take(source, day1) for _ in range(3)] == [True, True, False]
+    day2 = day1 + datetime.timedelta(days=1)
+    assert warmup.allowance(source, day2) == warmup.Allowance(2, 3)
+    assert [warmup.take(source, day2) for _ in range(4)] == [True, True, True, False]
+    day3 = day2 + datetime.timedelta(days=1)
+    assert warmup.allowance(source, day3) == warmup.Allowance(3, None)  # past the list
+    assert all(warmup.take(source, day3) for _ in range(10))
+    assert warmup.take(Source("plain", "127.0.0.1", "p.example.com"), day1)  # no warm-up at all
+
+
+def test_a_pool_whose_sources_are_all_capped_has_no_room(tmp_path):
+    from mailflow.config import egress
+    (tmp_path / "egress.ini").write_text(EGRESS_OK)
+    found = egress.load(tmp_path / "egress.ini")
+    assert {found.choose("p", lambda s: s.name == "b").name for _ in range(5)} == {"b"}
+    with pytest.raises(egress.NoRoom):
+        found.choose("p", lambda s: False)
