@@ -256,12 +256,14 @@ class Config:
         self.bounce_template = _load_bounce_template(d / "outbound.bounce_message")
         self.dkim = _load_dkim(d)
         self.shared: Shared = build_section(Shared, read_ini(d / "shaping.ini"), "main")
-        self.shaping = shaping.load(d / "shaping.ini")
+
         self.webhooks = webhooks.load(d / "webhooks.ini")
         self.metrics: Metrics = build_section(Metrics, _ini(d / "metrics.ini"), "main")
         self.http = _load_http(d)
         self.tenants = tenants.load(d / "tenants.ini")
         self.egress = egress.load(d / "egress.ini")
+        self.shaping = shaping.load(d / "shaping.ini",
+                                    {n: src.address for n, src in self.egress.sources.items()})
         for tenant in self.tenants.by_name.values():
             if tenant.pool is not None and tenant.pool not in self.egress.pools:
                 raise ConfigError(d / "tenants.ini", None, f"[tenant:{tenant.name}] pool = {tenant.pool}: "

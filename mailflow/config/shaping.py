@@ -3,7 +3,8 @@
 One section per rule: ``[domain:example.com]`` (the recipient domain),
 ``[mx:.mail.example.net]`` (an MX host suffix: every domain hosted there shares the
 rule, as Gmail's, Microsoft's and Yahoo's throttles count), ``[source:192.0.2.7]``
-(the source address).  Keys: ``max_connections``, ``max_messages_per_connection``,
+(the source address, or an egress.ini source's name), ``[tenant:acme]`` (a tenant's mail,
+whatever its destination).  Keys: ``max_connections``, ``max_messages_per_connection``,
 ``messages_per_minute``, ``messages_per_hour``, ``suspend_on`` (enhanced codes or
 reply substrings), ``suspend_for`` (a duration, default 10m).  ``[main]`` holds
 ``shaping_redis`` (mailflow/config/settings.py ``Shared``).
@@ -20,9 +21,10 @@ from mailflow.config.files import ConfigError, Value, parse_list, read_ini, unkn
 from mailflow.config.schedule import parse_duration
 from mailflow.config.settings import SHAPING_RULE_KEYS, positive_int
 
-KINDS = ("domain", "mx", "source")
+KINDS = ("domain", "mx", "source", "tenant")
 LIMITS = ("max_connections", "max_messages_per_connection", "messages_per_minute", "messages_per_hour")
 KEYS = tuple(k.name for k in SHAPING_RULE_KEYS)
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _NAME = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 
@@ -38,11 +40,13 @@ class Rule:
     suspend_on: tuple[str, ...] = ()
     suspend_for: int = 600
 
-    def matches(self, domain: str, mx_host: str, source: str | None) -> bool:
+    def matches(self, domain: str, mx_host: str, source: str | None, tenant: str | None = None) -> bool:
         if self.kind == "domain":
             return domain.lower() == self.pattern
         if self.kind == "source":
             return source is not None and source == self.pattern
+        if self.kind == "tenant":
+            return tenant is not None and tenant.lower() == self.pattern
         host, suffix = mx_host.lower().rstrip("."), self.pattern.lstrip(".")
         return host == suffix or host.endswith("." + suffix)
 
@@ -59,16 +63,25 @@ def _positive(path: Path, key: str, raw: Value) -> int:
         raise ConfigError(path, raw.line, f"{key} {exc}") from None
 
 
-def _rule(path: Path, name: str, keys: dict[str, Value], line: int | None) -> Rule:
+def _rule(path: Path, name: str, keys: dict[str, Value], line: int | None,
+          sources: dict[str, str]) -> Rule:
     kind, sep, pattern = name.partition(":")
     pattern = pattern.strip().lower()
     if not sep or kind not in KINDS or not pattern:
-        raise ConfigError(path, line, f"[{name}]: a rule is [domain:NAME], [mx:SUFFIX] or [source:IP]")
+        raise ConfigError(path, line, f"[{name}]: a rule is [domain:NAME], [mx:SUFFIX], "
+                          "[source:IP or NAME] or [tenant:NAME]")
+    shown = pattern  # a source's rule is named as written: source:mta1
     if kind == "source":
         try:
-            pattern = str(ipaddress.ip_address(pattern))
-        except ValueError:
-            raise ConfigError(path, line, f"[{name}]: {pattern!r} is not an IP address") from None
+            pattern = shown = str(ipaddress.ip_address(pattern))
+        except ValueError:  # an egress.ini source's name: its address
+            if pattern not in sources:
+                raise ConfigError(path, line, f"[{name}]: {pattern!r} is neither an IP address nor "
+                                  "an egress.ini source") from None
+            pattern = sources[pattern]
+    elif kind == "tenant":
+        if not _TENANT.match(pattern):
+            raise ConfigError(path, line, f"[{name}]: {pattern!r} is not a tenant's name")
     elif not _NAME.match(pattern):
         raise ConfigError(path, line, f"[{name}]: {pattern!r} is not a domain name")
     values: dict[str, object] = {}
@@ -86,16 +99,18 @@ def _rule(path: Path, name: str, keys: dict[str, Value], line: int | None) -> Ru
                 raise ConfigError(path, raw.line, f"suspend_for {exc}") from None
     if not any(k in values for k in (*LIMITS, "suspend_on")):
         raise ConfigError(path, line, f"[{name}] sets no limit and no suspend_on")
-    return Rule(name=f"{kind}:{pattern}", kind=kind, pattern=pattern, **values)  # type: ignore[arg-type]
+    return Rule(name=f"{kind}:{shown}", kind=kind, pattern=pattern, **values)  # type: ignore[arg-type]
 
 
-def load(path: Path) -> tuple[Rule, ...]:
+def load(path: Path, sources: dict[str, str] | None = None) -> tuple[Rule, ...]:
+    """Every rule; ``sources``: egress.ini's source names and their addresses, which a
+    ``[source:NAME]`` rule may name."""
     ini = read_ini(path)
     rules = []
     for name, keys in ini.sections.items():
         if name == "main":
             continue
-        rules.append(_rule(path, name, keys, _section_line(path, name)))
+        rules.append(_rule(path, name, keys, _section_line(path, name), sources or {}))
     return tuple(rules)
 
 

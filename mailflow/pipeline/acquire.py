@@ -105,7 +105,7 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
     security = for_route(route.domain, route.mx, tls, settings, exempt=route.tls_exempt)
     found = security.allowed(targets(list(route.mx), settings))
     bind, helo, source = source_for(found[0], route, cfg)
-    shaping = RouteShaping(cfg, route.domain)
+    shaping = RouteShaping(cfg, route.domain, route.tenant)
     rules = [r.name for r in shaping.matched(found[0].mx.exchange, bind)]
     if rules:  # the destination's connection, idle a moment, its place under the rules kept
         kept = POOL.take_leased(found, helo=helo, bind=bind, need_for=security.need, rules=rules)

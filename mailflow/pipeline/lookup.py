@@ -120,10 +120,11 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
             if domain not in seen and (batch.site is not None or not sites.fresh(domain)):
                 seen[domain] = _site_of(domain, mxs, exempt, cfg)
             pool = None if bind or any(mx.bind for mx in mxs) else pool_for(hmail, domain, cfg)
+            tenant = str(hmail.todo.notes.get(TENANT_NOTE) or "") or None
             if batch.site is None:
-                key: tuple[Any, ...] = (tuple(mxs), bind, helo, exempt, pool)
+                key: tuple[Any, ...] = (tuple(mxs), bind, helo, exempt, pool, tenant)
             else:  # the same MX hosts in any order; a domain with needs of its own alone
-                key = (frozenset(mxs), bind, helo, exempt, pool, seen[domain] or domain)
+                key = (frozenset(mxs), bind, helo, exempt, pool, tenant, seen[domain] or domain)
             answers.setdefault(key, (mxs, set()))[1].add(domain)
             groups.setdefault(key, []).append(hmail.filename)
     for domain, site in seen.items():
@@ -135,7 +136,7 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
         if len(domains) == 1:  # one domain's route, as from a batch of its own
             part = dataclasses.replace(part, domain=next(iter(domains)), site=None)
         routes.append(Route(batch=part, mx=tuple(mxs), bind=key[1], helo=key[2], tls_exempt=key[3],
-                            pool=key[4]))
+                            pool=key[4], tenant=key[5]))
     return routes
 
 

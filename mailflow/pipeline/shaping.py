@@ -37,9 +37,10 @@ TAKE_MAX = 50
 class RouteShaping:
     """One batch's shaping: the rules, and the rate places it has taken but not yet used."""
 
-    def __init__(self, cfg: Config, domain: str):
+    def __init__(self, cfg: Config, domain: str, tenant: str | None = None):
         self.rules = cfg.shaping
         self.domain = domain
+        self.tenant = tenant  #: the batch's tenant: its [tenant:NAME] rules hold too
         self.shaper: Shaper | None = shaper_for(cfg.shared_redis()) if self.rules else None
         #: places taken for the batch's next messages, by the rules they were taken under:
         #: (how many, until when on the monotonic clock)
@@ -47,7 +48,7 @@ class RouteShaping:
         self._lock = threading.Lock()
 
     def matched(self, mx_host: str, source: str | None) -> list[Rule]:
-        return rules_for(self.rules, self.domain, mx_host, source) if self.rules else []
+        return rules_for(self.rules, self.domain, mx_host, source, self.tenant) if self.rules else []
 
     def destination(self, mx_host: str, source: str | None) -> str:
         """The label of an attempt in the metrics: its first shaping rule, or ``other`` (a

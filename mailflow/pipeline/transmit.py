@@ -202,7 +202,7 @@ class Courier:
         self._started = 0.0
         #: the receiver takes SLOW_MESSAGE or more per message: lanes are looked for
         self._slow = False
-        self.shaping = RouteShaping(cfg, route.domain)
+        self.shaping = RouteShaping(cfg, route.domain, route.tenant)
         #: the MX hosts' key, which slowness is remembered under
         self.receiver = site_key(route.mx)
 

@@ -77,6 +77,8 @@ SITES_EXPIRE_EVERY = 300.0
 #: How a site's destination is told from a domain's (a domain has no colon outside the
 #: brackets of an address literal).
 SITE_PREFIX = "site:"
+#: Between a tenant's tag and its destination in a turn of the round robin.
+TENANT_SEP = "|"
 
 #: Publish a batch to a task, by the task's name.
 Publisher = Callable[[str, Batch], None]
@@ -359,7 +361,10 @@ class QueueManager:
 
         A destination is a domain, or the *site* that domains were last found to share
         (mailflow/queue/sites.py): a long tail of domains behind the same MX hosts is claimed
-        as one destination, in batches of several domains."""
+        as one destination, in batches of several domains.  Each tenant's mail for a
+        destination takes turns of its own (the tenant is tagged in the entry's id), so one
+        tenant's backlog never keeps another's due mail waiting; the window's share is the
+        destination's, whoever's mail fills it."""
         due = self._by_site(due)
         active = self._by_site_counts(active)
         held = self._by_site_counts(Counter(self.in_flight.bytes))
@@ -368,8 +373,9 @@ class QueueManager:
         turns = deque(sorted(due, key=lambda destination: due[destination][0]))
         claimed = 0
         while turns and room > 0 and bytes_room > 0:
-            destination = turns.popleft()
-            names = due[destination]
+            turn = turns.popleft()  # a destination, or one tenant's mail for it
+            destination = turn.rpartition(TENANT_SEP)[2]
+            names = due[turn]
             count = min(BATCH_MAX, room, share - active[destination])
             fitting = self._within_bytes(names[:count], min(bytes_room, bytes_share - held[destination]),
                                          alone=not held) if count > 0 else {}
@@ -393,7 +399,7 @@ class QueueManager:
                 claimed += len(got)
                 self._dispatch(LOOKUP_MX, self._batch(claim, tuple(got), destination, entries), PENDING)
             if names:
-                turns.append(destination)
+                turns.append(turn)
         return claimed
 
     def _destination(self, domain: str) -> str:
@@ -410,13 +416,16 @@ class QueueManager:
         return hosts_key((host, n, p or port) for n, (host, p) in enumerate(route.via))
 
     def _by_site(self, due: dict[str, list[EntryName]]) -> dict[str, list[EntryName]]:
-        """Due entries by destination: the domains of one site together, oldest first."""
+        """Due entries by destination -- the domains of one site together, each tenant's
+        apart (``<tag>|<destination>``), oldest first."""
         merged: dict[str, list[EntryName]] = defaultdict(list)
         for domain, names in due.items():
-            merged[self._destination(domain)] += names
-        for destination, names in merged.items():
-            if destination.startswith(SITE_PREFIX):
-                names.sort()
+            destination = self._destination(domain)
+            for name in names:
+                tag = name.tenant_tag
+                merged[f"{tag}{TENANT_SEP}{destination}" if tag else destination].append(name)
+        for names in merged.values():
+            names.sort()
         return merged
 
     def _by_site_counts(self, counts: Counter[str]) -> Counter[str]:

@@ -21,13 +21,14 @@ from mailflow import config as configmod
 from mailflow import logs
 from mailflow import message as msg
 from mailflow.address import Address
-from mailflow.config.tenants import labels
+from mailflow.config.tenants import TENANT_NOTE, labels
 from mailflow.dkim.keys import KeyProblem
 from mailflow.message import Body
 from mailflow.queue import counters, events
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import NewEntry, Spool, now_ms
 from mailflow.queue.todo import ToDo
+from mailflow.wire.names import tenant_tag
 
 log = logging.getLogger("mailflow.queue")
 
@@ -245,8 +246,10 @@ def prepare_message(mail_from: Address, rcpt_to: list[Address], message: bytes |
         raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
     arrival = now_ms()
     entries = []
+    tenant = (notes or {}).get(TENANT_NOTE)
+    stem = f"{txn}.t{tenant_tag(str(tenant))}" if tenant else txn  # the queue manager's turns
     for n, group in enumerate(split_recipients(rcpt_to, settings.always_split), start=1):
-        todo = ToDo(uuid=f"{txn}.{n}", queue_time=arrival, domain=group[0].host,
+        todo = ToDo(uuid=f"{stem}.{n}", queue_time=arrival, domain=group[0].host,
                     mail_from=mail_from, rcpt_to=group, notes=dict(notes or {}))
         entries.append(NewEntry(EntryName(arrival, 0, arrival, todo.uuid, todo.domain), todo))
     return Prepared(txn, mail_from, rcpt_to, entries, data, size, client, auth)

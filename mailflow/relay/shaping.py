@@ -292,5 +292,6 @@ def shaper_for(redis_url: str | None) -> Shaper:
         return found
 
 
-def rules_for(rules: tuple[Rule, ...], domain: str, mx_host: str, source: str | None) -> list[Rule]:
-    return [r for r in rules if r.matches(domain, mx_host, source)]
+def rules_for(rules: tuple[Rule, ...], domain: str, mx_host: str, source: str | None,
+              tenant: str | None = None) -> list[Rule]:
+    return [r for r in rules if r.matches(domain, mx_host, source, tenant)]

@@ -16,6 +16,7 @@ a string from a payload to a path.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
 
@@ -95,6 +96,15 @@ class EntryName:
         parsed = cls(int(nxt), int(fails), int(arrival), ident, domain)
         return parsed if str(parsed) == name else None
 
+    @property
+    def tenant_tag(self) -> str | None:
+        """The tag of the message's tenant in its id (``<uuid>.t<tag>.<n>``), or None: the
+        queue manager serves tenants in turn from the names alone."""
+        parts = self.id.split(".")
+        if len(parts) >= 3 and len(parts[1]) == 9 and parts[1][0] == "t":
+            return parts[1][1:]
+        return None
+
     def matches(self, ident: str) -> bool:
         """This entry is ``ident``: its own id, or the message id its entries share
         (``<uuid>`` names every ``<uuid>.<n>`` entry of one message)."""
@@ -106,6 +116,12 @@ class EntryName:
             next_attempt_ms=next_attempt_ms,
             num_failures=self.num_failures if num_failures is None else num_failures,
         )
+
+
+def tenant_tag(tenant: str) -> str:
+    """Eight hex digits standing for a tenant in entry ids (its name may hold ``_``, which
+    separates the parts of a queue file name)."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:8]
 
 
 #: A queue directory's identity, which names its owner's Celery queue.

@@ -130,6 +130,8 @@ class Route:
     tls_exempt: bool = False
     #: the egress pool (egress.ini) whose sources new connections take, when no bind is set
     pool: str | None = None
+    #: the tenant of its entries (one batch is one tenant's): its shaping rules hold too
+    tenant: str | None = None
 
     @property
     def domain(self) -> str:
@@ -157,6 +159,8 @@ class Route:
             data["tls_exempt"] = True
         if self.pool is not None:
             data["pool"] = self.pool
+        if self.tenant is not None:
+            data["tenant"] = self.tenant
         return data
 
     @classmethod
@@ -175,12 +179,13 @@ class Route:
                 raise BadName(f"{key} {value!r} is not text")
         if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
             raise BadName(f"slot_wait_since {since!r} is not a time")
-        pool = data.get("pool")
-        if pool is not None and (not isinstance(pool, str) or not POOL_NAME.match(pool)):
-            raise BadName(f"pool {pool!r} is not a pool's name")
+        pool, tenant = data.get("pool"), data.get("tenant")
+        for key, value in (("pool", pool), ("tenant", tenant)):
+            if value is not None and (not isinstance(value, str) or not POOL_NAME.match(value)):
+                raise BadName(f"{key} {value!r} is not a name")
         return cls(batch=batch, mx=tuple(_mx_from_json(m, config_dir) for m in mxs),
                    bind=bind, helo=helo, slot_wait_since=since,
-                   tls_exempt=data.get("tls_exempt") is True, pool=pool)
+                   tls_exempt=data.get("tls_exempt") is True, pool=pool, tenant=tenant)
 
 
 def _mx_to_json(mx: MX, config_dir: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import uuid as uuidlib
 
 from harness.dnsserver import free_port
 from harness.waiting import until
-from tests.support.pipeline import Env, module_env
+from tests.support.pipeline import Env, module_env, write_due
 
 USERS = "[core]\nmethods = PLAIN,LOGIN\n[users]\nalice = s3cret\nbob = hunter22\n"
 TENANTS = "[tenant:acme]\nusers = alice\n\n[tenant:globex]\n"
@@ -32,7 +32,9 @@ def _setup(env: Env) -> None:
     env.inst.start_smtpd()
 
 
-env = module_env("tenants", setup=_setup)
+#: shaping.ini is read at start: the worker starts with it
+SHAPING = "[tenant:slowco]\nmessages_per_minute = 5\n"
+env = module_env("tenants", setup=_setup, files={"shaping.ini": SHAPING})
 
 
 def smtp_send(env: Env, rcpt: str, headers: str, user: str | None = None, source: str = "127.0.0.1") -> None:
@@ -100,3 +102,18 @@ def test_the_api_keys_tenant_and_queue_list_and_stats_by_tenant(env):
     assert stats["tenant"] == "globex" and stats["queued"] + stats["in_progress"] + stats["waiting"] >= 1
     text = env.inst.mailflow("queue", "list", "--tenant", "acme").stdout.decode()
     assert f"acl-{tag}@dest.test" in text and "tenant=acme" in text
+
+
+def test_a_tenants_shaping_rule_holds_its_mail_whatever_the_destination(env, mx):
+    server = mx()
+    write_due(env.inst.queue_dir / "pending", 12, "sender.test", {"tenant": "slowco"})
+    write_due(env.inst.queue_dir / "pending", 12, "dest.test", {"tenant": "fastco"})
+    until(lambda: sum(1 for d in server.deliveries if d.rcpt_to[0].endswith("@dest.test")) >= 12, 60)
+
+    def held() -> list[dict]:
+        rows = json.loads(env.inst.mailflow("queue", "list", "--json", "--tenant", "slowco").stdout)
+        return [r for r in rows if r["held"] == "shaping:tenant:slowco"]
+
+    assert env.wait(lambda: len(held()) >= 7)  # 5 a minute went; the rest wait, not failed
+    assert all(r["num_failures"] == 0 for r in held())
+    assert sum(1 for d in server.deliveries if d.rcpt_to[0].endswith("@sender.test")) <= 5

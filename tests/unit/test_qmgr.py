@@ -12,6 +12,7 @@ from mailflow.address import parse_address
 from mailflow.pipeline import shaping
 from mailflow.queue import manager as qmgr
 from mailflow.relay.shaping import Shaper
+from mailflow.wire.names import tenant_tag
 
 
 def load_cfg(tmp_path):
@@ -201,6 +202,27 @@ def test_due_destinations_are_served_round_robin_the_longest_waiting_first(tmp_p
     assert [(b.domain, len(b.names)) for b in publish.batches] == [
         ("big.example", 10), ("small.example", 1), ("mid.example", 10),
         ("big.example", 10), ("mid.example", 5), ("big.example", 10), ("big.example", 5)]
+
+
+def test_each_tenants_mail_for_a_destination_takes_turns_of_its_own(tmp_path, monkeypatch):
+    """One tenant's backlog to a domain never keeps another tenant's due mail for the same
+    domain waiting behind it: tenants are served in turn, from the entry names alone."""
+    monkeypatch.setattr(qmgr, "BATCH_MAX", 10)
+    cfg = load_cfg(tmp_path)
+    sender = parse_address("a@sender.example")
+    for n in range(35):
+        outbound.queue_message(sender, [parse_address(f"r{n}@big.example")], b"Subject: s\r\n\r\nx\r\n",
+                               notes={"tenant": "acme"}, cfg=cfg)
+    time.sleep(0.002)
+    outbound.queue_message(sender, [parse_address("one@big.example")], b"Subject: s\r\n\r\nx\r\n",
+                           notes={"tenant": "globex"}, cfg=cfg)
+    publish = Recorder()
+    assert qmgr.QueueManager(cfg, publish=publish).scan() == 36
+    sizes = [len(b.names) for b in publish.batches]
+    assert sizes[:2] == [10, 1]  # globex's one message in the second batch, not the fifth
+    assert all(b.domain == "big.example" for b in publish.batches)
+    [second] = [publish.batches[1]]
+    assert "t" + tenant_tag("globex") in second.names[0]
 
 
 def test_one_destination_never_takes_the_whole_window(tmp_path, monkeypatch):

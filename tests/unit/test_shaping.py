@@ -32,8 +32,10 @@ def test_rules_match_by_domain_mx_suffix_and_source(tmp_path):
 @pytest.mark.parametrize("text,line,fragment", [
     ("[domain:a.test]\nmax_connections = 0\n", 2, "max_connections must be a positive integer"),
     ("[domain:a.test]\nmax_conns = 2\n", 2, "unknown key 'max_conns'"),
-    ("; x\n[gmail]\nmax_connections = 2\n", 2, "a rule is [domain:NAME], [mx:SUFFIX] or [source:IP]"),
-    ("[source:not-an-ip]\nmax_connections = 2\n", 1, "is not an IP address"),
+    ("; x\n[gmail]\nmax_connections = 2\n", 2, "a rule is [domain:NAME], [mx:SUFFIX], "
+     "[source:IP or NAME] or [tenant:NAME]"),
+    ("[source:not-an-ip]\nmax_connections = 2\n", 1, "is neither an IP address nor an egress.ini source"),
+    ("[tenant:a/b]\nmax_connections = 2\n", 1, "is not a tenant's name"),
     ("[domain:a.test]\nsuspend_on = 4.7.28\nsuspend_for = soon\n", 3, "suspend_for"),
     ("[domain:a.test]\n", 1, "sets no limit"),
 ])
@@ -115,3 +117,13 @@ def test_redis_not_answering_falls_back_to_this_host_logs_once_and_counts(tmp_pa
     assert granted == 0 and wait > 59
     assert shaper.fallbacks == 2
     assert caplog.text.count("Redis not answering") == 1
+
+
+def test_tenant_rules_match_the_tenants_mail_and_source_rules_name_an_egress_source(tmp_path):
+    path = tmp_path / "shaping.ini"
+    path.write_text("[tenant:acme]\nmessages_per_hour = 100\n\n[source:mta1]\nmax_connections = 3\n")
+    tenant, source = load(path, {"mta1": "192.0.2.10"})
+    assert tenant.matches("any.example", "mx.any.example", None, "acme")
+    assert not tenant.matches("any.example", "mx.any.example", None, "globex")
+    assert not tenant.matches("any.example", "mx.any.example", None, None)
+    assert source.name == "source:mta1" and source.matches("d.example", "mx.d.example", "192.0.2.10")
