@@ -528,8 +528,10 @@ FILES = (
                "dkim/<domain>/ (selector, private, optional ed25519.selector and ed25519.private)",
                sections=(("main", Dkim),)),
     ConfigFile("shaping.ini", "traffic shaping per destination, holding across every host: "
-               "[domain:NAME], [mx:SUFFIX] or [source:IP] rules, and where their counts live",
-               sections=(("main", Shared), ("[domain:NAME] [mx:SUFFIX] [source:IP]", SHAPING_RULE_KEYS))),
+               "[domain:NAME], [mx:SUFFIX] (counted per source address), [source:IP or NAME] or "
+               "[tenant:NAME] rules, and where their counts live",
+               sections=(("main", Shared), ("[domain:NAME] [mx:SUFFIX] [source:IP] [tenant:NAME]",
+                                            SHAPING_RULE_KEYS))),
     ConfigFile("webhooks.ini", "delivery events POSTed to your application, one section per "
                "endpoint (any name)", sections=(("[NAME]", WEBHOOK_KEYS),)),
     ConfigFile("metrics.ini", "the Prometheus endpoint, one per host", sections=(("main", Metrics),)),

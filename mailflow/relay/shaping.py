@@ -19,6 +19,7 @@ entries back due later -- never counted as failures, never holding a thread.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -294,4 +295,8 @@ def shaper_for(redis_url: str | None) -> Shaper:
 
 def rules_for(rules: tuple[Rule, ...], domain: str, mx_host: str, source: str | None,
               tenant: str | None = None) -> list[Rule]:
-    return [r for r in rules if r.matches(domain, mx_host, source, tenant)]
+    """The rules over a connection.  An ``[mx:SUFFIX]`` rule counts per source address when
+    the connection has one (a provider's limits are per sending IP, and each source of a
+    pool has its own reputation there): ``mx:.google.com@192.0.2.10``."""
+    return [dataclasses.replace(r, name=f"{r.name}@{source}") if r.kind == "mx" and source else r
+            for r in rules if r.matches(domain, mx_host, source, tenant)]

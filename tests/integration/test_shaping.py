@@ -140,7 +140,8 @@ def test_a_malformed_shaping_ini_is_file_line_and_exit_non_zero(make_instance):
     inst.write_config("shaping.ini", "[domain:a.test]\nmax_connections = 2\n[gmail]\nmax_connections = 2\n")
     done = inst.mailflow("queue", "stats")
     assert done.returncode != 0
-    wanted = "shaping.ini:3: [gmail]: a rule is [domain:NAME], [mx:SUFFIX] or [source:IP]"
+    wanted = ("shaping.ini:3: [gmail]: a rule is [domain:NAME], [mx:SUFFIX], [source:IP or NAME] "
+              "or [tenant:NAME]")
     assert wanted in done.stderr.decode()
 
 

@@ -127,3 +127,16 @@ def test_tenant_rules_match_the_tenants_mail_and_source_rules_name_an_egress_sou
     assert not tenant.matches("any.example", "mx.any.example", None, "globex")
     assert not tenant.matches("any.example", "mx.any.example", None, None)
     assert source.name == "source:mta1" and source.matches("d.example", "mx.d.example", "192.0.2.10")
+
+
+def test_an_mx_rule_counts_per_source_address_when_the_connection_has_one(tmp_path):
+    from mailflow.relay.shaping import rules_for
+    path = tmp_path / "shaping.ini"
+    path.write_text("[mx:.google.com]\nmax_connections = 10\n\n[domain:d.example]\nmax_connections = 2\n")
+    rules = load(path)
+    with_source = rules_for(rules, "d.example", "aspmx.l.google.com", "192.0.2.10")
+    assert [r.name for r in with_source] == ["mx:.google.com@192.0.2.10", "domain:d.example"]
+    other = rules_for(rules, "d.example", "aspmx.l.google.com", "192.0.2.11")
+    assert other[0].name != with_source[0].name  # each source its own count at the provider
+    assert [r.name for r in rules_for(rules, "d.example", "aspmx.l.google.com", None)] == [
+        "mx:.google.com", "domain:d.example"]
