@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import Spool
 
 
@@ -38,10 +39,21 @@ class InFlight:
             self._drop(claim)
         self.entries, self.bytes = +self.entries, +self.bytes  # without the destinations at zero
         for claim in live - self._claims.keys():
-            self.add(claim, Counter(n.domain for n in self.spool.claim_names(claim)), Counter())
+            self.add(claim, Counter(flight_key(n) for n in self.spool.claim_names(claim)), Counter())
 
     def _drop(self, claim: str) -> None:
         gone = self._claims.pop(claim, None)
         if gone is not None:
             self.entries.subtract(gone[0])
             self.bytes.subtract(gone[1])
+
+
+#: Between a tenant's tag and a domain in the window's counts.
+TENANT_SEP = "|"
+
+
+def flight_key(name: EntryName) -> str:
+    """What the window counts an entry under: its domain, with its tenant's tag when it has
+    one -- each tenant's mail for a destination has a share of the window of its own."""
+    tag = name.tenant_tag
+    return f"{tag}{TENANT_SEP}{name.domain}" if tag else name.domain

@@ -41,7 +41,7 @@ from mailflow.queue import countdowns, holds, lending, submission
 from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
-from mailflow.queue.inflight import InFlight
+from mailflow.queue.inflight import TENANT_SEP, InFlight, flight_key
 from mailflow.queue.sites import Sites, hosts_key
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.runtime.application import app
@@ -77,8 +77,6 @@ SITES_EXPIRE_EVERY = 300.0
 #: How a site's destination is told from a domain's (a domain has no colon outside the
 #: brackets of an address literal).
 SITE_PREFIX = "site:"
-#: Between a tenant's tag and its destination in a turn of the round robin.
-TENANT_SEP = "|"
 
 #: Publish a batch to a task, by the task's name.
 Publisher = Callable[[str, Batch], None]
@@ -376,26 +374,27 @@ class QueueManager:
             turn = turns.popleft()  # a destination, or one tenant's mail for it
             destination = turn.rpartition(TENANT_SEP)[2]
             names = due[turn]
-            count = min(BATCH_MAX, room, share - active[destination])
-            fitting = self._within_bytes(names[:count], min(bytes_room, bytes_share - held[destination]),
+            count = min(BATCH_MAX, room, share - active[turn])
+            fitting = self._within_bytes(names[:count], min(bytes_room, bytes_share - held[turn]),
                                          alone=not held) if count > 0 else {}
             if not fitting:  # this destination has its share of the window: the others go on
                 continue
             del names[:len(fitting)]
             claim, got = self.spool.claim(list(fitting))
             sizes = {str(n): size for n, size in fitting.items()}
-            entries, by_size = Counter[str](), Counter[str]()
+            entries, flying, by_size = Counter[str](), Counter[str](), Counter[str]()
             for name in fitting:
                 if str(name) in got:
                     entries[name.domain] += 1
-                    by_size[name.domain] += sizes[str(name)]
-            self.in_flight.add(claim, entries, by_size)
+                    flying[flight_key(name)] += 1
+                    by_size[flight_key(name)] += sizes[str(name)]
+            self.in_flight.add(claim, flying, by_size)
             size = sum(by_size.values())
-            held[destination] += size
+            held[turn] += size
             bytes_room -= size
             if got:
                 room -= len(got)
-                active[destination] += len(got)
+                active[turn] += len(got)
                 claimed += len(got)
                 self._dispatch(LOOKUP_MX, self._batch(claim, tuple(got), destination, entries), PENDING)
             if names:
@@ -429,9 +428,12 @@ class QueueManager:
         return merged
 
     def _by_site_counts(self, counts: Counter[str]) -> Counter[str]:
+        """Window counts by turn: by destination, each tenant's apart (inflight.flight_key)."""
         merged: Counter[str] = Counter()
-        for domain, n in counts.items():
-            merged[self._destination(domain)] += n
+        for key, n in counts.items():
+            tag, sep, domain = key.rpartition(TENANT_SEP)
+            destination = self._destination(domain)
+            merged[f"{tag}{sep}{destination}"] += n
         return merged
 
     def _batch(self, claim: str, names: tuple[str, ...], destination: str, domains: Counter[str]) -> Batch:

@@ -225,6 +225,27 @@ def test_each_tenants_mail_for_a_destination_takes_turns_of_its_own(tmp_path, mo
     assert "t" + tenant_tag("globex") in second.names[0]
 
 
+def test_a_tenant_whose_backlog_fills_its_share_leaves_room_for_another_tenants_mail(tmp_path, monkeypatch):
+    """The window's share is each tenant's for a destination: a backlog at its share to one
+    domain leaves another tenant's fresh mail for that same domain its place."""
+    monkeypatch.setattr(qmgr, "ACTIVE_MAX", 20)
+    monkeypatch.setattr(qmgr, "BATCH_MAX", 5)
+    cfg = load_cfg(tmp_path)
+    sender = parse_address("a@sender.example")
+    for n in range(100):
+        outbound.queue_message(sender, [parse_address(f"r{n}@big.example")], b"Subject: s\r\n\r\nx\r\n",
+                               notes={"tenant": "acme"}, cfg=cfg)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish)
+    assert manager.scan() == 16  # acme's share: four fifths of the window
+    assert manager.scan() == 0
+    outbound.queue_message(sender, [parse_address("fresh@big.example")], b"Subject: s\r\n\r\nx\r\n",
+                           notes={"tenant": "globex"}, cfg=cfg)
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 1
+    assert "t" + tenant_tag("globex") in publish.batches[-1].names[0]
+
+
 def test_one_destination_never_takes_the_whole_window(tmp_path, monkeypatch):
     """A backlog takes at most its share of the in-flight window, however slowly it drains:
     a fresh message for another domain finds room at the next scan."""
