@@ -85,3 +85,23 @@ def test_a_fresh_message_goes_out_while_a_5000_message_backlog_drains_at_a_throt
     finally:
         inst.stop_all()
         env.dns.stop()
+
+
+def test_a_tenants_mail_goes_out_while_another_tenants_5000_backlog_to_the_same_domain_drains(
+        tmp_path, mx):
+    """One tenant may send 60 messages a minute (shaping.ini [tenant:], on Redis) and has 5,000
+    queued for one domain; another tenant's message for that same domain, queued once the
+    backlog is going out, is delivered while nearly all of the backlog still waits."""
+    env, inst = make_env(tmp_path / "tenants", brokers.url_for("redis"),
+                         files={"shaping.ini": "[tenant:bulk]\nmessages_per_minute = 60\n"})
+    try:
+        server = mx("127.0.0.2")
+        write_due(inst.queue_dir / "pending", 5000, "shared.test",
+                  {"mx": f"127.0.0.2:{PORT}", "tenant": "bulk"})
+        env.wait(lambda: server.deliveries, 60)  # the backlog is draining
+        env.send("fresh@shared.test", notes={"mx": f"127.0.0.2:{PORT}", "tenant": "app"})
+        env.wait(lambda: any(d.rcpt_to == ["fresh@shared.test"] for d in server.deliveries), 30)
+        assert len(server.deliveries) <= 121  # the backlog: two minutes' places at most
+    finally:
+        inst.stop_all()
+        env.dns.stop()

@@ -27,6 +27,7 @@ from mailflow.queue.entry import EntryName
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.queue.todo import ToDo
+from mailflow.wire.names import tenant_tag
 
 PORT = MX_PORT
 
@@ -246,8 +247,10 @@ def write_due(pending: Path, count: int, domain: str, notes: dict[str, Any], *, 
     sender = parse_address("a@sender.test")
     body = b"Subject: many\r\n\r\nx\r\n"
     now = now_ms() if now is None else now
+    tenant = notes.get("tenant")
+    stem = f".t{tenant_tag(tenant)}" if tenant else ""  # as the queue tags a tenant's entries
     for n in range(count):
-        todo = ToDo(uuid=f"many{n:06d}.1", queue_time=now, domain=domain, mail_from=sender,
+        todo = ToDo(uuid=f"many{n:06d}{stem}.1", queue_time=now, domain=domain, mail_from=sender,
                     rcpt_to=[parse_address(f"u{n}@{domain}")], notes=notes)
         name = EntryName(now + after_ms, 0, now, todo.uuid, domain)
         tmp = pending / f"{qfile.TMP_PREFIX}{os.getpid()}.{name}"
