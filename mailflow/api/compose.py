@@ -31,7 +31,8 @@ STATIC, JINJA = "Static", "Jinja"
 
 
 class ComposeError(ValueError):
-    """A request field that cannot make a message: ``field`` names it for the 400 answer."""
+    """A request field that is missing or wrong, or cannot make a message: ``field`` names
+    it for the 400 answer (mailflow/api/requests.py calls it BadField)."""
 
     def __init__(self, field_name: str, text: str):
         super().__init__(f"{field_name}: {text}")

@@ -22,12 +22,8 @@ MAX_RECIPIENTS = 10_000
 _HEADER_NAME = frozenset(chr(c) for c in range(33, 127)) - {":"}
 
 
-class BadField(ValueError):
-    """A field of the request that is missing or wrong: answered 400, naming it."""
-
-    def __init__(self, field_name: str, text: str):
-        super().__init__(f"{field_name}: {text}")
-        self.field = field_name
+#: A field of the request that is missing or wrong: answered 400, naming it.
+BadField = ComposeError
 
 
 @dataclass(frozen=True)
@@ -130,10 +126,7 @@ def content_of(value: Any) -> Content:
     attachments = value.get("attachments", [])
     if not isinstance(attachments, list):
         raise BadField("content.attachments", "must be a list")
-    try:
-        parts = tuple(attachment_from(a, f"content.attachments[{n}]") for n, a in enumerate(attachments))
-    except ComposeError as exc:
-        raise BadField(exc.field, str(exc).partition(": ")[2]) from None
+    parts = tuple(attachment_from(a, f"content.attachments[{n}]") for n, a in enumerate(attachments))
     texts = {k: _string(value, k, "content.", required=False)
              for k in ("subject", "text_body", "html_body")}
     return Content(

@@ -196,7 +196,7 @@ class Api:
         try:
             self._tenant(key, req.tenant)
             composer = Composer(req.content, req.dialect, req.substitutions)
-        except (apireq.BadField, ComposeError) as exc:
+        except ComposeError as exc:  # BadField too
             raise Refused(400, str(exc)) from None
         out: list[Outgoing] = []
         refused: Refusals = []

@@ -334,10 +334,14 @@ def _writer_alive(tmp_name: str) -> bool:
     pid_text = tmp_name[len(qfile.TMP_PREFIX):].split(".", 1)[0]
     if not pid_text.isdigit():
         return False
-    pid = int(pid_text)
+    return writer_alive(int(pid_text))
+
+
+def writer_alive(pid: int) -> bool:
+    """Whether the process that wrote something at recovery time still runs.  Never this
+    one: recovery runs before this process writes anything, so our own pid on a leftover is
+    an earlier process's that had it (pid 1 in a container)."""
     if pid == os.getpid():
-        # recover() runs before this process writes anything, so a temp file
-        # with our pid is from an earlier process that had it (pid 1 in a container).
         return False
     try:
         os.kill(pid, 0)

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from mailflow.queue.dirsync import sync_dir
 from mailflow.queue.entry import fsync_dir
-from mailflow.queue.spool import PENDING, NewEntry, Spool
+from mailflow.queue.spool import PENDING, NewEntry, Spool, writer_alive
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,7 @@ def _owner_alive(directory: Path) -> bool:
         with contextlib.suppress(OSError):
             return time.time() - directory.stat().st_mtime < ORPHAN_AFTER
         return False
-    if pid == os.getpid():
-        return False  # recover() runs before this process stages anything
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return writer_alive(pid)
 
 
 def recover(spool: Spool) -> tuple[int, int]:
