@@ -143,7 +143,16 @@ class Env:
         return "".join(p.output() for p in self.inst.procs)
 
     def entries(self, state: str, uuid: str) -> list[HMail]:
-        return [HMail.load(p) for p in self.inst.entries(state) if f"_{uuid}." in p.name]
+        """The message's entries in ``state``, as they are now: one claimed or renamed
+        between the listing and its reading is passed over, not an error."""
+        found = []
+        for path in self.inst.entries(state):
+            if f"_{uuid}." in path.name:
+                try:
+                    found.append(HMail.load(path))
+                except FileNotFoundError:
+                    continue
+        return found
 
     def gone(self, uuid: str) -> bool:
         """No entry of this message is left anywhere in the queue: delivered, bounced or dropped,
