@@ -69,6 +69,7 @@ def _prepare(args: argparse.Namespace) -> Config:
     os.environ["MAILFLOW_CONFIG"] = str(cfg.directory.absolute())
     spool = Spool(cfg.queue_path()).ensure()
     mac_key(cfg.directory)  # broker.key, made now if new: before any worker of this host starts
+    cfg.restamp()  # a key made just now is no change to warn about
     removed, aside = spool.recover()
     if removed or aside:
         log.info("queue recovery: %d temp files removed, %d entries moved aside", removed, aside)

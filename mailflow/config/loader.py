@@ -294,6 +294,12 @@ class Config:
             _check_tls_files(policy)
         return main, outbound
 
+    def restamp(self) -> None:
+        """Take the files as they are now as read: for a file this process has just made
+        (broker.key at the first start), which no operator changed."""
+        with self._lock:
+            self._stamps = self._stamp()
+
     def _stamp(self) -> dict[str, tuple[int, int] | None]:
         """(mtime, size) of every file of the directory, by name."""
         out: dict[str, tuple[int, int] | None] = {}

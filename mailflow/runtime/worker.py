@@ -106,6 +106,7 @@ def _key_or_exit(cfg: Config) -> None:
               file=sys.stderr, flush=True)
         raise SystemExit(2)
     mac_key(cfg.directory)  # made now by an owner, not by its first publish
+    cfg.restamp()  # a key made just now is no change to warn about
 
 
 @celeryd_after_setup.connect
