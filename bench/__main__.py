@@ -32,6 +32,7 @@ from bench import (  # noqa: E402
     backlog,
     concurrency,
     haraka,
+    lonely,
     memory,
     peers,
     postfix,
@@ -364,6 +365,18 @@ def run_http(rounds: int, quick: bool) -> tuple[float, float] | None:
     return smtp, http
 
 
+def run_lonely(quick: bool) -> Result | None:
+    """Fresh one-message domains behind a 50,000-entry backlog to one slow domain."""
+    print("\n## 13. Fresh mail behind a backlog to one slow domain (Redis)\n")
+    r = attempt("lonely", partial(lonely.run, entries=5_000 if quick else 50_000, fresh=20 if quick else 60))
+    if r is not None:
+        print(f"backlog {r['backlog']} for a receiver holding each reply {r['delay']:g} s; "
+              f"{r['arrived']}/{r['fresh']} fresh messages arrived, 250 to delivery p50 "
+              f"{fmt(r['p50'], '.2f')} s, p99 {fmt(r['p99'], '.2f')} s; the backlog delivered "
+              f"{r['backlog_delivered']} meanwhile", flush=True)
+    return r
+
+
 def pick(results: list[Result], broker: str, size: int) -> Result | None:
     return next((r for r in results if r["broker"] == broker and r["size"] == size), None)
 
@@ -432,9 +445,9 @@ def goals(relays: list[Result], lat: Result | None, back: Result | None,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only",
-                        default="relay,latency,backlog,scaleout,peers,connections,features,auth,large,http",
+                        default="relay,latency,backlog,scaleout,peers,connections,features,auth,large,http,lonely",
                         help="comma list of scenarios: relay, latency, backlog, scaleout, peers, "
-                             "connections, features, auth, large, http")
+                             "connections, features, auth, large, http, lonely")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the peers scenario, mailflow and Postfix interleaved (default 3)")
     parser.add_argument("--broker", action="append", choices=BROKERS,
@@ -467,6 +480,7 @@ def main() -> int:
     authed = run_auth(args.rounds, quick) if "auth" in only else None
     large = run_large(quick) if "large" in only else None
     over_http = run_http(args.rounds, quick) if "http" in only else None
+    alone = run_lonely(quick) if "lonely" in only else None
     print("\n## Goals\n")
     rows = goals(relays, lat, back, checks, costs, versus, held)
     if authed is not None:
@@ -476,6 +490,9 @@ def main() -> int:
     if large is not None:
         rows.append(("12 x 20 MB at once: worker grows < 20 MB per message", f"+{large[1]:.0f} MB",
                      large[1] < 12 * 20))
+    if alone is not None and alone["p99"] is not None:
+        rows.append(("fresh domain behind a 50,000 backlog to a slow one: p99 <= 5 s",
+                     f"{alone['p99']:.2f} s", alone["p99"] <= 5.0))
     if over_http is not None:
         smtp, http = over_http
         rows.append(("HTTP injection >= 1.5 x SMTP injection (HTTP/SMTP)", f"{http / smtp:.2f}",
