@@ -39,8 +39,8 @@ queue_outbound = Signal(name="queue_outbound", providing_args={"connection", "tr
 # - Delivery (workers)
 send_email = Signal(name="send_email", providing_args={"hmail"})
 get_mx = Signal(name="get_mx", providing_args={"hmail", "domain"})
-deferred = Signal(name="deferred", providing_args={"hmail", "delay", "err"})
-bounce = Signal(name="bounce", providing_args={"hmail", "error"})
+deferred = Signal(name="deferred", providing_args={"hmail", "delay", "err", "class"})
+bounce = Signal(name="bounce", providing_args={"hmail", "error", "class"})
 delivered = Signal(
     name="delivered",
     providing_args={

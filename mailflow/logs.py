@@ -48,6 +48,7 @@ _ATTEMPT = (
     ("rcpts", "recipients delivered/deferred/failed"),
     ("via", "the worker node of another host that made the attempt, when one did"),
     ("source", "the egress source (egress.ini) the connection left from, when one did"),
+    ("class", "the reply's class (mailflow classify), on deferred and failed lines"),
     ("tenant", "the message's tenant, when it has one (tenants.ini, its API key, X-Tenant)"),
     ("campaign", "its campaign, when it has one (X-Campaign, the API's campaign)"),
 )

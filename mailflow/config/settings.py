@@ -543,6 +543,8 @@ FILES = (
     ConfigFile("egress.ini", "the source addresses mail leaves from ([source:NAME]) and weighted "
                "pools of them ([pool:NAME]); [main] default_pool", sections=(
                    ("[source:NAME]", SOURCE_KEYS), ("[pool:NAME]", POOL_KEYS))),
+    ConfigFile("classify.ini", "how replies are classed: [rule:NAME] sections (class, and any of "
+               "code, enhanced, text, mx), tried before the shipped rules; the first match wins"),
     ConfigFile("apikeys", "who may use the HTTP API: one key per line, as `mailflow apikey add` "
                "writes it (the name, a hash of the secret, the tenant, the rate); never the "
                "secret itself", live=True, note="read again at the next request after a change"),

@@ -98,7 +98,8 @@ def bounce_one(hmail: HMail) -> None:
         return
     error = BounceError(reason, mx=first.get("remote_mta"),
                         bounced_rcpt=[r.address for r in todo.rcpt_to], deferred_rcpt=[])
-    answer = hooks.decide(hooks.bounce, raised=CONT, hmail=hmail, error=error)
+    extra: dict[str, Any] = {"class": todo.record.get("last_class") or "Uncategorized"}
+    answer = hooks.decide(hooks.bounce, raised=CONT, hmail=hmail, error=error, **extra)
     if answer.code is not CONT:
         logs.event("dropped", id=todo.uuid, reason=f"bounce hook: {answer.value or answer.code.name}")
         hmail.path.unlink(missing_ok=True)

@@ -194,7 +194,8 @@ def publisher(queue_root: Path) -> Publish:
 
 def message_event(cfg: Config, event: str, todo: ToDo, rcpts: list[str], *, status: str = "",
                   response: str = "", host: str = "-", ip: str = "-", tls_level: str = "none",
-                  num_failures: int = 0, source: str | None = None) -> None:
+                  num_failures: int = 0, source: str | None = None,
+                  bounce_class: str | None = None) -> None:
     """One entry's event; nothing at all when no endpoint wants it, and
     never an exception into the delivery that caused it."""
     if not any(event in e.events for e in cfg.webhooks):
@@ -203,7 +204,8 @@ def message_event(cfg: Config, event: str, todo: ToDo, rcpts: list[str], *, stat
         emit(cfg, event, {"id": todo.uuid, "domain": todo.domain, "mail_from": todo.mail_from.address,
                           "rcpt_to": rcpts, "status": status, "response": response, "host": host,
                           "ip": ip, "tls_level": tls_level, "num_failures": num_failures,
-                          **({"source": source} if source else {}), **labels(todo.notes)})
+                          **({"source": source} if source else {}),
+                          **({"bounce_class": bounce_class} if bounce_class else {}), **labels(todo.notes)})
     except Exception:
         log.exception("webhook event %s for %s not kept", event, todo.uuid)
 

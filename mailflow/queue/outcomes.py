@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from mailflow import config, hooks, logs
+from mailflow.classify.rules import classify
 from mailflow.codes import CONT, DENYSOFT, OK
 from mailflow.config.settings import Outbound
 from mailflow.config.tenants import labels
@@ -31,6 +32,11 @@ from mailflow.suppress import store as suppression
 from mailflow.wire.payloads import Outcome
 
 log = logging.getLogger(__name__)
+
+
+def reply_class(reply: Reply, host: str = "") -> str:
+    """The reply's class (mailflow/classify): classify.ini's rules, then the shipped ones."""
+    return classify(reply, host, config.current().classify)[0]
 
 
 def _classify(reply: Reply) -> str:
@@ -60,7 +66,8 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
                auth="Y" if outcome.authenticated else "N",
                response=str(first) if first else "-", delay=delay, fails=hmail.num_failures,
                rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}", **({"via": via} if via else {}),
-               **({"source": outcome.source} if outcome.source else {}), **labels(hmail.todo.notes))
+               **({"source": outcome.source} if outcome.source else {}), **labels(hmail.todo.notes),
+               **({"class": reply_class(first, outcome.host)} if first is not None and not ok else {}))
     if ok:
         response = str(outcome.results[ok[0]])
         events.message_event(config.current(), "delivered", hmail.todo, ok,
@@ -93,10 +100,11 @@ def _status_of(reply: Reply, remote_mta: str) -> dict[str, Any]:
 def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
          reason: str | None = None) -> None:
     """Move the permanently failed recipients to failed/, each with its own status."""
+    cls = reply_class(next(iter(failed.values())), remote_mta)
     todo = replace(hmail.todo, rcpt_to=[r for r in hmail.todo.rcpt_to if r.address in failed],
                    record={**hmail.todo.record,
                           "rcpt_status": {a: _status_of(r, remote_mta) for a, r in failed.items()},
-                          "reason": reason or str(next(iter(failed.values())))})
+                          "reason": reason or str(next(iter(failed.values()))), "last_class": cls})
     # a new stage: its failure count counts attempts to make the bounce (queue/bounces.py)
     name = replace(hmail.name, id=f"{hmail.todo.uuid}.f{hmail.num_failures}", next_attempt_ms=now_ms(),
                    num_failures=0)
@@ -108,7 +116,8 @@ def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
                  reply.enhanced, str(reply))
     first = next(iter(failed.values()))
     events.message_event(config.current(), "bounced", hmail.todo, list(failed), status=first.enhanced,
-                         response=str(first), host=remote_mta, num_failures=hmail.num_failures)
+                         response=str(first), host=remote_mta, num_failures=hmail.num_failures,
+                         bounce_class=cls)
     if reason is None:  # refused as it stands, not "Too many failures"
         store = suppression.for_config(config.current())
         for address, reply in failed.items():
@@ -129,7 +138,9 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
         return
     hmail.num_failures = fails
     delay: float = intervals[fails - 1]
-    answer = hooks.decide(hooks.deferred, hmail=hmail, delay=delay, err=err)
+    cls = reply_class(next(iter(deferred.values())), remote_mta)
+    extra: dict[str, Any] = {"class": cls}  # a keyword Python spells only this way
+    answer = hooks.decide(hooks.deferred, hmail=hmail, delay=delay, err=err, **extra)
     if answer.code is OK:
         logs.event("dropped", id=hmail.todo.uuid, reason=f"deferred hook: {answer.value or 'OK'}")
         events.message_event(config.current(), "dropped", hmail.todo,
@@ -144,7 +155,7 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     history = list(hmail.todo.record.get("history", []))[-49:]  # the last 50 attempts
     history.append({"at": now_ms(), "host": remote_mta, "error": err})
     todo = replace(hmail.todo, rcpt_to=[r for r in hmail.todo.rcpt_to if r.address in deferred],
-                   record={**hmail.todo.record, "last_error": err, "history": history,
+                   record={**hmail.todo.record, "last_error": err, "history": history, "last_class": cls,
                           "rcpt_status": {a: _status_of(r, remote_mta) for a, r in deferred.items()}})
     name = hmail.name.rescheduled(now_ms() + int(delay * 1000), fails)
     if todo.rcpt_to == hmail.todo.rcpt_to and todo.record == hmail.todo.record:
@@ -155,7 +166,7 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     counters.add_outcome(spool.root, "deferred_total", hmail.todo.notes)
     first = next(iter(deferred.values()))
     events.message_event(config.current(), "deferred", todo, list(deferred), status=first.enhanced,
-                         response=err, host=remote_mta, num_failures=fails)
+                         response=err, host=remote_mta, num_failures=fails, bounce_class=cls)
     countdowns.note(name, delay, err)
 
 

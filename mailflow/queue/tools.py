@@ -130,6 +130,7 @@ def rows(spool: Spool, *, domain: str | None = None, state: str | None = None,
             #: a shaping rule holds it back (not a failure): which, as shaping:domain:x
             "held": hold.why if (hold := holds.of(held, name)) and st == "waiting" else None,
             "tenant": todo.notes.get(TENANT_NOTE), "campaign": todo.notes.get(CAMPAIGN_NOTE),
+            "last_class": todo.record.get("last_class"),
         })
     return out
 

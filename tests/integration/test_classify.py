@@ -1,0 +1,46 @@
+"""Reply classes through the pipeline: a receiver answering 31 real provider replies, each
+to a message of its own, and the class each attempt line, queue entry and event carries."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid as uuidlib
+
+from tests.support.pipeline import Env, module_env
+from tests.support.replies import REPLIES
+
+env = module_env("classify")
+
+
+def _attempt_line(env: Env, uuid: str) -> str:
+    found = re.search(rf"(deferred|failed) id={re.escape(uuid)}\.1 .*", env.logs())
+    return found.group(0) if found else ""
+
+
+def test_each_real_reply_gets_its_class_in_the_attempt_line_and_the_queue(env: Env, mx):
+    tag = uuidlib.uuid4().hex[:6]
+    rcpts = {f"r{n}-{tag}@dest.test": reply for n, (reply, _, _) in enumerate(REPLIES)}
+    mx(rcpt=rcpts)
+    sent = {rcpt: env.send(rcpt) for rcpt in rcpts}
+    for n, uuid in enumerate(sent.values()):
+        line = env.wait(lambda u=uuid: _attempt_line(env, u), 60)
+        expected, source = REPLIES[n][1], REPLIES[n][2]
+        assert f"class={expected}" in line, (line, source)
+    rows = json.loads(env.inst.mailflow("queue", "list", "--json").stdout)
+    waiting = {r["rcpt_to"][0]: r["last_class"] for r in rows if tag in r["rcpt_to"][0]}
+    temporary = {rcpt for rcpt, reply in rcpts.items() if reply.startswith("4")}
+    assert set(waiting) == temporary  # the temporary ones wait, each with its class
+    for n, rcpt in enumerate(rcpts):
+        if rcpt in waiting:
+            assert waiting[rcpt] == REPLIES[n][1]
+
+
+def test_classify_command_says_the_class_and_the_rule(env: Env):
+    done = env.inst.mailflow("classify", "421 4.7.28 unusual rate of unsolicited mail", "--mx",
+                             "gmail-smtp-in.l.google.com")
+    assert done.returncode == 0 and done.stdout.decode().strip() == "RateLimited rule=gmail-rate"
+    env.inst.write_config("classify.ini", "[rule:ours]\nclass = SpamBlock\ntext = unusual rate\n")
+    done = env.inst.mailflow("classify", "421 4.7.28 unusual rate of unsolicited mail")
+    assert done.stdout.decode().strip() == "SpamBlock rule=ours"
+    env.inst.write_config("classify.ini", "")
