@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailflow.classify import actions as classify_actions
 from mailflow.classify import rules as classify_rules
 from mailflow.config import egress, environ, routes, shaping, tenants, webhooks
 from mailflow.config.files import ConfigError, IniFile, parse_list, read_ini, read_lines, unknown
@@ -263,6 +264,7 @@ class Config:
         self.http = _load_http(d)
         self.tenants = tenants.load(d / "tenants.ini")
         self.classify = classify_rules.load(d / "classify.ini")
+        self.classify_actions = classify_actions.load(d / "classify.ini")
         self.egress = egress.load(d / "egress.ini")
         self.shaping = shaping.load(d / "shaping.ini",
                                     {n: src.address for n, src in self.egress.sources.items()})

@@ -121,7 +121,8 @@ def fail(spool: Spool, hmail: HMail, failed: dict[str, Reply], remote_mta: str,
     if reason is None:  # refused as it stands, not "Too many failures"
         store = suppression.for_config(config.current())
         for address, reply in failed.items():
-            suppression.suppress_failure(store, address, reply)
+            suppression.suppress_failure(store, address, reply, reply_class(reply, remote_mta),
+                                         config.current().classify_actions.suppress)
 
 
 def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: str,
@@ -129,7 +130,13 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     """Reschedule the deferred recipients, or fail them when the schedule is used up."""
     fails = hmail.num_failures + 1
     err = str(next(iter(deferred.values())))
-    intervals = settings.temp_fail_intervals
+    cls = reply_class(next(iter(deferred.values())), remote_mta)
+    actions = config.current().classify_actions
+    if cls in actions.bounce_now:  # classify.ini: this class is not worth retrying
+        fail(spool, hmail, dict(deferred), remote_mta, reason=f"{cls}, not retried ({err})")
+        hmail.path.unlink(missing_ok=True)
+        return
+    intervals = actions.retry.get(cls, settings.temp_fail_intervals)
     if fails > len(intervals):
         # The last reply as it was received: the DSN says Action: failed with its own 4.x.x
         # status and diagnostic (RFC 3464 2.3.6), never a 5xx reply no server sent.
@@ -138,7 +145,6 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
         return
     hmail.num_failures = fails
     delay: float = intervals[fails - 1]
-    cls = reply_class(next(iter(deferred.values())), remote_mta)
     extra: dict[str, Any] = {"class": cls}  # a keyword Python spells only this way
     answer = hooks.decide(hooks.deferred, hmail=hmail, delay=delay, err=err, **extra)
     if answer.code is OK:

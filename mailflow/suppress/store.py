@@ -58,14 +58,20 @@ def normal(address: str) -> str:
     return address.strip().strip("<>").lower()
 
 
-def suppresses(reply: Reply) -> bool:
-    """Whether a permanent failure with this reply puts the recipient on the list."""
-    status = reply.enhanced
-    if not status.startswith("5.1.") or reply.code == 0:
+def suppresses(reply: Reply, reply_class: str | None = None,
+               classes: frozenset[str] = frozenset()) -> bool:
+    """Whether a permanent failure with this reply puts the recipient on the list: the
+    receiver's own refusal of the recipient, of a class in ``classes`` (classify.ini
+    [actions] suppress) -- or, with no class given, a 5.1.x status."""
+    if reply.code == 0:
         # mailflow's own conclusions (NXDOMAIN, null MX) bounce but never suppress: a broken
         # resolver, a sandbox or a DNS outage must not make every recipient permanent damage
         return False
-    return reply.code // 100 == 5 and reply.command in RECIPIENT_COMMANDS
+    if reply.code // 100 != 5 or reply.command not in RECIPIENT_COMMANDS:
+        return False
+    if reply_class is not None:
+        return reply_class in classes
+    return reply.enhanced.startswith("5.1.")
 
 
 class Store(Protocol):
@@ -205,9 +211,11 @@ def check(store: Store, address: str, now: float | None = None) -> Entry | None:
     return entry
 
 
-def suppress_failure(store: Store, address: str, reply: Reply) -> bool:
-    """Add the recipient of a permanent failure when its status says so; True if added."""
-    if not suppresses(reply):
+def suppress_failure(store: Store, address: str, reply: Reply, reply_class: str | None = None,
+                     classes: frozenset[str] = frozenset()) -> bool:
+    """Add the recipient of a permanent failure when its class (or status) says so; True if
+    added."""
+    if not suppresses(reply, reply_class, classes):
         return False
     try:
         store.add(Entry(address=normal(address), reason=str(reply), since=time.time()))

@@ -10,7 +10,9 @@ import uuid as uuidlib
 from tests.support.pipeline import Env, module_env
 from tests.support.replies import REPLIES
 
-env = module_env("classify")
+#: read at start: the worker starts with it
+ACTIONS = "[actions]\nbounce_now = AuthenticationFailed\nretry.QuotaIssues = 3h, 6h\n"
+env = module_env("classify", files={"classify.ini": ACTIONS})
 
 
 def _attempt_line(env: Env, uuid: str) -> str:
@@ -43,4 +45,21 @@ def test_classify_command_says_the_class_and_the_rule(env: Env):
     env.inst.write_config("classify.ini", "[rule:ours]\nclass = SpamBlock\ntext = unusual rate\n")
     done = env.inst.mailflow("classify", "421 4.7.28 unusual rate of unsolicited mail")
     assert done.stdout.decode().strip() == "SpamBlock rule=ours"
-    env.inst.write_config("classify.ini", "")
+    env.inst.write_config("classify.ini", ACTIONS)
+
+
+def test_a_class_has_its_own_retry_schedule_or_none(env: Env, mx):
+    tag = uuidlib.uuid4().hex[:6]
+    full, unauth = f"full-{tag}@dest.test", f"unauth-{tag}@dest.test"
+    mx(rcpt={full: "452 4.2.2 Mailbox full",
+             unauth: "421 4.7.26 Unauthenticated email is not accepted due to domain's DMARC policy"})
+    full_id, unauth_id = env.send(full), env.send(unauth)
+    # QuotaIssues: retried on its own schedule, the first wait 3 h (not outbound.ini's first)
+    [entry] = env.wait(lambda: [e for e in env.entries("pending", full_id) if e.num_failures], 60)
+    wait_s = (entry.name.next_attempt_ms - entry.name.arrival_ms) / 1000
+    assert 3 * 3600 - 120 <= wait_s <= 3 * 3600 + 120, wait_s
+    # AuthenticationFailed is in bounce_now: failed at once, a bounce made, no retry
+    line = env.wait(lambda: _attempt_line(env, unauth_id), 60)
+    assert line.startswith("deferred") and "class=AuthenticationFailed" in line
+    env.wait(lambda: env.logged(f"bounced id={unauth_id}"), 60)
+    assert not env.entries("pending", unauth_id)

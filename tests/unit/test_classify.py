@@ -73,3 +73,21 @@ def test_classifying_is_cheap_enough_to_do_for_every_reply():
         classify(reply, "mx.example.com")
         times.append(time.perf_counter() - t)
     print(f"classify: median {statistics.median(times) * 1e6:.1f} us per reply")
+
+
+def test_actions_name_classes_and_schedules(tmp_path):
+    from mailflow.classify import actions
+    path = tmp_path / "classify.ini"
+    path.write_text("[actions]\nsuppress = InvalidRecipient\nbounce_now = PolicyRelated, SpamBlock\n"
+                    "retry.QuotaIssues = 1h, 2h, 4h\n")
+    found = actions.load(path)
+    assert found.suppress == {"InvalidRecipient"} and found.bounce_now == {"PolicyRelated", "SpamBlock"}
+    assert found.retry == {"QuotaIssues": [3600, 7200, 14400]}
+    assert actions.load(tmp_path / "none.ini") == actions.Actions()  # defaults: suppress both
+    for text, says in (("[actions]\nbounce_now = Nope\n", "'Nope' is not a class"),
+                       ("[actions]\nretry.Nope = 1h\n", "'Nope' is not a class"),
+                       ("[actions]\nretry.QuotaIssues = soon\n", "retry.QuotaIssues"),
+                       ("[actions]\ncolour = red\n", "unknown key")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re_escape(says)):
+            actions.load(path)

@@ -24,3 +24,15 @@ from mailflow.suppress.store import suppresses
 ])
 def test_only_a_remote_5_1_x_refusal_of_a_recipient_suppresses(reply, listed):
     assert suppresses(reply) is listed
+
+
+@pytest.mark.parametrize("reply,cls,listed", [
+    (Reply(550, "no such user here", "RCPT"), "InvalidRecipient", True),  # the class decides
+    (Reply(550, "5.1.1 no such user", "RCPT"), "InvalidRecipient", True),
+    (Reply(550, "5.7.1 refused by policy", "RCPT"), "PolicyRelated", False),
+    (Reply(552, "5.2.2 mailbox full", "RCPT"), "QuotaIssues", False),
+    (Reply(550, "5.1.1 gone", "EHLO"), "InvalidRecipient", False),  # not about one mailbox
+    (local_reply("5.1.2", "domain does not exist"), "BadDomain", False),  # ours: never
+])
+def test_with_classes_the_class_decides_for_the_receivers_own_refusals(reply, cls, listed):
+    assert suppresses(reply, cls, frozenset({"InvalidRecipient", "BadDomain"})) is listed
