@@ -122,3 +122,9 @@ def _section_line(path: Path, name: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def matching(rules: tuple[Rule, ...], domain: str, mx_host: str, source: str | None = None,
+             tenant: str | None = None) -> list[Rule]:
+    """The rules over mail to ``domain`` via ``mx_host``, from ``source``, of ``tenant``."""
+    return [r for r in rules if r.matches(domain, mx_host, source, tenant)]

@@ -71,6 +71,9 @@ METRICS = {m.name: m for m in (
     Metric("mailflow_messages", CounterMetricFamily, "Queue entries by what became of them",
            ("outcome", "tenant"), f"{', '.join(OUTCOMES)}; tenant: a tenant tenants.ini "
            "lists, other (any other tenant), - (no tenant)"),
+    Metric("mailflow_replies", CounterMetricFamily, "Failed attempts' replies by class and destination",
+           ("class", "destination"), "class: a reply class (mailflow classify); destination: the "
+           "shaping rule the destination falls under, or other"),
     Metric("mailflow_queue_entries", GaugeMetricFamily, "Entries in the queue now, by state",
            ("state",), ", ".join(QUEUE_STATES)),
     Metric("mailflow_queue_oldest_age_seconds", GaugeMetricFamily, "Age of the oldest entry"),
@@ -132,6 +135,10 @@ class HostCollector(Collector):
         root = spool.root
         stats, oldest = queuetools.census(spool) if spool.exists() else ({}, None)
         yield self._messages(root)
+        replies = METRICS["mailflow_replies"].new()
+        for (cls, destination), value in sorted(counters.replies(root).items()):
+            replies.add_metric([cls, destination], value)
+        yield replies
         entries = METRICS["mailflow_queue_entries"].new()
         for state in QUEUE_STATES:
             entries.add_metric([state], stats.get(state, 0))

@@ -59,3 +59,28 @@ def tenants(queue_root: Path) -> list[str]:
 
 def read_tenant(queue_root: Path, tenant: str, name: str) -> int:
     return read(queue_root, f"{BY_TENANT}/{tenant}/{name}")
+
+
+#: Replies by class and destination, ``replies/<class>/<destination>``, for the metrics.
+REPLIES = "replies"
+
+
+def add_reply(queue_root: Path, reply_class: str, destination: str) -> None:
+    add(queue_root, f"{REPLIES}/{reply_class}/{destination}")
+
+
+def replies(queue_root: Path) -> dict[tuple[str, str], int]:
+    """Every (class, destination) counted, with its count."""
+    out: dict[tuple[str, str], int] = {}
+    base = queue_root / ".counters" / REPLIES
+    try:
+        classes = os.listdir(base)
+    except FileNotFoundError:
+        return out
+    for cls in classes:
+        try:
+            for destination in os.listdir(base / cls):
+                out[(cls, destination)] = read(queue_root, f"{REPLIES}/{cls}/{destination}")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return out

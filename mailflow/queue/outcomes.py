@@ -21,6 +21,7 @@ from mailflow import config, hooks, logs
 from mailflow.classify.rules import classify
 from mailflow.codes import CONT, DENYSOFT, OK
 from mailflow.config.settings import Outbound
+from mailflow.config.shaping import matching
 from mailflow.config.tenants import labels
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.observation import tally
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 def reply_class(reply: Reply, host: str = "") -> str:
     """The reply's class (mailflow/classify): classify.ini's rules, then the shipped ones."""
     return classify(reply, host, config.current().classify)[0]
+
+
+def destination_label(domain: str, host: str) -> str:
+    """A bounded label for where a reply came from: the first shaping rule over it, else
+    ``other`` (as the attempt-time metric labels it)."""
+    rules = matching(config.current().shaping, domain, host)
+    return rules[0].name if rules else "other"
 
 
 def _classify(reply: Reply) -> str:
@@ -60,6 +68,9 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
     keyword = "delivered" if ok else "deferred" if deferred else "failed"
     tally.count(keyword)
     delay = round(time.time() - hmail.todo.queue_time / 1000, 3)
+    cls = reply_class(first, outcome.host) if first is not None and not ok else None
+    if cls is not None:  # mailflow_replies_total{class, destination}
+        counters.add_reply(spool.root, cls, destination_label(hmail.todo.domain, outcome.host))
     logs.event(keyword, id=hmail.todo.uuid, domain=hmail.todo.domain, host=outcome.host,
                ip=outcome.ip, port=outcome.port, mode=outcome.mode,
                tls="Y" if outcome.secured else "N", tlslevel=outcome.tls_level,
@@ -67,7 +78,7 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
                response=str(first) if first else "-", delay=delay, fails=hmail.num_failures,
                rcpts=f"{len(ok)}/{len(deferred)}/{len(failed)}", **({"via": via} if via else {}),
                **({"source": outcome.source} if outcome.source else {}), **labels(hmail.todo.notes),
-               **({"class": reply_class(first, outcome.host)} if first is not None and not ok else {}))
+               **({"class": cls} if cls else {}))
     if ok:
         response = str(outcome.results[ok[0]])
         events.message_event(config.current(), "delivered", hmail.todo, ok,

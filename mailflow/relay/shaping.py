@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from mailflow.config.shaping import Rule
+from mailflow.config.shaping import Rule, matching
 from mailflow.config.state import state_dir
 from mailflow.observation.sampler import SAMPLER
 from mailflow.util import lua
@@ -299,4 +299,4 @@ def rules_for(rules: tuple[Rule, ...], domain: str, mx_host: str, source: str | 
     the connection has one (a provider's limits are per sending IP, and each source of a
     pool has its own reputation there): ``mx:.google.com@192.0.2.10``."""
     return [dataclasses.replace(r, name=f"{r.name}@{source}") if r.kind == "mx" and source else r
-            for r in rules if r.matches(domain, mx_host, source, tenant)]
+            for r in matching(rules, domain, mx_host, source, tenant)]

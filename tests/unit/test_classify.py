@@ -91,3 +91,20 @@ def test_actions_name_classes_and_schedules(tmp_path):
         path.write_text(text)
         with pytest.raises(ConfigError, match=re_escape(says)):
             actions.load(path)
+
+
+def test_failed_replies_are_counted_by_class_and_destination_for_the_metrics(tmp_path):
+    from mailflow import config as configmod
+    from mailflow.observation.metrics import HostCollector
+    from mailflow.queue import counters
+    (tmp_path / "me").write_text("mailflow.test\n")
+    (tmp_path / "outbound.ini").write_text(f"queue_dir = {tmp_path / 'queue'}\n")
+    cfg = configmod.load(tmp_path)
+    root = cfg.queue_path()
+    for cls, destination in (("RateLimited", "mx:.google.com"), ("RateLimited", "mx:.google.com"),
+                             ("InvalidRecipient", "other")):
+        counters.add_reply(root, cls, destination)
+    family = next(f for f in HostCollector(cfg).collect() if f.name == "mailflow_replies")
+    found = {(s.labels["class"], s.labels["destination"]): s.value for s in family.samples
+             if s.name.endswith("_total")}
+    assert found == {("RateLimited", "mx:.google.com"): 2, ("InvalidRecipient", "other"): 1}
