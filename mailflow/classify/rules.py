@@ -51,6 +51,26 @@ def _r(name: str, cls: str, *, code: str | None = None, enhanced: str | None = N
     return Rule(name, cls, code, enhanced, re.compile(text, re.IGNORECASE) if text else None, mx)
 
 
+#: Where the shipped rules come from, by the first word of their names.
+SOURCES: dict[str, str] = {
+    "gmail": "Gmail's SMTP error reference, https://support.google.com/a/answer/3726730",
+    "microsoft": "Microsoft's NDRs in Exchange Online, https://learn.microsoft.com/exchange/"
+                 "mail-flow-best-practices/non-delivery-reports-in-exchange-online/"
+                 "non-delivery-reports-in-exchange-online",
+    "yahoo": "Yahoo's SMTP error codes, https://senders.yahooinc.com/smtp-error-codes/",
+    "apple": "Apple iCloud Mail's postmaster replies, https://support.apple.com/en-us/102322",
+    "text": "replies across receivers (Postfix's, Exim's, Sendmail's wording), by what their text says",
+    "rfc3463": "RFC 3463, Enhanced Mail System Status Codes",
+    "rfc7372": "RFC 7372, Email Authentication Status Codes",
+    "rfc7505": "RFC 7505, A \"Null MX\" No Service Resource Record",
+    "rfc8689": "RFC 8689, SMTP Require TLS Option",
+}
+
+
+def source_of(rule: Rule) -> str:
+    return SOURCES.get(rule.name.split("-")[0], "")
+
+
 #: The shipped rules, in the order they are tried.
 DEFAULT_RULES: tuple[Rule, ...] = (
     # Gmail's SMTP error reference, https://support.google.com/a/answer/3726730

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mailflow.reference import commands, configuration, events, metrics
+from mailflow.reference import classes, commands, configuration, events, metrics
 
 #: page file name -> the function that writes it
 PAGES: dict[str, Callable[[], str]] = {
@@ -20,6 +20,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "metrics.md": metrics.page,
     "logs.md": events.page,
     "commands.md": commands.page,
+    "classes.md": classes.page,
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from mailflow.classify.classes import CLASSES
 from mailflow.classify.command import parse_reply
-from mailflow.classify.rules import DEFAULT_RULES, classify, load
+from mailflow.classify.rules import DEFAULT_RULES, classify, load, source_of
 from mailflow.config.files import ConfigError
 from mailflow.errors import local_reply
 from tests.support.replies import REPLIES
@@ -58,6 +58,7 @@ def re_escape(text: str) -> str:
 
 def test_every_shipped_rule_names_a_class_and_the_vocabulary_is_covered():
     assert {r.cls for r in DEFAULT_RULES} <= set(CLASSES)
+    assert all(source_of(r) for r in DEFAULT_RULES)  # each shipped rule says where it comes from
     assert len({r.name for r in DEFAULT_RULES}) == len(DEFAULT_RULES)
     covered = {classify(parse_reply(r))[0] for r, _, _ in REPLIES}
     assert covered >= set(CLASSES) - {"TransientFailure", "Uncategorized"} - {"DNSFailure",
