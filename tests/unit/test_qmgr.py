@@ -204,18 +204,22 @@ def test_due_destinations_are_served_round_robin_the_longest_waiting_first(tmp_p
         ("big.example", 10), ("mid.example", 5), ("big.example", 10), ("big.example", 5)]
 
 
+def _queue_for(cfg, tenant: str, recipients: list[str]) -> None:
+    """One message to each recipient, all of one tenant's."""
+    sender = parse_address("a@sender.example")
+    for rcpt in recipients:
+        outbound.queue_message(sender, [parse_address(rcpt)], b"Subject: s\r\n\r\nx\r\n",
+                               notes={"tenant": tenant}, cfg=cfg)
+
+
 def test_each_tenants_mail_for_a_destination_takes_turns_of_its_own(tmp_path, monkeypatch):
     """One tenant's backlog to a domain never keeps another tenant's due mail for the same
     domain waiting behind it: tenants are served in turn, from the entry names alone."""
     monkeypatch.setattr(qmgr, "BATCH_MAX", 10)
     cfg = load_cfg(tmp_path)
-    sender = parse_address("a@sender.example")
-    for n in range(35):
-        outbound.queue_message(sender, [parse_address(f"r{n}@big.example")], b"Subject: s\r\n\r\nx\r\n",
-                               notes={"tenant": "acme"}, cfg=cfg)
+    _queue_for(cfg, "acme", [f"r{n}@big.example" for n in range(35)])
     time.sleep(0.002)
-    outbound.queue_message(sender, [parse_address("one@big.example")], b"Subject: s\r\n\r\nx\r\n",
-                           notes={"tenant": "globex"}, cfg=cfg)
+    _queue_for(cfg, "globex", ["one@big.example"])
     publish = Recorder()
     assert qmgr.QueueManager(cfg, publish=publish).scan() == 36
     sizes = [len(b.names) for b in publish.batches]
@@ -231,16 +235,12 @@ def test_a_tenant_whose_backlog_fills_its_share_leaves_room_for_another_tenants_
     monkeypatch.setattr(qmgr, "ACTIVE_MAX", 20)
     monkeypatch.setattr(qmgr, "BATCH_MAX", 5)
     cfg = load_cfg(tmp_path)
-    sender = parse_address("a@sender.example")
-    for n in range(100):
-        outbound.queue_message(sender, [parse_address(f"r{n}@big.example")], b"Subject: s\r\n\r\nx\r\n",
-                               notes={"tenant": "acme"}, cfg=cfg)
+    _queue_for(cfg, "acme", [f"r{n}@big.example" for n in range(100)])
     publish = Recorder()
     manager = qmgr.QueueManager(cfg, publish=publish)
     assert manager.scan() == 16  # acme's share: four fifths of the window
     assert manager.scan() == 0
-    outbound.queue_message(sender, [parse_address("fresh@big.example")], b"Subject: s\r\n\r\nx\r\n",
-                           notes={"tenant": "globex"}, cfg=cfg)
+    _queue_for(cfg, "globex", ["fresh@big.example"])
     manager._listed_mtime_ns = None
     assert manager.scan() == 1
     assert "t" + tenant_tag("globex") in publish.batches[-1].names[0]
