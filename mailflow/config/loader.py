@@ -66,6 +66,8 @@ I'm sorry to have to inform you that your message could not
 be delivered to one or more recipients.
 
 {recipients}: {reason}
+
+The kind of failure: {class}
 """
 
 

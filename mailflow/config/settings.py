@@ -523,7 +523,7 @@ FILES = (
     ConfigFile("plugins", "one importable Python module per line, imported at start by every "
                "process; each connects its hook receivers"),
     ConfigFile("outbound.bounce_message", "the bounce template: headers, a blank line, the body; "
-               "{me}, {from}, {to}, {reason}, {date}, {msgid}, {pid} are filled in"),
+               "{me}, {from}, {to}, {reason}, {class}, {date}, {msgid}, {pid} are filled in"),
     ConfigFile("dkim.ini", "how mail is DKIM-signed when it is queued; the keys are in "
                "dkim/<domain>/ (selector, private, optional ed25519.selector and ed25519.private)",
                sections=(("main", Dkim),)),

@@ -69,6 +69,7 @@ def build(hmail: HMail, original: bytes, *, me: str, template: str, max_body: in
         "from": todo.mail_from.address, "msgid": msgid, "to": ", ".join(failed),
         "reason": str(reason), "subject": _decoded(header_value(original, "subject")),
         "recipients": ", ".join(failed),
+        "class": str(todo.record.get("last_class") or "Uncategorized"),  # mailflow classify
         "extended_reason": "; ".join(
             f"{a}: {statuses.get(a, {}).get('status', '5.0.0')} {statuses.get(a, {}).get('text', '')}"
             for a in failed),

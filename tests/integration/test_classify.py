@@ -51,7 +51,7 @@ def test_classify_command_says_the_class_and_the_rule(env: Env):
 def test_a_class_has_its_own_retry_schedule_or_none(env: Env, mx):
     tag = uuidlib.uuid4().hex[:6]
     full, unauth = f"full-{tag}@dest.test", f"unauth-{tag}@dest.test"
-    mx(rcpt={full: "452 4.2.2 Mailbox full",
+    server = mx(rcpt={full: "452 4.2.2 Mailbox full",
              unauth: "421 4.7.26 Unauthenticated email is not accepted due to domain's DMARC policy"})
     full_id, unauth_id = env.send(full), env.send(unauth)
     # QuotaIssues: retried on its own schedule, the first wait 3 h (not outbound.ini's first)
@@ -63,3 +63,7 @@ def test_a_class_has_its_own_retry_schedule_or_none(env: Env, mx):
     assert line.startswith("deferred") and "class=AuthenticationFailed" in line
     env.wait(lambda: env.logged(f"bounced id={unauth_id}"), 60)
     assert not env.entries("pending", unauth_id)
+    # the bounce says the kind of failure too
+    bounce = env.wait(lambda: [d for d in server.deliveries
+                               if d.rcpt_to == ["a@sender.test"] and unauth.encode() in d.data], 60)
+    assert b"The kind of failure: AuthenticationFailed" in bounce[0].data
