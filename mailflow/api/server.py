@@ -103,7 +103,7 @@ class Api:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.keys = Keys(cfg.directory)
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(cfg.shared_redis())
         self.spool = Spool(cfg.queue_path())
         self._expired = 0.0
 

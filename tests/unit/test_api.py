@@ -148,3 +148,26 @@ def test_old_records_expire(tmp_path):
     assert staging.expire(spool, 3600) == 0
     os.utime(record, (1, 1))
     assert staging.expire(spool, 3600) == 1 and not record.exists()
+
+
+def test_with_redis_the_rate_is_one_for_every_process_and_host():
+    """Two limiters stand for two submission processes (or hosts) sharing a Redis: the key's
+    messages a minute are counted together, a request whole or not at all."""
+    import uuid
+
+    from harness import brokers
+    url = brokers.url_for("redis")
+    one, two = RateLimiter(url), RateLimiter(url)
+    key = f"shared-{uuid.uuid4().hex[:8]}"
+    assert one.take(key, 3, 5) is None
+    wait = two.take(key, 3, 5)  # 3 + 3 > 5: refused whole, with the time until the first 3 leave
+    assert wait is not None and 55 <= wait <= 60
+    assert two.take(key, 2, 5) is None  # 3 + 2 = 5: fits
+    assert one.take(key, 1, 5) is not None
+    assert one.take(key, 9, 5) == 60.0  # never fits in a minute
+
+
+def test_a_redis_that_does_not_answer_leaves_the_rate_to_this_process(caplog):
+    limiter = RateLimiter("redis://127.0.0.1:1/0")
+    assert limiter.take("k", 3, 5) is None and limiter.take("k", 3, 5) is not None  # counted here
+    assert "counted in this process only" in caplog.text
