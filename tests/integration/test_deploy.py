@@ -92,7 +92,7 @@ def deployed(root: Path, *, cert: trustme.CA | None, users: str) -> tuple[Instan
     """An instance on deploy/config/ -- the config compose gives the containers -- as a
     container would run it, but on this host: a free port on every interface, the queue
     in the test's directory."""
-    port = free_port()
+    port = free_port("0.0.0.0")  # free on every interface, as the listener binds
     inst = Instance(root, copy_shipped=False)
     shutil.copytree(REPO / "deploy" / "config", inst.config_dir, dirs_exist_ok=True)
     ini = inst.config_dir / "outbound.ini"
