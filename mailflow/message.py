@@ -209,6 +209,9 @@ def take_body_headers(body: Body, names: Collection[str], directory: str | None 
     block = header_block(head)
     if not block or (len(block) == len(head) and body.size > cut):
         return body, {}  # no header section, or one longer than anything real: left alone
+    lowered = block.lower()  # most messages carry none: no line split for them
+    if not any(name.encode() in lowered for name in names):
+        return body, {}
     stripped, found = take_headers(head, names)
     if not found:
         return body, {}

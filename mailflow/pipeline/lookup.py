@@ -109,6 +109,7 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
     groups: dict[tuple[Any, ...], list[str]] = {}
     answers: dict[tuple[Any, ...], tuple[list[MX], set[str]]] = {}
     seen: dict[str, str | None] = {}
+    pools: dict[tuple[str, str | None], str | None] = {}
     for hmail in load(spool, batch):
         domain = batch.domain or hmail.name.domain
         with guarded(spool, hmail, settings):
@@ -119,8 +120,13 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
             exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE))
             if domain not in seen and (batch.site is not None or not sites.fresh(domain)):
                 seen[domain] = _site_of(domain, mxs, exempt, cfg)
-            pool = None if bind or any(mx.bind for mx in mxs) else pool_for(hmail, domain, cfg)
             tenant = str(hmail.todo.notes.get(TENANT_NOTE) or "") or None
+            if bind or any(mx.bind for mx in mxs):
+                pool = None
+            else:  # once per domain and tenant of the batch, not per entry
+                if (domain, tenant) not in pools:
+                    pools[domain, tenant] = pool_for(tenant, domain, cfg)
+                pool = pools[domain, tenant]
             if batch.site is None:
                 key: tuple[Any, ...] = (tuple(mxs), bind, helo, exempt, pool, tenant)
             else:  # the same MX hosts in any order; a domain with needs of its own alone
@@ -140,10 +146,10 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
     return routes
 
 
-def pool_for(hmail: HMail, domain: str, cfg: Config) -> str | None:
-    """The egress pool an entry leaves from: its tenant's, else its route's, else
-    egress.ini's default_pool (None: this host's own address and name)."""
-    tenant = cfg.tenants.by_name.get(str(hmail.todo.notes.get(TENANT_NOTE) or ""))
+def pool_for(tenant_name: str | None, domain: str, cfg: Config) -> str | None:
+    """The egress pool mail leaves from: its tenant's, else its route's, else egress.ini's
+    default_pool (None: this host's own address and name)."""
+    tenant = cfg.tenants.by_name.get(tenant_name or "")
     if tenant is not None and tenant.pool is not None:
         return tenant.pool
     route = cfg.route_for(domain)

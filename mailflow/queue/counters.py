@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mailflow.config.tenants import TENANT_NOTE
+
 NAMES = ("delivered", "bounced", "dropped")
 #: Each outcome once more per tenant, ``by-tenant/<tenant>/<name>`` (``-``: no tenant), for
 #: the ``tenant`` label of the metrics.
@@ -45,7 +47,7 @@ def read(queue_root: Path, name: str) -> int:
 def add_outcome(queue_root: Path, name: str, notes: dict[str, object] | None, n: int = 1) -> None:
     """An outcome's counter, and the same counter of the message's tenant."""
     add(queue_root, name, n)
-    tenant = (notes or {}).get("tenant") or NO_TENANT
+    tenant = (notes or {}).get(TENANT_NOTE) or NO_TENANT
     add(queue_root, f"{BY_TENANT}/{tenant}/{name}", n)
 
 

@@ -133,3 +133,17 @@ def test_a_routes_pool_on_the_wire_is_a_name_or_refused(tmp_path):
     for bad in ("../x", "", 7, "a b"):
         with pytest.raises(BadName):
             Route.from_json({**base.to_json(tmp_path), "pool": bad}, tmp_path)
+
+
+def test_a_routes_tenant_and_an_outcomes_source_are_names_or_nothing(tmp_path):
+    """A forged route naming a tenant that is no name is refused before anything is done with
+    it; a report's source that is no name is dropped, never written into a line or an event."""
+    from mailflow.wire.payloads import Outcome
+    base = Route.from_json({**SITE_BATCH, "mx": [{"exchange": "mx.example"}]}, tmp_path)
+    assert Route.from_json({**base.to_json(tmp_path), "tenant": "acme"}, tmp_path).tenant == "acme"
+    for bad in ("../../etc", "a\nb", 3, ""):
+        with pytest.raises(BadName):
+            Route.from_json({**base.to_json(tmp_path), "tenant": bad}, tmp_path)
+    sent = Outcome(host="mx.example", source="mta1").to_json()
+    assert Outcome.from_json(sent).source == "mta1"
+    assert Outcome.from_json({**sent, "source": "x y\nsource=forged"}).source is None
