@@ -60,6 +60,9 @@ def test_the_idempotency_record_name_is_the_keys_and_the_clients_together():
     assert a == idempotency.record_name("app", "k1") != idempotency.record_name("other", "k1")
     assert idempotency.record_name("app", None) != idempotency.record_name("app", None)
     staging.check_name(a)
+    for hostile in ("../../etc", "a/b", "n-" + "x" * 100, ""):  # never a path of its own
+        with pytest.raises(ValueError):
+            staging.check_name(hostile)
     with pytest.raises(ValueError):
         idempotency.check_key("x" * 256)
 
