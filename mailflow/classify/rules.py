@@ -97,7 +97,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     _r("apple-local-policy", "PolicyRelated", text=r"\[CS0\d\]|rejected due to local policy"),
     # Replies across receivers, by what their text says (Postfix's, Exim's, Sendmail's wording)
     _r("text-too-many-connections", "TooManyConnections",
-       text=r"too many (concurrent )?connections|connection (count|rate) limit|too many sessions"),
+       text=r"too many (concurrent |simultaneous |open )?(smtp )?(connections|sessions)|"
+       r"connection (count|rate) limit"),  # Exim: "Too many concurrent SMTP connections from ..."
     _r("text-rate", "RateLimited", text=r"rate limit|too many (messages|mails|emails)|slow down|"
        r"sending (rate|too fast)|throttl"),
     _r("text-virus", "VirusDetected", text=r"\bvirus|malware|infected|dangerous (content|attachment)"),

@@ -16,6 +16,7 @@ from kombu.utils.url import maybe_sanitize_url
 from mailflow.cli.commands import command
 from mailflow.config.loader import Config
 from mailflow.observation.sampler import host_counts
+from mailflow.pipeline.shaping import in_force
 from mailflow.queue import events
 from mailflow.queue import tools as queuetools
 from mailflow.queue.flush import flush
@@ -88,6 +89,8 @@ def cmd_queue(args: argparse.Namespace, cfg: Config) -> int:
         suspended = shaping_state(cfg)
         if suspended:  # destinations a reply suspended: seconds left
             numbers.update({f"suspended:{rule}": left for rule, left in suspended.items()})
+        # sites that asked a source to slow down: seconds until its normal limits hold again
+        numbers.update({f"backoff:{key}": left for key, (left, _) in in_force(cfg).items()})
         for source in cfg.egress.sources.values():  # warm-up: its day of use, what is left today
             if source.warmup:
                 allowed = warmup.allowance(source)

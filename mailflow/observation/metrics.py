@@ -31,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 from mailflow import config
 from mailflow.config.loader import Config
 from mailflow.observation.sampler import ATTEMPT_BUCKETS, BUCKETS, SAMPLER, samples, tls_counter
+from mailflow.pipeline.shaping import in_force
 from mailflow.queue import counters, events
 from mailflow.queue import tools as queuetools
 from mailflow.queue.spool import Spool
@@ -96,6 +97,11 @@ METRICS = {m.name: m for m in (
     Metric("mailflow_shaping_suspended_seconds", GaugeMetricFamily,
            "Seconds left of a shaping rule's suspension", ("rule",),
            "the rule's section name, for rules with suspend_on"),
+    Metric("mailflow_backoff", GaugeMetricFamily,
+           "Share of its normal rate a source may send to a site that asked it to slow down "
+           "(0 while suspended); only sites in backoff are listed", ("site", "source"),
+           "site: the MX hosts' registrable domain; source: the egress source's name, its "
+           "address, or default"),
 )}
 
 
@@ -158,6 +164,10 @@ class HostCollector(Collector):
                 if rule.suspend_on:
                     suspended.add_metric([rule.name], shaper.suspended(rule))
         yield suspended
+        backoff = METRICS["mailflow_backoff"].new()
+        for key, (_, share) in in_force(self.cfg).items():
+            backoff.add_metric(list(key.rsplit("/", 1)), share)
+        yield backoff
 
     def _sampled(self) -> Iterator[Any]:
         found = samples()

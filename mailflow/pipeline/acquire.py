@@ -115,9 +115,11 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
     try:
         session = POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=tls,
                                domain=route.domain, wait=wait, evict=evict, need_for=security.need)
-    except BaseException:
+    except BaseException as exc:
         if lease is not None:
             lease.release()
+        if isinstance(exc, DeliveryError) and exc.host and exc.reply.code >= 400 and shaping.watching:
+            shaping.observe(exc.host, bind, exc.reply)  # "421 too many connections" at the greeting
         raise
     if lease is not None:
         if session.lease is None:

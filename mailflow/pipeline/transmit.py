@@ -250,7 +250,7 @@ class Courier:
                     with self._lock:
                         self._todo.appendleft(item)
                 return
-            if self.shaping.rules and not self._shaped(lane, item):
+            if self.shaping.watching and not self._shaped(lane, item):
                 return
             if lane.session is not None and lane.session.source and not self._warm(lane, item):
                 return
@@ -265,7 +265,7 @@ class Courier:
             if lane.last is not None:
                 SAMPLER.attempt(self.shaping.destination(lane.last.host, lane.last_source),
                                 time.monotonic() - took)
-            if self.shaping.rules and lane.session is not None and lane.last is not None:
+            if self.shaping.watching and lane.session is not None and lane.last is not None:
                 pause = self.shaping.after(lane.session, lane.last)
                 if pause > 0:
                     self._hold([*self._take_all()], pause, "suspended", self._rules(lane.session))

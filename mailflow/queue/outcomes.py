@@ -47,10 +47,15 @@ def destination_label(domain: str, host: str) -> str:
     return rules[0].name if rules else "other"
 
 
-def _classify(reply: Reply) -> str:
+def _classify(reply: Reply, host: str, retried: dict[str, list[int]]) -> str:
+    """What becomes of a recipient: a permanent refusal of a class with a retry schedule of its
+    own (``retry.QuotaIssues``: a full mailbox, which RFC 5321 4.5.3.1.10 says to treat as
+    temporary however it is answered) is retried on it."""
     if 200 <= reply.code < 300:
         return "delivered"
-    return "failed" if reply.is_permanent else "deferred"
+    if reply.is_permanent and not (retried and reply_class(reply, host) in retried):
+        return "failed"
+    return "deferred"
 
 
 def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
@@ -58,11 +63,12 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
     """Apply one outcome's per-recipient results to the entry; ``via``: the worker node of
     another host that made the attempt (its report), named in the attempt line."""
     groups: dict[str, list[str]] = {"delivered": [], "deferred": [], "failed": []}
+    retried = config.current().classify_actions.retry
     for rcpt in hmail.todo.rcpt_to:
         reply = outcome.results.get(rcpt.address)
         if reply is None:
             continue
-        groups[_classify(reply)].append(rcpt.address)
+        groups[_classify(reply, outcome.host, retried)].append(rcpt.address)
     ok, deferred, failed = groups["delivered"], groups["deferred"], groups["failed"]
     first = outcome.results[(ok or deferred or failed)[0]] if (ok or deferred or failed) else None
     keyword = "delivered" if ok else "deferred" if deferred else "failed"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailflow.classify.actions import DEFAULT_SUPPRESS
+from mailflow.classify.actions import DEFAULT_SUPPRESS, Policy
 from mailflow.classify.classes import CLASSES
 from mailflow.classify.rules import DEFAULT_RULES, SOURCES, Rule, source_of
 from mailflow.reference.markdown import GENERATED, code, table
@@ -26,7 +26,39 @@ def _actions() -> str:
         (code("bounce_now"), "(none)", "a temporary failure of these classes bounces at once, "
          "without the retry schedule"),
         (code("retry.<Class>"), "(outbound.ini `temp_fail_intervals`)",
-         "the class's own retry schedule, in that syntax")])
+         "the class's own retry schedule, in that syntax; a permanent refusal of such a class "
+         "is retried on it too (a full mailbox answered 552, which RFC 5321 says to take as "
+         "temporary)"),
+        (code("backoff"), ", ".join(sorted(DEFAULT.classes)),
+         "a reply of these classes halves the connections and the rate its source may use "
+         "towards the destination *site* (the MX host's registrable domain by the Public Suffix "
+         "List: `google.com` for `gmail-smtp-in.l.google.com`), on every host; a repeat more "
+         "than a minute later halves again, down to one connection and `backoff_floor`; "
+         "empty: off"),
+        (code("backoff_for"), f"{DEFAULT.period // 60}m",
+         "how long a backoff holds after the last such reply; then each further period without "
+         "one gives a halving back"),
+        (code("backoff_floor"), str(DEFAULT.floor), "messages a minute a backoff never goes below"),
+        (code("suspend"), ", ".join(sorted(DEFAULT.suspend)),
+         "replies of these classes are counted per site and source ..."),
+        (code("suspend_after"), f"{DEFAULT.suspend_after} in {DEFAULT.suspend_window // 60}m",
+         "... and this many within the window stop the source sending to the site ..."),
+        (code("suspend_for"), f"{DEFAULT.suspend_for // 60}m", "... for this long")]) + BACKOFF
+
+DEFAULT = Policy()
+
+BACKOFF = """
+What is halved is what a `shaping.ini` rule over the destination allows (its
+`max_connections`, its `messages_per_minute` or `messages_per_hour`); where none does,
+outbound.ini's `pool_concurrency_max` connections and the rate the worker process that got
+the reply was sending at over the last minute. A backoff is enforced as one more shaping
+rule, `backoff:<site>/<source>` (the source: its egress.ini name, its address, or
+`default`), through the same shared store as shaping.ini's rules: held mail waits in
+`pending/` and is not counted as a failure; `queue list` names the rule that holds it.
+`mailflow queue stats` shows `backoff:<site>/<source>=<seconds until the normal limits
+hold again>`, and the metrics `mailflow_backoff{site,source}` (the share of the normal rate
+now allowed, 0 while suspended).
+"""
 
 
 def _match(rule: Rule) -> str:

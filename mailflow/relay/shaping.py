@@ -12,6 +12,8 @@ for the processes of this host only.  Falling back is logged at most once a minu
 * A *take* is places for some messages under ``messages_per_minute``/``_per_hour``:
   never more in any sliding 60 s / 3600 s window, all matching rules decided together.
 * A *suspension* (a reply named in ``suspend_on``) stops a rule for ``suspend_for``.
+* A *backoff* (mailflow/relay/backoff.py) is the state of a site that asked a source to
+  slow down: read by every worker, changed by one at a time.
 
 Each returns how long to wait (0: go on); waiting is the caller's job, by handing the
 entries back due later -- never counted as failures, never holding a thread.
@@ -28,7 +30,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +41,19 @@ import redis
 from mailflow.config.shaping import Rule, matching
 from mailflow.config.state import state_dir
 from mailflow.observation.sampler import SAMPLER
+from mailflow.relay.backoff import State as BackoffState
 from mailflow.util import lua
 
 log = logging.getLogger(__name__)
 
 LEASE_TTL = 60.0
 KEY = "mailflow:shaping:"
+#: every backoff in force: a hash of ``<site>/<source>`` -> its state (JSON)
+BACKOFF_KEY = "mailflow:backoff"
+#: a change to a backoff: the state it was (a fresh one when none) -> the state it becomes;
+#: then which states are worth keeping (the others are forgotten)
+Change = Callable[[BackoffState], BackoffState]
+Keep = Callable[[BackoffState], bool]
 #: when the connection limit is reached, look again after this long
 FULL_WAIT = 5.0
 #: Places in a rate window are taken for several messages at once (a round trip per
@@ -102,6 +111,29 @@ class RedisBackend:
         raw = self.client.get(f"{KEY}{rule.name}:suspended")
         until = int(raw) if raw else 0
         return max(0.0, (until - now_ms) / 1000)
+
+    def backoffs(self) -> dict[str, BackoffState]:
+        return {_text(k): BackoffState.from_json(v) for k, v in self.client.hgetall(BACKOFF_KEY).items()}
+
+    def change_backoff(self, key: str, change: Change, keep: Keep) -> BackoffState:
+        """One host's change, none lost to another's at the same moment (WATCH: the
+        transaction fails, and is made again, when the hash changed meanwhile)."""
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(BACKOFF_KEY)
+                    states = {_text(k): BackoffState.from_json(v)
+                              for k, v in pipe.hgetall(BACKOFF_KEY).items()}
+                    new = change(states.get(key) or BackoffState())
+                    stale = [k for k, st in states.items() if k != key and not keep(st)]
+                    pipe.multi()
+                    pipe.hset(BACKOFF_KEY, key, new.to_json())
+                    if stale:
+                        pipe.hdel(BACKOFF_KEY, *stale)
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
 
 
 @dataclass
@@ -203,6 +235,38 @@ class LocalBackend:
         with self._states([rule]) as [st]:
             return max(0.0, (st.suspended - now_ms) / 1000)
 
+    @contextmanager
+    def _backoff_file(self) -> Iterator[tuple[int, dict[str, BackoffState]]]:
+        directory = self.directory or state_dir() / "shaping"
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / "backoff", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = b""
+            while chunk := os.read(fd, 65536):
+                raw += chunk
+            try:
+                data = json.loads(raw) if raw else {}
+            except ValueError:
+                data = {}
+            yield fd, {k: BackoffState.from_json(v) for k, v in data.items() if isinstance(v, str)}
+        finally:
+            os.close(fd)
+
+    def backoffs(self) -> dict[str, BackoffState]:
+        with self._backoff_file() as (_, states):
+            return states
+
+    def change_backoff(self, key: str, change: Change, keep: Keep) -> BackoffState:
+        with self._backoff_file() as (fd, states):
+            new = change(states.get(key) or BackoffState())
+            kept = {k: st.to_json() for k, st in states.items() if k != key and keep(st)}
+            data = json.dumps({**kept, key: new.to_json()}).encode()
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, data)
+            return new
+
 
 class Shaper:
     """The decisions for one configuration, in Redis when it has one, else on this host."""
@@ -247,8 +311,20 @@ class Shaper:
         log.warning("shaping: %s suspended for %d s", rule.name, rule.suspend_for)
         self._call("suspend", rule, _now_ms() + rule.suspend_for * 1000)
 
+    def suspend_until(self, rule: Rule, until_ms: int) -> None:
+        self._call("suspend", rule, until_ms)
+
     def suspended(self, rule: Rule) -> float:
         return float(self._call("suspended", rule, _now_ms()))
+
+    def backoffs(self) -> dict[str, BackoffState]:
+        """Every backoff kept (in force or not: the caller asks each)."""
+        found: dict[str, BackoffState] = self._call("backoffs")
+        return found
+
+    def change_backoff(self, key: str, change: Change, keep: Keep) -> BackoffState:
+        new: BackoffState = self._call("change_backoff", key, change, keep)
+        return new
 
 
 class Lease:
@@ -274,6 +350,10 @@ class Lease:
                 self.shaper._call("release", self.rules, self.id)
             except OSError as exc:
                 log.warning("shaping: lease not released (it lapses in %d s): %s", LEASE_TTL, exc)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _now_ms() -> int:

@@ -11,7 +11,8 @@ from tests.support.pipeline import Env, module_env
 from tests.support.replies import REPLIES
 
 #: read at start: the worker starts with it
-ACTIONS = "[actions]\nbounce_now = AuthenticationFailed\nretry.QuotaIssues = 3h, 6h\n"
+ACTIONS = ("[actions]\nbounce_now = AuthenticationFailed\nretry.QuotaIssues = 3h, 6h\n"
+           "backoff =\nsuspend =\n")  # no backoff here: test_backoff.py has its own
 env = module_env("classify", files={"classify.ini": ACTIONS})
 
 
@@ -31,8 +32,11 @@ def test_each_real_reply_gets_its_class_in_the_attempt_line_and_the_queue(env: E
         assert f"class={expected}" in line, (line, source)
     rows = json.loads(env.inst.mailflow("queue", "list", "--json").stdout)
     waiting = {r["rcpt_to"][0]: r["last_class"] for r in rows if tag in r["rcpt_to"][0]}
-    temporary = {rcpt for rcpt, reply in rcpts.items() if reply.startswith("4")}
-    assert set(waiting) == temporary  # the temporary ones wait, each with its class
+    # the temporary ones wait, each with its class; so do full mailboxes however answered,
+    # as retry.QuotaIssues gives them a schedule of their own
+    temporary = {rcpt for n, (rcpt, reply) in enumerate(rcpts.items())
+                 if reply.startswith("4") or REPLIES[n][1] == "QuotaIssues"}
+    assert set(waiting) == temporary
     for n, rcpt in enumerate(rcpts):
         if rcpt in waiting:
             assert waiting[rcpt] == REPLIES[n][1]
@@ -51,13 +55,17 @@ def test_classify_command_says_the_class_and_the_rule(env: Env):
 def test_a_class_has_its_own_retry_schedule_or_none(env: Env, mx):
     tag = uuidlib.uuid4().hex[:6]
     full, unauth = f"full-{tag}@dest.test", f"unauth-{tag}@dest.test"
-    server = mx(rcpt={full: "452 4.2.2 Mailbox full",
+    over = f"over-{tag}@dest.test"
+    server = mx(rcpt={full: "452 4.2.2 Mailbox full", over: "552 5.2.2 mailbox full",
              unauth: "421 4.7.26 Unauthenticated email is not accepted due to domain's DMARC policy"})
-    full_id, unauth_id = env.send(full), env.send(unauth)
-    # QuotaIssues: retried on its own schedule, the first wait 3 h (not outbound.ini's first)
-    [entry] = env.wait(lambda: [e for e in env.entries("pending", full_id) if e.num_failures], 60)
-    wait_s = (entry.name.next_attempt_ms - entry.name.arrival_ms) / 1000
-    assert 3 * 3600 - 120 <= wait_s <= 3 * 3600 + 120, wait_s
+    full_id, unauth_id, over_id = env.send(full), env.send(unauth), env.send(over)
+    # QuotaIssues: retried on its own schedule, the first wait 3 h (not outbound.ini's first) --
+    # a 552 too, which RFC 5321 says to take as temporary
+    for uuid in (full_id, over_id):
+        [entry] = env.wait(lambda u=uuid: [e for e in env.entries("pending", u) if e.num_failures], 60)
+        wait_s = (entry.name.next_attempt_ms - entry.name.arrival_ms) / 1000
+        assert 3 * 3600 - 120 <= wait_s <= 3 * 3600 + 120, wait_s
+    assert not env.logged(f"bounced id={over_id}")
     # AuthenticationFailed is in bounce_now: failed at once, a bounce made, no retry
     line = env.wait(lambda: _attempt_line(env, unauth_id), 60)
     assert line.startswith("deferred") and "class=AuthenticationFailed" in line

@@ -10,6 +10,8 @@ YAHOO = "https://senders.yahooinc.com/smtp-error-codes/"
 APPLE = "https://support.apple.com/en-us/102322"
 RFC3463 = "https://www.rfc-editor.org/rfc/rfc3463"
 POSTFIX = "Postfix's own replies (smtpd, local, virtual)"
+EXIM = ("Exim's own replies (smtp_accept_max_per_host), "
+        "https://www.exim.org/exim-html-current/doc/html/spec_html/ch-main_configuration.html")
 
 #: (reply as sent, expected class, source)
 REPLIES: list[tuple[str, str, str]] = [
@@ -53,6 +55,8 @@ REPLIES: list[tuple[str, str, str]] = [
      "InvalidRecipient", POSTFIX),
     ("452 4.2.2 Mailbox full", "QuotaIssues", POSTFIX),
     ("421 4.7.0 too many connections from your host", "TooManyConnections", POSTFIX),
+    ("421 Too many concurrent SMTP connections from this IP address; please try again later.",
+     "TooManyConnections", EXIM),
     ("550 5.1.2 Host or domain name not found", "BadDomain", RFC3463),
     ("554 5.5.1 Error: no valid recipients", "ProtocolError", RFC3463),
     ("451 4.3.0 Temporary local problem", "TransientFailure", RFC3463),
