@@ -83,6 +83,27 @@ EVENTS = {e.kind: e for e in (
         ("client", "the client's address, or local"),
         ("reason", "suppressed"),
         ("since", "when the address was suppressed (Unix time)"))),
+    Event("complained", "a feedback-loop complaint (ARF) about a message was taken: its "
+          "recipient is suppressed", (
+              ("id", "the original's entry (VERP) or queue id"),
+              ("rcpt", "the complainant"),
+              ("type", "the report's Feedback-Type: abuse, fraud, other …"),
+              ("reporter", "who sent the report (Reporting-MTA or User-Agent)"),
+              ("tenant", "the original's tenant, when it had one"),
+              ("campaign", "its campaign, when it had one"))),
+    Event("returned", "a bounce (DSN) sent back after delivery was taken for one recipient", (
+        ("id", "the original's entry (VERP) or queue id"),
+        ("rcpt", "the recipient that failed"),
+        ("status", "the DSN's status"),
+        ("response", "the reply it quotes (Diagnostic-Code), quoted"),
+        ("class", "the reply's class"),
+        ("suppressed", "Y when the recipient was put on the suppression list"),
+        ("tenant", "the original's tenant, when it had one"),
+        ("campaign", "its campaign, when it had one"))),
+    Event("unmatched", "a report sent back named no message mailflow knows (nothing done)", (
+        ("report", "complaint or bounce"),
+        ("message_id", "the Message-ID it quotes, - when none"),
+        ("reporter", "who sent it"))),
 )}
 
 

@@ -11,7 +11,7 @@ import sys
 from mailflow import logs
 from mailflow.api import command as apikey_command
 from mailflow.classify import command as classify_command
-from mailflow.cli import flower, queue, send, sendmail, serve
+from mailflow.cli import flower, ingest, queue, send, sendmail, serve
 from mailflow.cli.commands import REGISTRY, Command
 from mailflow.config import environ, startup
 from mailflow.dkim import command as dkim_command
@@ -21,7 +21,7 @@ from mailflow.suppress import command as suppress_command
 
 #: The modules whose commands ``mailflow`` offers, in the order ``--help`` lists them.
 COMMAND_MODULES = (serve, send, sendmail, queue, dkim_command, suppress_command, apikey_command,
-                   classify_command, sink, flower, tlsrpt_command)
+                   classify_command, ingest, sink, flower, tlsrpt_command)
 
 
 def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:

@@ -27,6 +27,7 @@ from mailflow.queue.flush import flush
 from mailflow.queue.manager import QueueManager
 from mailflow.queue.spool import Spool
 from mailflow.runtime import compat, steps
+from mailflow.smtpd import inbound
 from mailflow.smtpd import server as smtpd_server
 from mailflow.smtpd.nodes import Nodes, die_with_parent
 from mailflow.wire.seal import mac_key
@@ -157,11 +158,14 @@ async def _serve(cfg: Config, on_started: list[str] | None = None, *, node: int 
         raise
     try:
         api = await api_server.start(cfg, say, reuse_port=cfg.smtp.nodes > 1)
+        reports = await inbound.start(cfg, say) if node == 0 else None  # one process takes reports
     except BaseException:
         for server in servers:
             server.close()
         nodes.stop()
         raise
+    if reports is not None:
+        servers.append(reports)
     supervisor = loop.create_task(nodes.supervise())
     if on_listening is not None:
         on_listening()

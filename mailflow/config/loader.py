@@ -31,6 +31,7 @@ from mailflow.config.settings import (
     LIVE_FILES,
     Dkim,
     Http,
+    Inbound,
     Metrics,
     Outbound,
     Shared,
@@ -264,6 +265,7 @@ class Config:
         self.webhooks = webhooks.load(d / "webhooks.ini")
         self.metrics: Metrics = build_section(Metrics, _ini(d / "metrics.ini"), "main")
         self.http = _load_http(d)
+        self.inbound: Inbound = build_section(Inbound, _ini(d / "inbound.ini"), "main")
         self.tenants = tenants.load(d / "tenants.ini")
         self.classify = classify_rules.load(d / "classify.ini")
         self.classify_actions = classify_actions.load(d / "classify.ini")

@@ -66,6 +66,14 @@ def boolean(text: str) -> bool:
     return parse_bool(text)
 
 
+def domain_name(value: str) -> str:
+    value = value.strip().lower().rstrip(".")
+    if value and not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+",
+                                  value):
+        raise ValueError(f"{value!r} is not a domain name")
+    return value
+
+
 def text(value: str) -> str:
     return value.strip()
 
@@ -195,6 +203,10 @@ class Outbound:
         False, boolean, "look up AAAA before A for each MX host and use those addresses first")
     always_split: bool = setting(
         False, boolean, "one queue entry and one SMTP session per recipient")
+    verp_domain: str = setting(
+        "", domain_name, "send each message from b+<queue id>=<recipient, = for @>@this domain, so "
+        "that late bounces and complaints sent back name it (mailflow ingest, inbound.ini); each "
+        "recipient gets an entry of its own; empty: off")
     received_header: str = setting(
         "mailflow outbound", text, "text of the Received: header; 'disabled' adds none")
     connect_timeout: float = setting(30.0, positive_seconds, "TCP connect timeout (s)")
@@ -352,14 +364,6 @@ def canonicalization(value: str) -> tuple[str, str]:
     return head, body
 
 
-def domain_name(value: str) -> str:
-    value = value.strip().lower().rstrip(".")
-    if value and not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+",
-                                  value):
-        raise ValueError(f"{value!r} is not a domain name")
-    return value
-
-
 @dataclass(frozen=True)
 class Dkim:
     """``dkim.ini`` [main]: how mail is signed; the keys are in ``dkim/<domain>/``."""
@@ -412,6 +416,15 @@ class Http:
     max_body: int = setting(25 * 1024 * 1024, size, "largest request body (bytes; larger: 413)")
     auth_fail_delay: float = setting(
         1.0, seconds, "wait before answering a request without a valid key (401)")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """``inbound.ini`` [main]: an SMTP listener for reports sent back to the return path."""
+
+    listen: tuple[str, int] | None = setting(
+        None, optional_hostport, "host:port taking complaints (ARF) and late bounces (DSN) for "
+        "outbound.ini's verp_domain (off when unset)")
 
 
 @dataclass(frozen=True)
@@ -537,6 +550,8 @@ FILES = (
     ConfigFile("metrics.ini", "the Prometheus endpoint, one per host", sections=(("main", Metrics),)),
     ConfigFile("http.ini", "the HTTP injection API (POST /api/inject/v1, /api/v1/send/raw), "
                "served by the submission processes", sections=(("main", Http),)),
+    ConfigFile("inbound.ini", "the listener for reports sent back (complaints and late bounces), "
+               "served by the submission processes", sections=(("main", Inbound),)),
     ConfigFile("tenants.ini", "the customers or streams mailflow sends for: one [tenant:NAME] "
                "section each; the tenants listed are those metrics count by name",
                sections=(("[tenant:NAME]", TENANT_KEYS),)),

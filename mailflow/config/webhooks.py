@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from mailflow.config.files import ConfigError, Value, parse_list, read_ini, unknown
 from mailflow.config.settings import WEBHOOK_KEYS, positive_int
 
-EVENTS = ("queued", "delivered", "deferred", "bounced", "dropped")
+EVENTS = ("queued", "delivered", "deferred", "bounced", "dropped", "complained")
 KEYS = tuple(k.name for k in WEBHOOK_KEYS)
 #: The most events one POST may carry with ``batch``.
 BATCH_MOST = 1000

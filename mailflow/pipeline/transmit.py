@@ -19,7 +19,7 @@ from mailflow.observation import tally
 from mailflow.observation.sampler import SAMPLER
 from mailflow.pipeline.acquire import next_source, session_for, warm
 from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping, hold_reason
-from mailflow.queue import countdowns
+from mailflow.queue import countdowns, verp
 from mailflow.queue.claims import give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_all, fail_each, record
@@ -128,7 +128,7 @@ class LocalLedger:
         # the queue file's message, read in blocks as it is sent and put in wire form then
         # (relay/client.py): a 20 MB message is never held whole
         rcpts = [r.address for r in item.todo.rcpt_to]
-        return item.todo.mail_from.address, rcpts, item.message_file()
+        return verp.envelope_sender(item.todo, self.settings.verp_domain), rcpts, item.message_file()
 
     def still_here(self, item: HMail) -> bool:
         return item.path.exists()  # not handled meanwhile (e.g. deleted by an operator)

@@ -27,8 +27,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mailflow import config
 from mailflow.config import environ
 from mailflow.message import dot_unstuff
+from mailflow.queue import verp
 from mailflow.queue.claims import load
 from mailflow.queue.entry import BadName, check_claim, check_name
 from mailflow.queue.hmail import HMail
@@ -107,7 +109,8 @@ def _file_size(hmail: HMail) -> int:
 def _letter(hmail: HMail) -> Letter:
     """The entry for a holder elsewhere: the message itself, not its stored (dot-stuffed)
     form -- the holder puts it in wire form when it sends it, and trusts no stuffing."""
-    return Letter(name=hmail.filename, mail_from=hmail.todo.mail_from.address,
+    return Letter(name=hmail.filename,
+                  mail_from=verp.envelope_sender(hmail.todo, config.current().outbound.verp_domain),
                   rcpt_to=tuple(r.address for r in hmail.todo.rcpt_to), message=dot_unstuff(hmail.message()))
 
 

@@ -21,10 +21,10 @@ from mailflow import config as configmod
 from mailflow import logs
 from mailflow import message as msg
 from mailflow.address import Address
-from mailflow.config.tenants import TENANT_NOTE, labels
+from mailflow.config.tenants import CAMPAIGN_NOTE, TENANT_NOTE, labels
 from mailflow.dkim.keys import KeyProblem
 from mailflow.message import Body
-from mailflow.queue import counters, events
+from mailflow.queue import counters, events, tracking
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import NewEntry, Spool, now_ms
 from mailflow.queue.todo import ToDo
@@ -175,6 +175,7 @@ class Prepared:
     size: int
     client: str
     auth: str | None
+    message_id: str = ""  #: its Message-ID header (the index of what was queued keeps it)
 
     def close(self) -> None:
         if not isinstance(self.data, bytes):
@@ -235,12 +236,15 @@ def prepare_message(mail_from: Address, rcpt_to: list[Address], message: bytes |
             spool.ensure_once()
             data = sign_file(prepare_file(message.file, uuid=txn, me=cfg.me, received=received,
                                           directory=spool.root), sign, spool.root)
+            data.seek(0)
+            head = data.read(tracking.HEAD_BYTES)
             size = data.seek(0, os.SEEK_END)
         else:
             raw = message.read() if isinstance(message, Body) else message
             data = prepare(raw, uuid=txn, me=cfg.me, received=received, dot_stuffed=dot_stuffed,
                            sign=sign)
             size = len(data)
+            head = data[:tracking.HEAD_BYTES]
     except OSError as exc:
         log.error("queue write failed id=%s: %s", txn, exc)
         raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
@@ -248,11 +252,14 @@ def prepare_message(mail_from: Address, rcpt_to: list[Address], message: bytes |
     entries = []
     tenant = (notes or {}).get(TENANT_NOTE)
     stem = f"{txn}.t{tenant_tag(str(tenant))}" if tenant else txn  # the queue manager's turns
-    for n, group in enumerate(split_recipients(rcpt_to, settings.always_split), start=1):
+    # a VERP return path names one recipient: each gets an entry of its own
+    split = settings.always_split or bool(settings.verp_domain)
+    for n, group in enumerate(split_recipients(rcpt_to, split), start=1):
         todo = ToDo(uuid=f"{stem}.{n}", queue_time=arrival, domain=group[0].host,
                     mail_from=mail_from, rcpt_to=group, notes=dict(notes or {}))
         entries.append(NewEntry(EntryName(arrival, 0, arrival, todo.uuid, todo.domain), todo))
-    return Prepared(txn, mail_from, rcpt_to, entries, data, size, client, auth)
+    return Prepared(txn, mail_from, rcpt_to, entries, data, size, client, auth,
+                    tracking.message_id_of(head))
 
 
 def announce(cfg: configmod.Config, spool: Spool, ready: Prepared) -> Queued:
@@ -262,6 +269,14 @@ def announce(cfg: configmod.Config, spool: Spool, ready: Prepared) -> Queued:
                rcpts=",".join(str(r) for r in ready.rcpt_to), size=ready.size, client=ready.client,
                auth=ready.auth or "-", **labels(ready.entries[0].todo.notes if ready.entries else {}))
     names = [e.name for e in ready.entries]
+    notes = ready.entries[0].todo.notes if ready.entries else {}
+    try:  # what a complaint or a late bounce will be matched against
+        tracking.index_for(spool.root).add(tracking.Sent(
+            id=ready.txn, message_id=ready.message_id, mail_from=ready.mail_from.address,
+            entries={e.todo.uuid: [r.address for r in e.todo.rcpt_to] for e in ready.entries},
+            tenant=notes.get(TENANT_NOTE), campaign=notes.get(CAMPAIGN_NOTE)))
+    except OSError as exc:  # the mail is queued: a report about it may go unmatched, said
+        log.warning("queued id=%s not in the tracking index: %s", ready.txn, exc)
     try:
         counters.add_outcome(spool.root, "queued_total",
                              ready.entries[0].todo.notes if ready.entries else None, len(ready.entries))

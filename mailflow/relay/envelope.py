@@ -7,6 +7,9 @@ checked again right before it is written to the wire, as smtplib's ``putcmd`` ch
 command -- also on the pipelined path, which writes the commands itself: no CR, LF or
 NUL (each would end the command early and start another), and RFC 5321's limits
 (4.5.3.1: a local part of 64 octets, a domain of 255, a path of 256 with its brackets).
+A VERP return path (``b+<entry id>=<recipient, = for @>@…``, outbound.ini verp_domain) holds
+a recipient in its local part, which therefore passes 64 octets, as Postfix's VERP senders
+do: only its path limit holds.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def problem(address: str) -> str | None:
     local, at, domain = address.rpartition("@")
     if not at:
         return "it has no domain"
-    if len(local.encode("utf-8")) > LOCAL_MAX:
+    if len(local.encode("utf-8")) > LOCAL_MAX and not (local[:2].lower() == "b+" and "=" in local):
         return f"its local part is longer than {LOCAL_MAX} octets"
     if len(domain.encode("utf-8")) > DOMAIN_MAX:
         return f"its domain is longer than {DOMAIN_MAX} octets"
