@@ -6,16 +6,23 @@ A rule matches on any of: the reply code (``421``, ``5xx``), the enhanced status
 ``TransientFailure`` when temporary, else ``Uncategorized``.  mailflow's own replies carry
 no code of three digits (code 0): their enhanced code says whether they are temporary.
 
-Classifying is on every attempt's path: the rules are tried in order with their cheap
-checks (code, enhanced) before their regular expression, which is compiled once.
+Classifying is on every refusal's path: the rules are tried in order with their cheap
+checks (code, enhanced) first.  The shipped rules' regular expressions are matched all at
+once, in one pass over the text, by an RE2 set (it says which of them match; Python's re
+would try them one after another, 30-80 us for a reply that only the last ones know); the
+user's, tried before them, with Python's re.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import re2
 
 from mailflow.classify.classes import CLASSES
 from mailflow.config.files import ConfigError, read_ini, unknown
@@ -33,17 +40,28 @@ class Rule:
     text: re.Pattern[str] | None = None
     mx: str | None = None  #: an MX host suffix, ``.google.com``
 
-    def matches(self, code: str, enhanced: str, text: str, mx_host: str) -> bool:
+    def matches(self, code: str, enhanced: str, text: str, mx_host: str,
+                text_hit: bool | None = None) -> bool:
+        """``text_hit``: whether the text matches, when already known (the shipped rules'
+        set), else it is searched here."""
         if self.code is not None and not (code == self.code or (
                 self.code.endswith("xx") and code[:1] == self.code[0])):
             return False
-        if self.enhanced is not None and not fnmatch.fnmatchcase(enhanced, self.enhanced):
+        if self.enhanced is not None and not _glob(self.enhanced)(enhanced):
             return False
         if self.mx is not None:
             suffix, host = self.mx.lstrip("."), mx_host.lower().rstrip(".")
             if not (host == suffix or host.endswith("." + suffix)):
                 return False
+        if text_hit is not None:
+            return text_hit
         return self.text is None or self.text.search(text) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> Callable[[str], object]:
+    """An enhanced-code pattern (``4.7.*``, ``5.7.6[0-4]?``) as a compiled matcher."""
+    return re.compile(fnmatch.translate(pattern)).match
 
 
 def _r(name: str, cls: str, *, code: str | None = None, enhanced: str | None = None,
@@ -184,12 +202,40 @@ def load(path: Path) -> tuple[Rule, ...]:
     return tuple(found)
 
 
+class TextSet:
+    """The shipped rules' regular expressions in one RE2 set: which of them a text matches,
+    in one pass."""
+
+    def __init__(self, rules: tuple[Rule, ...]):
+        options = re2.Options()
+        options.case_sensitive = False
+        self._set = re2.Set.SearchSet(options)
+        self._rule_of: list[int] = []  #: set index -> index in ``rules``
+        for n, rule in enumerate(rules):
+            if rule.text is not None:
+                self._set.Add(rule.text.pattern)
+                self._rule_of.append(n)
+        self._set.Compile()
+
+    def hits(self, text: str) -> frozenset[int]:
+        """The indices (in the rules given) of the rules whose expression ``text`` matches."""
+        found = self._set.Match(text)
+        return frozenset(self._rule_of[i] for i in found) if found else frozenset()
+
+
+_SHIPPED = TextSet(DEFAULT_RULES)
+
+
 def classify(reply: Reply, mx_host: str = "", rules: tuple[Rule, ...] = ()) -> tuple[str, str]:
     """(class, rule name) of ``reply``: ``rules`` (the user's) first, then the shipped ones."""
     enhanced = reply.enhanced
     code = str(reply.code) if reply.code else f"{enhanced[0]}00"
-    for rule in (*rules, *DEFAULT_RULES):
+    for rule in rules:
         if rule.matches(code, enhanced, reply.text, mx_host):
+            return rule.cls, rule.name
+    hits = _SHIPPED.hits(reply.text)
+    for n, rule in enumerate(DEFAULT_RULES):
+        if rule.matches(code, enhanced, reply.text, mx_host, rule.text is None or n in hits):
             return rule.cls, rule.name
     if code.startswith("4"):
         return "TransientFailure", "temporary"

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from mailflow.classify.classes import CLASSES
+from mailflow.classify import rules as rules_module
 from mailflow.classify.command import parse_reply
 from mailflow.classify.rules import DEFAULT_RULES, classify, load, source_of
 from mailflow.config.files import ConfigError
@@ -63,6 +64,20 @@ def test_every_shipped_rule_names_a_class_and_the_vocabulary_is_covered():
     covered = {classify(parse_reply(r))[0] for r, _, _ in REPLIES}
     assert covered >= set(CLASSES) - {"TransientFailure", "Uncategorized"} - {"DNSFailure",
                                                                                "ConnectionFailure"}
+
+
+#: texts beyond the real replies, each meant to hit (or miss) some shipped expression
+MORE_TEXTS = ("Mailbox is FULL", "Blocked using zen.SPAMHAUS.org", "sender was rejected as spam",
+              "domain example.test not found", "no such mailbox here", "ratelimit exceeded",
+              "TSS04 deferred", "s3150 blocked", "nothing any rule knows", "")
+
+
+@pytest.mark.parametrize("text", [r for r, _, _ in REPLIES] + list(MORE_TEXTS))
+def test_the_rules_set_says_what_pythons_re_says_of_every_shipped_expression(text):
+    """The shipped expressions are matched by RE2 as a set: the same hits as Python's re."""
+    expected = {n for n, rule in enumerate(DEFAULT_RULES) if rule.text is not None
+                and rule.text.search(text) is not None}
+    assert set(rules_module._SHIPPED.hits(text)) == expected
 
 
 def test_classifying_is_cheap_enough_to_do_for_every_reply():
