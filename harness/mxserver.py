@@ -41,6 +41,7 @@ class Delivery:
     data: bytes
     at: float = field(default_factory=time.time)
     mail_options: list[str] = field(default_factory=list)
+    rcpt_options: list[str] = field(default_factory=list)  #: every RCPT's, in order
 
 
 @dataclass
@@ -169,7 +170,13 @@ class _Recording:
 
 
 class FixtureSMTP(_Recording, SMTP):
-    pass
+    def _getparams(self, params: Any) -> Any:
+        """With ``dsn=True``, RFC 3461's parameters are taken (and recorded with the options)."""
+        found = super()._getparams(params)
+        if found is not None and self.mx.dsn:
+            for key in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+                found.pop(key, None)
+        return found
 
 
 class FixtureLMTP(_Recording, LMTP):
@@ -198,6 +205,8 @@ class _Handler:
         out = list(responses)
         if self.mx.pipelining:
             out.insert(len(out) - 1, "250-PIPELINING")
+        if self.mx.dsn:
+            out.insert(len(out) - 1, "250-DSN")
         return out
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
@@ -228,6 +237,7 @@ class _Handler:
         if reply is not None and reply[:1] in "45":
             return reply
         envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
         return reply or "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
@@ -249,7 +259,8 @@ class _Handler:
         if final is not None and final[:1] in "45":
             return final
         self.mx._delivered(rec, Delivery(envelope.mail_from, list(envelope.rcpt_tos), data,
-                                         mail_options=list(envelope.mail_options)))
+                                         mail_options=list(envelope.mail_options),
+                                         rcpt_options=list(envelope.rcpt_options)))
         return final or "250 2.0.0 Ok: queued"
 
 
@@ -263,7 +274,7 @@ class MXServer(Controller):
                  script: dict[str, Any] | None = None, rcpt: dict[str, Any] | None = None,
                  tls_context: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
                  lmtp: bool = False, pipelining: bool = True, delay: dict[str, float] | None = None,
-                 banner_name: str = "mx.test"):
+                 banner_name: str = "mx.test", dsn: bool = False):
         super().__init__(_Handler(self), hostname=host, port=port or free_port(host), ready_timeout=10)
         self.host = host
         self.script = _Script(script, rcpt)
@@ -273,6 +284,7 @@ class MXServer(Controller):
         self.pipelining = pipelining
         self.delay = dict(delay or {})
         self.banner_name = banner_name
+        self.dsn = dsn  #: advertise DSN (RFC 3461) and take its parameters
         self.sessions: list[SessionRecord] = []
         self.current = 0
         self.high_water = 0
@@ -357,12 +369,14 @@ class MXServer(Controller):
         """Start serving; the Controller's own probe connection is not counted as a session."""
         super().start()
         deadline = time.monotonic() + 10
-        while not all(s.closed for s in self.sessions) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with self._lock:
-            self.sessions.clear()
-            self._transports.clear()
-            self.current = self.high_water = 0
+        while not (self.sessions and self.sessions[0].closed) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the probe is the first; a client may already have come after it
+        with self._lock:  # the closed ones go; a client's open connection stays known (and is cut at stop)
+            kept = [(rec, t) for rec, t in zip(self.sessions, self._transports, strict=True)
+                    if not rec.closed]
+            self.sessions = [rec for rec, _ in kept]
+            self._transports = [t for _, t in kept]
+            self.current = self.high_water = len(kept)
         return self
 
     def _close_all(self, abort: bool) -> None:

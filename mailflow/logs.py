@@ -75,6 +75,12 @@ EVENTS = {e.kind: e for e in (
         ("status", "the enhanced status code"),
         ("reason", "why, quoted"),
         ("bounce_id", "the bounce's own queue id"))),
+    Event("delayed", "a delay notice (DSN, Action: delayed) was queued to the sender, once per "
+          "entry, after outbound.ini delay_warning", (
+              ("id", "the queue entry still waiting"),
+              ("to", "the notice's recipient, the original sender"),
+              ("waited", "seconds since the message was queued"),
+              ("notice_id", "the notice's own queue id"))),
     Event("dropped", "a queue entry was removed without delivery or bounce", (
         ("id", "the queue entry"),
         ("reason", "a null sender, a hook's answer, the operator, or no bounce could be made"),)),

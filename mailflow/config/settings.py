@@ -203,6 +203,9 @@ class Outbound:
         False, boolean, "look up AAAA before A for each MX host and use those addresses first")
     always_split: bool = setting(
         False, boolean, "one queue entry and one SMTP session per recipient")
+    delay_warning: int = setting(
+        4 * 3600, duration, "a sender whose mail has waited this long gets one delay notice (DSN, "
+        "Action: delayed) per entry, for recipients that asked for one or gave no NOTIFY; 0: never")
     verp_domain: str = setting(
         "", domain_name, "send each message from b+<queue id>=<recipient, = for @>@this domain, so "
         "that late bounces and complaints sent back name it (mailflow ingest, inbound.ini); each "

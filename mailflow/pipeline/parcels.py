@@ -79,6 +79,11 @@ class RemoteLedger:
     def envelope(self, item: Letter) -> tuple[str, list[str], bytes]:
         return item.mail_from, list(item.rcpt_to), item.message
 
+    def dsn(self, item: Letter) -> None:
+        """A letter carries no DSN parameters: its next hop is not asked for notices; the
+        owner, which keeps them, still writes failure notices as asked."""
+        return None
+
     def still_here(self, item: Letter) -> bool:
         return self._open(item.name)
 

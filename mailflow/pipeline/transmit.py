@@ -27,6 +27,7 @@ from mailflow.queue.sites import site_key
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.client import EndOfDataTimeout, NextAddress, Session
 from mailflow.relay.pool import POOL, NoSlot
+from mailflow.wire.dsnparams import Dsn
 from mailflow.wire.payloads import Outcome, Route
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Ledger(Protocol):
 
     def items(self) -> list[Any]: ...
     def envelope(self, item: Any) -> tuple[str, list[str], bytes | FileMessage]: ...
+    def dsn(self, item: Any) -> Dsn | None: ...
     def still_here(self, item: Any) -> bool: ...
     def may_start(self) -> bool: ...
     def record(self, item: Any, outcome: Outcome) -> None: ...
@@ -129,6 +131,10 @@ class LocalLedger:
         # (relay/client.py): a 20 MB message is never held whole
         rcpts = [r.address for r in item.todo.rcpt_to]
         return verp.envelope_sender(item.todo, self.settings.verp_domain), rcpts, item.message_file()
+
+    def dsn(self, item: HMail) -> Dsn | None:
+        """What the client asked to be told (RFC 3461), passed on to a next hop that offers DSN."""
+        return Dsn.from_notes(item.todo.notes)
 
     def still_here(self, item: HMail) -> bool:
         return item.path.exists()  # not handled meanwhile (e.g. deleted by an operator)
@@ -455,12 +461,13 @@ class Lane:
         """Send one entry and record its outcome; the session is None afterwards if it broke."""
         c = self.courier
         mail_from, rcpts, message = c.ledger.envelope(item)
+        dsn = c.ledger.dsn(item)
         for retry in (False, True):
             session = self.session
             assert session is not None
             outcome = outcome_of(session)
             try:
-                results = session.send(mail_from, rcpts, message, c.settings)
+                results = session.send(mail_from, rcpts, message, c.settings, dsn)
             except EndOfDataTimeout:
                 self.discard()
                 c.ledger.fail_all(item, local_reply(

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 from mailflow import config, hooks, logs
 from mailflow.address import Address
 from mailflow.codes import CONT
+from mailflow.config.settings import Outbound
 from mailflow.config.tenants import labels
 from mailflow.message import dot_unstuff
 from mailflow.observation import tally
 from mailflow.queue import counters, events, submission
 from mailflow.queue.claims import gone, here, holding, load
-from mailflow.queue.dsn import build
+from mailflow.queue.dsn import DELAY_TEMPLATE, build
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, Spool, now_ms
+from mailflow.queue.todo import ToDo
+from mailflow.wire.dsnparams import Dsn
 from mailflow.wire.payloads import Batch
 
 log = logging.getLogger(__name__)
@@ -106,9 +110,17 @@ def bounce_one(hmail: HMail) -> None:
         counters.add_outcome(cfg.queue_path(), "dropped", todo.notes)
         tally.count("dropped")
         return
+    asked = Dsn.from_notes(todo.notes)
+    notified = [r.address for r in todo.rcpt_to if asked is None or asked.rcpt(r.address).wants("FAILURE")]
+    if not notified:  # RFC 3461: NOTIFY=NEVER (or without FAILURE) -- the sender asked for none
+        logs.event("dropped", id=todo.uuid, reason=f"NOTIFY: no failure notice asked for: {reason}")
+        hmail.path.unlink(missing_ok=True)
+        counters.add_outcome(cfg.queue_path(), "bounced", todo.notes)
+        tally.count("bounced")
+        return
     original = dot_unstuff(hmail.message())
     dsn = build(hmail, original, me=cfg.me, template=cfg.bounce_template,
-                max_body=cfg.outbound.max_bounce_body)
+                max_body=cfg.outbound.max_bounce_body, rcpts=notified)
     queued = submission.queue_message(Address.null(), [todo.mail_from], dsn,
                                     notes={"bounce_for": todo.uuid, **labels(todo.notes)}, cfg=cfg)
     logs.event("bounced", id=todo.uuid, to=todo.mail_from.address, status=first.get("status", "5.0.0"),
@@ -116,3 +128,27 @@ def bounce_one(hmail: HMail) -> None:
     hmail.path.unlink(missing_ok=True)
     counters.add_outcome(cfg.queue_path(), "bounced", todo.notes)
     tally.count("bounced")
+
+
+def delay_notice(hmail: HMail, todo: ToDo, settings: Outbound) -> ToDo:
+    """An entry deferred once more: when it has waited ``delay_warning`` and its sender has not
+    been told yet, one delay notice (RFC 3464, ``Action: delayed``) for the recipients that
+    asked for one (NOTIFY with DELAY) or gave no NOTIFY; ``todo`` marked as warned."""
+    waited_ms = now_ms() - todo.queue_time
+    if (not settings.delay_warning or waited_ms < settings.delay_warning * 1000
+            or todo.record.get("warned") or todo.mail_from.is_null):
+        return todo
+    cfg = config.current()
+    asked = Dsn.from_notes(todo.notes)
+    rcpts = [r.address for r in todo.rcpt_to if asked is None or asked.rcpt(r.address).wants("DELAY")]
+    warned = replace(todo, record={**todo.record, "warned": True})
+    if not rcpts:
+        return warned
+    notice = build(HMail(hmail.path, todo, hmail.num_failures), dot_unstuff(hmail.message()), me=cfg.me,
+                   template=DELAY_TEMPLATE, max_body=cfg.outbound.max_bounce_body, rcpts=rcpts,
+                   action="delayed")
+    queued = submission.queue_message(Address.null(), [todo.mail_from], notice,
+                                      notes={"delay_for": todo.uuid, **labels(todo.notes)}, cfg=cfg)
+    logs.event("delayed", id=todo.uuid, to=todo.mail_from.address, waited=round(waited_ms / 1000),
+               notice_id=queued.uuid)
+    return warned

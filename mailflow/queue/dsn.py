@@ -19,6 +19,7 @@ from typing import Any
 
 from mailflow.message import header_block, header_value, single_line
 from mailflow.queue.hmail import HMail
+from mailflow.wire.dsnparams import Dsn
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -41,9 +42,28 @@ def fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: single_line(values.get(m.group(1), "?")), template)
 
 
-def _status_block(address: str, status: dict[str, Any]) -> str:
-    lines = [f"Final-Recipient: rfc822; {single_line(address)}", "Action: failed",
-             f"Status: {status.get('status', '5.0.0')}"]
+#: The text of a delay notice (a failure notice's is outbound.bounce_message)
+DELAY_TEMPLATE = """Message-Id: <{msgid}>
+Date: {date}
+From: Mail Delivery System <MAILER-DAEMON@{me}>
+To: {from}
+Subject: Delayed Mail (still being retried)
+
+This is the mail system at host {me}.
+
+Your message could not be delivered yet to one or more recipients.
+It has been waiting since it was queued; mailflow keeps trying, and you
+will be told if it gives up. You do not have to send it again.
+
+{recipients}: {reason}
+"""
+
+
+def _status_block(address: str, status: dict[str, Any], orcpt: str = "",
+                  action: str = "failed") -> str:
+    lines = [f"Original-Recipient: {single_line(orcpt)}"] if orcpt else []  # as the client gave it
+    lines += [f"Final-Recipient: rfc822; {single_line(address)}", f"Action: {action}",
+              f"Status: {status.get('status', '5.0.0' if action == 'failed' else '4.0.0')}"]
     remote = status.get("remote_mta")
     if remote and remote != "-":
         lines.append(f"Remote-MTA: dns; {single_line(remote)}")
@@ -55,11 +75,15 @@ def _status_block(address: str, status: dict[str, Any]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-def build(hmail: HMail, original: bytes, *, me: str, template: str, max_body: int) -> bytes:
-    """The whole bounce message (CRLF line endings, not dot-stuffed)."""
+def build(hmail: HMail, original: bytes, *, me: str, template: str, max_body: int,
+          rcpts: list[str] | None = None, action: str = "failed") -> bytes:
+    """The whole bounce message (CRLF line endings, not dot-stuffed), for ``rcpts`` (default:
+    every recipient of the entry) -- honouring the client's DSN parameters: RET=HDRS sends
+    the original's headers only, ENVID and ORCPT are quoted back."""
     todo = hmail.todo
     statuses: dict[str, dict[str, Any]] = todo.record.get("rcpt_status", {})
-    failed = [r.address for r in todo.rcpt_to]
+    failed = rcpts if rcpts is not None else [r.address for r in todo.rcpt_to]
+    asked = Dsn.from_notes(todo.notes) or Dsn()
     reason = todo.record.get("reason") or next(
         (s.get("text", "") for s in statuses.values()), "delivery failed")
     orig_msgid = header_value(original, "message-id") or ""
@@ -84,9 +108,12 @@ def build(hmail: HMail, original: bytes, *, me: str, template: str, max_body: in
     if orig_msgid:
         headers.append(f"References: {single_line(orig_msgid)}")
     arrival = formatdate(todo.queue_time / 1000, localtime=True)
-    report = f"Reporting-MTA: dns; {single_line(me)}\r\nArrival-Date: {arrival}\r\n"
-    report += "".join("\r\n" + _status_block(a, statuses.get(a, {})) for a in failed)
-    if len(original) > max_body:
+    report = f"Original-Envelope-Id: {single_line(asked.envid)}\r\n" if asked.envid else ""
+    report += f"Reporting-MTA: dns; {single_line(me)}\r\nArrival-Date: {arrival}\r\n"
+    report += "".join("\r\n" + _status_block(a, statuses.get(a, {}), asked.rcpt(a).orcpt, action)
+                      for a in failed)
+    # a delay notice carries the headers only (RFC 3461 4.3: RET is about failures)
+    if len(original) > max_body or asked.ret == "HDRS" or action != "failed":
         original_type, original_part = "text/rfc822-headers", header_block(original)
     else:
         original_type, original_part = "message/rfc822", original

@@ -26,7 +26,7 @@ from mailflow.config.tenants import labels
 from mailflow.errors import DeliveryError, Reply, local_reply
 from mailflow.observation import tally
 from mailflow.observation.sampler import observe_delivery, tls_counter
-from mailflow.queue import countdowns, counters, events
+from mailflow.queue import bounces, countdowns, counters, events
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.suppress import store as suppression
@@ -180,6 +180,10 @@ def defer(spool: Spool, hmail: HMail, deferred: dict[str, Reply], remote_mta: st
     todo = replace(hmail.todo, rcpt_to=[r for r in hmail.todo.rcpt_to if r.address in deferred],
                    record={**hmail.todo.record, "last_error": err, "history": history, "last_class": cls,
                           "rcpt_status": {a: _status_of(r, remote_mta) for a, r in deferred.items()}})
+    try:  # waited delay_warning: the sender is told, once
+        todo = bounces.delay_notice(hmail, todo, settings)
+    except Exception as exc:  # the deferral itself must stand: told at the next one instead
+        log.warning("delay notice for %s not made now: %s", hmail.todo.uuid, exc)
     name = hmail.name.rescheduled(now_ms() + int(delay * 1000), fails)
     if todo.rcpt_to == hmail.todo.rcpt_to and todo.record == hmail.todo.record:
         spool.release(hmail.path, name)

@@ -30,6 +30,7 @@ from mailflow.relay import dane, envelope, tlsrpt
 from mailflow.relay.mx import Target
 from mailflow.relay.tlsneed import RANK, TlsNeed, why_tls
 from mailflow.relay.tlspolicy import client_context
+from mailflow.wire.dsnparams import Dsn
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Session:
         return Reply(code, text.decode("utf-8", "replace").replace("\n", " "), command)
 
     def send(self, mail_from: str, rcpts: list[str], message: bytes | FileMessage,
-             settings: Outbound) -> list[RcptResult]:
+             settings: Outbound, dsn: Dsn | None = None) -> list[RcptResult]:
         """One transaction; every recipient gets its reply. Raises EndOfDataTimeout, or
         smtplib/OS errors when the connection broke before DATA was answered.
 
@@ -193,8 +194,13 @@ class Session:
             options.append("SMTPUTF8")
         if s.has_extn("8bitmime") and eight_bit:
             options.append("BODY=8BITMIME")
+        passed_on = dsn is not None and s.has_extn("dsn")  # the next hop takes the duty over
+        if passed_on:
+            assert dsn is not None
+            options += dsn.mail_options()
         mail_cmd = f"MAIL FROM:<{mail_from}>" + "".join(" " + o for o in options)
-        rcpt_cmds = [f"RCPT TO:<{r}>" for r in rcpts]
+        rcpt_cmds = [f"RCPT TO:<{r}>" + "".join(" " + o for o in dsn.rcpt_options(r))
+                     if passed_on and dsn is not None else f"RCPT TO:<{r}>" for r in rcpts]
         if s.has_extn("pipelining"):
             self._timeout(settings.timeout_mail)
             s.send(b"".join(envelope.command_line(c) for c in [mail_cmd, *rcpt_cmds]))

@@ -26,6 +26,7 @@ from mailflow.smtpd.acl import ip_allowed
 from mailflow.smtpd.statuscodes import SMTPStatus
 from mailflow.smtpd.tables import ListedOnce, signed
 from mailflow.suppress import store as suppression
+from mailflow.wire import dsnparams
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class SubmissionHandler(ListedOnce):
         out = [r for r in responses if r.strip() != "250-AUTH"]
         # aiosmtpd reads commands one line at a time, so pipelined commands are safe.
         out.insert(len(out) - 1, "250-PIPELINING")
+        out.insert(len(out) - 1, "250-DSN")  # RFC 3461: RET, ENVID, NOTIFY and ORCPT
         return out
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope,
@@ -141,6 +143,11 @@ class SubmissionHandler(ListedOnce):
             parse_address(address, allow_null=True)
         except AddressError as exc:
             return SMTPStatus.MALFORMED_SENDER.format(exc)
+        try:
+            ret, envid = dsnparams.mail(dsn_found(server, dsnparams.MAIL_KEYS))
+        except dsnparams.ParamError as exc:
+            return str(exc)
+        envelope.mf_dsn = dsnparams.Dsn(ret, envid)  # type: ignore[attr-defined]
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return SMTPStatus.SENDER_OK
@@ -158,6 +165,10 @@ class SubmissionHandler(ListedOnce):
             parse_address(address)
         except AddressError as exc:
             return SMTPStatus.MALFORMED_RECIPIENT.format(exc)
+        try:
+            dsn_rcpt = dsnparams.rcpt(dsn_found(server, dsnparams.RCPT_KEYS))
+        except dsnparams.ParamError as exc:
+            return str(exc)
         if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
             return SMTPStatus.TOO_MANY_RECIPIENTS
         store = suppression.for_config(self.cfg)
@@ -169,6 +180,10 @@ class SubmissionHandler(ListedOnce):
             return SMTPStatus.SUPPRESSED.format(logs_safe(address))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        if dsn_rcpt != dsnparams.Recipient():
+            dsn = getattr(envelope, "mf_dsn", None) or dsnparams.Dsn()
+            envelope.mf_dsn = dsnparams.Dsn(dsn.ret, dsn.envid,  # type: ignore[attr-defined]
+                                            {**dsn.rcpts, address: dsn_rcpt})
         return SMTPStatus.RECIPIENT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -187,8 +202,11 @@ class SubmissionHandler(ListedOnce):
                      taken: dict[str, str]) -> str:
         mail_from = parse_address(envelope.mail_from or "", allow_null=True)
         rcpts = [parse_address(r) for r in envelope.rcpt_tos]
-        txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, body=body,
-                          notes=tenancy(self.cfg, conn, taken))
+        notes: dict[str, Any] = dict(tenancy(self.cfg, conn, taken))
+        dsn = getattr(envelope, "mf_dsn", None)
+        if dsn is not None and dsn != dsnparams.Dsn():  # what the client asked to be told
+            notes[dsnparams.DSN_NOTE] = dsn.to_note()
+        txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, body=body, notes=notes)
         loop = asyncio.get_running_loop()
         answer = await hooks.decide_off_loop(hooks.queue_outbound, connection=conn, transaction=txn)
         if answer.code is OK:
@@ -207,6 +225,18 @@ class SubmissionHandler(ListedOnce):
         except submission.QueueError as exc:
             return SMTPStatus.NOT_QUEUED.format(exc)
         return SMTPStatus.QUEUED.format(queued.uuid)
+
+
+def dsn_found(server: SMTP, keys: tuple[str, ...]) -> dict[str, str]:
+    """The DSN parameters the command gave (mailflow/smtpd/server.py took them out), those of
+    the other command refused; ParamError for what is wrong."""
+    found, error = getattr(server, "mf_dsn", ({}, None))
+    if error is not None:
+        raise dsnparams.ParamError(error)
+    wrong = [k for k in found if k not in keys]
+    if wrong:
+        raise dsnparams.ParamError(f"555 5.5.4 {wrong[0]} is not a parameter of this command")
+    return dict(found)
 
 
 #: Headers that speak to mailflow, not to the recipient: read, then removed before sending.

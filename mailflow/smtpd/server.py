@@ -36,6 +36,7 @@ from mailflow.smtpd.statuscodes import AIOSMTPD_REPLIES, SMTPStatus
 from mailflow.smtpd.tables import ListedOnce
 from mailflow.util import tls
 from mailflow.util.descriptors import raise_descriptor_limit
+from mailflow.wire import dsnparams
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,22 @@ class MailflowSMTP(ListedOnce, SMTP):
                 return None, None  # client's bytes: IndexError ("<-@"), AttributeError, ...
         if self.local_part_limit and len(found[0].rpartition("@")[0]) > self.local_part_limit:
             return None, None
-        return found
+        return found[0], self._take_dsn(found[1])
+
+    def _take_dsn(self, params: str) -> str:
+        """The DSN parameters (RFC 3461) taken out of a MAIL or RCPT command's, as given --
+        aiosmtpd would refuse them, and upper-case ORCPT's address -- for the handler to
+        check (``mf_dsn``: what was found, or the reply refusing it); the others returned."""
+        self.mf_dsn: tuple[dict[str, str], str | None] = ({}, None)
+        if "=" not in params:
+            return params
+        try:
+            found, rest = dsnparams.split(params.split(), (*dsnparams.MAIL_KEYS, *dsnparams.RCPT_KEYS))
+        except dsnparams.ParamError as exc:
+            self.mf_dsn = ({}, str(exc))
+            return ""
+        self.mf_dsn = (found, None)
+        return " ".join(rest) if found else params
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):

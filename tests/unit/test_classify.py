@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from mailflow.classify.classes import CLASSES
 from mailflow.classify import rules as rules_module
+from mailflow.classify.classes import CLASSES
 from mailflow.classify.command import parse_reply
 from mailflow.classify.rules import DEFAULT_RULES, classify, load, source_of
 from mailflow.config.files import ConfigError

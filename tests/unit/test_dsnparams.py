@@ -1,0 +1,53 @@
+"""RFC 3461's parameters: xtext both ways, each parameter checked, the defaults of NOTIFY,
+and what goes on to a next hop -- kept through the queue entry's notes."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailflow.wire import dsnparams
+from mailflow.wire.dsnparams import Dsn, ParamError, Recipient
+
+
+@pytest.mark.parametrize("plain", ["user@example.com", "a+b=c@x", "sp ace\u00e9", ""])
+def test_xtext_round_trips(plain):
+    encoded = dsnparams.xtext_encode(plain)
+    assert all("!" <= c <= "~" for c in encoded) and "=" not in encoded
+    assert dsnparams.xtext_decode(encoded) == plain
+
+
+@pytest.mark.parametrize("bad", ["a=b", "+2", "+zz", "a b", "+2b"])  # hex digits are upper case
+def test_malformed_xtext_is_refused(bad):
+    with pytest.raises(ParamError):
+        dsnparams.xtext_decode(bad)
+
+
+def test_mail_and_rcpt_parameters_are_read_and_checked():
+    assert dsnparams.mail({"RET": "hdrs", "ENVID": "QQ+2B1"}) == ("HDRS", "QQ+1")
+    assert dsnparams.rcpt({"NOTIFY": "success,Failure", "ORCPT": "rfc822;A+2BB@X"}) == \
+        Recipient(("SUCCESS", "FAILURE"), "rfc822;A+B@X")
+    for bad in ({"RET": "ALL"}, {"ENVID": "x" * 101}, {"ENVID": ""}):
+        with pytest.raises(ParamError):
+            dsnparams.mail(bad)
+    for bad in ({"NOTIFY": "NEVER,DELAY"}, {"NOTIFY": "DELAY,DELAY"}, {"NOTIFY": ""},
+                {"ORCPT": "user@x"}, {"ORCPT": "rfc822;"}, {"ORCPT": "rfc 822;a@b"}):
+        with pytest.raises(ParamError):
+            dsnparams.rcpt(bad)
+    with pytest.raises(ParamError, match="given twice"):
+        dsnparams.split(["NOTIFY=NEVER", "notify=SUCCESS"], dsnparams.RCPT_KEYS)
+
+
+def test_notify_defaults_to_failure_and_delay():
+    assert Recipient().wants("FAILURE") and Recipient().wants("DELAY")
+    assert not Recipient().wants("SUCCESS")
+    assert not Recipient(("NEVER",)).wants("FAILURE")
+    assert Recipient(("SUCCESS",)).wants("SUCCESS") and not Recipient(("SUCCESS",)).wants("DELAY")
+
+
+def test_kept_in_the_notes_and_passed_on_in_xtext():
+    dsn = Dsn("HDRS", "id=1", {"u@x": Recipient(("FAILURE",), "rfc822;U+V@X")})
+    again = Dsn.from_notes({dsnparams.DSN_NOTE: dsn.to_note()})
+    assert again == dsn and Dsn.from_notes({}) is None
+    assert again.mail_options() == ["RET=HDRS", "ENVID=id+3D1"]
+    assert again.rcpt_options("u@x") == ["NOTIFY=FAILURE", "ORCPT=rfc822;U+2BV@X"]
+    assert again.rcpt_options("other@x") == []
