@@ -46,6 +46,10 @@ _PLAIN_PATH = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&
                          r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 
+#: MAIL and RCPT parameters the listener knows: aiosmtpd's (SIZE, BODY, SMTPUTF8) and RFC 3461's
+KNOWN_PARAMETERS = frozenset({"SIZE", "BODY", "SMTPUTF8", *dsnparams.MAIL_KEYS, *dsnparams.RCPT_KEYS})
+
+
 def plain_path(arg: str) -> tuple[str, str] | None:
     """(address, parameters) of a MAIL or RCPT argument in the plain form, without the email
     package's header parser (27 µs a call, twice a message); None for anything else --
@@ -82,6 +86,12 @@ class MailflowSMTP(ListedOnce, SMTP):
         super().__init__(handler, **kwargs)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The path of a MAIL or RCPT argument, and its parameters less the DSN ones."""
+        address, params = self._parse_path(arg)
+        return (address, params) if address is None or params is None else \
+            (address, self._take_params(params))
+
+    def _parse_path(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parsing for MAIL and RCPT, without the typing Protocol class it
         defines on every call (class creation: about 5 % of smtpd's CPU per message), and the
         plain form read without the email package's parser."""
@@ -97,17 +107,23 @@ class MailflowSMTP(ListedOnce, SMTP):
                 return None, None  # client's bytes: IndexError ("<-@"), AttributeError, ...
         if self.local_part_limit and len(found[0].rpartition("@")[0]) > self.local_part_limit:
             return None, None
-        return found[0], self._take_dsn(found[1])
+        return found
 
-    def _take_dsn(self, params: str) -> str:
+    def _take_params(self, params: str) -> str:
         """The DSN parameters (RFC 3461) taken out of a MAIL or RCPT command's, as given --
         aiosmtpd would refuse them, and upper-case ORCPT's address -- for the handler to
         check (``mf_dsn``: what was found, or the reply refusing it); the others returned."""
         self.mf_dsn: tuple[dict[str, str], str | None] = ({}, None)
-        if "=" not in params:
+        if not params.strip():
             return params
+        words = params.split()
+        unknown = [w for w in words if "=" in w and w.partition("=")[0].upper() not in KNOWN_PARAMETERS]
+        if unknown:  # aiosmtpd's own refusal would not say which
+            self.mf_dsn = ({}, f"555 5.5.4 {unknown[0].partition('=')[0][:40]} parameter not "
+                           "recognized or not implemented")
+            return ""
         try:
-            found, rest = dsnparams.split(params.split(), (*dsnparams.MAIL_KEYS, *dsnparams.RCPT_KEYS))
+            found, rest = dsnparams.split(words, (*dsnparams.MAIL_KEYS, *dsnparams.RCPT_KEYS))
         except dsnparams.ParamError as exc:
             self.mf_dsn = ({}, str(exc))
             return ""

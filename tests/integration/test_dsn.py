@@ -51,6 +51,9 @@ def test_the_listener_offers_dsn_and_checks_its_parameters(env: Env):
             if code == 250:
                 code, _ = c.docmd(f"RCPT TO:<x@dest.test> {rcpt}".strip())
             assert code == expected, (mail, rcpt, code)
+        c.rset()
+        code, text = c.docmd("MAIL FROM:<a@sender.test> XFOO=1")
+        assert (code, text) == (555, b"5.5.4 XFOO parameter not recognized or not implemented")
 
 
 def test_a_failure_notice_quotes_envid_and_orcpt_as_given_and_ret_hdrs_sends_headers_only(env: Env, mx):
