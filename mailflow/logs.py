@@ -81,6 +81,13 @@ EVENTS = {e.kind: e for e in (
               ("to", "the notice's recipient, the original sender"),
               ("waited", "seconds since the message was queued"),
               ("notice_id", "the notice's own queue id"))),
+    Event("notified", "a success notice (DSN) was queued to the sender: recipients that asked "
+          "(NOTIFY=SUCCESS) were delivered to a next hop that offers no DSN", (
+              ("id", "the queue entry delivered"),
+              ("to", "the notice's recipient, the original sender"),
+              ("action", "relayed, or delivered for LMTP"),
+              ("rcpts", "the recipients it speaks of, comma separated"),
+              ("notice_id", "the notice's own queue id"))),
     Event("dropped", "a queue entry was removed without delivery or bounce", (
         ("id", "the queue entry"),
         ("reason", "a null sender, a hook's answer, the operator, or no bounce could be made"),)),

@@ -487,6 +487,7 @@ class Lane:
                     return
                 continue
             outcome.results = {r.address: r.reply for r in results}
+            outcome.dsn_taken = session.dsn_taken
             self.last, self.last_source = outcome, session.key.bind
             c.ledger.record(item, outcome)
             return

@@ -18,16 +18,17 @@ from mailflow.address import Address
 from mailflow.codes import CONT
 from mailflow.config.settings import Outbound
 from mailflow.config.tenants import labels
+from mailflow.errors import Reply
 from mailflow.message import dot_unstuff
 from mailflow.observation import tally
 from mailflow.queue import counters, events, submission
 from mailflow.queue.claims import gone, here, holding, load
-from mailflow.queue.dsn import DELAY_TEMPLATE, build
+from mailflow.queue.dsn import DELAY_TEMPLATE, SUCCESS_TEMPLATE, build
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, Spool, now_ms
 from mailflow.queue.todo import ToDo
 from mailflow.wire.dsnparams import Dsn
-from mailflow.wire.payloads import Batch
+from mailflow.wire.payloads import Batch, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +153,27 @@ def delay_notice(hmail: HMail, todo: ToDo, settings: Outbound) -> ToDo:
     logs.event("delayed", id=todo.uuid, to=todo.mail_from.address, waited=round(waited_ms / 1000),
                notice_id=queued.uuid)
     return warned
+
+
+def success_notice(hmail: HMail, delivered: dict[str, Reply], outcome: Outcome) -> None:
+    """Recipients delivered that asked to be told (NOTIFY with SUCCESS), when the next hop did
+    not take the duty over (it offered no DSN): one notice, ``Action: relayed`` -- or
+    ``delivered`` when LMTP was the final delivery."""
+    todo = hmail.todo
+    asked = Dsn.from_notes(todo.notes)
+    if asked is None or outcome.dsn_taken or todo.mail_from.is_null:
+        return
+    rcpts = [a for a in delivered if asked.rcpt(a).wants("SUCCESS")]
+    if not rcpts:
+        return
+    cfg = config.current()
+    statuses = {a: {"status": delivered[a].enhanced if delivered[a].enhanced[0] == "2" else "2.0.0",
+                    "code": delivered[a].code, "text": delivered[a].text, "remote_mta": outcome.host}
+                for a in rcpts}
+    action = "delivered" if outcome.mode == "LMTP" else "relayed"
+    notice = build(hmail, dot_unstuff(hmail.message()), me=cfg.me, template=SUCCESS_TEMPLATE,
+                   max_body=cfg.outbound.max_bounce_body, rcpts=rcpts, action=action, statuses=statuses)
+    queued = submission.queue_message(Address.null(), [todo.mail_from], notice,
+                                      notes={"success_for": todo.uuid, **labels(todo.notes)}, cfg=cfg)
+    logs.event("notified", id=todo.uuid, to=todo.mail_from.address, action=action,
+               rcpts=",".join(rcpts), notice_id=queued.uuid)

@@ -59,11 +59,27 @@ will be told if it gives up. You do not have to send it again.
 """
 
 
+#: The text of a success notice (NOTIFY=SUCCESS, the next hop not offering DSN)
+SUCCESS_TEMPLATE = """Message-Id: <{msgid}>
+Date: {date}
+From: Mail Delivery System <MAILER-DAEMON@{me}>
+To: {from}
+Subject: Successful Mail Delivery Report
+
+This is the mail system at host {me}.
+
+Your message was delivered to the destination below, as you asked to be told.
+The next server does not offer delivery notifications: this is the last you will hear.
+
+{recipients}: {reason}
+"""
+
+
 def _status_block(address: str, status: dict[str, Any], orcpt: str = "",
                   action: str = "failed") -> str:
     lines = [f"Original-Recipient: {single_line(orcpt)}"] if orcpt else []  # as the client gave it
     lines += [f"Final-Recipient: rfc822; {single_line(address)}", f"Action: {action}",
-              f"Status: {status.get('status', '5.0.0' if action == 'failed' else '4.0.0')}"]
+              f"Status: {status.get('status', {'failed': '5.0.0', 'delayed': '4.0.0'}.get(action, '2.0.0'))}"]
     remote = status.get("remote_mta")
     if remote and remote != "-":
         lines.append(f"Remote-MTA: dns; {single_line(remote)}")
@@ -76,12 +92,13 @@ def _status_block(address: str, status: dict[str, Any], orcpt: str = "",
 
 
 def build(hmail: HMail, original: bytes, *, me: str, template: str, max_body: int,
-          rcpts: list[str] | None = None, action: str = "failed") -> bytes:
+          rcpts: list[str] | None = None, action: str = "failed",
+          statuses: dict[str, dict[str, Any]] | None = None) -> bytes:
     """The whole bounce message (CRLF line endings, not dot-stuffed), for ``rcpts`` (default:
     every recipient of the entry) -- honouring the client's DSN parameters: RET=HDRS sends
     the original's headers only, ENVID and ORCPT are quoted back."""
     todo = hmail.todo
-    statuses: dict[str, dict[str, Any]] = todo.record.get("rcpt_status", {})
+    statuses = statuses if statuses is not None else todo.record.get("rcpt_status", {})
     failed = rcpts if rcpts is not None else [r.address for r in todo.rcpt_to]
     asked = Dsn.from_notes(todo.notes) or Dsn()
     reason = todo.record.get("reason") or next(

@@ -30,6 +30,7 @@ from mailflow.queue import bounces, countdowns, counters, events
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.suppress import store as suppression
+from mailflow.wire.dsnparams import DSN_NOTE
 from mailflow.wire.payloads import Outcome
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ def record(spool: Spool, hmail: HMail, outcome: Outcome, settings: Outbound, *,
         hooks.decide(hooks.delivered, raised=CONT, hmail=hmail, host=outcome.host, ip=outcome.ip,
                      response=response, delay=delay, port=outcome.port, mode=outcome.mode,
                      ok_recips=ok, secured=outcome.secured, params=params, tls_level=outcome.tls_level)
+        if hmail.todo.notes.get(DSN_NOTE):  # NOTIFY=SUCCESS, and the next hop took no DSN
+            try:
+                bounces.success_notice(hmail, {a: outcome.results[a] for a in ok}, outcome)
+            except Exception as exc:  # the delivery stands; the notice is said to be missing
+                log.warning("success notice for %s not made: %s", hmail.todo.uuid, exc)
     if failed:
         fail(spool, hmail, {a: outcome.results[a] for a in failed}, outcome.host)
     if deferred:

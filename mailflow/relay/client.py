@@ -110,6 +110,7 @@ class Session:
     need: TlsNeed | None = None  #: what it was opened for (a reopened session needs the same)
     lease: Any = None  #: its place under a shaping rule's max_connections (relay/shaping.py)
     source: str | None = None  #: the egress source (egress.ini) it was opened from, by name
+    dsn_taken: bool = False  #: its last transaction passed the client's DSN parameters on
 
     @property
     def host(self) -> str:
@@ -195,6 +196,7 @@ class Session:
         if s.has_extn("8bitmime") and eight_bit:
             options.append("BODY=8BITMIME")
         passed_on = dsn is not None and s.has_extn("dsn")  # the next hop takes the duty over
+        self.dsn_taken = passed_on
         if passed_on:
             assert dsn is not None
             options += dsn.mail_options()

@@ -225,6 +225,8 @@ class Outcome:
     results: dict[str, Reply] = field(default_factory=dict)  #: address -> reply
     tls_level: str = "none"  #: none, opportunistic, verified, mta-sts or dane
     source: str | None = None  #: the egress source (egress.ini) the connection left from
+    #: the next hop offered DSN and was given the client's parameters: notices are its duty now
+    dsn_taken: bool = False
 
     def keyword(self) -> str:
         """What became of the entry, as its log line says: delivered to anyone, else
@@ -246,7 +248,7 @@ class Outcome:
                    authenticated=bool(data["authenticated"]), results=results,
                    tls_level=str(data.get("tls_level") or ("opportunistic" if data["secured"]
                                                             else "none")),
-                   source=_source_name(data.get("source")))
+                   source=_source_name(data.get("source")), dsn_taken=data.get("dsn_taken") is True)
 
 
 def _source_name(value: Any) -> str | None:

@@ -20,6 +20,16 @@ def client(env: Env) -> smtplib.SMTP:
     return smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=30)  # type: ignore[attr-defined]
 
 
+def submit(c: smtplib.SMTP, rcpt: str, rcpt_options: list[str], body: bytes,
+           mail_options: list[str] | None = None) -> str:
+    """One message over an open session; its queue id (from the 250)."""
+    assert c.mail("a@sender.test", mail_options or [])[0] == 250
+    assert c.rcpt(rcpt, rcpt_options)[0] == 250
+    code, text = c.data(body)
+    assert code == 250, text
+    return text.decode().split("(")[1].rstrip(")")
+
+
 def notices(server, kind: str, about: str) -> list[Message]:
     """Notices to the sender (a@sender.test, whose MX is the same server) about ``about``, of
     ``kind`` (failed, delayed), parsed."""
@@ -98,22 +108,33 @@ def test_the_parameters_go_on_to_a_next_hop_that_offers_dsn(env: Env, mx):
     server = mx(dsn=True)
     with client(env) as c:
         c.ehlo()
-        c.sendmail("a@sender.test", [rcpt], b"Subject: on\r\n\r\nhi\r\n",
-                   mail_options=["RET=FULL", f"ENVID=id-{tag}"],
-                   rcpt_options=["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{rcpt}"])
+        uid = submit(c, rcpt, ["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{rcpt}"],
+                     b"Subject: on\r\n\r\nhi\r\n", ["RET=FULL", f"ENVID=id-{tag}"])
     [seen] = env.wait(lambda: [d for d in server.deliveries if d.rcpt_to == [rcpt]], 60)
     assert "RET=FULL" in seen.mail_options and f"ENVID=ID-{tag.upper()}" in seen.mail_options
     assert "NOTIFY=SUCCESS,FAILURE" in seen.rcpt_options
     assert f"ORCPT=RFC822;{rcpt.upper()}" in seen.rcpt_options  # aiosmtpd records them upper-cased
+    # the next hop took the duty over: mailflow sends no success notice of its own
+    env.wait(lambda: env.logged(f"delivered id={uid}"), 30)
+    assert not env.logged(f"notified id={uid}")
 
 
-def submit(c: smtplib.SMTP, rcpt: str, rcpt_options: list[str], body: bytes) -> str:
-    """One message over an open session; its queue id (from the 250)."""
-    assert c.mail("a@sender.test")[0] == 250
-    assert c.rcpt(rcpt, rcpt_options)[0] == 250
-    code, text = c.data(body)
-    assert code == 250, text
-    return text.decode().split("(")[1].rstrip(")")
+def test_notify_success_to_a_next_hop_without_dsn_gets_a_relayed_notice(env: Env, mx):
+    tag = uuidlib.uuid4().hex[:8]
+    rcpt, quiet = f"ok-{tag}@dest.test", f"quiet-{tag}@dest.test"
+    server = mx()
+    with client(env) as c:
+        c.ehlo()
+        c.sendmail("a@sender.test", [rcpt, quiet], f"Subject: {tag}\r\n\r\nbody-{tag}\r\n".encode(),
+                   mail_options=[f"ENVID=e-{tag}"], rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+    [notice] = env.wait(lambda: notices(server, "relayed", rcpt), 60)
+    per_message, *blocks = report_fields(notice)
+    assert per_message["Original-Envelope-Id"] == f"e-{tag}"
+    assert sorted(b["Final-Recipient"] for b in blocks) == sorted(f"rfc822; {r}" for r in (rcpt, quiet))
+    assert all(b["Status"].startswith("2.") and b["Action"] == "relayed" for b in blocks)
+    assert f"body-{tag}".encode() not in notice.as_bytes()  # headers only
+    assert not [d for d in server.deliveries if d.rcpt_to == ["a@sender.test"]
+                and f"body-{tag}".encode() in d.data]
 
 
 def test_one_delay_notice_after_delay_warning(env: Env, mx):
