@@ -16,6 +16,7 @@ from mailflow.address import Address, AddressError, parse_address
 from mailflow.codes import DENY, DENYSOFT, OK, Code
 from mailflow.queue.submission import Queued, QueueError, after_queue, queue_message, split_recipients
 from mailflow.suppress import store as suppression
+from mailflow.wire import dsnparams
 
 __all__ = ["send_email", "queue_message", "Queued", "QueueError", "split_recipients",
            "after_queue"]
@@ -39,13 +40,27 @@ def _contents_bytes(contents: str | bytes | Iterable[str] | IO[bytes]) -> bytes:
 def send_email(from_: str | Address, to: str | Address | Iterable[str | Address],
                contents: str | bytes | Iterable[str] | IO[bytes],
                next: Callable[[Code, str], Any] | None = None, *,  # noqa: A002 - Haraka's name
-               dot_stuffed: bool = False, notes: dict[str, Any] | None = None) -> tuple[Code, str]:
+               dot_stuffed: bool = False, notes: dict[str, Any] | None = None,
+               dsn: dict[str, Any] | None = None) -> tuple[Code, str]:
     """Queue a message for delivery (Haraka's ``outbound.send_email``).
 
     Returns — and passes to ``next`` when given — ``(OK, "Message Queued (<uuid>)")``
     once the mail is durably on disk, ``(DENY, reason)`` for a malformed address or
-    no recipient, ``(DENYSOFT, reason)`` when it could not be written.
+    no recipient, ``(DENYSOFT, reason)`` when it could not be written.  ``dsn``: what the
+    sender wants to be told (RFC 3461), as SMTP's parameters say it -- ``{"ret": "HDRS",
+    "envid": "…", "notify": ["SUCCESS", "FAILURE"], "orcpt": {rcpt: "rfc822;…"}}``.
     """
+    if dsn is not None:
+        try:
+            targets = [to] if isinstance(to, str | Address) else list(to)
+            asked = dsnparams.from_api(dsn, [t.address if isinstance(t, Address) else
+                                             parse_address(t).address for t in targets])
+        except (dsnparams.ParamError, AddressError) as exc:
+            result: tuple[Code, str] = (DENY, str(exc))
+            if next is not None:
+                next(*result)
+            return result
+        notes = {**(notes or {}), dsnparams.DSN_NOTE: asked.to_note()}
     result = _send_email(from_, to, contents, dot_stuffed=dot_stuffed, notes=notes)
     if next is not None:
         next(*result)

@@ -13,6 +13,13 @@ _ADDRESS = {"type": "string", "description": "an RFC 5321 address, local@domain"
 _NAMED = {"oneOf": [_ADDRESS, {"type": "object", "required": ["email"], "properties": {
     "email": _ADDRESS, "name": {"type": "string"}}}]}
 _LABEL = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+_DSN = {"type": "object", "description": "what the sender wants to be told (RFC 3461, as SMTP's "
+        "RET, ENVID, NOTIFY and ORCPT)", "additionalProperties": False, "properties": {
+            "ret": {"enum": ["FULL", "HDRS"]}, "envid": {"type": "string", "maxLength": 100},
+            "notify": {"oneOf": [{"type": "string"}, {"type": "array", "items": {
+                "enum": ["NEVER", "SUCCESS", "FAILURE", "DELAY"]}}]},
+            "orcpt": {"type": "object", "additionalProperties": {"type": "string"},
+                      "description": "recipient -> its original address (rfc822;…)"}}}
 _ERROR = {"type": "object", "required": ["error"], "properties": {
     "error": {"type": "string", "description": "the field, a colon, and what is wrong"}}}
 
@@ -102,7 +109,7 @@ def document() -> dict[str, Any]:
                                       "recipient's own win"},
                     "template_dialect": {"enum": ["Static", "Jinja"], "default": "Static"},
                     "tenant": {**_LABEL, "description": "only with a key made with --tenant '*'"},
-                    "campaign": _LABEL}},
+                    "campaign": _LABEL, "dsn": _DSN}},
                 "Builder": {"type": "object", "properties": {
                     "from": _NAMED, "reply_to": _NAMED, "subject": {"type": "string"},
                     "headers": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -126,7 +133,7 @@ def document() -> dict[str, Any]:
                     "mail_from": {"type": "string"},
                     "rcpt_to": {"type": "array", "minItems": 1, "items": _ADDRESS},
                     "data": {"type": "string", "contentEncoding": "base64",
-                             "description": "the RFC 5322 message"}}},
+                             "description": "the RFC 5322 message"}, "dsn": _DSN}},
                 "RawAnswer": {"type": "object", "required": ["message_id"], "properties": {
                     "message_id": {"type": ["string", "null"], "description": "null when a "
                                    "queue_outbound receiver took the message"},

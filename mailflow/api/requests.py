@@ -15,6 +15,7 @@ from typing import Any
 from mailflow.address import Address, AddressError, parse_address
 from mailflow.api.compose import JINJA, STATIC, ComposeError, Content, attachment_from
 from mailflow.api.keys import NAME as TENANT_NAME
+from mailflow.wire import dsnparams
 
 #: More recipients than this in one request: split it (one message is made per recipient).
 MAX_RECIPIENTS = 10_000
@@ -44,6 +45,7 @@ class Inject:
     dialect: str
     tenant: str | None
     campaign: str | None
+    dsn: dict[str, Any] | None = None  #: checked: mailflow/wire/dsnparams.py from_api
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Raw:
     mail_from: Address
     rcpt_to: tuple[str, ...]
     data: bytes
+    dsn: dict[str, Any] | None = None
 
 
 def body_json(body: bytes) -> dict[str, Any]:
@@ -158,7 +161,7 @@ def inject(body: dict[str, Any]) -> Inject:
     if dialect not in (STATIC, JINJA):
         raise BadField("template_dialect", f"must be {STATIC!r} or {JINJA!r}")
     return Inject(sender, content, tuple(found), _object(body, "substitutions"), dialect,
-                  _label(body, "tenant"), _label(body, "campaign"))
+                  _label(body, "tenant"), _label(body, "campaign"), _dsn(body))
 
 
 def raw(body: dict[str, Any]) -> Raw:
@@ -176,4 +179,18 @@ def raw(body: dict[str, Any]) -> Raw:
         raise BadField("data", "is not valid base64") from None
     if not data.strip():
         raise BadField("data", "is an empty message")
-    return Raw(sender, tuple(rcpts), data)
+    return Raw(sender, tuple(rcpts), data, _dsn(body))
+
+
+def _dsn(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's ``dsn`` object, its options checked now (its orcpt's recipients when each
+    message is made)."""
+    given = body.get("dsn")
+    if given is None:
+        return None
+    try:
+        dsnparams.from_api(given, [])
+    except dsnparams.ParamError as exc:
+        text = str(exc)
+        raise BadField("dsn", text[10:] if text[:3].isdigit() else text) from None
+    return dict(given)

@@ -39,6 +39,7 @@ from mailflow.queue.spool import Spool
 from mailflow.queue.submission import Prepared, QueueError, announce, prepare_message
 from mailflow.smtpd.handler import Connection, Transaction, logs_safe
 from mailflow.suppress import store as suppression
+from mailflow.wire import dsnparams
 
 log = logging.getLogger("mailflow.api")
 
@@ -245,9 +246,16 @@ class Api:
                     outcome.fail(item.index, item.label, f"message too large ({len(item.data)} bytes; "
                                f"the limit is {max_size})")
                     continue
-                if not self._hook_passes(conn, item, rcpts, notes, outcome):
+                asked = getattr(parsed, "dsn", None)
+                try:
+                    mine = notes if asked is None else {**notes, dsnparams.DSN_NOTE: dsnparams.from_api(
+                        asked, [r.address for r in rcpts]).to_note()}
+                except dsnparams.ParamError as exc:  # an orcpt of this message's recipient
+                    outcome.fail(item.index, item.label, f"dsn: {exc}")
                     continue
-                ready = prepare_message(item.mail_from, rcpts, item.data, notes=notes,
+                if not self._hook_passes(conn, item, rcpts, mine, outcome):
+                    continue
+                ready = prepare_message(item.mail_from, rcpts, item.data, notes=mine,
                                         received_from=f"api ([{conn.remote_ip}])",
                                         protocol="HTTPS" if conn.tls else "HTTP",
                                         client=conn.auth_user or "http", cfg=self.cfg)

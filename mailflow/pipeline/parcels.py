@@ -26,6 +26,7 @@ from mailflow.pipeline.transmit import Courier
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.fence import HOLDINGS, Holding
 from mailflow.relay.pool import POOL, SLOT_WAIT, NoSlot
+from mailflow.wire.dsnparams import Dsn
 from mailflow.wire.lease import clock
 from mailflow.wire.payloads import Batch, Letter, Outcome, Parcel, RemoteOutcomes
 from mailflow.wire.seal import SealError
@@ -79,10 +80,10 @@ class RemoteLedger:
     def envelope(self, item: Letter) -> tuple[str, list[str], bytes]:
         return item.mail_from, list(item.rcpt_to), item.message
 
-    def dsn(self, item: Letter) -> None:
-        """A letter carries no DSN parameters: its next hop is not asked for notices; the
-        owner, which keeps them, still writes failure notices as asked."""
-        return None
+    def dsn(self, item: Letter) -> Dsn | None:
+        """What the client asked to be told, as the owner lent it (the owner writes mailflow's
+        own notices; the next hop is asked for its)."""
+        return item.dsn
 
     def still_here(self, item: Letter) -> bool:
         return self._open(item.name)

@@ -35,6 +35,7 @@ from mailflow.queue.claims import load
 from mailflow.queue.entry import BadName, check_claim, check_name
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import Spool, now_ms
+from mailflow.wire.dsnparams import Dsn
 from mailflow.wire.lease import LEASE_SECONDS, PARCEL_WAIT_SECONDS, RENEW_EVERY
 from mailflow.wire.payloads import Letter, Parcel, Route
 
@@ -111,7 +112,8 @@ def _letter(hmail: HMail) -> Letter:
     form -- the holder puts it in wire form when it sends it, and trusts no stuffing."""
     return Letter(name=hmail.filename,
                   mail_from=verp.envelope_sender(hmail.todo, config.current().outbound.verp_domain),
-                  rcpt_to=tuple(r.address for r in hmail.todo.rcpt_to), message=dot_unstuff(hmail.message()))
+                  rcpt_to=tuple(r.address for r in hmail.todo.rcpt_to), message=dot_unstuff(hmail.message()),
+                  dsn=Dsn.from_notes(hmail.todo.notes))
 
 
 def _lent_dir(spool: Spool) -> Path:

@@ -73,6 +73,19 @@ class Dsn:
                  for a, r in dict(raw.get("rcpt") or {}).items() if isinstance(r, dict)}
         return cls(str(raw.get("ret") or ""), str(raw.get("envid") or ""), rcpts)
 
+    def checked(self, rcpts: list[str]) -> Dsn:
+        """The same, held to what a client may give (ParamError otherwise), for ``rcpts`` only:
+        for parameters that came from elsewhere than a client (another host's payload)."""
+        ret, envid = mail({**({"RET": self.ret} if self.ret else {}),
+                           **({"ENVID": xtext_encode(self.envid)} if self.envid else {})})
+        kept = {}
+        for address, asked in self.rcpts.items():
+            if address in rcpts:
+                kind, _, addr = asked.orcpt.partition(";")
+                kept[address] = rcpt({**({"NOTIFY": ",".join(asked.notify)} if asked.notify else {}),
+                                      **({"ORCPT": f"{kind};{xtext_encode(addr)}"} if asked.orcpt else {})})
+        return Dsn(ret, envid, kept)
+
     def mail_options(self) -> list[str]:
         """For a next hop that offers DSN."""
         out = [f"RET={self.ret}"] if self.ret else []
@@ -134,3 +147,37 @@ def rcpt(found: dict[str, str]) -> Recipient:
             raise ParamError(f"501 5.5.4 ORCPT's address must be 1 to {ORCPT_MAX} characters")
         orcpt = f"{kind};{decoded}"
     return Recipient(notify, orcpt)
+
+
+def from_api(given: Any, rcpts: list[str]) -> Dsn:
+    """The same options given as an object (``send_email(..., dsn=…)``, the HTTP API's
+    ``dsn``): ``ret`` (FULL or HDRS), ``envid``, ``notify`` (NEVER, or a list or comma list of
+    SUCCESS, FAILURE, DELAY -- for every recipient) and ``orcpt`` (recipient -> its original
+    address, ``rfc822;…`` or a bare address).  Plain text, not xtext; ParamError naming the
+    field that is wrong."""
+    if not isinstance(given, dict):
+        raise ParamError("dsn: an object with ret, envid, notify, orcpt")
+    unknown = [k for k in given if k not in ("ret", "envid", "notify", "orcpt")]
+    if unknown:
+        raise ParamError(f"dsn.{unknown[0]}: not an option (ret, envid, notify, orcpt)")
+    envid = given.get("envid") or ""
+    if not isinstance(envid, str) or not all(" " <= c <= "~" for c in envid):
+        raise ParamError("dsn.envid: printable ASCII text")
+    ret, decoded = mail({**({"RET": str(given["ret"])} if given.get("ret") else {}),
+                         **({"ENVID": xtext_encode(envid)} if envid else {})})
+    notify = given.get("notify") or ""
+    words = ",".join(notify) if isinstance(notify, list) else str(notify)
+    orcpts = given.get("orcpt") or {}
+    if not isinstance(orcpts, dict):
+        raise ParamError("dsn.orcpt: an object of recipient -> original address")
+    found = {}
+    for address in rcpts:
+        raw = orcpts.get(address)
+        params = {"NOTIFY": words} if words else {}
+        if raw:
+            kind, sep, addr = str(raw).partition(";")
+            params["ORCPT"] = f"{kind};{xtext_encode(addr)}" if sep else f"rfc822;{xtext_encode(kind)}"
+        recipient = rcpt(params)
+        if recipient != Recipient():
+            found[address] = recipient
+    return Dsn(ret, decoded, found)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mailflow.errors import NothingToDo, Reply
+from mailflow.wire.dsnparams import DSN_NOTE, Dsn, ParamError
 from mailflow.wire.mx import MX, mx_from_fields
 from mailflow.wire.names import BOUNCE_CLAIM, IDENTITY, BadName, EntryName, check_claim, check_site
 from mailflow.wire.seal import seal, unseal
@@ -264,6 +265,7 @@ class Letter:
     mail_from: str
     rcpt_to: tuple[str, ...]
     message: bytes
+    dsn: Dsn | None = None  #: what the client asked to be told, for a next hop offering DSN
 
     def size(self) -> int:
         """Its share of a task payload (base64 and the envelope)."""
@@ -271,7 +273,8 @@ class Letter:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "mail_from": self.mail_from, "rcpt_to": list(self.rcpt_to),
-                "message": base64.b64encode(self.message).decode("ascii")}
+                "message": base64.b64encode(self.message).decode("ascii"),
+                **({"dsn": self.dsn.to_note()} if self.dsn is not None else {})}
 
     @classmethod
     def from_json(cls, data: Any) -> Letter:
@@ -285,7 +288,18 @@ class Letter:
             message = base64.b64decode(body, validate=True)
         except binascii.Error as exc:
             raise BadName(f"letter {name!r}: its message is not base64 ({exc})") from None
-        return cls(name=str(name), mail_from=mail_from, rcpt_to=tuple(rcpts), message=message)
+        return cls(name=str(name), mail_from=mail_from, rcpt_to=tuple(rcpts), message=message,
+                   dsn=_letter_dsn(data.get("dsn"), rcpts))
+
+
+def _letter_dsn(raw: Any, rcpts: list[str]) -> Dsn | None:
+    """A letter's DSN parameters, as the owner wrote them -- checked as a client's would be
+    (anything else is dropped: the next hop is then simply not asked)."""
+    found = Dsn.from_notes({DSN_NOTE: raw}) if isinstance(raw, dict) else None
+    try:
+        return found.checked(rcpts) if found is not None else None
+    except ParamError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ import smtplib
 import uuid as uuidlib
 from email.message import Message
 
+from mailflow import config as configmod
+from mailflow import outbound
+from mailflow.codes import DENY, OK
 from tests.support.pipeline import Env, module_env, with_listener
 
 env = module_env("dsn", setup=with_listener)
@@ -158,3 +161,18 @@ def test_one_delay_notice_after_delay_warning(env: Env, mx):
     _, per_rcpt = report_fields(notice)
     assert per_rcpt["Action"] == "delayed" and per_rcpt["Original-Recipient"] == f"rfc822;{slow}"
     assert per_rcpt["Status"] == "4.2.1"
+
+
+def test_send_email_takes_the_same_options(env: Env, mx):
+    tag = uuidlib.uuid4().hex[:8]
+    quiet = f"api-quiet-{tag}@dest.test"
+    mx(rcpt={quiet: "550 5.1.1 no such user"})
+    configmod.load(env.inst.config_dir)
+    code, text = outbound.send_email("a@sender.test", [quiet], "Subject: x\n\nhi\n", dsn={"ret": "ALL"})
+    assert code is DENY and "RET" in text
+    code, text = outbound.send_email("a@sender.test", [quiet], "Subject: x\n\nhi\n",
+                                     dsn={"notify": "NEVER", "envid": f"py-{tag}"})
+    assert code is OK, text
+    uid = text.split("(")[1].rstrip(")")
+    env.wait(lambda: env.logged(f"dropped id={uid}") and
+             env.logged("reason=\"NOTIFY: no failure notice asked for"), 60)

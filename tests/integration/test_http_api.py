@@ -276,3 +276,23 @@ def _try_call(env: Env, body: dict[str, Any]) -> int | None:
         return call(env, "/api/inject/v1", body)[0]
     except (OSError, urllib.error.URLError):
         return None
+
+
+def test_dsn_options_through_the_api_reach_the_next_hop_and_bad_ones_are_400(env, mx):
+    """The raw endpoint's dsn object: checked (400 naming it), kept, passed to a next hop that
+    offers DSN (issue 29 item 1)."""
+    server = mx(dsn=True)
+    tag = uuidlib.uuid4().hex[:8]
+    rcpt = f"d-{tag}@dest.test"
+    data = base64.b64encode(f"Subject: {tag}\r\n\r\nhi\r\n".encode()).decode()
+    status, answer, _ = call(env, "/api/v1/send/raw", {"mail_from": "a@sender.test", "rcpt_to": [rcpt],
+                                                      "data": data, "dsn": {"ret": "ALL"}})
+    assert status == 400 and answer["error"].startswith("dsn: ") and "RET" in answer["error"]
+    status, answer, _ = call(env, "/api/v1/send/raw", {
+        "mail_from": "a@sender.test", "rcpt_to": [rcpt], "data": data,
+        "dsn": {"ret": "HDRS", "envid": f"api-{tag}", "notify": ["FAILURE"],
+                "orcpt": {rcpt: f"rfc822;{rcpt}"}}})
+    assert status == 200, answer
+    [seen] = env.wait(lambda: arrived(server, [rcpt]), 60)
+    assert "RET=HDRS" in seen.mail_options and f"ENVID=API-{tag.upper()}" in seen.mail_options
+    assert "NOTIFY=FAILURE" in seen.rcpt_options

@@ -51,3 +51,27 @@ def test_kept_in_the_notes_and_passed_on_in_xtext():
     assert again.mail_options() == ["RET=HDRS", "ENVID=id+3D1"]
     assert again.rcpt_options("u@x") == ["NOTIFY=FAILURE", "ORCPT=rfc822;U+2BV@X"]
     assert again.rcpt_options("other@x") == []
+
+
+def test_the_object_form_of_send_email_and_the_http_api():
+    asked = dsnparams.from_api({"ret": "hdrs", "envid": "id 1", "notify": ["SUCCESS", "FAILURE"],
+                                "orcpt": {"u@x": "rfc822;U@X", "v@x": "V@X"}}, ["u@x", "v@x", "w@x"])
+    assert (asked.ret, asked.envid) == ("HDRS", "id 1")
+    assert asked.rcpt("u@x") == Recipient(("SUCCESS", "FAILURE"), "rfc822;U@X")
+    assert asked.rcpt("v@x").orcpt == "rfc822;V@X" and asked.rcpt("w@x").notify == ("SUCCESS", "FAILURE")
+    for bad, field in (({"ret": "ALL"}, "RET"), ({"envid": "caf\u00e9"}, "dsn.envid"),
+                       ({"notify": "NEVER,SUCCESS"}, "NOTIFY"), ({"when": 1}, "dsn.when"),
+                       ({"orcpt": ["u@x"]}, "dsn.orcpt"), ("NEVER", "dsn:")):
+        with pytest.raises(ParamError, match=field):
+            dsnparams.from_api(bad, ["u@x"])
+
+
+def test_a_letter_carries_them_to_another_host_and_a_forged_one_is_dropped():
+    from mailflow.wire.payloads import Letter
+    dsn = Dsn("FULL", "e1", {"u@x": Recipient(("NEVER",), "rfc822;u@x")})
+    letter = Letter("n", "a@b", ("u@x",), b"hi", dsn)
+    assert Letter.from_json(letter.to_json()).dsn == dsn
+    forged = {**letter.to_json(), "dsn": {"ret": "ALL", "rcpt": {}}}
+    assert Letter.from_json(forged).dsn is None
+    other = {**letter.to_json(), "dsn": {"rcpt": {"someone@else": {"notify": ["SUCCESS"]}}}}
+    assert Letter.from_json(other).dsn == Dsn()  # only the letter's own recipients
