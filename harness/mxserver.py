@@ -274,7 +274,7 @@ class MXServer(Controller):
                  script: dict[str, Any] | None = None, rcpt: dict[str, Any] | None = None,
                  tls_context: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
                  lmtp: bool = False, pipelining: bool = True, delay: dict[str, float] | None = None,
-                 banner_name: str = "mx.test", dsn: bool = False):
+                 banner_name: str = "mx.test", dsn: bool = False, smtputf8: bool = True):
         super().__init__(_Handler(self), hostname=host, port=port or free_port(host), ready_timeout=10)
         self.host = host
         self.script = _Script(script, rcpt)
@@ -285,6 +285,7 @@ class MXServer(Controller):
         self.delay = dict(delay or {})
         self.banner_name = banner_name
         self.dsn = dsn  #: advertise DSN (RFC 3461) and take its parameters
+        self.smtputf8 = smtputf8  #: advertise SMTPUTF8 (RFC 6531) and take UTF-8 addresses
         self.sessions: list[SessionRecord] = []
         self.current = 0
         self.high_water = 0
@@ -361,7 +362,7 @@ class MXServer(Controller):
             tls_context=self.tls_context, require_starttls=False, auth_require_tls=False,
             authenticator=self._authenticator if self.users else None,
             auth_exclude_mechanism=[] if self.users else ["PLAIN", "LOGIN", "CRAM-MD5"],
-            enable_SMTPUTF8=True, command_call_limit=None, data_size_limit=50 * 1024 * 1024)
+            enable_SMTPUTF8=self.smtputf8, command_call_limit=None, data_size_limit=50 * 1024 * 1024)
         proto.mx = self
         return proto
 

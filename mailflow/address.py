@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import idna
+
 # RFC 5321 §4.1.2: atext, dot-string, quoted-string.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
 _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
@@ -59,6 +61,19 @@ class Address:
         return cls("", "")
 
 
+def a_label(domain: str) -> str:
+    """The domain's ASCII form as DNS knows it: IDNA 2008 A-labels (``xn--…``), with UTS #46's
+    mapping for what users type (upper case, full-width dots) -- not Python's ``idna`` codec,
+    which is IDNA 2003 (``faß.de`` would become another domain, ``fass.de``).  UnicodeError
+    when it is not a valid internationalised name."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise UnicodeError(str(exc)) from None
+
+
 def _check_domain(domain: str) -> str:
     """Validate a domain or address literal and return it lower-cased."""
     if domain.startswith("[") and domain.endswith("]"):
@@ -69,7 +84,7 @@ def _check_domain(domain: str) -> str:
             ipaddress.IPv4Address(literal)
         return domain.lower()
     try:
-        ascii_domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
+        ascii_domain = a_label(domain)
     except UnicodeError as exc:
         raise AddressError(f"invalid domain {domain!r}") from exc
     if len(ascii_domain) > MAX_DOMAIN or not ascii_domain:

@@ -20,6 +20,7 @@ import dns.exception
 import dns.name
 import dns.resolver
 
+from mailflow.address import a_label
 from mailflow.config.settings import Outbound
 from mailflow.errors import PermanentError, TemporaryError, local_reply
 from mailflow.wire.mx import MX, MX_KEYS, is_ip  # noqa: F401  (where they were)
@@ -58,7 +59,7 @@ def resolver(settings: Outbound) -> dns.resolver.Resolver:
 
 
 def _ascii(domain: str) -> str:
-    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+    return a_label(domain)
 
 
 def query_mx(domain: str, settings: Outbound) -> list[MX]:
