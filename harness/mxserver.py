@@ -207,6 +207,8 @@ class _Handler:
             out.insert(len(out) - 1, "250-PIPELINING")
         if self.mx.dsn:
             out.insert(len(out) - 1, "250-DSN")
+        if not self.mx.eightbitmime:
+            out = [line for line in out if line.strip() != "250-8BITMIME"]
         return out
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
@@ -274,7 +276,8 @@ class MXServer(Controller):
                  script: dict[str, Any] | None = None, rcpt: dict[str, Any] | None = None,
                  tls_context: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
                  lmtp: bool = False, pipelining: bool = True, delay: dict[str, float] | None = None,
-                 banner_name: str = "mx.test", dsn: bool = False, smtputf8: bool = True):
+                 banner_name: str = "mx.test", dsn: bool = False, smtputf8: bool = True,
+                 eightbitmime: bool = True):
         super().__init__(_Handler(self), hostname=host, port=port or free_port(host), ready_timeout=10)
         self.host = host
         self.script = _Script(script, rcpt)
@@ -286,6 +289,7 @@ class MXServer(Controller):
         self.banner_name = banner_name
         self.dsn = dsn  #: advertise DSN (RFC 3461) and take its parameters
         self.smtputf8 = smtputf8  #: advertise SMTPUTF8 (RFC 6531) and take UTF-8 addresses
+        self.eightbitmime = eightbitmime  #: advertise 8BITMIME (RFC 6152)
         self.sessions: list[SessionRecord] = []
         self.current = 0
         self.high_water = 0
@@ -370,8 +374,8 @@ class MXServer(Controller):
         """Start serving; the Controller's own probe connection is not counted as a session."""
         super().start()
         deadline = time.monotonic() + 10
-        while not (self.sessions and self.sessions[0].closed) and time.monotonic() < deadline:
-            time.sleep(0.01)  # the probe is the first; a client may already have come after it
+        while not all(s.closed for s in self.sessions) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the probe (not always the first: a client may come at once) closes
         with self._lock:  # the closed ones go; a client's open connection stays known (and is cut at stop)
             kept = [(rec, t) for rec, t in zip(self.sessions, self._transports, strict=True)
                     if not rec.closed]

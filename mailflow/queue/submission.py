@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mailflow import config as configmod
-from mailflow import logs
+from mailflow import logs, sevenbit
 from mailflow import message as msg
 from mailflow.address import Address
 from mailflow.config.tenants import CAMPAIGN_NOTE, TENANT_NOTE, labels
@@ -79,6 +79,9 @@ def prepare(message: bytes, *, uuid: str, me: str, received: bytes | None,
     if received:
         data = received + data
     if sign is not None:
+        if sevenbit.needs(data) and getattr(sign, "wanted", lambda _: True)(data[:65536]):
+            # signed as every next hop will get it: 7-bit, which one without 8BITMIME needs
+            data = sevenbit.convert(data)
         data = sign(data) + data
     return msg.dot_stuff(data)
 

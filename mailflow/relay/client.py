@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailflow import sevenbit
 from mailflow.config.settings import Outbound, Tls
 from mailflow.errors import Reply, TemporaryError, local_reply
-from mailflow.message import FileMessage, wire_blocks
+from mailflow.message import FileMessage, dot_unstuff, wire_blocks
 from mailflow.relay import dane, envelope, tlsrpt
 from mailflow.relay.mx import Target
 from mailflow.relay.tlsneed import RANK, TlsNeed, why_tls
@@ -183,6 +184,15 @@ class Session:
             size, eight_bit = message.size, message.eight_bit()
             blocks = wire_blocks(message.blocks(), stuffed=True)
         s = self.smtp
+        if eight_bit and not s.has_extn("8bitmime"):  # RFC 6152 3: made 7-bit, never sent raw
+            whole = message if isinstance(message, bytes) else dot_unstuff(
+                message.small() or b"".join(message.blocks()))
+            converted = sevenbit.convert(whole)
+            if not converted.isascii():
+                reply = local_reply("5.6.3", "the message has 8-bit headers and the remote server "
+                                    "does not offer 8BITMIME")
+                return [RcptResult(r, Reply(554, reply.text)) for r in rcpts]
+            size, eight_bit, blocks = len(converted), False, wire_blocks([converted], stuffed=False)
         self.messages += 1
         options = []
         if s.has_extn("size"):

@@ -3,6 +3,8 @@ TXT records served by the test DNS server; broken keys are found at start, or qu
 
 from __future__ import annotations
 
+import email
+import email.policy
 import smtplib
 import subprocess
 import uuid as uuidlib
@@ -251,3 +253,48 @@ def test_a_malformed_dkim_ini_is_file_line_and_exit_non_zero(make_instance):
     done = inst.mailflow("queue", "stats")
     assert done.returncode != 0
     assert f"{inst.config_dir / 'dkim.ini'}:2: headers_to_sign must include From" in done.stderr.decode()
+
+
+def eight_bit_text(token: str, sender: str) -> str:
+    return (f"From: App <{sender}>\nTo: u@dest.test\nSubject: {token}\nMIME-Version: 1.0\n"
+            "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+            f"Café crème {token} — ünïcode\nsecond line \n")
+
+
+def decoded_text(message: bytes) -> str:
+    found = email.message_from_bytes(message, policy=email.policy.default).get_content()
+    return str(found).replace("\r\n", "\n")
+
+
+def test_an_8bit_message_reaches_a_7bit_mx_as_quoted_printable_and_its_signature_verifies(env, mx):
+    """Issue 29 item 3: a signed 8-bit message is made 7-bit before it is signed."""
+    server = mx(eightbitmime=False)
+    token = uuidlib.uuid4().hex
+    text = eight_bit_text(token, f"a@{SIGNED}")
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as s:  # type: ignore[attr-defined]
+        s.sendmail(f"a@{SIGNED}", ["u@dest.test"], text.replace("\n", "\r\n").encode(),
+                   mail_options=["BODY=8BITMIME"])
+    message = delivered(env, server, token)
+    assert message.isascii() and b"Content-Transfer-Encoding: quoted-printable" in message
+    assert decoded_text(message) == text.split("\n\n", 1)[1]
+    assert verified(env, message) == BOTH
+
+
+def test_an_unsigned_8bit_message_is_converted_only_for_a_next_hop_that_needs_it(env, mx):
+    token = uuidlib.uuid4().hex
+    text = eight_bit_text(token, "x@unsigned.test")
+    seven = mx(eightbitmime=False)
+    env.send("u@dest.test", body=text, sender="x@unsigned.test")
+    message = delivered(env, seven, token)
+    assert message.isascii() and not signatures(message)
+    assert decoded_text(message) == text.split("\n\n", 1)[1]
+
+
+def test_an_unsigned_8bit_message_goes_as_it_came_to_a_next_hop_offering_8bitmime(env, mx):
+    eight = mx()
+    token = uuidlib.uuid4().hex
+    env.send("u@dest.test", body=eight_bit_text(token, "x@unsigned.test"), sender="x@unsigned.test")
+    message = delivered(env, eight, token)
+    assert "Café crème".encode() in message
+    [seen] = [d for d in eight.deliveries if token.encode() in d.data]
+    assert "BODY=8BITMIME" in seen.mail_options
