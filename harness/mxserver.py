@@ -176,6 +176,8 @@ class FixtureSMTP(_Recording, SMTP):
         if found is not None and self.mx.dsn:
             for key in ("RET", "ENVID", "NOTIFY", "ORCPT"):
                 found.pop(key, None)
+        if found is not None and self.mx.requiretls:
+            found.pop("REQUIRETLS", None)
         return found
 
 
@@ -207,6 +209,8 @@ class _Handler:
             out.insert(len(out) - 1, "250-PIPELINING")
         if self.mx.dsn:
             out.insert(len(out) - 1, "250-DSN")
+        if self.mx.requiretls and session.ssl is not None:
+            out.insert(len(out) - 1, "250-REQUIRETLS")
         if not self.mx.eightbitmime:
             out = [line for line in out if line.strip() != "250-8BITMIME"]
         return out
@@ -277,7 +281,7 @@ class MXServer(Controller):
                  tls_context: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
                  lmtp: bool = False, pipelining: bool = True, delay: dict[str, float] | None = None,
                  banner_name: str = "mx.test", dsn: bool = False, smtputf8: bool = True,
-                 eightbitmime: bool = True):
+                 eightbitmime: bool = True, requiretls: bool = False):
         super().__init__(_Handler(self), hostname=host, port=port or free_port(host), ready_timeout=10)
         self.host = host
         self.script = _Script(script, rcpt)
@@ -290,6 +294,7 @@ class MXServer(Controller):
         self.dsn = dsn  #: advertise DSN (RFC 3461) and take its parameters
         self.smtputf8 = smtputf8  #: advertise SMTPUTF8 (RFC 6531) and take UTF-8 addresses
         self.eightbitmime = eightbitmime  #: advertise 8BITMIME (RFC 6152)
+        self.requiretls = requiretls  #: advertise REQUIRETLS (RFC 8689) over TLS, and take it
         self.sessions: list[SessionRecord] = []
         self.current = 0
         self.high_water = 0

@@ -80,6 +80,9 @@ class RemoteLedger:
     def envelope(self, item: Letter) -> tuple[str, list[str], bytes]:
         return item.mail_from, list(item.rcpt_to), item.message
 
+    def requires_tls(self, item: Letter) -> bool:
+        return item.requiretls
+
     def dsn(self, item: Letter) -> Dsn | None:
         """What the client asked to be told, as the owner lent it (the owner writes mailflow's
         own notices; the next hop is asked for its)."""

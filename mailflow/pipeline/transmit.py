@@ -29,6 +29,7 @@ from mailflow.relay.client import EndOfDataTimeout, NextAddress, Session
 from mailflow.relay.pool import POOL, NoSlot
 from mailflow.wire.dsnparams import Dsn
 from mailflow.wire.payloads import Outcome, Route
+from mailflow.wire.requiretls import REQUIRETLS_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Ledger(Protocol):
     def items(self) -> list[Any]: ...
     def envelope(self, item: Any) -> tuple[str, list[str], bytes | FileMessage]: ...
     def dsn(self, item: Any) -> Dsn | None: ...
+    def requires_tls(self, item: Any) -> bool: ...
     def still_here(self, item: Any) -> bool: ...
     def may_start(self) -> bool: ...
     def record(self, item: Any, outcome: Outcome) -> None: ...
@@ -135,6 +137,10 @@ class LocalLedger:
     def dsn(self, item: HMail) -> Dsn | None:
         """What the client asked to be told (RFC 3461), passed on to a next hop that offers DSN."""
         return Dsn.from_notes(item.todo.notes)
+
+    def requires_tls(self, item: HMail) -> bool:
+        """REQUIRETLS (RFC 8689): verified TLS all the way, or a bounce."""
+        return item.todo.notes.get(REQUIRETLS_NOTE) is True
 
     def still_here(self, item: HMail) -> bool:
         return item.path.exists()  # not handled meanwhile (e.g. deleted by an operator)
@@ -461,13 +467,13 @@ class Lane:
         """Send one entry and record its outcome; the session is None afterwards if it broke."""
         c = self.courier
         mail_from, rcpts, message = c.ledger.envelope(item)
-        dsn = c.ledger.dsn(item)
+        dsn, requiretls = c.ledger.dsn(item), c.ledger.requires_tls(item)
         for retry in (False, True):
             session = self.session
             assert session is not None
             outcome = outcome_of(session)
             try:
-                results = session.send(mail_from, rcpts, message, c.settings, dsn)
+                results = session.send(mail_from, rcpts, message, c.settings, dsn, requiretls)
             except EndOfDataTimeout:
                 self.discard()
                 c.ledger.fail_all(item, local_reply(

@@ -38,6 +38,7 @@ from mailflow.queue.spool import Spool, now_ms
 from mailflow.wire.dsnparams import Dsn
 from mailflow.wire.lease import LEASE_SECONDS, PARCEL_WAIT_SECONDS, RENEW_EVERY
 from mailflow.wire.payloads import Letter, Parcel, Route
+from mailflow.wire.requiretls import REQUIRETLS_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ def _letter(hmail: HMail) -> Letter:
     return Letter(name=hmail.filename,
                   mail_from=verp.envelope_sender(hmail.todo, config.current().outbound.verp_domain),
                   rcpt_to=tuple(r.address for r in hmail.todo.rcpt_to), message=dot_unstuff(hmail.message()),
-                  dsn=Dsn.from_notes(hmail.todo.notes))
+                  dsn=Dsn.from_notes(hmail.todo.notes),
+                  requiretls=hmail.todo.notes.get(REQUIRETLS_NOTE) is True)
 
 
 def _lent_dir(spool: Spool) -> Path:

@@ -32,6 +32,7 @@ from mailflow.relay.mx import Target
 from mailflow.relay.tlsneed import RANK, TlsNeed, why_tls
 from mailflow.relay.tlspolicy import client_context
 from mailflow.wire.dsnparams import Dsn
+from mailflow.wire.requiretls import refusal as tls_refusal
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Session:
         return Reply(code, text.decode("utf-8", "replace").replace("\n", " "), command)
 
     def send(self, mail_from: str, rcpts: list[str], message: bytes | FileMessage,
-             settings: Outbound, dsn: Dsn | None = None) -> list[RcptResult]:
+             settings: Outbound, dsn: Dsn | None = None, requiretls: bool = False) -> list[RcptResult]:
         """One transaction; every recipient gets its reply. Raises EndOfDataTimeout, or
         smtplib/OS errors when the connection broke before DATA was answered.
 
@@ -193,8 +194,12 @@ class Session:
                                     "does not offer 8BITMIME")
                 return [RcptResult(r, Reply(554, reply.text)) for r in rcpts]
             size, eight_bit, blocks = len(converted), False, wire_blocks([converted], stuffed=False)
+        if requiretls:  # RFC 8689: verified TLS to a next hop that keeps the requirement, or none
+            why = tls_refusal(self.level, s.has_extn("requiretls"))
+            if why is not None:
+                return [RcptResult(r, Reply(550, why)) for r in rcpts]
         self.messages += 1
-        options = []
+        options = ["REQUIRETLS"] if requiretls else []
         if s.has_extn("size"):
             options.append(f"SIZE={size}")
         needs_utf8 = not all(a.isascii() for a in [mail_from, *rcpts])

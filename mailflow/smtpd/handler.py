@@ -27,6 +27,7 @@ from mailflow.smtpd.statuscodes import SMTPStatus
 from mailflow.smtpd.tables import ListedOnce, signed
 from mailflow.suppress import store as suppression
 from mailflow.wire import dsnparams
+from mailflow.wire.requiretls import REQUIRETLS_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class SubmissionHandler(ListedOnce):
         # aiosmtpd reads commands one line at a time, so pipelined commands are safe.
         out.insert(len(out) - 1, "250-PIPELINING")
         out.insert(len(out) - 1, "250-DSN")  # RFC 3461: RET, ENVID, NOTIFY and ORCPT
+        if session.ssl is not None:  # RFC 8689 4.1: offered only over TLS
+            out.insert(len(out) - 1, "250-REQUIRETLS")
         return out
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope,
@@ -148,6 +151,10 @@ class SubmissionHandler(ListedOnce):
         except dsnparams.ParamError as exc:
             return str(exc)
         envelope.mf_dsn = dsnparams.Dsn(ret, envid)  # type: ignore[attr-defined]
+        required = getattr(server, "mf_requiretls", False)
+        if required and session.ssl is None:
+            return "530 5.7.10 REQUIRETLS needs a TLS session: STARTTLS first"
+        envelope.mf_requiretls = required  # type: ignore[attr-defined]
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return SMTPStatus.SENDER_OK
@@ -169,6 +176,8 @@ class SubmissionHandler(ListedOnce):
             dsn_rcpt = dsnparams.rcpt(dsn_found(server, dsnparams.RCPT_KEYS))
         except dsnparams.ParamError as exc:
             return str(exc)
+        if getattr(server, "mf_requiretls", False):
+            return "555 5.5.4 REQUIRETLS is not a parameter of this command"
         if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
             return SMTPStatus.TOO_MANY_RECIPIENTS
         store = suppression.for_config(self.cfg)
@@ -206,6 +215,8 @@ class SubmissionHandler(ListedOnce):
         dsn = getattr(envelope, "mf_dsn", None)
         if dsn is not None and dsn != dsnparams.Dsn():  # what the client asked to be told
             notes[dsnparams.DSN_NOTE] = dsn.to_note()
+        if getattr(envelope, "mf_requiretls", False):
+            notes[REQUIRETLS_NOTE] = True
         txn = Transaction(mail_from=mail_from, rcpt_to=rcpts, body=body, notes=notes)
         loop = asyncio.get_running_loop()
         answer = await hooks.decide_off_loop(hooks.queue_outbound, connection=conn, transaction=txn)

@@ -46,8 +46,9 @@ _PLAIN_PATH = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&
                          r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 
-#: MAIL and RCPT parameters the listener knows: aiosmtpd's (SIZE, BODY, SMTPUTF8) and RFC 3461's
-KNOWN_PARAMETERS = frozenset({"SIZE", "BODY", "SMTPUTF8", *dsnparams.MAIL_KEYS, *dsnparams.RCPT_KEYS})
+#: MAIL and RCPT parameters the listener knows: aiosmtpd's (SIZE, BODY, SMTPUTF8), RFC 3461's, RFC 8689's
+KNOWN_PARAMETERS = frozenset({"SIZE", "BODY", "SMTPUTF8", "REQUIRETLS", *dsnparams.MAIL_KEYS,
+                              *dsnparams.RCPT_KEYS})
 
 
 def plain_path(arg: str) -> tuple[str, str] | None:
@@ -114,9 +115,14 @@ class MailflowSMTP(ListedOnce, SMTP):
         aiosmtpd would refuse them, and upper-case ORCPT's address -- for the handler to
         check (``mf_dsn``: what was found, or the reply refusing it); the others returned."""
         self.mf_dsn: tuple[dict[str, str], str | None] = ({}, None)
+        self.mf_requiretls = False
         if not params.strip():
             return params
         words = params.split()
+        if any(w.upper() == "REQUIRETLS" for w in words):  # RFC 8689: the handler decides
+            self.mf_requiretls = True
+            words = [w for w in words if w.upper() != "REQUIRETLS"]
+            params = " ".join(words)
         unknown = [w for w in words if "=" in w and w.partition("=")[0].upper() not in KNOWN_PARAMETERS]
         if unknown:  # aiosmtpd's own refusal would not say which
             self.mf_dsn = ({}, f"555 5.5.4 {unknown[0].partition('=')[0][:40]} parameter not "

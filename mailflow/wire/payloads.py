@@ -266,6 +266,7 @@ class Letter:
     rcpt_to: tuple[str, ...]
     message: bytes
     dsn: Dsn | None = None  #: what the client asked to be told, for a next hop offering DSN
+    requiretls: bool = False  #: RFC 8689: verified TLS all the way, or a bounce
 
     def size(self) -> int:
         """Its share of a task payload (base64 and the envelope)."""
@@ -274,7 +275,8 @@ class Letter:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "mail_from": self.mail_from, "rcpt_to": list(self.rcpt_to),
                 "message": base64.b64encode(self.message).decode("ascii"),
-                **({"dsn": self.dsn.to_note()} if self.dsn is not None else {})}
+                **({"dsn": self.dsn.to_note()} if self.dsn is not None else {}),
+                **({"requiretls": True} if self.requiretls else {})}
 
     @classmethod
     def from_json(cls, data: Any) -> Letter:
@@ -289,7 +291,7 @@ class Letter:
         except binascii.Error as exc:
             raise BadName(f"letter {name!r}: its message is not base64 ({exc})") from None
         return cls(name=str(name), mail_from=mail_from, rcpt_to=tuple(rcpts), message=message,
-                   dsn=_letter_dsn(data.get("dsn"), rcpts))
+                   dsn=_letter_dsn(data.get("dsn"), rcpts), requiretls=data.get("requiretls") is True)
 
 
 def _letter_dsn(raw: Any, rcpts: list[str]) -> Dsn | None:

@@ -20,6 +20,7 @@ from harness.waiting import until
 from mailflow.message import dot_unstuff
 from mailflow.queue.hmail import HMail
 from mailflow.smtpd.statuscodes import SMTPStatus
+from mailflow.wire.requiretls import REQUIRETLS_NOTE
 
 USERS = "[users]\nalice = s3cret\n"
 MSG = (b"From: alice@sender.example\r\nTo: bob@dest.example\r\nSubject: hi\r\n"
@@ -306,6 +307,30 @@ def test_auth_before_starttls_is_refused_when_tls_is_required(tmp_path, tls_ca, 
         s.sendmail("a@sender.test", ["b@dest.test"], b"Subject: after starttls\r\n\r\nx\r\n")
     [entry] = [p for p in inst.entries() if b"after starttls" in p.read_bytes()]
     assert b"with ESMTPSA" in entry.read_bytes()  # TLS and AUTH, as RFC 3848 names them
+
+
+def test_requiretls_is_offered_and_taken_only_over_tls(tmp_path, tls_ca, own):
+    """RFC 8689 (issue 29 item 4): not offered in the clear, refused there (530); after
+    STARTTLS offered, taken, and kept with the queued message."""
+    port = free_port()
+    inst = make(tmp_path / "requiretls", port, ca=tls_ca, acl="127.0.0.2\n")
+    own(inst)
+    inst.start_smtpd()
+    with client(port) as s:
+        assert not s.has_extn("requiretls")
+        assert s.docmd("MAIL FROM:<a@sender.test> REQUIRETLS")[0] == 530
+        ctx = ssl.create_default_context()
+        tls_ca.configure_trust(ctx)
+        s.starttls(context=ctx)
+        s.ehlo("client.test")
+        assert s.has_extn("requiretls")
+        assert s.docmd("MAIL FROM:<a@sender.test>")[0] == 250
+        assert s.docmd("RCPT TO:<b@dest.test> REQUIRETLS")[0] == 555  # a MAIL parameter
+        s.rset()
+        s.sendmail("a@sender.test", ["b@dest.test"], b"Subject: required\r\n\r\nx\r\n",
+                   mail_options=["REQUIRETLS"])
+    [entry] = [p for p in inst.entries() if b"Subject: required" in p.read_bytes()]
+    assert HMail.load(entry).todo.notes.get(REQUIRETLS_NOTE) is True
 
 
 def test_auth_require_tls_default_depends_on_listener():

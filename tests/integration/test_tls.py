@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trustme
 
+from mailflow.wire.requiretls import REQUIRETLS_NOTE
 from tests.support.pipeline import PORT, ZONES, Env, module_env
 
 TLS_ZONES: dict[str, Any] = {
@@ -115,3 +116,35 @@ def test_a_plaintext_pooled_session_never_carries_mail_that_must_have_tls(env, m
     assert delivered_secured(env, forced)
     [carrier] = [s for s in server.sessions if any(d.rcpt_to == ["u@forced.test"] for d in s.deliveries)]
     assert carrier.tls
+
+
+def failed_status(env: Env, uuid: str) -> dict[str, Any]:
+    """The recipient status of the message's failed entry (before its bounce takes it)."""
+    env.wait(lambda: env.logged(f"failed id={uuid}"), 60)
+    line = next(line for line in env.logs().splitlines() if f"failed id={uuid}" in line and "status=" in line)
+    return {"line": line}
+
+
+def test_requiretls_goes_over_verified_tls_to_a_next_hop_that_offers_it(env, mx, policy, mx_tls_context):
+    """Issue 29 item 4: delivered, and the next hop is asked to keep the requirement."""
+    server = mx(tls_context=mx_tls_context, requiretls=True)
+    policy(rejectUnauthorized="true")
+    uuid = env.send("u@named.test", notes={REQUIRETLS_NOTE: True})
+    [seen] = env.wait(lambda: [d for d in server.deliveries if d.rcpt_to == ["u@named.test"]], 60)
+    assert "REQUIRETLS" in seen.mail_options and server.sessions[-1].tls
+    assert delivered_secured(env, uuid)
+
+
+@pytest.mark.parametrize("verify, offered", [(False, True), (True, False)],
+                         ids=["tls-not-verified", "next-hop-without-requiretls"])
+def test_requiretls_bounces_5_7_30_otherwise(env, mx, policy, mx_tls_context, verify, offered):
+    server = mx(tls_context=mx_tls_context, requiretls=offered)
+    if verify:
+        policy(rejectUnauthorized="true")
+    else:
+        policy()  # STARTTLS taken, the certificate not checked: not enough
+    uuid = env.send("u@named.test", notes={REQUIRETLS_NOTE: True})
+    line = failed_status(env, uuid)["line"]
+    assert "status=5.7.30" in line and "REQUIRETLS" in line
+    assert not [d for d in server.deliveries if d.rcpt_to == ["u@named.test"]]
+    env.wait(lambda: env.logged(f"bounced id={uuid}"), 60)
