@@ -381,12 +381,12 @@ class MXServer(Controller):
         deadline = time.monotonic() + 10
         while not all(s.closed for s in self.sessions) and time.monotonic() < deadline:
             time.sleep(0.01)  # the probe (not always the first: a client may come at once) closes
-        with self._lock:  # the closed ones go; a client's open connection stays known (and is cut at stop)
-            kept = [(rec, t) for rec, t in zip(self.sessions, self._transports, strict=True)
-                    if not rec.closed]
-            self.sessions = [rec for rec, _ in kept]
-            self._transports = [t for _, t in kept]
-            self.current = self.high_water = len(kept)
+        with self._lock:  # counted from now on; a client's connection already open is not a
+            # session of the test's, but is still cut at stop (else its transport is left unclosed)
+            self._transports = [t for rec, t in zip(self.sessions, self._transports, strict=True)
+                                if not rec.closed]
+            self.sessions.clear()
+            self.current = self.high_water = 0
         return self
 
     def _close_all(self, abort: bool) -> None:

@@ -11,6 +11,7 @@ days older than ``KEEP_DAYS`` are removed as a new day begins.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -136,14 +137,8 @@ def _sent(row: dict[str, Any]) -> Sent:
                 tenant=row.get("tenant"), campaign=row.get("campaign"))
 
 
-_indexes: dict[Path, Index] = {}
-_indexes_lock = threading.Lock()
-
-
+@functools.cache
 def index_for(root: Path) -> Index:
-    """This process's writer for a queue root (one open day file each)."""
-    with _indexes_lock:
-        found = _indexes.get(root)
-        if found is None:
-            found = _indexes[root] = Index(root)
-        return found
+    """This process's writer for a queue root (one open day file each; two made at once by a
+    race would each append whole lines, harmlessly)."""
+    return Index(root)
