@@ -35,6 +35,7 @@ from mailflow.relay.security import for_route
 from mailflow.relay.tlspolicy import names_domain
 from mailflow.relay.tlsrpt import TLS_REPORT_NOTE
 from mailflow.wire.payloads import Batch, Outcome, Parcel, Route
+from mailflow.wire.requiretls import TLS_OPTIONAL_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
             if found is None:
                 continue
             mxs, bind, helo = found
-            exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE))
+            # a TLS report, or a message whose sender said TLS-Required: No: tls.ini's policy only
+            exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE) or hmail.todo.notes.get(TLS_OPTIONAL_NOTE))
             if domain not in seen and (batch.site is not None or not sites.fresh(domain)):
                 seen[domain] = _site_of(domain, mxs, exempt, cfg)
             tenant = str(hmail.todo.notes.get(TENANT_NOTE) or "") or None

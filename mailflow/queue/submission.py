@@ -29,6 +29,7 @@ from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import NewEntry, Spool, now_ms
 from mailflow.queue.todo import ToDo
 from mailflow.wire.names import tenant_tag
+from mailflow.wire.requiretls import REQUIRETLS_NOTE, TLS_OPTIONAL_NOTE, tls_optional
 
 log = logging.getLogger("mailflow.queue")
 
@@ -117,13 +118,18 @@ def sign_file(stored: IO[bytes], sign: Signing, directory: Path) -> IO[bytes]:
     if not sign.wanted(stored.read(CHUNK)):
         return stored
     stored.seek(0)
-    signature = sign(msg.dot_unstuff(stored.read()))
+    whole = msg.dot_unstuff(stored.read())
+    seven = sevenbit.convert(whole) if sevenbit.needs(whole) else whole  # signed as it will go
+    signature = sign(seven)
     if not signature:
         return stored
     out = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - the caller closes it
     out.write(msg.dot_stuff(signature))
-    stored.seek(0)
-    shutil.copyfileobj(stored, out)
+    if seven is whole:
+        stored.seek(0)
+        shutil.copyfileobj(stored, out)
+    else:
+        out.write(msg.dot_stuff(seven))
     stored.close()
     return out
 
@@ -253,6 +259,8 @@ def prepare_message(mail_from: Address, rcpt_to: list[Address], message: bytes |
         raise QueueError(f"queue write failed: {exc.strerror or exc}") from exc
     arrival = now_ms()
     entries = []
+    if tls_optional(head) and not (notes or {}).get(REQUIRETLS_NOTE):  # RFC 8689 5
+        notes = {**(notes or {}), TLS_OPTIONAL_NOTE: True}
     tenant = (notes or {}).get(TENANT_NOTE)
     stem = f"{txn}.t{tenant_tag(str(tenant))}" if tenant else txn  # the queue manager's turns
     # a VERP return path names one recipient: each gets an entry of its own

@@ -123,7 +123,7 @@ class MailflowSMTP(ListedOnce, SMTP):
             self.mf_requiretls = True
             words = [w for w in words if w.upper() != "REQUIRETLS"]
             params = " ".join(words)
-        unknown = [w for w in words if "=" in w and w.partition("=")[0].upper() not in KNOWN_PARAMETERS]
+        unknown = [w for w in words if w.partition("=")[0].upper() not in KNOWN_PARAMETERS]
         if unknown:  # aiosmtpd's own refusal would not say which
             self.mf_dsn = ({}, f"555 5.5.4 {unknown[0].partition('=')[0][:40]} parameter not "
                            "recognized or not implemented")

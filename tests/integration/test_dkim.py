@@ -298,3 +298,17 @@ def test_an_unsigned_8bit_message_goes_as_it_came_to_a_next_hop_offering_8bitmim
     assert "Café crème".encode() in message
     [seen] = [d for d in eight.deliveries if token.encode() in d.data]
     assert "BODY=8BITMIME" in seen.mail_options
+
+
+def test_a_large_8bit_message_is_made_7bit_before_it_is_signed_too(env, mx):
+    """Kept in a file rather than in memory (mailflow/queue/submission.py sign_file)."""
+    server = mx(eightbitmime=False)
+    token = uuidlib.uuid4().hex
+    text = eight_bit_text(token, f"a@{SIGNED}") + "Café crème, encore une fois.\n" * 120_000
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=30) as s:  # type: ignore[attr-defined]
+        s.sendmail(f"a@{SIGNED}", ["u@dest.test"], text.replace("\n", "\r\n").encode(),
+                   mail_options=["BODY=8BITMIME"])
+    message = delivered(env, server, token)
+    assert len(message) > 3_000_000 and message.isascii()
+    assert decoded_text(message) == text.split("\n\n", 1)[1]
+    assert verified(env, message) == BOTH

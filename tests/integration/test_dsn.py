@@ -67,6 +67,8 @@ def test_the_listener_offers_dsn_and_checks_its_parameters(env: Env):
         c.rset()
         code, text = c.docmd("MAIL FROM:<a@sender.test> XFOO=1")
         assert (code, text) == (555, b"5.5.4 XFOO parameter not recognized or not implemented")
+        code, text = c.docmd("MAIL FROM:<a@sender.test> XBARE")
+        assert (code, text) == (555, b"5.5.4 XBARE parameter not recognized or not implemented")
 
 
 def test_a_failure_notice_quotes_envid_and_orcpt_as_given_and_ret_hdrs_sends_headers_only(env: Env, mx):

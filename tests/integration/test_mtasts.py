@@ -21,7 +21,8 @@ from harness.httpsserver import Answer, HTTPSServer
 from tests.support.pipeline import ZONES, Env, make_env
 
 POLICY_IP = "127.0.0.5"
-MX_NAMES = [f"mx.{n}.test" for n in ("enf", "out", "bad", "tst", "plain", "restart", "rpt", "reports")] + \
+MX_NAMES = [f"mx.{n}.test" for n in ("enf", "out", "bad", "tst", "plain", "restart", "rpt", "reports",
+                                      "opt")] + \
            [f"mx.{kind}-{case}.test" for kind in ("n", "c")
             for case in ("down", "slow", "big", "type", "redirect")]
 
@@ -135,6 +136,22 @@ def test_enforce_with_a_bad_certificate_or_no_tls_defers_and_sends_nothing(env, 
     assert all(s.deliveries == [] for s in server.sessions)
     results = {r["r"] for r in reported(env, "bad.test")}
     assert ("certificate-not-trusted" if case == "untrusted" else "starttls-not-supported") in results
+
+
+def test_tls_required_no_lets_a_message_past_an_enforced_policy_that_fails(env, mx):
+    """RFC 8689 5 (issue 29 item 4): with the header, the policy's failure does not stop the
+    message (tls.ini's own policy still holds: opportunistic here); without it, it waits."""
+    other = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("mx.opt.test").configure_cert(other)
+    server = mx(host="127.0.0.3", tls_context=other)
+    serve(env, "opt.test", mx_ip="127.0.0.3", answer=Answer(policy("enforce", "mx.opt.test")))
+    held = env.send("held@opt.test")
+    free = env.send("free@opt.test", body="TLS-Required: No\nSubject: optional\n\nhello\n")
+    env.wait(lambda: [d for d in server.deliveries if d.rcpt_to == ["free@opt.test"]], 60)
+    assert env.deferral(held)["status"] == "4.7.5"
+    [seen] = [d for d in server.deliveries if d.rcpt_to == ["free@opt.test"]]
+    assert b"TLS-Required: No" in seen.data  # the header goes on with the message
+    assert not env.entries("pending", free)
 
 
 def test_testing_mode_delivers_and_reports_the_failure(env, mx):
