@@ -45,9 +45,13 @@ def match(cfg: Config, report: Returned) -> Original | None:
     index = tracking.index_for(cfg.queue_path())
     for address in report.return_paths:
         found = verp.parse(address, cfg.outbound.verp_domain)
-        if found is not None:
-            entry_id, rcpt = found
-            return Original(entry_id, [rcpt], index.by_id(entry_id))
+        if found is None:
+            continue
+        entry_id, rcpt = found
+        sent = index.by_id(entry_id)
+        # anyone can write to the return path: only an entry mailflow queued, for that recipient
+        if sent is not None and rcpt.lower() in {r.lower() for r in sent.entries.get(entry_id, [])}:
+            return Original(entry_id, [rcpt], sent)
     sent = index.by_message_id(report.message_id) if report.message_id else None
     if sent is None:
         return None

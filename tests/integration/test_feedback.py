@@ -152,3 +152,19 @@ def test_what_is_not_a_report_is_refused_and_an_unknown_one_only_logged(env: Env
     done = env.inst.mailflow("ingest", input=unknown)
     assert done.returncode == 0 and b"no original found" in done.stdout
     assert b"unmatched report=complaint message_id=<never-sent@x.test>" in done.stderr
+
+
+def test_a_forged_verp_address_suppresses_nobody(env: Env, mx):
+    """The return path takes mail from anyone: an address naming an entry never queued, or an
+    entry and someone who was not its recipient, matches nothing."""
+    tag = uuidlib.uuid4().hex[:8]
+    rcpt = f"real-{tag}@dest.test"
+    server = mx()
+    env.send(rcpt)
+    sender = delivered_from(env, server, rcpt)
+    victim = sender.replace(f"=real-{tag}=dest.test@", f"=victim-{tag}=dest.test@")
+    never = "b+00000000-0000-0000-0000-000000000000.1=" + f"victim-{tag}=dest.test@{VERP}"
+    for address in (victim, never):
+        done = env.inst.mailflow("ingest", "-", input=arf(address, "From: a@sender.test\n"))
+        assert done.returncode == 0 and b"no original found" in done.stdout, done.stdout
+    assert suppressed(env, f"victim-{tag}@dest.test") is None
