@@ -245,7 +245,9 @@ def test_pool_timeout_zero_means_one_connection_per_message(env, mx):
     env.wait(lambda: sum(len(s.deliveries) for s in ours()) >= 500, timeout=120)
     env.wait(lambda: all(s.closed for s in server.sessions), timeout=30)
     assert len(ours()) == 500
-    assert all(len(s.deliveries) == 1 and s.quit for s in server.sessions)
+    odd = [(s.peer, [d.rcpt_to for d in s.deliveries], s.quit, s.closed) for s in server.sessions
+           if not (len(s.deliveries) == 1 and s.quit)]
+    assert odd == [], (odd[:5], env.inst.dump_logs()[-6000:])  # flaky under the full suite: say which
     empty = [s for s in server.sessions if not s.deliveries]  # a connection opened for nothing
     assert empty == [], env.inst.dump_logs()[-6000:]
 
