@@ -228,11 +228,17 @@ class Courier:
     def run(self) -> None:
         self._todo = deque(self.ledger.items())
         self._started = time.monotonic()
+        first = None
         if _KNOWN_SLOW.get(self.receiver, 0.0) > self._started and len(self._todo) > 1:
-            self._found_slow()  # the first message's lane is not the only one for long
+            # the first lane keeps its message for the session it already has; the rest
+            # is shared from the start (else the lanes could take every message, leaving
+            # that session to be closed unused)
+            first = self._take()
+            self._found_slow()
         try:
             while True:
-                self._drive(self.first)
+                self._drive(self.first, first)
+                first = None
                 self._join_lanes()
                 if not self._todo:  # a lane that lost its session put its message back
                     return

@@ -252,6 +252,25 @@ def test_pool_timeout_zero_means_one_connection_per_message(env, mx):
     assert empty == [], env.inst.dump_logs()[-6000:]
 
 
+def test_a_known_slow_receivers_batches_use_the_connection_they_have(env, mx):
+    """A receiver found slow has its next batches shared over extra lanes from their first
+    message; each batch's own session carries one of them, never closed unused (it was,
+    when the lanes took every message first: an empty session each time, under load)."""
+    server = mx("127.0.0.3", delay={"DOT": 0.3})
+    route = {"mx": f"127.0.0.3:{PORT}"}  # a receiver of its own: slowness is remembered per MX set
+    env.configure(pool_timeout=0)
+    for n in range(5):  # one batch whose first message is slow: the receiver is known slow now
+        env.send(f"u{n}@slowfirst.test", notes=route)
+    server.wait_for(5, timeout=60)
+    env.wait(lambda: all(s.closed for s in server.sessions), timeout=30)
+    for n in range(100):
+        env.send(f"v{n}@slowthen.test", notes=route)
+    server.wait_for(105, timeout=120)
+    env.wait(lambda: all(s.closed for s in server.sessions), timeout=30)
+    empty = [s.peer for s in server.sessions if not s.deliveries]
+    assert empty == [], f"{len(empty)} of {len(server.sessions)} sessions carried no message"
+
+
 def test_idle_connection_quits_after_pool_timeout(env, mx):
     server = mx()
     env.configure(pool_timeout=2)
