@@ -373,9 +373,16 @@ class Config:
         return self._tls_outbound
 
     def route_for(self, domain: str) -> routes.Route | None:
-        """routes.ini's most specific route for ``domain``, else relay_host's; None: DNS."""
+        """routes.ini's most specific route with a ``via`` for ``domain``, else relay_host's;
+        None: DNS."""
         self._reload_if_changed()
         return routes.find(self._routes, domain, self._relay)
+
+    def route_pool(self, domain: str) -> str | None:
+        """The egress pool routes.ini's most specific section with a ``pool`` gives ``domain``."""
+        self._reload_if_changed()
+        found = routes.find(self._routes, domain, having="pool")
+        return found.pool if found is not None else None
 
     def shared_redis(self) -> str | None:
         """The Redis every host shares (shaping_redis, else a Redis broker), or None."""

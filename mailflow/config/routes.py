@@ -7,7 +7,8 @@ specific section wins.  Keys: ``via`` (``host[:port]``, ``[ip]:port``, or a comm
 tried in order; no MX lookup), ``lmtp``, ``auth_user`` with ``auth_pass_file`` (a file
 holding the password on its first line, relative to the config directory), ``tls``
 (``none``, ``opportunistic``, ``required``, ``verify``), ``bind``, ``bind_helo``, ``pool``
-(an egress.ini pool).
+(an egress.ini pool).  A section with ``pool`` and no ``via`` only picks the pool: its
+mail goes where it would without it (``relay_host``, else DNS).
 
 A route becomes the same MX list a ``get_mx`` answer would (so its password is sealed
 on the broker like one), and wins over ``relay_host`` and DNS; a ``get_mx`` answer wins
@@ -29,10 +30,11 @@ KEYS = tuple(k.name for k in ROUTE_KEYS)
 
 @dataclass(frozen=True)
 class Route:
-    """Where mail for the domains ``pattern`` names goes: ``via``, tried in order."""
+    """Where mail for the domains ``pattern`` names goes: ``via``, tried in order (none:
+    the section only picks an egress ``pool``)."""
 
     pattern: str  #: ``example.com``, ``.example.org`` or ``*`` (``relay_host``: ``*`` too)
-    via: tuple[tuple[str, int | None], ...]
+    via: tuple[tuple[str, int | None], ...] = ()
     lmtp: bool = False
     auth_user: str | None = None
     auth_pass: str | None = field(default=None, repr=False)
@@ -56,11 +58,13 @@ class Route:
                 for n, (host, port) in enumerate(self.via)]
 
 
-def find(routes: tuple[Route, ...], domain: str, fallback: Route | None = None) -> Route | None:
-    """The most specific route for ``domain``: exact, then the longest suffix, then ``*``;
-    else ``fallback`` (``relay_host``)."""
+def find(routes: tuple[Route, ...], domain: str, fallback: Route | None = None,
+         having: str = "via") -> Route | None:
+    """The most specific route for ``domain`` among those that set ``having`` (``via``: the
+    routes that say where mail goes; ``pool``: those that pick its egress pool): exact,
+    then the longest suffix, then ``*``; else ``fallback`` (``relay_host``)."""
     domain = domain.lower().rstrip(".")
-    found = [r for r in routes if r.matches(domain)]
+    found = [r for r in routes if getattr(r, having) and r.matches(domain)]
     exact = [r for r in found if r.pattern == domain]
     if exact:
         return exact[0]
@@ -141,7 +145,12 @@ def route_from(config_dir: Path, path: Path, pattern: str, keys: dict[str, Value
         except ValueError as exc:
             raise ConfigError(path, raw.line, f"{names[ours]} {exc}") from None
     if "via" not in values:
-        raise ConfigError(path, line, f"{names['via']} is missing: where does this mail go?")
+        if "pool" not in values:
+            raise ConfigError(path, line, f"{names['via']} is missing: where does this mail go?")
+        given = sorted(names["auth_pass_file" if k == "auth_pass" else k] for k in values if k != "pool")
+        if given:
+            raise ConfigError(path, line, f"{', '.join(given)} need {names['via']}: a section "
+                              "without it only picks the egress pool (its mail goes by relay_host or DNS)")
     if ("auth_user" in values) != ("auth_pass" in values):
         raise ConfigError(path, line, f"{names['auth_user']} and {names['auth_pass_file']} go together")
     return Route(pattern=pattern, **values)

@@ -468,7 +468,7 @@ POOL_KEYS = (
 
 ROUTE_KEYS = (
     Key("via", "list of host[:port]", "", "where the mail goes, tried in order: host[:port], "
-        "[ip]:port; no MX lookup"),
+        "[ip]:port; no MX lookup (a section with only pool has none)"),
     Key("lmtp", "boolean", "false", "speak LMTP (a mailbox server's LMTP port)"),
     Key("auth_user", "text", "", "AUTH to the next hop as this user"),
     Key("auth_pass_file", "path", "", "a file whose first line is auth_user's password "
@@ -476,7 +476,8 @@ ROUTE_KEYS = (
     Key("tls", "none, opportunistic, required or verify", "",
         "what TLS the next hop must offer; verify checks its certificate against tls.ini's ca "
         "(default: tls.ini's [outbound] policy)"),
-    Key("pool", "text", "", "the egress pool (egress.ini) this destination's mail leaves from"),
+    Key("pool", "text", "", "the egress pool (egress.ini) this destination's mail leaves from; "
+        "without via, the section picks only the pool and the mail goes by relay_host or DNS"),
     Key("bind", "IP address", "", "the source address to connect from"),
     Key("bind_helo", "host name", "", "the name to greet the next hop with (default: me)"),
 )

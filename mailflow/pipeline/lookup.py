@@ -154,10 +154,7 @@ def pool_for(tenant_name: str | None, domain: str, cfg: Config) -> str | None:
     tenant = cfg.tenants.by_name.get(tenant_name or "")
     if tenant is not None and tenant.pool is not None:
         return tenant.pool
-    route = cfg.route_for(domain)
-    if route is not None and route.pool is not None:
-        return route.pool
-    return cfg.egress.default_pool
+    return cfg.route_pool(domain) or cfg.egress.default_pool
 
 
 def _site_of(domain: str, mxs: list[MX], exempt: bool, cfg: Config) -> str | None:

@@ -46,7 +46,9 @@ sources = mta3
 """
 TENANTS = "[tenant:bulkco]\npool = bulk\n\n[tenant:warmco]\npool = warm\n"
 
-env = module_env("egress", files={"egress.ini": EGRESS, "tenants.ini": TENANTS})
+ROUTES = "[implicit.test]\npool = bulk\n"  # the pool only: the mail still goes by DNS
+
+env = module_env("egress", files={"egress.ini": EGRESS, "tenants.ini": TENANTS, "routes.ini": ROUTES})
 
 
 def _sessions_by_peer(server) -> list[tuple[str, str | None]]:
@@ -73,6 +75,14 @@ def test_a_tenants_pool_wins_over_the_default(env: Env, mx):
     until(lambda: len(server.deliveries) >= 3 and not env.inst.all_files(), 60)
     assert {peer for peer, _ in _sessions_by_peer(server)} == {"127.0.0.6"}
     assert env.logged("source=mta3") and env.logged("tenant=bulkco")
+
+
+def test_a_routes_pool_without_via_picks_the_source_and_dns_the_way(env: Env, mx):
+    server = mx()
+    write_due(env.inst.queue_dir / "pending", 3, "implicit.test", {})
+    until(lambda: len(server.deliveries) >= 3 and not env.inst.all_files(), 60)
+    assert {peer for peer, _ in _sessions_by_peer(server)} == {"127.0.0.6"}  # mta3, not main's
+    assert env.logged("source=mta3") and env.logged("host=implicit.test")  # its implicit MX
 
 
 def test_a_warm_up_cap_moves_the_next_message_to_the_pools_other_source(env: Env, mx):

@@ -73,6 +73,8 @@ def test_relay_host_is_the_last_resort(tmp_path):
 @pytest.mark.parametrize("text,error", [
     ("[example.com]\nvia = a b\n", "routes.ini:2: via 'a b' is not host[:port]"),
     ("[example.com]\nlmtp = true\n", "routes.ini:1: via is missing"),
+    ("[example.com]\npool = p\nauth_user = u\nauth_pass_file = /etc/hostname\ntls = none\n",
+     "routes.ini:1: auth_pass_file, auth_user, tls need via: a section without it only picks"),
     ("[example.com]\nvia = x\ntls = strict\n", "routes.ini:3: tls must be one of none, opportunistic"),
     ("[example.com]\nvia = x\nvai = y\n", "routes.ini:3: unknown key 'vai' (did you mean 'via'?)"),
     ("[example.com]\nvia = x\nauth_user = u\n", "routes.ini:1: auth_user and auth_pass_file go together"),
@@ -102,3 +104,20 @@ def test_find_prefers_exact_then_longest_suffix_then_star():
             routes.Route(".a.b.c", (("y", None),)), routes.Route("a.b.c", (("z", None),)))
     assert [routes.find(made, d).via[0][0] for d in ("a.b.c", "q.a.b.c", "q.b.c", "b.c", "z")] == \
         ["z", "y", "x", "s", "s"]
+
+
+def test_a_section_with_only_a_pool_picks_the_pool_and_leaves_the_way(tmp_path):
+    """``pool`` without ``via``: the mail leaves from that pool and goes where it would have
+    gone without the section -- relay_host here, DNS when there is none."""
+    (tmp_path / "egress.ini").write_text("[source:s1]\naddress = 127.0.0.4\nehlo = s1.test\n\n"
+                                         "[pool:bulk]\nsources = s1\n")
+    (tmp_path / "routes.ini").write_text("[.example.com]\npool = bulk\n\n[a.example.com]\n"
+                                         "via = 127.0.0.2\n")
+    (tmp_path / "outbound.ini").write_text("relay_host = [127.0.0.9]:2525\n")
+    cfg = configmod.Config(tmp_path)
+    assert cfg.route_for("b.example.com").via == (("127.0.0.9", 2525),)  # relay_host, not DNS
+    assert cfg.route_pool("b.example.com") == "bulk"
+    assert cfg.route_for("a.example.com").via == (("127.0.0.2", None),)  # its own way, the pool kept
+    assert cfg.route_pool("a.example.com") == "bulk" and cfg.route_pool("other.test") is None
+    (tmp_path / "outbound.ini").write_text("")
+    assert configmod.Config(tmp_path).route_for("b.example.com") is None  # DNS
