@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import smtplib
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from mailflow import config
+from mailflow.config.egress import Source
 from mailflow.config.loader import Config
 from mailflow.config.settings import Outbound
 from mailflow.errors import DeliveryError, Reply, Throttled, local_reply
@@ -25,6 +27,7 @@ from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_all, fail_each, record
 from mailflow.queue.sites import site_key
 from mailflow.queue.spool import Spool, now_ms
+from mailflow.relay import warmup
 from mailflow.relay.client import EndOfDataTimeout, NextAddress, Session
 from mailflow.relay.pool import POOL, NoSlot
 from mailflow.wire.dsnparams import Dsn
@@ -86,6 +89,11 @@ def drop_ticket(ticket: str | None) -> None:
     session = POOL.collect(ticket)
     if session is not None:
         POOL.release(session, config.current().outbound)
+
+
+def accepted(outcome: Outcome | None) -> bool:
+    """Whether the receiver took the message for at least one recipient."""
+    return outcome is not None and any(200 <= r.code < 300 for r in outcome.results.values())
 
 
 def outcome_of(session: Session) -> Outcome:
@@ -272,6 +280,7 @@ class Courier:
                 return
             if lane.session is not None and lane.session.source and not self._warm(lane, item):
                 return
+            warming = self._warming(lane)
             took = time.monotonic()
             lane.last = None
             try:
@@ -280,6 +289,8 @@ class Courier:
                 outcome = outcome_of(lane.session) if lane.session is not None else None
                 lane.discard()
                 self.ledger.crashed(item, exc, outcome)
+            if warming is not None and not accepted(lane.last):
+                warmup.give_back(*warming)  # a deferral's retry must not count twice
             if lane.last is not None:
                 SAMPLER.attempt(self.shaping.destination(lane.last.host, lane.last_source),
                                 time.monotonic() - took)
@@ -332,6 +343,13 @@ class Courier:
                 self._todo.appendleft(item)
             return False
         return self._warm(lane, item)
+
+    def _warming(self, lane: Lane) -> tuple[Source, datetime.date] | None:
+        """The warming source whose allowance the next message over ``lane`` has just taken
+        (``_warm``), and the day it counts on."""
+        name = lane.session.source if lane.session is not None else None
+        source = self.cfg.egress.sources.get(name) if name else None
+        return (source, warmup.today()) if source is not None and source.warmup else None
 
     def _rules(self, session: Session) -> str:
         """The rules over ``session``'s destination, as a hold names them."""

@@ -2,7 +2,9 @@
 on its second, ... (egress.ini ``warmup = N1, N2, …``), as mailbox providers expect of an
 address they do not know yet; past the list, no cap.
 
-Counted on the host that has the address (a source address is one host's), in
+A message counts when the receiver accepts it: one it deferred, refused or never saw (a
+broken connection) gives its place back, so retries of a deferred message do not eat the
+day's allowance.  Counted on the host that has the address (a source address is one host's), in
 ``<state>/warmup/<source>.json`` -- the day of first use, today's date and today's count --
 under a file lock, so that every worker process of the host counts into one figure.  Mail
 over a source's cap goes to the pool's other sources; when none has room it waits in
@@ -110,3 +112,14 @@ def take(source: Source, on: datetime.date | None = None) -> bool:
             record["date"], record["count"] = on.isoformat(), 0
         record["count"] = int(record.get("count", 0)) + 1  # type: ignore[call-overload]
         return True
+
+
+def give_back(source: Source, on: datetime.date) -> None:
+    """Uncount a message taken on ``on`` that the receiver did not accept (nothing once
+    that day is over: its count no longer matters)."""
+    if not source.warmup:
+        return
+    with _locked(source) as record:
+        count = record.get("count", 0)
+        if record.get("date") == on.isoformat() and isinstance(count, int) and count > 0:
+            record["count"] = count - 1

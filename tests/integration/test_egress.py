@@ -35,6 +35,15 @@ warmup = 20, 40
 address = 127.0.0.8
 ehlo = mta5.sender.test
 
+[source:mta6]
+address = 127.0.0.10
+ehlo = mta6.sender.test
+warmup = 10
+
+[source:mta7]
+address = 127.0.0.11
+ehlo = mta7.sender.test
+
 [pool:main]
 sources = mta1:3, mta2:1
 
@@ -43,8 +52,11 @@ sources = mta4:100, mta5:1
 
 [pool:bulk]
 sources = mta3
+
+[pool:warm2]
+sources = mta6:100, mta7:1
 """
-TENANTS = "[tenant:bulkco]\npool = bulk\n\n[tenant:warmco]\npool = warm\n"
+TENANTS = "[tenant:bulkco]\npool = bulk\n\n[tenant:warmco]\npool = warm\n\n[tenant:warm2co]\npool = warm2\n"
 
 ROUTES = "[implicit.test]\npool = bulk\n"  # the pool only: the mail still goes by DNS
 
@@ -94,6 +106,20 @@ def test_a_warm_up_cap_moves_the_next_message_to_the_pools_other_source(env: Env
     assert by_peer == {"127.0.0.7": 20, "127.0.0.8": 10}  # 100:1 by weight, but mta4 has 20 today
     stats = json.loads(env.inst.mailflow("queue", "stats", "--json").stdout)
     assert stats["warmup:mta4:day"] == 1 and stats["warmup:mta4:left"] == 0
+
+
+def test_a_message_the_receiver_did_not_take_leaves_the_warm_up_allowance_alone(env: Env, mx):
+    """Five messages deferred at the dot do not count: the ten the receiver takes all leave
+    from the source capped at ten a day (its retries would otherwise eat the allowance)."""
+    server = mx(script={"DOT": ["451 4.3.0 later"] * 5})
+    env.configure(pool_timeout=0)
+    write_due(env.inst.queue_dir / "pending", 15, "dest.test", {"tenant": "warm2co"})
+    until(lambda: len(server.deliveries) >= 10 and env.logs().count("tenant=warm2co") >= 15
+          and env.logs().count("451 4.3.0 later") >= 5, 90)
+    taken = Counter(s.peer[0] for s in server.sessions if s.deliveries)
+    assert taken == {"127.0.0.10": 10}, taken
+    stats = json.loads(env.inst.mailflow("queue", "stats", "--json").stdout)
+    assert stats["warmup:mta6:left"] == 0
 
 
 def test_a_source_address_this_host_lacks_stops_the_worker_with_one_line(make_instance):
