@@ -110,11 +110,13 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
     if rules:  # the destination's connection, idle a moment, its place under the rules kept
         kept = POOL.take_leased(found, helo=helo, bind=bind, need_for=security.need, rules=rules)
         if kept is not None:
+            POOL.serve(kept, route.turn)
             return kept
     lease = shaping.lease(found[0].mx.exchange, bind)
     try:
         session = POOL.acquire(found, helo=helo, bind=bind, settings=settings, tls=tls,
-                               domain=route.domain, wait=wait, evict=evict, need_for=security.need)
+                               domain=route.domain, wait=wait, evict=evict, need_for=security.need,
+                               grant=route.slot_grant)
     except BaseException as exc:
         if lease is not None:
             lease.release()
@@ -127,6 +129,7 @@ def session_for(route: Route, cfg: Config, *, wait: float = 0.0, evict: bool = T
         else:
             lease.release()
     session.source = source
+    POOL.serve(session, route.turn)
     return session
 
 
@@ -199,7 +202,7 @@ def _wait_for_slot(spool: Spool, route: Route, hmails: list[HMail], exc: NoSlot,
     if waiting is None:
         fail_each(spool, hmails, exc, cfg.outbound)
         return
-    POOL.wait_for_slot(exc.ips, lambda: again(waiting), cfg.outbound, domain=route.domain)
+    POOL.wait_for_slot(exc.ips, lambda grant: again(waiting.granted(grant)), cfg.outbound, turn=route.turn)
 
 
 def still_waiting(route: Route) -> Route | None:

@@ -172,8 +172,8 @@ def acquire_parcel(parcel: Parcel, cfg: Config, hand_on: HandOn, again: Again | 
     except NoSlot as exc:
         waiting = still_waiting(parcel.route) if again is not None else None
         if again is not None and waiting is not None:
-            later = dataclasses.replace(parcel, route=waiting)
-            POOL.wait_for_slot(exc.ips, lambda: again(later), cfg.outbound, domain=parcel.route.domain)
+            POOL.wait_for_slot(exc.ips, lambda grant: again(dataclasses.replace(
+                parcel, route=waiting.granted(grant))), cfg.outbound, turn=parcel.route.turn)
             return
         ledger.fail_each(letters, exc)
         _done(parcel, ledger)

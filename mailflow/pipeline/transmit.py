@@ -48,6 +48,14 @@ KNOWN_SLOW_FOR = 300.0
 #: connection or a batch at a time; a look that finds none costs a thread each).
 LANES_PER_LOOK = 4
 
+#: A lane that has sent for this long (s) gives its connection up after its message when a
+#: batch of another turn (another domain, another tenant's mail) with fewer connections at
+#: its address waits for a slot there, as a scheduler's time slice: a fast receiver's
+#: batch ends well within it, and a slow one's backlog no longer keeps everyone else's mail
+#: for that receiver waiting behind each of its batches.  What is left of the batch is due
+#: again at once, claimed in its turn.
+TURN_QUANTUM = 2.0
+
 #: Receivers (by their MX set: mailflow/queue/sites.py) found slow in this worker, and until
 #: when (monotonic seconds): every domain they host is as slow.
 _KNOWN_SLOW: dict[str, float] = {}
@@ -299,10 +307,29 @@ class Courier:
                 if pause > 0:
                     self._hold([*self._take_all()], pause, "suspended", self._rules(lane.session))
                     return
+            if self._yields(lane):
+                if primary:  # the lanes yield too; what none of them took is due again
+                    self._join_lanes()
+                    self._hand_back_for_others()
+                return
             if primary and not self._slow and time.monotonic() - took >= SLOW_MESSAGE:
                 self._found_slow()
             elif primary and self._slow:
                 self._spread(LANES_PER_LOOK)  # room another batch or connection left
+
+    def _yields(self, lane: Lane) -> bool:
+        """Whether ``lane`` has had its time slice and a batch of another turn waits for
+        a slot at its address (TURN_QUANTUM)."""
+        session = lane.session
+        return (session is not None and time.monotonic() - lane.since >= TURN_QUANTUM
+                and POOL.owes_room(session.key.ip, self.route.turn))
+
+    def _hand_back_for_others(self) -> None:
+        rest = self._take_all()
+        if rest:
+            back = self.ledger.give_back(rest)
+            log.info("batch for %s gives its connection up to mail waiting for one: %d entries "
+                     "due again", self.route.domain, back)
 
     def _shaped(self, lane: Lane, item: Any) -> bool:
         """Whether ``item`` may go now under shaping.ini; if not, it and the rest wait."""
@@ -457,6 +484,7 @@ class Lane:
         self.why: BaseException | None = None  #: why :meth:`ready` found no session
         self.last: Outcome | None = None  #: the outcome of the message it sent last
         self.last_source: str | None = None  #: the source address it was sent from
+        self.since = time.monotonic()  #: when it began to send (its time slice)
 
     def let_go(self) -> None:
         if self.session is not None:

@@ -113,6 +113,9 @@ class Session:
     lease: Any = None  #: its place under a shaping rule's max_connections (relay/shaping.py)
     source: str | None = None  #: the egress source (egress.ini) it was opened from, by name
     dsn_taken: bool = False  #: its last transaction passed the client's DSN parameters on
+    #: whose mail it carries now: a domain, or a tenant's mail for it (relay/pool.py counts
+    #: each turn's connections at an address by it)
+    turn: str | None = None
 
     @property
     def host(self) -> str:

@@ -20,7 +20,12 @@ for slots, no transmit could run to free one, and every session would sit idle
 until the wait timed out (seen as two-minute stalls under load).  So
 :meth:`Pool.acquire` raises :class:`NoSlot` at once unless told to wait, and a
 task that meets it leaves a *waiter* (:meth:`Pool.wait_for_slot`): a callback
-that re-publishes the task once a slot at one of its addresses frees.
+that re-publishes the task once a slot at one of its addresses frees.  The room
+that woke it is *granted* to it: the slot stays reserved (or the idle session
+that freed stays out of the idle list) under a token its task brings back, so
+that while the task crosses the broker no running batch's lane, nor a new
+batch, takes it -- else a waiting batch (another tenant's, a one-message
+domain's) would lose every freed slot to a backlog's lanes.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ TICKET_TTL = 600.0
 #: the destination's next batch (Postfix's smtp_connection_cache_time_limit is 2 s too):
 #: mail that arrives while a rule's one connection is busy goes over it, not a new one.
 LEASED_IDLE = 2.0
+#: A woken waiter's granted room is kept for it this long (s): its task crosses the broker to
+#: take it; past that (the task was lost), the room is freed again.
+GRANT_TTL = 30.0
 #: A waiter is woken at least this often, so that its task renews its claim's lease
 #: and gives up after SLOT_WAIT even when no slot frees.
 WAITER_RECHECK = 20.0
@@ -68,10 +76,21 @@ class Waiter:
     """A task waiting for a slot at one of ``ips``: ``wake`` re-publishes it."""
 
     ips: frozenset[str]
-    wake: Callable[[], None]
+    #: called with the token of the room granted to it (None: none, look again)
+    wake: Callable[[str | None], None]
     since: float = field(default_factory=time.monotonic)
-    #: the recipient domain of its batch: slots go to the waiting domains in turn
-    domain: str = ""
+    #: its batch's recipient domain, or one tenant's mail for it: slots go to them in turn
+    turn: str = ""
+
+
+@dataclass
+class Grant:
+    """Room kept for a woken waiter: a reserved slot at ``ip``, with the idle session that
+    freed it when there was one."""
+
+    ip: str
+    session: Session | None
+    until: float
 
 
 class Pool:
@@ -86,9 +105,14 @@ class Pool:
         self._reaper: threading.Thread | None = None
         self._kick = threading.Event()
         self._stopping = threading.Event()
-        #: the waiters by domain, the domains in turn order (a domain served goes last)
+        #: the waiters by turn (a domain, or a tenant's mail for it), in turn order (one
+        #: served goes last)
         self._waiters: dict[str, deque[Waiter]] = {}
-        self._woken: list[Waiter] = []
+        self._woken: list[tuple[Waiter, str | None]] = []
+        #: room kept for woken waiters, by the token their task brings back
+        self._grants: dict[str, Grant] = {}
+        #: connections in use by (address, turn) (Session.turn)
+        self._using: Counter[tuple[str, str]] = Counter()
 
     # -- accounting ------------------------------------------------------------------
 
@@ -155,16 +179,27 @@ class Pool:
 
     def acquire(self, targets: list[Target], *, helo: str, bind: str | None, settings: Outbound, tls: Tls,
                 domain: str, wait: float = 0.0, evict: bool = True,
-                need_for: Callable[[Target], TlsNeed] | None = None) -> Session:
+                need_for: Callable[[Target], TlsNeed] | None = None, grant: str | None = None) -> Session:
         """A ready session to the first address that takes one.
 
         Raises NoSlot when every address is at its limits (after waiting up to ``wait``
         seconds for each), TemporaryError when none takes a session.  Without ``evict``
         no idle session of another destination is closed to make room.  ``need_for``
         says what each address requires of TLS (default: tls.ini's policy alone).
+        ``grant``: the token of room kept for this task when it was woken, taken first.
         """
         self._pool_timeout, self._out = settings.pool_timeout, settings
         self._start_reaper()
+        granted = self._take_grant(grant)
+        if granted is not None:
+            kept = next((t for t in targets if t.ip == granted.ip), None)
+            if kept is None:
+                self._give_back(granted)
+            else:
+                need = need_for(kept) if need_for else tls_need(kept, domain, tls, settings)
+                session = self._use_grant(granted, kept, helo, bind, need, settings, tls)
+                if session is not None:
+                    return session
         last: NextAddress | None = None
         last_target: Target | None = None
         full: list[str] = []
@@ -216,10 +251,11 @@ class Pool:
             if session.lease is not None:
                 session.lease.release()
             with self._cond:
+                self._stop_serving_locked(session)
                 self._unreserve(target.ip)
             raise
         fresh.lease = session.lease  # the same slot, the same place under its shaping rules
-        fresh.source = name
+        fresh.source, fresh.turn = name, session.turn  # and the same turn's
         return fresh
 
     def _take_idle_locked(self, target: Target, helo: str, bind: str | None, need: TlsNeed,
@@ -263,6 +299,8 @@ class Pool:
         longer, an idle connection would hold its rule's place from every other host
         (relay/shaping.py).
         """
+        with self._cond:
+            self._stop_serving_locked(session)
         if reusable and settings.pool_timeout > 0 and session.alive():
             session.last_used = time.monotonic()
             with self._cond:
@@ -278,6 +316,7 @@ class Pool:
         """A broken session, or one in an unknown state: close without QUIT and free its slot."""
         _let_go(session, quit=False)
         with self._cond:
+            self._stop_serving_locked(session)
             self._unreserve(session.key.ip)
 
     # -- parking a session for the next task -----------------------------------------
@@ -299,14 +338,39 @@ class Pool:
 
     # -- waiting for a slot ------------------------------------------------------------
 
-    def wait_for_slot(self, ips: frozenset[str], wake: Callable[[], None], settings: Outbound,
-                      domain: str = "") -> None:
-        """Call ``wake`` (from the pool's thread) once a slot at one of ``ips`` may be free."""
+    def wait_for_slot(self, ips: frozenset[str], wake: Callable[[str | None], None], settings: Outbound,
+                      turn: str = "") -> None:
+        """Call ``wake`` (from the pool's thread) once a slot at one of ``ips`` may be free,
+        with the token of the room kept for it (None: none was; it looks again); ``turn``:
+        the domain, or one tenant's mail for it (waiters take turns by it)."""
         self._out = settings
         self._start_reaper()
         with self._cond:
-            self._waiters.setdefault(domain, deque()).append(Waiter(ips, wake, domain=domain))
+            self._waiters.setdefault(turn, deque()).append(Waiter(ips, wake, turn=turn))
             self._wake_locked(next(iter(ips)))  # a slot may have freed meanwhile
+
+    def serve(self, session: Session, turn: str) -> None:
+        """``session`` carries ``turn``'s mail now (counted until it is released)."""
+        with self._cond:
+            self._stop_serving_locked(session)
+            session.turn = turn
+            self._using[session.key.ip, turn] += 1
+
+    def _stop_serving_locked(self, session: Session) -> None:
+        if session.turn is not None:
+            key = (session.key.ip, session.turn)
+            self._using[key] -= 1
+            if self._using[key] <= 0:
+                del self._using[key]
+            session.turn = None
+
+    def owes_room(self, ip: str, turn: str) -> bool:
+        """Whether a turn that has fewer connections at ``ip`` than ``turn`` has waits for a
+        slot there: then one of ``turn``'s should be given up to it."""
+        with self._cond:
+            mine = self._using[ip, turn]
+            return any(self._using[ip, t] < mine for t, queue in self._waiters.items()
+                       if t != turn and any(ip in w.ips for w in queue))
 
     @property
     def waiting(self) -> int:
@@ -314,25 +378,96 @@ class Pool:
             return sum(len(queue) for queue in self._waiters.values())
 
     def _wake_locked(self, ip: str, idle: bool = False) -> None:
-        """A slot (or an ``idle`` session) at ``ip`` came free: it goes to the waiting domains
-        in turn, and within a domain to its oldest waiter that may use it -- so that a
-        one-message domain waiting for its provider's connections is not served after every
-        batch of a large domain behind the same hosts (Postfix's qmgr serves destinations
-        round robin in the same way).
+        """A slot (or an ``idle`` session) at ``ip`` came free: it goes to the waiting turns
+        in turn -- domains, and each tenant's mail for a domain apart -- and within a turn to
+        its oldest waiter that may use it, so that a one-message domain waiting for its
+        provider's connections is not served after every batch of a large domain behind the
+        same hosts, nor one tenant's mail after every batch of another's backlog to the same
+        domain (Postfix's qmgr serves destinations round robin in the same way).
 
         Its callback publishes a task, which is no work to do under the lock: the
         pool's thread runs it.
         """
-        for domain, queue in self._waiters.items():
+        for turn, queue in self._waiters.items():
             for waiter in queue:
                 if self._may_go(waiter, ip, idle):
                     queue.remove(waiter)
-                    del self._waiters[domain]
+                    del self._waiters[turn]
                     if queue:
-                        self._waiters[domain] = queue  # its next waiter's turn comes after the others'
-                    self._woken.append(waiter)
+                        self._waiters[turn] = queue  # its next waiter's turn comes after the others'
+                    self._woken.append((waiter, self._grant_locked(waiter, ip, idle)))
                     self._kick.set()
                     return
+
+    def _grant_locked(self, waiter: Waiter, ip: str, idle: bool) -> str | None:
+        """Keep the room that woke ``waiter`` for it: a slot reserved at one of its addresses
+        (``ip`` first), else the idle session at ``ip`` taken out of the idle list; its
+        token, or None when the room is an idle session elsewhere it may close."""
+        free = [i for i in sorted(waiter.ips, key=lambda i: i != ip) if self._room(i, self._out)]
+        session = None
+        if free:
+            ip = free[0]
+            self._open += 1
+            self._per_ip[ip] += 1
+        elif idle and ip in waiter.ips:
+            here = [s for sessions in self._idle.values() for s in sessions if s.key.ip == ip]
+            if not here:
+                return None
+            session = max(here, key=lambda s: s.last_used)
+            self._idle[self._idle_key(session)].remove(session)
+        else:
+            return None
+        token = uuid.uuid4().hex
+        self._grants[token] = Grant(ip, session, time.monotonic() + GRANT_TTL)
+        return token
+
+    def _take_grant(self, token: str | None) -> Grant | None:
+        with self._cond:
+            grant = self._grants.pop(token, None) if token else None
+        if grant is not None and grant.until < time.monotonic():
+            self._give_back(grant)
+            return None
+        return grant
+
+    def _give_back(self, grant: Grant) -> None:
+        """Granted room nobody took: its session idle again (or closed), its slot freed."""
+        if grant.session is not None and grant.session.alive():
+            self.release(grant.session, self._out)
+            return
+        if grant.session is not None:
+            _let_go(grant.session, quit=False)
+        with self._cond:
+            self._unreserve(grant.ip)
+
+    def _use_grant(self, grant: Grant, target: Target, helo: str, bind: str | None, need: TlsNeed,
+                   settings: Outbound, tls: Tls) -> Session | None:
+        """A session in the granted room: its idle session if it serves this delivery, else
+        a new connection in its slot (None, the slot freed, when the address takes none)."""
+        old = grant.session
+        if old is not None:
+            if old.lease is None and self._fits(old, target, helo, bind) and old.meets(need) and old.alive():
+                old.target = target
+                return old
+            threading.Thread(target=_let_go, args=(old,), kwargs={"quit": True}, daemon=True).start()
+        try:
+            return open_session(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
+        except NextAddress as exc:
+            log.info("%s[%s]:%d: %s", target.mx.exchange, target.ip, target.port, exc.reply)
+        except BaseException:
+            with self._cond:
+                self._unreserve(target.ip)
+            raise
+        with self._cond:
+            self._unreserve(target.ip)
+        return None
+
+    @staticmethod
+    def _fits(session: Session, target: Target, helo: str, bind: str | None) -> bool:
+        """Whether ``session`` is a connection this delivery may use (TLS aside)."""
+        key = session.key
+        return (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) == (
+            target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp) \
+            and session.target.mx.auth_pass == target.mx.auth_pass
 
     def _may_go(self, waiter: Waiter, ip: str, idle: bool) -> bool:
         """A slot at one of its addresses, or an idle session it may reuse or close for room."""
@@ -346,14 +481,17 @@ class Pool:
         with self._cond:
             stale = [w for queue in self._waiters.values() for w in queue if now - w.since >= WAITER_RECHECK]
             for waiter in stale:
-                self._waiters[waiter.domain].remove(waiter)
-            self._waiters = {domain: queue for domain, queue in self._waiters.items() if queue}
-            woken, self._woken = self._woken + stale, []
-        for waiter in woken:
+                self._waiters[waiter.turn].remove(waiter)
+            self._waiters = {turn: queue for turn, queue in self._waiters.items() if queue}
+            woken, self._woken = self._woken + [(w, None) for w in stale], []
+        for waiter, token in woken:
             try:
-                waiter.wake()
+                waiter.wake(token)
             except Exception:  # its claim's lease expires and the entries come back
                 log.exception("could not wake a batch waiting for a connection slot")
+                grant = self._take_grant(token)
+                if grant is not None:
+                    self._give_back(grant)
 
     # -- the pool's thread: wake-ups and idle reaping ----------------------------------
 
@@ -389,7 +527,12 @@ class Pool:
             reaper.join(timeout)
         with self._cond:
             idle = [s for sessions in self._idle.values() for s in sessions]
+            idle += [g.session for g in self._grants.values() if g.session is not None]
+            for grant in self._grants.values():
+                if grant.session is None:
+                    self._unreserve(grant.ip)
             self._idle.clear()
+            self._grants.clear()
         for session in idle:
             _let_go(session, quit=True)
             with self._cond:
@@ -397,7 +540,8 @@ class Pool:
         self._stopping.clear()  # usable again: the next acquire starts a thread anew
 
     def reap(self) -> None:
-        """QUIT idle sessions past pool_timeout, and parked ones nobody collected."""
+        """QUIT idle sessions past pool_timeout, and parked ones nobody collected; free the
+        room granted to woken waiters whose task did not come for it."""
         now = time.monotonic()
         expired: list[Session] = []
         with self._cond:
@@ -411,6 +555,10 @@ class Pool:
                 if now - at > TICKET_TTL:
                     del self._parked[ticket]
                     expired.append(s)
+            lapsed = [token for token, grant in self._grants.items() if grant.until < now]
+            unclaimed = [self._grants.pop(token) for token in lapsed]
+        for grant in unclaimed:
+            self._give_back(grant)
         for s in expired:
             _let_go(s, quit=True)
             with self._cond:

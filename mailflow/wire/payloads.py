@@ -112,6 +112,8 @@ class Batch:
 
 #: An egress pool's or source's name (egress.ini), as it rides in a payload.
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+#: A connection pool's grant token (uuid4 hex).
+GRANT_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,9 @@ class Route:
     pool: str | None = None
     #: the tenant of its entries (one batch is one tenant's): its shaping rules hold too
     tenant: str | None = None
+    #: the token of the connection room kept for it when it was woken from a wait for a slot
+    #: (relay/pool.py; only this worker's pool knows it)
+    slot_grant: str | None = None
 
     @property
     def domain(self) -> str:
@@ -144,8 +149,19 @@ class Route:
         assert parsed is not None
         return parsed.domain
 
+    @property
+    def turn(self) -> str:
+        """Whose turn a free connection slot is (relay/pool.py): the domain, or one tenant's
+        mail for it -- so that a tenant's backlog waiting for slots at a receiver does not
+        keep another tenant's mail for it waiting behind every one of its batches."""
+        return f"{self.tenant}|{self.domain}" if self.tenant else self.domain
+
     def waiting_since(self, since: float) -> Route:
         return dataclasses.replace(self, slot_wait_since=since)
+
+    def granted(self, token: str | None) -> Route:
+        """The route as its wake-up sends it again, with the token of the room kept for it."""
+        return dataclasses.replace(self, slot_grant=token)
 
     def shown(self) -> str:
         """Flower and events show the entries only: the MX list may hold get_mx credentials."""
@@ -162,6 +178,8 @@ class Route:
             data["pool"] = self.pool
         if self.tenant is not None:
             data["tenant"] = self.tenant
+        if self.slot_grant is not None:
+            data["slot_grant"] = self.slot_grant
         return data
 
     @classmethod
@@ -184,9 +202,12 @@ class Route:
         for key, value in (("pool", pool), ("tenant", tenant)):
             if value is not None and (not isinstance(value, str) or not POOL_NAME.match(value)):
                 raise BadName(f"{key} {value!r} is not a name")
+        grant = data.get("slot_grant")
+        if grant is not None and (not isinstance(grant, str) or not GRANT_TOKEN.fullmatch(grant)):
+            raise BadName(f"slot_grant {grant!r} is not a token")
         return cls(batch=batch, mx=tuple(_mx_from_json(m, config_dir) for m in mxs),
                    bind=bind, helo=helo, slot_wait_since=since,
-                   tls_exempt=data.get("tls_exempt") is True, pool=pool, tenant=tenant)
+                   tls_exempt=data.get("tls_exempt") is True, pool=pool, tenant=tenant, slot_grant=grant)
 
 
 def _mx_to_json(mx: MX, config_dir: Path) -> dict[str, Any]:

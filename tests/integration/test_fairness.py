@@ -105,3 +105,28 @@ def test_a_tenants_mail_goes_out_while_another_tenants_5000_backlog_to_the_same_
     finally:
         inst.stop_all()
         env.dns.stop()
+
+
+def test_a_tenants_mail_goes_out_while_another_tenants_5000_backlog_to_a_slow_mx_drains(tmp_path, mx):
+    """No rule this time: the receiver is slow (a fifth of a second each message) and one
+    tenant has 5,000 queued for it, which fill every connection it may have. Another
+    tenant's 20 messages for the same receiver, queued once the backlog is going out, are
+    claimed in their own turn and take connections as they free: all delivered while
+    nearly all of the backlog still waits."""
+    # threads enough for every connection the receiver allows (pool_concurrency_max, 10):
+    # with fewer, the steps of the other tenant's mail wait in the broker behind the
+    # backlog's for a thread, whatever the pool's turns
+    env, inst = make_env(tmp_path / "slow", brokers.url_for("redis"), concurrency=16)
+    try:
+        server = mx("127.0.0.2", delay={"DOT": 0.2})
+        route = {"mx": f"127.0.0.2:{PORT}"}
+        write_due(inst.queue_dir / "pending", 5000, "shared.test", {**route, "tenant": "bulk"})
+        env.wait(lambda: len(server.deliveries) >= 20, 60)  # the backlog is going out
+        for n in range(20):
+            env.send(f"app{n}@shared.test", notes={**route, "tenant": "app"})
+        env.wait(lambda: sum(d.rcpt_to[0].startswith("app") for d in server.deliveries) == 20, 120)
+        backlog = sum(d.rcpt_to[0].startswith("u") for d in server.deliveries)
+        assert backlog <= 1000, backlog  # a fifth of it at most: the rest still waits
+    finally:
+        inst.stop_all()
+        env.dns.stop()

@@ -135,6 +135,16 @@ def test_a_routes_pool_on_the_wire_is_a_name_or_refused(tmp_path):
             Route.from_json({**base.to_json(tmp_path), "pool": bad}, tmp_path)
 
 
+def test_a_routes_slot_grant_is_a_token_or_refused(tmp_path):
+    base = Route.from_json({**SITE_BATCH, "mx": [{"exchange": "mx.example"}]}, tmp_path)
+    token = "0123456789abcdef" * 2
+    assert Route.from_json(base.granted(token).to_json(tmp_path), tmp_path).slot_grant == token
+    assert base.turn == "a.example" and base.granted(None).slot_grant is None
+    for bad in ("../x", token.upper(), token + "0", 7):
+        with pytest.raises(BadName):
+            Route.from_json({**base.to_json(tmp_path), "slot_grant": bad}, tmp_path)
+
+
 def test_a_routes_tenant_and_an_outcomes_source_are_names_or_nothing(tmp_path):
     """A forged route naming a tenant that is no name is refused before anything is done with
     it; a report's source that is no name is dropped, never written into a line or an event."""

@@ -12,6 +12,7 @@ import pytest
 from harness.mxserver import MXServer
 from harness.waiting import until
 from mailflow.config.settings import Outbound, Tls
+from mailflow.relay import pool as pool_module
 from mailflow.relay.mx import MX, Target
 from mailflow.relay.pool import NoSlot, Pool
 from mailflow.relay.tlsneed import TlsNeed
@@ -48,24 +49,74 @@ def test_a_full_pool_raises_at_once_instead_of_blocking_the_thread(server):
     pool.discard(first)
 
 
-def test_a_waiter_is_woken_when_the_slot_frees(server):
+class Woken:
+    """A waiter's wake-up: the token of the room kept for it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.tokens: list[str | None] = []
+
+    def __call__(self, token: str | None) -> None:
+        self.tokens.append(token)
+        self.event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout)
+
+
+def test_a_waiter_is_woken_when_the_slot_frees_and_its_session_kept_for_it(server):
     pool = Pool()
     held = acquire(pool, server)
-    woken = threading.Event()
-    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken.set, OUT)
+    woken = Woken()
+    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken, OUT)
     assert not woken.wait(0.3) and pool.waiting == 1
-    pool.release(held, OUT)  # idle in the pool: the waiter may reuse it
+    pool.release(held, OUT)  # idle in the pool: granted to the waiter
     assert woken.wait(5)
-    again = acquire(pool, server)
+    with pytest.raises(NoSlot):  # a batch that did not wait cannot take it meanwhile
+        acquire(pool, server)
+    again = acquire(pool, server, grant=woken.tokens[0])
     assert again is held
     pool.discard(again)
 
 
+def test_a_freed_slot_is_reserved_for_the_woken_waiter_until_its_task_comes(server):
+    pool = Pool()
+    held = acquire(pool, server)
+    woken = Woken()
+    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken, OUT)
+    pool.discard(held)  # the slot frees: reserved for the waiter
+    assert woken.wait(5) and woken.tokens[0] is not None
+    with pytest.raises(NoSlot):
+        acquire(pool, server, evict=False)  # a running batch's lane
+    with pytest.raises(NoSlot):
+        acquire(pool, server, grant="0" * 32)  # a token that is not one
+    got = acquire(pool, server, grant=woken.tokens[0])
+    assert pool.open_connections == 1 and len(server.sessions) == 2
+    pool.discard(got)
+    assert pool.open_connections == 0
+
+
+def test_granted_room_nobody_comes_for_is_freed_again(server, monkeypatch):
+    monkeypatch.setattr(pool_module, "GRANT_TTL", 0.0)
+    pool = Pool()
+    held = acquire(pool, server)
+    woken = Woken()
+    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken, OUT)
+    pool.release(held, OUT)
+    assert woken.wait(5)
+    time.sleep(0.01)
+    pool.reap()  # the task was lost: the session is idle again, for anyone
+    assert acquire(pool, server) is held
+    pool.discard(held)
+
+
 def test_a_waiter_for_a_free_address_goes_at_once(server):
     pool = Pool()
-    woken = threading.Event()
-    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken.set, OUT)
+    woken = Woken()
+    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken, OUT)
     assert woken.wait(5)
+    pool.discard(acquire(pool, server, grant=woken.tokens[0]))
+    assert pool.open_connections == 0
 
 
 def test_reopen_keeps_the_slot(server):
@@ -117,23 +168,28 @@ def test_a_lane_uses_spare_room_only_where_a_batch_may_close_an_idle_session(ser
         pool.discard(got)
 
 
-def test_freed_slots_go_to_the_waiting_domains_in_turn(server):
+@pytest.mark.parametrize("turns", [
+    ("big.test", "big.test", "big.test", "small.test"),
+    ("bulk|shared.test", "bulk|shared.test", "bulk|shared.test", "app|shared.test"),
+], ids=["domains", "tenants"])
+def test_freed_slots_go_to_the_waiting_turns_in_turn(server, turns):
     """Three batches of a large domain wait, then one of a one-message domain behind the same
-    host: the second slot to free goes to the small domain, not to the large one's second."""
+    host (or three of one tenant's backlog and one of another tenant's, same domain): the
+    second slot to free goes to the small one, not to the large one's second."""
     pool = Pool()
     held = acquire(pool, server)
-    woken: list[str] = []
-    for name in ("big-1", "big-2", "big-3", "small-1"):
-        pool.wait_for_slot(frozenset({"127.0.0.2"}), lambda n=name: woken.append(n), OUT,
-                           domain=name.split("-")[0] + ".test")
+    woken: list[tuple[int, str | None]] = []
+    for n, turn in enumerate(turns):
+        pool.wait_for_slot(frozenset({"127.0.0.2"}), lambda token, n=n: woken.append((n, token)), OUT,
+                           turn=turn)
     assert pool.waiting == 4
-    for _ in range(4):  # the slot frees, its waiter is woken (and takes the slot again)
+    for _ in range(4):  # the slot frees, its waiter is woken and takes the slot kept for it
         count = len(woken)
         pool.discard(held)
         until(lambda c=count: len(woken) > c, 5, "for a waiter to be woken")
-        held = acquire(pool, server)
+        held = acquire(pool, server, grant=woken[-1][1])
     pool.discard(held)
-    assert woken == ["big-1", "small-1", "big-2", "big-3"]
+    assert [n for n, _ in woken] == [0, 3, 1, 2]
 
 
 class _Rule:
@@ -181,4 +237,31 @@ def test_a_leased_session_waits_idle_for_its_own_rules_only_and_briefly(server, 
     pool.reap()
     assert lease.released == 1 and first.lease is None
     assert leased("domain:fill.test") is None
+    pool.stop()
+
+
+def test_a_turn_owes_room_to_a_waiting_turn_with_fewer_connections(server):
+    """A tenant's backlog holding two connections owes one to another tenant's batch that
+    waits with none; a turn never owes room to its own waiters, nor to one as well served."""
+    settings = replace(OUT, pool_concurrency_max=2)
+    pool = Pool()
+    a, b = acquire(pool, server, settings), acquire(pool, server, settings)
+    pool.serve(a, "bulk|shared.test")
+    pool.serve(b, "bulk|shared.test")
+    woken = Woken()
+    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken, settings, turn="bulk|shared.test")
+    assert not pool.owes_room("127.0.0.2", "bulk|shared.test")  # its own batch waits
+    pool.wait_for_slot(frozenset({"127.0.0.2"}), woken, settings, turn="app|shared.test")
+    assert pool.owes_room("127.0.0.2", "bulk|shared.test")
+    assert not pool.owes_room("127.0.0.3", "bulk|shared.test")  # another address
+    pool.discard(b)  # its slot goes to the bulk turn's waiter (first in turn); the app still waits
+    until(lambda: len(woken.tokens) == 1, 5, "for a waiter to be woken")
+    assert pool.owes_room("127.0.0.2", "bulk|shared.test")  # one connection against none
+    pool.release(a, settings)  # counted no more once released (idle, granted to the app's waiter)
+    until(lambda: len(woken.tokens) == 2, 5, "for the app's waiter")
+    assert not pool.owes_room("127.0.0.2", "bulk|shared.test")
+    got = acquire(pool, server, settings, grant=woken.tokens[1])
+    pool.serve(got, "app|shared.test")
+    assert not pool.owes_room("127.0.0.2", "app|shared.test")
+    pool.discard(got)
     pool.stop()
