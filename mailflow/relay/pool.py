@@ -214,18 +214,12 @@ class Pool:
                 continue
             if reused is not None:
                 return reused
-            try:
-                return open_session(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
-            except NextAddress as exc:
-                log.info("%s[%s]:%d: %s; %s", target.mx.exchange, target.ip, target.port, exc.reply,
-                         "trying the next address" if n + 1 < len(targets) else "no address left")
-                last, last_target = exc, target
-            except BaseException:
-                with self._cond:
-                    self._unreserve(target.ip)
-                raise
-            with self._cond:
-                self._unreserve(target.ip)
+            opened = self._open_reserved(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
+            if isinstance(opened, Session):
+                return opened
+            log.info("%s[%s]:%d: %s; %s", target.mx.exchange, target.ip, target.port, opened.reply,
+                     "trying the next address" if n + 1 < len(targets) else "no address left")
+            last, last_target = opened, target
         if full and last is None:
             raise NoSlot(full)
         if last is None:
@@ -449,17 +443,26 @@ class Pool:
                 old.target = target
                 return old
             threading.Thread(target=_let_go, args=(old,), kwargs={"quit": True}, daemon=True).start()
+        opened = self._open_reserved(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
+        if isinstance(opened, Session):
+            return opened
+        log.info("%s[%s]:%d: %s", target.mx.exchange, target.ip, target.port, opened.reply)
+        return None
+
+    def _open_reserved(self, target: Target, *, helo: str, bind: str | None, settings: Outbound,
+                       tls: Tls, need: TlsNeed) -> Session | NextAddress:
+        """A new connection in the slot reserved at ``target``; when the address takes none,
+        the slot is freed and why is returned (any other failure is raised)."""
         try:
             return open_session(target, helo=helo, bind=bind, settings=settings, tls=tls, need=need)
         except NextAddress as exc:
-            log.info("%s[%s]:%d: %s", target.mx.exchange, target.ip, target.port, exc.reply)
+            with self._cond:
+                self._unreserve(target.ip)
+            return exc
         except BaseException:
             with self._cond:
                 self._unreserve(target.ip)
             raise
-        with self._cond:
-            self._unreserve(target.ip)
-        return None
 
     @staticmethod
     def _fits(session: Session, target: Target, helo: str, bind: str | None) -> bool:
