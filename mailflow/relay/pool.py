@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from mailflow.config.settings import Outbound, Tls
 from mailflow.errors import TemporaryError, local_reply
-from mailflow.relay.client import NextAddress, Session, open_session
+from mailflow.relay.client import NextAddress, Session, SessionKey, open_session
 from mailflow.relay.mx import Target
 from mailflow.relay.tlsneed import TlsNeed, tls_need
 
@@ -257,9 +257,7 @@ class Pool:
         """An idle session for ``target`` that meets ``need``: one without a shaping lease, or
         with ``rules`` one leased under exactly those rules (see take_leased)."""
         for (key, password), sessions in self._idle.items():
-            if (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) != (
-                    target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp)\
-                    or password != target.mx.auth_pass:
+            if not _serves(key, password, target, helo, bind):
                 continue
             for session in reversed(sessions):
                 leased = None if session.lease is None else [r.name for r in session.lease.rules]
@@ -439,7 +437,8 @@ class Pool:
         a new connection in its slot (None, the slot freed, when the address takes none)."""
         old = grant.session
         if old is not None:
-            if old.lease is None and self._fits(old, target, helo, bind) and old.meets(need) and old.alive():
+            if old.lease is None and _serves(old.key, old.target.mx.auth_pass, target, helo, bind) \
+                    and old.meets(need) and old.alive():
                 old.target = target
                 return old
             threading.Thread(target=_let_go, args=(old,), kwargs={"quit": True}, daemon=True).start()
@@ -463,14 +462,6 @@ class Pool:
             with self._cond:
                 self._unreserve(target.ip)
             raise
-
-    @staticmethod
-    def _fits(session: Session, target: Target, helo: str, bind: str | None) -> bool:
-        """Whether ``session`` is a connection this delivery may use (TLS aside)."""
-        key = session.key
-        return (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) == (
-            target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp) \
-            and session.target.mx.auth_pass == target.mx.auth_pass
 
     def _may_go(self, waiter: Waiter, ip: str, idle: bool) -> bool:
         """A slot at one of its addresses, or an idle session it may reuse or close for room."""
@@ -566,6 +557,14 @@ class Pool:
             _let_go(s, quit=True)
             with self._cond:
                 self._unreserve(s.key.ip)
+
+
+def _serves(key: SessionKey, password: str | None, target: Target, helo: str, bind: str | None) -> bool:
+    """Whether a session opened under ``key`` (and AUTH ``password``) is a connection a
+    delivery to ``target`` from ``bind`` greeting as ``helo`` may use (TLS aside)."""
+    return (key.ip, key.port, key.bind, key.helo, key.auth_user, key.lmtp) == (
+        target.ip, target.port, bind, helo, target.mx.auth_user, target.mx.using_lmtp) \
+        and password == target.mx.auth_pass
 
 
 def _let_go(session: Session, *, quit: bool) -> None:
