@@ -54,21 +54,39 @@ def _ids(tmp_path) -> list[str]:
 
 def test_the_journal_hands_every_event_over_once_while_processes_write(tmp_path):
     """Writers in several processes append while the dispatcher drains: no event is lost
-    (one taken with its segment, one written after) and none is handed over twice."""
+    (one taken with its segment, one written after) and none is handed over twice.  Each
+    writer stops halfway until the dispatcher has drained once, so a hand-over happens
+    while they write whatever the scheduler does."""
     writers, each = 4, 500
-    pids = []
+    pids, halfway, resume = [], [], []
     for w in range(writers):
+        half_r, half_w = os.pipe()
+        go_r, go_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # a writer process, as smtpd and worker processes are
             code = 0
             try:
                 for n in range(each):
+                    if n == each // 2:
+                        os.write(half_w, b"h")
+                        os.read(go_r, 1)
                     events.JOURNAL_OF_THIS_PROCESS.append(tmp_path, events.line(_record(f"{w}-{n}")))
             except BaseException:
                 code = 1
             os._exit(code)
+        os.close(half_w)
+        os.close(go_r)
         pids.append(pid)
-    running, drains = set(pids), 0
+        halfway.append(half_r)
+        resume.append(go_w)
+    for fd in halfway:
+        assert os.read(fd, 1) == b"h"
+        os.close(fd)
+    drains = int(events.drain(tmp_path, 1) > 0)  # half of every writer's events are there
+    for fd in resume:
+        os.write(fd, b"g")
+        os.close(fd)
+    running = set(pids)
     while running:  # drained over and over while they write
         drains += events.drain(tmp_path, 1) > 0
         for pid in list(running):
@@ -76,7 +94,7 @@ def test_the_journal_hands_every_event_over_once_while_processes_write(tmp_path)
             if done:
                 assert status == 0
                 running.discard(pid)
-    events.drain(tmp_path, 1)
+    drains += events.drain(tmp_path, 1) > 0
     assert drains > 1  # the hand-over happened while they wrote, not only at the end
 
     def done(batch: str) -> None:  # the batch's task ran: set it aside
