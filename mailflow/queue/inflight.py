@@ -24,6 +24,8 @@ class InFlight:
         #: the sums over the live claims
         self.entries: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
+        #: how many live claims hold entries of each key
+        self.claims: Counter[str] = Counter()
 
     def add(self, claim: str, entries: Counter[str], sizes: Counter[str]) -> None:
         """A claim this process just made."""
@@ -31,13 +33,15 @@ class InFlight:
         self._claims[claim] = (entries, sizes)
         self.entries.update(entries)
         self.bytes.update(sizes)
+        self.claims.update(entries.keys())
 
     def refresh(self) -> None:
         """Forget the claims that are done; learn those made elsewhere (bytes unknown)."""
         live = set(self.spool.claims())
         for claim in [c for c in self._claims if c not in live]:
             self._drop(claim)
-        self.entries, self.bytes = +self.entries, +self.bytes  # without the destinations at zero
+        # without the destinations at zero
+        self.entries, self.bytes, self.claims = +self.entries, +self.bytes, +self.claims
         for claim in live - self._claims.keys():
             self.add(claim, Counter(flight_key(n) for n in self.spool.claim_names(claim)), Counter())
 
@@ -46,6 +50,7 @@ class InFlight:
         if gone is not None:
             self.entries.subtract(gone[0])
             self.bytes.subtract(gone[1])
+            self.claims.subtract(gone[0].keys())
 
 
 #: Between a tenant's tag and a domain in the window's counts.

@@ -46,6 +46,7 @@ from mailflow.queue.sites import Sites, hosts_key
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.runtime.application import app
 from mailflow.wire.lease import LEASE_SECONDS
+from mailflow.wire.names import ORDER
 from mailflow.wire.payloads import BOUNCE, LOOKUP_MX, Batch
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,10 @@ class QueueManager:
         self._lock_fd: int | None = None
         # what the last complete listing of pending/ saw (see quiet())
         self._listed_mtime_ns: int | None = None
+        #: the due entries of the last listing, by file name: a backlog that stays due is
+        #: listed again at every scan, and parsing its names each time cost more than the rest
+        #: of the scan (only due ones are kept: a deferred backlog holds no memory for this)
+        self._due_names: dict[str, EntryName] = {}
         self._next_due_ms = 0
         self._listed_at_ms = 0
         self._thread: threading.Thread | None = None
@@ -150,6 +155,10 @@ class QueueManager:
         #: since when the broker refuses what we publish, and when that was last said
         self._broker_down_since: float | None = None
         self._said_paused = False
+        #: the last scan held some destination's mail for its batch in flight, and what
+        #: active/'s mtime was before it listed the claims (see held_back())
+        self._holding = False
+        self._active_seen_ns: int | None = None
         #: loops of the manager's thread so far (a test waits for one to have passed)
         self.scans = 0
         self._broker_said_at = 0.0
@@ -248,7 +257,8 @@ class QueueManager:
                 looked = time.monotonic()
                 self._look_at_broker()
             woke = self._wake.wait(POLL_INTERVAL)
-            if not (woke or self._pending_moved() or time.monotonic() - last_scan >= SCAN_INTERVAL):
+            if not (woke or self._pending_moved() or self.held_back()
+                    or time.monotonic() - last_scan >= SCAN_INTERVAL):
                 continue
             last_scan = time.monotonic()
             # coalesce: what is queued during this pause joins the same batches
@@ -268,10 +278,21 @@ class QueueManager:
     # -- the work ----------------------------------------------------------------------
 
     def _pending_mtime_ns(self) -> int | None:
+        return self._mtime_ns(self.spool.pending)
+
+    @staticmethod
+    def _mtime_ns(directory: Path) -> int | None:
         try:
-            return os.stat(self.spool.pending).st_mtime_ns
+            return os.stat(directory).st_mtime_ns
         except FileNotFoundError:
             return None
+
+    def held_back(self) -> bool:
+        """The last scan held a busy destination's mail for its batch in flight, and a claim has
+        ended since (a claim's directory leaving ``active/`` changes its mtime): scan now, so
+        that the held mail follows its batch within ``POLL_INTERVAL``, not at the next
+        ``SCAN_INTERVAL`` (which still catches a claim that ended while the scan ran)."""
+        return self._holding and self._mtime_ns(self.spool.active) != self._active_seen_ns
 
     def quiet(self, now: int, mtime_ns: int | None) -> bool:
         """True when the last listing of pending/ still holds: no entry can be due."""
@@ -288,8 +309,10 @@ class QueueManager:
             return by_domain
         next_due = now + FULL_SCAN_MS
         armed = self._armed.until(now)
-        for name in self.spool.names(PENDING):
+        known, self._due_names = self._due_names, {}
+        for name in self.spool.names(PENDING, known):
             if name.next_attempt_ms <= now:
+                self._due_names[str(name)] = name
                 until = armed.get(str(name)) if armed else None
                 if until is not None and until > now:  # its countdown comes first
                     next_due = min(next_due, until)
@@ -298,7 +321,7 @@ class QueueManager:
             else:
                 next_due = min(next_due, name.next_attempt_ms)
         for names in by_domain.values():
-            names.sort()
+            names.sort(key=ORDER)
         if by_domain:  # some may be left unclaimed (no room): look again next time
             next_due = now
         self._listed_mtime_ns, self._next_due_ms, self._listed_at_ms = mtime, next_due, now
@@ -322,6 +345,13 @@ class QueueManager:
 
     def scan(self) -> int:
         """Claim and dispatch what is due; return how many entries were claimed."""
+        self._holding = False
+        try:
+            return self._scan()
+        finally:  # after this scan's own claims: those are not a batch ending (see held_back())
+            self._active_seen_ns = self._mtime_ns(self.spool.active)
+
+    def _scan(self) -> int:
         self.in_flight.refresh()
         if time.monotonic() - self._sites_expired_at > SITES_EXPIRE_EVERY:
             self._sites_expired_at = time.monotonic()
@@ -330,7 +360,7 @@ class QueueManager:
         room = ACTIVE_MAX - sum(active.values())
         claimed = 0
         now = now_ms()
-        failed = sorted(n for n in self.spool.names(FAILED) if n.next_attempt_ms <= now)
+        failed = sorted((n for n in self.spool.names(FAILED) if n.next_attempt_ms <= now), key=ORDER)
         try:
             for start in range(0, min(len(failed), room), BATCH_MAX):
                 claim, got = self.spool.claim(failed[start:start + BATCH_MAX], source=FAILED)
@@ -362,18 +392,29 @@ class QueueManager:
         as one destination, in batches of several domains.  Each tenant's mail for a
         destination takes turns of its own (the tenant is tagged in the entry's id), so one
         tenant's backlog never keeps another's due mail waiting; the window's share is the
-        destination's, whoever's mail fills it."""
+        destination's, whoever's mail fills it.
+
+        Hold and fill: while a turn has a batch in flight, its due mail is claimed only by
+        whole batches (``BATCH_MAX``); what is fewer waits in pending/ for that batch to end
+        and then goes as one batch (Postfix's qmgr keeps a busy destination's new mail in
+        its active queue the same way).  Claiming each scan's trickle apart made batches of
+        one or two messages to every busy domain -- three tasks, a claim, a lookup and often
+        a connection each -- which cost more CPU than the messages themselves."""
         due = self._by_site(due)
         active = self._by_site_counts(active)
         held = self._by_site_counts(Counter(self.in_flight.bytes))
         bytes_room = ACTIVE_BYTES_MAX - sum(held.values())
         share, bytes_share = int(ACTIVE_MAX * DESTINATION_SHARE), int(ACTIVE_BYTES_MAX * DESTINATION_SHARE)
+        batches = self._by_site_counts(self.in_flight.claims)
         turns = deque(sorted(due, key=lambda destination: due[destination][0]))
         claimed = 0
         while turns and room > 0 and bytes_room > 0:
             turn = turns.popleft()  # a destination, or one tenant's mail for it
             destination = turn.rpartition(TENANT_SEP)[2]
             names = due[turn]
+            if batches[turn] and len(names) < BATCH_MAX:  # hold and fill: see held_back()
+                self._holding = True
+                continue
             count = min(BATCH_MAX, room, share - active[turn])
             fitting = self._within_bytes(names[:count], min(bytes_room, bytes_share - held[turn]),
                                          alone=not held) if count > 0 else {}
@@ -393,6 +434,7 @@ class QueueManager:
             held[turn] += size
             bytes_room -= size
             if got:
+                batches[turn] += 1
                 room -= len(got)
                 active[turn] += len(got)
                 claimed += len(got)
@@ -424,7 +466,7 @@ class QueueManager:
                 tag = name.tenant_tag
                 merged[f"{tag}{TENANT_SEP}{destination}" if tag else destination].append(name)
         for names in merged.values():
-            names.sort()
+            names.sort(key=ORDER)
         return merged
 
     def _by_site_counts(self, counts: Counter[str]) -> Counter[str]:

@@ -29,7 +29,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -134,13 +134,16 @@ class Spool:
 
     # -- listing --------------------------------------------------------------
 
-    def names(self, place: str = PENDING) -> Iterator[EntryName]:
-        """Entry names in ``place`` (unordered); temp, error and stray files are skipped."""
+    def names(self, place: str = PENDING,
+              known: Mapping[str, EntryName] | None = None) -> Iterator[EntryName]:
+        """Entry names in ``place`` (unordered); temp, error and stray files are skipped.
+        ``known``: names parsed before, by file name (a listing repeated often parses only
+        what is new)."""
         if place == ACTIVE:
             for claim in self.claims():
                 yield from _names_in(self.active / claim)
             return
-        yield from _names_in(self.dir(place))
+        yield from _names_in(self.dir(place), known)
 
     def claim_names(self, claim: str) -> Iterator[EntryName]:
         """The entry names left in one claim (none once it is gone)."""
@@ -319,11 +322,13 @@ class Spool:
         return target
 
 
-def _names_in(directory: Path) -> Iterator[EntryName]:
+def _names_in(directory: Path, known: Mapping[str, EntryName] | None = None) -> Iterator[EntryName]:
     try:
         with os.scandir(directory) as it:
             for item in it:
-                parsed = EntryName.parse(item.name)
+                parsed = known.get(item.name) if known else None
+                if parsed is None:
+                    parsed = EntryName.parse(item.name)
                 if parsed is not None:
                     yield parsed
     except FileNotFoundError:

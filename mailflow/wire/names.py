@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 TMP_PREFIX = "__tmp__."
 ERROR_PREFIX = "error."
@@ -65,17 +66,35 @@ def check_site(site: object) -> str:
     return _checked(SITE, site, "a site key")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, slots=True)
 class EntryName:
+    """A queue entry's name, parsed.  Ordered by its fields (when it is due first); the queue
+    manager lists and sorts thousands of these several times a second, so the text and the
+    sort key are computed once (a dataclass's generated ``__lt__`` builds two tuples per
+    comparison: sorting 5,000 names took 20 ms)."""
+
     next_attempt_ms: int
     num_failures: int
     arrival_ms: int
     id: str
     domain: str
+    #: the file name, once formatted (or as parsed: then known canonical)
+    _text: str = field(default="", init=False, repr=False, compare=False)
+    #: the fields as a tuple: what names are ordered by (see ORDER)
+    key: tuple[int, int, int, str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.next_attempt_ms, self.num_failures, self.arrival_ms,
+                                         self.id, self.domain))
+
+    def __lt__(self, other: EntryName) -> bool:
+        return self.key < other.key
 
     def __str__(self) -> str:
-        return (f"{self.next_attempt_ms:013d}_{self.num_failures}_{self.arrival_ms:013d}_"
-                f"{self.id}_{self.domain}")
+        if not self._text:
+            object.__setattr__(self, "_text", f"{self.next_attempt_ms:013d}_{self.num_failures}_"
+                                              f"{self.arrival_ms:013d}_{self.id}_{self.domain}")
+        return self._text
 
     @classmethod
     def parse(cls, name: str) -> EntryName | None:
@@ -116,6 +135,10 @@ class EntryName:
             next_attempt_ms=next_attempt_ms,
             num_failures=self.num_failures if num_failures is None else num_failures,
         )
+
+
+#: Sort names by this (``names.sort(key=ORDER)``): their order, without a Python call per comparison.
+ORDER = attrgetter("key")
 
 
 def tenant_tag(tenant: str) -> str:

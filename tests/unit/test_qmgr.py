@@ -1,5 +1,6 @@
 """The queue manager: due entries become destination batches, one task chain each."""
 
+import os
 import threading
 import time
 
@@ -11,8 +12,9 @@ from mailflow import outbound
 from mailflow.address import parse_address
 from mailflow.pipeline import shaping
 from mailflow.queue import manager as qmgr
+from mailflow.queue.spool import Spool
 from mailflow.relay.shaping import Shaper
-from mailflow.wire.names import tenant_tag
+from mailflow.wire.names import EntryName, tenant_tag
 
 
 def load_cfg(tmp_path):
@@ -35,11 +37,25 @@ class Recorder:
             return sum(len(b.names) for b in self.batches)
 
 
+class Delivering(Recorder):
+    """Each batch delivered as soon as it is published: its entries gone, its claim ended."""
+
+    def __init__(self, spool):
+        super().__init__()
+        self.spool = spool
+
+    def __call__(self, task, batch):
+        super().__call__(task, batch)
+        for name in batch.names:
+            os.unlink(self.spool.claimed_path(batch.claim, name))
+        self.spool.finish(batch.claim)
+
+
 def test_a_stream_of_submissions_makes_few_large_batches(tmp_path):
     """Each queued message wakes the manager; wake-ups during the coalescing pause share one
     scan, so a burst costs a handful of chains, not one chain (four tasks) per message."""
     cfg = load_cfg(tmp_path)
-    publish = Recorder()
+    publish = Delivering(Spool(cfg.queue_path()))
     manager = qmgr.QueueManager(cfg, publish=publish).start()
     try:
         sender = parse_address("a@sender.example")
@@ -91,7 +107,8 @@ def test_a_deferred_backlog_is_not_listed_again_until_something_changes(tmp_path
     manager = qmgr.QueueManager(cfg, publish=publish)
     listings = []
     names = manager.spool.names
-    monkeypatch.setattr(manager.spool, "names", lambda state=PENDING: listings.append(state) or names(state))
+    monkeypatch.setattr(manager.spool, "names",
+                        lambda state=PENDING, known=None: listings.append(state) or names(state, known))
     sender = parse_address("a@sender.example")
     outbound.queue_message(sender, [parse_address("b@later.example")], b"Subject: s\r\n\r\nx\r\n", cfg=cfg)
     [path] = list(manager.spool.pending.iterdir())
@@ -198,10 +215,64 @@ def test_due_destinations_are_served_round_robin_the_longest_waiting_first(tmp_p
     _queue(cfg, ["one@small.example"])
     _queue(cfg, [f"r{n}@mid.example" for n in range(15)])
     publish = Recorder()
-    assert qmgr.QueueManager(cfg, publish=publish).scan() == 51
+    assert qmgr.QueueManager(cfg, publish=publish).scan() == 41
+    # the remainders (5 of mid, 5 of big) wait for their destination's batches in flight
     assert [(b.domain, len(b.names)) for b in publish.batches] == [
         ("big.example", 10), ("small.example", 1), ("mid.example", 10),
-        ("big.example", 10), ("mid.example", 5), ("big.example", 10), ("big.example", 5)]
+        ("big.example", 10), ("big.example", 10)]
+
+
+def test_a_busy_destinations_new_mail_waits_for_its_batch_and_goes_as_one(tmp_path, monkeypatch):
+    """Hold and fill: mail for a destination with a batch in flight is not claimed in a batch
+    of its own as each message arrives; once that batch ends, what came meanwhile is one batch
+    -- and the manager notices the end without waiting for its next periodic scan."""
+    monkeypatch.setattr(qmgr, "BATCH_MAX", 10)
+    cfg = load_cfg(tmp_path)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish)
+    _queue(cfg, ["r0@busy.example"])
+    assert manager.scan() == 1
+    for n in range(1, 8):  # a trickle, a scan after each message
+        _queue(cfg, [f"r{n}@busy.example"])
+        manager._listed_mtime_ns = None
+        assert manager.scan() == 0
+        assert not manager.held_back()  # nothing ended yet: no scan is asked for
+    _queue(cfg, ["one@quiet.example"])  # a destination with nothing in flight is not held
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 1
+    first = publish.batches[0]
+    spool = manager.spool
+    for name in list(spool.claim_names(first.claim)):
+        os.rename(spool.claimed_path(first.claim, str(name)), spool.path(name.rescheduled(10**15)))
+    spool.finish(first.claim)
+    assert manager.held_back()  # the batch ended: the held mail is claimed at once
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 7
+    assert [(b.domain, len(b.names)) for b in publish.batches] == [
+        ("busy.example", 1), ("quiet.example", 1), ("busy.example", 7)]
+
+
+def test_due_names_listed_again_are_not_parsed_again(tmp_path, monkeypatch):
+    """Mail held for its destination's batch stays due in pending/ and is listed at every
+    scan: its names are parsed once, not at each listing."""
+    cfg = load_cfg(tmp_path)
+    manager = qmgr.QueueManager(cfg, publish=Recorder())
+    _queue(cfg, ["first@busy.example"])
+    assert manager.scan() == 1
+    _queue(cfg, [f"r{n}@busy.example" for n in range(5)])
+    parsed = []
+    real = EntryName.parse.__func__
+    monkeypatch.setattr(EntryName, "parse", classmethod(lambda cls, n: parsed.append(n) or real(cls, n)))
+    for expected in (5, 0, 0):
+        parsed.clear()
+        manager._listed_mtime_ns = None  # list pending/ again
+        assert manager.scan() == 0  # held: the first batch is in flight
+        assert len(parsed) == expected
+    _queue(cfg, ["late@busy.example"])
+    parsed.clear()
+    manager._listed_mtime_ns = None
+    manager.scan()
+    assert len(parsed) == 1
 
 
 def _queue_for(cfg, tenant: str, recipients: list[str]) -> None:
@@ -221,9 +292,9 @@ def test_each_tenants_mail_for_a_destination_takes_turns_of_its_own(tmp_path, mo
     time.sleep(0.002)
     _queue_for(cfg, "globex", ["one@big.example"])
     publish = Recorder()
-    assert qmgr.QueueManager(cfg, publish=publish).scan() == 36
+    assert qmgr.QueueManager(cfg, publish=publish).scan() == 31  # acme's last 5 wait for a batch
     sizes = [len(b.names) for b in publish.batches]
-    assert sizes[:2] == [10, 1]  # globex's one message in the second batch, not the fifth
+    assert sizes[:2] == [10, 1]  # globex's one message in the second batch, not the fourth
     assert all(b.domain == "big.example" for b in publish.batches)
     [second] = [publish.batches[1]]
     assert "t" + tenant_tag("globex") in second.names[0]
