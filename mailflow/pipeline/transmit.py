@@ -230,6 +230,9 @@ class Courier:
         self._started = 0.0
         #: the receiver takes SLOW_MESSAGE or more per message: lanes are looked for
         self._slow = False
+        #: the addresses where a lane last found no room: later lanes start only as room
+        #: frees there (Pool.spare)
+        self._full: frozenset[str] = frozenset()
         self.shaping = RouteShaping(cfg, route.domain, route.tenant)
         #: the MX hosts' key, which slowness is remembered under
         self.receiver = site_key(route.mx)
@@ -437,6 +440,8 @@ class Courier:
         with self._lock:
             wanted = len(self._todo) - len(self._lanes)
         wanted = min(wanted, most) if most is not None else wanted
+        if wanted > 0 and self._full:  # no lane that could only find no room
+            wanted = min(wanted, POOL.spare(self._full, self.settings))
         for _ in range(wanted):
             thread = threading.Thread(target=self._extra_lane,
                                       name=f"lane-{self.route.domain}-{len(self._lanes)}", daemon=True)
@@ -454,6 +459,8 @@ class Courier:
                 if item is not None and lane.ready():
                     self._drive(lane, item)
                 elif item is not None:  # no room: the other lanes will send it
+                    if isinstance(lane.why, NoSlot):
+                        self._full = lane.why.ips
                     with self._lock:
                         self._todo.appendleft(item)
             except Exception:

@@ -126,6 +126,18 @@ class Pool:
         with self._cond:
             return sum(len(sessions) for sessions in self._idle.values())
 
+    def spare(self, ips: frozenset[str], settings: Outbound) -> int:
+        """How many more sessions at ``ips`` could be had now without closing another
+        destination's idle one: free slots there, and the idle sessions there.  A slow
+        receiver's batch that found no room for a lane starts no more lanes than this: each
+        beyond it would only look for room and find none (a thread, the route's policy and
+        addresses worked out, the pool's lock) -- after every message, while all is busy."""
+        with self._cond:
+            per_ip = sum(max(settings.pool_concurrency_max - self._per_ip[ip], 0) for ip in ips)
+            free = min(settings.concurrency_max - self._open, per_ip)
+            idle = sum(1 for sessions in self._idle.values() for s in sessions if s.key.ip in ips)
+        return max(free, 0) + idle
+
     def _room(self, ip: str, settings: Outbound) -> bool:
         return self._open < settings.concurrency_max and self._per_ip[ip] < settings.pool_concurrency_max
 

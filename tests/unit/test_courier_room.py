@@ -1,0 +1,43 @@
+"""A slow receiver's batch looks for lanes only where room can be had (pipeline/transmit.py).
+
+After each message a slow batch looks for room another batch left; a lane that looked and
+found none cost a thread, the route's policy and addresses and the pool's lock -- with every
+slot busy (a hundred domains sharing a hundred connections), after every message of every
+batch.  Once a lane found the addresses full, more start only as room frees there.
+"""
+
+from harness.mxserver import MXServer
+from mailflow import config
+from mailflow.pipeline import transmit
+from mailflow.queue.spool import Spool
+from mailflow.relay.mx import MX
+from mailflow.relay.pool import POOL
+from mailflow.wire.payloads import Batch, Route
+from tests.support.entries import make_entry
+
+
+def test_a_slow_batch_with_no_room_for_lanes_stops_looking_for_them(tmp_path, monkeypatch):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "outbound.ini").write_text(
+        f"queue_dir = {tmp_path / 'queue'}\nenable_tls = false\npool_concurrency_max = 1\n")
+    cfg = config.Config(tmp_path / "config")
+    looked = []
+    real = transmit.session_for
+    monkeypatch.setattr(transmit, "session_for", lambda *a, **k: looked.append(1) or real(*a, **k))
+    with MXServer("127.0.0.4", 0, delay={"DOT": 0.25}) as mx:  # slow: a quarter second a message
+        spool = Spool(cfg.queue_path()).ensure()
+        for n in range(12):
+            spool.write([make_entry(f"R.{n}")], b"Subject: s\r\n\r\nm\r\n")
+        claim, names = spool.claim(sorted(spool.names()))
+        route = Route(Batch(spool.identity, claim, tuple(names), "example.com"),
+                      mx=(MX("127.0.0.4", port=mx.port, from_dns=False),))
+        courier = transmit.Courier(cfg, route, None, transmit.LocalLedger(spool, route, cfg.outbound))
+        try:
+            courier.run()
+        finally:
+            courier.let_go()
+        assert len(mx.deliveries) == 12 and mx.high_water == 1
+    # the first lane's session, then the lanes started when the batch was found slow (all
+    # found the one slot taken); without the check, four more after each of the 11 messages
+    assert len(looked) <= 1 + 11, len(looked)
+    POOL.reap()
