@@ -401,11 +401,12 @@ class QueueManager:
         one or two messages to every busy domain -- three tasks, a claim, a lookup and often
         a connection each -- which cost more CPU than the messages themselves."""
         due = self._by_site(due)
-        active = self._by_site_counts(active)
-        held = self._by_site_counts(Counter(self.in_flight.bytes))
+        turn_of: dict[str, str] = {}  # window key -> turn, worked out once per scan
+        active = self._by_site_counts(active, turn_of)
+        held = self._by_site_counts(Counter(self.in_flight.bytes), turn_of)
         bytes_room = ACTIVE_BYTES_MAX - sum(held.values())
         share, bytes_share = int(ACTIVE_MAX * DESTINATION_SHARE), int(ACTIVE_BYTES_MAX * DESTINATION_SHARE)
-        batches = self._by_site_counts(self.in_flight.claims)
+        batches = self._by_site_counts(self.in_flight.claims, turn_of)
         turns = deque(sorted(due, key=lambda destination: due[destination][0]))
         claimed = 0
         while turns and room > 0 and bytes_room > 0:
@@ -469,13 +470,16 @@ class QueueManager:
             names.sort(key=ORDER)
         return merged
 
-    def _by_site_counts(self, counts: Counter[str]) -> Counter[str]:
-        """Window counts by turn: by destination, each tenant's apart (inflight.flight_key)."""
+    def _by_site_counts(self, counts: Counter[str], turn_of: dict[str, str]) -> Counter[str]:
+        """Window counts by turn: by destination, each tenant's apart (inflight.flight_key);
+        ``turn_of`` keeps what each key's turn was found to be."""
         merged: Counter[str] = Counter()
         for key, n in counts.items():
-            tag, sep, domain = key.rpartition(TENANT_SEP)
-            destination = self._destination(domain)
-            merged[f"{tag}{sep}{destination}"] += n
+            turn = turn_of.get(key)
+            if turn is None:
+                tag, sep, domain = key.rpartition(TENANT_SEP)
+                turn = turn_of[key] = f"{tag}{sep}{self._destination(domain)}"
+            merged[turn] += n
         return merged
 
     def _batch(self, claim: str, names: tuple[str, ...], destination: str, domains: Counter[str]) -> Batch:

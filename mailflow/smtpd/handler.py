@@ -181,8 +181,12 @@ class SubmissionHandler(ListedOnce):
         if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
             return SMTPStatus.TOO_MANY_RECIPIENTS
         store = suppression.for_config(self.cfg)
-        entry = (await asyncio.get_running_loop().run_in_executor(None, suppression.check, store, address)
-                 if store.blocking else suppression.check(store, address))
+        if store.known_empty():
+            entry = None
+        elif store.blocking:
+            entry = await asyncio.get_running_loop().run_in_executor(None, suppression.check, store, address)
+        else:
+            entry = suppression.check(store, address)
         if entry is not None:
             logs.event("refused", rcpt=logs_safe(address), client=conn.remote_ip,
                        reason="suppressed", since=int(entry.since))

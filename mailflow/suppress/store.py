@@ -77,6 +77,11 @@ def suppresses(reply: Reply, reply_class: str | None = None,
 class Store(Protocol):
     blocking: bool
 
+    def known_empty(self) -> bool:
+        """The list was found empty a moment ago: no check can find anything (and none need
+        wait on the network for it)."""
+        ...
+
     def get(self, address: str) -> Entry | None: ...
 
     def add(self, entry: Entry) -> None: ...
@@ -100,6 +105,9 @@ class DirectoryStore:
     """One file per address under ``directory``, named by the address's hash."""
 
     blocking = False  #: a check is one open() of a local file
+
+    def known_empty(self) -> bool:
+        return False
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -150,6 +158,11 @@ class RedisStore:
         self.url = url
         self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._empty_until = 0.0
+
+    def known_empty(self) -> bool:
+        """While it holds a check costs nothing: a submission's RCPT then need not go
+        through a thread for one (a quarter of a millisecond of CPU each)."""
+        return time.monotonic() < self._empty_until
 
     def get(self, address: str) -> Entry | None:
         now = time.monotonic()
