@@ -210,7 +210,8 @@ class Courier:
     pool (no waiting for a slot, and no closing another destination's idle session: a
     lane that gets none ends at once), taking the next message as it is free.  Room
     frees as other batches end and their connections close, so the batch looks again
-    after each message it sends and takes what is free then.  A destination found slow
+    after each message it sends and takes what is free then -- once a lane found its
+    addresses full, only as far as the pool says room has freed there (Pool.spare).  A destination found slow
     is remembered for a while (``KNOWN_SLOW_FOR``): its next batches spread from their
     first message.  The batch still costs one MX lookup and one claim.
 
