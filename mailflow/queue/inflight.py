@@ -11,6 +11,7 @@ earlier process's, until their leases expire) are listed once, when first seen.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 
 from mailflow.queue.entry import EntryName
 from mailflow.queue.spool import Spool
@@ -34,6 +35,11 @@ class InFlight:
         self.entries.update(entries)
         self.bytes.update(sizes)
         self.claims.update(entries.keys())
+
+    def keys_by_claim(self) -> Iterator[tuple[str, Iterable[str]]]:
+        """Each live claim and the keys of its entries."""
+        for claim, (entries, _sizes) in self._claims.items():
+            yield claim, entries.keys()
 
     def refresh(self) -> None:
         """Forget the claims that are done; learn those made elsewhere (bytes unknown)."""

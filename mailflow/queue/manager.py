@@ -79,6 +79,11 @@ SITES_EXPIRE_EVERY = 300.0
 #: brackets of an address literal).
 SITE_PREFIX = "site:"
 
+#: A claim whose directory has not changed for this long (its lease renewed every 10 s,
+#: a batch waiting for a connection slot every 20 s, a delivery unlinks an entry) no longer
+#: holds its destination's new mail back (hold and fill): its worker may be gone.
+HOLD_STALE = 45.0
+
 #: Publish a batch to a task, by the task's name.
 Publisher = Callable[[str, Batch], None]
 
@@ -120,6 +125,37 @@ def _never_held(domain: str) -> tuple[float, str]:
 BROKER_SAY_EVERY = 60.0
 #: How long the look at the broker at start may take (s).
 PROBE_TIMEOUT = 10.0
+
+
+class Fills:
+    """Which turns have a live batch in flight, for one scan of hold and fill: the claims of
+    each turn are sorted out only when a turn would be held, and a claim's directory is
+    looked at (its mtime) only for such a turn."""
+
+    def __init__(self, manager: QueueManager, turn_of: dict[str, str]):
+        self.manager, self.turn_of = manager, turn_of
+        self._claims: dict[str, list[str]] | None = None
+        self._claimed_now: set[str] = set()
+
+    def claimed(self, turn: str) -> None:
+        self._claimed_now.add(turn)
+
+    def live(self, turn: str) -> bool:
+        if turn in self._claimed_now:
+            return True
+        if self._claims is None:
+            self._claims = defaultdict(list)
+            for claim, keys in self.manager.in_flight.keys_by_claim():
+                for key in keys:
+                    self._claims[self.manager.turn(key, self.turn_of)].append(claim)
+        spool, now = self.manager.spool, time.time()
+        for claim in self._claims.get(turn, ()):
+            try:
+                if now - os.stat(spool.active / claim).st_mtime < HOLD_STALE:
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
 
 
 class QueueManager:
@@ -397,7 +433,9 @@ class QueueManager:
         Hold and fill: while a turn has a batch in flight, its due mail is claimed only by
         whole batches (``BATCH_MAX``); what is fewer waits in pending/ for that batch to end
         and then goes as one batch (Postfix's qmgr keeps a busy destination's new mail in
-        its active queue the same way).  Claiming each scan's trickle apart made batches of
+        its active queue the same way).  A batch whose lease has not been renewed for
+        ``HOLD_STALE`` holds nothing: its worker may have died, and its entries wait for
+        the lease to expire, new mail need not.  Claiming each scan's trickle apart made batches of
         one or two messages to every busy domain -- three tasks, a claim, a lookup and often
         a connection each -- which cost more CPU than the messages themselves."""
         due = self._by_site(due)
@@ -407,13 +445,14 @@ class QueueManager:
         bytes_room = ACTIVE_BYTES_MAX - sum(held.values())
         share, bytes_share = int(ACTIVE_MAX * DESTINATION_SHARE), int(ACTIVE_BYTES_MAX * DESTINATION_SHARE)
         batches = self._by_site_counts(self.in_flight.claims, turn_of)
+        fills = Fills(self, turn_of)
         turns = deque(sorted(due, key=lambda destination: due[destination][0]))
         claimed = 0
         while turns and room > 0 and bytes_room > 0:
             turn = turns.popleft()  # a destination, or one tenant's mail for it
             destination = turn.rpartition(TENANT_SEP)[2]
             names = due[turn]
-            if batches[turn] and len(names) < BATCH_MAX:  # hold and fill: see held_back()
+            if batches[turn] and len(names) < BATCH_MAX and fills.live(turn):  # see held_back()
                 self._holding = True
                 continue
             count = min(BATCH_MAX, room, share - active[turn])
@@ -436,6 +475,7 @@ class QueueManager:
             bytes_room -= size
             if got:
                 batches[turn] += 1
+                fills.claimed(turn)
                 room -= len(got)
                 active[turn] += len(got)
                 claimed += len(got)
@@ -475,12 +515,16 @@ class QueueManager:
         ``turn_of`` keeps what each key's turn was found to be."""
         merged: Counter[str] = Counter()
         for key, n in counts.items():
-            turn = turn_of.get(key)
-            if turn is None:
-                tag, sep, domain = key.rpartition(TENANT_SEP)
-                turn = turn_of[key] = f"{tag}{sep}{self._destination(domain)}"
-            merged[turn] += n
+            merged[self.turn(key, turn_of)] += n
         return merged
+
+    def turn(self, key: str, turn_of: dict[str, str]) -> str:
+        """The turn a window key (inflight.flight_key) counts under, kept in ``turn_of``."""
+        turn = turn_of.get(key)
+        if turn is None:
+            tag, sep, domain = key.rpartition(TENANT_SEP)
+            turn = turn_of[key] = f"{tag}{sep}{self._destination(domain)}"
+        return turn
 
     def _batch(self, claim: str, names: tuple[str, ...], destination: str, domains: Counter[str]) -> Batch:
         """A domain's batch, or a site's when it holds entries of more than one domain."""

@@ -252,6 +252,24 @@ def test_a_busy_destinations_new_mail_waits_for_its_batch_and_goes_as_one(tmp_pa
         ("busy.example", 1), ("quiet.example", 1), ("busy.example", 7)]
 
 
+def test_a_batch_whose_lease_went_stale_holds_no_new_mail_back(tmp_path, monkeypatch):
+    """Hold and fill waits for a live batch only: one whose claim has not been renewed for
+    HOLD_STALE (its worker may have died; its lease expires in minutes) lets new mail go."""
+    cfg = load_cfg(tmp_path)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish)
+    _queue(cfg, ["first@busy.example"])
+    assert manager.scan() == 1
+    _queue(cfg, ["second@busy.example"])
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 0  # its batch is alive: held
+    stale = time.time() - qmgr.HOLD_STALE - 1
+    os.utime(manager.spool.claim_dir(publish.batches[0].claim), (stale, stale))
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 1
+    assert [len(b.names) for b in publish.batches] == [1, 1]
+
+
 def test_due_names_listed_again_are_not_parsed_again(tmp_path, monkeypatch):
     """Mail held for its destination's batch stays due in pending/ and is listed at every
     scan: its names are parsed once, not at each listing."""
