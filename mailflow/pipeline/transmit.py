@@ -211,9 +211,10 @@ class Courier:
     lane that gets none ends at once), taking the next message as it is free.  Room
     frees as other batches end and their connections close, so the batch looks again
     after each message it sends and takes what is free then -- once a lane found its
-    addresses full, only as far as the pool says room has freed there (Pool.spare).  A destination found slow
-    is remembered for a while (``KNOWN_SLOW_FOR``): its next batches spread from their
-    first message.  The batch still costs one MX lookup and one claim.
+    addresses full, only as far as the pool says room has freed there (Pool.spare).  A
+    destination found slow is remembered for a while (``KNOWN_SLOW_FOR``): its next
+    batches spread from their first message.  The batch still costs one MX lookup and
+    one claim.
 
     Whatever happens -- a broken connection, a full disk while recording an outcome,
     an exception nobody planned for -- every session goes back to the pool or is

@@ -128,21 +128,24 @@ PROBE_TIMEOUT = 10.0
 
 
 class Fills:
-    """Which turns have a live batch in flight, for one scan of hold and fill: the claims of
-    each turn are sorted out only when a turn would be held, and a claim's directory is
-    looked at (its mtime) only for such a turn."""
+    """Which turns have a live batch in flight, for one scan of hold and fill: ``counts``
+    (claims in flight by turn) answers most turns; the claims of each turn are sorted out
+    only when one has some, and a claim's directory is looked at (its mtime) only then."""
 
-    def __init__(self, manager: QueueManager, turn_of: dict[str, str]):
-        self.manager, self.turn_of = manager, turn_of
+    def __init__(self, manager: QueueManager, turn_of: dict[str, str], counts: Counter[str]):
+        self.manager, self.turn_of, self.counts = manager, turn_of, counts
         self._claims: dict[str, list[str]] | None = None
         self._claimed_now: set[str] = set()
 
     def claimed(self, turn: str) -> None:
+        """This scan claimed a batch of ``turn``: it is live."""
         self._claimed_now.add(turn)
 
     def live(self, turn: str) -> bool:
         if turn in self._claimed_now:
             return True
+        if not self.counts[turn]:
+            return False
         if self._claims is None:
             self._claims = defaultdict(list)
             for claim, keys in self.manager.in_flight.keys_by_claim():
@@ -435,24 +438,23 @@ class QueueManager:
         and then goes as one batch (Postfix's qmgr keeps a busy destination's new mail in
         its active queue the same way).  A batch whose lease has not been renewed for
         ``HOLD_STALE`` holds nothing: its worker may have died, and its entries wait for
-        the lease to expire, new mail need not.  Claiming each scan's trickle apart made batches of
-        one or two messages to every busy domain -- three tasks, a claim, a lookup and often
-        a connection each -- which cost more CPU than the messages themselves."""
+        the lease to expire, new mail need not.  Claiming each scan's trickle apart made
+        batches of one or two messages to every busy domain -- three tasks, a claim, a
+        lookup and often a connection each -- which cost more CPU than the messages."""
         due = self._by_site(due)
         turn_of: dict[str, str] = {}  # window key -> turn, worked out once per scan
         active = self._by_site_counts(active, turn_of)
         held = self._by_site_counts(Counter(self.in_flight.bytes), turn_of)
         bytes_room = ACTIVE_BYTES_MAX - sum(held.values())
         share, bytes_share = int(ACTIVE_MAX * DESTINATION_SHARE), int(ACTIVE_BYTES_MAX * DESTINATION_SHARE)
-        batches = self._by_site_counts(self.in_flight.claims, turn_of)
-        fills = Fills(self, turn_of)
+        fills = Fills(self, turn_of, self._by_site_counts(self.in_flight.claims, turn_of))
         turns = deque(sorted(due, key=lambda destination: due[destination][0]))
         claimed = 0
         while turns and room > 0 and bytes_room > 0:
             turn = turns.popleft()  # a destination, or one tenant's mail for it
             destination = turn.rpartition(TENANT_SEP)[2]
             names = due[turn]
-            if batches[turn] and len(names) < BATCH_MAX and fills.live(turn):  # see held_back()
+            if len(names) < BATCH_MAX and fills.live(turn):  # see held_back()
                 self._holding = True
                 continue
             count = min(BATCH_MAX, room, share - active[turn])
@@ -474,7 +476,6 @@ class QueueManager:
             held[turn] += size
             bytes_room -= size
             if got:
-                batches[turn] += 1
                 fills.claimed(turn)
                 room -= len(got)
                 active[turn] += len(got)
