@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
+from functools import total_ordering
 from operator import attrgetter
 
 TMP_PREFIX = "__tmp__."
@@ -66,6 +67,7 @@ def check_site(site: object) -> str:
     return _checked(SITE, site, "a site key")
 
 
+@total_ordering
 @dataclass(frozen=True, slots=True)
 class EntryName:
     """A queue entry's name, parsed.  Ordered by its fields (when it is due first); the queue
