@@ -221,9 +221,10 @@ class Session:
         mail_cmd = f"MAIL FROM:<{mail_from}>" + "".join(" " + o for o in options)
         rcpt_cmds = [f"RCPT TO:<{r}>" + "".join(" " + o for o in dsn.rcpt_options(r))
                      if passed_on and dsn is not None else f"RCPT TO:<{r}>" for r in rcpts]
-        if s.has_extn("pipelining"):
+        pipelined = s.has_extn("pipelining")
+        if pipelined:  # RFC 2920: the envelope and DATA in one write, the replies read in order
             self._timeout(settings.timeout_mail)
-            s.send(b"".join(envelope.command_line(c) for c in [mail_cmd, *rcpt_cmds]))
+            s.send(b"".join(envelope.command_line(c) for c in [mail_cmd, *rcpt_cmds, "DATA"]))
             mail_reply = self._reply("MAIL")
             self._timeout(settings.timeout_rcpt)
             rcpt_replies = [self._reply("RCPT") for _ in rcpts]
@@ -237,16 +238,20 @@ class Session:
                 for cmd in rcpt_cmds:
                     s.putcmd(cmd)
                     rcpt_replies.append(self._reply("RCPT"))
-        if mail_reply.code != 250:
-            self._rset(settings)
-            return [RcptResult(r, mail_reply) for r in rcpts]
-        results = [RcptResult(r, rep) for r, rep in zip(rcpts, rcpt_replies, strict=True)]
+        if mail_reply.code == 250:
+            results = [RcptResult(r, rep) for r, rep in zip(rcpts, rcpt_replies, strict=True)]
+        else:
+            results = [RcptResult(r, mail_reply) for r in rcpts]
         accepted = [res for res in results if 200 <= res.reply.code < 300]
         if not accepted:
-            self._rset(settings)
+            if pipelined:
+                self._refused_data(settings)
+            else:
+                self._rset(settings)
             return results
         self._timeout(settings.timeout_data)
-        s.putcmd("DATA")
+        if not pipelined:
+            s.putcmd("DATA")
         data_reply = self._reply("DATA")
         if data_reply.code != 354:
             for res in accepted:
@@ -274,6 +279,24 @@ class Session:
             # may have been delivered, so the caller defers and never tries elsewhere now.
             raise EndOfDataTimeout(str(exc)) from exc
         return results
+
+    def _refused_data(self, settings: Outbound) -> None:
+        """The pipelined DATA's reply when no recipient was accepted: the refusal it should be
+        (then RSET), or a 354 all the same, answered by an empty message (RFC 2920 3.1) whose
+        reply means nothing -- no recipient takes it.  A server that closes here has said
+        what mattered already (the envelope's replies): the session is dead, not the results."""
+        try:
+            self._timeout(settings.timeout_data)
+            if self._reply("DATA").code != 354:
+                self._rset(settings)
+                return
+            self._timeout(settings.timeout_end_of_data)
+            self.smtp.send(b".\r\n")
+            if not isinstance(self.smtp, smtplib.LMTP):  # LMTP: a reply per accepted recipient
+                self._reply("DATA")
+        except (smtplib.SMTPException, OSError) as exc:
+            log.info("%s: the connection ended after a refused envelope: %s", self.host, exc)
+            self.smtp.close()
 
     def _rset(self, settings: Outbound) -> None:
         self._timeout(settings.timeout_command)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
 
 import pytest
 import trustme
@@ -169,3 +171,103 @@ def test_an_envelope_that_would_be_two_commands_or_too_long_is_refused_unsent(ba
         [d] = server.wait_for(1)
         assert d.mail_from == "a@sender.test" and d.rcpt_to == ["ok@x.test"]
         s.close()
+
+
+# ── PIPELINING: the envelope and DATA in one write (RFC 2920) ─────────────────────────────
+
+
+class RawMX:
+    """A hand-scripted SMTP server on 127.0.0.2 for one session: it reads until it has seen
+    what each step waits for, then answers that step.  Unlike aiosmtpd, which answers each
+    command before it reads the next, it can tell what a client sent before any reply."""
+
+    def __init__(self, steps: list[tuple[bytes, bytes]]):
+        self.steps = steps  # (what the client must have sent by now, the answer)
+        self.received = b""
+        self.failure: str | None = None
+        self.listener = socket.create_server(("127.0.0.2", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(20)
+        with conn:
+            conn.sendall(b"220 raw.test ESMTP\r\n")
+            for waits_for, answer in self.steps:
+                while not self.received.endswith(waits_for):
+                    try:
+                        chunk = conn.recv(65536)
+                    except TimeoutError:
+                        self.failure = f"waited for {waits_for!r}; got {self.received!r}"
+                        return
+                    if not chunk:
+                        return
+                    self.received += chunk
+                if not answer:  # hang up
+                    return
+                conn.sendall(answer)
+
+    def join(self) -> None:
+        self.thread.join(30)
+        self.listener.close()
+        assert self.failure is None, self.failure
+
+
+EHLO = (b"ehlo client.test\r\n", b"250-raw.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+
+
+def raw_session(mx: RawMX):
+    t = Target(mx=MX(exchange="127.0.0.2", from_dns=False), ip="127.0.0.2", port=mx.port)
+    return open_session(t, helo="client.test", bind=None, settings=SETTINGS, tls=NO_POLICY,
+                        need=tls_need(t, "client.test", NO_POLICY, SETTINGS))
+
+
+def test_mail_rcpt_and_data_go_in_one_write_before_any_reply():
+    """The server answers nothing until DATA has come: a client that waits for the RCPT
+    replies before DATA (as this one did until 2026-12-07) never gets there."""
+    mx = RawMX([EHLO,
+                (b"DATA\r\n", b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 gone\r\n354 go on\r\n"),
+                (b"\r\n.\r\n", b"250 2.0.0 queued\r\n"),
+                (b"quit\r\n", b"221 bye\r\n")])
+    s = raw_session(mx)
+    results = s.send("a@sender.test", ["ok@x.test", "gone@x.test"], MESSAGE, SETTINGS)
+    assert [(r.address, r.status) for r in results] == [("ok@x.test", "delivered"),
+                                                        ("gone@x.test", "failed")]
+    s.close()
+    mx.join()
+    assert mx.received == (EHLO[0] + b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<ok@x.test>\r\n"
+                           b"RCPT TO:<gone@x.test>\r\nDATA\r\nSubject: t\r\n\r\n..dotted\r\n.\r\n"
+                           b"quit\r\n")
+
+
+@pytest.mark.parametrize("data_answer", [b"554 5.5.1 no valid recipients\r\n", b"354 go on\r\n"])
+def test_a_pipelined_data_after_every_recipient_refused_sends_no_message(data_answer):
+    """DATA's reply is read whatever it is (RFC 2920 3.1): a refusal is followed by RSET; a
+    354 all the same by an empty message, never the content.  The session stays usable."""
+    after = (b"RSET\r\n", b"250 2.0.0 reset\r\n") if data_answer.startswith(b"5") else \
+        (b"\r\n.\r\n", b"554 5.5.1 no recipients\r\n")
+    mx = RawMX([EHLO,
+                (b"DATA\r\n", b"250 2.1.0 ok\r\n550 5.1.1 gone\r\n" + data_answer), after,
+                (b"DATA\r\n", b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go on\r\n"),
+                (b"\r\n.\r\n", b"250 2.0.0 queued\r\n"),
+                (b"quit\r\n", b"221 bye\r\n")])
+    s = raw_session(mx)
+    [r] = s.send("a@sender.test", ["gone@x.test"], MESSAGE, SETTINGS)
+    assert (r.reply.code, r.status) == (550, "failed")
+    [r] = s.send("a@sender.test", ["ok@x.test"], MESSAGE, SETTINGS)
+    assert r.status == "delivered"
+    s.close()
+    mx.join()
+    assert mx.received.count(b"Subject: t") == 1
+
+
+def test_a_server_that_hangs_up_on_the_pipelined_data_leaves_the_refusals_standing():
+    mx = RawMX([EHLO, (b"DATA\r\n", b"250 2.1.0 ok\r\n550 5.1.1 gone\r\n"), (b"", b"")])
+    s = raw_session(mx)
+    [r] = s.send("a@sender.test", ["gone@x.test"], MESSAGE, SETTINGS)
+    assert (r.reply.code, r.status) == (550, "failed")
+    assert not s.alive()
+    s.close()
+    mx.join()
