@@ -171,24 +171,37 @@ class Meter:
 
 
 class Backoffs:
-    """This process's view of every backoff in force, read again at most every REFRESH s."""
+    """This process's view of every backoff in force, read again at most every REFRESH s.
+
+    Asked several times per message by every delivery thread: one of them reads the store
+    again when the view is old, and the others go on with the last view meanwhile rather
+    than queue on a lock behind a Redis round trip (which, with a hundred threads waiting
+    for the GIL, could take far longer than the round trip).  Only before the first read
+    has anyone waited: there is no view to go on with."""
 
     def __init__(self, read: Callable[[], dict[str, State]]):
         self._read = read
         self._states: dict[str, State] = {}
-        self._at = 0.0
+        self._at: float | None = None  #: when the last read began (monotonic); None: never
         self._lock = threading.Lock()
 
     def states(self) -> dict[str, State]:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._at >= REFRESH:
+        at = self._at
+        if at is not None and time.monotonic() - at < REFRESH:
+            return self._states
+        if not self._lock.acquire(blocking=at is None):
+            return self._states  # another thread is reading it again
+        try:
+            now = time.monotonic()
+            if self._at is None or now - self._at >= REFRESH:
                 self._at = now
                 try:
                     self._states = self._read()
                 except OSError:
                     pass  # the last known states hold until the store answers again
             return self._states
+        finally:
+            self._lock.release()
 
     def known(self, key: str, state: State) -> None:
         """A change this process made: in force here at once, not at the next read."""

@@ -164,3 +164,35 @@ def test_a_backoff_is_enforced_as_a_rule_with_its_limits():
     rule = backoff.rule("google.com/mta1", st, now, POLICY)
     assert (rule.name, rule.max_connections, rule.messages_per_minute) == \
         ("backoff:google.com/mta1", 3, 60)
+
+
+def test_a_view_being_read_again_keeps_nobody_waiting_but_the_first_read_does():
+    """Every delivery thread asks for the backoffs before each message; while one reads the
+    store again the others go on with the last view (they queued on a lock behind the Redis
+    round trip until 2026-12-07).  Before the first read there is no view: they wait."""
+    reading, release = threading.Event(), threading.Event()
+    reads = []
+
+    def read() -> dict[str, State]:
+        reads.append(threading.current_thread().name)
+        if len(reads) > 1:  # the second read: held until the test lets it go
+            reading.set()
+            release.wait(30)
+        return {"site/default": State(level=len(reads))}
+
+    view = backoff.Backoffs(read)
+    first = [view.states() for _ in range(2)]
+    assert first[0] == first[1] == {"site/default": State(level=1)} and len(reads) == 1
+    view._at -= backoff.REFRESH  # a second later: the view is old
+    refresher = threading.Thread(target=view.states, name="refresher")
+    refresher.start()
+    assert reading.wait(30)
+    asked: list[dict[str, State]] = []
+    other = threading.Thread(target=lambda: asked.append(view.states()))
+    other.start()
+    other.join(30)
+    still_reading = refresher.is_alive()
+    release.set()
+    refresher.join(30)
+    assert still_reading and asked == [{"site/default": State(level=1)}]
+    assert view.states() == {"site/default": State(level=2)} and reads == ["MainThread", "refresher"]
