@@ -23,6 +23,8 @@ class HMail:
     todo: ToDo
     num_failures: int
     notes: dict[str, Any] = field(default_factory=dict)
+    #: where the message begins in the file, when the todo was read from it (load)
+    offset: int | None = field(default=None, repr=False)
 
     @property
     def filename(self) -> str:
@@ -36,15 +38,19 @@ class HMail:
 
     @classmethod
     def load(cls, path: Path) -> HMail:
-        todo, _ = qfile.load(path)
+        todo, offset = qfile.load(path)
         parsed = qfile.EntryName.parse(path.name)
-        return cls(path=path, todo=todo, num_failures=parsed.num_failures if parsed else 0)
+        return cls(path=path, todo=todo, num_failures=parsed.num_failures if parsed else 0,
+                   offset=offset)
 
     def message(self) -> bytes:
         return qfile.read_message(self.path)
 
     def message_file(self) -> FileMessage:
-        """The message where it is kept, to be read in blocks (a large one is not held whole)."""
+        """The message where it is kept, to be read in blocks (a large one is not held whole).
+        Its offset is the one ``load`` found: an entry's file is never rewritten in place."""
+        if self.offset is not None:
+            return FileMessage(self.path, self.offset)
         with open(self.path, "rb") as fh:
             _, offset = qfile.read_header(fh)
         return FileMessage(self.path, offset)

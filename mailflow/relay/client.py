@@ -159,8 +159,9 @@ class Session:
                 pass
 
     def _timeout(self, seconds: float) -> None:
-        if self.smtp.sock is not None:
-            self.smtp.sock.settimeout(seconds)
+        sock = self.smtp.sock
+        if sock is not None and sock.gettimeout() != seconds:  # each setting is a system call
+            sock.settimeout(seconds)
 
     def _reply(self, command: str) -> Reply:
         code, text = self.smtp.getreply()

@@ -69,6 +69,24 @@ def test_recover_removes_dead_writers_temp_files_and_moves_corrupt_aside(tmp_pat
     assert [n.id for n in spool.names()] == ["G.1"]
 
 
+@pytest.mark.parametrize("pad", [0, qfile.HEAD_READ, 3 * qfile.HEAD_READ])
+def test_a_todo_of_any_length_loads_with_its_message_where_it_begins(tmp_path, pad):
+    """``load`` reads the head of the file once; a todo longer than that read is read on."""
+    spool = Spool(tmp_path).ensure()
+    message = b"Subject: x\r\n\r\n" + b"line\r\n" * 5000
+    [path] = spool.write([make_entry(pad=pad)], message)
+    with open(path, "rb") as fh:
+        want_todo, want_offset = qfile.read_header(fh)
+    hmail = HMail.load(path)
+    assert (hmail.todo, hmail.offset) == (want_todo, want_offset) and hmail.todo.notes.get("k") == "v"
+    assert hmail.message_file().small() == message == hmail.message()
+    whole = path.read_bytes()
+    for cut in (2, want_offset - 1):  # shorter than the length field; a truncated todo
+        path.write_bytes(whole[:cut])
+        with pytest.raises(qfile.CorruptEntry):
+            HMail.load(path)
+
+
 def test_corrupt_header_is_reported(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(qfile._LEN.pack(5) + b"[1,2]")
