@@ -270,6 +270,24 @@ def test_a_batch_whose_lease_went_stale_holds_no_new_mail_back(tmp_path, monkeyp
     assert [len(b.names) for b in publish.batches] == [1, 1]
 
 
+def test_lapsed_leases_are_looked_for_every_few_seconds_not_at_every_scan(tmp_path):
+    """Looking stats every live claim; the manager scans several times a second under load.
+    A claim whose lease ran out goes back at the next look, at most EXPIRE_EVERY later."""
+    cfg = load_cfg(tmp_path)
+    publish = Recorder()
+    manager = qmgr.QueueManager(cfg, publish=publish)
+    _queue(cfg, ["first@a.example", "second@b.example"])
+    assert manager.scan() == 2
+    first, second = (manager.spool.claim_dir(b.claim) for b in publish.batches)
+    lapsed = time.time() - qmgr.LEASE_SECONDS - 1
+    os.utime(first, (lapsed, lapsed))
+    assert manager.expire_lapsed() == 1 and not first.exists()  # the first look: at once
+    os.utime(second, (lapsed, lapsed))
+    assert manager.expire_lapsed() == 0 and second.exists()  # looked just now: it waits
+    manager._expired_at -= qmgr.EXPIRE_EVERY
+    assert manager.expire_lapsed() == 1 and not second.exists()
+
+
 def test_due_names_listed_again_are_not_parsed_again(tmp_path, monkeypatch):
     """Mail held for its destination's batch stays due in pending/ and is listed at every
     scan: its names are parsed once, not at each listing."""
