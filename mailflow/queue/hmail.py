@@ -49,8 +49,5 @@ class HMail:
     def message_file(self) -> FileMessage:
         """The message where it is kept, to be read in blocks (a large one is not held whole).
         Its offset is the one ``load`` found: an entry's file is never rewritten in place."""
-        if self.offset is not None:
-            return FileMessage(self.path, self.offset)
-        with open(self.path, "rb") as fh:
-            _, offset = qfile.read_header(fh)
+        offset = self.offset if self.offset is not None else qfile.load(self.path)[1]
         return FileMessage(self.path, offset)

@@ -106,11 +106,11 @@ class DirectoryStore:
 
     blocking = False  #: a check is one open() of a local file
 
-    def known_empty(self) -> bool:
-        return False
-
     def __init__(self, directory: Path):
         self.directory = directory
+
+    def known_empty(self) -> bool:
+        return False
 
     def _path(self, address: str) -> Path:
         return self.directory / hashlib.sha256(address.encode()).hexdigest()
