@@ -119,9 +119,12 @@ def test_a_plaintext_pooled_session_never_carries_mail_that_must_have_tls(env, m
 
 
 def failed_status(env: Env, uuid: str) -> dict[str, Any]:
-    """The recipient status of the message's failed entry (before its bounce takes it)."""
-    env.wait(lambda: env.logged(f"failed id={uuid}"), 60)
-    line = next(line for line in env.logs().splitlines() if f"failed id={uuid}" in line and "status=" in line)
+    """The recipient status of the message's failed entry (before its bounce takes it).
+
+    The attempt line (``failed id=… domain=…``) is written before the per-recipient line
+    with its ``status=``: the wait is for the latter."""
+    line = env.wait(lambda: next((line for line in env.logs().splitlines()
+                                  if f"failed id={uuid}" in line and "status=" in line), ""), 60)
     return {"line": line}
 
 
