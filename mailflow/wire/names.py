@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
-from functools import total_ordering
+from functools import lru_cache, total_ordering
 from operator import attrgetter
 
 TMP_PREFIX = "__tmp__."
@@ -106,6 +106,10 @@ class EntryName:
         with a path separator: names also arrive in task payloads, and whoever can publish
         to the broker must not be able to point a worker outside the queue directory.
         """
+        return _parse(name)
+
+    @classmethod
+    def _parse_uncached(cls, name: str) -> EntryName | None:
         if name.startswith((TMP_PREFIX, ERROR_PREFIX, ".")) or "/" in name or "\0" in name:
             return None
         parts = name.split("_", 4)
@@ -138,6 +142,12 @@ class EntryName:
             num_failures=self.num_failures if num_failures is None else num_failures,
         )
 
+
+#: Names parsed lately, and what they parsed to.  A name is parsed by every step that
+#: meets it -- in a payload, joining it to a path, loading its entry -- several times per
+#: message at 3 us each; an EntryName is immutable, so the answer for a string is always
+#: the same one.  Bounded: a queue manager lists far more names than it keeps meeting.
+_parse = lru_cache(maxsize=16384)(EntryName._parse_uncached)
 
 #: Sort names by this (``names.sort(key=ORDER)``): their order, without a Python call per comparison.
 ORDER = attrgetter("key")

@@ -57,6 +57,20 @@ def test_hostile_values_are_no_entry_name(value):
         check_name(value)
 
 
+def test_a_name_parsed_before_answers_the_same_and_its_variants_are_still_refused():
+    """Parsing is remembered per string (names meet every step several times): what was
+    parsed once is the same answer again, and a near variant -- not zero-padded, a path
+    around it -- is judged on its own, never given the canonical name's answer."""
+    name = str(EntryName(1, 0, 1, "cached.1", "example.com"))
+    first = EntryName.parse(name)
+    assert first is not None and EntryName.parse(name) is first
+    for variant in ("1_0_1_cached.1_example.com", f"../{name}", f"{name}/x", f"{name}\0"):
+        assert EntryName.parse(variant) is None
+        with pytest.raises(BadName):
+            check_name(variant)
+    assert EntryName.parse(name) == EntryName(1, 0, 1, "cached.1", "example.com")
+
+
 def test_the_queues_own_names_pass():
     assert check_claim("0123456789abcdef" * 2) and check_claim("b-" + "f" * 32)
     assert check_webhook_batch("a" * 32)
