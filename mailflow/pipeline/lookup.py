@@ -27,7 +27,7 @@ from mailflow.queue import lending
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, delay_entry, fail_all, guarded
-from mailflow.queue.sites import Sites, site_key, suffix_key
+from mailflow.queue.sites import COMPANY, Sites, site_key, suffix_key
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.answers import mx_from_hook
 from mailflow.relay.mx import MX, query_mx
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: How long a DELAY from the send_email hook waits when it names no time.
 DEFAULT_DELAY = 60.0
+
+#: A first-seen domain with at most this many entries in its batch joins its site's next
+#: batch instead of going alone (see _join_site); one with more is a batch's worth itself.
+JOIN_MAX = 5
 
 #: Send a route on (to this owner's workers) or a parcel (to any worker).
 HandOn = Callable[[Route | Parcel], None]
@@ -110,6 +114,7 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
     groups: dict[tuple[Any, ...], list[str]] = {}
     answers: dict[tuple[Any, ...], tuple[list[MX], set[str]]] = {}
     seen: dict[str, str | None] = {}
+    known: dict[str, bool] = {}  # whether the queue manager could have known the site
     pools: dict[tuple[str, str | None], str | None] = {}
     for hmail in load(spool, batch):
         domain = batch.domain or hmail.name.domain
@@ -121,6 +126,7 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
             # a TLS report, or a message whose sender said TLS-Required: No: tls.ini's policy only
             exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE) or hmail.todo.notes.get(TLS_OPTIONAL_NOTE))
             if domain not in seen and (batch.site is not None or not sites.fresh(domain)):
+                known[domain] = sites.known(domain)
                 seen[domain] = _site_of(domain, mxs, exempt, cfg)
             tenant = str(hmail.todo.notes.get(TENANT_NOTE) or "") or None
             if bind or any(mx.bind for mx in mxs):
@@ -135,17 +141,42 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
                 key = (frozenset(mxs), bind, helo, exempt, pool, tenant, seen[domain] or domain)
             answers.setdefault(key, (mxs, set()))[1].add(domain)
             groups.setdefault(key, []).append(hmail.filename)
+    joining = set()
     for domain, site in seen.items():
-        sites.learn(domain, site)
+        if sites.learn(domain, site) and _may_join(batch, domain, site, known, cfg):
+            joining.add(domain)
     routes = []
     for key, names in groups.items():
         mxs, domains = answers[key]
+        if len(names) <= JOIN_MAX and domains <= joining:
+            _join_site(spool, batch, names)
+            continue
         part = batch.part(names)
         if len(domains) == 1:  # one domain's route, as from a batch of its own
             part = dataclasses.replace(part, domain=next(iter(domains)), site=None)
         routes.append(Route(batch=part, mx=tuple(mxs), bind=key[1], helo=key[2], tls_exempt=key[3],
                             pool=key[4], tenant=key[5]))
     return routes
+
+
+def _may_join(batch: Batch, domain: str, site: str | None, known: dict[str, bool], cfg: Config) -> bool:
+    """Whether ``domain``'s entries of this batch should go back to be claimed with its
+    site's: a domain batch (the queue manager did not know the site), whose site this
+    lookup is the first to write down, and which another domain was placed at lately."""
+    return (batch.site is None and bool(site) and not known.get(domain, True)
+            and cfg.route_for(domain) is None and COMPANY.joins(str(site), domain))
+
+
+def _join_site(spool: Spool, batch: Batch, names: list[str]) -> None:
+    """Give a first-seen domain's few entries back to pending/, as due as they were: the
+    queue manager, which now reads their site, claims them with that site's mail -- a
+    batch, a lookup and a connection shared -- rather than a batch of their own (a claim
+    and three tasks for a message or two: the long tail of a sending platform's traffic).
+    The next lookup finds the site written down and routes them as it finds them."""
+    back = 0
+    for hmail in load(spool, batch, names):
+        back += give_back(spool, [hmail], hmail.name.next_attempt_ms)
+    log.debug("%d entries of %s go with their site's mail", back, batch.domain)
 
 
 def pool_for(tenant_name: str | None, domain: str, cfg: Config) -> str | None:

@@ -427,6 +427,8 @@ class QueueManager:
                     self._reschedule(names, now + int(wait * 1000), why)
                 else:
                     due[domain] = names
+            if due:  # a first-seen domain's mail its lookup gave back is claimed with its site's
+                self.sites.recheck_unknown()
             claimed += self._claim_in_turn(due, active, room)
         except Unpublished:
             pass

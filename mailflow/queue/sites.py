@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -45,6 +46,36 @@ UNKNOWN_FOR = 5.0
 #: A site written less than this long ago is not written again (s): the next lookups of a
 #: busy domain cost a read, not a write.
 REWRITE_AFTER = SITE_TTL / 2
+#: A directory mtime younger than this is not trusted to be final (ns): a file written in
+#: the same clock tick as the last look would not change it.
+SETTLE_NS = 2_000_000_000
+#: A site is worth joining when another domain was placed at it within this long (s).
+COMPANY_FOR = SITE_TTL
+
+
+class Company:
+    """The sites this process placed a domain at lately, and which domain: a first-seen
+    domain whose site already has another is worth its mail joining that site's batch; a
+    site with none (a company's own MX) is not, and its mail goes out as it is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: site -> (the domain last placed there, until when that counts, monotonic)
+        self._placed: dict[str, tuple[str, float]] = {}
+
+    def joins(self, site: str, domain: str) -> bool:
+        """Note ``domain`` placed at ``site``; whether another domain was placed there lately."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._placed.get(site)
+            if len(self._placed) > 100_000:  # a long tail of sites is no leak
+                self._placed = {k: v for k, v in self._placed.items() if v[1] > now}
+            self._placed[site] = (domain, now + COMPANY_FOR)
+        return last is not None and last[1] > now and last[0] != domain
+
+
+#: This process's (the lookups run in the worker process of the queue's host).
+COMPANY = Company()
 
 
 def site_key(mxs: Iterable[MX]) -> str:
@@ -83,6 +114,8 @@ class Sites:
         self.ttl = ttl
         #: domain -> (site or None, until when it holds, monotonic)
         self._cache: dict[str, tuple[str | None, float]] = {}
+        #: the mtime of sites/ at the last recheck_unknown
+        self._seen_mtime_ns: int | None = None
 
     def _path(self, domain: str) -> Path:
         return self.directory / check_domain(domain)
@@ -94,21 +127,47 @@ class Sites:
         except OSError:
             return False
 
-    def learn(self, domain: str, site: str | None) -> None:
-        """Write ``domain``'s site (None: it travels alone) unless it was written lately.
+    def known(self, domain: str) -> bool:
+        """Whether ``domain``'s site is written down and within its TTL: the queue manager
+        reads it and claims the domain's mail with its site's."""
+        try:
+            return time.time() - self._path(domain).stat().st_mtime < self.ttl
+        except OSError:
+            return False
+
+    def learn(self, domain: str, site: str | None) -> bool:
+        """Write ``domain``'s site (None: it travels alone) unless it was written lately;
+        whether it is written down now.
 
         Only a hint: a site that cannot be written (a full disk) is said and passed over,
         never a reason for the batch that learned it to stop."""
         path = self._path(domain)
         try:
             if time.time() - path.stat().st_mtime < REWRITE_AFTER and path.read_text() == (site or ""):
-                return
+                return True
         except (OSError, UnicodeDecodeError):
             pass
         try:  # several lookups, threads of one process among them, may learn it at once
             replace_text(path, site or "")
         except OSError as exc:
             log.warning("could not write down the site of %s (%s): its mail is claimed alone", domain, exc)
+            return False
+        return True
+
+    def recheck_unknown(self) -> None:
+        """Forget which domains were found to have no site when ``sites/`` has changed since
+        the last call (a lookup wrote one down), or changed too lately for its timestamp to
+        say (timestamps are coarse): a first-seen domain's mail given back by its lookup
+        (mailflow/pipeline/lookup.py) is then claimed with its site's at once, not after
+        ``UNKNOWN_FOR``.  One stat per call; the unknown are read again only after a change."""
+        try:
+            mtime_ns = self.directory.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime_ns == self._seen_mtime_ns and time.time_ns() - mtime_ns > SETTLE_NS:
+            return
+        self._seen_mtime_ns = mtime_ns
+        self._cache = {d: c for d, c in self._cache.items() if c[0] is not None}
 
     def of(self, domain: str, configured: Configured = _unknown) -> str | None:
         """The site ``domain`` was last found to share, if that was within the TTL: a site

@@ -23,6 +23,9 @@ ZONES_HERE = {
     "other.test": {"MX": [(10, "mx.dest.test")]},
 }
 EVERY = [*SITE_DOMAINS, "alone.test", "other.test"]
+# never seen before the test that sends to them: the long tail, one message each
+NEWCOMERS = [f"n{n}.site.test" for n in range(12)]
+ZONES_HERE.update({d: {"MX": [(10, "a.site.test"), (10, "b.site.test")]} for d in NEWCOMERS})
 # one provider, two MX sets (as Gmail's domains have): the shaping rule makes them one site
 PROVIDER_A = [f"a{n}.provider.test" for n in range(6)]
 PROVIDER_B = [f"b{n}.provider.test" for n in range(6)]
@@ -106,3 +109,22 @@ def test_domains_under_one_mx_rule_are_one_site_whatever_their_mx_sets(env, mx):
     # each MX set still its own route, every message sent to its own domain's hosts
     assert _received(env, "lookup_mx") - before["lookup_mx"] == 1
     assert _received(env, "transmit") - before["transmit"] == 2
+
+
+def test_first_seen_domains_behind_a_known_site_join_its_batch(env, mx):
+    """A long tail of domains seen for the first time, one message each, behind the same MX
+    hosts: each lookup writes its domain's site down, and once the site has another domain
+    the message goes back to be claimed with the site's mail -- a few batches for the lot,
+    not one batch, three tasks and a connection's turn per domain.  Each arrives once,
+    and going back is no failure."""
+    server = mx()
+    env.configure(pool_concurrency_max=1)
+    before, delivered = _transmits(env), len(server.deliveries)
+    _wave(env, after_ms=0, domains=NEWCOMERS)
+    env.wait(lambda: len(server.deliveries) >= delivered + len(NEWCOMERS) and _all_gone(env), timeout=60)
+    got = sorted(d.rcpt_to[0].split("@")[1] for d in server.deliveries[delivered:])
+    assert got == sorted(NEWCOMERS)  # each once
+    # at most one went alone (the first placed at the site); the others joined: one batch,
+    # or a few as they came back while one was in flight -- twelve without joining
+    assert _transmits(env) - before <= 4
+    assert not env.logged("fails=1")

@@ -87,8 +87,30 @@ def test_many_threads_learning_one_domain_at_once_all_succeed(tmp_path):
 
 def test_a_site_that_cannot_be_written_is_said_and_passed_over(tmp_path, caplog):
     (tmp_path / "sites").write_text("not a directory")
-    Sites(tmp_path).learn("a.example", "0123456789abcdef")
+    assert Sites(tmp_path).learn("a.example", "0123456789abcdef") is False  # nothing to join by
     assert "could not write down the site of a.example" in caplog.text
+
+
+def test_a_site_written_down_is_read_at_the_next_recheck_not_after_unknown_for(tmp_path):
+    """A lookup gave a first-seen domain's mail back once its site was written: the queue
+    manager, which found no site for it a moment ago, reads it at its next scan."""
+    reader = Sites(tmp_path)
+    Sites(tmp_path).learn("other.example", "0123456789abcdef")  # sites/ exists
+    reader.recheck_unknown()
+    assert reader.of("a.example") is None
+    Sites(tmp_path).learn("a.example", "0123456789abcdef")
+    assert reader.of("a.example") is None  # cached as unknown
+    reader.recheck_unknown()
+    assert reader.of("a.example") == "0123456789abcdef"
+    assert Sites(tmp_path).known("a.example") and not Sites(tmp_path).known("b.example")
+
+
+def test_a_site_is_worth_joining_once_another_domain_was_placed_there():
+    company = sitesmod.Company()
+    assert not company.joins("0123456789abcdef", "a.example")  # the first: goes as it is
+    assert not company.joins("0123456789abcdef", "a.example")  # itself is no company
+    assert company.joins("0123456789abcdef", "b.example")
+    assert not company.joins("fedcba9876543210", "c.example")  # another site: none yet
 
 
 def _cfg(tmp_path):
