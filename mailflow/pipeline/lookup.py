@@ -5,7 +5,9 @@ For each entry the ``send_email`` hook (DELAY puts it back, not a failure), then
 entry needs it.  Entries that go the same way -- same MX list, same source
 address and EHLO name -- form one :class:`Route`.  An entry refused or
 deferred on the way gets its outcome here; whatever else goes wrong with one
-entry defers that entry alone.
+entry defers that entry alone.  A first-seen domain's few entries, once this
+step has written its site down and the site has other domains, go back to
+``pending/`` to be claimed with that site's mail (``_join_site``).
 """
 
 from __future__ import annotations
