@@ -21,6 +21,12 @@ def _attempt_line(env: Env, uuid: str) -> str:
     return found.group(0) if found else ""
 
 
+def _waiting(env: Env, tag: str) -> dict[str, str]:
+    """The queue's entries for this test's recipients: recipient -> its last reply class."""
+    rows = json.loads(env.inst.mailflow("queue", "list", "--json").stdout)
+    return {r["rcpt_to"][0]: r["last_class"] for r in rows if tag in r["rcpt_to"][0]}
+
+
 def test_each_real_reply_gets_its_class_in_the_attempt_line_and_the_queue(env: Env, mx):
     tag = uuidlib.uuid4().hex[:6]
     rcpts = {f"r{n}-{tag}@dest.test": reply for n, (reply, _, _) in enumerate(REPLIES)}
@@ -30,13 +36,17 @@ def test_each_real_reply_gets_its_class_in_the_attempt_line_and_the_queue(env: E
         line = env.wait(lambda u=uuid: _attempt_line(env, u), 60)
         expected, source = REPLIES[n][1], REPLIES[n][2]
         assert f"class={expected}" in line, (line, source)
-    rows = json.loads(env.inst.mailflow("queue", "list", "--json").stdout)
-    waiting = {r["rcpt_to"][0]: r["last_class"] for r in rows if tag in r["rcpt_to"][0]}
     # the temporary ones wait, each with its class; so do full mailboxes however answered,
-    # as retry.QuotaIssues gives them a schedule of their own
+    # as retry.QuotaIssues gives them a schedule of their own.  The attempt line is written
+    # before its entry moves on (to pending/, or to failed/ and its bounce): the queue is
+    # looked at until the last ones have
     temporary = {rcpt for n, (rcpt, reply) in enumerate(rcpts.items())
                  if reply.startswith("4") or REPLIES[n][1] == "QuotaIssues"}
-    assert set(waiting) == temporary
+    def settled() -> dict[str, str] | None:
+        found = _waiting(env, tag)
+        return found if set(found) == temporary else None
+
+    waiting = env.wait(settled, 60)
     for n, rcpt in enumerate(rcpts):
         if rcpt in waiting:
             assert waiting[rcpt] == REPLIES[n][1]
