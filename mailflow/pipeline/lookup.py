@@ -118,7 +118,9 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
     seen: dict[str, str | None] = {}
     known: dict[str, bool] = {}  # whether the queue manager could have known the site
     pools: dict[tuple[str, str | None], str | None] = {}
+    loaded: dict[str, HMail] = {}
     for hmail in load(spool, batch):
+        loaded[hmail.filename] = hmail
         domain = batch.domain or hmail.name.domain
         with guarded(spool, hmail, settings):
             found = _route(spool, hmail, dns.setdefault(domain, _Dns(domain)), settings)
@@ -151,7 +153,7 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
     for key, names in groups.items():
         mxs, domains = answers[key]
         if len(names) <= JOIN_MAX and domains <= joining:
-            _join_site(spool, batch, names)
+            _join_site(spool, [loaded[n] for n in names])
             continue
         part = batch.part(names)
         if len(domains) == 1:  # one domain's route, as from a batch of its own
@@ -169,16 +171,14 @@ def _may_join(batch: Batch, domain: str, site: str | None, known: dict[str, bool
             and cfg.route_for(domain) is None and COMPANY.joins(str(site), domain))
 
 
-def _join_site(spool: Spool, batch: Batch, names: list[str]) -> None:
+def _join_site(spool: Spool, hmails: list[HMail]) -> None:
     """Give a first-seen domain's few entries back to pending/, as due as they were: the
     queue manager, which now reads their site, claims them with that site's mail -- a
     batch, a lookup and a connection shared -- rather than a batch of their own (a claim
     and three tasks for a message or two: the long tail of a sending platform's traffic).
     The next lookup finds the site written down and routes them as it finds them."""
-    back = 0
-    for hmail in load(spool, batch, names):
-        back += give_back(spool, [hmail], hmail.name.next_attempt_ms)
-    log.debug("%d entries of %s go with their site's mail", back, batch.domain)
+    back = sum(give_back(spool, [hmail], hmail.name.next_attempt_ms) for hmail in hmails)
+    log.debug("%d entries of %s go with their site's mail", back, hmails[0].name.domain)
 
 
 def pool_for(tenant_name: str | None, domain: str, cfg: Config) -> str | None:

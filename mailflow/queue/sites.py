@@ -120,20 +120,21 @@ class Sites:
     def _path(self, domain: str) -> Path:
         return self.directory / check_domain(domain)
 
+    def _age(self, domain: str) -> float:
+        """Seconds since ``domain``'s site was written down (infinite: it is not)."""
+        try:
+            return time.time() - self._path(domain).stat().st_mtime
+        except OSError:
+            return float("inf")
+
     def fresh(self, domain: str) -> bool:
         """Whether ``domain``'s site was written lately (not to be worked out again yet)."""
-        try:
-            return time.time() - self._path(domain).stat().st_mtime < REWRITE_AFTER
-        except OSError:
-            return False
+        return self._age(domain) < REWRITE_AFTER
 
     def known(self, domain: str) -> bool:
         """Whether ``domain``'s site is written down and within its TTL: the queue manager
         reads it and claims the domain's mail with its site's."""
-        try:
-            return time.time() - self._path(domain).stat().st_mtime < self.ttl
-        except OSError:
-            return False
+        return self._age(domain) < self.ttl
 
     def learn(self, domain: str, site: str | None) -> bool:
         """Write ``domain``'s site (None: it travels alone) unless it was written lately;
