@@ -62,6 +62,10 @@ RELIED: tuple[Relied, ...] = (
     Relied("celery", "celery.worker.request", "Request._already_revoked"),
     Relied("celery", "celery.worker.request", "Request.__init__", source_has="self._message = message"),
     Relied("celery", "celery.worker.request", "create_request_cls", source_has="if self.revoked():"),
+    Relied("celery", "celery.events.dispatcher", "EventDispatcher.send",
+           source_has="self.on_send_buffered()"),
+    Relied("celery", "celery.events.dispatcher", "EventDispatcher.send",
+           source_has="len(buf) >= self.buffer_limit"),
 )
 
 

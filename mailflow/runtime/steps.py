@@ -41,6 +41,7 @@ from mailflow.relay.pool import POOL
 from mailflow.reports import tls as tls_reports
 from mailflow.runtime import authentic
 from mailflow.runtime.application import app
+from mailflow.runtime.eventbatch import EventBatches
 from mailflow.runtime.services import Ticker
 
 log = logging.getLogger(__name__)
@@ -254,3 +255,4 @@ def install() -> None:
             step.requires = (previous,)
         app.steps["worker"].add(step)
         previous = step
+    app.steps["consumer"].add(EventBatches)
