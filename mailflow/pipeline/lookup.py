@@ -7,7 +7,9 @@ address and EHLO name -- form one :class:`Route`.  An entry refused or
 deferred on the way gets its outcome here; whatever else goes wrong with one
 entry defers that entry alone.  A first-seen domain's few entries, once this
 step has written its site down and the site has other domains, go back to
-``pending/`` to be claimed with that site's mail (``_join_site``).
+``pending/`` to be claimed with that site's mail (``_join_site``); the queue
+manager claims such newcomers of many domains together, so that learning their
+sites costs one lookup, not one each (``NEWCOMERS``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from mailflow.queue import lending
 from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, delay_entry, fail_all, guarded
-from mailflow.queue.sites import COMPANY, Sites, site_key, suffix_key
+from mailflow.queue.sites import COMPANY, JOIN_MAX, NEWCOMERS, Sites, site_key, suffix_key
 from mailflow.queue.spool import Spool, now_ms
 from mailflow.relay.answers import mx_from_hook
 from mailflow.relay.mx import MX, query_mx
@@ -43,10 +45,6 @@ log = logging.getLogger(__name__)
 
 #: How long a DELAY from the send_email hook waits when it names no time.
 DEFAULT_DELAY = 60.0
-
-#: A first-seen domain with at most this many entries in its batch joins its site's next
-#: batch instead of going alone (see _join_site); one with more is a batch's worth itself.
-JOIN_MAX = 5
 
 #: Send a route on (to this owner's workers) or a parcel (to any worker).
 HandOn = Callable[[Route | Parcel], None]
@@ -158,6 +156,8 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
         part = batch.part(names)
         if len(domains) == 1:  # one domain's route, as from a batch of its own
             part = dataclasses.replace(part, domain=next(iter(domains)), site=None)
+        elif batch.site == NEWCOMERS:  # newcomers found to share a site: that site's route
+            part = dataclasses.replace(part, site=key[-1])
         routes.append(Route(batch=part, mx=tuple(mxs), bind=key[1], helo=key[2], tls_exempt=key[3],
                             pool=key[4], tenant=key[5]))
     return routes
@@ -165,9 +165,10 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
 
 def _may_join(batch: Batch, domain: str, site: str | None, known: dict[str, bool], cfg: Config) -> bool:
     """Whether ``domain``'s entries of this batch should go back to be claimed with its
-    site's: a domain batch (the queue manager did not know the site), whose site this
-    lookup is the first to write down, and which another domain was placed at lately."""
-    return (batch.site is None and bool(site) and not known.get(domain, True)
+    site's: a domain batch or a batch of newcomers (the queue manager did not know the
+    site), whose site this lookup is the first to write down, and which another domain
+    was placed at lately."""
+    return (batch.site in (None, NEWCOMERS) and bool(site) and not known.get(domain, True)
             and cfg.route_for(domain) is None and COMPANY.joins(str(site), domain))
 
 

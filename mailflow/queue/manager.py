@@ -42,7 +42,7 @@ from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
 from mailflow.queue.inflight import TENANT_SEP, InFlight, flight_key
-from mailflow.queue.sites import Sites, hosts_key
+from mailflow.queue.sites import JOIN_MAX, NEWCOMERS, Sites, hosts_key
 from mailflow.queue.spool import FAILED, PENDING, Spool, now_ms
 from mailflow.runtime.application import app
 from mailflow.wire.lease import LEASE_SECONDS
@@ -82,6 +82,9 @@ EXPIRE_EVERY = min(5.0, LEASE_SECONDS / 10)
 #: How a site's destination is told from a domain's (a domain has no colon outside the
 #: brackets of an address literal).
 SITE_PREFIX = "site:"
+#: The destination of first-seen domains' few entries, claimed together (``_newcomers``):
+#: never held for a batch in flight, each newcomer batch is a different set of domains.
+NEWCOMERS_TURN = SITE_PREFIX + NEWCOMERS
 
 #: A claim whose directory has not changed for this long (its lease renewed every 10 s,
 #: a batch waiting for a connection slot every 20 s, a delivery unlinks an entry) no longer
@@ -469,7 +472,8 @@ class QueueManager:
             turn = turns.popleft()  # a destination, or one tenant's mail for it
             destination = turn.rpartition(TENANT_SEP)[2]
             names = due[turn]
-            if len(names) < BATCH_MAX and fills.live(turn):  # see held_back()
+            if (len(names) < BATCH_MAX and destination != NEWCOMERS_TURN
+                    and fills.live(turn)):  # see held_back()
                 self._holding = True
                 continue
             count = min(BATCH_MAX, room, share - active[turn])
@@ -514,17 +518,29 @@ class QueueManager:
         return hosts_key((host, n, p or port) for n, (host, p) in enumerate(route.via))
 
     def _by_site(self, due: dict[str, list[EntryName]]) -> dict[str, list[EntryName]]:
-        """Due entries by destination -- the domains of one site together, each tenant's
-        apart (``<tag>|<destination>``), oldest first."""
+        """Due entries by destination -- the domains of one site together, newcomers
+        together (``_newcomers``), each tenant's apart (``<tag>|<destination>``), oldest
+        first."""
         merged: dict[str, list[EntryName]] = defaultdict(list)
+        newcomer = self._newcomers(due)
         for domain, names in due.items():
-            destination = self._destination(domain)
+            destination = NEWCOMERS_TURN if domain in newcomer else self._destination(domain)
             for name in names:
                 tag = name.tenant_tag
                 merged[f"{tag}{TENANT_SEP}{destination}" if tag else destination].append(name)
         for names in merged.values():
             names.sort(key=ORDER)
         return merged
+
+    def _newcomers(self, due: dict[str, list[EntryName]]) -> set[str]:
+        """The due domains whose site is not known (no lookup has written it down, and no
+        route names their hosts), with a few entries each and none in flight: a long tail's
+        first messages.  They are claimed together, a batch of many domains for one lookup,
+        which learns their sites and sends their mail on with its site's (the lookup step)."""
+        flying = {key.rpartition(TENANT_SEP)[2] for key in self.in_flight.entries}
+        return {domain for domain, names in due.items()
+                if len(names) <= JOIN_MAX and domain not in flying and not domain.startswith("[")
+                and self.sites.of(domain, self._routed) is None}
 
     def _by_site_counts(self, counts: Counter[str], turn_of: dict[str, str]) -> Counter[str]:
         """Window counts by turn: by destination, each tenant's apart (inflight.flight_key);

@@ -4,7 +4,9 @@ Google Workspace and Microsoft 365 host millions of domains behind the same MX
 hosts; a long tail of their domains, one or two messages each, would otherwise
 cost a batch each -- a claim, three tasks, an MX lookup and often a connection.
 KumoMTA calls grouping them "MX rollup"; here the queue manager claims the due
-entries of a site's domains together (mailflow/queue/manager.py), and the MX
+entries of a site's domains together (mailflow/queue/manager.py) -- and those of
+domains not seen before, a few each, together too, for one lookup that learns
+their sites (``NEWCOMERS``) -- and the MX
 lookup step, which resolves every domain anyway, routes those that still share
 the MX set, and have no TLS policy or shaping rule of their own, together
 (mailflow/pipeline/lookup.py).  Domains whose MX hosts all lie under one shaping
@@ -51,6 +53,13 @@ REWRITE_AFTER = SITE_TTL / 2
 SETTLE_NS = 2_000_000_000
 #: A site is worth joining when another domain was placed at it within this long (s).
 COMPANY_FOR = SITE_TTL
+#: A first-seen domain with at most this many due entries is a *newcomer*: its entries are
+#: claimed with other newcomers' for one lookup, which writes their sites down and gives
+#: back those whose site has other domains, to be claimed with that site's mail
+#: (mailflow/pipeline/lookup.py).  One with more is a batch's worth itself.
+JOIN_MAX = 5
+#: The site of a batch of newcomers (no MX set hashes to it: sixteen zeros).
+NEWCOMERS = "0" * 16
 
 
 class Company:

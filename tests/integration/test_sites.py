@@ -26,6 +26,9 @@ EVERY = [*SITE_DOMAINS, "alone.test", "other.test"]
 # never seen before the test that sends to them: the long tail, one message each
 NEWCOMERS = [f"n{n}.site.test" for n in range(12)]
 ZONES_HERE.update({d: {"MX": [(10, "a.site.test"), (10, "b.site.test")]} for d in NEWCOMERS})
+# more of the long tail, arriving together
+TAIL = [f"t{n}.site.test" for n in range(15)]
+ZONES_HERE.update({d: {"MX": [(10, "a.site.test"), (10, "b.site.test")]} for d in TAIL})
 # one provider, two MX sets (as Gmail's domains have): the shaping rule makes them one site
 PROVIDER_A = [f"a{n}.provider.test" for n in range(6)]
 PROVIDER_B = [f"b{n}.provider.test" for n in range(6)]
@@ -127,4 +130,23 @@ def test_first_seen_domains_behind_a_known_site_join_its_batch(env, mx):
     # at most one went alone (the first placed at the site); the others joined: one batch,
     # or a few as they came back while one was in flight -- twelve without joining
     assert _transmits(env) - before <= 4
+    assert not env.logged("fails=1")
+
+
+def test_a_long_tail_of_first_seen_domains_costs_a_lookup_or_two_not_one_each(env, mx):
+    """Fifteen domains never seen before, a message each, due together: the queue manager
+    claims them as one batch of newcomers, whose one lookup writes all their sites down
+    and sends them on together (or back to their site's next batch) -- where a batch, a
+    lookup and three tasks each made fifteen.  Each arrives once, and no entry fails."""
+    server = mx()
+    env.configure(pool_concurrency_max=1)
+    lookups, transmits, delivered = _received(env, "lookup_mx"), _transmits(env), len(server.deliveries)
+    _wave(env, after_ms=0, domains=TAIL)
+    env.wait(lambda: len(server.deliveries) >= delivered + len(TAIL) and _all_gone(env), timeout=60)
+    got = sorted(d.rcpt_to[0].split("@")[1] for d in server.deliveries[delivered:])
+    assert got == sorted(TAIL)  # each once
+    assert _received(env, "lookup_mx") - lookups <= 3
+    assert _transmits(env) - transmits <= 2
+    learned = env.inst.queue_dir / "sites"
+    assert len({(learned / d).read_text() for d in TAIL}) == 1
     assert not env.logged("fails=1")

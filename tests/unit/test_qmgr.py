@@ -12,6 +12,7 @@ from mailflow import outbound
 from mailflow.address import parse_address
 from mailflow.pipeline import shaping
 from mailflow.queue import manager as qmgr
+from mailflow.queue.sites import JOIN_MAX, NEWCOMERS
 from mailflow.queue.spool import Spool
 from mailflow.relay.shaping import Shaper
 from mailflow.wire.names import EntryName, tenant_tag
@@ -277,6 +278,8 @@ def test_lapsed_leases_are_looked_for_every_few_seconds_not_at_every_scan(tmp_pa
     publish = Recorder()
     manager = qmgr.QueueManager(cfg, publish=publish)
     _queue(cfg, ["first@a.example", "second@b.example"])
+    for domain in ("a.example", "b.example"):  # two claims: known domains, no newcomers
+        manager.sites.learn(domain, None)
     assert manager.scan() == 2
     first, second = (manager.spool.claim_dir(b.claim) for b in publish.batches)
     lapsed = time.time() - qmgr.LEASE_SECONDS - 1
@@ -507,6 +510,30 @@ def test_domains_known_to_share_a_site_are_claimed_as_one_destination(tmp_path, 
     assert [n.rsplit("_", 1)[1] for n in first.names] == ["a.example", "b.example", "c.example",
                                                          "a.example"]
     assert (second.site, second.domain, len(second.names)) == (None, "alone.example", 1)
+
+
+def test_first_seen_domains_with_a_few_entries_are_claimed_together_for_one_lookup(tmp_path, monkeypatch):
+    """A long tail's first messages: no lookup has written their domains' sites down yet.
+    Each with a few entries is a newcomer, and newcomers are claimed together, a batch of
+    many domains (one lookup learns all their sites), in turn with the other destinations.
+    A first-seen domain with more than a few is a batch of its own, and one with mail in
+    flight (its newcomer batch still being looked up) waits for it as any busy domain."""
+    monkeypatch.setattr(qmgr, "BATCH_MAX", 8)
+    cfg = load_cfg(tmp_path)
+    tail = [f"u@t{n}.example" for n in range(10)]
+    big = [f"r{n}@big.example" for n in range(JOIN_MAX + 1)]
+    _queue(cfg, [*tail, *big, "k@known.example"])
+    manager = qmgr.QueueManager(cfg, publish=(publish := Recorder()))
+    manager.sites.learn("known.example", None)
+    assert manager.scan() == 17
+    shapes = sorted(((b.site or "-"), b.domain or "-", len(b.names)) for b in publish.batches)
+    assert shapes == [("-", "big.example", JOIN_MAX + 1), ("-", "known.example", 1),
+                      (NEWCOMERS, "-", 2), (NEWCOMERS, "-", 8)]
+    newcomers = [n.rsplit("_", 1)[1] for b in publish.batches if b.site == NEWCOMERS for n in b.names]
+    assert sorted(newcomers) == sorted(r.split("@")[1] for r in tail)  # oldest first, each once
+    _queue(cfg, ["again@t0.example"])  # t0's newcomer batch is still in flight: held for it
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 0
 
 
 def test_a_site_batch_of_one_domain_is_that_domain_s_batch(tmp_path):
