@@ -13,6 +13,7 @@ from celery import Celery
 
 from mailflow.runtime.authentic import AuthenticTask
 from mailflow.runtime.embedded import register as register_embedded_broker
+from mailflow.runtime.eventbatch import gather_sent_events
 
 if os.environ.get("MAILFLOW_BROKER_URL"):
     # Celery lets CELERY_BROKER_URL override any config, so ours must be the one it sees.
@@ -24,3 +25,4 @@ register_embedded_broker()
 # (mailflow/runtime/authentic.py, which also signs what this process publishes).
 app = Celery("mailflow", task_cls=AuthenticTask)
 app.config_from_object("celeryconfig")
+gather_sent_events(app)

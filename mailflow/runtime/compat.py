@@ -64,6 +64,8 @@ RELIED: tuple[Relied, ...] = (
     Relied("celery", "celery.worker.request", "create_request_cls", source_has="if self.revoked():"),
     Relied("celery", "celery.events.dispatcher", "EventDispatcher.send",
            source_has="self.on_send_buffered()"),
+    Relied("celery", "celery.app.amqp", "AMQP._create_task_sender",
+           source_has="default_evd = self._event_dispatcher"),
     Relied("celery", "celery.events.dispatcher", "EventDispatcher.send",
            source_has="len(buf) >= self.buffer_limit"),
 )

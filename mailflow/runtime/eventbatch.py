@@ -7,15 +7,22 @@ destination batch that was a fifth of the worker's CPU in the mix benchmark
 (bench/README.md).  This consumer step lets the buffer fill for ``FLUSH_DELAY`` and
 publishes what gathered as one ``task.multi`` message, the grouped form Flower already
 reads; Flower sees each event at most that much later, none is dropped.
+
+The ``task-sent`` event that goes with every task published (by the queue manager, and
+by each step handing on to the next) is gathered the same way, by ``SentEvents``, in
+whichever process publishes: Celery published each one on its own, beside its task.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from celery import bootsteps
+from celery import Celery, bootsteps
+from celery.events.dispatcher import EventDispatcher
 
 #: How long task events may wait before they are published together (s).
 FLUSH_DELAY = 0.1
@@ -61,3 +68,57 @@ class EventBatches(bootsteps.StartStopStep):
             return  # events off, or a pool without an event loop: Celery publishes each
         dispatcher.buffer_limit = BUFFER_LIMIT
         dispatcher.on_send_buffered = Coalesced(c.hub, dispatcher.flush)
+
+
+class SentEvents:
+    """What Celery publishes each ``task-sent`` event through (``app.amqp``'s dispatcher):
+    the events are buffered, and a timer publishes them ``FLUSH_DELAY`` later, together,
+    on a connection of this process's own (made at the first event, again after a fork)."""
+
+    def __init__(self, app: Celery, delay: float = FLUSH_DELAY):
+        self.app, self.delay = app, delay
+        self._lock = threading.Lock()
+        self._dispatcher: EventDispatcher | None = None
+        self._pid = 0
+        self._armed = False
+        atexit.register(self.flush)  # what is buffered at exit still goes
+
+    def publish(self, type: str, fields: dict[str, Any], producer: Any, **kwargs: Any) -> None:
+        """Celery's ``EventDispatcher.publish`` signature; the producer (the task's) is not
+        used: the event waits for the next flush."""
+        self._current().send(type, **fields)
+
+    def _current(self) -> EventDispatcher:
+        with self._lock:
+            if self._dispatcher is None or self._pid != os.getpid():
+                self._pid, self._armed = os.getpid(), False
+                self._dispatcher = self.app.events.Dispatcher(
+                    self.app.connection_for_write(), buffer_group=["task"],
+                    buffer_limit=BUFFER_LIMIT, on_send_buffered=self._arm)
+            return self._dispatcher
+
+    def _arm(self) -> None:
+        with self._lock:
+            if self._armed:
+                return
+            self._armed = True
+        timer = threading.Timer(self.delay, self.flush)
+        timer.daemon = True
+        timer.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._armed = False
+            dispatcher = self._dispatcher if self._pid == os.getpid() else None
+        if dispatcher is not None:
+            try:
+                dispatcher.flush()
+            except Exception:  # Flower's feed, not the mail: the broker may be away
+                pass
+
+
+def gather_sent_events(app: Celery) -> None:
+    """Have ``app`` publish its task-sent events (when ``task_send_sent_event`` is on)
+    through a :class:`SentEvents`: set before its first task is sent, since Celery's sender
+    keeps the dispatcher it finds then, and without reading the configuration yet."""
+    vars(app.amqp)["_event_dispatcher"] = SentEvents(app)
