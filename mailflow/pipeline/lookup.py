@@ -125,8 +125,7 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
             if found is None:
                 continue
             mxs, bind, helo = found
-            # a TLS report, or a message whose sender said TLS-Required: No: tls.ini's policy only
-            exempt = bool(hmail.todo.notes.get(TLS_REPORT_NOTE) or hmail.todo.notes.get(TLS_OPTIONAL_NOTE))
+            exempt = _exempt(hmail)
             if domain not in seen and (batch.site is not None or not sites.fresh(domain)):
                 known[domain] = sites.known(domain)
                 seen[domain] = _site_of(domain, mxs, exempt, cfg)
@@ -161,6 +160,30 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
         routes.append(Route(batch=part, mx=tuple(mxs), bind=key[1], helo=key[2], tls_exempt=key[3],
                             pool=key[4], tenant=key[5]))
     return routes
+
+
+def _exempt(hmail: HMail) -> bool:
+    """A TLS report, or a message whose sender said TLS-Required: No: tls.ini's policy only."""
+    return bool(hmail.todo.notes.get(TLS_REPORT_NOTE) or hmail.todo.notes.get(TLS_OPTIONAL_NOTE))
+
+
+def same_way(spool: Spool, route: Route, hmail: HMail, cfg: Config) -> bool | None:
+    """Whether an entry fed into ``route``'s claim while it sends (mailflow/queue/feed.py)
+    goes the route's way: through the hooks this step calls for every entry (send_email,
+    get_mx) to the same MX hosts, from the same source and pool, with the same TLS
+    exemption, for the same tenant.  None: the hooks gave it its outcome here (a DELAY, a
+    refusal), as this step would have."""
+    settings = cfg.outbound
+    found = None
+    with guarded(spool, hmail, settings):
+        found = _route(spool, hmail, _Dns(hmail.name.domain), settings)
+    if found is None:
+        return None
+    mxs, bind, helo = found
+    tenant = str(hmail.todo.notes.get(TENANT_NOTE) or "") or None
+    pool = None if bind or any(mx.bind for mx in mxs) else pool_for(tenant, hmail.name.domain, cfg)
+    return (frozenset(mxs) == frozenset(route.mx) and bind == route.bind and helo == route.helo
+            and _exempt(hmail) == route.tls_exempt and pool == route.pool and tenant == route.tenant)
 
 
 def _may_join(batch: Batch, domain: str, site: str | None, known: dict[str, bool], cfg: Config) -> bool:

@@ -128,6 +128,15 @@ class RemoteLedger:
         tally.count("handed_back", len(names))
         return len(names)
 
+    def open_feed(self) -> bool:
+        return False  # a parcel is what it carries: the queue is on its owner's host
+
+    def more(self) -> list[Letter]:
+        return []
+
+    def close_feed(self) -> None:
+        pass
+
     def send(self, final: bool) -> None:
         """RemoteOutcomes what is not yet reported; on the final report, hand back the rest."""
         if final:

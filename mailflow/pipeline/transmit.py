@@ -20,8 +20,9 @@ from mailflow.message import FileMessage
 from mailflow.observation import tally
 from mailflow.observation.sampler import SAMPLER
 from mailflow.pipeline.acquire import next_source, session_for, warm
+from mailflow.pipeline.lookup import same_way
 from mailflow.pipeline.shaping import NEW_CONNECTION, RouteShaping, hold_reason
-from mailflow.queue import countdowns, verp
+from mailflow.queue import countdowns, feed, verp
 from mailflow.queue.claims import give_back, gone, here, holding, load
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_all, fail_each, record
@@ -132,6 +133,9 @@ class Ledger(Protocol):
     def fail_each(self, items: list[Any], exc: DeliveryError) -> None: ...
     def crashed(self, item: Any, exc: BaseException, outcome: Outcome | None = None) -> None: ...
     def give_back(self, items: list[Any], due_ms: int | None = None, why: str = "") -> int: ...
+    def open_feed(self) -> bool: ...
+    def more(self) -> list[Any]: ...
+    def close_feed(self) -> None: ...
 
 
 class LocalLedger:
@@ -140,6 +144,8 @@ class LocalLedger:
     def __init__(self, spool: Spool, route: Route, settings: Outbound):
         self.spool, self.route, self.settings = spool, route, settings
         self.domain = route.domain
+        #: the entries of the claim this transmit has taken, fed ones included
+        self._seen = set(route.batch.names)
 
     def items(self) -> list[HMail]:
         return load(self.spool, self.route.batch)
@@ -178,6 +184,34 @@ class LocalLedger:
 
     def give_back(self, items: list[HMail], due_ms: int | None = None, why: str = "") -> int:
         return give_back(self.spool, items, due_ms or now_ms(), why)
+
+    def open_feed(self) -> bool:
+        """Let the queue manager feed this claim while it sends (mailflow/queue/feed.py):
+        only when the route is the whole claim (another route's entries go elsewhere)."""
+        claim = self.route.batch.claim
+        if any(str(n) not in self._seen for n in self.spool.claim_names(claim)):
+            return False
+        return feed.open_feed(self.spool, claim)
+
+    def more(self) -> list[HMail]:
+        """The entries fed into the claim since the last look, each through the hooks a
+        lookup calls; one that goes another way is given back (due now) and the feed is
+        closed, so that it is not fed back in while this batch runs."""
+        claim = self.route.batch.claim
+        new = [str(n) for n in self.spool.claim_names(claim) if str(n) not in self._seen]
+        self._seen.update(new)
+        taken = []
+        for hmail in load(self.spool, self.route.batch, new):
+            fits = same_way(self.spool, self.route, hmail, config.current())
+            if fits:
+                taken.append(hmail)
+            elif fits is not None:
+                self.close_feed()
+                give_back(self.spool, [hmail], now_ms())
+        return taken
+
+    def close_feed(self) -> None:
+        feed.close_feed(self.spool, self.route.batch.claim)
 
 
 class LockedLedger:
@@ -238,6 +272,10 @@ class Courier:
         self.shaping = RouteShaping(cfg, route.domain, route.tenant)
         #: the MX hosts' key, which slowness is remembered under
         self.receiver = site_key(route.mx)
+        #: the queue manager feeds the claim while it sends (mailflow/queue/feed.py)
+        self._feeding = False
+        #: the batch stopped early (entries handed back or held): nothing more is taken
+        self._stopped = False
 
     @property
     def session(self) -> Session | None:
@@ -249,6 +287,7 @@ class Courier:
     def run(self) -> None:
         self._todo = deque(self.ledger.items())
         self._started = time.monotonic()
+        self._feeding = bool(self._todo) and self.ledger.open_feed()
         first = None
         if _KNOWN_SLOW.get(self.receiver, 0.0) > self._started and len(self._todo) > 1:
             # the first lane keeps its message for the session it already has; the rest
@@ -261,10 +300,39 @@ class Courier:
                 self._drive(self.first, first)
                 first = None
                 self._join_lanes()
-                if not self._todo:  # a lane that lost its session put its message back
+                # a lane that lost its session put its message back; else what was fed
+                if not self._todo and not self._refill():
                     return
         finally:
             self._join_lanes()
+            if self._feeding:  # whatever stopped the batch, nothing more comes in
+                self._feeding = False
+                self.ledger.close_feed()
+
+    def _refill(self) -> bool:
+        """Take what the queue manager fed into the claim while the batch sent; once
+        nothing more came, close the feed and take what came before the close.  A batch
+        that stopped early, or whose time is spent, gives what was fed back instead."""
+        if not self._feeding:
+            return False
+        spent = time.monotonic() - self._started > BATCH_TIME_BUDGET
+        if self._stopped or spent:
+            self._feeding = False
+            self.ledger.close_feed()
+            rest = self.ledger.more()
+            if rest:
+                self.ledger.give_back(rest)
+            return False
+        more = self.ledger.more()
+        if not more:
+            self._feeding = False
+            self.ledger.close_feed()
+            more = self.ledger.more()
+        if more:
+            tally.count("fed", len(more))
+        with self._lock:
+            self._todo.extend(more)
+        return bool(more)
 
     def _drive(self, lane: Lane, first: Any | None = None) -> None:
         """Send messages over ``lane`` until none is left (or the batch must stop), ``first``
@@ -406,8 +474,10 @@ class Courier:
             return self._todo.popleft() if self._todo else None
 
     def _take_all(self) -> list[Any]:
+        """The rest of the batch, for handing back or holding: the batch stops here."""
         with self._lock:
             rest, self._todo = list(self._todo), deque()
+            self._stopped = True
         return rest
 
     def _none_for(self, rest: list[Any], why: BaseException | None) -> None:

@@ -36,6 +36,18 @@ class InFlight:
         self.bytes.update(sizes)
         self.claims.update(entries.keys())
 
+    def grow(self, claim: str, entries: Counter[str], sizes: Counter[str]) -> None:
+        """Entries fed into a live claim (mailflow/queue/feed.py)."""
+        had = self._claims.get(claim)
+        if had is None:
+            self.add(claim, entries, sizes)
+            return
+        self.claims.update(k for k in entries if k not in had[0])
+        had[0].update(entries)
+        had[1].update(sizes)
+        self.entries.update(entries)
+        self.bytes.update(sizes)
+
     def keys_by_claim(self) -> Iterator[tuple[str, Iterable[str]]]:
         """Each live claim and the keys of its entries."""
         for claim, (entries, _sizes) in self._claims.items():

@@ -37,7 +37,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from mailflow import config as configmod
 from mailflow.config import environ
-from mailflow.queue import countdowns, holds, lending, submission
+from mailflow.queue import countdowns, feed, holds, lending, submission
 from mailflow.queue.claims import BROKER_RETRY_MS
 from mailflow.queue.entry import EntryName
 from mailflow.queue.identity import owner_queue
@@ -151,21 +151,38 @@ class Fills:
     def live(self, turn: str) -> bool:
         if turn in self._claimed_now:
             return True
+        return bool(self._live_claims(turn))
+
+    def _live_claims(self, turn: str) -> list[str]:
+        """The turn's claims renewed within ``HOLD_STALE``."""
         if not self.counts[turn]:
-            return False
+            return []
         if self._claims is None:
             self._claims = defaultdict(list)
             for claim, keys in self.manager.in_flight.keys_by_claim():
                 for key in keys:
                     self._claims[self.manager.turn(key, self.turn_of)].append(claim)
-        spool, now = self.manager.spool, time.time()
+        spool, now, found = self.manager.spool, time.time(), []
         for claim in self._claims.get(turn, ()):
             try:
                 if now - os.stat(spool.active / claim).st_mtime < HOLD_STALE:
-                    return True
+                    found.append(claim)
             except FileNotFoundError:
                 continue
-        return False
+        return found
+
+    def open_claim(self, turn: str) -> tuple[str, int] | None:
+        """A live claim of the turn whose transmit takes more entries as it sends (feed.py),
+        and how many more it may take: what it holds and what is fed stay within a batch
+        (``BATCH_MAX``), so that a backlog that grows past that is claimed as batches of
+        their own, over connections of their own, not queued behind one."""
+        spool = self.manager.spool
+        for claim in self._live_claims(turn):
+            if feed.is_open(spool, claim):
+                left = BATCH_MAX - sum(1 for _ in spool.claim_names(claim))
+                if left > 0:
+                    return claim, left
+        return None
 
 
 class QueueManager:
@@ -330,6 +347,7 @@ class QueueManager:
         if time.monotonic() - self._expired_at < EXPIRE_EVERY:
             return 0
         self._expired_at = time.monotonic()
+        feed.sweep(self.spool)  # the markers of claims whose transmit died
         return self.spool.expire(LEASE_SECONDS, spare=lending.spare(self.spool, LEASE_SECONDS))
 
     def _pending_mtime_ns(self) -> int | None:
@@ -472,16 +490,30 @@ class QueueManager:
             turn = turns.popleft()  # a destination, or one tenant's mail for it
             destination = turn.rpartition(TENANT_SEP)[2]
             names = due[turn]
-            if (len(names) < BATCH_MAX and destination != NEWCOMERS_TURN
-                    and fills.live(turn)):  # see held_back()
+            holding = (len(names) < BATCH_MAX and destination != NEWCOMERS_TURN
+                       and fills.live(turn))  # see held_back()
+            opened = fills.open_claim(turn) if holding else None
+            if holding and opened is None:
                 self._holding = True
                 continue
-            count = min(BATCH_MAX, room, share - active[turn])
+            into, most = opened if opened is not None else (None, BATCH_MAX)
+            count = min(most, room, share - active[turn])
             fitting = self._within_bytes(names[:count], min(bytes_room, bytes_share - held[turn]),
                                          alone=not held) if count > 0 else {}
             if not fitting:  # this destination has its share of the window: the others go on
                 continue
             del names[:len(fitting)]
+            if into is not None:  # its batch in flight takes them as it sends (feed.py)
+                moved = set(feed.feed(self.spool, into, list(fitting)))
+                names[:0] = [n for n in fitting if n not in moved]  # held, as before
+                self._holding = self._holding or len(moved) < len(fitting)
+                fed = self._count_in(into, {n: size for n, size in fitting.items() if n in moved})
+                held[turn] += fed
+                bytes_room -= fed
+                room -= len(moved)
+                active[turn] += len(moved)
+                claimed += len(moved)
+                continue
             claim, got = self.spool.claim(list(fitting))
             sizes = {str(n): size for n, size in fitting.items()}
             entries, flying, by_size = Counter[str](), Counter[str](), Counter[str]()
@@ -503,6 +535,15 @@ class QueueManager:
             if names:
                 turns.append(turn)
         return claimed
+
+    def _count_in(self, claim: str, sizes: dict[EntryName, int]) -> int:
+        """Entries fed into a claim in flight count in the window as its own; their bytes."""
+        flying, by_size = Counter[str](), Counter[str]()
+        for name, size in sizes.items():
+            flying[flight_key(name)] += 1
+            by_size[flight_key(name)] += size
+        self.in_flight.grow(claim, flying, by_size)
+        return sum(by_size.values())
 
     def _destination(self, domain: str) -> str:
         site = self.sites.of(domain, self._routed)

@@ -130,3 +130,32 @@ def test_a_tenants_mail_goes_out_while_another_tenants_5000_backlog_to_a_slow_mx
     finally:
         inst.stop_all()
         env.dns.stop()
+
+
+def _received(env: Env, task: str) -> int:
+    return sum(1 for line in env.logs().splitlines()
+               if f"Task mailflow.{task}[" in line and line.endswith("received"))
+
+
+def test_mail_for_a_destination_whose_batch_is_sending_joins_that_batch(env, mx):
+    """While a batch's message waits for its reply, ten more for the same domain arrive:
+    the queue manager feeds them into the batch in flight, which sends them over its own
+    session once the first is done -- one lookup and one transmit for the eleven, where
+    holding them until the batch ended made a second batch (a claim, three more tasks)."""
+    server = mx("127.0.0.2")
+    reached, release = server.hold("DOT")
+    route = {"mx": f"127.0.0.2:{PORT}"}
+    try:
+        env.send("first@feed.test", notes=route)
+        assert reached.wait(60), env.inst.dump_logs()[-4000:]  # the batch is sending
+        later = [env.send(f"u{n}@feed.test", notes=route) for n in range(10)]
+        env.wait(lambda: not any(env.due(u) for u in later))  # taken: fed, not held
+    finally:
+        release.set()
+    server.wait_for(11)
+    env.wait(lambda: not env.inst.all_files())
+    assert sorted(d.rcpt_to[0] for d in server.deliveries) == sorted(
+        ["first@feed.test", *(f"u{n}@feed.test" for n in range(10))])  # each once
+    assert len(server.sessions) == 1
+    assert (_received(env, "lookup_mx"), _received(env, "transmit")) == (1, 1)
+    assert env.logged("'fed': 10")  # the transmit's result says so (Flower's Result column)
