@@ -48,6 +48,17 @@ class InFlight:
         self.entries.update(entries)
         self.bytes.update(sizes)
 
+    def recount(self, claim: str) -> None:
+        """Count a fed claim again from its directory: one that takes entries as it sends
+        lives long, and counted as claimed it would hold the window with what it delivered
+        (bytes scaled by what is left of each key: they are not looked at again)."""
+        had = self._claims.get(claim)
+        if had is None:
+            return
+        left = Counter(flight_key(n) for n in self.spool.claim_names(claim))
+        sizes = Counter({k: had[1][k] * n // had[0][k] for k, n in left.items() if had[0][k]})
+        self.add(claim, left, sizes)
+
     def keys_by_claim(self) -> Iterator[tuple[str, Iterable[str]]]:
         """Each live claim and the keys of its entries."""
         for claim, (entries, _sizes) in self._claims.items():

@@ -82,6 +82,8 @@ EXPIRE_EVERY = min(5.0, LEASE_SECONDS / 10)
 #: How a site's destination is told from a domain's (a domain has no colon outside the
 #: brackets of an address literal).
 SITE_PREFIX = "site:"
+#: How often the claims fed while they send are counted again (s): they live for minutes.
+RECOUNT_EVERY = 1.0
 #: The destination of first-seen domains' few entries, claimed together (``_newcomers``):
 #: never held for a batch in flight, each newcomer batch is a different set of domains.
 NEWCOMERS_TURN = SITE_PREFIX + NEWCOMERS
@@ -213,6 +215,9 @@ class QueueManager:
         #: the site each domain was last found to share with others (the lookups say)
         self.sites = Sites(self.spool.root)
         self._sites_expired_at = time.monotonic()
+        #: the claims this manager fed (feed.py), counted again every RECOUNT_EVERY
+        self._fed: set[str] = set()
+        self._recounted_at = time.monotonic()
         self._expired_at = -EXPIRE_EVERY  #: when claims were last looked at for lapsed leases
         #: entries whose countdown retry is armed: left to it until due + grace
         self._armed = countdowns.Armed(self.spool)
@@ -426,6 +431,7 @@ class QueueManager:
 
     def _scan(self) -> int:
         self.in_flight.refresh()
+        self._recount_fed()
         if time.monotonic() - self._sites_expired_at > SITES_EXPIRE_EVERY:
             self._sites_expired_at = time.monotonic()
             self.sites.expire()
@@ -508,6 +514,7 @@ class QueueManager:
                 names[:0] = [n for n in fitting if n not in moved]  # held, as before
                 self._holding = self._holding or len(moved) < len(fitting)
                 fed = self._count_in(into, {n: size for n, size in fitting.items() if n in moved})
+                self._fed.add(into)
                 held[turn] += fed
                 bytes_room -= fed
                 room -= len(moved)
@@ -535,6 +542,16 @@ class QueueManager:
             if names:
                 turns.append(turn)
         return claimed
+
+    def _recount_fed(self) -> None:
+        """The window counts what the fed claims hold now, not all they ever took."""
+        if time.monotonic() - self._recounted_at < RECOUNT_EVERY:
+            return
+        self._recounted_at = time.monotonic()
+        live = set(self.spool.claims())
+        self._fed &= live
+        for claim in self._fed:
+            self.in_flight.recount(claim)
 
     def _count_in(self, claim: str, sizes: dict[EntryName, int]) -> int:
         """Entries fed into a claim in flight count in the window as its own; their bytes."""

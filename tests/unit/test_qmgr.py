@@ -11,6 +11,7 @@ from mailflow import config as configmod
 from mailflow import outbound
 from mailflow.address import parse_address
 from mailflow.pipeline import shaping
+from mailflow.queue import feed
 from mailflow.queue import manager as qmgr
 from mailflow.queue.sites import JOIN_MAX, NEWCOMERS
 from mailflow.queue.spool import Spool
@@ -561,3 +562,31 @@ def test_domains_routes_ini_sends_to_one_host_are_one_site_from_their_first_mess
     shapes = sorted((b.site is not None, b.domain, len(b.names)) for b in publish.batches)
     assert shapes == [(False, "c.hosted.example", 1), (False, "dns.example", 1),
                       (False, "elsewhere.example", 1), (True, None, 2)]
+
+
+def test_a_busy_domain_s_new_mail_is_fed_into_its_open_claim_and_counted_as_it_goes(tmp_path):
+    """A claim whose transmit takes more as it sends (feed.py) gets the domain's new mail
+    instead of holding it: no new batch, no task.  What it delivered stops counting in the
+    window at the next recount, however long the claim lives."""
+    cfg = load_cfg(tmp_path)
+    _queue(cfg, ["first@busy.example"])
+    manager = qmgr.QueueManager(cfg, publish=(publish := Recorder()))
+    manager.sites.learn("busy.example", None)
+    assert manager.scan() == 1
+    [batch] = publish.batches
+    assert feed.open_feed(manager.spool, batch.claim)
+    _queue(cfg, [f"r{n}@busy.example" for n in range(3)])
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 3
+    assert len(publish.batches) == 1  # fed, not a batch of their own
+    assert len(list(manager.spool.claim_names(batch.claim))) == 4
+    assert manager.in_flight.entries["busy.example"] == 4
+    for name in list(manager.spool.claim_names(batch.claim))[:3]:  # delivered
+        (manager.spool.claim_dir(batch.claim) / str(name)).unlink()
+    manager._recounted_at -= qmgr.RECOUNT_EVERY
+    manager.scan()
+    assert manager.in_flight.entries["busy.example"] == 1
+    feed.close_feed(manager.spool, batch.claim)
+    _queue(cfg, ["later@busy.example"])  # closed: held for the batch, as before
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 0 and len(publish.batches) == 1
