@@ -305,9 +305,10 @@ class Courier:
                     return
         finally:
             self._join_lanes()
-            if self._feeding:  # whatever stopped the batch, nothing more comes in
-                self._feeding = False
+            if self._feeding:  # something unplanned stopped the batch: nothing more comes in,
+                self._feeding = False  # and what came is due again at once, not at lease expiry
                 self.ledger.close_feed()
+                self.ledger.give_back(self.ledger.more())
 
     def _refill(self) -> bool:
         """Take what the queue manager fed into the claim while the batch sent; once
