@@ -68,6 +68,9 @@ class EventBatches(bootsteps.StartStopStep):
             return  # events off, or a pool without an event loop: Celery publishes each
         dispatcher.buffer_limit = BUFFER_LIMIT
         dispatcher.on_send_buffered = Coalesced(c.hub, dispatcher.flush)
+        sent = vars(c.app.amqp).get("_event_dispatcher")
+        if isinstance(sent, SentEvents):
+            sent.through(dispatcher)
 
 
 class SentEvents:
@@ -81,12 +84,25 @@ class SentEvents:
         self._dispatcher: EventDispatcher | None = None
         self._pid = 0
         self._armed = False
+        #: in a worker, its consumer's dispatcher (EventBatches), and the process it is in
+        self._via: tuple[EventDispatcher, int] | None = None
         atexit.register(self.flush)  # what is buffered at exit still goes
+
+    def through(self, dispatcher: EventDispatcher) -> None:
+        """Send through a worker's own dispatcher: a task-sent event then goes out in order
+        with the worker's events -- before the task-retried of the task that sent it, else
+        Flower would show the retried task as sent again (PENDING)."""
+        self._via = (dispatcher, os.getpid())
 
     def publish(self, type: str, fields: dict[str, Any], producer: Any, **kwargs: Any) -> None:
         """Celery's ``EventDispatcher.publish`` signature; the producer (the task's) is not
         used: the event waits for the next flush."""
-        self._current().send(type, **fields)
+        via = self._via
+        if via is not None and via[1] == os.getpid() and via[0].enabled and (
+                not via[0].groups or "task" in via[0].groups):
+            via[0].send(type, **fields)
+        else:
+            self._current().send(type, **fields)
 
     def _current(self) -> EventDispatcher:
         with self._lock:
