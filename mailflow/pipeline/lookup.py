@@ -167,21 +167,25 @@ def _exempt(hmail: HMail) -> bool:
     return bool(hmail.todo.notes.get(TLS_REPORT_NOTE) or hmail.todo.notes.get(TLS_OPTIONAL_NOTE))
 
 
-def same_way(spool: Spool, route: Route, hmail: HMail, cfg: Config) -> bool | None:
+def same_way(spool: Spool, route: Route, hmail: HMail, cfg: Config,
+             answers: dict[str, _Dns] | None = None) -> bool | None:
     """Whether an entry fed into ``route``'s claim while it sends (mailflow/queue/feed.py)
     goes the route's way: through the hooks this step calls for every entry (send_email,
     get_mx) to the same MX hosts, from the same source and pool, with the same TLS
     exemption, for the same tenant.  None: the hooks gave it its outcome here (a DELAY, a
-    refusal), as this step would have."""
+    refusal), as this step would have.  ``answers``: the DNS answers of one look at the
+    fed entries, by domain (asked once per domain, as in a batch)."""
     settings = cfg.outbound
+    domain = hmail.name.domain
+    dns = (answers if answers is not None else {}).setdefault(domain, _Dns(domain))
     found = None
     with guarded(spool, hmail, settings):
-        found = _route(spool, hmail, _Dns(hmail.name.domain), settings)
+        found = _route(spool, hmail, dns, settings)
     if found is None:
         return None
     mxs, bind, helo = found
     tenant = str(hmail.todo.notes.get(TENANT_NOTE) or "") or None
-    pool = None if bind or any(mx.bind for mx in mxs) else pool_for(tenant, hmail.name.domain, cfg)
+    pool = None if bind or any(mx.bind for mx in mxs) else pool_for(tenant, domain, cfg)
     return (frozenset(mxs) == frozenset(route.mx) and bind == route.bind and helo == route.helo
             and _exempt(hmail) == route.tls_exempt and pool == route.pool and tenant == route.tenant)
 

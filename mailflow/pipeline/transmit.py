@@ -200,9 +200,11 @@ class LocalLedger:
         claim = self.route.batch.claim
         new = [str(n) for n in self.spool.claim_names(claim) if str(n) not in self._seen]
         self._seen.update(new)
-        taken = []
+        taken: list[HMail] = []
+        answers: dict[str, Any] = {}  # the lookup's DNS answers, one per domain of this look
+        cfg = config.current()
         for hmail in load(self.spool, self.route.batch, new):
-            fits = same_way(self.spool, self.route, hmail, config.current())
+            fits = same_way(self.spool, self.route, hmail, cfg, answers)
             if fits:
                 taken.append(hmail)
             elif fits is not None:
