@@ -15,8 +15,10 @@ QUIT.  ``high_water`` is the most simultaneous connections seen.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import os
+import socket
 import ssl
 import threading
 import time
@@ -421,5 +423,25 @@ def decode_b64(text: str) -> bytes:
     return b64decode(text)
 
 
+def _shared_mx_port() -> int:
+    """A port below the kernel's ephemeral range, one per xdist process of a run.
+
+    ``free_port`` at import gave each process a port nobody held yet: two processes could
+    draw the same one, and one test's MX then answered the other's mail (a scripted 451
+    taken by a stranger's message). The run's id picks a block, the process its place in it;
+    a port something else holds is passed over."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getppid()))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = 20_000 + int(hashlib.sha256(run.encode()).hexdigest(), 16) % 100 * 100
+    for port in range(start + int(worker or 0) * 7 % 100, 32_768, 100):
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.2", port))
+            return port
+        except OSError:
+            continue
+    return free_port("127.0.0.2")
+
+
 #: The port the pipeline tests' MX servers share on 127.0.0.x (their outbound.ini mx_port).
-MX_PORT = free_port("127.0.0.2")
+MX_PORT = _shared_mx_port()

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from harness import brokers
 from harness.dnsserver import free_port
 from harness.instance import Proc
 from harness.mxserver import MXServer
+from mailflow.queue.hmail import HMail
 from tests.integration.test_failures import HOOKS, deferred_log
 from tests.support.pipeline import PORT, Env, make_env, module_env, write_due
 from tests.support.pipeline import scheduled as scheduled_on
@@ -171,11 +173,19 @@ def test_a_worker_killed_holding_a_countdown_delays_the_entry_at_most_the_grace(
 def _killed_holding_a_countdown(env: Env, server: MXServer) -> None:
     """The embedded broker and Redis lose the countdown with the worker until the scan
     takes the entry (due + grace); RabbitMQ gives it to the next consumer at once."""
-    env.configure(temp_fail_intervals="6s")
+    env.configure(temp_fail_intervals="12s")
     uuid = env.send("u@killed.test", notes={"mx": f"127.0.0.2:{PORT}"})
-    env.wait(lambda: uuid in scheduled(env), 30)
-    [entry] = env.entries("pending", uuid)
+    # The deferred entry is on disk before its countdown is published; read it there first:
+    # once due, the countdown claims it again, and ``celery inspect`` takes seconds on a busy
+    # host (at 6 s, the entry was read after it had been claimed: a flake under CI's load).
+    def deferred() -> list[HMail]:
+        return [e for e in env.entries("pending", uuid) if e.name.num_failures == 1]
+
+    env.wait(deferred, 30)
+    [entry] = deferred()
     due = entry.name.next_attempt_ms / 1000
+    env.wait(lambda: uuid in scheduled(env), 30)
+    assert time.time() < due, "the countdown came due before the test could kill its worker"
     env.inst.procs[0].kill9()  # the worker that holds the countdown
     env.inst.start_worker("again")
     [d] = server.wait_for(1, timeout=60)
