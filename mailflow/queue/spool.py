@@ -167,16 +167,28 @@ class Spool:
         Returns the claim id and the names claimed (the directory is removed when empty).
         Claims of failed/ entries (for bounces) are marked so that expiry returns them there.
         """
-        claim = (BOUNCE_CLAIM if source == FAILED else "") + uuid.uuid4().hex
+        return self._claim_from(self.dir(source), [str(n) for n in names], bounce=source == FAILED)
+
+    def split(self, claim: str, names: list[str]) -> tuple[str, list[str]]:
+        """Move some of a claim's entries into a new claim of their own (a bounce claim's
+        stay one): each route a lookup made of one claim is held, leased and finished
+        apart, so that its steps never wait for another route's to end.  The caller holds
+        ``claim``; one that crashes midway leaves two claims, each given back when its
+        lease expires, as any."""
+        return self._claim_from(self.claim_dir(claim), [check_name(n) for n in names],
+                                bounce=claim.startswith(BOUNCE_CLAIM))
+
+    def _claim_from(self, source: Path, names: list[str], *, bounce: bool) -> tuple[str, list[str]]:
+        claim = (BOUNCE_CLAIM if bounce else "") + uuid.uuid4().hex
         directory = self.active / claim
         directory.mkdir(parents=True)
         got = []
         for name in names:
             try:
-                os.rename(self.dir(source) / str(name), directory / str(name))
+                os.rename(source / name, directory / name)
             except FileNotFoundError:
                 continue
-            got.append(str(name))
+            got.append(name)
         if not got:
             directory.rmdir()
         return claim, got

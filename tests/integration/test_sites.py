@@ -39,6 +39,12 @@ ZONES_HERE.update({
     "in2.prov.test": {"A": ["127.0.0.2"]},
 })
 SHAPING = "[mx:.prov.test]\nmax_connections = 50\n"
+# first seen together, each behind hosts of its own: one claim of newcomers, four routes
+APART = [f"apart{n}.test" for n in range(4)]
+ZONES_HERE.update({
+    **{d: {"MX": [(10, f"mx.{d}")]} for d in APART},
+    **{f"mx.{d}": {"A": [f"127.0.0.{3 + n}"]} for n, d in enumerate(APART)},
+})
 
 
 def _setup(env):
@@ -150,3 +156,24 @@ def test_a_long_tail_of_first_seen_domains_costs_a_lookup_or_two_not_one_each(en
     learned = env.inst.queue_dir / "sites"
     assert len({(learned / d).read_text() for d in TAIL}) == 1
     assert not env.logged("fails=1")
+
+
+def test_the_routes_of_one_claim_send_at_the_same_time(env, mx):
+    """Newcomers claimed together whose lookup finds each behind hosts of its own make a
+    route each; every route is claimed apart and sends while the others do.  Sharing the
+    claim, each route's steps waited for the one before to end (a worker thread each,
+    waiting), and a claim of fifty routes held the worker's threads: here the second MX
+    would see nothing while the first holds its reply."""
+    servers = [mx(f"127.0.0.{3 + n}") for n in range(len(APART))]
+    gates = [server.hold("DOT") for server in servers]
+    lookups = _received(env, "lookup_mx")
+    _wave(env, after_ms=1000, domains=APART)  # due together, once all are written
+    try:
+        for n, (reached, _release) in enumerate(gates):
+            assert reached.wait(30), f"{APART[n]} never reached its dot while the others held theirs"
+    finally:
+        for _reached, release in gates:
+            release.set()
+    env.wait(lambda: all(server.deliveries for server in servers) and _all_gone(env), timeout=60)
+    assert [len(server.deliveries) for server in servers] == [1] * len(APART)
+    assert _received(env, "lookup_mx") - lookups <= 2  # claimed together, routed apart

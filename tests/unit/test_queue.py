@@ -144,6 +144,27 @@ def test_claims_are_exclusive_and_expire_back_to_pending(tmp_path):
     assert spool.renew(claim2) is True
 
 
+
+def test_a_split_moves_some_of_a_claim_into_a_claim_of_its_own(tmp_path):
+    from mailflow.queue.entry import BadName
+
+    spool = Spool(tmp_path).ensure()
+    spool.write([make_entry("E.1"), make_entry("E.2"), make_entry("E.3")], b"m\r\n")
+    names = sorted(str(n) for n in spool.names())
+    claim, _ = spool.claim(names)
+    os.rename(spool.claimed_path(claim, names[2]), spool.pending / names[2])  # went meanwhile
+    apart, got = spool.split(claim, names[1:])
+    assert got == [names[1]] and apart != claim
+    assert [str(n) for n in spool.claim_names(apart)] == [names[1]]
+    assert [str(n) for n in spool.claim_names(claim)] == [names[0]]
+    none, nothing = spool.split(claim, [names[2]])  # nothing of it left: no directory made
+    assert nothing == [] and none not in spool.claims()
+    with pytest.raises(BadName):
+        spool.split(claim, ["../" + names[0]])
+    bounce, _ = spool.claim([], "failed")
+    assert spool.split(bounce, [])[0].startswith("b-")  # a bounce claim's part returns to failed/
+
+
 # ── names from task payloads (issue 10, item 11) ─────────────────────────────────────
 
 
