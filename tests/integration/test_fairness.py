@@ -161,4 +161,5 @@ def test_mail_for_a_destination_whose_batch_is_sending_joins_that_batch(env, mx)
         ["first@feed.test", *(f"u{n}@feed.test" for n in range(10))])  # each once
     assert len(server.sessions) == 1
     assert (_received(env, "lookup_mx"), _received(env, "transmit")) == (1, 1)
-    assert env.logged("'fed': 10")  # the transmit's result says so (Flower's Result column)
+    # the transmit's result says so (Flower's Result column), logged once its claim is finished
+    env.wait(lambda: env.logged("'fed': 10"), 10)
