@@ -251,6 +251,7 @@ class Config:
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self._queue_path: tuple[Outbound, Path] | None = None  #: queue_path(), as last made
         d = self.directory
         self.me = _load_me(d / "me")
         self.smtp: Smtp = build_section(Smtp, _ini(d / "smtp.ini"), "main")
@@ -393,9 +394,16 @@ class Config:
 
     def queue_path(self) -> Path:
         """``queue_dir``; a relative one is relative to the config directory's parent, as the
-        state directory is (mailflow/config/state.py), not to the working directory."""
-        path = Path(self.outbound.queue_dir)
-        return path if path.is_absolute() else self.directory.absolute().parent / path
+        state directory is (mailflow/config/state.py), not to the working directory.  Made
+        once per reading of outbound.ini: asked several times per message on both sides."""
+        outbound = self.outbound
+        made = self._queue_path
+        if made is not None and made[0] is outbound:
+            return made[1]
+        path = Path(outbound.queue_dir)
+        path = path if path.is_absolute() else self.directory.absolute().parent / path
+        self._queue_path = (outbound, path)
+        return path
 
 
 def default_directory() -> Path:

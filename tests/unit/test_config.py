@@ -121,6 +121,18 @@ def test_outbound_ini_is_reread_live(tmp_path, monkeypatch):
     assert cfg.outbound.concurrency_max == 7
 
 
+def test_the_queue_path_follows_a_reloaded_queue_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr("mailflow.config.loader.RELOAD_CHECK_INTERVAL", 0.0)
+    path = tmp_path / "outbound.ini"
+    path.write_text("queue_dir = q1\n")
+    cfg = configmod.Config(tmp_path)
+    first = cfg.queue_path()
+    assert first == tmp_path.parent / "q1" and cfg.queue_path() is first  # made once
+    path.write_text(f"queue_dir = {tmp_path / 'q2'}\n")
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert cfg.queue_path() == tmp_path / "q2"
+
+
 def test_reload_happens_within_five_seconds_with_the_real_interval(tmp_path):
     assert configmod.RELOAD_CHECK_INTERVAL <= 5
 
