@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,10 +24,10 @@ from harness.instance import Proc
 from harness.mxserver import MXServer
 from mailflow.queue.hmail import HMail
 from tests.integration.test_failures import HOOKS, deferred_log
+from tests.support.flower import start_flower
 from tests.support.pipeline import PORT, Env, make_env, module_env, write_due
 from tests.support.pipeline import scheduled as scheduled_on
 
-REPO = Path(__file__).resolve().parents[2]
 AUTH = "admin:countdown"
 
 
@@ -118,10 +117,7 @@ def test_a_wait_beyond_countdown_max_is_parked_for_the_scan(env, mx):
 
 def test_flower_shows_the_deferring_task_in_retry_with_the_reply(env, mx, request):
     port = free_port()
-    flower = env.inst.spawn("flower", [sys.executable, "-m", "celery", "-A", "mailflow", "flower",
-                                       f"--conf={REPO / 'deploy' / 'flower' / 'flowerconfig.py'}"],
-                            env=env.inst.env(FLOWER_PORT=str(port), FLOWER_BASIC_AUTH=AUTH))
-    flower.wait_for_output("Visit me at", timeout=30)
+    start_flower(env.inst, port, AUTH)  # hearing the worker's events before the mail goes
     mx(script={"DOT": ["451 4.2.2 mailbox full"]})
     env.configure(temp_fail_intervals="30s")
     uuid = env.send("u@flower-retry.test", notes={"mx": f"127.0.0.2:{PORT}"})

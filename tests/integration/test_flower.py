@@ -20,6 +20,7 @@ from harness.dnsserver import free_port
 from harness.instance import Instance
 from harness.mxserver import MXServer
 from harness.waiting import until
+from tests.support.flower import start_flower
 from tests.support.pipeline import PORT, make_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,10 +32,7 @@ PIPELINE = {"mailflow.lookup_mx", "mailflow.acquire_connection", "mailflow.trans
 def flower(tmp_path_factory):
     env, inst = make_env(tmp_path_factory.mktemp("flower"), None)
     port = free_port()
-    proc = inst.spawn("flower", [sys.executable, "-m", "celery", "-A", "mailflow", "flower",
-                                 f"--conf={REPO / 'deploy' / 'flower' / 'flowerconfig.py'}"],
-                      env=inst.env(FLOWER_PORT=str(port), FLOWER_BASIC_AUTH=AUTH))
-    proc.wait_for_output("Visit me at", timeout=30)
+    start_flower(inst, port, AUTH)  # hearing the worker's events before the mail goes
     server = MXServer("127.0.0.2", PORT, users={"relay": "mx-password-1"}).start()
     route = {"mx": {"exchange": "127.0.0.2", "port": PORT, "auth_user": "relay",
                     "auth_pass": "mx-password-1"}}
