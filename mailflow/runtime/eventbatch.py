@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ from celery.events.dispatcher import EventDispatcher
 FLUSH_DELAY = 0.1
 #: Past this many buffered events the dispatcher publishes at once, whatever the delay.
 BUFFER_LIMIT = 500
+#: How many retried tasks' ids are remembered (a late task-sent comes within a second).
+RETRIED_KEPT = 10_000
 
 
 class Coalesced:
@@ -71,6 +74,44 @@ class EventBatches(bootsteps.StartStopStep):
         sent = vars(c.app.amqp).get("_event_dispatcher")
         if isinstance(sent, SentEvents):
             sent.through(dispatcher)
+            dispatcher.send = sent.retried.watching(dispatcher.send)
+
+
+class Retried:
+    """The ids of the tasks this process sent a ``task-retried`` event for, lately.
+
+    Celery sends a task's ``task-sent`` event after it has published the task: the thread
+    that published may be descheduled long enough for the task to be received, to run and
+    to retry (a deferral's countdown) before its task-sent goes. Flower's state lets any
+    event that comes after a RETRY replace it, so the deferred task would show PENDING.
+    Such a task-sent says nothing Flower does not know by then: it is dropped."""
+
+    def __init__(self, kept: int = RETRIED_KEPT):
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self._kept = kept
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str) -> None:
+        with self._lock:
+            if task_id in self._ids:
+                return
+            self._order.append(task_id)
+            self._ids.add(task_id)
+            if len(self._order) > self._kept:
+                self._ids.discard(self._order.popleft())
+
+    def __contains__(self, task_id: object) -> bool:
+        with self._lock:
+            return task_id in self._ids
+
+    def watching(self, send: Callable[..., Any]) -> Callable[..., Any]:
+        """``send`` (a dispatcher's), noting the task id of each task-retried event."""
+        def noting(type: str, *args: Any, **fields: Any) -> Any:
+            if type == "task-retried" and isinstance(fields.get("uuid"), str):
+                self.add(fields["uuid"])
+            return send(type, *args, **fields)
+        return noting
 
 
 class SentEvents:
@@ -86,6 +127,8 @@ class SentEvents:
         self._armed = False
         #: in a worker, its consumer's dispatcher (EventBatches), and the process it is in
         self._via: tuple[EventDispatcher, int] | None = None
+        #: the tasks retried here lately: a task-sent that comes after is dropped (Retried)
+        self.retried = Retried()
         atexit.register(self.flush)  # what is buffered at exit still goes
 
     def through(self, dispatcher: EventDispatcher) -> None:
@@ -97,6 +140,8 @@ class SentEvents:
     def publish(self, type: str, fields: dict[str, Any], producer: Any, **kwargs: Any) -> None:
         """Celery's ``EventDispatcher.publish`` signature; the producer (the task's) is not
         used: the event waits for the next flush."""
+        if type == "task-sent" and fields.get("uuid") in self.retried:
+            return  # late: the task already ran and retried (Retried)
         via = self._via
         if via is not None and via[1] == os.getpid() and via[0].enabled and (
                 not via[0].groups or "task" in via[0].groups):
