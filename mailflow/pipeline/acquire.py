@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from mailflow.config.loader import Config
 from mailflow.errors import DeliveryError, NothingToDo, Throttled, local_reply
 from mailflow.observation import tally
 from mailflow.pipeline.shaping import RouteShaping
-from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load
+from mailflow.queue.claims import BROKER_RETRY_MS, give_back, gone, here, holding, load, still_claimed
 from mailflow.queue.entry import BadName
 from mailflow.queue.hmail import HMail
 from mailflow.queue.outcomes import crashed, fail_each
@@ -53,12 +54,12 @@ def acquire(route: Route, hand_on: HandOn, again: Again | None) -> None:
     here(spool, route.batch)
     session = None
     with holding(spool, route.batch) as held:
-        hmails = load(spool, route.batch) if held else []
-        if hmails:
-            session = _session(spool, route, hmails, cfg, again)
+        present = held and still_claimed(spool, route.batch)
+        if present:
+            session = _session(spool, route, partial(load, spool, route.batch), cfg, again)
     if session is None:
         spool.finish(route.batch.claim)
-        if not hmails:
+        if not present:
             raise gone(route.batch)
         return
     _hand_on(spool, route, session, hand_on, cfg)
@@ -173,34 +174,35 @@ def source_for(target: Target, route: Route, cfg: Config) -> tuple[str | None, s
     return bind, helo, None
 
 
-def _session(spool: Spool, route: Route, hmails: list[HMail], cfg: Config,
+def _session(spool: Spool, route: Route, entries: Callable[[], list[HMail]], cfg: Config,
              again: Again | None) -> Session | None:
-    """A session for the route, or None once every entry has its outcome or a waiter is set."""
+    """A session for the route, or None once every entry has its outcome or a waiter is set;
+    ``entries`` reads the claim's entries, wanted only when no session is had."""
     settings = cfg.outbound
     try:
         return session_for(route, cfg, wait=0.0 if again else SLOT_WAIT)
     except Throttled as exc:  # not a failure: due again when the rule allows
-        back = give_back(spool, hmails, now_ms() + int(exc.wait * 1000), exc.held_by)
+        back = give_back(spool, entries(), now_ms() + int(exc.wait * 1000), exc.held_by)
         log.info("%s: %d entries for %s due again in %.0f s", exc.reply.text, back, route.domain, exc.wait)
     except NoSlot as exc:
         if again is not None:
-            _wait_for_slot(spool, route, hmails, exc, again, cfg)
+            _wait_for_slot(spool, route, entries, exc, again, cfg)
         else:
-            fail_each(spool, hmails, exc, settings)
+            fail_each(spool, entries(), exc, settings)
     except DeliveryError as exc:
-        fail_each(spool, hmails, exc, settings)
+        fail_each(spool, entries(), exc, settings)
     except Exception as exc:
-        for hmail in hmails:
+        for hmail in entries():
             crashed(spool, hmail, exc, settings)
     return None
 
 
-def _wait_for_slot(spool: Spool, route: Route, hmails: list[HMail], exc: NoSlot, again: Again,
-                   cfg: Config) -> None:
+def _wait_for_slot(spool: Spool, route: Route, entries: Callable[[], list[HMail]], exc: NoSlot,
+                   again: Again, cfg: Config) -> None:
     """Come back when a slot frees; after SLOT_WAIT in all, defer the route (4.4.5)."""
     waiting = still_waiting(route)
     if waiting is None:
-        fail_each(spool, hmails, exc, cfg.outbound)
+        fail_each(spool, entries(), exc, cfg.outbound)
         return
     POOL.wait_for_slot(exc.ips, lambda grant: again(waiting.granted(grant)), cfg.outbound, turn=route.turn)
 

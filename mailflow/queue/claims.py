@@ -132,6 +132,18 @@ def load(spool: Spool, batch: Batch, names: tuple[str, ...] | list[str] | None =
     return out
 
 
+def still_claimed(spool: Spool, batch: Batch) -> bool:
+    """Whether any of the batch's entries is still in its claim: one listing of the claim,
+    where reading every entry would cost an open, a read and a parse each -- a step that
+    only needs to know its claim is not empty (acquiring a session) reads none."""
+    names = set(batch.names)
+    try:
+        with os.scandir(spool.claim_dir(batch.claim)) as found:
+            return any(entry.name in names for entry in found)
+    except FileNotFoundError:
+        return False
+
+
 def give_back(spool: Spool, hmails: list[HMail], due_ms: int, why: str = "") -> int:
     """Put claimed entries back in pending/, due at ``due_ms``, not counted as a failure;
     ``why`` (a shaping rule's hold: ``shaping:domain:x``) is recorded for ``queue list``."""
