@@ -318,7 +318,8 @@ def protocol_factory(cfg: Config, listen_host: str, context: ssl.SSLContext | No
             data_size_limit=cfg.smtp.max_message_size, decode_data=False,
             enable_SMTPUTF8=True, tls_context=context, require_starttls=False,
             auth_require_tls=require_tls, authenticator=authenticator,
-            auth_exclude_mechanism=excluded, command_call_limit=None)
+            auth_exclude_mechanism=excluded, command_call_limit=None,
+            loop=asyncio.get_running_loop())  # aiosmtpd would look it up the long way each time
 
     return factory
 

@@ -31,13 +31,15 @@ def test_command_hook_and_auth_tables_are_those_a_full_dir_gives(tmp_path):
     (tmp_path / "auth_flat_file.ini").write_text(
         "[core]\nmethods = PLAIN,LOGIN,CRAM-MD5\n[users]\nalice = secret\n")
     factory = protocol_factory(config.Config(tmp_path), "127.0.0.1", None)
+    async def accepted() -> MailflowSMTP:  # as the loop calls it for a connection
+        return factory()
+
     loop = asyncio.new_event_loop()
     try:
-        asyncio.set_event_loop(loop)
-        server = factory()
+        server = loop.run_until_complete(accepted())
     finally:
-        asyncio.set_event_loop(None)
         loop.close()
+    assert server.loop is loop
     every = object.__dir__(server)  # what dir() listed before
     assert sorted(server._smtp_methods) == sorted(m[5:] for m in every if m.startswith("smtp_"))
     handler = server.event_handler
