@@ -20,8 +20,11 @@ BY_TENANT = "by-tenant"
 NO_TENANT = "-"
 
 
-def _path(queue_root: Path, name: str) -> Path:
-    return queue_root / ".counters" / name
+def _path(queue_root: Path, name: str) -> str:
+    """The counter's file: a string, as ``os.open`` takes it -- several counters are added
+    for every message on both sides, and a Path costs more to build and turn into a string
+    than the append itself."""
+    return os.path.join(queue_root, ".counters", name)
 
 
 def add(queue_root: Path, name: str, n: int = 1) -> None:
@@ -29,7 +32,7 @@ def add(queue_root: Path, name: str, n: int = 1) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     except FileNotFoundError:  # the first count of a new queue: not a mkdir per message
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         os.write(fd, b"." * n)
