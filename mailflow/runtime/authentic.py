@@ -26,6 +26,7 @@ from mailflow import config
 from mailflow.config.state import state_dir
 from mailflow.errors import Deferred
 from mailflow.queue import counters
+from mailflow.runtime.eventbatch import note_retried
 from mailflow.wire import signing
 from mailflow.wire.seal import mac_key
 
@@ -117,6 +118,7 @@ class VerifiedRequest(Request):
     def on_retry(self, exc_info: Any) -> None:
         """A deferral's RETRY, as Flower shows it: the reason as it reads -- the reply and the
         next attempt -- not the repr of an exception inside a Retry, with a traceback."""
+        note_retried(self.app, self.id)  # before its task-retried event goes
         reason = exc_info.exception  # the pool's wrapper, the Retry inside it, its reason
         for _ in range(3):
             if isinstance(reason, Deferred):

@@ -68,9 +68,6 @@ RELIED: tuple[Relied, ...] = (
            source_has="default_evd = self._event_dispatcher"),
     Relied("celery", "celery.events.dispatcher", "EventDispatcher.send",
            source_has="len(buf) >= self.buffer_limit"),
-    # a worker's task events go through its dispatcher's send, looked up at each event
-    Relied("celery", "celery.worker.request", "Request.send_event",
-           source_has="self._eventer.send(type, uuid=self.id, **fields)"),
 )
 
 

@@ -74,7 +74,6 @@ class EventBatches(bootsteps.StartStopStep):
         sent = vars(c.app.amqp).get("_event_dispatcher")
         if isinstance(sent, SentEvents):
             sent.through(dispatcher)
-            dispatcher.send = sent.retried.watching(dispatcher.send)
 
 
 class Retried:
@@ -105,13 +104,13 @@ class Retried:
         with self._lock:
             return task_id in self._ids
 
-    def watching(self, send: Callable[..., Any]) -> Callable[..., Any]:
-        """``send`` (a dispatcher's), noting the task id of each task-retried event."""
-        def noting(type: str, *args: Any, **fields: Any) -> Any:
-            if type == "task-retried" and isinstance(fields.get("uuid"), str):
-                self.add(fields["uuid"])
-            return send(type, *args, **fields)
-        return noting
+
+def note_retried(app: Celery, task_id: str) -> None:
+    """The worker is about to send ``task_id``'s task-retried event (runtime/authentic.py):
+    a task-sent for it that comes later is dropped (:class:`Retried`)."""
+    sent = vars(app.amqp).get("_event_dispatcher")
+    if isinstance(sent, SentEvents):
+        sent.retried.add(task_id)
 
 
 class SentEvents:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailflow.runtime.application import app
-from mailflow.runtime.eventbatch import Retried, SentEvents
+from celery import Celery
+
+from mailflow.runtime.eventbatch import Retried, SentEvents, gather_sent_events, note_retried
 
 
 class Dispatcher:
-    """What SentEvents and Retried use of a worker's event dispatcher."""
+    """What SentEvents uses of a worker's event dispatcher."""
 
     enabled = True
     groups: set[str] = set()
@@ -23,12 +24,15 @@ class Dispatcher:
 
 
 def test_a_task_sent_event_after_its_task_retried_is_dropped_and_others_go_in_order():
-    sent = SentEvents(app)
+    app = Celery("eventbatch-test", set_as_current=False)
+    gather_sent_events(app)
+    sent = vars(app.amqp)["_event_dispatcher"]
+    assert isinstance(sent, SentEvents)
     worker = Dispatcher()
     sent.through(worker)
-    worker.send = sent.retried.watching(worker.send)  # type: ignore[method-assign]
     sent.publish("task-sent", {"uuid": "early"}, producer=None)
     worker.send("task-received", uuid="early")
+    note_retried(app, "late")  # the worker's request, as it retries the task
     worker.send("task-retried", uuid="late")
     sent.publish("task-sent", {"uuid": "late"}, producer=None)  # its publisher was descheduled
     sent.publish("task-sent", {"uuid": "next"}, producer=None)
