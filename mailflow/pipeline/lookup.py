@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from mailflow import config, hooks
@@ -63,7 +62,8 @@ def lookup(batch: Batch, hand_on: HandOn, lend_out: bool = False) -> None:
         if held:
             routes = _routes(spool, batch)
             if len(routes) > 1:
-                routes = [r for r in map(partial(_claimed_apart, spool), routes) if r is not None]
+                apart = (_claimed_apart(spool, route) for route in routes)
+                routes = [route for route in apart if route is not None]
             for route in routes:
                 for step in _deliveries(spool, route, lend_out):
                     _hand_on(spool, step, hand_on)
