@@ -5,13 +5,11 @@ Real workers on the embedded broker, Redis and RabbitMQ; the MX scripts its repl
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from harness.instance import Proc
 from harness.mxserver import MXServer
 from mailflow.queue.hmail import HMail
 from tests.integration.test_failures import HOOKS, deferred_log
-from tests.support.flower import start_flower
+from tests.support.flower import flower_api, start_flower
 from tests.support.pipeline import PORT, Env, make_env, module_env, write_due
 from tests.support.pipeline import scheduled as scheduled_on
 
@@ -123,10 +121,7 @@ def test_flower_shows_the_deferring_task_in_retry_with_the_reply(env, mx, reques
     uuid = env.send("u@flower-retry.test", notes={"mx": f"127.0.0.2:{PORT}"})
 
     def retried() -> list[dict[str, Any]]:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks")
-        request.add_header("Authorization", "Basic " + base64.b64encode(AUTH.encode()).decode())
-        with urllib.request.urlopen(request, timeout=10) as response:
-            tasks = json.loads(response.read())
+        tasks = flower_api("127.0.0.1", port, AUTH, "/api/tasks")
         return [t for t in tasks.values() if t.get("state") == "RETRY"]
 
     [task] = env.wait(retried, 30)

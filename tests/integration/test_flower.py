@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from harness.dnsserver import free_port
 from harness.instance import Instance
 from harness.mxserver import MXServer
 from harness.waiting import until
-from tests.support.flower import start_flower
+from tests.support.flower import flower_api, start_flower
 from tests.support.pipeline import PORT, make_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,10 +45,7 @@ def flower(tmp_path_factory):
 
 
 def api(port: int, path: str) -> Any:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    request.add_header("Authorization", "Basic " + base64.b64encode(AUTH.encode()).decode())
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    return flower_api("127.0.0.1", port, AUTH, path)
 
 
 def test_api_shows_the_pipeline_tasks_succeeded_without_secrets(flower):

@@ -11,16 +11,13 @@ addresses inside those namespaces are targets.  The lease is short
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
 import os
 import smtplib
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from harness.instance import Instance, Proc
 from harness.mxserver import MXServer
 from harness.netns import Host, Net
 from harness.waiting import until
+from tests.support.flower import flower_api, start_flower
 
 REPO = Path(__file__).resolve().parents[2]
 FLOWER_AUTH = "admin:lab"
@@ -171,11 +169,8 @@ def stats(inst: Instance) -> dict[str, int]:
 
 def test_two_worker_hosts_deliver_2000_messages_each_exactly_once(lab):
     owner, procs, w1, w2 = owner_and_two_worker_hosts(lab)
-    flower = owner.spawn("flower", [sys.executable, "-m", "celery", "-A", "mailflow", "flower",
-                                    f"--conf={REPO / 'deploy' / 'flower' / 'flowerconfig.py'}"],
-                         env=owner.env(FLOWER_ADDRESS=lab.hosts["owner"].ip, FLOWER_PORT="5555",
-                                       FLOWER_BASIC_AUTH=FLOWER_AUTH))
-    flower.wait_for_output("Visit me at", timeout=30)
+    start_flower(owner, 5555, FLOWER_AUTH, address=lab.hosts["owner"].ip,
+                 within=lab.hosts["owner"].entered)  # hearing the workers before mail goes
     mx = lab.mx()
     try:
         rcpts = [f"u{i}@far.test" for i in range(2000)]
@@ -209,10 +204,9 @@ def test_two_worker_hosts_deliver_2000_messages_each_exactly_once(lab):
 
 
 def flower_tasks(lab: Lab) -> dict[str, Any]:
-    request = urllib.request.Request(f"http://{lab.hosts['owner'].ip}:5555/api/tasks?limit=100000")
-    request.add_header("Authorization", "Basic " + base64.b64encode(FLOWER_AUTH.encode()).decode())
-    with lab.hosts["owner"].entered(), urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    tasks: dict[str, Any] = flower_api(lab.hosts["owner"].ip, 5555, FLOWER_AUTH,
+                                       "/api/tasks?limit=100000", within=lab.hosts["owner"].entered)
+    return tasks
 
 
 def test_kill_9_of_a_worker_host_mid_run_loses_nothing(lab):
