@@ -34,6 +34,7 @@ from bench import (  # noqa: E402
     backlog,
     concurrency,
     haraka,
+    journaled,
     lonely,
     memory,
     peers,
@@ -542,12 +543,19 @@ def main() -> int:
                         help="small runs (500 and 100 messages, 10 s latency, 10,000 backlog) "
                              "to check the harness, not to quote")
     args = parser.parse_args()
+    with journaled.workdir() as where:
+        print(f"# mailflow benchmarks, {datetime.date.today()}: {machine()}")
+        print(f"Default settings but smtp.ini nodes = {args.nodes}; every message fsync'd before "
+              f"its 250." + (" QUICK run." if args.quick else ""))
+        print(where, flush=True)
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every scenario ``args`` asks for, and the goals table."""
     only = set(args.only.split(","))
     quick = args.quick
     workloads = [(500, 4 * KIB), (100, 64 * KIB)] if quick else [(5000, 4 * KIB), (1000, 64 * KIB)]
-    print(f"# mailflow benchmarks, {datetime.date.today()}: {machine()}")
-    print(f"Default settings but smtp.ini nodes = {args.nodes}; every message fsync'd before its 250."
-          + (" QUICK run." if quick else ""))
     relays = run_relay(args.broker or list(BROKERS), workloads, args.nodes) if "relay" in only else []
     lat = run_latency("redis", 100.0, 10.0 if quick else 30.0, args.nodes) if "latency" in only else None
     back = run_backlog("redis", 10_000 if quick else 100_000) if "backlog" in only else None

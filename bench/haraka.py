@@ -43,9 +43,10 @@ def available() -> str | None:
     return None
 
 
-def install(workdir: str | None) -> Path:
-    """The ``haraka`` executable, installed once (npm) under the benchmark's directory."""
-    prefix = Path(workdir or tempfile.gettempdir()) / f"mailflow-bench-haraka-{VERSION}"
+def install() -> Path:
+    """The ``haraka`` executable, installed once (npm) in the temporary directory: not in
+    the run's directory, which may be a filesystem made for the run (bench/journaled.py)."""
+    prefix = Path(tempfile.gettempdir()) / f"mailflow-bench-haraka-{VERSION}"
     binary = prefix / "node_modules" / ".bin" / "haraka"
     if not binary.exists():
         prefix.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,7 @@ def install(workdir: str | None) -> Path:
 def relay(port: int, sink_port: int, *, concurrency: int = 100, per_ip: int = 10,
           workdir: str | None = None) -> Iterator[int]:
     """A running Haraka relaying from 127.0.0.1:``port`` to the sink; yields its master's pid."""
-    binary = install(workdir)
+    binary = install()
     with tempfile.TemporaryDirectory(prefix="haraka-bench-", dir=workdir) as tmp:
         root = Path(tmp) / "haraka"
         subprocess.run([str(binary), "-i", str(root)], capture_output=True, check=True, timeout=60)
