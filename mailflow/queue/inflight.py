@@ -59,6 +59,13 @@ class InFlight:
         sizes = Counter({k: had[1][k] * n // had[0][k] for k, n in left.items() if had[0][k]})
         self.add(claim, left, sizes)
 
+    def __len__(self) -> int:
+        """How many claims are live, as last refreshed."""
+        return len(self._claims)
+
+    def __contains__(self, claim: object) -> bool:
+        return claim in self._claims
+
     def keys_by_claim(self) -> Iterator[tuple[str, Iterable[str]]]:
         """Each live claim and the keys of its entries."""
         for claim, (entries, _sizes) in self._claims.items():

@@ -590,3 +590,37 @@ def test_a_busy_domain_s_new_mail_is_fed_into_its_open_claim_and_counted_as_it_g
     _queue(cfg, ["later@busy.example"])  # closed: held for the batch, as before
     manager._listed_mtime_ns = None
     assert manager.scan() == 0 and len(publish.batches) == 1
+
+
+def test_a_full_open_claim_is_listed_again_only_when_its_directory_changes(tmp_path, monkeypatch):
+    """A busy destination's held mail asks at every scan how much its open claim can take:
+    the claim is listed once while its directory is unchanged, and again once an entry
+    leaves it -- then the held mail is fed."""
+    monkeypatch.setattr(qmgr, "RECOUNT_EVERY", 3600.0)  # no recount of fed claims meanwhile
+    cfg = load_cfg(tmp_path)
+    _queue(cfg, ["first@busy.example"])
+    manager = qmgr.QueueManager(cfg, publish=(publish := Recorder()))
+    manager.sites.learn("busy.example", None)
+    assert manager.scan() == 1
+    [batch] = publish.batches
+    assert feed.open_feed(manager.spool, batch.claim)
+    _queue(cfg, [f"f{n}@busy.example" for n in range(qmgr.BATCH_MAX - 1)])
+    manager._listed_mtime_ns = None
+    assert manager.scan() == qmgr.BATCH_MAX - 1  # fed up to a batch
+    directory = manager.spool.claim_dir(batch.claim)
+    listed: list[str] = []
+    real = manager.spool.claim_names
+    monkeypatch.setattr(manager.spool, "claim_names", lambda claim: listed.append(claim) or real(claim))
+    _queue(cfg, [f"h{n}@busy.example" for n in range(3)])
+    for _ in range(3):  # held at each scan: the claim is full
+        manager._listed_mtime_ns = None
+        assert manager.scan() == 0
+    assert listed.count(batch.claim) == 1
+    for name in sorted(os.listdir(directory))[:2]:  # delivered
+        (directory / name).unlink()
+    later = os.stat(directory).st_mtime_ns + 10_000_000  # a tick on, whatever the clock's grain
+    os.utime(directory, ns=(later, later))
+    manager._listed_mtime_ns = None
+    assert manager.scan() == 2
+    assert listed.count(batch.claim) == 2
+    assert len(publish.batches) == 1  # fed, not a batch of their own
