@@ -367,7 +367,10 @@ def test_unwritable_queue_is_451(tmp_path, own):
     port = free_port()
     inst = make(tmp_path / "unwritable", port)
     own(inst)
-    inst.start_smtpd()
+    proc = inst.start_smtpd()
+    # "listening" comes before the queue manager starts, and it makes the queue's
+    # directories: replaced before that, pending/ could be made again under the test
+    proc.wait_for_output("queue manager for", timeout=30)
     pending = inst.queue_dir / "pending"
     pending.rmdir()
     pending.write_text("not a directory")
