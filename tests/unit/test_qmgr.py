@@ -17,6 +17,7 @@ from mailflow.queue.sites import JOIN_MAX, NEWCOMERS
 from mailflow.queue.spool import Spool
 from mailflow.relay.shaping import Shaper
 from mailflow.wire.names import EntryName, tenant_tag
+from mailflow.wire.payloads import Batch
 
 
 def load_cfg(tmp_path):
@@ -564,10 +565,8 @@ def test_domains_routes_ini_sends_to_one_host_are_one_site_from_their_first_mess
                       (False, "elsewhere.example", 1), (True, None, 2)]
 
 
-def test_a_busy_domain_s_new_mail_is_fed_into_its_open_claim_and_counted_as_it_goes(tmp_path):
-    """A claim whose transmit takes more as it sends (feed.py) gets the domain's new mail
-    instead of holding it: no new batch, no task.  What it delivered stops counting in the
-    window at the next recount, however long the claim lives."""
+def busy_with_an_open_claim(tmp_path) -> tuple[configmod.Config, qmgr.QueueManager, Recorder, Batch]:
+    """A manager whose one batch for busy.example is in flight, its claim open to be fed."""
     cfg = load_cfg(tmp_path)
     _queue(cfg, ["first@busy.example"])
     manager = qmgr.QueueManager(cfg, publish=(publish := Recorder()))
@@ -575,6 +574,14 @@ def test_a_busy_domain_s_new_mail_is_fed_into_its_open_claim_and_counted_as_it_g
     assert manager.scan() == 1
     [batch] = publish.batches
     assert feed.open_feed(manager.spool, batch.claim)
+    return cfg, manager, publish, batch
+
+
+def test_a_busy_domain_s_new_mail_is_fed_into_its_open_claim_and_counted_as_it_goes(tmp_path):
+    """A claim whose transmit takes more as it sends (feed.py) gets the domain's new mail
+    instead of holding it: no new batch, no task.  What it delivered stops counting in the
+    window at the next recount, however long the claim lives."""
+    cfg, manager, publish, batch = busy_with_an_open_claim(tmp_path)
     _queue(cfg, [f"r{n}@busy.example" for n in range(3)])
     manager._listed_mtime_ns = None
     assert manager.scan() == 3
@@ -597,13 +604,7 @@ def test_a_full_open_claim_is_listed_again_only_when_its_directory_changes(tmp_p
     the claim is listed once while its directory is unchanged, and again once an entry
     leaves it -- then the held mail is fed."""
     monkeypatch.setattr(qmgr, "RECOUNT_EVERY", 3600.0)  # no recount of fed claims meanwhile
-    cfg = load_cfg(tmp_path)
-    _queue(cfg, ["first@busy.example"])
-    manager = qmgr.QueueManager(cfg, publish=(publish := Recorder()))
-    manager.sites.learn("busy.example", None)
-    assert manager.scan() == 1
-    [batch] = publish.batches
-    assert feed.open_feed(manager.spool, batch.claim)
+    cfg, manager, publish, batch = busy_with_an_open_claim(tmp_path)
     _queue(cfg, [f"f{n}@busy.example" for n in range(qmgr.BATCH_MAX - 1)])
     manager._listed_mtime_ns = None
     assert manager.scan() == qmgr.BATCH_MAX - 1  # fed up to a batch
