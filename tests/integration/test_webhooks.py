@@ -144,6 +144,10 @@ def test_the_batch_of_a_worker_killed_mid_post_is_sent_again(env, mx, receiver):
     hooks = receiver("delivered", [Answer("late", delay=8), Answer("ok")], name=f"killed{tag}")
     sent = {send(env, f"k{n}-{tag}@dest.test") for n in range(5)}
     server.wait_for(5, timeout=30)
+    # every outcome recorded, its event written, before the kill: a worker killed between the
+    # MX's 250 and the record leaves the entry to wait out its lease (300 s) before it is sent
+    # again, and its event comes only then
+    env.wait(lambda: all(env.gone(uuid) for uuid in sent), timeout=30)
     env.wait(lambda: hooks.requests, timeout=30)  # the first POST, held by the receiver
     [worker] = [p for p in env.inst.procs if p.name.startswith("worker")]
     worker.kill9()
