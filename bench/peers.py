@@ -13,7 +13,8 @@ Workloads:
 * *slow*: 300 x 4 KiB to one destination whose sink waits 1 s before each DATA
   reply (``smtp-sink -w 1``), both relays allowed 100 parallel deliveries to it
   (Postfix: destination concurrency and process limit 100; mailflow:
-  ``concurrency_max`` and ``pool_concurrency_max`` 100);
+  ``concurrency_max`` and ``pool_concurrency_max`` 100; with ``--workers``, each
+  worker its share of every limit, as Haraka's nodes);
 * *200 domains*: 10,000 x 4 KiB to 200 recipient domains, each its own address
   (127.0.1.n), whose receiver holds every reply 100 ms (``bench.ownsink``, injected by
   ``bench.ownsource``); 100 connections in all and 10 per destination on both sides.
@@ -39,17 +40,23 @@ from bench.mix import Mix
 from harness.dnsserver import free_port
 
 KIB = 1024
-SLOW_LIMITS = "concurrency_max = 100\npool_concurrency_max = 100\n"
+#: The 1 s receiver: 100 connections in all and to it.
+SLOW_TOTAL = 100
 #: 200 recipient domains, each its own address, every reply held 100 ms; both relays
 #: at 100 connections in all and 10 per destination.
 DOMAINS, REPLY_DELAY, TOTAL, PER_DOMAIN = 200, 0.1, 100, 10
 #: Haraka runs nodes = cpus and its outbound limits hold per node: each gets its share.
 HARAKA_NODES = os.cpu_count() or 1
-SPREAD_LIMITS = f"concurrency_max = {TOTAL}\npool_concurrency_max = {PER_DOMAIN}\n"
 #: The mix (bench/mix.py): every reply held 50 ms; 100 connections in all and 20 per
 #: site on both sides (Postfix: a site is a nexthop; mailflow: an address).
 MIX_DELAY, MIX_PER_SITE = 0.05, 20
-MIX_LIMITS = f"concurrency_max = {TOTAL}\npool_concurrency_max = {MIX_PER_SITE}\n"
+
+
+def limits(total: int, per_destination: int) -> str:
+    """mailflow's outbound.ini for ``total`` connections in all and ``per_destination`` to
+    one address, split between its workers (relay.WORKERS) as Haraka's between its nodes."""
+    return (f"concurrency_max = {relay.worker_share(total)}\n"
+            f"pool_concurrency_max = {relay.worker_share(per_destination)}\n")
 
 
 def peer_throughput(name: str, start: Callable[[int, int], AbstractContextManager[int]], *,
@@ -103,17 +110,19 @@ def workloads(quick: bool) -> list[dict[str, Any]]:
         {"name": "64KiB", "messages": 1000 // scale, "size": 64 * KIB, "mailflow": {}, "postfix": {},
          "haraka": {}},
         {"name": "slow 1s DATA", "messages": 300 // (3 if quick else 1), "size": 4 * KIB,
-         "mailflow": {"outbound": SLOW_LIMITS, "sink_wait": 1.0},
+         "mailflow": {"outbound": limits(SLOW_TOTAL, SLOW_TOTAL), "sink_wait": 1.0},
          "postfix": {"concurrency": 100, "processes": 100, "sink_wait": 1.0},
          "haraka": {"concurrency": 100 // HARAKA_NODES, "per_ip": 100 // HARAKA_NODES, "sink_wait": 1.0}},
         {"name": "200 domains", "messages": 10_000 // scale, "size": 4 * KIB,
-         "mailflow": {"outbound": SPREAD_LIMITS, "sink_delay": REPLY_DELAY, "domains": DOMAINS},
+         "mailflow": {"outbound": limits(TOTAL, PER_DOMAIN), "sink_delay": REPLY_DELAY,
+                      "domains": DOMAINS},
          "postfix": {"concurrency": PER_DOMAIN, "processes": TOTAL, "sink_delay": REPLY_DELAY,
                      "domains": DOMAINS},
          "haraka": {"concurrency": TOTAL // HARAKA_NODES, "per_ip": max(1, PER_DOMAIN // HARAKA_NODES),
                     "sink_delay": REPLY_DELAY, "domains": DOMAINS}},
         {"name": "mix", "messages": 0, "size": 0,
-         "mailflow": {"outbound": MIX_LIMITS, "sink_delay": MIX_DELAY, "mix": mix_for(quick)},
+         "mailflow": {"outbound": limits(TOTAL, MIX_PER_SITE), "sink_delay": MIX_DELAY,
+                      "mix": mix_for(quick)},
          "postfix": {"concurrency": MIX_PER_SITE, "processes": TOTAL, "sink_delay": MIX_DELAY,
                      "mix": mix_for(quick)},
          "haraka": None},  # its route plugin knows the 200 domains only

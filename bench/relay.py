@@ -61,6 +61,18 @@ def sink_hosts(domains: int) -> str:
     return ",".join(domain_address(n) for n in range(domains)) if domains else "127.0.0.2"
 
 
+#: Celery workers per relay (``--workers``): 1, mailflow at its defaults, or one per core
+#: as deploy/systemd runs them (``mailflow-worker@1``, ``@2``...).  Each worker is one
+#: process whose threads share one GIL; its connection limits hold per worker.
+WORKERS = 1
+
+
+def worker_share(total: int) -> int:
+    """A connection limit for all of a relay's workers, as each worker's share of it (as
+    Haraka's limits are split between its nodes): the same limits as the other relays."""
+    return max(1, total // WORKERS)
+
+
 #: Where the benchmark's installations live; see workdir().
 WORKDIR_ENV = "MAILFLOW_BENCH_DIR"
 
@@ -83,14 +95,14 @@ class Relay:
 
 
 @contextmanager
-def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cpus",
+def relay(broker: str, *, postfix_sink: bool, workers: int | None = None, nodes: str = "cpus",
           outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
           domains: int = 0, files: dict[str, str] | None = None, mix: Mix | None = None,
           api: bool = False) -> Iterator[Relay]:
     """A running smtpd and ``workers`` workers on ``broker``, delivering to a fresh sink
     (smtp-sink holding each DATA reply ``sink_wait`` seconds, or ours holding every reply
     ``sink_delay``; one address per domain with ``domains``); ``outbound`` adds to
-    outbound.ini; ``api``: the HTTP injection API listens too."""
+    outbound.ini; ``api``: the HTTP injection API listens too.  ``workers``: WORKERS."""
     url = brokers.url_for(broker)
     sink_port = free_port("127.0.0.2")
     smtp_port = free_port()
@@ -113,7 +125,7 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
                 key = inst.mailflow("apikey", "add", "bench").stdout.decode().strip()
                 served = (f"http://127.0.0.1:{http_port}/api/inject/v1", key)
             inst.start_smtpd()
-            for n in range(workers):
+            for n in range(workers or WORKERS):
                 inst.start_worker(f"bench{n}", concurrency=None, pool=None)
             yield Relay(inst, sink, smtp_port, served)
         finally:
@@ -122,7 +134,7 @@ def relay(broker: str, *, postfix_sink: bool, workers: int = 1, nodes: str = "cp
 
 
 def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
-               postfix: bool | None = None, workers: int = 1, nodes: str = "cpus",
+               postfix: bool | None = None, workers: int | None = None, nodes: str = "cpus",
                outbound: str = "", sink_wait: float = 0.0, sink_delay: float = 0.0,
                domains: int = 0, files: dict[str, str] | None = None,
                settled: Callable[[], bool] | None = None, mix: Mix | None = None,
@@ -144,7 +156,7 @@ def throughput(broker: str, *, messages: int, size: int, sessions: int = 20,
         r.instance.stop_all()
         time.sleep(0.5)
         figures["sessions_per_1000"] = r.sink.sessions * 1000 / max(figures["delivered"], 1)
-        return {"scenario": "relay", "relay": "mailflow", "broker": broker, "workers": workers,
+        return {"scenario": "relay", "relay": "mailflow", "broker": broker, "workers": workers or WORKERS,
                 "nodes": nodes, **figures}
 
 
