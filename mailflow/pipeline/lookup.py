@@ -137,6 +137,7 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
     groups: dict[tuple[Any, ...], list[str]] = {}
     answers: dict[tuple[Any, ...], tuple[list[MX], set[str]]] = {}
     seen: dict[str, str | None] = {}
+    looked: set[str] = set()  # domains whose site was looked at: once each, not per entry
     known: dict[str, bool] = {}  # whether the queue manager could have known the site
     pools: dict[tuple[str, str | None], str | None] = {}
     loaded: dict[str, HMail] = {}
@@ -149,9 +150,11 @@ def _routes(spool: Spool, batch: Batch) -> list[Route]:
                 continue
             mxs, bind, helo = found
             exempt = _exempt(hmail)
-            if domain not in seen and (batch.site is not None or not sites.fresh(domain)):
-                known[domain] = sites.known(domain)
-                seen[domain] = _site_of(domain, mxs, exempt, cfg)
+            if domain not in looked:  # a stat of its site's file: once a batch, not 50 times
+                looked.add(domain)
+                if batch.site is not None or not sites.fresh(domain):
+                    known[domain] = sites.known(domain)
+                    seen[domain] = _site_of(domain, mxs, exempt, cfg)
             tenant = str(hmail.todo.notes.get(TENANT_NOTE) or "") or None
             if bind or any(mx.bind for mx in mxs):
                 pool = None

@@ -164,3 +164,26 @@ def test_an_mx_rule_makes_one_site_of_every_domain_wholly_under_it(tmp_path, mon
     # a host outside the provider: the operator's rule does not speak for that domain
     assert lookup._site_of("c.example", outside, False, cfg) == site_key(outside)
     assert rule != site_key(one)
+
+
+def test_a_batch_looks_at_each_domains_site_once_however_many_entries(tmp_path, monkeypatch):
+    """The lookup stats a domain's site file to know whether to work it out again: once a
+    batch (each stat gives the GIL up, with a hundred delivery threads waiting for it)."""
+    from mailflow.pipeline import lookup
+    from mailflow.queue.spool import Spool
+    from mailflow.wire.payloads import Batch
+    from tests.support.entries import make_entry
+
+    (tmp_path / "routes.ini").write_text("[example.com]\nvia = 127.0.0.2\n")  # no DNS
+    cfg = _cfg(tmp_path)
+    spool = Spool(cfg.queue_path()).ensure()
+    for n in range(20):
+        spool.write([make_entry(f"A.{n}")], b"Subject: s\r\n\r\nm\r\n")
+    Sites(spool.root).learn("example.com", None)  # written lately: not worked out again
+    claim, names = spool.claim(sorted(spool.names()))
+    looks: list[str] = []
+    fresh = Sites.fresh
+    monkeypatch.setattr(Sites, "fresh", lambda self, domain: looks.append(domain) or fresh(self, domain))
+    [route] = lookup._routes(spool, Batch(spool.identity, claim, tuple(names), "example.com"))
+    assert looks == ["example.com"]
+    assert sorted(route.batch.names) == sorted(names) and route.mx[0].exchange == "127.0.0.2"
