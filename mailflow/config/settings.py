@@ -226,7 +226,7 @@ class Outbound:
     pool_timeout: float = setting(
         50.0, seconds, "idle pooled connections send QUIT after this long; 0 disables pooling")
     pool_concurrency_max: int = setting(
-        10, positive_int, "most pooled connections to one destination IP")
+        10, positive_int, "most pooled connections of one worker node to one destination IP")
     temp_fail_intervals: tuple[int, ...] = setting(
         DEFAULT_INTERVALS, intervals,
         "waits after the 1st, 2nd, ... temporary failure; 'none' bounces at once")
