@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from mailflow.errors import NothingToDo
 from mailflow.observation import tally
 from mailflow.queue import holds
-from mailflow.queue.entry import CorruptEntry, EntryName, check_name
+from mailflow.queue.entry import CorruptEntry, EntryName
 from mailflow.queue.hmail import HMail
 from mailflow.queue.spool import Spool
 from mailflow.runtime.services import Ticker
@@ -121,9 +121,7 @@ def gone(batch: Batch) -> NothingToDo:
 def load(spool: Spool, batch: Batch, names: tuple[str, ...] | list[str] | None = None) -> list[HMail]:
     """The batch's entries still in its claim (unreadable ones are moved aside)."""
     out = []
-    directory = spool.claim_dir(batch.claim)  # checked once: every name is checked below
-    for name in batch.names if names is None else names:
-        path = directory / check_name(name)
+    for path in spool.claimed_paths(batch.claim, batch.names if names is None else names):
         try:
             out.append(HMail.load(path))
         except FileNotFoundError:

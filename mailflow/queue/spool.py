@@ -29,7 +29,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -199,6 +199,12 @@ class Spool:
 
     def claimed_path(self, claim: str, name: str) -> Path:
         return self.claim_dir(claim) / check_name(name)
+
+    def claimed_paths(self, claim: str, names: Iterable[str]) -> Iterator[Path]:
+        """``claimed_path`` of each name, the claim checked once (a batch's fifty entries)."""
+        directory = self.claim_dir(claim)
+        for name in names:
+            yield directory / check_name(name)
 
     def renew(self, claim: str) -> bool:
         """Extend a claim's lease; False when it has expired and been given back."""

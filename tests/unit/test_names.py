@@ -57,6 +57,18 @@ def test_hostile_values_are_no_entry_name(value):
         check_name(value)
 
 
+@pytest.mark.parametrize("value", ["0000000000001_0_0000000000001_id_example.com/../../x", "..", "/etc"])
+def test_a_claims_paths_are_built_from_checked_names_only(tmp_path, value):
+    from mailflow.queue.spool import Spool
+    spool = Spool(tmp_path / "queue").ensure()
+    good = "0000000000001_0_0000000000001_id_example.com"
+    with pytest.raises(BadName):
+        list(spool.claimed_paths("0" * 32, [good, value]))
+    with pytest.raises(BadName):
+        list(spool.claimed_paths(value, [good]))
+    assert list(spool.claimed_paths("0" * 32, [good])) == [spool.active / ("0" * 32) / good]
+
+
 def test_a_name_parsed_before_answers_the_same_and_its_variants_are_still_refused():
     """Parsing is remembered per string (names meet every step several times): what was
     parsed once is the same answer again, and a near variant -- not zero-padded, a path
