@@ -21,6 +21,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from mailflow.config.loader import Config
+from mailflow.smtpd.data import LINE_LIMIT, has_long_line
 from mailflow.smtpd.guessing import Guesses
 from mailflow.smtpd.limits import Connections
 from mailflow.smtpd.server import MailflowSMTP
@@ -147,3 +148,15 @@ def test_mailflow_reads_data_as_stock_aiosmtpd_does_however_it_is_chunked(messag
                 await server.wait_closed()
 
     asyncio.run(go())
+
+
+def test_long_lines_are_found_as_splitting_at_every_crlf_finds_them():
+    """``has_long_line`` looks a window at a time; splitting the lines out is the reference."""
+    rnd = random.Random(1001)
+    lengths = (0, 1, 5, 997, 998, 999, 1000, 1001, 1500)
+    for _ in range(50_000):
+        body = b"".join(rnd.choice([b"\r\n", b"\r", b"\n", b"a" * rnd.choice(lengths),
+                                    b"x" * rnd.randint(0, 40)]) for _ in range(rnd.randint(0, 6)))
+        for limit in (LINE_LIMIT, 10, 3):
+            expected = max(map(len, body.split(b"\r\n")), default=0) + 2 > limit
+            assert has_long_line(body, limit) == expected, (body[:60], limit)

@@ -128,3 +128,51 @@ def test_a_body_on_disk_loses_the_header_and_keeps_every_other_byte():
     untouched.write(b"Subject: s\r\n\r\nx\r\n")
     assert take_body_headers(untouched, ("x-tenant",)) == (untouched, {})
     untouched.close()
+
+
+# ── shortcuts over whole bodies, held to the long way on random bytes ─────────────────────
+
+def _random_lines(rnd, pieces=(b"\r\n", b"\r", b"\n", b".", b"..", b"x", b"X-Tenant: t", b"a" * 70)):
+    return b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+
+
+def test_a_stored_block_sent_as_it_is_is_what_unstuffing_and_stuffing_again_give():
+    """``_wire`` hands a CRLF block with no dot-led line on untouched: only when the long way
+    (normalise, unstuff, stuff) would give the same bytes."""
+    import random
+    rnd = random.Random(26)
+    for _ in range(20_000):
+        lines = _random_lines(rnd)
+        long_way = dot_stuff(m.dot_unstuff(normalise_eol(lines)))
+        assert m._wire(lines, stuffed=True) == long_way, lines
+
+
+def test_the_header_section_is_looked_at_without_normalising_the_body():
+    """``take_body_headers`` leaves a body alone, on its quick look, only where reading it
+    the long way finds none of the names either."""
+    import random
+    rnd = random.Random(27)
+    for _ in range(5_000):
+        raw = _random_lines(rnd) + b"\r\n\r\n" + _random_lines(rnd)
+        long_way = m.take_headers(m.normalise_eol(raw), ("x-tenant",))[1]
+        if not m._may_hold(raw, ("x-tenant",)):
+            assert long_way == {}, raw
+        body = m.Body()
+        body.write(raw)
+        taken, found = m.take_body_headers(body, ("x-tenant",))
+        taken.close()
+        body.close()
+        assert found == long_way, raw
+
+
+def test_line_endings_and_dots_are_judged_as_the_plain_counts_and_replacements_judge_them():
+    """``crlf_only``, ``dot_stuff`` and ``dot_unstuff`` search with regular expressions for
+    speed; counting and replacing are the reference, on random CR, LF, dot and text."""
+    import random
+    rnd = random.Random(2026)
+    for _ in range(50_000):
+        data = b"".join(rnd.choice([b"\r", b"\n", b"\r\n", b".", b"a"]) for _ in range(rnd.randint(0, 10)))
+        crlf = data.count(b"\r\n")
+        assert m.crlf_only(data) == (data.count(b"\r") == crlf == data.count(b"\n")), data
+        assert dot_stuff(data) == re.sub(rb"(?m)^\.", b"..", data), data
+        assert m.dot_unstuff(data) == (data[1:] if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n")
