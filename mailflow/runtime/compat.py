@@ -48,6 +48,12 @@ RELIED: tuple[Relied, ...] = (
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._getaddr", ("self", "arg")),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._cb_client_connected",
            source_has="self._writer = writer"),
+    # the per-connection tables smtpd/tables.py gives a protocol instead of letting it build them
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has="self._smtp_methods: Dict["),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has="self._handle_hooks: Dict["),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has="self._auth_methods: Dict["),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has='self._ehlo_hook_ver = "new"'),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has="self.event_handler = handler"),
     Relied("kombu", "kombu.transport", "TRANSPORT_ALIASES"),
     # the standard library's: checked the same way, against the running Python
     Relied("python", "smtplib", "SMTP._get_socket", ("self", "host", "port", "timeout")),

@@ -33,7 +33,7 @@ from mailflow.smtpd.guessing import LOCKED_OUT, Guesses
 from mailflow.smtpd.handler import SubmissionHandler, connection_for, logs_safe
 from mailflow.smtpd.limits import AcceptErrorThrottle, Connections, auth_delay
 from mailflow.smtpd.statuscodes import AIOSMTPD_REPLIES, SMTPStatus
-from mailflow.smtpd.tables import ListedOnce
+from mailflow.smtpd.tables import UNLISTED, ListedOnce, Tables, Unlisted
 from mailflow.util import tls
 from mailflow.util.descriptors import raise_descriptor_limit
 from mailflow.wire import dsnparams
@@ -77,14 +77,23 @@ class MailflowSMTP(ListedOnce, SMTP):
     line_length_limit = 64 * 1024
 
     def __init__(self, handler: SubmissionHandler, *, cfg: Config, connections: Connections,
-                 guesses: Guesses, **kwargs: Any):
+                 guesses: Guesses, tables: Tables | None = None, **kwargs: Any):
+        """``tables``: aiosmtpd's tables as a protocol built with the same arguments has them
+        (tables.py), given rather than built again; without, aiosmtpd builds its own."""
         self.mf_cfg = cfg
         self.mf_connections = connections
         self.mf_guesses = guesses
         self.mf_client: str | None = None  # counted in connections while set
         self.mf_auth_failures = 0
         self.mf_in_auth = False
-        super().__init__(handler, **kwargs)
+        if tables is None:
+            super().__init__(handler, **kwargs)
+            return
+        setattr(self, UNLISTED, True)
+        super().__init__(Unlisted(), **kwargs)
+        delattr(self, UNLISTED)
+        self.event_handler = handler
+        tables.give(self)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path of a MAIL or RCPT argument, and its parameters less the DSN ones."""
@@ -312,14 +321,21 @@ def protocol_factory(cfg: Config, listen_host: str, context: ssl.SSLContext | No
                 if m not in cfg.auth.methods or not cfg.auth.users]
     require_tls = auth_require_tls(cfg, listen_host)
 
-    def factory() -> MailflowSMTP:
+    def build(tables: Tables | None) -> MailflowSMTP:
         return MailflowSMTP(
-            handler, cfg=cfg, connections=shared, guesses=guesses, hostname=cfg.me, ident="mailflow ESMTP",
-            data_size_limit=cfg.smtp.max_message_size, decode_data=False,
+            handler, cfg=cfg, connections=shared, guesses=guesses, tables=tables, hostname=cfg.me,
+            ident="mailflow ESMTP", data_size_limit=cfg.smtp.max_message_size, decode_data=False,
             enable_SMTPUTF8=True, tls_context=context, require_starttls=False,
             auth_require_tls=require_tls, authenticator=authenticator,
             auth_exclude_mechanism=excluded, command_call_limit=None,
             loop=asyncio.get_running_loop())  # aiosmtpd would look it up the long way each time
+
+    built: list[Tables] = []
+
+    def factory() -> MailflowSMTP:
+        if not built:  # the first connection's: a protocol of its own, built the stock way
+            built.append(Tables.of(build(None)))
+        return build(built[0])
 
     return factory
 

@@ -36,17 +36,26 @@ def test_command_hook_and_auth_tables_are_those_a_full_dir_gives(tmp_path):
 
     loop = asyncio.new_event_loop()
     try:
-        server = loop.run_until_complete(accepted())
+        first, server = loop.run_until_complete(accepted()), loop.run_until_complete(accepted())
     finally:
         loop.close()
     assert server.loop is loop
     every = object.__dir__(server)  # what dir() listed before
     assert sorted(server._smtp_methods) == sorted(m[5:] for m in every if m.startswith("smtp_"))
     handler = server.event_handler
+    assert isinstance(handler, SubmissionHandler) and handler is first.event_handler
     assert sorted(server._handle_hooks) == sorted(
         m[7:] for m in object.__dir__(handler) if m.startswith("handle_"))
     assert sorted(server._auth_methods) == ["CRAM-MD5", "LOGIN", "PLAIN"]
     assert server._ehlo_hook_ver == "new"  # from handle_EHLO's signature, kept on it
+    # given, not built (tables.py): the same methods, each bound to its own connection
+    for name, method in server._smtp_methods.items():
+        assert method.__self__ is server and method.__func__ is getattr(MailflowSMTP, "smtp_" + name)
+    assert server._auth_methods["CRAM-MD5"].method.__self__ is server
+    assert server._auth_methods["CRAM-MD5"].is_builtin
+    assert all(hook.__self__ is handler for hook in server._handle_hooks.values())
+    assert first._smtp_methods["DATA"].__self__ is first
+    assert dir(server) == dir(first) != []  # listing works again once the tables are in
 
 
 @pytest.mark.parametrize("arg", [
