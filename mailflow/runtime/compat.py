@@ -54,6 +54,11 @@ RELIED: tuple[Relied, ...] = (
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has="self._auth_methods: Dict["),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has='self._ehlo_hook_ver = "new"'),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has="self.event_handler = handler"),
+    # the idle timer smtpd/server.py keeps across commands
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._reset_timeout", ("self", "duration")),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._timeout_cb", ("self",)),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has="self._timeout_duration = timeout"),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.connection_lost", source_has="self._timeout_handle.cancel()"),
     Relied("kombu", "kombu.transport", "TRANSPORT_ALIASES"),
     # the standard library's: checked the same way, against the running Python
     Relied("python", "smtplib", "SMTP._get_socket", ("self", "host", "port", "timeout")),

@@ -86,6 +86,7 @@ class MailflowSMTP(ListedOnce, SMTP):
         self.mf_client: str | None = None  # counted in connections while set
         self.mf_auth_failures = 0
         self.mf_in_auth = False
+        self.mf_idle_deadline = 0.0  # when an idle connection is closed (_reset_timeout)
         if tables is None:
             super().__init__(handler, **kwargs)
             return
@@ -94,6 +95,24 @@ class MailflowSMTP(ListedOnce, SMTP):
         delattr(self, UNLISTED)
         self.event_handler = handler
         tables.give(self)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timeout without a new timer for every command: the deadline moves,
+        the timer stays, and when it fires early it waits out the rest (a timer made and
+        another cancelled per command, six or more a message, filled the loop's heap)."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self.mf_idle_deadline = deadline
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._idle_timer_fired)
+
+    def _idle_timer_fired(self) -> None:
+        if self.loop.time() < self.mf_idle_deadline:  # a command came meanwhile
+            self._timeout_handle = self.loop.call_at(self.mf_idle_deadline, self._idle_timer_fired)
+            return
+        self._timeout_cb()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path of a MAIL or RCPT argument, and its parameters less the DSN ones."""
