@@ -43,6 +43,8 @@ class Signer:
         self.settings = settings
         self._cache: dict[str, tuple[Stamp, list[Key]]] = {}
         self._lock = threading.Lock()
+        #: the keys directory's (mtime, links) when last listed, and whether it held anything
+        self._listed: tuple[tuple[int, int], bool] | None = None
 
     def keys(self, domain: str) -> list[Key]:
         """The domain's keys as the files are now; KeyProblem when one cannot be used."""
@@ -70,8 +72,26 @@ class Signer:
                     out.append(None)
         return tuple(out)
 
+    def any_keys(self) -> bool:
+        """Whether the keys directory holds anything: a stat of it per call, a listing only
+        when it changed -- a domain's directory made there (``mailflow dkim keygen``) changes
+        both its mtime and its link count.  Without, no message is signed and none is read."""
+        try:
+            st = os.stat(self.keys_dir)
+        except OSError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_nlink)
+        listed = self._listed
+        if listed is None or listed[0] != stamp:
+            with os.scandir(self.keys_dir) as entries:
+                listed = (stamp, any(True for _ in entries))
+            self._listed = listed
+        return listed[1]
+
     def signing_keys(self, message: bytes) -> list[Key]:
         """The keys this message is to be signed with: its From domain's, else the fallback's."""
+        if not self.any_keys():  # most relays that sign nothing: not even the From is read
+            return []
         domain = from_domain(message)
         keys = self.keys(domain) if domain else []
         if not keys and self.settings.fallback_domain:
