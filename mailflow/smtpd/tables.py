@@ -63,32 +63,35 @@ class Unlisted:
 @dataclass(frozen=True)
 class Tables:
     """aiosmtpd's per-connection tables of one protocol built the stock way (``template``):
-    its AUTH mechanisms, the handler's hooks, the EHLO hook's form, its commands."""
+    its AUTH mechanisms, the handler's hooks, the EHLO hook's form, its commands -- each
+    entry kept as what to bind to a connection (the template's own methods) or as it is."""
 
-    template: Any
-    auth_methods: dict[str, Any]
+    #: (mechanism, function or method, whether it is the protocol's own, the entry's type, built-in)
+    auth: tuple[tuple[str, Any, bool, type, bool], ...]
     handle_hooks: dict[str, Callable[..., Any]]
     ehlo_hook_ver: str | None
-    smtp_methods: dict[str, Any]
+    #: (command, function or method, whether it is the protocol's own)
+    commands: tuple[tuple[str, Any, bool], ...]
 
     @classmethod
     def of(cls, template: Any) -> Tables:
-        return cls(template, dict(template._auth_methods), dict(template._handle_hooks),
-                   template._ehlo_hook_ver, dict(template._smtp_methods))
+        def unbound(method: Any) -> tuple[Any, bool]:
+            own = getattr(method, "__self__", None) is template
+            return (method.__func__ if own else method), own
+
+        return cls(tuple((name, *unbound(attr.method), type(attr), attr.is_builtin)
+                         for name, attr in template._auth_methods.items()),
+                   dict(template._handle_hooks), template._ehlo_hook_ver,
+                   tuple((name, *unbound(method)) for name, method in template._smtp_methods.items()))
 
     def give(self, server: Any) -> None:
-        """Put the tables in ``server``, each of the template's own methods bound to it."""
-        server._auth_methods = {name: attr._replace(method=self._bound(attr.method, server))
-                                for name, attr in self.auth_methods.items()}
+        """Put the tables in ``server``, the template's own methods bound to it."""
+        server._auth_methods = {name: kind(MethodType(fn, server) if own else fn, builtin)
+                                for name, fn, own, kind, builtin in self.auth}
         server._handle_hooks = dict(self.handle_hooks)  # the handler's: shared by every connection
         server._ehlo_hook_ver = self.ehlo_hook_ver
-        server._smtp_methods = {name: self._bound(method, server)
-                                for name, method in self.smtp_methods.items()}
-
-    def _bound(self, method: Any, server: Any) -> Any:
-        if getattr(method, "__self__", None) is self.template:
-            return MethodType(method.__func__, server)
-        return method
+        server._smtp_methods = {name: MethodType(fn, server) if own else fn
+                                for name, fn, own in self.commands}
 
 
 def signed(fn: F) -> F:
