@@ -15,7 +15,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailflow import hooks, logs
-from mailflow.address import AddressError, parse_address
+from mailflow.address import Address, AddressError, parse_address
 from mailflow.codes import DENY, DENYSOFT, OK
 from mailflow.config.loader import Config
 from mailflow.config.settings import tenant_name
@@ -143,7 +143,7 @@ class SubmissionHandler(ListedOnce):
         if problem is not None:
             return problem
         try:
-            parse_address(address, allow_null=True)
+            sender = parse_address(address, allow_null=True)
         except AddressError as exc:
             return SMTPStatus.MALFORMED_SENDER.format(exc)
         try:
@@ -156,6 +156,7 @@ class SubmissionHandler(ListedOnce):
             return "530 5.7.10 REQUIRETLS needs a TLS session: STARTTLS first"
         envelope.mf_requiretls = required  # type: ignore[attr-defined]
         envelope.mail_from = address
+        envelope.mf_parsed = {address: sender}  # type: ignore[attr-defined]  # read again at DATA
         envelope.mail_options.extend(mail_options)
         return SMTPStatus.SENDER_OK
 
@@ -169,7 +170,7 @@ class SubmissionHandler(ListedOnce):
         if problem is not None:
             return problem
         try:
-            parse_address(address)
+            parsed = parse_address(address)
         except AddressError as exc:
             return SMTPStatus.MALFORMED_RECIPIENT.format(exc)
         try:
@@ -192,6 +193,7 @@ class SubmissionHandler(ListedOnce):
                        reason="suppressed", since=int(entry.since))
             return SMTPStatus.SUPPRESSED.format(logs_safe(address))
         envelope.rcpt_tos.append(address)
+        getattr(envelope, "mf_parsed", {})[address] = parsed
         envelope.rcpt_options.extend(rcpt_options)
         if dsn_rcpt != dsnparams.Recipient():
             dsn = getattr(envelope, "mf_dsn", None) or dsnparams.Dsn()
@@ -213,8 +215,8 @@ class SubmissionHandler(ListedOnce):
 
     async def _queue(self, conn: Connection, session: Session, envelope: Envelope, body: Body,
                      taken: dict[str, str]) -> str:
-        mail_from = parse_address(envelope.mail_from or "", allow_null=True)
-        rcpts = [parse_address(r) for r in envelope.rcpt_tos]
+        mail_from = parsed_address(envelope, envelope.mail_from or "", allow_null=True)
+        rcpts = [parsed_address(envelope, r) for r in envelope.rcpt_tos]
         notes: dict[str, Any] = dict(tenancy(self.cfg, conn, taken))
         dsn = getattr(envelope, "mf_dsn", None)
         if dsn is not None and dsn != dsnparams.Dsn():  # what the client asked to be told
@@ -240,6 +242,12 @@ class SubmissionHandler(ListedOnce):
         except submission.QueueError as exc:
             return SMTPStatus.NOT_QUEUED.format(exc)
         return SMTPStatus.QUEUED.format(queued.uuid)
+
+
+def parsed_address(envelope: Envelope, text: str, *, allow_null: bool = False) -> Address:
+    """An address of the envelope as MAIL or RCPT parsed it (kept on the envelope), else parsed now."""
+    found: Address | None = getattr(envelope, "mf_parsed", {}).get(text)
+    return found if found is not None else parse_address(text, allow_null=allow_null)
 
 
 def dsn_found(server: SMTP, keys: tuple[str, ...]) -> dict[str, str]:

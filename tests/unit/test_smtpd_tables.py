@@ -110,3 +110,50 @@ def _server() -> MailflowSMTP:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def test_each_transaction_queues_the_addresses_its_own_mail_and_rcpt_gave(tmp_path):
+    """MAIL and RCPT keep the addresses they parsed on the envelope for DATA to queue: two
+    transactions on one connection (and a RSET between) queue each its own envelope."""
+    import os
+
+    from mailflow.queue import entry
+
+    (tmp_path / "outbound.ini").write_text(f"queue_dir = {tmp_path / 'queue'}\n")
+    (tmp_path / "relay_acl_allow").write_text("127.0.0.1\n")
+    cfg = config.Config(tmp_path)
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(protocol_factory(cfg, "127.0.0.1", None), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+
+        async def say(line: bytes) -> bytes:
+            writer.write(line + b"\r\n")
+            return await asyncio.wait_for(reader.readline(), 10)
+
+        await reader.readline()
+        await say(b"EHLO client.test")
+        while not (await reader.readline()).startswith(b"250 "):
+            pass
+        for sender, rcpts in ((b"a@one.test", (b"b@two.test", b"c@three.test")), (b"<>", (b"d@four.test",))):
+            assert (await say(b"MAIL FROM:<x@never.test>")).startswith(b"250")
+            assert (await say(b"RSET")).startswith(b"250")  # what MAIL gave is forgotten with it
+            assert (await say(b"MAIL FROM:<" + sender.strip(b"<>") + b">")).startswith(b"250")
+            for rcpt in rcpts:
+                assert (await say(b"RCPT TO:<" + rcpt + b">")).startswith(b"250")
+            assert (await say(b"DATA")).startswith(b"354")
+            assert (await say(b"Subject: s\r\n\r\nbody\r\n.")).startswith(b"250")
+        await say(b"QUIT")
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(go())
+    found = set()
+    for directory, _dirs, files in os.walk(tmp_path / "queue" / "pending"):
+        for name in files:
+            todo, _ = entry.load(Path(directory) / name)
+            found.add((todo.mail_from.address, tuple(r.address for r in todo.rcpt_to)))
+    assert found == {("a@one.test", ("b@two.test",)), ("a@one.test", ("c@three.test",)),
+                     ("", ("d@four.test",))}
