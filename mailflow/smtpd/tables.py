@@ -1,4 +1,4 @@
-"""aiosmtpd's per-connection method tables, built from what is found once per class.
+"""aiosmtpd's per-connection method tables: found once, then given to each connection.
 
 aiosmtpd's ``SMTP.__init__`` builds its command table from ``dir(self)``, its
 hook table from ``dir(handler)`` and its AUTH table from
