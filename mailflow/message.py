@@ -23,16 +23,15 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 # character as common as CR or LF, its literal-prefix scan is twice as fast (16 against
 # 38-47 µs over 64 KiB).
 _BARE_CR = re.compile(rb"\r(?!\n)")
+_BARE_LF = re.compile(rb"\n(?<=[^\r]\n)")  # found by its LF first, then looked behind
 _LF_DOT = re.compile(rb"\n\.")
 _CRLF_DOT = re.compile(rb"\r\n\.")
 _FOLD = re.compile(r"[\r\n\t]+")
 
 
 def crlf_only(data: bytes) -> bool:
-    """Every line ending in ``data`` is a CRLF: no bare CR, no bare LF.
-
-    With no bare CR, every CR starts a CRLF; as many LFs as CRs then leaves none bare."""
-    return data.count(b"\r") == data.count(b"\n") and _BARE_CR.search(data) is None
+    """Every line ending in ``data`` is a CRLF: no bare CR, no bare LF (two scans)."""
+    return not data.startswith(b"\n") and _BARE_CR.search(data) is None and _BARE_LF.search(data) is None
 
 
 def normalise_eol(data: bytes) -> bytes:
