@@ -163,3 +163,27 @@ def test_mail_for_a_destination_whose_batch_is_sending_joins_that_batch(env, mx)
     assert (_received(env, "lookup_mx"), _received(env, "transmit")) == (1, 1)
     # the transmit's result says so (Flower's Result column), logged once its claim is finished
     env.wait(lambda: env.logged("'fed': 10"), 10)
+
+
+def test_a_slow_receivers_fed_mail_is_shared_over_lanes_too(env, mx):
+    """The batch in flight is a slow receiver's (its first reply held, every message 0.3 s):
+    the ten messages fed into it while it sends go out over lanes of their own (looked for
+    after each message), not one at a time over the first connection.  Still one lookup and
+    one transmit for the eleven."""
+    server = mx("127.0.0.2", delay={"DOT": 0.3})
+    env.configure(pool_concurrency_max=4)
+    reached, release = server.hold("DOT")
+    route = {"mx": f"127.0.0.2:{PORT}"}
+    try:
+        env.send("first@fedslow.test", notes=route)
+        assert reached.wait(60), env.inst.dump_logs()[-4000:]  # the batch is sending
+        later = [env.send(f"u{n}@fedslow.test", notes=route) for n in range(10)]
+        env.wait(lambda: not any(env.due(u) for u in later))  # taken: fed, not held
+    finally:
+        release.set()
+    server.wait_for(11)
+    env.wait(lambda: not env.inst.all_files())
+    assert sorted(d.rcpt_to[0] for d in server.deliveries) == sorted(
+        ["first@fedslow.test", *(f"u{n}@fedslow.test" for n in range(10))])  # each once
+    assert len(server.sessions) > 1  # the fed ones shared (at most 4 connections)
+    assert (_received(env, "lookup_mx"), _received(env, "transmit")) == (1, 1)
