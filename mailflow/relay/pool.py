@@ -54,6 +54,11 @@ TICKET_TTL = 600.0
 #: the destination's next batch (Postfix's smtp_connection_cache_time_limit is 2 s too):
 #: mail that arrives while a rule's one connection is busy goes over it, not a new one.
 LEASED_IDLE = 2.0
+#: An idle session unused this long (s) may be closed for a slow receiver's extra lane, which
+#: closes no fresher one: a connection kept for a destination whose mail is done would else
+#: hold its slot of ``concurrency_max`` for ``pool_timeout`` while a backlog elsewhere goes
+#: over one connection (Postfix's smtp_connection_cache_time_limit is 2 s as well).
+STALE_IDLE = 2.0
 #: A woken waiter's granted room is kept for it this long (s): its task crosses the broker to
 #: take it; past that (the task was lost), the room is freed again.
 GRANT_TTL = 30.0
@@ -134,7 +139,8 @@ class Pool:
         addresses worked out, the pool's lock) -- after every message, while all is busy."""
         with self._cond:
             per_ip = sum(max(settings.pool_concurrency_max - self._per_ip[ip], 0) for ip in ips)
-            free = min(settings.concurrency_max - self._open, per_ip)
+            stale = len(self._stale_idle(time.monotonic(), outside=ips))  # closed to make room
+            free = min(settings.concurrency_max - self._open + stale, per_ip)
             idle = sum(1 for sessions in self._idle.values() for s in sessions if s.key.ip in ips)
         return max(free, 0) + idle
 
@@ -146,8 +152,8 @@ class Pool:
         """An idle session for this delivery, or (returning None) a reserved slot for a new one.
 
         Waits until ``deadline`` while the limits are reached (NoSlot after it); an idle
-        session that cannot serve this delivery is closed to make room, unless ``evict``
-        is false (a slow receiver's extra lanes use spare room only).
+        session that cannot serve this delivery is closed to make room -- without ``evict``
+        (a slow receiver's extra lanes) only one idle for ``STALE_IDLE`` or more.
         """
         while True:
             reused = self._take_idle_locked(target, helo, bind, need)
@@ -158,7 +164,8 @@ class Pool:
                 self._per_ip[target.ip] += 1
                 return None
             at_ip_cap = self._per_ip[target.ip] >= settings.pool_concurrency_max
-            victim = self._oldest_idle(target.ip if at_ip_cap else None) if evict else None
+            victim = self._oldest_idle(target.ip if at_ip_cap else None,
+                                       stale_only=not evict)
             if victim is not None:
                 self._drop_idle(victim)
                 continue
@@ -173,10 +180,18 @@ class Pool:
         self._cond.notify_all()
         self._wake_locked(ip)
 
-    def _oldest_idle(self, ip: str | None) -> Session | None:
+    def _oldest_idle(self, ip: str | None, *, stale_only: bool = False) -> Session | None:
         candidates = [s for sessions in self._idle.values() for s in sessions
                       if ip is None or s.key.ip == ip]
+        if stale_only:
+            stale = set(map(id, self._stale_idle(time.monotonic())))
+            candidates = [s for s in candidates if id(s) in stale]
         return min(candidates, key=lambda s: s.last_used) if candidates else None
+
+    def _stale_idle(self, now: float, outside: frozenset[str] = frozenset()) -> list[Session]:
+        """The idle sessions unused for ``STALE_IDLE`` or more, but those at ``outside``."""
+        return [s for sessions in self._idle.values() for s in sessions
+                if now - s.last_used >= STALE_IDLE and s.key.ip not in outside]
 
     def _drop_idle(self, session: Session) -> None:
         self._idle[self._idle_key(session)].remove(session)
@@ -196,7 +211,7 @@ class Pool:
 
         Raises NoSlot when every address is at its limits (after waiting up to ``wait``
         seconds for each), TemporaryError when none takes a session.  Without ``evict``
-        no idle session of another destination is closed to make room.  ``need_for``
+        only an idle session unused for ``STALE_IDLE`` or more is closed to make room.  ``need_for``
         says what each address requires of TLS (default: tls.ini's policy alone).
         ``grant``: the token of room kept for this task when it was woken, taken first.
         """

@@ -6,6 +6,9 @@ are written due a moment later so that the queue manager claims them as one batc
 
 from __future__ import annotations
 
+import time
+
+from mailflow.relay.pool import STALE_IDLE
 from tests.support.pipeline import PORT, module_env, write_due
 
 env = module_env("lanes")
@@ -110,3 +113,22 @@ def test_a_destination_known_slow_spreads_its_next_batch_from_the_first_message(
     finally:
         release.set()
     server.wait_for(5 + 8, timeout=60)
+
+
+def test_a_slow_batchs_lanes_take_the_slots_of_connections_idle_elsewhere(env, mx):
+    """Three connections in all. A slow receiver's batch leaves three connections idle (kept
+    for ``pool_timeout``); once they have been unused a while, another slow receiver's batch
+    spreads over the slots they hold -- its extra lanes close them -- rather than going over
+    the one connection its first lane made room for while they sit unused."""
+    done = mx("127.0.0.4", delay={"DOT": 0.3})
+    env.configure(pool_timeout=60, concurrency_max=3, pool_concurrency_max=3)
+    one_batch(env, "finished.test", count=9, host="127.0.0.4")
+    done.wait_for(9, timeout=60)
+    assert done.high_water == 3
+    env.wait(lambda: not [p for p in env.inst.entries("active") if p.name.endswith("_finished.test")], 30)
+    time.sleep(STALE_IDLE + 0.5)  # idle past the age at which a lane may close them
+    server = mx("127.0.0.5", delay={"DOT": 0.3})
+    one_batch(env, "backlog.test", count=20, host="127.0.0.5")
+    got = server.wait_for(20, timeout=60)
+    assert sorted(r for d in got for r in d.rcpt_to) == sorted(f"u{n}@backlog.test" for n in range(20))
+    assert server.high_water >= 2  # one lane at least beyond the first
