@@ -137,6 +137,25 @@ def _received(env: Env, task: str) -> int:
                if f"Task mailflow.{task}[" in line and line.endswith("received"))
 
 
+def _ten_fed_into_a_sending_batch(env: Env, server: MXServer, domain: str) -> None:
+    """One message to ``domain``, its final reply held; ten more while it is held (fed into
+    its batch, not held back); then every one delivered, once, by one lookup and one transmit."""
+    reached, release = server.hold("DOT")
+    route = {"mx": f"127.0.0.2:{PORT}"}
+    try:
+        env.send(f"first@{domain}", notes=route)
+        assert reached.wait(60), env.inst.dump_logs()[-4000:]  # the batch is sending
+        later = [env.send(f"u{n}@{domain}", notes=route) for n in range(10)]
+        env.wait(lambda: not any(env.due(u) for u in later))  # taken: fed, not held
+    finally:
+        release.set()
+    server.wait_for(11)
+    env.wait(lambda: not env.inst.all_files())
+    assert sorted(d.rcpt_to[0] for d in server.deliveries) == sorted(
+        [f"first@{domain}", *(f"u{n}@{domain}" for n in range(10))])  # each once
+    assert (_received(env, "lookup_mx"), _received(env, "transmit")) == (1, 1)
+
+
 def test_mail_for_a_destination_whose_batch_is_sending_joins_that_batch(env, mx):
     """While a batch's message waits for its reply, ten more for the same domain arrive:
     the queue manager feeds them into the batch in flight, which sends them over its own
@@ -146,21 +165,8 @@ def test_mail_for_a_destination_whose_batch_is_sending_joins_that_batch(env, mx)
     # one connection to it: the held reply makes the receiver look slow, and the batch's
     # extra lanes (its own, on more connections) are not what this is about
     env.configure(pool_concurrency_max=1)
-    reached, release = server.hold("DOT")
-    route = {"mx": f"127.0.0.2:{PORT}"}
-    try:
-        env.send("first@feed.test", notes=route)
-        assert reached.wait(60), env.inst.dump_logs()[-4000:]  # the batch is sending
-        later = [env.send(f"u{n}@feed.test", notes=route) for n in range(10)]
-        env.wait(lambda: not any(env.due(u) for u in later))  # taken: fed, not held
-    finally:
-        release.set()
-    server.wait_for(11)
-    env.wait(lambda: not env.inst.all_files())
-    assert sorted(d.rcpt_to[0] for d in server.deliveries) == sorted(
-        ["first@feed.test", *(f"u{n}@feed.test" for n in range(10))])  # each once
+    _ten_fed_into_a_sending_batch(env, server, "feed.test")
     assert len(server.sessions) == 1
-    assert (_received(env, "lookup_mx"), _received(env, "transmit")) == (1, 1)
     # the transmit's result says so (Flower's Result column), logged once its claim is finished
     env.wait(lambda: env.logged("'fed': 10"), 10)
 
@@ -168,22 +174,8 @@ def test_mail_for_a_destination_whose_batch_is_sending_joins_that_batch(env, mx)
 def test_a_slow_receivers_fed_mail_is_shared_over_lanes_too(env, mx):
     """The batch in flight is a slow receiver's (its first reply held, every message 0.3 s):
     the ten messages fed into it while it sends go out over lanes of their own (looked for
-    after each message), not one at a time over the first connection.  Still one lookup and
-    one transmit for the eleven."""
+    after each message), not one at a time over the first connection."""
     server = mx("127.0.0.2", delay={"DOT": 0.3})
     env.configure(pool_concurrency_max=4)
-    reached, release = server.hold("DOT")
-    route = {"mx": f"127.0.0.2:{PORT}"}
-    try:
-        env.send("first@fedslow.test", notes=route)
-        assert reached.wait(60), env.inst.dump_logs()[-4000:]  # the batch is sending
-        later = [env.send(f"u{n}@fedslow.test", notes=route) for n in range(10)]
-        env.wait(lambda: not any(env.due(u) for u in later))  # taken: fed, not held
-    finally:
-        release.set()
-    server.wait_for(11)
-    env.wait(lambda: not env.inst.all_files())
-    assert sorted(d.rcpt_to[0] for d in server.deliveries) == sorted(
-        ["first@fedslow.test", *(f"u{n}@fedslow.test" for n in range(10))])  # each once
+    _ten_fed_into_a_sending_batch(env, server, "fedslow.test")
     assert len(server.sessions) > 1  # the fed ones shared (at most 4 connections)
-    assert (_received(env, "lookup_mx"), _received(env, "transmit")) == (1, 1)
