@@ -275,8 +275,10 @@ def wire_blocks(chunks: Iterable[bytes], *, stuffed: bool) -> Iterator[bytes]:
 
 
 def _wire(lines: bytes, stuffed: bool) -> bytes:
-    if stuffed and crlf_only(lines) and lines.endswith(b"\r\n") and not _dot_led(lines):
-        return lines  # what undoing and redoing the stuffing would give back: the same bytes
+    if stuffed and lines.endswith(b"\r\n") and crlf_only(lines):  # no line ending to rewrite
+        if not _dot_led(lines):
+            return lines  # what undoing and redoing the stuffing would give back: the same bytes
+        return dot_stuff(dot_unstuff(lines))
     lines = normalise_eol(lines)
     return dot_stuff(dot_unstuff(lines) if stuffed else lines)
 

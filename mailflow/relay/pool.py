@@ -181,11 +181,9 @@ class Pool:
         self._wake_locked(ip)
 
     def _oldest_idle(self, ip: str | None, *, stale_only: bool = False) -> Session | None:
-        candidates = [s for sessions in self._idle.values() for s in sessions
-                      if ip is None or s.key.ip == ip]
-        if stale_only:
-            stale = set(map(id, self._stale_idle(time.monotonic())))
-            candidates = [s for s in candidates if id(s) in stale]
+        candidates = self._stale_idle(time.monotonic()) if stale_only else \
+            [s for sessions in self._idle.values() for s in sessions]
+        candidates = [s for s in candidates if ip is None or s.key.ip == ip]
         return min(candidates, key=lambda s: s.last_used) if candidates else None
 
     def _stale_idle(self, now: float, outside: frozenset[str] = frozenset()) -> list[Session]:
