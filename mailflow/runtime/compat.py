@@ -59,6 +59,14 @@ RELIED: tuple[Relied, ...] = (
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._timeout_cb", ("self",)),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__", source_has="self._timeout_duration = timeout"),
     Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.connection_lost", source_has="self._timeout_handle.cancel()"),
+    # what smtpd/server.py drops once a connection has ended (its self-references)
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.connection_made",
+           source_has="self._handler_coroutine = self.loop.create_task("),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP.__init__",
+           source_has="client_connected_cb=self._cb_client_connected"),
+    Relied("aiosmtpd", "aiosmtpd.smtp", "SMTP._cb_client_connected", source_has="self._writer = writer"),
+    Relied("python", "asyncio.streams", "StreamReaderProtocol.__init__",
+           source_has="self._client_connected_cb = client_connected_cb"),
     Relied("kombu", "kombu.transport", "TRANSPORT_ALIASES"),
     # the standard library's: checked the same way, against the running Python
     Relied("python", "smtplib", "SMTP._get_socket", ("self", "host", "port", "timeout")),
