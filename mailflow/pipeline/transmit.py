@@ -45,8 +45,9 @@ SLOW_MESSAGE = 0.2
 #: How long a destination found slow stays known as slow in this worker: its next batches
 #: start their extra lanes with the first message, not after it.
 KNOWN_SLOW_FOR = 300.0
-#: Once a batch has spread, the lanes started at each later look for room (room frees a
-#: connection or a batch at a time; a look that finds none costs a thread each).
+#: Once a batch has spread, the lanes started at each later look for room while it does
+#: not know where room is (a look that finds none costs a thread each); once a lane found
+#: its addresses full, a look takes what the pool says has freed there (Pool.spare).
 LANES_PER_LOOK = 4
 
 #: A lane that has sent for this long (s) gives its connection up after its message when a
@@ -509,14 +510,16 @@ class Courier:
 
     def _spread(self, most: int | None = None) -> int:
         """Start a lane for each message waiting beyond those the running lanes will take,
-        ``most`` at a time (the pool's limits stop the excess); return how many started.
-        Only the first lane calls this: ``_lanes`` is its own."""
+        ``most`` at a time while the room is unknown (the pool's limits stop the excess),
+        as many as the pool has room for once a lane found the addresses full; return how
+        many started.  Only the first lane calls this: ``_lanes`` is its own."""
         self._lanes = [t for t in self._lanes if t.is_alive()]  # what they counted is kept
         with self._lock:
             wanted = len(self._todo) - len(self._lanes)
-        wanted = min(wanted, most) if most is not None else wanted
-        if wanted > 0 and self._full:  # no lane that could only find no room
-            wanted = min(wanted, POOL.spare(self._full, self.settings))
+        if wanted > 0 and self._full:  # no lane that could only find no room, and no fewer
+            wanted = min(wanted, POOL.spare(self._full, self.settings))  # than the room freed
+        elif most is not None:
+            wanted = min(wanted, most)
         for _ in range(wanted):
             thread = threading.Thread(target=self._extra_lane,
                                       name=f"lane-{self.route.domain}-{len(self._lanes)}", daemon=True)
