@@ -7,6 +7,8 @@ batch.  Once a lane found the addresses full, more start only as room frees ther
 """
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from harness.mxserver import MXServer
 from harness.waiting import until
@@ -19,6 +21,20 @@ from mailflow.wire.payloads import Batch, Route
 from tests.support.entries import make_entry
 
 
+def _batch_of_twelve(cfg: config.Config, port: int,
+                     before: Callable[[Route], object] = lambda route: None) -> tuple[Route, Any]:
+    """Twelve queued messages claimed as one batch to the MX at 127.0.0.4:``port``, and its
+    courier (made after ``before(route)``)."""
+    spool = Spool(cfg.queue_path()).ensure()
+    for n in range(12):
+        spool.write([make_entry(f"R.{n}")], b"Subject: s\r\n\r\nm\r\n")
+    claim, names = spool.claim(sorted(spool.names()))
+    route = Route(Batch(spool.identity, claim, tuple(names), "example.com"),
+                  mx=(MX("127.0.0.4", port=port, from_dns=False),))
+    before(route)
+    return route, transmit.Courier(cfg, route, None, transmit.LocalLedger(spool, route, cfg.outbound))
+
+
 def test_a_slow_batch_with_no_room_for_lanes_stops_looking_for_them(tmp_path, monkeypatch):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "outbound.ini").write_text(
@@ -28,13 +44,7 @@ def test_a_slow_batch_with_no_room_for_lanes_stops_looking_for_them(tmp_path, mo
     real = transmit.session_for
     monkeypatch.setattr(transmit, "session_for", lambda *a, **k: looked.append(1) or real(*a, **k))
     with MXServer("127.0.0.4", 0, delay={"DOT": 0.25}) as mx:  # slow: a quarter second a message
-        spool = Spool(cfg.queue_path()).ensure()
-        for n in range(12):
-            spool.write([make_entry(f"R.{n}")], b"Subject: s\r\n\r\nm\r\n")
-        claim, names = spool.claim(sorted(spool.names()))
-        route = Route(Batch(spool.identity, claim, tuple(names), "example.com"),
-                      mx=(MX("127.0.0.4", port=mx.port, from_dns=False),))
-        courier = transmit.Courier(cfg, route, None, transmit.LocalLedger(spool, route, cfg.outbound))
+        route, courier = _batch_of_twelve(cfg, mx.port)
         try:
             courier.run()
         finally:
@@ -55,15 +65,10 @@ def test_room_that_frees_is_taken_at_the_next_look_not_a_few_lanes_at_a_time(tmp
         f"queue_dir = {tmp_path / 'queue'}\nenable_tls = false\npool_concurrency_max = 10\n"
         "pool_timeout = 30\n")
     cfg = config.Config(tmp_path / "config")
+    held: list[Any] = []
     with MXServer("127.0.0.4", 0, delay={"DOT": 0.25}) as mx:
-        spool = Spool(cfg.queue_path()).ensure()
-        for n in range(12):
-            spool.write([make_entry(f"R.{n}")], b"Subject: s\r\n\r\nm\r\n")
-        claim, names = spool.claim(sorted(spool.names()))
-        route = Route(Batch(spool.identity, claim, tuple(names), "example.com"),
-                      mx=(MX("127.0.0.4", port=mx.port, from_dns=False),))
-        held = [transmit.session_for(route, cfg) for _ in range(9)]  # another batch's, say
-        courier = transmit.Courier(cfg, route, None, transmit.LocalLedger(spool, route, cfg.outbound))
+        route, courier = _batch_of_twelve(cfg, mx.port, before=lambda route: held.extend(
+            transmit.session_for(route, cfg) for _ in range(9)))  # another batch's, say
         sending = threading.Thread(target=courier.run)
         sending.start()
         try:
